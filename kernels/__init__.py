@@ -1,0 +1,13 @@
+"""Numba kernels: pure array-in/array-out functions (no torch, nothing else of ours).
+
+Token encoding (as in TRM): PAD 0, EOS 1, colour c -> c + 2, on a canvas x canvas grid (30 for ARC).
+Dihedral ids follow the official TRM order: 0 identity, 1-3 rot90 x k (counter-clockwise), 4 flip
+left-right, 5 flip up-down, 6 transpose, 7 anti-transpose.
+"""
+PAD = 0
+EOS = 1
+COLOR_OFFSET = 2
+NUM_COLORS = 10
+VOCAB_SIZE = NUM_COLORS + COLOR_OFFSET
+# Inverse of each dihedral id: rot90 and rot270 undo each other, the rest are involutions.
+DIHEDRAL_INVERSE = (0, 3, 2, 1, 4, 5, 6, 7)

@@ -1,0 +1,195 @@
+"""Inference over augmented views: build N views of each test input (the training kernels), run the model
+with adaptive halting, invert every view with the numba kernels and vote (count, then mean halting
+confidence), keeping the top k grids per test input."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from kernels.inverse import decode_view, hash_views
+from kernels.vote import vote_topk
+from pipeline.act import predict_batch, unwrap
+from pipeline.sampler import PackedTasks, PuzzleIdScheme, encode, random_perms
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class PredictConfig:
+    augs: int = 1000
+    """Augmented views per test input (dihedral x colour permutation x translation); view 0 is the identity."""
+    batch_size: int = 768
+    """Views per model batch."""
+    adaptive_halting: bool = True
+    """Stop each view when its halting head says so; False runs every view for max_steps (official)."""
+    max_steps: int = 0
+    """Supervision steps at most (0 = the model's halt_max_steps)."""
+    translate: bool = True
+    """Place views at random offsets in the canvas (view 0 stays at the top-left)."""
+    top_k: int = 2
+    """Attempts per test input."""
+    chunk_views: int = 65536
+    """Views generated and held in memory at once (bounds RAM for 1000 views x many inputs)."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.augs < 1 or self.batch_size < 1 or self.top_k < 1:
+            raise ValueError("predict.augs, predict.batch_size and predict.top_k must be >= 1")
+
+
+@dataclass
+class TestPrediction:
+    task_id: str
+    test_index: int
+    attempts: list[np.ndarray] = field(default_factory=list)
+    votes: list[int] = field(default_factory=list)
+    confidence: list[float] = field(default_factory=list)
+    valid_views: int = 0
+    views: int = 0
+    mean_steps: float = 0.0
+    seconds: float = 0.0
+
+
+@dataclass
+class Views:
+    inputs: np.ndarray
+    puzzle_ids: np.ndarray
+    dihedral: np.ndarray
+    perms: np.ndarray
+    r0: np.ndarray
+    c0: np.ndarray
+    seg_starts: np.ndarray
+
+
+def make_views(packed: PackedTasks, test_rows: np.ndarray, task_to_ckpt: np.ndarray, ids: PuzzleIdScheme,
+               n_views: int, canvas: int, translate: bool, seed: int) -> Views:
+    """Views of packed test inputs `test_rows`. `task_to_ckpt[k]` is the checkpoint's task index of packed task
+    k, or -1 for a task the model never saw (it then gets the mean puzzle embedding and random augmentations)."""
+    d_all, p_all, id_all, in_all = [], [], [], []
+    for t in test_rows:
+        k = packed.test_task[t]
+        rng = np.random.default_rng([seed, int(t)])
+        if task_to_ckpt[k] >= 0:
+            pid, d, perms = ids.views(int(task_to_ckpt[k]), n_views, rng)
+        else:
+            d = np.concatenate([[0], rng.integers(0, 8, n_views - 1)]).astype(np.int64)
+            perms = random_perms(rng, n_views)
+            perms[0] = np.arange(10)
+            pid = np.full(n_views, -1, dtype=np.int64)
+        d_all.append(d), p_all.append(perms), id_all.append(pid)
+        in_all.append(np.full(n_views, packed.test_in[t], dtype=np.int64))
+    n = len(test_rows) * n_views
+    rng = np.random.default_rng([seed, 0x7E57])
+    u = rng.random((2, n)) if translate else np.zeros((2, n))
+    u[:, ::n_views] = 0.0  # view 0 of each input: untranslated
+    d, perms, ins = np.concatenate(d_all), np.concatenate(p_all), np.concatenate(in_all)
+    enc = encode(packed, ins, np.full(n, -1), d, perms, u[0], u[1], canvas)
+    return Views(enc["inputs"], np.concatenate(id_all), d, perms, enc["r0"], enc["c0"],
+                 np.arange(0, n + 1, n_views, dtype=np.int64))
+
+
+def puzzle_table_lookup(table: torch.Tensor):
+    """ids -> puzzle vectors; id -1 (unknown task) gets the mean of the trained rows (TRM's re-init rule)."""
+    if table.shape[1] == 0:
+        return lambda ids: None
+    mean = table[1:].mean(0) if table.shape[0] > 1 else table[0]
+
+    def lookup(ids: torch.Tensor) -> torch.Tensor:
+        return torch.where((ids < 0)[:, None], mean, table[ids.clamp_min(0)])
+
+    return lookup
+
+
+def run_views(model, views: Views, cfg: PredictConfig, device: torch.device, dtype: torch.dtype, lookup=None):
+    raw = unwrap(model)
+    lookup = lookup or puzzle_table_lookup(raw.puzzle_emb)
+    N = len(views.inputs)
+    preds = np.empty_like(views.inputs)
+    conf = np.empty(N, dtype=np.float64)
+    steps = np.empty(N, dtype=np.int32)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    for s in range(0, N, cfg.batch_size):
+        e = min(N, s + cfg.batch_size)
+        inp = torch.from_numpy(views.inputs[s:e]).to(device, non_blocking=True)
+        ids = torch.from_numpy(views.puzzle_ids[s:e]).to(device)
+        with autocast:
+            p, c, st = predict_batch(model, inp, lookup(ids), cfg.max_steps or None, cfg.adaptive_halting,
+                                     dtype=torch.float32)
+        preds[s:e], conf[s:e], steps[s:e] = p.cpu().numpy(), c.cpu().numpy(), st.cpu().numpy()
+    return preds, conf, steps
+
+
+def vote(views: Views, preds: np.ndarray, conf: np.ndarray, canvas: int, k: int):
+    """Per test input: list of (grid, votes, mean confidence), best first, and the number of valid views."""
+    N = len(preds)
+    hashes = np.empty(N, dtype=np.uint64)
+    hs, ws = np.empty(N, dtype=np.int64), np.empty(N, dtype=np.int64)
+    hash_views(preds, views.r0, views.c0, views.dihedral, views.perms, canvas, hashes, hs, ws)
+    valid = hs > 0
+    G = len(views.seg_starts) - 1
+    rows, counts, cf = np.empty((G, k), np.int64), np.empty((G, k), np.int64), np.empty((G, k), np.float64)
+    vote_topk(views.seg_starts, hashes, valid, conf, k, rows, counts, cf)
+    out = []
+    for g in range(G):
+        ranked = [(decode_view(preds[r], views.r0[r], views.c0[r], views.dihedral[r], views.perms[r], canvas),
+                   int(counts[g, j]), float(cf[g, j])) for j, r in enumerate(rows[g]) if r >= 0]
+        n_valid = int(valid[views.seg_starts[g]:views.seg_starts[g + 1]].sum())
+        out.append((ranked, n_valid))
+    return out
+
+
+def predict_tests(model, packed: PackedTasks, test_rows: np.ndarray, task_to_ckpt: np.ndarray, ids: PuzzleIdScheme,
+                  cfg: PredictConfig, canvas: int, device: torch.device, dtype: torch.dtype,
+                  progress=None) -> list[TestPrediction]:
+    """Predict top-k grids for packed test inputs, chunked so that at most cfg.chunk_views views are in memory."""
+    per_chunk = max(1, cfg.chunk_views // cfg.augs)
+    lookup = puzzle_table_lookup(unwrap(model).puzzle_emb)
+    results = []
+    for s in range(0, len(test_rows), per_chunk):
+        rows = test_rows[s:s + per_chunk]
+        t0 = time.perf_counter()
+        views = make_views(packed, rows, task_to_ckpt, ids, cfg.augs, canvas, cfg.translate, cfg.seed)
+        preds, conf, steps = run_views(model, views, cfg, device, dtype, lookup)
+        voted = vote(views, preds, conf, canvas, cfg.top_k)
+        dt = (time.perf_counter() - t0) / len(rows)
+        for j, t in enumerate(rows):
+            ranked, n_valid = voted[j]
+            seg = slice(views.seg_starts[j], views.seg_starts[j + 1])
+            k = packed.test_task[t]
+            test_index = int(t - np.flatnonzero(packed.test_task == k)[0])
+            results.append(TestPrediction(packed.task_ids[k], test_index, [g for g, _, _ in ranked],
+                                          [c for _, c, _ in ranked], [f for _, _, f in ranked], n_valid, cfg.augs,
+                                          float(steps[seg].mean()), dt))
+        if progress is not None:
+            progress(len(rows), len(rows) * cfg.augs)
+    return results
+
+
+def evaluate_heldout(model, packed: PackedTasks, ids: PuzzleIdScheme, cfg: PredictConfig, canvas: int,
+                     device: torch.device, dtype: torch.dtype, max_inputs: int = 0) -> dict:
+    """pass@1 / pass@k (k = cfg.top_k) and per-input exact accuracy on held-out test inputs (known outputs
+    never trained on), with the tasks' own puzzle ids. Empty dict when there are none."""
+    rows = np.flatnonzero((packed.test_out >= 0) & ~packed.test_trainable)
+    if max_inputs:
+        rows = rows[:max_inputs]
+    if len(rows) == 0:
+        return {}
+    was_training = model.training
+    model.eval()
+    preds = predict_tests(model, packed, rows, np.arange(packed.num_tasks), ids, cfg, canvas, device, dtype)
+    model.train(was_training)
+    hits1 = hitsk = 0
+    for t, p in zip(rows, preds):
+        o = packed.test_out[t]
+        s, h, w = packed.starts[o], packed.heights[o], packed.widths[o]
+        truth = packed.cells[s:s + h * w].reshape(h, w)
+        ok = [a.shape == truth.shape and bool((a == truth).all()) for a in p.attempts]
+        hits1 += bool(ok[:1] and ok[0])
+        hitsk += any(ok)
+    n = len(rows)
+    return {"pass@1": hits1 / n, f"pass@{cfg.top_k}": hitsk / n, "inputs": n,
+            "mean_steps": float(np.mean([p.mean_steps for p in preds]))}

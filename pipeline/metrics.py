@@ -1,0 +1,82 @@
+"""Logging set-up and metric sinks: JSONL in the run folder, tensorboard when installed, a null sink on
+non-main ranks; and the loss/accuracy PNG drawn at the end of a run."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def setup_logging(run_dir: Path | None, is_main: bool, level: int = logging.INFO) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if run_dir is not None and is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(run_dir / "log.txt"))
+    logging.basicConfig(level=level if is_main else logging.WARNING, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+class NullSink:
+    def log(self, step: int, metrics: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class RunSink(NullSink):
+    """Appends {"step": N, "train/loss": ...} lines to metrics.jsonl; mirrors to tensorboard if available."""
+
+    def __init__(self, run_dir: Path):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / "metrics.jsonl"
+        self.file = self.path.open("a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # optional dependency
+
+            self.tb = SummaryWriter(str(run_dir / "tb"))
+        except ImportError:
+            self.tb = None
+
+    def log(self, step: int, metrics: dict) -> None:
+        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def plot_curves(run_dir: Path, prefix: str = "train") -> Path | None:
+    """curves.png: loss and exact accuracy over steps (plus held-out pass@2 when evaluated)."""
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    series = [(f"{prefix}/loss", axes[0]), (f"{prefix}/exact_accuracy", axes[1]), ("eval/pass@2", axes[1])]
+    for key, ax in series:
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts:
+            ax.plot(*zip(*pts), label=key, marker="o" if key.startswith("eval") else None)
+    for ax, title in zip(axes, ("loss", "accuracy")):
+        ax.set_xlabel("step"), ax.set_title(title), ax.legend(), ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = run_dir / "curves.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

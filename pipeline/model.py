@@ -1,0 +1,247 @@
+"""The Tiny Recursive Model (Jolicoeur-Martineau 2025, "Less is More: Recursive Reasoning with Tiny Networks").
+
+One small network (2 post-norm blocks) is applied recursively. One supervision step, from carried (y, z):
+    repeat T times:  repeat n times: z = net(z, x + y);   then y = net(y, z)
+where only the last of the T cycles is back-propagated. Logits come from y (the puzzle-embedding prefix
+positions dropped), the halting logit from y at position 0. The numerics follow the official code
+(../shared/docs/trm-reference.md section 3) so official checkpoints import exactly (pipeline/official.py).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels import VOCAB_SIZE
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    hidden: int = 512
+    """Width of every token state."""
+    heads: int = 8
+    """Attention heads (head dim = hidden / heads)."""
+    expansion: float = 4.0
+    """SwiGLU width factor: inner = round(expansion * hidden * 2/3) rounded up to a multiple of 256."""
+    layers: int = 2
+    """Blocks in the one shared network."""
+    h_cycles: int = 3
+    """T: full recursion cycles per supervision step; all but the last run without gradients."""
+    l_cycles: int = 4
+    """n: latent updates per cycle (4 in the official ARC command, 6 for Sudoku)."""
+    halt_max_steps: int = 16
+    """N_sup: maximum deep-supervision steps."""
+    halt_exploration_prob: float = 0.1
+    """Training: probability that a sample gets a random minimum number of steps in 2..N_sup."""
+    halting: bool = True
+    """Ablation knob: False trains no halting head and always runs N_sup steps."""
+    seq_len: int = 900
+    """Grid tokens per example (canvas**2)."""
+    vocab_size: int = VOCAB_SIZE
+    puzzle_emb_len: int = 16
+    """Prefix positions reserved for the puzzle embedding (the learned vector fills the first ones)."""
+    puzzle_emb_ndim: int = 512
+    """Size of a puzzle embedding (0 disables puzzle embeddings)."""
+    pos_encodings: Literal["rope", "learned", "none"] = "rope"
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    mlp_t: bool = False
+    """Replace self-attention with an MLP across the sequence axis (the paper's MLP-mixer variant)."""
+    loss: Literal["stablemax", "softmax"] = "stablemax"
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.heads:
+            raise ValueError(f"model.hidden={self.hidden} is not divisible by model.heads={self.heads}")
+        if self.puzzle_emb_ndim > self.puzzle_emb_len * self.hidden:
+            raise ValueError("model.puzzle_emb_ndim must fit into puzzle_emb_len * hidden")
+        if min(self.layers, self.h_cycles, self.l_cycles, self.halt_max_steps) < 1:
+            raise ValueError("model.layers, h_cycles, l_cycles and halt_max_steps must be >= 1")
+
+    @property
+    def total_len(self) -> int:
+        return self.seq_len + self.puzzle_emb_len
+
+
+def swiglu_width(hidden: int, expansion: float) -> int:
+    inner = round(expansion * hidden * 2 / 3)
+    return -(-inner // 256) * 256
+
+
+def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    # No learnable weight; computed in fp32 as in TRM.
+    dtype = x.dtype
+    x = x.float()
+    return (x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)).to(dtype)
+
+
+def trunc_normal_(w: torch.Tensor, std: float) -> torch.Tensor:
+    # Truncated at +-2 sigma; sigma is corrected so that the result has standard deviation `std`.
+    sigma = std / 0.87962566103423978
+    return nn.init.trunc_normal_(w, std=sigma, a=-2 * sigma, b=2 * sigma)
+
+
+def _linear(fan_in: int, fan_out: int, bias: bool = False) -> nn.Linear:
+    layer = nn.Linear(fan_in, fan_out, bias=bias)
+    trunc_normal_(layer.weight.data, 1.0 / math.sqrt(fan_in))
+    if bias:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, width: int, expansion: float):
+        super().__init__()
+        inner = swiglu_width(width, expansion)
+        self.gate_up = _linear(width, 2 * inner)
+        self.down = _linear(inner, width)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, hidden // heads
+        self.qkv = _linear(hidden, 3 * hidden)
+        self.out = _linear(hidden, hidden)
+
+    def forward(self, x, rope):
+        B, S, _ = x.shape
+        q, k, v = self.qkv(x).view(B, S, 3, self.heads, self.head_dim).unbind(2)
+        if rope is not None:
+            cos, sin = rope
+            cos, sin = cos.to(q.dtype)[:, None], sin.to(q.dtype)[:, None]
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.out(o.transpose(1, 2).reshape(B, S, -1))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.eps, self.mlp_t = cfg.rms_norm_eps, cfg.mlp_t
+        if cfg.mlp_t:
+            self.mixer = SwiGLU(cfg.total_len, cfg.expansion)
+        else:
+            self.attn = Attention(cfg.hidden, cfg.heads)
+        self.mlp = SwiGLU(cfg.hidden, cfg.expansion)
+
+    def forward(self, h, rope):
+        if self.mlp_t:
+            t = h.transpose(1, 2)
+            h = rms_norm(t + self.mixer(t), self.eps).transpose(1, 2)
+        else:
+            h = rms_norm(h + self.attn(h, rope), self.eps)
+        return rms_norm(h + self.mlp(h), self.eps)
+
+
+class TRM(nn.Module):
+    """The recursive trunk plus embeddings and heads. The puzzle table is a buffer: it is trained by its own
+    sparse sign-SGD optimiser (pipeline/optim.py), never by AdamW or EMA, as in TRM."""
+
+    def __init__(self, cfg: ModelConfig, num_puzzle_ids: int):
+        super().__init__()
+        self.cfg = cfg
+        h = cfg.hidden
+        self.embed_scale = math.sqrt(h)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, h)
+        trunc_normal_(self.embed_tokens.weight.data, 1.0 / self.embed_scale)
+        if cfg.pos_encodings == "learned":
+            self.embed_pos = nn.Parameter(trunc_normal_(torch.empty(cfg.total_len, h), 1.0 / self.embed_scale))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.lm_head = _linear(h, cfg.vocab_size)
+        self.q_head = nn.Linear(h, 2, bias=True)
+        with torch.no_grad():  # start by never halting: logit -5 (as TRM)
+            self.q_head.weight.zero_()
+            self.q_head.bias.fill_(-5.0)
+        self.register_buffer("y_init", trunc_normal_(torch.empty(h), 1.0))
+        self.register_buffer("z_init", trunc_normal_(torch.empty(h), 1.0))
+        self.register_buffer("puzzle_emb", torch.zeros(num_puzzle_ids, cfg.puzzle_emb_ndim))
+        if cfg.pos_encodings == "rope":
+            head_dim = h // cfg.heads
+            inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+            freqs = torch.outer(torch.arange(cfg.total_len, dtype=torch.float32), inv_freq)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            self.register_buffer("rope_cos", emb.cos(), persistent=False)
+            self.register_buffer("rope_sin", emb.sin(), persistent=False)
+
+    # -- pieces -------------------------------------------------------------------------------------
+    def embed(self, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None) -> torch.Tensor:
+        x = self.embed_tokens(inputs.long())
+        P = self.cfg.puzzle_emb_len
+        if P:
+            B = inputs.shape[0]
+            if puzzle_vecs is None or self.cfg.puzzle_emb_ndim == 0:
+                prefix = x.new_zeros(B, P, self.cfg.hidden)
+            else:
+                flat = F.pad(puzzle_vecs.to(x.dtype), (0, P * self.cfg.hidden - puzzle_vecs.shape[-1]))
+                prefix = flat.view(B, P, self.cfg.hidden)
+            x = torch.cat((prefix, x), dim=1)
+        if self.cfg.pos_encodings == "learned":
+            x = 0.707106781 * (x + self.embed_pos.to(x.dtype))
+        return self.embed_scale * x
+
+    def net(self, h: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
+        rope = (self.rope_cos, self.rope_sin) if self.cfg.pos_encodings == "rope" else None
+        h = h + injection
+        for blk in self.blocks:
+            h = blk(h, rope)
+        return h
+
+    def _cycle(self, x, y, z):
+        for _ in range(self.cfg.l_cycles):
+            z = self.net(z, y + x)
+        return self.net(y, z), z
+
+    def initial_state(self, batch_size: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (batch_size, self.cfg.total_len, self.cfg.hidden)
+        return self.y_init.to(dtype).expand(shape).clone(), self.z_init.to(dtype).expand(shape).clone()
+
+    def reset_state(self, y, z, reset: torch.Tensor):
+        """Slots where `reset` is True go back to the initial (y, z)."""
+        r = reset.view(-1, 1, 1)
+        return torch.where(r, self.y_init.to(y.dtype), y), torch.where(r, self.z_init.to(z.dtype), z)
+
+    # -- one supervision step -------------------------------------------------------------------------
+    def forward(self, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None, y: torch.Tensor, z: torch.Tensor):
+        """One deep-supervision step from input tokens [B, seq_len], puzzle vectors [B, ndim] and carried
+        (y, z). Embedding happens here so that DDP/DeepSpeed see every parameter used in forward().
+
+        Returns (y, z) detached for the next step, logits [B, seq_len, vocab], and the fp32 halting
+        logits (q_halt, q_continue)."""
+        x = self.embed(inputs, puzzle_vecs).to(y.dtype)
+        with torch.no_grad():
+            for _ in range(self.cfg.h_cycles - 1):
+                y, z = self._cycle(x, y, z)
+        y, z = self._cycle(x, y, z)
+        logits = self.lm_head(y)[:, self.cfg.puzzle_emb_len:]
+        q = self.q_head(y[:, 0]).float()
+        return y.detach(), z.detach(), logits, q[..., 0], q[..., 1]
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_step(self, batch: int) -> float:
+        """Model FLOPs of one training supervision step (forward of all cycles, backward of the last),
+        counting matmuls only, for MFU."""
+        c = self.cfg
+        S, h = c.total_len, c.hidden
+        inner = swiglu_width(h, c.expansion)
+        per_block = 2 * S * (3 * h * h + h * h + 3 * h * inner)  # qkv, out, SwiGLU
+        per_block += 0 if c.mlp_t else 4 * S * S * h  # QK^T and AV
+        if c.mlp_t:
+            per_block += 2 * h * 3 * S * swiglu_width(S, c.expansion)
+        per_cycle = (c.l_cycles + 1) * c.layers * per_block
+        fwd = c.h_cycles * per_cycle + 2 * S * h * c.vocab_size
+        return batch * (fwd + 2 * per_cycle)  # backward ~ 2x forward of the graded cycle

@@ -1,0 +1,59 @@
+"""The one place that decides device, dtype, rank and world size, seeds RNGs and starts/stops the process
+group (only under torchrun). Library code receives a Runtime and never names a device."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def autodetect_device(requested: str = "auto") -> torch.device:
+    if requested != "auto":
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device '{requested}' requested but CUDA is not available")
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def init_runtime(device: str = "auto", dtype: str = "auto", seed: int = 0, backend: str | None = None) -> Runtime:
+    rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+    dev = autodetect_device(device)
+    if dev.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK={local} but only {torch.cuda.device_count()} CUDA devices are visible")
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend=backend or ("nccl" if dev.type == "cuda" else "gloo"))
+    resolved = {"auto": torch.bfloat16 if dev.type == "cuda" else torch.float32,
+                "float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    return Runtime(device=dev, dtype=resolved, rank=rank, world_size=world, local_rank=local)
+
+
+def shutdown_runtime() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

