@@ -1,37 +1,39 @@
 """Inverse of the augmentation: find a predicted grid's extent from its border, crop, undo translation,
-dihedral transform and colour permutation. Hashing works on the inverted grid without materialising it,
-so voting over 1000 views touches each predicted cell once."""
+dihedral transform and colour permutation. Hashing identifies the inverted grid straight from the
+canvas without materialising it, so voting over 1000 views touches each predicted cell once.
+
+Extent rule: the grid's top-left corner is the view's offset (r0, c0); its width is the run of colour
+tokens along row r0, its height the run down column c0; each run must end at the canvas edge or an EOS
+token (the border), and every cell of the rectangle must be a colour. Anything else is invalid.
+"""
 import numpy as np
 from numba import njit
 
 from kernels.dihedral import inverse_id, source_index, swaps_axes
 
 _EOS, _OFF = 1, 2
-_FNV_OFFSET = np.uint64(14695981039346656037)
-_FNV_PRIME = np.uint64(1099511628211)
+_INVALID = np.uint8(255)
+_SEED = np.uint64(14695981039346656037)
+_PRIME = np.uint64(1099511628211)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _mix(acc, word):
+    acc = (acc ^ word) * _PRIME
+    return acc ^ (acc >> np.uint64(29))
 
 
 @njit(cache=True, nogil=True)
 def crop_extent(tokens, r0, c0, canvas):
-    """(h, w) of the grid whose top-left corner is at (r0, c0), or (0, 0) if no valid grid is there.
-
-    The width is the run of colour tokens along the first row; rows count while all w cells are
-    colours. Valid only if each run ends at the canvas edge or at an EOS token (the border)."""
+    """(h, w) of the bordered run-lengths at (r0, c0), or (0, 0) when a run is empty or not bordered.
+    The rectangle's interior is checked by the reader (hash_views / decode_view)."""
     w = 0
     while c0 + w < canvas and tokens[r0 * canvas + c0 + w] >= _OFF:
         w += 1
     if w == 0 or (c0 + w < canvas and tokens[r0 * canvas + c0 + w] != _EOS):
         return 0, 0
     h = 0
-    while r0 + h < canvas:
-        base = (r0 + h) * canvas + c0
-        full = True
-        for j in range(w):
-            if tokens[base + j] < _OFF:
-                full = False
-                break
-        if not full:
-            break
+    while r0 + h < canvas and tokens[(r0 + h) * canvas + c0] >= _OFF:
         h += 1
     if r0 + h < canvas and tokens[(r0 + h) * canvas + c0] != _EOS:
         return 0, 0
@@ -39,44 +41,63 @@ def crop_extent(tokens, r0, c0, canvas):
 
 
 @njit(cache=True, nogil=True)
-def _inverse_perm(perm):
-    inv = np.zeros(10, dtype=np.uint8)
+def _fill_lut(perm, lut):
+    """lut[token] = original colour (undoing the permutation); PAD/EOS/out-of-range -> 255."""
+    lut[:] = _INVALID
     for c in range(10):
-        inv[perm[c]] = c
-    return inv
+        lut[perm[c] + _OFF] = c
 
 
 @njit(cache=True, nogil=True)
-def _hash_inverted(tokens, r0, c0, canvas, th, tw, d, inv_perm):
+def _inverse_strides(d, th, tw, r0, c0, canvas):
+    """Flat canvas offset of inverted cell (0, 0) and the steps for +1 row / +1 column of the inverted grid:
+    the inverse dihedral map is affine, so the inner loop needs no per-cell branching."""
     di = inverse_id(d)
-    h, w = (tw, th) if swaps_axes(d) else (th, tw)
-    acc = _FNV_OFFSET
-    acc = (acc ^ np.uint64(h)) * _FNV_PRIME
-    acc = (acc ^ np.uint64(w)) * _FNV_PRIME
-    for i in range(h):
-        for j in range(w):
-            si, sj = source_index(di, i, j, th, tw)
-            v = inv_perm[tokens[(r0 + si) * canvas + c0 + sj] - _OFF]
-            acc = (acc ^ np.uint64(v)) * _FNV_PRIME
-    return acc
+    a_r, a_c = source_index(di, 0, 0, th, tw)
+    b_r, b_c = source_index(di, 1, 0, th, tw)
+    e_r, e_c = source_index(di, 0, 1, th, tw)
+    base = (r0 + a_r) * canvas + c0 + a_c
+    return base, (b_r - a_r) * canvas + (b_c - a_c), (e_r - a_r) * canvas + (e_c - a_c)
 
 
 @njit(cache=True, nogil=True)
 def hash_views(tokens, r0, c0, dihedral, perms, canvas, hashes, heights, widths):
-    """For N predicted canvases [N, canvas*canvas]: hash of each inverted grid and its (h, w);
-    h = w = 0 marks an invalid decoding (no border, empty)."""
+    """For N predicted canvases [N, canvas*canvas]: a 64-bit hash of each inverted grid and its (h, w);
+    h = w = 0 marks an invalid decoding. The inverted grid is visited in its own row-major order through
+    precomputed strides, and cells are packed 16 to a 64-bit word per mixing step (the multiply chain,
+    not memory, bounds a per-cell hash)."""
     N = tokens.shape[0]
+    lut = np.empty(256, dtype=np.uint8)
     for n in range(N):
         th, tw = crop_extent(tokens[n], r0[n], c0[n], canvas)
+        heights[n], widths[n], hashes[n] = 0, 0, 0
         if th == 0:
-            heights[n], widths[n], hashes[n] = 0, 0, 0
             continue
-        inv = _inverse_perm(perms[n])
-        hashes[n] = _hash_inverted(tokens[n], r0[n], c0[n], canvas, th, tw, dihedral[n], inv)
-        if swaps_axes(dihedral[n]):
-            heights[n], widths[n] = tw, th
-        else:
-            heights[n], widths[n] = th, tw
+        d = dihedral[n]
+        h, w = (tw, th) if swaps_axes(d) else (th, tw)
+        _fill_lut(perms[n], lut)
+        base, step_i, step_j = _inverse_strides(d, th, tw, r0[n], c0[n], canvas)
+        row = tokens[n]
+        acc = _mix(_mix(_SEED, np.uint64(h)), np.uint64(w))
+        word = np.uint64(0)
+        k = 0
+        seen = np.uint8(0)
+        for i in range(h):
+            p = base + i * step_i
+            for j in range(w):
+                v = lut[row[p]]
+                p += step_j
+                seen |= v
+                word = (word << np.uint64(4)) | np.uint64(v & np.uint8(15))
+                k += 1
+                if k == 16:
+                    acc = _mix(acc, word)
+                    word = np.uint64(0)
+                    k = 0
+        if seen & np.uint8(128):  # a PAD/EOS token inside the rectangle
+            continue
+        hashes[n] = _mix(acc, word)
+        heights[n], widths[n] = h, w
 
 
 @njit(cache=True, nogil=True)
@@ -85,12 +106,15 @@ def decode_view(tokens, r0, c0, dihedral, perm, canvas):
     th, tw = crop_extent(tokens, r0, c0, canvas)
     if th == 0:
         return np.zeros((0, 0), dtype=np.uint8)
-    inv = _inverse_perm(perm)
-    di = inverse_id(dihedral)
     h, w = (tw, th) if swaps_axes(dihedral) else (th, tw)
+    lut = np.empty(256, dtype=np.uint8)
+    _fill_lut(perm, lut)
+    base, step_i, step_j = _inverse_strides(dihedral, th, tw, r0, c0, canvas)
     out = np.empty((h, w), dtype=np.uint8)
     for i in range(h):
         for j in range(w):
-            si, sj = source_index(di, i, j, th, tw)
-            out[i, j] = inv[tokens[(r0 + si) * canvas + c0 + sj] - _OFF]
+            v = lut[tokens[base + i * step_i + j * step_j]]
+            if v == _INVALID:
+                return np.zeros((0, 0), dtype=np.uint8)
+            out[i, j] = v
     return out

@@ -26,7 +26,7 @@ def encode_grid_ref(grid: np.ndarray, r0: int, c0: int, canvas: int) -> np.ndarr
 
 
 def decode_ref(tokens: np.ndarray, r0: int, c0: int, d: int, perm: np.ndarray, canvas: int):
-    """Inverse of encode+augment; None when no bordered grid starts at (r0, c0)."""
+    """Inverse of encode+augment; None when no bordered, all-colour rectangle starts at (r0, c0)."""
     t = tokens.reshape(canvas, canvas)
     w = 0
     while c0 + w < canvas and t[r0, c0 + w] >= OFF:
@@ -34,11 +34,13 @@ def decode_ref(tokens: np.ndarray, r0: int, c0: int, d: int, perm: np.ndarray, c
     if w == 0 or (c0 + w < canvas and t[r0, c0 + w] != EOS):
         return None
     h = 0
-    while r0 + h < canvas and (t[r0 + h, c0:c0 + w] >= OFF).all():
+    while r0 + h < canvas and t[r0 + h, c0] >= OFF:
         h += 1
     if r0 + h < canvas and t[r0 + h, c0] != EOS:
         return None
     g = t[r0:r0 + h, c0:c0 + w].astype(np.int64) - OFF
+    if (g < 0).any() or (g > 9).any():
+        return None
     inv_d = (0, 3, 2, 1, 4, 5, 6, 7)[d]
     return np.argsort(perm)[dihedral_ref(g, inv_d)].astype(np.uint8)
 

@@ -77,6 +77,11 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
         if dataclasses.is_dataclass(tp):
             kwargs[key] = from_dict(tp, value, path)
         else:
+            if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
             if not _type_ok(value, tp):
                 raise ConfigError(f"config key '{path}': expected {getattr(tp, '__name__', tp)}, got {value!r}")
             kwargs[key] = float(value) if tp is float else value

@@ -1,5 +1,6 @@
 """Synthetic ARC-like task families with exactly known rules, for tests that must show learning and for the
-CPU demo. Spec: `synthetic:tasks=8,seed=0,size=6,demos=32,tests=4[,families=flip_lr+gravity]`.
+CPU demo. Spec: `synthetic:tasks=8,seed=0,size=6,demos=32,tests=4[,fixed=1][,families=flip_lr+gravity]`
+(`fixed=1`: every grid is size x size; otherwise sides are drawn from 1..size).
 
 Each task is one family with its own parameters (e.g. its colour map); inputs are random grids with a
 black background, so held-out test inputs are new grids of a rule seen only through demonstrations.
@@ -44,7 +45,7 @@ FAMILIES = ("flip_lr", "flip_ud", "rot180", "transpose", "colour_map", "recolour
 
 
 def _parse(spec: str) -> dict:
-    opts = {"tasks": 8, "seed": 0, "size": 6, "demos": 32, "tests": 4, "families": "+".join(FAMILIES)}
+    opts = {"tasks": 8, "seed": 0, "size": 6, "demos": 32, "tests": 4, "fixed": 0, "families": "+".join(FAMILIES)}
     for item in filter(None, spec.split(",")):
         key, sep, val = item.partition("=")
         if not sep or key not in opts:
@@ -65,7 +66,7 @@ def synthetic_tasks(spec: str, train_on_test: bool = True) -> list[Task]:
         rule = _make_rule(family, rng)
 
         def grid() -> np.ndarray:
-            h, w = rng.integers(1, o["size"] + 1, size=2)
+            h, w = (o["size"], o["size"]) if o["fixed"] else rng.integers(1, o["size"] + 1, size=2)
             if family == "transpose":  # square grids keep every transposed output inside the canvas layout
                 w = h
             g = rng.integers(1, 10, size=(h, w)).astype(np.uint8)

@@ -237,80 +237,86 @@ class Trainer:
         return True
 
     # -- loop -----------------------------------------------------------------------------------------------
-    def fit(self) -> dict:
-        c, rt, raw = self.cfg, self.rt, self.model
-        wrapped = self._wrap()
+    def prepare(self) -> None:
+        """Wrap the model (DDP / DeepSpeed / compile) and resume from the run folder's latest checkpoint."""
+        self.wrapped = self._wrap()
         self.maybe_resume()
-        autocast = torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.dtype != torch.float32)
-        flops = raw.flops_per_step(self.local_batch)
-        peak = peak_flops(rt.device)
+        rt = self.rt
+        self.autocast = torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.dtype != torch.float32)
+        self.skipped = 0
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One optimiser step = one deep-supervision step on the ACT slots; returns detached metric sums."""
+        c, rt, raw = self.cfg, self.rt, self.model
+        batch = to_torch(self.sampler.batch_at(self.step), rt.device)
+        self.sampler.step = self.step + 1
+        if self.carry is None:
+            self.carry = empty_carry(raw, batch, torch.float32)
+        lr_mult = lr_at(self.step, 1.0, c.lr_warmup, c.steps, c.lr_min_ratio)
+        held = {}
+
+        def puzzle_vecs(ids):
+            # A leaf copy of the batch's rows: its gradient drives the sparse sign-SGD update.
+            v = raw.puzzle_emb[ids].detach().clone().requires_grad_(True)
+            held["v"], held["ids"] = v, ids
+            return v
+
+        min_steps = exploration_min_steps(self.seed, self.step, c.global_batch, rt.rank, rt.world_size,
+                                          raw.cfg.halt_exploration_prob, raw.cfg.halt_max_steps, rt.device)
+        with self.autocast:
+            carry, loss, metrics, _ = supervision_step(self.wrapped, self.carry, batch, puzzle_vecs, True, min_steps)
+        loss = loss / self.local_batch
+        metrics["loss_sum"] = loss.detach() * self.local_batch
+        metrics["batches"] = torch.tensor(float(self.local_batch))
+        self.carry, self.step = carry, self.step + 1
+        if not self._all_finite(loss):
+            self.skipped += 1
+            log.warning("step %d: non-finite loss, step skipped", self.step - 1)
+            return metrics
+        if self.engine is not None:
+            self.engine.backward(loss)
+        else:
+            loss.backward()
+        if not math.isfinite(self._grad_norm()):
+            self.skipped += 1
+            log.warning("step %d: non-finite gradient norm, step skipped", self.step - 1)
+            self._zero_grad()
+            return metrics
+        self._optimizer_step(c.lr * lr_mult)
+        if held["v"].grad is not None:
+            sign_sgd_rows(raw.puzzle_emb, held["ids"], held["v"].grad.float() / rt.world_size,
+                          c.puzzle_emb_lr * lr_mult, c.puzzle_emb_weight_decay, rt.distributed)
+        if self.ema is not None:
+            self.ema.update(raw)
+        return metrics
+
+    def fit(self) -> dict:
+        c, rt = self.cfg, self.rt
+        self.prepare()
+        flops, peak = self.model.flops_per_step(self.local_batch), peak_flops(rt.device)
         bar = None
         if rt.is_main and c.progress:
             from tqdm import tqdm
 
             bar = tqdm(total=c.steps, initial=self.step, desc=self.prefix, dynamic_ncols=True)
         acc: dict[str, float] = {}
-        t_last, n_last, skipped = time.perf_counter(), 0, 0
-        last_eval: dict = {}
+        t_last, n_last, last_eval = time.perf_counter(), self.step, {}
         while self.step < c.steps:
-            batch = to_torch(self.sampler.batch_at(self.step), rt.device)
-            self.sampler.step = self.step + 1
-            if self.carry is None:
-                self.carry = empty_carry(raw, batch, torch.float32)
-            lr_mult = lr_at(self.step, 1.0, c.lr_warmup, c.steps, c.lr_min_ratio)
-            vec_holder = {}
-
-            def puzzle_vecs(ids):
-                v = raw.puzzle_emb[ids].detach().clone().requires_grad_(True)
-                vec_holder["v"], vec_holder["ids"] = v, ids
-                return v
-
-            min_steps = exploration_min_steps(self.seed, self.step, c.global_batch, rt.rank, rt.world_size,
-                                              raw.cfg.halt_exploration_prob, raw.cfg.halt_max_steps, rt.device)
-            with autocast:
-                carry, loss, metrics, _ = supervision_step(wrapped, self.carry, batch, puzzle_vecs, True, min_steps)
-            loss = loss / self.local_batch
-            if not self._all_finite(loss):
-                skipped += 1
-                log.warning("step %d: non-finite loss %s, step skipped", self.step, loss.item())
-                self.carry, self.step = carry, self.step + 1
-                continue
-            if self.engine is not None:
-                self.engine.backward(loss)
-            else:
-                loss.backward()
-            gnorm = self._grad_norm()
-            if not math.isfinite(gnorm):
-                skipped += 1
-                log.warning("step %d: non-finite gradient norm, step skipped", self.step)
-                self._zero_grad()
-            else:
-                self._optimizer_step(c.lr * lr_mult)
-                v = vec_holder["v"]
-                if v.grad is not None:
-                    sign_sgd_rows(raw.puzzle_emb, vec_holder["ids"], v.grad.float() / rt.world_size,
-                                  c.puzzle_emb_lr * lr_mult, c.puzzle_emb_weight_decay, rt.distributed)
-                if self.ema is not None:
-                    self.ema.update(raw)
-            self.carry, self.step = carry, self.step + 1
-            for k, val in metrics.items():
-                acc[k] = acc.get(k, 0.0) + float(val)
-            acc["loss_sum"] = acc.get("loss_sum", 0.0) + float(loss) * self.local_batch
-            acc["batches"] = acc.get("batches", 0.0) + self.local_batch
+            for k, val in self.train_step().items():
+                acc[k] = acc.get(k, 0.0) + float(val)  # .item(): a sync point, cheap next to a TRM step
             if self.step % c.log_every == 0 or self.step == c.steps:
                 if rt.device.type == "cuda":
                     torch.cuda.synchronize()
                 now = time.perf_counter()
-                row = self._reduce_metrics(acc, lr_mult * c.lr)
-                sps = (self.step - n_last) * c.global_batch / (now - t_last)
-                row[f"{self.prefix}/samples_per_s"] = sps
+                row = self._reduce_metrics(acc, c.lr * lr_at(self.step, 1.0, c.lr_warmup, c.steps, c.lr_min_ratio))
+                row[f"{self.prefix}/samples_per_s"] = (self.step - n_last) * c.global_batch / (now - t_last)
                 if peak:
-                    row[f"{self.prefix}/mfu"] = flops * rt.world_size * (self.step - n_last) / (now - t_last) / (peak * rt.world_size)
-                row[f"{self.prefix}/skipped_steps"] = skipped
+                    row[f"{self.prefix}/mfu"] = flops * (self.step - n_last) / (now - t_last) / peak
+                row[f"{self.prefix}/skipped_steps"] = self.skipped
                 self.sink.log(self.step, row)
                 if bar is not None:
-                    bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in row.items()
-                                     if k.split("/")[1] in ("loss", "exact_accuracy", "steps", "samples_per_s", "mfu")})
+                    shown = ("loss", "exact_accuracy", "steps", "samples_per_s", "mfu")
+                    bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in row.items() if k.split("/")[1] in shown})
                 acc, t_last, n_last = {}, now, self.step
             if bar is not None:
                 bar.update(1)
@@ -328,7 +334,7 @@ class Trainer:
         self.sink.close()
         if rt.is_main:
             plot_curves(self.run_dir, self.prefix)
-        return {"step": self.step, "skipped_steps": skipped, **last_eval}
+        return {"step": self.step, "skipped_steps": self.skipped, **last_eval}
 
     def _evaluate(self) -> dict:
         out: dict = {}
