@@ -69,8 +69,9 @@ def make_views(packed: PackedTasks, test_rows: np.ndarray, task_to_ckpt: np.ndar
                n_views: int, canvas: int, translate: bool, seed: int) -> Views:
     """Views of packed test inputs `test_rows`. `task_to_ckpt[k]` is the checkpoint's task index of packed task
     k, or -1 for a task the model never saw (it then gets the mean puzzle embedding and random augmentations)."""
-    d_all, p_all, id_all, in_all = [], [], [], []
+    d_all, p_all, id_all, in_all, u_all = [], [], [], [], []
     for t in test_rows:
+        # Every view depends on (seed, test input) only, so sharding and chunking never change results.
         k = packed.test_task[t]
         rng = np.random.default_rng([seed, int(t)])
         if task_to_ckpt[k] >= 0:
@@ -80,13 +81,12 @@ def make_views(packed: PackedTasks, test_rows: np.ndarray, task_to_ckpt: np.ndar
             perms = random_perms(rng, n_views)
             perms[0] = np.arange(10)
             pid = np.full(n_views, -1, dtype=np.int64)
-        d_all.append(d), p_all.append(perms), id_all.append(pid)
+        u = rng.random((2, n_views)) if translate else np.zeros((2, n_views))
+        u[:, 0] = 0.0  # view 0: untranslated
+        d_all.append(d), p_all.append(perms), id_all.append(pid), u_all.append(u)
         in_all.append(np.full(n_views, packed.test_in[t], dtype=np.int64))
     n = len(test_rows) * n_views
-    rng = np.random.default_rng([seed, 0x7E57])
-    u = rng.random((2, n)) if translate else np.zeros((2, n))
-    u[:, ::n_views] = 0.0  # view 0 of each input: untranslated
-    d, perms, ins = np.concatenate(d_all), np.concatenate(p_all), np.concatenate(in_all)
+    d, perms, ins, u = np.concatenate(d_all), np.concatenate(p_all), np.concatenate(in_all), np.concatenate(u_all, axis=1)
     enc = encode(packed, ins, np.full(n, -1), d, perms, u[0], u[1], canvas)
     return Views(enc["inputs"], np.concatenate(id_all), d, perms, enc["r0"], enc["c0"],
                  np.arange(0, n + 1, n_views, dtype=np.int64))

