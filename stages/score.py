@@ -114,7 +114,8 @@ def main(argv=None) -> int:
         df = write_report(Path(args.report), rows, solutions, submission if isinstance(submission, dict) else {},
                           challenges, details)
         with pl.Config(tbl_rows=10):
-            print(df.sort("score", descending=True).head(10), file=sys.stderr)
+            shown = df.select("task", "tests", "correct", "score", "vote_share", "halting_steps", "seconds")
+            print(shown.sort("score", descending=True).head(10), file=sys.stderr)
         result["report"] = str(Path(args.report) / "index.html")
     print(f"score {score:.4f} ({result['solved_tasks']}/{result['tasks']} tasks solved)", file=sys.stderr)
     print(json.dumps(result))

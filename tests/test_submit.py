@@ -14,7 +14,7 @@ from pipeline.synthetic import synthetic_tasks
 from submission.format import FALLBACK_GRID, build_submission, submission_problems
 from test_data import broken_tasks
 
-SYN = "tasks=8,seed=0,size=4,demos=48,tests=4,fixed=1,families=flip_lr+flip_ud+colour_map+recolour"
+SYN = "tasks=8,seed=0,size=4,demos=400,tests=8,fixed=1,families=flip_lr+flip_ud+colour_map+recolour"
 
 
 def stage(*args, timeout=600, env=None):
@@ -64,7 +64,7 @@ def test_predict_writes_a_valid_submission_despite_broken_tasks(checkpoint, chal
     assert sub["broken_notest"] == []
     assert "broken_ragged" in r.stderr  # the problem is logged with the task id
     details = json.loads(Path(str(out) + ".details.json").read_text())
-    assert len(details) == 8 * 4 and all(d["views"] == 4 for d in details.values())
+    assert len(details) == 8 * 8 and all(d["views"] == 4 for d in details.values())
     v = stage("stages.validate", "--challenges", str(ch), "--submission", str(out))
     assert v.returncode == 0, v.stderr
 
