@@ -29,7 +29,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.txt
 	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-build-isolation deepspeed==0.19.8
-	$(PY) -c "import torch; assert '+cpu' in torch.__version__ or not torch.version.cuda or True; print('torch', torch.__version__)"
+	$(PY) -c "import torch; print('torch', torch.__version__, 'CUDA build', torch.version.cuda or 'none')"
 	touch $(STAMP)
 
 demo: install

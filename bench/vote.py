@@ -48,7 +48,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--inputs", type=int, default=64)
     p.add_argument("--augs", type=int, default=1000)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--python-limit", type=int, default=20000)
     args = p.parse_args(argv)
     numba.set_num_threads(1)

@@ -1,0 +1,135 @@
+"""Model variants, optimisers and the training step's guards (small CPU tensors)."""
+import math
+
+import pytest
+import torch
+
+from pipeline.act import empty_carry, predict_batch, supervision_step
+from pipeline.config import RunConfig, load_config
+from pipeline.model import TRM, ModelConfig, swiglu_width
+from pipeline.optim import AdamATan2, EMA, lr_at, sign_sgd_rows
+
+SMALL = dict(hidden=32, heads=2, layers=2, h_cycles=2, l_cycles=2, halt_max_steps=3, seq_len=25, puzzle_emb_len=1,
+             puzzle_emb_ndim=32)
+
+
+def _batch(B=4, S=25, ids=3):
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.randint(0, 12, (B, S), generator=g, dtype=torch.int32)
+    labels = torch.randint(1, 12, (B, S), generator=g)
+    return {"inputs": inputs, "labels": labels, "puzzle_ids": torch.randint(1, ids, (B,), generator=g)}
+
+
+def test_arc_config_has_the_paper_size():
+    m = TRM(RunConfig().model, 2)
+    assert m.num_params() == pytest.approx(6.83e6, rel=0.01)
+    assert swiglu_width(512, 4) == 1536 and swiglu_width(916, 4) == 2560
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(mlp_t=True), dict(pos_encodings="learned"),
+                                     dict(pos_encodings="none"), dict(halting=False), dict(loss="softmax"),
+                                     dict(puzzle_emb_ndim=0)])
+def test_variants_train_and_predict(variant):
+    torch.manual_seed(0)
+    m = TRM(ModelConfig(**{**SMALL, **variant}), 3)
+    b = _batch()
+    vecs = lambda ids: m.puzzle_emb[ids]  # noqa: E731
+    carry, loss, metrics, preds = supervision_step(m, empty_carry(m, b, torch.float32), b, vecs)
+    loss.backward()
+    assert math.isfinite(loss.item()) and preds.shape == (4, 25)
+    assert all(p.grad is not None for n, p in m.named_parameters() if not (n.startswith("q_head") and not m.cfg.halting))
+    p, conf, steps = predict_batch(m.eval(), b["inputs"], m.puzzle_emb[b["puzzle_ids"]] if m.cfg.puzzle_emb_ndim else None)
+    assert p.shape == (4, 25) and ((0 <= conf) & (conf <= 1)).all() and (steps == m.cfg.halt_max_steps).all()
+
+
+def test_only_the_last_cycle_gets_gradients():
+    torch.manual_seed(0)
+    m = TRM(ModelConfig(**SMALL), 3)
+    calls = []
+    orig = m.net
+
+    def counting(h, inj):
+        calls.append(torch.is_grad_enabled())
+        return orig(h, inj)
+
+    m.net = counting
+    b = _batch()
+    supervision_step(m, empty_carry(m, b, torch.float32), b, lambda ids: m.puzzle_emb[ids])
+    per_cycle = SMALL["l_cycles"] + 1
+    assert calls == [False] * per_cycle * (SMALL["h_cycles"] - 1) + [True] * per_cycle
+
+
+def test_adaptive_halting_stops_views_early():
+    torch.manual_seed(0)
+    m = TRM(ModelConfig(**SMALL), 3).eval()
+    with torch.no_grad():
+        m.q_head.bias.fill_(5.0)  # halt immediately
+    b = _batch()
+    _, _, steps = predict_batch(m, b["inputs"], m.puzzle_emb[b["puzzle_ids"]], adaptive=True)
+    assert (steps == 1).all()
+    _, _, steps = predict_batch(m, b["inputs"], m.puzzle_emb[b["puzzle_ids"]], adaptive=False)
+    assert (steps == SMALL["halt_max_steps"]).all()
+
+
+def test_adam_atan2_matches_its_formula():
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(5))
+    ref = p.detach().clone()
+    opt = AdamATan2([p], lr=0.1, betas=(0.9, 0.95), weight_decay=0.1)
+    m = torch.zeros(5)
+    v = torch.zeros(5)
+    for t in range(1, 4):
+        g = torch.randn(5)
+        p.grad = g.clone()
+        opt.step()
+        m = 0.9 * m + 0.1 * g
+        v = 0.95 * v + 0.05 * g * g
+        ref = ref * (1 - 0.1 * 0.1)
+        ref = ref - 0.1 * torch.atan2(m / (1 - 0.9 ** t), (v / (1 - 0.95 ** t)).sqrt())
+    torch.testing.assert_close(p.detach(), ref)
+
+
+def test_sign_sgd_touches_only_rows_in_the_batch():
+    table = torch.ones(6, 3)
+    ids = torch.tensor([2, 4, 2, 0])
+    grads = torch.tensor([[1.0, -1.0, 0.5], [-2.0, 0.0, 1.0], [1.0, 3.0, -1.0], [9.0, 9.0, 9.0]])
+    sign_sgd_rows(table, ids, grads, lr=0.1, weight_decay=0.5)
+    decayed = 1 - 0.1 * 0.5
+    torch.testing.assert_close(table[2], torch.tensor([decayed - 0.1, decayed - 0.1, decayed + 0.1]))  # summed grads
+    torch.testing.assert_close(table[4], torch.tensor([decayed + 0.1, decayed, decayed - 0.1]))
+    assert (table[[0, 1, 3, 5]] == 1).all()  # blank id 0 and unseen rows untouched
+
+
+def test_ema_and_schedule():
+    lin = torch.nn.Linear(2, 2)
+    ema = EMA(lin, 0.5)
+    before = ema.shadow["weight"].clone()
+    with torch.no_grad():
+        lin.weight.add_(2.0)
+    ema.update(lin)
+    torch.testing.assert_close(ema.shadow["weight"], before + 1.0)
+    assert lr_at(0, 1.0, 10, 100, 1.0) == 0 and lr_at(5, 1.0, 10, 100, 1.0) == 0.5
+    assert lr_at(50, 1.0, 10, 100, 1.0) == 1.0  # min ratio 1.0: constant after warm-up (TRM)
+    assert lr_at(100, 1.0, 10, 100, 0.1) == pytest.approx(0.1)
+
+
+def test_non_finite_loss_skips_the_step(tmp_path):
+    from pipeline.dataset import build_dataset
+    from pipeline.runtime import init_runtime
+    from pipeline.sampler import Sampler
+    from pipeline.train import Trainer
+
+    cfg = load_config("configs/demo_cpu.yaml", [f"run_dir={tmp_path}", "train.progress=false", "model.hidden=32",
+                                                "model.heads=2", "model.puzzle_emb_ndim=32", "train.global_batch=8"])
+    rt = init_runtime("cpu", "float32", 0)
+    data = build_dataset(cfg.data, 0)
+    model = TRM(cfg.model, data.ids.num_ids)
+    trainer = Trainer(model, Sampler(data.packed, data.ids, cfg.data, 8, 0), cfg.train, rt, tmp_path, 0, "", [])
+    trainer.prepare()
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("nan")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer.train_step()
+    assert trainer.skipped == 1 and trainer.step == 1
+    for k, v in model.state_dict().items():  # nothing was updated (NaN compares equal to NaN here)
+        assert torch.allclose(v, before[k], rtol=0, atol=0, equal_nan=True), k
