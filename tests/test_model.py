@@ -133,3 +133,27 @@ def test_non_finite_loss_skips_the_step(tmp_path):
     assert trainer.skipped == 1 and trainer.step == 1
     for k, v in model.state_dict().items():  # nothing was updated (NaN compares equal to NaN here)
         assert torch.allclose(v, before[k], rtol=0, atol=0, equal_nan=True), k
+
+
+def test_warm_start_copies_the_trunk_and_reinitialises_new_tasks_to_the_mean(tmp_path):
+    from pipeline.checkpoint import Checkpointer, save_tensors
+    from pipeline.config import dump_config
+    from pipeline.export import warm_start
+
+    torch.manual_seed(0)
+    cfg = RunConfig(model=ModelConfig(**SMALL), data=load_config("configs/demo_cpu.yaml").data)
+    old = TRM(cfg.model, 5)
+    with torch.no_grad():
+        old.puzzle_emb.copy_(torch.randn(5, 32))
+    ck = Checkpointer(tmp_path, keep_last=1)
+    tmp = ck.begin(10)
+    save_tensors(old.state_dict(), tmp / "model.safetensors")
+    (tmp / "config.yaml").write_text(dump_config(cfg))
+    (tmp / "tasks.json").write_text('{"task_ids": []}')
+    ck.commit(tmp, 10, {})
+    new = TRM(cfg.model, 9)  # other tasks: another table size
+    warm_start(new, tmp_path)
+    for k, v in old.state_dict().items():
+        if k != "puzzle_emb":
+            assert torch.equal(new.state_dict()[k], v), k
+    torch.testing.assert_close(new.puzzle_emb, old.puzzle_emb[1:].mean(0).expand(9, 32))

@@ -142,3 +142,29 @@ def test_score_is_arc_prize_pass_at_2_and_writes_a_report(tmp_path):
     assert set(df.columns) >= {"task", "tests", "correct", "vote_share", "halting_steps", "seconds"}
     assert (tmp_path / "rep" / "tasks.csv").exists() and (tmp_path / "rep" / "tasks" / "a.html").exists()
     assert "attempt 2 ✓" in (tmp_path / "rep" / "tasks" / "a.html").read_text()
+
+
+def test_a_model_error_costs_only_its_tasks(checkpoint, challenges, tmp_path, monkeypatch, capsys):
+    import pipeline.infer
+    import stages.predict as predict
+
+    real = pipeline.infer.predict_tests
+    ch, _ = challenges
+    raw = json.loads(ch.read_text())
+    doomed = sorted(k for k in raw if k.startswith("syn"))[0]
+
+    def flaky(model, packed, rows, *args, **kwargs):
+        if any(packed.task_ids[packed.test_task[t]] == doomed for t in rows):
+            raise RuntimeError("simulated CUDA error")
+        return real(model, packed, rows, *args, **kwargs)
+
+    monkeypatch.setattr(predict, "predict_tests", flaky)
+    out = tmp_path / "s.json"
+    assert predict.main(["--checkpoint", str(checkpoint), "--challenges", str(ch), "--out", str(out), "--augs", "2",
+                         "--no-progress", "--device", "cpu"]) == 0
+    sub = json.loads(out.read_text())
+    assert submission_problems(raw, sub) == []
+    details = json.loads(Path(str(out) + ".details.json").read_text())
+    assert not any(k.startswith(doomed + "/") for k in details)  # the failed task fell back ...
+    assert sub[doomed][0]["attempt_1"] == raw[doomed]["test"][0]["input"]
+    assert len(details) > 0  # ... and the others were still predicted

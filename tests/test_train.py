@@ -119,3 +119,14 @@ def test_deepspeed_zero_engine_runs_on_cpu_and_resumes(tmp_path):
     run(pretrain_cmd(tmp_path / "ref", "train.steps=4", "train.ckpt_every=2", nproc=2))
     ref = [r["train/loss"] for r in read_metrics(tmp_path / "ref" / "metrics.jsonl") if "train/loss" in r]
     assert [r["train/loss"] for r in rows] == pytest.approx(ref, rel=1e-3)  # same maths as the DDP path
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path):
+    """The torch.compile path (on by default on GPU) computes the same steps as eager mode."""
+    common = ["train.steps=3", "train.ckpt_every=3"]
+    run(pretrain_cmd(tmp_path / "eager", *common, "train.compile=false"))
+    run(pretrain_cmd(tmp_path / "compiled", *common, "train.compile=true"))
+    eager = [r["train/loss"] for r in read_metrics(tmp_path / "eager" / "metrics.jsonl") if "train/loss" in r]
+    compiled = [r["train/loss"] for r in read_metrics(tmp_path / "compiled" / "metrics.jsonl") if "train/loss" in r]
+    assert len(eager) == 3 and compiled == pytest.approx(eager, rel=1e-4)
