@@ -4,6 +4,7 @@ official fixed 16 steps and with adaptive halting (finished views leave the batc
     python -m bench.infer --config configs/demo_cpu.yaml
     python -m bench.infer --checkpoint runs/arc2/pretrain --batch 768 --compile   # one H100
 
+Views stream through `batch` slots (continuous batching: a halted view's slot takes the next view).
 Prints JSON last: puzzles_per_s_fixed, puzzles_per_s_adaptive, mean_steps_adaptive. A random-init model
 never halts early (halting bias -5), so adaptive numbers mean something only with a trained checkpoint.
 The anchor (official TRM, one H100, 16 steps, batch 768, compiled): 95 puzzles/s.
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from bench.common import emit
-from pipeline.act import predict_batch
+from pipeline.act import predict_stream
 from pipeline.config import load_config
 from pipeline.export import load_model
 from pipeline.infer import make_views, puzzle_table_lookup
@@ -60,19 +61,16 @@ def main(argv=None) -> None:
     autocast = torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.dtype != torch.float32)
     sync = torch.cuda.synchronize if rt.device.type == "cuda" else (lambda: None)
     out = {}
+    vecs = lookup(torch.full((len(inputs),), -1, device=rt.device))
     for name, adaptive in (("fixed", False), ("adaptive", True)):
-        steps = []
         with autocast:
-            predict_batch(run_model, inputs[:batch], lookup(torch.full((batch,), -1, device=rt.device)), None, adaptive)
+            predict_stream(run_model, inputs[:batch], vecs[:batch], batch, None, adaptive)  # warm-up / compile
             sync()
             t0 = time.perf_counter()
-            for s in range(0, len(inputs), batch):
-                x = inputs[s:s + batch]
-                _, _, st = predict_batch(run_model, x, lookup(torch.full((len(x),), -1, device=rt.device)), None, adaptive)
-                steps.append(st.float().mean().item())
+            _, _, st = predict_stream(run_model, inputs, vecs, batch, None, adaptive)
             sync()
         out[f"puzzles_per_s_{name}"] = len(inputs) / (time.perf_counter() - t0)
-        out[f"mean_steps_{name}"] = float(np.mean(steps))
+        out[f"mean_steps_{name}"] = float(st.float().mean())
     emit({"bench": "infer", "batch": batch, "views": len(inputs), "canvas": canvas, "dtype": str(rt.dtype),
           "compiled": args.compile, "checkpoint": args.checkpoint, "config": args.config, **out})
 

@@ -119,38 +119,52 @@ def supervision_step(model, carry: Carry, batch: dict[str, torch.Tensor], puzzle
 
 
 @torch.inference_mode()
-def predict_batch(model: TRM, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None, max_steps: int | None = None,
-                  adaptive: bool = True, dtype: torch.dtype = torch.float32):
-    """Run supervision steps until each sample halts (q_halt > 0, or max_steps); halted samples leave the
-    batch so compute goes to live ones. `adaptive=False` always runs max_steps (official evaluation).
+def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None, batch_size: int,
+                   max_steps: int | None = None, adaptive: bool = True, dtype: torch.dtype = torch.float32):
+    """Run every view until it halts (q_halt > 0, or max_steps) with continuous batching: B slots stay full,
+    and a slot whose view halted is refilled with the next pending view (reset to the initial state), as
+    the ACT carry does in training. Shapes stay [B, ...] throughout, which suits torch.compile.
+    `adaptive=False` runs every view for max_steps (the official evaluation).
 
-    Returns argmax predictions [B, seq_len] uint8, halting probability [B] fp32 and steps used [B]."""
-    max_steps = max_steps or model.cfg.halt_max_steps
-    B = inputs.shape[0]
-    dev = inputs.device
-    preds = torch.zeros(B, inputs.shape[1], dtype=torch.uint8, device=dev)
-    conf = torch.zeros(B, dtype=torch.float32, device=dev)
-    steps = torch.zeros(B, dtype=torch.int32, device=dev)
+    Returns argmax predictions [N, seq_len] uint8, halting probability [N] fp32 and steps used [N]."""
     raw = unwrap(model)
+    max_steps = max_steps or raw.cfg.halt_max_steps
+    halts = adaptive and raw.cfg.halting
+    N, dev = inputs.shape[0], inputs.device
+    preds = torch.zeros(N, inputs.shape[1], dtype=torch.uint8, device=dev)
+    conf = torch.zeros(N, dtype=torch.float32, device=dev)
+    steps = torch.zeros(N, dtype=torch.int32, device=dev)
+    B = min(batch_size, N)
+    view = torch.arange(B, device=dev)  # the view each slot works on; -1 = free (only in the tail)
     y, z = raw.initial_state(B, dtype)
-    live = torch.arange(B, device=dev)
-    for step in range(1, max_steps + 1):
-        y, z, logits, q_halt, _ = model(inputs, puzzle_vecs, y, z)
-        if step == max_steps:
-            done = torch.ones_like(q_halt, dtype=torch.bool)
-        elif adaptive and raw.cfg.halting:
-            done = q_halt > 0
-        else:
-            continue
-        if done.any():
-            idx = live[done]
-            preds[idx] = logits[done].argmax(-1).to(torch.uint8)
-            conf[idx] = torch.sigmoid(q_halt[done].float())
-            steps[idx] = step
-            keep = ~done
-            live, y, z = live[keep], y[keep], z[keep]
-            inputs = inputs[keep]
-            puzzle_vecs = puzzle_vecs[keep] if puzzle_vecs is not None else None
-            if live.numel() == 0:
+    slot_steps = torch.zeros(B, dtype=torch.int32, device=dev)
+    # Slot-resident inputs, changed only on refill (like the training carry), so a step gathers nothing.
+    slot_inputs = inputs[:B].clone()
+    slot_vecs = puzzle_vecs[:B].clone() if puzzle_vecs is not None else None
+    pending = B
+    while True:
+        live = view >= 0
+        y, z, logits, q_halt, _ = model(slot_inputs, slot_vecs, y, z)
+        slot_steps += 1
+        done = live & ((slot_steps >= max_steps) | ((q_halt > 0) if halts else False))
+        idx = done.nonzero().flatten()  # the one sync of a step
+        if len(idx):
+            v = view[idx]
+            preds[v] = logits[idx].argmax(-1).to(torch.uint8)
+            conf[v] = torch.sigmoid(q_halt[idx].float())
+            steps[v] = slot_steps[idx]
+            take = min(len(idx), N - pending)
+            view[idx] = -1
+            if take:  # refill freed slots with pending views from their initial state
+                fill = idx[:take]
+                new = torch.arange(pending, pending + take, device=dev)
+                view[fill] = new
+                slot_inputs[fill] = inputs[new]
+                if slot_vecs is not None:
+                    slot_vecs[fill] = puzzle_vecs[new]
+                y[fill], z[fill] = raw.y_init.to(y.dtype), raw.z_init.to(z.dtype)
+                slot_steps[fill] = 0
+                pending += take
+            if pending >= N and not (view >= 0).any():
                 break
     return preds, conf, steps

@@ -12,7 +12,7 @@ import torch
 
 from kernels.inverse import decode_view, hash_views
 from kernels.vote import vote_topk
-from pipeline.act import predict_batch, unwrap
+from pipeline.act import predict_stream, unwrap
 from pipeline.sampler import PackedTasks, PuzzleIdScheme, encode, random_perms
 
 log = logging.getLogger(__name__)
@@ -107,20 +107,13 @@ def puzzle_table_lookup(table: torch.Tensor):
 def run_views(model, views: Views, cfg: PredictConfig, device: torch.device, dtype: torch.dtype, lookup=None):
     raw = unwrap(model)
     lookup = lookup or puzzle_table_lookup(raw.puzzle_emb)
-    N = len(views.inputs)
-    preds = np.empty_like(views.inputs)
-    conf = np.empty(N, dtype=np.float64)
-    steps = np.empty(N, dtype=np.int32)
+    inputs = torch.from_numpy(views.inputs).to(device)
+    vecs = lookup(torch.from_numpy(views.puzzle_ids).to(device))
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    for s in range(0, N, cfg.batch_size):
-        e = min(N, s + cfg.batch_size)
-        inp = torch.from_numpy(views.inputs[s:e]).to(device, non_blocking=True)
-        ids = torch.from_numpy(views.puzzle_ids[s:e]).to(device)
-        with autocast:
-            p, c, st = predict_batch(model, inp, lookup(ids), cfg.max_steps or None, cfg.adaptive_halting,
-                                     dtype=torch.float32)
-        preds[s:e], conf[s:e], steps[s:e] = p.cpu().numpy(), c.cpu().numpy(), st.cpu().numpy()
-    return preds, conf, steps
+    with autocast:
+        preds, conf, steps = predict_stream(model, inputs, vecs, cfg.batch_size, cfg.max_steps or None,
+                                            cfg.adaptive_halting)
+    return preds.cpu().numpy(), conf.double().cpu().numpy(), steps.cpu().numpy()
 
 
 def vote(views: Views, preds: np.ndarray, conf: np.ndarray, canvas: int, k: int):

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pipeline.act import empty_carry, predict_batch, supervision_step
+from pipeline.act import empty_carry, predict_stream, supervision_step
 from pipeline.config import RunConfig, load_config
 from pipeline.model import TRM, ModelConfig, swiglu_width
 from pipeline.optim import AdamATan2, EMA, lr_at, sign_sgd_rows
@@ -38,7 +38,7 @@ def test_variants_train_and_predict(variant):
     loss.backward()
     assert math.isfinite(loss.item()) and preds.shape == (4, 25)
     assert all(p.grad is not None for n, p in m.named_parameters() if not (n.startswith("q_head") and not m.cfg.halting))
-    p, conf, steps = predict_batch(m.eval(), b["inputs"], m.puzzle_emb[b["puzzle_ids"]] if m.cfg.puzzle_emb_ndim else None)
+    p, conf, steps = predict_stream(m.eval(), b["inputs"], m.puzzle_emb[b["puzzle_ids"]] if m.cfg.puzzle_emb_ndim else None, 3)
     assert p.shape == (4, 25) and ((0 <= conf) & (conf <= 1)).all() and (steps == m.cfg.halt_max_steps).all()
 
 
@@ -65,10 +65,28 @@ def test_adaptive_halting_stops_views_early():
     with torch.no_grad():
         m.q_head.bias.fill_(5.0)  # halt immediately
     b = _batch()
-    _, _, steps = predict_batch(m, b["inputs"], m.puzzle_emb[b["puzzle_ids"]], adaptive=True)
+    _, _, steps = predict_stream(m, b["inputs"], m.puzzle_emb[b["puzzle_ids"]], 4, adaptive=True)
     assert (steps == 1).all()
-    _, _, steps = predict_batch(m, b["inputs"], m.puzzle_emb[b["puzzle_ids"]], adaptive=False)
+    _, _, steps = predict_stream(m, b["inputs"], m.puzzle_emb[b["puzzle_ids"]], 4, adaptive=False)
     assert (steps == SMALL["halt_max_steps"]).all()
+
+
+def test_continuous_batching_matches_one_big_batch():
+    """Streaming 13 views through 4 slots (refilled as views halt) gives each view exactly the result it
+    gets in a batch of its own: halting is per view, and refilled slots restart from the initial state."""
+    torch.manual_seed(0)
+    m = TRM(ModelConfig(**SMALL), 3).eval()
+    with torch.no_grad():
+        m.q_head.weight.normal_(0, 2.0)  # views halt at different steps
+        m.q_head.bias.fill_(0.0)
+    g = torch.Generator().manual_seed(1)
+    inputs = torch.randint(0, 12, (13, 25), generator=g, dtype=torch.int32)
+    vecs = torch.randn(13, 32, generator=g)
+    big = predict_stream(m, inputs, vecs, 13)
+    small = predict_stream(m, inputs, vecs, 4)
+    assert len(set(big[2].tolist())) > 1  # a mix of halting steps, so refills really happened
+    for a, b in zip(big, small):
+        torch.testing.assert_close(a, b)
 
 
 def test_adam_atan2_matches_its_formula():
