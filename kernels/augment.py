@@ -3,7 +3,6 @@
 Grids live packed in one flat uint8 array (`cells`) with per-grid `starts`, `heights`, `widths`, so a
 whole task collection is a few MB and any augmented example is produced on demand.
 """
-import numpy as np
 from numba import njit
 
 from kernels.dihedral import source_index, swaps_axes

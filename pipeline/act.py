@@ -19,7 +19,7 @@ IGNORE = -100
 def unwrap(model) -> TRM:
     """The raw TRM inside DDP / DeepSpeed / torch.compile wrappers."""
     while not isinstance(model, TRM):
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+        model = getattr(model, "module", None) or model._orig_mod
     return model
 
 

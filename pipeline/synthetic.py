@@ -44,6 +44,15 @@ def _make_rule(family: str, rng: np.random.Generator):
 FAMILIES = ("flip_lr", "flip_ud", "rot180", "transpose", "colour_map", "recolour", "gravity")
 
 
+def _random_grid(rng: np.random.Generator, size: int, fixed: bool, square: bool) -> np.ndarray:
+    """Half black background, half random colours 1..9; sides `size` (fixed) or drawn from 1..size."""
+    h, w = (size, size) if fixed else rng.integers(1, size + 1, size=2)
+    if square:  # transposed outputs keep the input's shape
+        w = h
+    g = rng.integers(1, 10, size=(h, w)).astype(np.uint8)
+    return np.where(rng.random((h, w)) < 0.5, g, 0).astype(np.uint8)
+
+
 def _parse(spec: str) -> dict:
     opts = {"tasks": 8, "seed": 0, "size": 6, "demos": 32, "tests": 4, "fixed": 0, "families": "+".join(FAMILIES)}
     for item in filter(None, spec.split(",")):
@@ -65,14 +74,9 @@ def synthetic_tasks(spec: str, train_on_test: bool = True) -> list[Task]:
         family = families[k % len(families)]
         rule = _make_rule(family, rng)
 
-        def grid() -> np.ndarray:
-            h, w = (o["size"], o["size"]) if o["fixed"] else rng.integers(1, o["size"] + 1, size=2)
-            if family == "transpose":  # square grids keep every transposed output inside the canvas layout
-                w = h
-            g = rng.integers(1, 10, size=(h, w)).astype(np.uint8)
-            return np.where(rng.random((h, w)) < 0.5, g, 0).astype(np.uint8)
-
-        pairs = [(g, np.ascontiguousarray(rule(g))) for g in (grid() for _ in range(o["demos"] + o["tests"]))]
+        grids = [_random_grid(rng, o["size"], bool(o["fixed"]), square=family == "transpose")
+                 for _ in range(o["demos"] + o["tests"])]
+        pairs = [(g, np.ascontiguousarray(rule(g))) for g in grids]
         train, test = pairs[:o["demos"]], pairs[o["demos"]:]
         tasks.append(Task(id=f"syn{o['seed']}_{k:03d}_{family}", train=train, test_inputs=[i for i, _ in test],
                           test_outputs=[t for _, t in test], source="synthetic", train_on_test=train_on_test))

@@ -11,7 +11,6 @@ import base64
 import contextlib
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field

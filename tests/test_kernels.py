@@ -89,7 +89,7 @@ def test_hash_and_vote_match_reference():
     rows, d, perms, r0, c0, conf, grids = [], [], [], [], [], [], []
     for g in range(G):
         alts = [truths[g], (truths[g] + 1) % 10, truths[g][:1]]
-        for v in range(V):
+        for _ in range(V):
             choice = alts[rng.choice(3, p=[0.5, 0.3, 0.2])]
             dd, pp = int(rng.integers(8)), random_perms(rng, 1)[0]
             aug = augment_grid_ref(choice, dd, pp)

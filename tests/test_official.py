@@ -67,7 +67,7 @@ def test_official_train_step_loss_metrics_and_every_gradient(fixture):
     got = {"loss": loss, **metrics}
     for name in ("loss", "lm_loss", "q_halt_loss", "exact_accuracy", "count", "steps"):
         torch.testing.assert_close(got[name].double().reshape(-1), expected[f"train.step1.{name}"].double().reshape(-1),
-                                   **TOL, msg=lambda m: f"{name}: {m}")
+                                   **TOL, msg=lambda m, name=name: f"{name}: {m}")
     assert carry.halted.tolist() == expected["train.step1.halted"].bool().tolist()
     params = dict(model.named_parameters())
     grads = {k[len("train.step1.grad."):]: v for k, v in expected.items() if k.startswith("train.step1.grad.")}
@@ -78,7 +78,7 @@ def test_official_train_step_loss_metrics_and_every_gradient(fixture):
         else:
             (ours,) = convert_state_dict({name: official[name]}).keys()
             got = params[ours].grad
-        torch.testing.assert_close(got, want, **TOL, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got, want, **TOL, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_official_import_rejects_mismatched_shapes():

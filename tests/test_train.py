@@ -2,7 +2,6 @@
 
     pytest tests/test_train.py            (the DDP/DeepSpeed tests launch torchrun with 2 CPU processes)
 """
-import json
 import os
 import signal
 import subprocess
