@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import ROOT
+from conftest import ARC, ROOT, needs_shared_arc
 from pipeline.synthetic import synthetic_tasks
 from submission.format import FALLBACK_GRID, build_submission, submission_problems
 from test_data import broken_tasks
@@ -168,3 +168,27 @@ def test_a_model_error_costs_only_its_tasks(checkpoint, challenges, tmp_path, mo
     assert not any(k.startswith(doomed + "/") for k in details)  # the failed task fell back ...
     assert sub[doomed][0]["attempt_1"] == raw[doomed]["test"][0]["input"]
     assert len(details) > 0  # ... and the others were still predicted
+
+
+@needs_shared_arc
+@pytest.mark.slow
+def test_make_score_runs_the_hidden_test_flow_on_arc_agi_2_evaluation(tmp_path):
+    """`make score` on real data: a tiny model briefly trained on the 1280-task mix, predict on the ARC-AGI-2
+    evaluation challenges (the solutions file is read only by the scorer), then the score and report."""
+    tiny = ["train.progress=false", "train.steps=2", "train.global_batch=8", "train.ckpt_every=2", "train.eval_every=0",
+            "model.hidden=32", "model.heads=2", "model.puzzle_emb_ndim=32", "model.puzzle_emb_len=1", "model.h_cycles=1",
+            "model.l_cycles=1", "model.halt_max_steps=2", "data.augs_per_task=8", "data.eval_inputs=4", "data.eval_views=2",
+            f"data.arc_root={ARC}"]
+    r = stage("stages.pretrain", "--config", "configs/arc2_4xh100.yaml", "--set", f"run_dir={tmp_path / 'run'}", *tiny)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "score"
+    r = subprocess.run(["make", "-s", "score", f"CHECKPOINT={tmp_path / 'run'}", f"OUT={out}", "AUGS=2",
+                        f"CHALLENGES={ARC / 'arc-agi_evaluation2_challenges.json'}",
+                        f"SOLUTIONS={ARC / 'arc-agi_evaluation2_solutions.json'}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["tasks"] == 120 and result["test_inputs"] == 172 and 0.0 <= result["score"] <= 1.0
+    challenges = json.loads((ARC / "arc-agi_evaluation2_challenges.json").read_text())
+    assert submission_problems(challenges, json.loads((out / "submission.json").read_text())) == []
+    assert len(pl.read_csv(out / "report" / "tasks.csv")) == 120
