@@ -54,6 +54,22 @@ def init_runtime(device: str = "auto", dtype: str = "auto", seed: int = 0, backe
     return Runtime(device=dev, dtype=resolved, rank=rank, world_size=world, local_rank=local)
 
 
+def ensure_process_group(rt: Runtime) -> None:
+    """A process group even for one process (DeepSpeed needs one): a single-rank group on a free local port."""
+    if dist.is_initialized():
+        return
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port)), ("RANK", str(rt.rank)),
+                       ("LOCAL_RANK", str(rt.local_rank)), ("WORLD_SIZE", str(rt.world_size))):
+        os.environ.setdefault(key, value)  # what torchrun would have set
+    dist.init_process_group(backend="nccl" if rt.device.type == "cuda" else "gloo", rank=rt.rank,
+                            world_size=rt.world_size)
+
+
 def shutdown_runtime() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

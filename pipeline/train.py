@@ -25,6 +25,7 @@ from pipeline.act import IGNORE, Carry, empty_carry, supervision_step
 from pipeline.checkpoint import Checkpointer, load_tensors, save_tensors
 from pipeline.metrics import NullSink, RunSink, plot_curves
 from pipeline.optim import EMA, AdamATan2, lr_at, sign_sgd_rows
+from pipeline.runtime import ensure_process_group
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ class Trainer:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         import deepspeed
 
+        ensure_process_group(self.rt)
         c = self.cfg
         ds_cfg = {"train_micro_batch_size_per_gpu": self.local_batch, "gradient_accumulation_steps": 1,
                   "train_batch_size": c.global_batch, "zero_optimization": {"stage": c.zero_stage},

@@ -118,6 +118,8 @@ def test_deepspeed_zero_engine_runs_on_cpu_and_resumes(tmp_path):
     run(pretrain_cmd(tmp_path / "ref", "train.steps=4", "train.ckpt_every=2", nproc=2))
     ref = [r["train/loss"] for r in read_metrics(tmp_path / "ref" / "metrics.jsonl") if "train/loss" in r]
     assert [r["train/loss"] for r in rows] == pytest.approx(ref, rel=1e-3)  # same maths as the DDP path
+    run(pretrain_cmd(tmp_path / "single", "train.steps=2", *common), env=env)  # one process, no torchrun
+    assert (resolve_checkpoint(tmp_path / "single") / "deepspeed").is_dir()
 
 
 @pytest.mark.slow
