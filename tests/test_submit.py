@@ -145,10 +145,10 @@ def test_score_is_arc_prize_pass_at_2_and_writes_a_report(tmp_path):
 
 
 def test_a_model_error_costs_only_its_tasks(checkpoint, challenges, tmp_path, monkeypatch, capsys):
-    import pipeline.infer
+    import pipeline.hidden
     import stages.predict as predict
 
-    real = pipeline.infer.predict_tests
+    real = pipeline.hidden.predict_tests
     ch, _ = challenges
     raw = json.loads(ch.read_text())
     doomed = sorted(k for k in raw if k.startswith("syn"))[0]
@@ -158,7 +158,7 @@ def test_a_model_error_costs_only_its_tasks(checkpoint, challenges, tmp_path, mo
             raise RuntimeError("simulated CUDA error")
         return real(model, packed, rows, *args, **kwargs)
 
-    monkeypatch.setattr(predict, "predict_tests", flaky)
+    monkeypatch.setattr(pipeline.hidden, "predict_tests", flaky)
     out = tmp_path / "s.json"
     assert predict.main(["--checkpoint", str(checkpoint), "--challenges", str(ch), "--out", str(out), "--augs", "2",
                          "--no-progress", "--device", "cpu"]) == 0

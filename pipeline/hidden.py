@@ -1,0 +1,115 @@
+"""The hidden-test flow shared by `stages.predict`, the budgeted submit and the Kaggle notebook: from a raw
+challenges file and a loaded model to ranked attempts per test input.
+
+Nothing here may cost another task: invalid tasks and grids larger than the model's canvas are reported
+and left to the submission writer's fallback; a model error in a chunk is retried task by task; past the
+time budget the remaining inputs are left to the fallback. Test inputs are sharded over ranks and the
+results gathered; every view depends only on (seed, test input), so sharding never changes results.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from pipeline.dataset import canvas_problem
+from pipeline.export import LoadedModel
+from pipeline.infer import PredictConfig, TestPrediction, predict_tests
+from pipeline.runtime import Runtime
+from pipeline.sampler import pack_tasks
+from pipeline.sources import LoadResult, entries_to_tasks
+from pipeline.tasks import DataError, read_json
+
+log = logging.getLogger(__name__)
+MODEL_ERRORS = (RuntimeError, ValueError, torch.cuda.OutOfMemoryError)
+
+
+def load_challenges(path: str | Path) -> tuple[dict, LoadResult]:
+    """The raw challenges (the writer must cover every id in them) and the valid tasks (for the model)."""
+    raw = read_json(Path(path))
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected a JSON object mapping task ids to tasks")
+    res = entries_to_tasks(raw, None, Path(path).name, train_on_test=False)
+    for q in res.problems:
+        log.warning("invalid task, fallback used: %s", q)
+    return raw, res
+
+
+def _predict_chunk(loaded: LoadedModel, packed, chunk, task_to_ckpt, pcfg, rt, progress) -> list[TestPrediction]:
+    """Predict a chunk of test inputs; if it fails (a model error), retry task by task so that only the
+    failing tasks fall back."""
+    canvas = loaded.config.data.canvas
+    try:
+        return predict_tests(loaded.model, packed, chunk, task_to_ckpt, loaded.ids, pcfg, canvas, rt.device, rt.dtype,
+                             progress)
+    except MODEL_ERRORS as e:
+        log.warning("prediction failed for a chunk of %d test inputs (%s); retrying task by task", len(chunk), e)
+    out = []
+    for task in np.unique(packed.test_task[chunk]):
+        rows = chunk[packed.test_task[chunk] == task]
+        try:
+            out += predict_tests(loaded.model, packed, rows, task_to_ckpt, loaded.ids, pcfg, canvas, rt.device,
+                                 rt.dtype, progress)
+        except MODEL_ERRORS as e:
+            log.error("prediction failed for task %s: %s; fallback used", packed.task_ids[task], e)
+    return out
+
+
+def predict_challenges(loaded: LoadedModel, res: LoadResult, pcfg: PredictConfig, rt: Runtime,
+                       deadline: float | None = None, show_progress: bool = True) -> list[TestPrediction]:
+    """Ranked attempts for every test input of the valid tasks in `res` that this model can take, gathered
+    from all ranks. `deadline` is a time.perf_counter() value after which no new chunk starts."""
+    canvas = loaded.config.data.canvas
+    tasks = []
+    for t in res.tasks:
+        if (p := canvas_problem(t, canvas)) is not None:
+            log.warning("task %s: %s; fallback used", t.id, p)
+        else:
+            tasks.append(t)
+    if not tasks:
+        return []
+    packed = pack_tasks(tasks)
+    index = {tid: k for k, tid in enumerate(loaded.task_ids)}
+    task_to_ckpt = np.array([index.get(tid, -1) for tid in packed.task_ids], dtype=np.int64)
+    if (unknown := int((task_to_ckpt < 0).sum())):
+        log.warning("%d of %d tasks were not in pretraining: they use the mean puzzle embedding (run ttt to fit them)",
+                    unknown, len(task_to_ckpt))
+    rows = np.arange(len(packed.test_task))[rt.rank::rt.world_size]
+    bar = None
+    if rt.is_main and show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(rows), desc="predict", unit="input", dynamic_ncols=True)
+    t0, views_done = time.perf_counter(), [0]
+
+    def progress(n_inputs, n_views):
+        views_done[0] += n_views
+        if bar is not None:
+            bar.update(n_inputs)
+            bar.set_postfix(views_per_s=f"{views_done[0] / (time.perf_counter() - t0):.0f}")
+
+    results: list[TestPrediction] = []
+    step = max(1, pcfg.chunk_views // pcfg.augs)
+    for s in range(0, len(rows), step):
+        if deadline is not None and time.perf_counter() > deadline:
+            log.warning("time budget used up: %d test inputs get fallbacks", len(rows) - s)
+            break
+        results += _predict_chunk(loaded, packed, rows[s:s + step], task_to_ckpt, pcfg, rt, progress)
+    if bar is not None:
+        bar.close()
+    if rt.distributed:
+        gathered = [None] * rt.world_size
+        dist.all_gather_object(gathered, results)
+        results = [r for part in gathered for r in part]
+    return results
+
+
+def details_of(results: list[TestPrediction]) -> dict:
+    """Per test input: votes, valid views, confidence, halting steps and seconds (for the score report)."""
+    return {f"{r.task_id}/{r.test_index}": {"votes": r.votes, "valid_views": r.valid_views, "views": r.views,
+                                            "confidence": r.confidence, "mean_steps": r.mean_steps,
+                                            "seconds": r.seconds} for r in results}
