@@ -152,9 +152,8 @@ def predict_tests(model, packed: PackedTasks, test_rows: np.ndarray, task_to_ckp
         for j, t in enumerate(rows):
             ranked, n_valid = voted[j]
             seg = slice(views.seg_starts[j], views.seg_starts[j + 1])
-            k = packed.test_task[t]
-            test_index = int(t - np.flatnonzero(packed.test_task == k)[0])
-            results.append(TestPrediction(packed.task_ids[k], test_index, [g for g, _, _ in ranked],
+            results.append(TestPrediction(packed.task_ids[packed.test_task[t]], int(packed.test_index[t]),
+                                          [g for g, _, _ in ranked],
                                           [c for _, c, _ in ranked], [f for _, _, f in ranked], n_valid, cfg.augs,
                                           float(steps[seg].mean()), dt))
         if progress is not None:
@@ -177,9 +176,7 @@ def evaluate_heldout(model, packed: PackedTasks, ids: PuzzleIdScheme, cfg: Predi
     model.train(was_training)
     hits1 = hitsk = 0
     for t, p in zip(rows, preds):
-        o = packed.test_out[t]
-        s, h, w = packed.starts[o], packed.heights[o], packed.widths[o]
-        truth = packed.cells[s:s + h * w].reshape(h, w)
+        truth = packed.grid(packed.test_out[t])
         ok = [a.shape == truth.shape and bool((a == truth).all()) for a in p.attempts]
         hits1 += bool(ok[:1] and ok[0])
         hitsk += any(ok)

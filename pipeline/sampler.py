@@ -64,11 +64,18 @@ class PackedTasks:
     test_in: np.ndarray
     test_out: np.ndarray
     """Test inputs of every task; test_out = -1 where the output is unknown."""
+    test_index: np.ndarray
+    """Position of each test input within its task's test list."""
     test_trainable: np.ndarray
 
     @property
     def num_tasks(self) -> int:
         return len(self.task_ids)
+
+    def grid(self, i: int) -> np.ndarray:
+        """Grid number i as a uint8 [h, w] view."""
+        s, h, w = self.starts[i], self.heights[i], self.widths[i]
+        return self.cells[s:s + h * w].reshape(h, w)
 
 
 def pack_tasks(tasks: list[Task]) -> PackedTasks:
@@ -79,7 +86,7 @@ def pack_tasks(tasks: list[Task]) -> PackedTasks:
         return len(grids) - 1
 
     ex_in, ex_out, ex_start, ex_count = [], [], [], []
-    t_task, t_in, t_out, t_trainable = [], [], [], []
+    t_task, t_in, t_out, t_index, t_trainable = [], [], [], [], []
     for k, t in enumerate(tasks):
         ex_start.append(len(ex_in))
         for i, o in t.train:
@@ -88,7 +95,8 @@ def pack_tasks(tasks: list[Task]) -> PackedTasks:
         for j, i in enumerate(t.test_inputs):
             gi = add(i)
             go = add(t.test_outputs[j]) if t.test_outputs is not None else -1
-            t_task.append(k), t_in.append(gi), t_out.append(go), t_trainable.append(t.train_on_test and go >= 0)
+            t_task.append(k), t_in.append(gi), t_out.append(go), t_index.append(j)
+            t_trainable.append(t.train_on_test and go >= 0)
             if t.train_on_test and go >= 0:
                 ex_in.append(gi)
                 ex_out.append(go)
@@ -100,7 +108,7 @@ def pack_tasks(tasks: list[Task]) -> PackedTasks:
     return PackedTasks(task_ids=[t.id for t in tasks], cells=cells, starts=starts,
                        heights=i64([g.shape[0] for g in grids]), widths=i64([g.shape[1] for g in grids]),
                        ex_in=i64(ex_in), ex_out=i64(ex_out), task_ex_start=i64(ex_start), task_ex_count=i64(ex_count),
-                       test_task=i64(t_task), test_in=i64(t_in), test_out=i64(t_out),
+                       test_task=i64(t_task), test_in=i64(t_in), test_out=i64(t_out), test_index=i64(t_index),
                        test_trainable=np.asarray(t_trainable, dtype=bool))
 
 
