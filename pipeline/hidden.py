@@ -8,6 +8,7 @@ results gathered; every view depends only on (seed, test input), so sharding nev
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -79,6 +80,9 @@ def predict_challenges(loaded: LoadedModel, res: LoadResult, pcfg: PredictConfig
         log.warning("%d of %d tasks were not in pretraining: they use the mean puzzle embedding (run ttt to fit them)",
                     unknown, len(task_to_ckpt))
     rows = np.arange(len(packed.test_task))[rt.rank::rt.world_size]
+    if pcfg.compile is True or (pcfg.compile == "auto" and rt.device.type == "cuda"):
+        log.info("prediction runs a torch.compile'd model (compiles on the first batch)")
+        loaded = dataclasses.replace(loaded, model=torch.compile(loaded.model))
     bar = None
     if rt.is_main and show_progress:
         from tqdm import tqdm

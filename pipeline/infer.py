@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,6 +35,8 @@ class PredictConfig:
     """Attempts per test input."""
     chunk_views: int = 65536
     """Views generated and held in memory at once (bounds RAM for 1000 views x many inputs)."""
+    compile: bool | Literal["auto"] = "auto"
+    """torch.compile the model for prediction; auto = on for CUDA. Continuous batching keeps shapes static."""
     seed: int = 0
 
     def __post_init__(self) -> None:

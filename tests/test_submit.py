@@ -192,3 +192,26 @@ def test_make_score_runs_the_hidden_test_flow_on_arc_agi_2_evaluation(tmp_path):
     challenges = json.loads((ARC / "arc-agi_evaluation2_challenges.json").read_text())
     assert submission_problems(challenges, json.loads((out / "submission.json").read_text())) == []
     assert len(pl.read_csv(out / "report" / "tasks.csv")) == 120
+
+
+@pytest.mark.slow
+def test_compiled_prediction_matches_eager(checkpoint, challenges, tmp_path):
+    """The torch.compile path (on by default on GPU) predicts exactly what eager mode predicts."""
+    ch, _ = challenges
+    outs = []
+    for flag in ("false", "true"):
+        run_dir = tmp_path / flag
+        import shutil
+
+        shutil.copytree(checkpoint, run_dir)
+        ck = sorted((run_dir / "ckpt").glob("step-*"))[-1]
+        cfg = (ck / "config.yaml").read_text().replace("compile: auto", f"compile: {flag}")
+        assert f"compile: {flag}" in cfg
+        (ck / "config.yaml").write_text(cfg)
+        out = tmp_path / f"{flag}.json"
+        r = stage("stages.predict", "--checkpoint", str(run_dir), "--challenges", str(ch), "--out", str(out),
+                  "--augs", "2", "--no-progress")
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert ("torch.compile'd" in r.stderr) == (flag == "true")
+        outs.append(json.loads(out.read_text()))
+    assert outs[0] == outs[1]
