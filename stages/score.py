@@ -20,6 +20,7 @@ import polars as pl
 from pipeline.tasks import DataError, read_json
 from stages._cli import run
 
+MAX_DEMOS_SHOWN = 10
 ARC_COLOURS = ["#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF",
                "#870C25"]
 
@@ -51,7 +52,10 @@ def _grid_html(grid, title: str) -> str:
 
 def task_page(task_id: str, challenge: dict, truths: list, entries: list, row: dict) -> str:
     parts = [f"<h2>{html.escape(task_id)}: {row['correct']}/{row['tests']} correct</h2><h3>Demonstrations</h3>"]
-    for k, pair in enumerate(challenge.get("train", []) if isinstance(challenge, dict) else []):
+    demos = challenge.get("train", []) if isinstance(challenge, dict) else []
+    if len(demos) > MAX_DEMOS_SHOWN:
+        parts.append(f"<p>first {MAX_DEMOS_SHOWN} of {len(demos)} shown</p>")
+    for k, pair in enumerate(demos[:MAX_DEMOS_SHOWN]):
         parts.append("<div class=row>" + _grid_html(pair.get("input"), f"in {k}") + _grid_html(pair.get("output"), f"out {k}") + "</div>")
     parts.append("<h3>Test</h3>")
     tests = challenge.get("test", []) if isinstance(challenge, dict) else []
