@@ -57,14 +57,16 @@ def main(argv=None) -> int:
             p.error("export needs --out DIR/NAME")
         return export(load_sources(args.paths, args.arc_root).tasks, Path(args.out))
     if args.command == "check":
-        bad = 0
-        total = 0
+        bad = total = 0
         for path in args.paths:
             res = load_source(path, args.arc_root)
-            total += len(res.tasks) + len({q.task_id for q in res.problems})
+            reasons: dict[str, list[str]] = {}
             for q in res.problems:
-                print(f"{path}: {q}")
-            bad += len({q.task_id for q in res.problems})
+                reasons.setdefault(f"{q.task_id} ({q.source})" if q.source else q.task_id, []).append(q.reason)
+            for task, why in reasons.items():  # one line per invalid task, all its problems on it
+                print(f"{path}: {task}: {'; '.join(why)}")
+            bad += len(reasons)
+            total += len(res.tasks) + len(reasons)
         print(f"{total - bad} of {total} tasks valid", file=sys.stderr)
         return 2 if bad else 0
     res = load_sources(args.paths, args.arc_root)

@@ -106,9 +106,12 @@ def test_data_check_cli_exit_codes_and_lines(tmp_path):
     r = _run_stage("stages.data", "check", str(bad))
     assert r.returncode == 2 and "Traceback" not in r.stderr + r.stdout
     lines = r.stdout.strip().splitlines()
-    for tid in set(broken_tasks()) - {"good"}:
-        assert any(tid in line for line in lines), tid
-    assert not any(line.split(": ")[1].startswith("good") for line in lines)
+    invalid = set(broken_tasks()) - {"good"}
+    assert len(lines) == len(invalid)  # one line per invalid task
+    for tid in invalid:
+        assert sum(f": {tid} (" in line for line in lines) == 1, tid
+    assert not any(": good (" in line for line in lines)
+    assert "1 of 9 tasks valid" in r.stderr
     good = tmp_path / "good_challenges.json"
     good.write_text(json.dumps({"good": GOOD}))
     assert _run_stage("stages.data", "check", str(good)).returncode == 0
