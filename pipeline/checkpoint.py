@@ -6,6 +6,7 @@
   carry_rank{r}.safetensors   the ACT carry of each rank, so that a resumed run continues exactly
   state.json          step, sampler position, RNG state, loop state, metrics
   config.yaml         the resolved RunConfig;  tasks.json  the task ids in puzzle-id order
+  puzzle_ids.safetensors   the puzzle-id scheme's table (which augmentation each id stands for)
   meta.json           written last: a folder is complete only when it has one
 
 Everything is written into `step-N.tmp/` and renamed into place, so a killed run never leaves a torn
@@ -21,6 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -64,6 +66,18 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     return load_file(str(path), device=str(device))
+
+
+def save_arrays(arrays: dict, path: Path) -> None:
+    from safetensors.numpy import save_file as save_np
+
+    save_np({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path))
+
+
+def load_arrays(path: Path) -> dict:
+    from safetensors.numpy import load_file as load_np
+
+    return load_np(str(path))
 
 
 def git_sha() -> str:

@@ -47,4 +47,4 @@ def build_dataset(cfg: DataConfig, seed: int) -> Dataset:
     if not res.tasks:
         raise DataError(f"no valid task in sources {cfg.sources}")
     packed = pack_tasks(res.tasks)
-    return Dataset(res.tasks, packed, build_id_scheme(cfg, packed.num_tasks, seed), res.problems)
+    return Dataset(res.tasks, packed, build_id_scheme(cfg, packed, seed), res.problems)

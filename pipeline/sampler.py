@@ -122,6 +122,7 @@ def random_perms(rng: np.random.Generator, n: int, enabled: bool = True) -> np.n
 
 class PuzzleIdScheme(Protocol):
     """Maps (task, augmentation) to a puzzle-embedding row. Id 0 is the blank id used for padding rows."""
+    name: str
     num_ids: int
 
     def sample(self, tasks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -130,33 +131,85 @@ class PuzzleIdScheme(Protocol):
     def views(self, task: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids, dihedral, perms) of n inference views of a task; view 0 is the identity."""
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Arrays that rebuild the scheme exactly (saved with every checkpoint)."""
+
+
+def _task_grids(packed: PackedTasks, t: int) -> list[np.ndarray]:
+    s, n = packed.task_ex_start[t], packed.task_ex_count[t]
+    idx = list(packed.ex_in[s:s + n]) + list(packed.ex_out[s:s + n])
+    rows = np.flatnonzero(packed.test_task == t)
+    idx += list(packed.test_in[rows]) + [o for o in packed.test_out[rows] if o >= 0]
+    return [packed.grid(i) for i in dict.fromkeys(idx)]
+
+
+def _dihedral_classes(grids: list[np.ndarray]) -> np.ndarray:
+    """For each dihedral id, the smallest id that transforms every grid of the task identically."""
+    from kernels.reference import dihedral_ref
+
+    keys = [tuple((dihedral_ref(g, d).shape, dihedral_ref(g, d).tobytes()) for g in grids) for d in range(8)]
+    return np.array([keys.index(k) for k in keys], dtype=np.int64)
+
 
 class PerAugmentationIds:
-    """The official scheme: K augmentations fixed per task (drawn from `seed`), each its own id."""
+    """The official scheme: up to K distinct augmentations fixed per task, each its own id.
 
-    def __init__(self, num_tasks: int, k: int, seed: int, dihedral: bool = True, colour_perm: bool = True):
+    As in the official builder, augmentations that give an identical augmented task are dropped: two
+    colour permutations are the same version when they agree on the task's colours, and dihedral
+    transforms under which the task is symmetric fall into one class. The table is kept in the checkpoint
+    (state_dict), so prediction never needs the training data to rebuild it."""
+
+    name = "per_augmentation"
+
+    def __init__(self, dihedral: np.ndarray, perms: np.ndarray, offsets: np.ndarray):
+        self.dihedral, self.perms, self.offsets = dihedral.astype(np.int64), perms.astype(np.uint8), offsets.astype(np.int64)
+        self.counts = np.diff(self.offsets)
+        self.num_ids = 1 + int(self.offsets[-1])
+
+    @classmethod
+    def build(cls, packed: PackedTasks, k: int, seed: int, dihedral: bool = True, colour_perm: bool = True,
+              tries_per_aug: int = 5) -> "PerAugmentationIds":
         rng = np.random.default_rng([seed, 0xA06])
-        self.k = k
-        self.dihedral = rng.integers(0, 8 if dihedral else 1, size=(num_tasks, k)).astype(np.int64)
-        self.perms = random_perms(rng, num_tasks * k, colour_perm).reshape(num_tasks, k, 10)
-        self.dihedral[:, 0] = 0
-        self.perms[:, 0] = np.arange(10)
-        self.num_ids = 1 + num_tasks * k
+        tables_d, tables_p, counts = [], [], []
+        for t in range(packed.num_tasks):
+            grids = _task_grids(packed, t)
+            colours = np.unique(np.concatenate([g.ravel() for g in grids]))
+            colours = colours[colours > 0]
+            classes = _dihedral_classes(grids)
+            n = tries_per_aug * k
+            d = rng.integers(0, 8 if dihedral else 1, size=n)
+            p = random_perms(rng, n, colour_perm)
+            d[0], p[0] = 0, np.arange(10)  # the identity is always version 0
+            key = classes[d]
+            for c in colours:  # the version is fixed by the dihedral class and where the used colours go
+                key = key * 16 + p[:, c]
+            _, first = np.unique(key, return_index=True)
+            keep = np.sort(first)[:k]
+            tables_d.append(d[keep]), tables_p.append(p[keep]), counts.append(len(keep))
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        empty_p = np.zeros((0, 10), np.uint8)
+        return cls(np.concatenate(tables_d) if tables_d else np.zeros(0, np.int64),
+                   np.concatenate(tables_p) if tables_p else empty_p, offsets)
 
     def sample(self, tasks, rng):
-        a = rng.integers(0, self.k, size=len(tasks))
-        return 1 + tasks * self.k + a, self.dihedral[tasks, a], self.perms[tasks, a]
+        idx = self.offsets[tasks] + (rng.random(len(tasks)) * self.counts[tasks]).astype(np.int64)
+        return 1 + idx, self.dihedral[idx], self.perms[idx]
 
     def views(self, task, n, rng):
-        a = np.arange(n) % self.k
-        return 1 + task * self.k + a, self.dihedral[task, a], self.perms[task, a]
+        idx = self.offsets[task] + np.arange(n) % self.counts[task]
+        return 1 + idx, self.dihedral[idx], self.perms[idx]
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"dihedral": self.dihedral, "perms": self.perms, "offsets": self.offsets}
 
 
 class PerTaskIds:
     """One id per task; augmentations are drawn freely (embeddings grow with tasks, not tasks x augmentations)."""
 
+    name = "per_task"
+
     def __init__(self, num_tasks: int, dihedral: bool = True, colour_perm: bool = True):
-        self.num_ids = 1 + num_tasks
+        self.num_tasks, self.num_ids = num_tasks, 1 + num_tasks
         self._dihedral, self._colour = dihedral, colour_perm
 
     def sample(self, tasks, rng):
@@ -169,11 +222,21 @@ class PerTaskIds:
         perms[0] = np.arange(10)
         return np.full(n, 1 + task, dtype=np.int64), d, perms
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"flags": np.array([self.num_tasks, self._dihedral, self._colour], dtype=np.int64)}
 
-def build_id_scheme(cfg: DataConfig, num_tasks: int, seed: int) -> PuzzleIdScheme:
+
+def build_id_scheme(cfg: DataConfig, packed: PackedTasks, seed: int) -> PuzzleIdScheme:
     if cfg.puzzle_ids == "per_task":
-        return PerTaskIds(num_tasks, cfg.dihedral, cfg.colour_perm)
-    return PerAugmentationIds(num_tasks, cfg.augs_per_task, seed, cfg.dihedral, cfg.colour_perm)
+        return PerTaskIds(packed.num_tasks, cfg.dihedral, cfg.colour_perm)
+    return PerAugmentationIds.build(packed, cfg.augs_per_task, seed, cfg.dihedral, cfg.colour_perm)
+
+
+def id_scheme_from_state(name: str, state: dict[str, np.ndarray]) -> PuzzleIdScheme:
+    if name == "per_task":
+        n, dihedral, colour = (int(x) for x in state["flags"])
+        return PerTaskIds(n, bool(dihedral), bool(colour))
+    return PerAugmentationIds(state["dihedral"], state["perms"], state["offsets"])
 
 
 def encode(packed: PackedTasks, in_idx, out_idx, dihedral, perms, u_row, u_col, canvas: int) -> dict:

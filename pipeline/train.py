@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.act import IGNORE, Carry, empty_carry, supervision_step
-from pipeline.checkpoint import Checkpointer, load_tensors, save_tensors
+from pipeline.checkpoint import Checkpointer, load_tensors, save_arrays, save_tensors
 from pipeline.metrics import NullSink, RunSink, plot_curves
 from pipeline.optim import EMA, AdamATan2, lr_at, sign_sgd_rows
 from pipeline.runtime import ensure_process_group
@@ -209,7 +209,9 @@ class Trainer:
                      "torch_rng": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
             (tmp / "state.json").write_text(json.dumps(state))
             (tmp / "config.yaml").write_text(self.config_yaml)
-            (tmp / "tasks.json").write_text(json.dumps({"task_ids": self.task_ids}))
+            ids = self.sampler.ids
+            (tmp / "tasks.json").write_text(json.dumps({"task_ids": self.task_ids, "puzzle_ids": ids.name}))
+            save_arrays(ids.state_dict(), tmp / "puzzle_ids.safetensors")
         self.ckpt.commit(tmp, self.step, {"metric": metric, "prefix": self.prefix}, metric)
 
     def maybe_resume(self) -> bool:

@@ -9,7 +9,7 @@ import pytest
 from conftest import ARC, ROOT, needs_shared_arc
 from pipeline.sampler import DataConfig, PerAugmentationIds, PerTaskIds, Sampler, pack_tasks
 from pipeline.sources import load_source, load_sources
-from pipeline.tasks import DataError, task_problems
+from pipeline.tasks import DataError, Task, task_problems
 
 GOOD = {"train": [{"input": [[1, 2], [3, 4]], "output": [[4, 3], [2, 1]]}], "test": [{"input": [[0, 1], [1, 0]]}]}
 
@@ -143,7 +143,7 @@ def packed():
 
 def test_sampler_is_a_pure_function_of_seed_and_step(packed):
     cfg = DataConfig(sources=["x"], augs_per_task=50)
-    ids = PerAugmentationIds(packed.num_tasks, 50, 0)
+    ids = PerAugmentationIds.build(packed, 50, 0)
     a, b = Sampler(packed, ids, cfg, 32, seed=1), Sampler(packed, ids, cfg, 32, seed=1)
     first = [next(a) for _ in range(5)]
     b.load_state_dict(Sampler(packed, ids, cfg, 32, seed=1).state_dict() | {"step": 3})
@@ -172,11 +172,39 @@ def test_eval_test_outputs_are_never_sampled(packed):
     assert not held_out & set(ev.ex_out.tolist())
 
 
-def test_per_augmentation_ids_are_unique_per_task_and_aug():
-    ids = PerAugmentationIds(num_tasks=3, k=4, seed=0)
-    assert ids.num_ids == 13
-    pid, d, perms = ids.views(2, 8, np.random.default_rng(0))
-    assert list(pid) == [9, 10, 11, 12, 9, 10, 11, 12] and d[0] == 0 and list(perms[0]) == list(range(10))
+def test_per_augmentation_ids_are_distinct_versions_of_each_task():
+    from kernels.reference import augment_grid_ref
+
     rng = np.random.default_rng(0)
-    pid, d, perms = ids.sample(np.array([0, 1, 2] * 100), rng)
-    assert pid.min() >= 1 and pid.max() <= 12 and (perms[:, 0] == 0).all()
+    plain = Task("plain", [(rng.integers(0, 10, (3, 4)).astype(np.uint8), rng.integers(0, 10, (2, 2)).astype(np.uint8))],
+                 [rng.integers(0, 10, (3, 3)).astype(np.uint8)])
+    sym = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 1]], np.uint8)  # one colour, symmetric under all 8 dihedrals
+    symmetric = Task("symmetric", [(sym, sym)], [sym])
+    packed = pack_tasks([plain, symmetric])
+    ids = PerAugmentationIds.build(packed, k=50, seed=0)
+    assert list(ids.counts) == [50, 9]  # the symmetric one-colour task has only 9 distinct versions
+    assert ids.num_ids == 60
+    pid, d, perms = ids.views(1, 12, rng)
+    assert list(pid) == [51, 52, 53, 54, 55, 56, 57, 58, 59, 51, 52, 53] and d[0] == 0
+    assert list(perms[0]) == list(range(10))
+    versions = {augment_grid_ref(sym, dd, pp).tobytes() for dd, pp in zip(*ids.views(1, 9, rng)[1:])}
+    assert len(versions) == 9  # every kept version really differs
+    versions = {tuple(augment_grid_ref(g, dd, pp).tobytes() for g in (plain.train[0][0], plain.train[0][1]))
+                for dd, pp in zip(*ids.views(0, 50, rng)[1:])}
+    assert len(versions) == 50
+    pid, d, perms = ids.sample(np.array([0, 1] * 100), rng)
+    assert pid.min() >= 1 and pid.max() <= 59 and (perms[:, 0] == 0).all()
+    assert set(pid[1::2]) <= set(range(51, 60))
+
+
+def test_id_tables_survive_a_checkpoint_round_trip(packed, tmp_path):
+    from pipeline.checkpoint import load_arrays, save_arrays
+    from pipeline.sampler import id_scheme_from_state
+
+    for ids in (PerAugmentationIds.build(packed, 20, 3), PerTaskIds(packed.num_tasks, True, False)):
+        save_arrays(ids.state_dict(), tmp_path / "ids.safetensors")
+        again = id_scheme_from_state(ids.name, load_arrays(tmp_path / "ids.safetensors"))
+        assert again.num_ids == ids.num_ids
+        for t in (0, packed.num_tasks - 1):
+            for a, b in zip(ids.views(t, 30, np.random.default_rng(1)), again.views(t, 30, np.random.default_rng(1))):
+                np.testing.assert_array_equal(a, b)
