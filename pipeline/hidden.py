@@ -87,7 +87,7 @@ def predict_challenges(loaded: LoadedModel, res: LoadResult, pcfg: PredictConfig
     if rt.is_main and show_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(rows), desc="predict", unit="input", dynamic_ncols=True)
+        bar = tqdm(total=len(rows), desc="predict", unit="input", dynamic_ncols=True, mininterval=1.0)
     t0, views_done = time.perf_counter(), [0]
 
     def progress(n_inputs, n_views):

@@ -302,7 +302,7 @@ class Trainer:
         if rt.is_main and c.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=c.steps, initial=self.step, desc=self.prefix, dynamic_ncols=True)
+            bar = tqdm(total=c.steps, initial=self.step, desc=self.prefix, dynamic_ncols=True, mininterval=1.0)
         acc: dict[str, torch.Tensor] = {}
         t_last, n_last, last_eval = time.perf_counter(), self.step, {}
         while self.step < c.steps:
