@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline.tasks import write_json_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -88,13 +90,6 @@ def git_sha() -> str:
         return "unknown"
 
 
-def write_json(path: Path, obj) -> None:
-    """Atomic JSON write (temp file + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 class Checkpointer:
     """Saves and finds checkpoints of one run; every rank calls save() (each writes its own carry)."""
 
@@ -132,7 +127,7 @@ class Checkpointer:
         if metric is not None:
             best = self.best()
             if best is None or metric > best["metric"] or not (self.root / step_name(best["step"])).exists():
-                write_json(self.root / "best.json", {"step": step, "metric": metric})
+                write_json_atomic(self.root / "best.json", {"step": step, "metric": metric})
         self._prune()
         self.barrier()
         return final

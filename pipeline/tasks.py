@@ -6,6 +6,7 @@ problem is reported as a `TaskProblem` so that one broken task never stops the o
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,3 +141,15 @@ def read_json(path: Path):
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON at line {e.lineno} column {e.colno} (char {e.pos}): {e.msg}") from e
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    """Write JSON to a temp file beside `path`, fsync it and rename it into place: readers never see a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("w") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -18,8 +18,8 @@ import numpy as np
 import polars as pl
 
 from pipeline.sources import load_source, load_sources
+from pipeline.tasks import write_json_atomic
 from stages._cli import run
-from submission.format import write_json_atomic
 
 
 def stats_table(tasks) -> pl.DataFrame:

@@ -20,7 +20,8 @@ from pipeline.hidden import details_of, load_challenges, predict_challenges
 from pipeline.metrics import setup_logging
 from pipeline.runtime import init_runtime, shutdown_runtime
 from stages._cli import run
-from submission.format import build_submission, write_json_atomic
+from pipeline.tasks import write_json_atomic
+from submission.format import build_submission
 
 log = logging.getLogger("predict")
 

@@ -2,13 +2,10 @@
 
 The one writer every path uses (predict, the budgeted submit, the Kaggle notebook): it covers every task
 id of the challenges file and every test input, with a fallback wherever a prediction is missing, so
-the file is always valid. Writes are atomic."""
+the file is always valid. Callers write it with pipeline.tasks.write_json_atomic."""
 from __future__ import annotations
 
-import json
 import logging
-import os
-from pathlib import Path
 
 import numpy as np
 
@@ -50,17 +47,6 @@ def build_submission(challenges: dict, predictions: dict[tuple[str, int], list])
             entries.append({"attempt_1": attempts[0], "attempt_2": attempts[1]})
         sub[task_id] = entries
     return sub, notes
-
-
-def write_json_atomic(path: str | Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def submission_problems(challenges: dict, submission) -> list[str]:
