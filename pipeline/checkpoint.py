@@ -82,6 +82,26 @@ def load_arrays(path: Path) -> dict:
     return load_np(str(path))
 
 
+def read_weights(ckpt: Path, use_ema: bool = True) -> dict[str, torch.Tensor]:
+    f = ckpt / "ema.safetensors"
+    return load_tensors(f if use_ema and f.exists() else ckpt / "model.safetensors")
+
+
+@torch.no_grad()
+def warm_start(model: torch.nn.Module, path: str | Path) -> None:
+    """Copy trunk weights (EMA) from a checkpoint; a puzzle table of another size is re-initialised to the
+    mean of the stored rows (TRM's rule for fine-tuning on new tasks)."""
+    weights = read_weights(resolve_checkpoint(path))
+    table = weights.pop("puzzle_emb")
+    if table.shape == model.puzzle_emb.shape:
+        model.puzzle_emb.copy_(table)
+    else:
+        model.puzzle_emb.copy_(table[1:].mean(0).expand_as(model.puzzle_emb))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if [m for m in missing if m != "puzzle_emb"] or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit the configured model (missing {missing}, unexpected {unexpected})")
+
+
 def git_sha() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,

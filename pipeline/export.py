@@ -1,5 +1,5 @@
-"""Loading a trained model from a checkpoint folder for inference or a warm start: weights (EMA when
-present) from safetensors, the config and the task-id order. Never unpickles anything."""
+"""Loading a trained model from a checkpoint folder for inference: weights (EMA when present) from
+safetensors, the config, the task-id order and the puzzle-id table. Never unpickles anything."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.checkpoint import CheckpointError, load_arrays, load_tensors, resolve_checkpoint
+from pipeline.checkpoint import CheckpointError, load_arrays, read_weights, resolve_checkpoint
 from pipeline.config import RunConfig, load_config
 from pipeline.model import TRM
 from pipeline.sampler import PerTaskIds, PuzzleIdScheme, id_scheme_from_state
@@ -24,11 +24,6 @@ class LoadedModel:
     task_ids: list[str]
     ids: PuzzleIdScheme
     path: Path
-
-
-def read_weights(ckpt: Path, use_ema: bool = True) -> dict[str, torch.Tensor]:
-    f = ckpt / "ema.safetensors"
-    return load_tensors(f if use_ema and f.exists() else ckpt / "model.safetensors")
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu", use_ema: bool = True) -> LoadedModel:
@@ -53,17 +48,3 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", use_ema: bo
     log.info("loaded %s (%s weights, %d tasks)", ckpt, "EMA" if use_ema else "raw", len(task_ids))
     return LoadedModel(model, cfg, task_ids, ids, ckpt)
 
-
-@torch.no_grad()
-def warm_start(model: TRM, path: str | Path) -> None:
-    """Copy trunk weights (EMA) from a checkpoint; a puzzle table of another size is re-initialised to the
-    mean of the stored rows (TRM's rule for fine-tuning on new tasks)."""
-    weights = read_weights(resolve_checkpoint(path))
-    table = weights.pop("puzzle_emb")
-    if table.shape == model.puzzle_emb.shape:
-        model.puzzle_emb.copy_(table)
-    else:
-        model.puzzle_emb.copy_(table[1:].mean(0).expand_as(model.puzzle_emb))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if [m for m in missing if m != "puzzle_emb"] or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit the configured model (missing {missing}, unexpected {unexpected})")

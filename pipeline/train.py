@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.act import IGNORE, Carry, empty_carry, supervision_step
-from pipeline.checkpoint import Checkpointer, load_tensors, save_arrays, save_tensors
+from pipeline.checkpoint import Checkpointer, load_tensors, save_arrays, save_tensors, warm_start
 from pipeline.metrics import NullSink, RunSink, plot_curves
 from pipeline.optim import EMA, AdamATan2, lr_at, sign_sgd_rows
 from pipeline.runtime import ensure_process_group
@@ -241,7 +241,14 @@ class Trainer:
 
     # -- loop -----------------------------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Wrap the model (DDP / DeepSpeed / compile) and resume from the run folder's latest checkpoint."""
+        """Warm-start from cfg.init_from when the run folder has no checkpoint of its own (resume wins), wrap
+        the model (DDP / DeepSpeed / compile) and resume from the run folder's latest checkpoint. The warm
+        start comes before wrapping: DeepSpeed copies the weights into its optimiser at wrap time."""
+        if self.cfg.init_from and self.ckpt.latest() is None:
+            warm_start(self.model, self.cfg.init_from)
+            log.info("warm start from %s", self.cfg.init_from)
+            if self.ema is not None:  # average from the warm weights, not the random init
+                self.ema = EMA(self.model, self.cfg.ema_decay)
         self.wrapped = self._wrap()
         self.maybe_resume()
         rt = self.rt

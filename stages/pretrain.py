@@ -48,11 +48,6 @@ def main(argv=None) -> int:
         log.info("%d tasks (%d skipped as invalid), %d puzzle ids", data.packed.num_tasks, len(data.problems),
                  data.ids.num_ids)
         model = TRM(cfg.model, data.ids.num_ids).to(rt.device)
-        init_from = cfg.train.init_from
-        if init_from:
-            from pipeline.export import warm_start
-
-            warm_start(model, init_from)
         log.info("model: %.2fM trunk parameters", model.num_params() / 1e6)
         sampler = Sampler(data.packed, data.ids, cfg.data, cfg.train.global_batch, cfg.seed, rt.rank, rt.world_size)
         eval_cfg = dataclasses.replace(cfg.predict, augs=cfg.data.eval_views)

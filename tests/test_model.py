@@ -156,7 +156,7 @@ def test_non_finite_loss_skips_the_step(tmp_path):
 def test_warm_start_copies_the_trunk_and_reinitialises_new_tasks_to_the_mean(tmp_path):
     from pipeline.checkpoint import Checkpointer, save_tensors
     from pipeline.config import dump_config
-    from pipeline.export import warm_start
+    from pipeline.checkpoint import warm_start
 
     torch.manual_seed(0)
     cfg = RunConfig(model=ModelConfig(**SMALL), data=load_config("configs/demo_cpu.yaml").data)

@@ -131,3 +131,14 @@ def test_compiled_training_matches_eager(tmp_path):
     eager = [r["train/loss"] for r in read_metrics(tmp_path / "eager" / "metrics.jsonl") if "train/loss" in r]
     compiled = [r["train/loss"] for r in read_metrics(tmp_path / "compiled" / "metrics.jsonl") if "train/loss" in r]
     assert len(eager) == 3 and compiled == pytest.approx(eager, rel=1e-4)
+
+
+def test_warm_start_only_when_the_run_has_no_checkpoint_of_its_own(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    run(pretrain_cmd(src, "train.steps=2", "train.ckpt_every=2"))
+    run(pretrain_cmd(dst, "train.steps=2", "train.ckpt_every=2", f"train.init_from={src}"))
+    assert (dst / "log.txt").read_text().count("warm start from") == 1
+    # a restart resumes its own checkpoint; init_from is not read again (here it no longer exists)
+    run(pretrain_cmd(dst, "train.steps=4", "train.ckpt_every=2", f"train.init_from={tmp_path / 'gone'}"))
+    assert (dst / "log.txt").read_text().count("warm start from") == 1
+    assert resolve_checkpoint(dst).name == "step-00000004"
