@@ -9,8 +9,10 @@ import torch.distributed as dist
 
 
 class AdamATan2(torch.optim.Optimizer):
-    """Adam with atan2 in place of m / (sqrt(v) + eps) (Everett et al. 2024), as the official `adam-atan2`
-    kernel: p <- p (1 - lr wd); p <- p - lr atan2(m_hat, sqrt(v_hat)). Scale-invariant and eps-free."""
+    """Adam with atan2 in place of m / (sqrt(v) + eps) (Everett et al. 2024), exactly as the official `adam-atan2`
+    CUDA kernel: p <- p (1 - lr wd); p <- p - (lr / bc1) atan2(m, sqrt(v) / sqrt(bc2)), bc1 = 1 - b1^t,
+    bc2 = 1 - b2^t. The first bias correction stays outside atan2 (atan2 is not scale-invariant, so
+    atan2(m / bc1, sqrt(v / bc2)) would be a different update over the first steps). Eps-free."""
 
     def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.95), weight_decay: float = 0.1):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
@@ -33,10 +35,9 @@ class AdamATan2(torch.optim.Optimizer):
                 m, v = st["exp_avg"], st["exp_avg_sq"]
                 m.lerp_(p.grad, 1 - b1)
                 v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
                 p.mul_(1 - lr * wd)
-                m_hat = m / (1 - b1 ** t)
-                v_hat = v / (1 - b2 ** t)
-                p.add_(torch.atan2(m_hat, v_hat.sqrt()), alpha=-lr)
+                p.add_(torch.atan2(m, v.sqrt() / math.sqrt(bc2)), alpha=-lr / bc1)
 
 
 @torch.no_grad()

@@ -89,22 +89,30 @@ def test_continuous_batching_matches_one_big_batch():
         torch.testing.assert_close(a, b)
 
 
-def test_adam_atan2_matches_its_formula():
-    torch.manual_seed(0)
-    p = torch.nn.Parameter(torch.randn(5))
-    ref = p.detach().clone()
-    opt = AdamATan2([p], lr=0.1, betas=(0.9, 0.95), weight_decay=0.1)
-    m = torch.zeros(5)
-    v = torch.zeros(5)
-    for t in range(1, 4):
-        g = torch.randn(5)
-        p.grad = g.clone()
+def test_adam_atan2_is_the_official_kernel():
+    """Official adam-atan2: p <- p (1 - lr wd); p <- p - (lr / bc1) atan2(m, sqrt(v) / sqrt(bc2)), checked against
+    that formula in float64 over several steps with gradients of mixed scale (bc1 outside atan2 matters early)."""
+    import math
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    lr, (b1, b2), wd = 0.05, (0.9, 0.95), 0.1
+    p0 = rng.normal(size=(4, 6))
+    p = torch.nn.Parameter(torch.tensor(p0, dtype=torch.float32))
+    opt = AdamATan2([p], lr=lr, betas=(b1, b2), weight_decay=wd)
+    ref, m, v = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
+    for t in range(1, 7):
+        g = rng.normal(size=p0.shape) * np.exp(rng.normal(size=p0.shape) * 2)  # scales over ~1e-3..1e3
+        g[0, t % 6] = 0.0
+        p.grad = torch.tensor(g, dtype=torch.float32)
         opt.step()
-        m = 0.9 * m + 0.1 * g
-        v = 0.95 * v + 0.05 * g * g
-        ref = ref * (1 - 0.1 * 0.1)
-        ref = ref - 0.1 * torch.atan2(m / (1 - 0.9 ** t), (v / (1 - 0.95 ** t)).sqrt())
-    torch.testing.assert_close(p.detach(), ref)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+        ref = ref * (1 - lr * wd)
+        ref = ref - lr / bc1 * np.arctan2(m, np.sqrt(v) / math.sqrt(bc2))
+        np.testing.assert_allclose(p.detach().double().numpy(), ref, rtol=1e-5, atol=1e-6, err_msg=f"step {t}")
 
 
 def test_sign_sgd_touches_only_rows_in_the_batch():
