@@ -31,10 +31,12 @@ class DataConfig:
     colour_perm: bool = True
     """Augment with permutations of colours 1..9 (0, the background, stays fixed)."""
     puzzle_ids: Literal["per_augmentation", "per_task"] = "per_augmentation"
-    """`per_augmentation`: the official scheme, a fixed table of `augs_per_task` augmentations per task, each
-    its own learned embedding. `per_task`: one embedding per task, augmentations drawn freely."""
+    """`per_augmentation`: the official scheme, a fixed table of each task's original and `augs_per_task`
+    distinct augmentations, each its own learned embedding. `per_task`: one embedding per task,
+    augmentations drawn freely."""
     augs_per_task: int = 1000
-    """K for `per_augmentation` (entry 0 is the identity)."""
+    """K for `per_augmentation`: each task gets its original plus up to K distinct augmentations, so up to K+1
+    ids (as the official build's num_aug; fewer for tasks with symmetry or few colours)."""
     eval_inputs: int = 64
     """Held-out test inputs used by the periodic evaluation during training (0 = all)."""
     eval_views: int = 8
@@ -43,8 +45,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.canvas <= 30:
             raise ValueError(f"data.canvas={self.canvas} must be in 1..30")
-        if self.augs_per_task < 1:
-            raise ValueError("data.augs_per_task must be >= 1")
+        if self.augs_per_task < 0:
+            raise ValueError("data.augs_per_task must be >= 0")
         if not self.sources:
             raise ValueError("data.sources must name at least one source")
 
@@ -136,29 +138,28 @@ class PuzzleIdScheme(Protocol):
         """Arrays that rebuild the scheme exactly (saved with every checkpoint)."""
 
 
-def _task_grids(packed: PackedTasks, t: int) -> list[np.ndarray]:
+def _task_pairs(packed: PackedTasks, t: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every (input, output) pair of task t as the official builder sees it: demonstrations and test pairs,
+    a test input without a known output paired with the builder's dummy [[0]]."""
+    from pipeline.versions import DUMMY_OUTPUT
+
     s, n = packed.task_ex_start[t], packed.task_ex_count[t]
-    idx = list(packed.ex_in[s:s + n]) + list(packed.ex_out[s:s + n])
-    rows = np.flatnonzero(packed.test_task == t)
-    idx += list(packed.test_in[rows]) + [o for o in packed.test_out[rows] if o >= 0]
-    return [packed.grid(i) for i in dict.fromkeys(idx)]
-
-
-def _dihedral_classes(grids: list[np.ndarray]) -> np.ndarray:
-    """For each dihedral id, the smallest id that transforms every grid of the task identically."""
-    from kernels.reference import dihedral_ref
-
-    keys = [tuple((dihedral_ref(g, d).shape, dihedral_ref(g, d).tobytes()) for g in grids) for d in range(8)]
-    return np.array([keys.index(k) for k in keys], dtype=np.int64)
+    pairs = [(packed.grid(i), packed.grid(o)) for i, o in zip(packed.ex_in[s:s + n], packed.ex_out[s:s + n])]
+    for r in np.flatnonzero((packed.test_task == t) & ~packed.test_trainable):  # trainable tests are examples already
+        o = packed.test_out[r]
+        pairs.append((packed.grid(packed.test_in[r]), packed.grid(o) if o >= 0 else DUMMY_OUTPUT))
+    return pairs
 
 
 class PerAugmentationIds:
-    """The official scheme: up to K distinct augmentations fixed per task, each its own id.
+    """The official scheme: each task's original plus up to K distinct augmentations, each its own id.
 
-    As in the official builder, augmentations that give an identical augmented task are dropped: two
-    colour permutations are the same version when they agree on the task's colours, and dihedral
-    transforms under which the task is symmetric fall into one class. The table is kept in the checkpoint
-    (state_dict), so prediction never needs the training data to rebuild it."""
+    Ids go task by task, the original first (view 0 is always the identity), then the augmentations in the
+    order they were drawn, as in the official build's identifiers.json. Augmentations that give a task
+    equal to one already kept are dropped exactly as the official builder drops them (pipeline/versions.py:
+    same multiset of (input, output) pairs; at most 5K tries). The table is kept in the checkpoint
+    (state_dict), so prediction never needs the training data to rebuild it; an official identifiers.json
+    converts into one (pipeline/official.py)."""
 
     name = "per_augmentation"
 
@@ -170,24 +171,22 @@ class PerAugmentationIds:
     @classmethod
     def build(cls, packed: PackedTasks, k: int, seed: int, dihedral: bool = True, colour_perm: bool = True,
               tries_per_aug: int = 5) -> "PerAugmentationIds":
+        """The original plus up to k distinct augmentations of every task (k = data.augs_per_task)."""
+        from pipeline.versions import VersionHasher, distinct_versions
+
         rng = np.random.default_rng([seed, 0xA06])
-        tables_d, tables_p, counts = [], [], []
+
+        def draw(n):
+            return rng.integers(0, 8 if dihedral else 1, size=n), random_perms(rng, n, colour_perm)
+
+        tables_d, tables_p = [], []
         for t in range(packed.num_tasks):
-            grids = _task_grids(packed, t)
-            colours = np.unique(np.concatenate([g.ravel() for g in grids]))
-            colours = colours[colours > 0]
-            classes = _dihedral_classes(grids)
-            n = tries_per_aug * k
-            d = rng.integers(0, 8 if dihedral else 1, size=n)
-            p = random_perms(rng, n, colour_perm)
-            d[0], p[0] = 0, np.arange(10)  # the identity is always version 0
-            key = classes[d]
-            for c in colours:  # the version is fixed by the dihedral class and where the used colours go
-                key = key * 16 + p[:, c]
-            _, first = np.unique(key, return_index=True)
-            keep = np.sort(first)[:k]
-            tables_d.append(d[keep]), tables_p.append(p[keep]), counts.append(len(keep))
-        offsets = np.concatenate([[0], np.cumsum(counts)])
+            if dihedral or colour_perm:
+                d, p = distinct_versions(VersionHasher(_task_pairs(packed, t)), draw, k, tries_per_aug * k)
+            else:  # nothing to draw: the original is the only version
+                d, p = np.zeros(1, np.int64), np.arange(10, dtype=np.uint8)[None, :]
+            tables_d.append(d), tables_p.append(p)
+        offsets = np.concatenate([[0], np.cumsum([len(d) for d in tables_d])])
         empty_p = np.zeros((0, 10), np.uint8)
         return cls(np.concatenate(tables_d) if tables_d else np.zeros(0, np.int64),
                    np.concatenate(tables_p) if tables_p else empty_p, offsets)
