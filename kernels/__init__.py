@@ -11,3 +11,5 @@ NUM_COLORS = 10
 VOCAB_SIZE = NUM_COLORS + COLOR_OFFSET
 # Inverse of each dihedral id: rot90 and rot270 undo each other, the rest are involutions.
 DIHEDRAL_INVERSE = (0, 3, 2, 1, 4, 5, 6, 7)
+# Dihedral ids that swap rows and columns (rot90, rot270, transpose, anti-transpose).
+DIHEDRAL_SWAPS_AXES = (False, True, False, True, False, False, True, True)

@@ -1,17 +1,21 @@
-"""Inverse of the augmentation: find a predicted grid's extent from its border, crop, undo translation,
-dihedral transform and colour permutation. Hashing identifies the inverted grid straight from the
-canvas without materialising it, so voting over 1000 views touches each predicted cell once.
+"""Inverse of the augmentation: find a predicted grid's extent, crop, undo translation, dihedral transform
+and colour permutation. Hashing identifies the inverted grid straight from the canvas without
+materialising it, so voting over 1000 views touches each predicted cell a couple of times.
 
-Extent rule: the grid's top-left corner is the view's offset (r0, c0); its width is the run of colour
-tokens along row r0, its height the run down column c0; each run must end at the canvas edge or an EOS
-token (the border), and every cell of the rectangle must be a colour. Anything else is invalid.
+Extent rule (the official TRM crop, evaluators/arc.py `_crop`, started at the view's offset (r0, c0)):
+scan rows down from r0; a row's width is the number of leading colour tokens from c0, never more than
+the previous row's width; the grid is the top-left rectangle of largest area seen (the first on ties).
+A missing or damaged EOS border therefore costs nothing and a damaged cell shortens the grid. Two
+things make a view invalid (it casts no vote): an empty rectangle, and, for a translated view, a
+rectangle that reaches the canvas edge along an axis with a non-zero offset (the grid ran into the
+edge where its EOS border should be, so it was clipped). An untranslated 30-wide grid is fine.
 """
 import numpy as np
 from numba import njit
 
 from kernels.dihedral import inverse_id, source_index, swaps_axes
 
-_EOS, _OFF = 1, 2
+_OFF, _LAST = 2, 11  # colour tokens
 _INVALID = np.uint8(255)
 _SEED = np.uint64(14695981039346656037)
 _PRIME = np.uint64(1099511628211)
@@ -23,26 +27,56 @@ def _mix(acc, word):
     return acc ^ (acc >> np.uint64(29))
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _is_colour(t):
+    return t >= _OFF and t <= _LAST
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _clipped(h, w, r0, c0, canvas):
+    """A translated grid reaching the canvas edge along a translated axis (where its EOS border should be)."""
+    return (r0 > 0 and r0 + h == canvas) or (c0 > 0 and c0 + w == canvas)
+
+
 @njit(cache=True, nogil=True)
 def crop_extent(tokens, r0, c0, canvas):
-    """(h, w) of the bordered run-lengths at (r0, c0), or (0, 0) when a run is empty or not bordered.
-    The rectangle's interior is checked by the reader (hash_views / decode_view)."""
+    """(h, w) of the official crop at (r0, c0) (module docstring), or (0, 0) when the view is invalid.
+    Every cell of the rectangle is a colour token."""
+    best_h = best_w = best = 0
+    w = canvas - c0
+    rows = canvas - r0
+    for i in range(rows):
+        p = (r0 + i) * canvas + c0
+        j = 0
+        while j < w and _is_colour(tokens[p + j]):
+            j += 1
+        w = j
+        if (i + 1) * w > best:
+            best, best_h, best_w = (i + 1) * w, i + 1, w
+        if rows * w <= best:  # no later row can give a larger area (this also stops at an empty row)
+            break
+    if best == 0 or _clipped(best_h, best_w, r0, c0, canvas):
+        return 0, 0
+    return best_h, best_w
+
+
+@njit(cache=True, nogil=True)
+def _runs(tokens, r0, c0, canvas):
+    """(colour run down column c0, colour run along row r0) from (r0, c0). When that rectangle is all colour
+    it is exactly the official crop (every row is at least as wide, and the row below starts with a
+    non-colour or is past the edge), which is the common case; hash_views checks and falls back."""
     w = 0
-    while c0 + w < canvas and tokens[r0 * canvas + c0 + w] >= _OFF:
+    while c0 + w < canvas and _is_colour(tokens[r0 * canvas + c0 + w]):
         w += 1
-    if w == 0 or (c0 + w < canvas and tokens[r0 * canvas + c0 + w] != _EOS):
-        return 0, 0
     h = 0
-    while r0 + h < canvas and tokens[(r0 + h) * canvas + c0] >= _OFF:
+    while r0 + h < canvas and _is_colour(tokens[(r0 + h) * canvas + c0]):
         h += 1
-    if r0 + h < canvas and tokens[(r0 + h) * canvas + c0] != _EOS:
-        return 0, 0
     return h, w
 
 
 @njit(cache=True, nogil=True)
 def _fill_lut(perm, lut):
-    """lut[token] = original colour (undoing the permutation); PAD/EOS/out-of-range -> 255."""
+    """lut[token] = original colour (undoing the permutation); other tokens (never inside a crop) -> 255."""
     lut[:] = _INVALID
     for c in range(10):
         lut[perm[c] + _OFF] = c
@@ -61,46 +95,59 @@ def _inverse_strides(d, th, tw, r0, c0, canvas):
 
 
 @njit(cache=True, nogil=True)
-def hash_views(tokens, r0, c0, dihedral, perms, canvas, hashes, heights, widths):
-    """For N predicted canvases [N, canvas*canvas]: a 64-bit hash of each inverted grid and its (h, w);
-    h = w = 0 marks an invalid decoding. The inverted grid is visited in its own row-major order through
-    precomputed strides, and each row's cells are packed into 64-bit words (16 colours of 4 bits) before
+def _hash_rect(row, lut, d, th, tw, r0, c0, canvas):
+    """Hash of the inverted (h, w) grid of the th x tw canvas rectangle at (r0, c0), and the OR of its looked-up
+    cells (bit 7 set: a non-colour token inside). The inverted grid is visited in its own row-major order
+    through precomputed strides, and each row is packed into 64-bit words (16 colours of 4 bits) before
     mixing, so the inner loop is a load, a table lookup and a shift."""
-    N = tokens.shape[0]
-    lut = np.empty(256, dtype=np.uint8)
-    for n in range(N):
-        th, tw = crop_extent(tokens[n], r0[n], c0[n], canvas)
-        heights[n], widths[n], hashes[n] = 0, 0, 0
-        if th == 0:
-            continue
-        d = dihedral[n]
-        h, w = (tw, th) if swaps_axes(d) else (th, tw)
-        _fill_lut(perms[n], lut)
-        base, step_i, step_j = _inverse_strides(d, th, tw, r0[n], c0[n], canvas)
-        row = tokens[n]
-        acc = _mix(_mix(_SEED, np.uint64(h)), np.uint64(w))
-        seen = np.uint8(0)
-        head = min(w, 16)
-        for i in range(h):
-            # A row (<= 30 cells) is two 64-bit words of 4-bit colours: no per-cell counter or branch.
-            p = base + i * step_i
+    h, w = (tw, th) if swaps_axes(d) else (th, tw)
+    base, step_i, step_j = _inverse_strides(d, th, tw, r0, c0, canvas)
+    acc = _mix(_mix(_SEED, np.uint64(h)), np.uint64(w))
+    seen = np.uint8(0)
+    head = min(w, 16)
+    for i in range(h):
+        # A row (<= 30 cells) is two 64-bit words of 4-bit colours: no per-cell counter or branch.
+        p = base + i * step_i
+        word = np.uint64(0)
+        for j in range(head):
+            v = lut[row[p + j * step_j]]
+            seen |= v
+            word = (word << np.uint64(4)) | np.uint64(v & np.uint8(15))
+        acc = _mix(acc, word)
+        if w > 16:
             word = np.uint64(0)
-            for j in range(head):
+            for j in range(16, w):
                 v = lut[row[p + j * step_j]]
                 seen |= v
                 word = (word << np.uint64(4)) | np.uint64(v & np.uint8(15))
             acc = _mix(acc, word)
-            if w > 16:
-                word = np.uint64(0)
-                for j in range(16, w):
-                    v = lut[row[p + j * step_j]]
-                    seen |= v
-                    word = (word << np.uint64(4)) | np.uint64(v & np.uint8(15))
-                acc = _mix(acc, word)
-        if seen & np.uint8(128):  # a PAD/EOS token inside the rectangle
+    return acc, seen
+
+
+@njit(cache=True, nogil=True)
+def hash_views(tokens, r0, c0, dihedral, perms, canvas, hashes, heights, widths):
+    """For N predicted canvases [N, canvas*canvas]: a 64-bit hash of each inverted grid and its (h, w);
+    h = w = 0 marks an invalid decoding. The extent is tried from the two runs at (r0, c0) first (one pass
+    over the grid when it is well formed) and found by the full official scan only when that fails."""
+    N = tokens.shape[0]
+    lut = np.empty(256, dtype=np.uint8)
+    for n in range(N):
+        heights[n], widths[n], hashes[n] = 0, 0, 0
+        row, d, a, b = tokens[n], dihedral[n], r0[n], c0[n]
+        th, tw = _runs(row, a, b, canvas)
+        if th == 0:  # (r0, c0) is not a colour: the crop is empty
+            continue
+        _fill_lut(perms[n], lut)
+        acc, seen = _hash_rect(row, lut, d, th, tw, a, b, canvas)
+        if seen & np.uint8(128):
+            th, tw = crop_extent(row, a, b, canvas)
+            if th == 0:
+                continue
+            acc, seen = _hash_rect(row, lut, d, th, tw, a, b, canvas)
+        elif _clipped(th, tw, a, b, canvas):
             continue
         hashes[n] = acc
-        heights[n], widths[n] = h, w
+        heights[n], widths[n] = (tw, th) if swaps_axes(d) else (th, tw)
 
 
 @njit(cache=True, nogil=True)
@@ -116,8 +163,5 @@ def decode_view(tokens, r0, c0, dihedral, perm, canvas):
     out = np.empty((h, w), dtype=np.uint8)
     for i in range(h):
         for j in range(w):
-            v = lut[tokens[base + i * step_i + j * step_j]]
-            if v == _INVALID:
-                return np.zeros((0, 0), dtype=np.uint8)
-            out[i, j] = v
+            out[i, j] = lut[tokens[base + i * step_i + j * step_j]]
     return out

@@ -25,22 +25,27 @@ def encode_grid_ref(grid: np.ndarray, r0: int, c0: int, canvas: int) -> np.ndarr
     return out.reshape(-1)
 
 
+def crop_ref(t: np.ndarray) -> tuple[int, int]:
+    """The official TRM crop (evaluators/arc.py `_crop`) of a [rows, cols] canvas anchored at (0, 0): scan rows;
+    a row's width is its run of leading colour tokens, capped by the previous row's; largest area, first on ties."""
+    best, size, width = 0, (0, 0), t.shape[1]
+    for r in range(1, t.shape[0] + 1):
+        for c in range(width):
+            if not OFF <= t[r - 1, c] <= OFF + 9:
+                width = c
+                break
+        if r * width > best:
+            best, size = r * width, (r, width)
+    return size
+
+
 def decode_ref(tokens: np.ndarray, r0: int, c0: int, d: int, perm: np.ndarray, canvas: int):
-    """Inverse of encode+augment; None when no bordered, all-colour rectangle starts at (r0, c0)."""
-    t = tokens.reshape(canvas, canvas)
-    w = 0
-    while c0 + w < canvas and t[r0, c0 + w] >= OFF:
-        w += 1
-    if w == 0 or (c0 + w < canvas and t[r0, c0 + w] != EOS):
+    """Inverse of encode+augment: the official crop from (r0, c0), then inverse dihedral and colour map. None
+    when the crop is empty, or when a translated view's crop reaches the canvas edge along a translated axis."""
+    h, w = crop_ref(tokens.reshape(canvas, canvas)[r0:, c0:])
+    if h == 0 or (r0 > 0 and r0 + h == canvas) or (c0 > 0 and c0 + w == canvas):
         return None
-    h = 0
-    while r0 + h < canvas and t[r0 + h, c0] >= OFF:
-        h += 1
-    if r0 + h < canvas and t[r0 + h, c0] != EOS:
-        return None
-    g = t[r0:r0 + h, c0:c0 + w].astype(np.int64) - OFF
-    if (g < 0).any() or (g > 9).any():
-        return None
+    g = tokens.reshape(canvas, canvas)[r0:r0 + h, c0:c0 + w].astype(np.int64) - OFF
     inv_d = (0, 3, 2, 1, 4, 5, 6, 7)[d]
     return np.argsort(perm)[dihedral_ref(g, inv_d)].astype(np.uint8)
 

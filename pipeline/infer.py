@@ -11,6 +11,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from kernels import DIHEDRAL_SWAPS_AXES
 from kernels.inverse import decode_view, hash_views
 from kernels.vote import vote_topk
 from pipeline.act import predict_stream, unwrap
@@ -30,7 +31,12 @@ class PredictConfig:
     max_steps: int = 0
     """Supervision steps at most (0 = the model's halt_max_steps)."""
     translate: bool = True
-    """Place views at random offsets in the canvas (view 0 stays at the top-left)."""
+    """Place views 1..N-1 at random offsets in the canvas (view 0 stays at the top-left), each offset leaving
+    room for the answer: its size is bounded from the demonstrations (`answer_bound`), and an axis whose
+    bound cannot be told, or fills the canvas, is not translated. A predicted grid that runs into the canvas
+    edge of a translated axis is clipped and casts no vote. The official evaluation never translates test
+    inputs (False reproduces it); the model is trained on translated pairs, so views at several offsets
+    add diversity to the vote."""
     top_k: int = 2
     """Attempts per test input."""
     chunk_views: int = 65536
@@ -68,11 +74,55 @@ class Views:
     seg_starts: np.ndarray
 
 
+def _axis_bound(d_in: np.ndarray, d_out: np.ndarray, n: int) -> int:
+    """Largest output size along one axis for a test input of size n, from the demonstrations' (input, output)
+    sizes along that axis: the maximum over the relations that hold for every demonstration (a constant
+    output, a constant ratio, a constant difference such as the same size), never less than n; 0 when none
+    holds."""
+    guesses = []
+    if (d_out == d_out[0]).all():
+        guesses.append(int(d_out[0]))
+    if (d_out * d_in[0] == d_out[0] * d_in).all():
+        guesses.append(-(-int(d_out[0]) * n // int(d_in[0])))
+    if (d_out - d_in == d_out[0] - d_in[0]).all():
+        guesses.append(n + int(d_out[0] - d_in[0]))
+    return max(guesses + [n]) if guesses else 0
+
+
+def answer_bound(packed: PackedTasks, t: int) -> tuple[int, int]:
+    """(rows, cols) the answer to packed test input t can need, in the task's own frame, judged from its
+    task's examples only (never its own output); 0 on an axis where no size relation fits every example."""
+    k = packed.test_task[t]
+    ex = slice(packed.task_ex_start[k], packed.task_ex_start[k] + packed.task_ex_count[k])
+    gi, go = packed.ex_in[ex], packed.ex_out[ex]
+    keep = gi != packed.test_in[t]
+    gi, go = gi[keep], go[keep]
+    if len(gi) == 0:
+        return 0, 0
+    ti = packed.test_in[t]
+    return (_axis_bound(packed.heights[gi], packed.heights[go], int(packed.heights[ti])),
+            _axis_bound(packed.widths[gi], packed.widths[go], int(packed.widths[ti])))
+
+
+def _view_offsets(bound: tuple[int, int], dihedral: np.ndarray, u: np.ndarray, canvas: int) -> np.ndarray:
+    """Offsets [2, n] from uniform draws u [2, n]: along each axis, anywhere that leaves room for the bounded
+    answer (transformed by the view's dihedral) plus its EOS border; 0 where the bound is unknown (0)."""
+    bh, bw = bound
+    swap = np.asarray(DIHEDRAL_SWAPS_AXES)[dihedral]
+    out = np.empty_like(u, dtype=np.int64)
+    for axis, (b, b_swapped) in enumerate(((bh, bw), (bw, bh))):
+        size = np.where(swap, b_swapped, b)
+        room = np.where(size > 0, np.maximum(canvas - size - 1, 0), 0)  # last offset with the border inside
+        out[axis] = (u[axis] * (room + 1)).astype(np.int64)
+    return out
+
+
 def make_views(packed: PackedTasks, test_rows: np.ndarray, task_to_ckpt: np.ndarray, ids: PuzzleIdScheme,
                n_views: int, canvas: int, translate: bool, seed: int) -> Views:
     """Views of packed test inputs `test_rows`. `task_to_ckpt[k]` is the checkpoint's task index of packed task
-    k, or -1 for a task the model never saw (it then gets the mean puzzle embedding and random augmentations)."""
-    d_all, p_all, id_all, in_all, u_all = [], [], [], [], []
+    k, or -1 for a task the model never saw (it then gets the mean puzzle embedding and random augmentations).
+    Translated views leave room for the answer (PredictConfig.translate)."""
+    d_all, p_all, id_all, in_all, off_all = [], [], [], [], []
     for t in test_rows:
         # Every view depends on (seed, test input) only, so sharding and chunking never change results.
         k = packed.test_task[t]
@@ -86,11 +136,20 @@ def make_views(packed: PackedTasks, test_rows: np.ndarray, task_to_ckpt: np.ndar
             pid = np.full(n_views, -1, dtype=np.int64)
         u = rng.random((2, n_views)) if translate else np.zeros((2, n_views))
         u[:, 0] = 0.0  # view 0: untranslated
-        d_all.append(d), p_all.append(perms), id_all.append(pid), u_all.append(u)
+        off_all.append(_view_offsets(answer_bound(packed, t), d, u, canvas))
+        d_all.append(d), p_all.append(perms), id_all.append(pid)
         in_all.append(np.full(n_views, packed.test_in[t], dtype=np.int64))
     n = len(test_rows) * n_views
-    d, perms, ins, u = np.concatenate(d_all), np.concatenate(p_all), np.concatenate(in_all), np.concatenate(u_all, axis=1)
+    d, perms, ins = np.concatenate(d_all), np.concatenate(p_all), np.concatenate(in_all)
+    off = np.concatenate(off_all, axis=1)
+    # The encoder draws offset floor(u * (canvas - size + 1)) from the input's own size; hand it the u that
+    # lands on our offset (the middle of its interval, so rounding cannot move it).
+    swap = np.asarray(DIHEDRAL_SWAPS_AXES)[d]
+    sizes = np.stack([np.where(swap, packed.widths[ins], packed.heights[ins]),
+                      np.where(swap, packed.heights[ins], packed.widths[ins])])
+    u = (off + 0.5) / (canvas - sizes + 1)
     enc = encode(packed, ins, np.full(n, -1), d, perms, u[0], u[1], canvas)
+    assert (enc["r0"] == off[0]).all() and (enc["c0"] == off[1]).all()
     return Views(enc["inputs"], np.concatenate(id_all), d, perms, enc["r0"], enc["c0"],
                  np.arange(0, n + 1, n_views, dtype=np.int64))
 

@@ -2,9 +2,11 @@
 import numpy as np
 import pytest
 
+from kernels import DIHEDRAL_SWAPS_AXES
 from kernels.augment import encode_pairs
+from kernels.dihedral import swaps_axes
 from kernels.inverse import decode_view, hash_views
-from kernels.reference import augment_grid_ref, decode_ref, encode_grid_ref, vote_ref
+from kernels.reference import augment_grid_ref, decode_ref, dihedral_ref, encode_grid_ref, vote_ref
 from kernels.vote import vote_topk
 from pipeline.sampler import pack_tasks, random_perms
 from pipeline.tasks import Task
@@ -44,8 +46,12 @@ def test_encode_matches_reference_and_inverse_roundtrips(shape):
         assert 0 <= r0[b] <= 30 - aug.shape[0] and 0 <= c0[b] <= 30 - aug.shape[1]
         np.testing.assert_array_equal(ins[b], encode_grid_ref(aug, r0[b], c0[b], 30))
         back = decode_view(ins[b], r0[b], c0[b], d[b], perms[b], 30)
+        ref = decode_ref(ins[b], r0[b], c0[b], d[b], perms[b], 30)
+        if (r0[b] > 0 and r0[b] + aug.shape[0] == 30) or (c0[b] > 0 and c0[b] + aug.shape[1] == 30):
+            assert back.shape == (0, 0) and ref is None  # translated into the edge: no room for the border
+            continue
         np.testing.assert_array_equal(back, g)  # inverse(forward(g)) == g
-        np.testing.assert_array_equal(decode_ref(ins[b], r0[b], c0[b], d[b], perms[b], 30), g)
+        np.testing.assert_array_equal(ref, g)
 
 
 def test_background_colour_is_fixed_and_translation_off_is_top_left():
@@ -72,14 +78,40 @@ def test_output_label_shares_the_input_offset():
     np.testing.assert_array_equal(labs[0], encode_grid_ref(b, r0[0], c0[0], 30))
 
 
-def test_invalid_decodings_are_rejected_not_crashing():
-    t = np.zeros(900, np.uint8)  # all PAD: no grid at all
-    assert decode_view(t, 0, 0, 0, np.arange(10, dtype=np.uint8), 30).shape == (0, 0)
-    assert decode_ref(t, 0, 0, 0, np.arange(10), 30) is None
-    g = encode_grid_ref(np.ones((3, 3), np.int64), 0, 0, 30).copy()
-    g[3] = 0  # the border right of row 0 is PAD instead of EOS
-    assert decode_view(g, 0, 0, 0, np.arange(10, dtype=np.uint8), 30).shape == (0, 0)
-    assert decode_ref(g, 0, 0, 0, np.arange(10), 30) is None
+def _decodes(tokens, r0=0, c0=0):
+    """decode_view and decode_ref agree; returns the grid as a list ([] when invalid)."""
+    ours = decode_view(tokens, r0, c0, 0, np.arange(10, dtype=np.uint8), 30)
+    ref = decode_ref(tokens, r0, c0, 0, np.arange(10), 30)
+    assert (ref is None) == (ours.size == 0)
+    if ref is not None:
+        np.testing.assert_array_equal(ours, ref)
+    return ours.tolist()
+
+
+def test_decoding_follows_the_official_crop_and_rejects_clipped_views():
+    g = np.arange(12, dtype=np.int64).reshape(3, 4) % 10
+    assert _decodes(np.zeros(900, np.uint8)) == []  # all PAD: no grid at all
+    t = encode_grid_ref(g, 0, 0, 30).copy()
+    t[0] = 0
+    assert _decodes(t) == []  # a non-colour at the top-left corner: empty crop
+    t = encode_grid_ref(g, 0, 0, 30).copy()
+    t[4] = t[30 + 4] = t[60 + 4] = 0  # PAD instead of the EOS column: the border is not needed
+    assert _decodes(t) == g.tolist()
+    t[30 + 2] = 1  # EOS inside row 1: rows are cut to the narrowest so far, largest area wins
+    assert _decodes(t) == [[0, 1], [4, 5], [8, 9]]
+    t = encode_grid_ref(g, 5, 7, 30)
+    assert _decodes(t, 5, 7) == g.tolist()
+    assert _decodes(encode_grid_ref(np.ones((3, 30), np.int64), 0, 0, 30)) == np.ones((3, 30)).tolist()
+    # A translated grid that runs into the canvas edge was clipped there: it must not vote.
+    assert _decodes(encode_grid_ref(np.ones((3, 5), np.int64), 2, 25, 30), 2, 25) == []
+    assert _decodes(encode_grid_ref(np.ones((5, 3), np.int64), 25, 0, 30), 25, 0) == []
+    assert _decodes(encode_grid_ref(np.ones((5, 3), np.int64), 24, 0, 30), 24, 0) == np.ones((5, 3)).tolist()
+
+
+def test_dihedral_axis_swaps_agree():
+    assert all(swaps_axes(d) == DIHEDRAL_SWAPS_AXES[d] for d in range(8))
+    g = np.zeros((2, 3))
+    assert all((dihedral_ref(g, d).shape == (3, 2)) == DIHEDRAL_SWAPS_AXES[d] for d in range(8))
 
 
 def test_hash_and_vote_match_reference():
@@ -97,6 +129,10 @@ def test_hash_and_vote_match_reference():
             tok = encode_grid_ref(aug, rr, cc, canvas)
             if rng.random() < 0.1:
                 tok = np.zeros_like(tok)  # an invalid view
+            elif rng.random() < 0.3:  # a damaged cell in or around the grid (PAD, EOS or another colour)
+                tok = tok.copy()
+                i, j = rr + rng.integers(0, aug.shape[0] + 1), cc + rng.integers(0, aug.shape[1] + 1)
+                tok[min(i, canvas - 1) * canvas + min(j, canvas - 1)] = rng.integers(0, 12)
             rows.append(tok), d.append(dd), perms.append(pp), r0.append(rr), c0.append(cc)
             conf.append(float(rng.random()))
             grids.append(decode_ref(tok, rr, cc, dd, pp, canvas))
