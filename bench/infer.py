@@ -20,7 +20,7 @@ import torch
 from bench.common import emit
 from pipeline.act import predict_stream
 from pipeline.config import load_config
-from pipeline.export import load_model
+from pipeline.checkpoint import load_for_prediction
 from pipeline.infer import make_views, puzzle_table_lookup
 from pipeline.model import TRM
 from pipeline.runtime import init_runtime
@@ -39,7 +39,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     rt = init_runtime(args.device, "auto", 0)
     if args.checkpoint:
-        loaded = load_model(args.checkpoint, rt.device)
+        loaded = load_for_prediction(args.checkpoint, rt.device)
         model, cfg = loaded.model, loaded.config
     else:
         cfg = load_config(args.config)

@@ -16,12 +16,10 @@ import time
 import torch
 
 from bench.common import emit, rss_mb
+from pipeline.build import build_run
 from pipeline.config import load_config
-from pipeline.dataset import build_dataset
-from pipeline.model import TRM
 from pipeline.runtime import init_runtime
-from pipeline.sampler import Sampler
-from pipeline.train import Trainer, peak_flops
+from pipeline.train import peak_flops
 
 
 def main(argv=None) -> None:
@@ -34,12 +32,10 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(args.config, [*args.set, f"run_dir={tmp}", "train.progress=false"])
         rt = init_runtime(cfg.train.device, cfg.train.dtype, cfg.seed)
-        data = build_dataset(cfg.data, cfg.seed)
-        model = TRM(cfg.model, data.ids.num_ids).to(rt.device)
-        sampler = Sampler(data.packed, data.ids, cfg.data, cfg.train.global_batch, cfg.seed)
-        trainer = Trainer(model, sampler, cfg.train, rt, tmp, cfg.seed, "", data.packed.task_ids)
+        run = build_run(cfg, rt, eval_fn=None)
+        model, trainer = run.model, run.trainer
         trainer.prepare()
-        sync = torch.cuda.synchronize if rt.device.type == "cuda" else (lambda: None)
+        sync = rt.synchronize
         t0 = time.perf_counter()
         for _ in range(args.warmup):
             trainer.train_step()
@@ -56,7 +52,7 @@ def main(argv=None) -> None:
         B = cfg.train.global_batch
         mem = torch.cuda.max_memory_allocated() / 2**30 if rt.device.type == "cuda" else rss_mb() / 1024
         emit({"bench": "train", "config": args.config, "overrides": args.set, "batch": B, "dtype": str(rt.dtype),
-              "compiled": cfg.train.compile is True or (cfg.train.compile == "auto" and rt.device.type == "cuda"),
+              "compiled": rt.compiles(cfg.train.compile),
               "ms_per_step": dt * 1e3, "samples_per_s": B / dt, "warmup_s": warm_s,
               "mfu": model.flops_per_step(B) / dt / peak if peak else None, "peak_mem_gb": mem,
               "params_m": model.num_params() / 1e6})

@@ -1,7 +1,11 @@
-"""Checkpoint folders: `RUN/ckpt/step-00000500/` holding
+"""The one owner of the checkpoint folder layout: writing, finding the latest complete one, and loading it
+for training (resume, warm start) or for prediction. No other module names a file inside a checkpoint.
+
+`RUN/ckpt/step-00000500/` holds
 
   model.safetensors   raw weights (never a DDP/compiled wrapper's), puzzle table included
-  ema.safetensors     EMA weights (what evaluation and export use), when EMA is on
+  ema.safetensors     EMA weights (what evaluation and prediction use), when EMA is on; without the
+                      puzzle table, which is never averaged and stored once, in model.safetensors
   optim.pt            optimiser state (our own tensors; read back with weights_only=True)
   carry_rank{r}.safetensors   the ACT carry of each rank, so that a resumed run continues exactly
   state.json          step, sampler position, RNG state, loop state, metrics
@@ -9,17 +13,23 @@
   puzzle_ids.safetensors   the puzzle-id scheme's table (which augmentation each id stands for)
   meta.json           written last: a folder is complete only when it has one
 
+  deepspeed/          DeepSpeed engine state (engine = deepspeed only; DeepSpeed reads its own files with
+                      pickle: they are files this run wrote, never user input)
+
 Everything is written into `step-N.tmp/` and renamed into place, so a killed run never leaves a torn
-checkpoint that looks complete. Keeps the last k and the best by held-out evaluation.
+checkpoint that looks complete. Keeps the last k and the best by held-out evaluation. Weights-only
+checkpoints (imports, `write_weights_checkpoint`) hold model, config, tasks, puzzle ids and meta.
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -83,23 +93,150 @@ def load_arrays(path: Path) -> dict:
 
 
 def read_weights(ckpt: Path, use_ema: bool = True) -> dict[str, torch.Tensor]:
+    """Raw or EMA weights of a checkpoint. The EMA file holds no puzzle table (the table is never averaged,
+    so it is stored once): it comes from the raw file."""
     f = ckpt / "ema.safetensors"
-    return load_tensors(f if use_ema and f.exists() else ckpt / "model.safetensors")
+    if not (use_ema and f.exists()):
+        return load_tensors(ckpt / "model.safetensors")
+    weights = load_tensors(f)
+    if "puzzle_emb" not in weights:
+        from safetensors import safe_open
+
+        with safe_open(str(ckpt / "model.safetensors"), framework="pt") as raw:
+            weights["puzzle_emb"] = raw.get_tensor("puzzle_emb")
+    return weights
 
 
 @torch.no_grad()
-def warm_start(model: torch.nn.Module, path: str | Path) -> None:
-    """Copy trunk weights (EMA) from a checkpoint; a puzzle table of another size is re-initialised to the
-    mean of the stored rows (TRM's rule for fine-tuning on new tasks)."""
+def warm_start(model: torch.nn.Module, path: str | Path, init_rows: np.ndarray | None = None) -> None:
+    """Copy trunk weights (EMA) from a checkpoint into `model`. The puzzle table: `init_rows[i]` is the stored
+    row that new row i starts from (-1 = the mean of the stored rows, TRM's rule for new tasks). Without
+    `init_rows`, a table of the same size is copied and one of another size starts at the mean everywhere."""
     weights = read_weights(resolve_checkpoint(path))
     table = weights.pop("puzzle_emb")
-    if table.shape == model.puzzle_emb.shape:
+    mean = table[1:].mean(0) if table.shape[0] > 1 else table[0]
+    if init_rows is not None:
+        if len(init_rows) != model.puzzle_emb.shape[0] or int(np.max(init_rows, initial=-1)) >= table.shape[0]:
+            raise CheckpointError(f"{path}: puzzle-row mapping does not fit the stored table")
+        src = torch.from_numpy(np.asarray(init_rows, dtype=np.int64))
+        model.puzzle_emb.copy_(torch.where((src < 0)[:, None], mean, table[src.clamp_min(0)]))
+    elif table.shape == model.puzzle_emb.shape:
         model.puzzle_emb.copy_(table)
     else:
-        model.puzzle_emb.copy_(table[1:].mean(0).expand_as(model.puzzle_emb))
+        model.puzzle_emb.copy_(mean.expand_as(model.puzzle_emb))
+    del table
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if [m for m in missing if m != "puzzle_emb"] or unexpected:
         raise CheckpointError(f"{path}: weights do not fit the configured model (missing {missing}, unexpected {unexpected})")
+
+
+# -- the files of a checkpoint folder ---------------------------------------------------------------------
+def write_model_files(folder: Path, *, model_state: dict, config_yaml: str, task_ids: list[str], ids,
+                      ema_state: dict | None = None) -> None:
+    """What prediction needs: weights (raw, EMA), the resolved config, task order and the puzzle-id table."""
+    save_tensors(model_state, folder / "model.safetensors")
+    if ema_state is not None:
+        save_tensors({k: v for k, v in ema_state.items() if k != "puzzle_emb"}, folder / "ema.safetensors")
+    (folder / "config.yaml").write_text(config_yaml)
+    (folder / "tasks.json").write_text(json.dumps({"task_ids": list(task_ids), "puzzle_ids": ids.name}))
+    save_arrays(ids.state_dict(), folder / "puzzle_ids.safetensors")
+
+
+def write_train_state(folder: Path, state: dict, optim_state: dict | None = None) -> None:
+    """Loop state for an exact resume: step, sampler, best metric, world size, torch RNG (+ optimiser)."""
+    state = {**state, "torch_rng": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+    (folder / "state.json").write_text(json.dumps(state))
+    if optim_state is not None:
+        torch.save(optim_state, folder / "optim.pt")
+
+
+def read_train_state(folder: Path, device) -> tuple[dict, dict | None]:
+    """(loop state, optimiser state or None); restores torch's RNG as saved."""
+    state = json.loads((folder / "state.json").read_text())
+    torch.set_rng_state(torch.from_numpy(np.frombuffer(base64.b64decode(state["torch_rng"]), dtype=np.uint8).copy()))
+    f = folder / "optim.pt"
+    return state, (torch.load(f, map_location=device, weights_only=True) if f.exists() else None)
+
+
+def carry_file(folder: Path, rank: int) -> Path:
+    return folder / f"carry_rank{rank}.safetensors"
+
+
+def deepspeed_dir(folder: Path) -> tuple[str, str]:
+    """(save dir, tag) for a DeepSpeed engine's own files inside the checkpoint."""
+    return str(folder), "deepspeed"
+
+
+def read_ema(folder: Path, device) -> dict[str, torch.Tensor] | None:
+    f = folder / "ema.safetensors"
+    return load_tensors(f, device) if f.exists() else None
+
+
+def write_weights_checkpoint(out: str | Path, *, model_state: dict, config_yaml: str, task_ids: list[str], ids,
+                             meta: dict) -> Path:
+    """A complete weights-only checkpoint folder at `out` (official imports, exported runs), written to
+    `out.tmp` and renamed, meta.json last."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_model_files(tmp, model_state=model_state, config_yaml=config_yaml, task_ids=task_ids, ids=ids)
+    (tmp / "meta.json").write_text(json.dumps({"step": 0, "time": time.time(), "git": git_sha(), **meta}, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+# -- loading for prediction -------------------------------------------------------------------------------
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    config: object  # RunConfig
+    task_ids: list[str]
+    ids: object  # PuzzleIdScheme
+    path: Path
+
+
+def load_for_prediction(path: str | Path, device: torch.device | str = "cpu", use_ema: bool = True) -> LoadedModel:
+    """A checkpoint (or a run folder's latest) as an eval-mode model with its config, task order and id table."""
+    from pipeline.config import load_config  # config imports train, which imports this module
+    from pipeline.model import TRM
+    from pipeline.sampler import PerTaskIds, id_scheme_from_state
+
+    ckpt = resolve_checkpoint(path)
+    try:
+        cfg = load_config(ckpt / "config.yaml")
+        tasks = json.loads((ckpt / "tasks.json").read_text())
+        task_ids = tasks["task_ids"]
+    except (FileNotFoundError, KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{ckpt}: incomplete checkpoint ({e})") from e
+    ids_file = ckpt / "puzzle_ids.safetensors"
+    if ids_file.exists():
+        ids = id_scheme_from_state(tasks.get("puzzle_ids", "per_augmentation"), load_arrays(ids_file))
+    else:  # imported official weights without their id table
+        if task_ids and cfg.data.puzzle_ids != "per_task":
+            log.warning("%s has no puzzle-id table: its tasks' augmentation ids cannot be recovered", ckpt)
+        ids = PerTaskIds(len(task_ids), cfg.data.dihedral, cfg.data.colour_perm)
+    weights = read_weights(ckpt, use_ema)
+    model = TRM(cfg.model, weights["puzzle_emb"].shape[0])
+    model.load_state_dict(weights)
+    del weights
+    model.to(device).eval()
+    log.info("loaded %s (%s weights, %d tasks)", ckpt, "EMA" if use_ema else "raw", len(task_ids))
+    return LoadedModel(model, cfg, task_ids, ids, ckpt)
+
+
+def read_task_table(path: str | Path):
+    """(task ids, puzzle-id scheme, config) of a checkpoint, without loading weights (TTT builds its ids from it)."""
+    from pipeline.config import load_config
+    from pipeline.sampler import id_scheme_from_state
+
+    ckpt = resolve_checkpoint(path)
+    tasks = json.loads((ckpt / "tasks.json").read_text())
+    ids_file = ckpt / "puzzle_ids.safetensors"
+    ids = id_scheme_from_state(tasks.get("puzzle_ids", "per_augmentation"), load_arrays(ids_file)) if ids_file.exists() else None
+    return tasks["task_ids"], ids, load_config(ckpt / "config.yaml")
 
 
 def git_sha() -> str:

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.dataset import canvas_problem
-from pipeline.export import LoadedModel
+from pipeline.checkpoint import LoadedModel
 from pipeline.infer import PredictConfig, TestPrediction, predict_tests
 from pipeline.runtime import Runtime
 from pipeline.sampler import pack_tasks

@@ -89,8 +89,9 @@ class EMA:
             self.shadow[n].copy_(t)
 
     def weights_for(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        """The model's full state dict with EMA values substituted for the averaged parameters."""
-        sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        """The model's state dict with EMA values substituted for the averaged parameters. Nothing is copied
+        but the substituted tensors (the puzzle table, a buffer, is the model's own: never averaged)."""
+        sd = model.state_dict()
         for n, t in self.shadow.items():
             sd[n] = t.to(sd[n].dtype)
         return sd

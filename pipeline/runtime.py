@@ -1,5 +1,6 @@
 """The one place that decides device, dtype, rank and world size, seeds RNGs and starts/stops the process
-group (only under torchrun). Library code receives a Runtime and never names a device."""
+group (only under torchrun), and the device policy every stage follows: autocast, whether to
+torch.compile, and synchronising for timings. Library code receives a Runtime and never names a device."""
 from __future__ import annotations
 
 import os
@@ -25,6 +26,19 @@ class Runtime:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+    def autocast(self):
+        """bf16 autocast on GPU when the dtype says so; a no-op context in float32."""
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    def compiles(self, flag) -> bool:
+        """A `compile: true|false|auto` setting resolved for this device (auto = on for CUDA)."""
+        return flag is True or (flag == "auto" and self.device.type == "cuda")
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (before reading a clock)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
 
 def autodetect_device(requested: str = "auto") -> torch.device:

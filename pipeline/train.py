@@ -1,28 +1,29 @@
-"""The one training loop, for pretraining and (later) test-time training: they differ only in config.
+"""The one training loop, for pretraining and test-time training: they differ only in config and data.
 
 Each optimiser step is one deep-supervision step of TRM over a persistent batch of ACT slots. The trunk
 is trained by AdamATan2 or AdamW, the puzzle table by sparse sign-SGD, an EMA copy is kept for
 evaluation. Data-parallel by DDP or a DeepSpeed ZeRO engine. Checkpoints hold everything a killed run
-needs to continue bit-for-bit: weights, optimiser, EMA, ACT carry, sampler position and RNG.
+needs to continue bit-for-bit: weights, optimiser, EMA, ACT carry, sampler position and RNG (the folder
+layout is pipeline/checkpoint.py's). `fit(stop)` ends at cfg.steps or earlier at a step boundary when a
+`Stop` (step count, wall-clock deadline or a callable) says so, always leaving a complete checkpoint.
 """
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from pipeline.act import IGNORE, Carry, empty_carry, supervision_step
-from pipeline.checkpoint import Checkpointer, load_tensors, save_arrays, save_tensors, warm_start
+from pipeline.checkpoint import (Checkpointer, carry_file, deepspeed_dir, load_tensors, read_ema, read_train_state,
+                                 save_tensors, warm_start, write_model_files, write_train_state)
 from pipeline.metrics import NullSink, RunSink, plot_curves
 from pipeline.optim import EMA, AdamATan2, lr_at, sign_sgd_rows
 from pipeline.runtime import ensure_process_group
@@ -49,8 +50,15 @@ class TrainConfig:
     ema_decay: float = 0.999
     grad_clip: float = 0.0
     """Clip the trunk gradient norm to this value; 0 = off (TRM)."""
-    trainable: Literal["all", "embeddings"] = "all"
-    """`embeddings`: train only the puzzle table (the trunk frozen)."""
+    trainable: Literal["all", "embeddings", "lora", "embeddings_then_all"] = "all"
+    """What trains: `all` (full fine-tuning), `embeddings` (puzzle table only, the trunk frozen), `lora`
+    (low-rank adapters on attention and MLP projections + the puzzle table; merged into the weights when
+    saved), `embeddings_then_all` (McGovern's recipe: the table alone for the first `freeze_fraction` of the
+    steps, then everything)."""
+    freeze_fraction: float = 0.25
+    """embeddings_then_all: fraction of the steps with the trunk frozen (McGovern's paper: one quarter)."""
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
     engine: Literal["ddp", "deepspeed"] = "ddp"
     zero_stage: int = 1
     """DeepSpeed ZeRO stage (1 or 2) when engine = deepspeed."""
@@ -81,6 +89,28 @@ class TrainConfig:
             raise ValueError("train.zero_stage must be 1 or 2")
         if self.keep_last < 1:
             raise ValueError("train.keep_last must be >= 1")
+        if not 0.0 <= self.freeze_fraction < 1.0:
+            raise ValueError("train.freeze_fraction must be in [0, 1)")
+        if self.lora_rank < 1:
+            raise ValueError("train.lora_rank must be >= 1")
+
+
+@dataclass
+class Stop:
+    """When `fit()` ends early, at a step boundary: at `steps` (absolute), past `deadline` (time.time()), or
+    when `when(step)` is true. Under torchrun the ranks agree (checked every log interval there)."""
+    steps: int | None = None
+    deadline: float | None = None
+    when: Callable[[int], bool] | None = None
+
+    def reason(self, step: int) -> str | None:
+        if self.steps is not None and step >= self.steps:
+            return "steps"
+        if self.deadline is not None and time.time() >= self.deadline:
+            return "deadline"
+        if self.when is not None and self.when(step):
+            return "condition"
+        return None
 
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
@@ -132,22 +162,30 @@ def ema_weights(model: torch.nn.Module, ema: EMA | None):
 
 
 class Trainer:
-    """Owns model, optimisers, EMA, sampler and carry; `fit()` runs to cfg.steps with resume and checkpoints."""
+    """Owns model, optimisers, EMA, sampler and carry of one run; `fit()` runs to cfg.train.steps (or a
+    `Stop`) with automatic resume and checkpoints. Built by pipeline.build.build_run."""
 
-    def __init__(self, model, sampler, train_cfg: TrainConfig, rt, run_dir: Path, seed: int,
-                 config_yaml: str, task_ids: list[str], eval_fn=None, prefix: str = "train"):
-        self.model, self.sampler, self.cfg, self.rt = model, sampler, train_cfg, rt
-        self.run_dir, self.seed, self.prefix = Path(run_dir), seed, prefix
-        self.config_yaml, self.task_ids, self.eval_fn = config_yaml, task_ids, eval_fn
-        self.local_batch = train_cfg.global_batch // rt.world_size
-        if train_cfg.trainable == "embeddings":
+    def __init__(self, cfg, rt, model, sampler, task_ids: list[str], eval_fn=None, init_rows=None,
+                 prefix: str = "train"):
+        from pipeline.config import dump_config  # config imports this module
+
+        c = cfg.train
+        self.run_cfg, self.cfg, self.rt, self.model, self.sampler = cfg, c, rt, model, sampler
+        self.run_dir, self.seed, self.prefix = Path(cfg.run_dir), cfg.seed, prefix
+        self.config_yaml, self.task_ids, self.eval_fn, self.init_rows = dump_config(cfg), task_ids, eval_fn, init_rows
+        self.local_batch = c.global_batch // rt.world_size
+        self.lora_scales = None
+        if c.trainable == "embeddings":
             for p in model.parameters():
                 p.requires_grad_(False)
+        self.freeze_steps = int(c.freeze_fraction * c.steps) if c.trainable == "embeddings_then_all" else 0
+        if c.engine == "deepspeed" and c.trainable in ("lora", "embeddings_then_all"):
+            raise ValueError(f"train.trainable={c.trainable} runs on the DDP engine only")
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = self._build_optimizer() if self.params else None
-        self.ema = EMA(model, train_cfg.ema_decay) if train_cfg.ema and self.params else None
+        self.ema = EMA(model, c.ema_decay) if c.ema and self.params else None
         barrier = (lambda: dist.barrier()) if rt.distributed else (lambda: None)
-        self.ckpt = Checkpointer(self.run_dir, train_cfg.keep_last, rt.rank, barrier)
+        self.ckpt = Checkpointer(self.run_dir, c.keep_last, rt.rank, barrier)
         self.step, self.carry, self.best_metric = 0, None, None
         self.sink = RunSink(self.run_dir) if rt.is_main else NullSink()
 
@@ -157,7 +195,18 @@ class Trainer:
             return torch.optim.AdamW(self.params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
         return AdamATan2(self.params, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
 
-    # -- wrapping -----------------------------------------------------------------------------------
+    def _add_lora(self) -> None:
+        """LoRA mode: adapters replace the trainable set (after the warm start, before wrapping)."""
+        from pipeline.lora import add_lora, lora_scales
+
+        n = add_lora(self.model, self.cfg.lora_rank, self.cfg.lora_alpha)
+        self.lora_scales = lora_scales(self.model)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = self._build_optimizer()
+        self.ema = EMA(self.model, self.cfg.ema_decay) if self.cfg.ema else None
+        log.info("LoRA rank %d on %d projections: %d trainable parameters", self.cfg.lora_rank, n,
+                 sum(p.numel() for p in self.params))
+
     def _wrap(self):
         c, rt, model = self.cfg, self.rt, self.model
         self.engine = None
@@ -170,7 +219,7 @@ class Trainer:
             # 2 GB of traffic at ARC size.
             model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
                         broadcast_buffers=False, find_unused_parameters=not model.cfg.halting)
-        if c.compile is True or (c.compile == "auto" and rt.device.type == "cuda"):
+        if rt.compiles(c.compile):
             model = torch.compile(model)
         return model
 
@@ -191,51 +240,62 @@ class Trainer:
         return engine
 
     # -- checkpoints ------------------------------------------------------------------------------------
+    def _inference_state(self, state: dict) -> dict:
+        """A plain-TRM state dict (LoRA adapters merged) of the model or its EMA."""
+        if self.lora_scales is None:
+            return state
+        from pipeline.lora import merged_state
+
+        return merged_state(state, self.lora_scales)
+
     def save(self, metric: float | None = None) -> None:
         tmp = self.ckpt.begin(self.step)
         if self.cfg.save_carry and self.carry is not None:
-            save_tensors({k: getattr(self.carry, k) for k in Carry.__dataclass_fields__},
-                         tmp / f"carry_rank{self.rt.rank}.safetensors")
+            save_tensors({k: getattr(self.carry, k) for k in Carry.__dataclass_fields__}, carry_file(tmp, self.rt.rank))
         if self.engine is not None:
-            self.engine.save_checkpoint(str(tmp), tag="deepspeed")
+            self.engine.save_checkpoint(*deepspeed_dir(tmp))
         if self.rt.is_main:
-            save_tensors(self.model.state_dict(), tmp / "model.safetensors")
-            if self.ema is not None:
-                save_tensors(self.ema.weights_for(self.model), tmp / "ema.safetensors")
-            if self.opt is not None and self.engine is None:
-                torch.save(self.opt.state_dict(), tmp / "optim.pt")
+            raw = self.model.state_dict()
+            ema = self.ema.weights_for(self.model) if self.ema is not None else None
+            if self.lora_scales is not None:  # the unmerged adapters, for an exact resume
+                save_tensors({**raw, **{f"ema.{k}": v for k, v in (self.ema.shadow if self.ema else {}).items()}},
+                             tmp / "lora.safetensors")
+            write_model_files(tmp, model_state=self._inference_state(raw), config_yaml=self.config_yaml,
+                              task_ids=self.task_ids, ids=self.sampler.ids,
+                              ema_state=self._inference_state(ema) if ema is not None else None)
             state = {"step": self.step, "sampler": self.sampler.state_dict(), "best_metric": self.best_metric,
-                     "world_size": self.rt.world_size,
-                     "torch_rng": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
-            (tmp / "state.json").write_text(json.dumps(state))
-            (tmp / "config.yaml").write_text(self.config_yaml)
-            ids = self.sampler.ids
-            (tmp / "tasks.json").write_text(json.dumps({"task_ids": self.task_ids, "puzzle_ids": ids.name}))
-            save_arrays(ids.state_dict(), tmp / "puzzle_ids.safetensors")
+                     "world_size": self.rt.world_size}
+            write_train_state(tmp, state, self.opt.state_dict() if self.opt is not None and self.engine is None else None)
         self.ckpt.commit(tmp, self.step, {"metric": metric, "prefix": self.prefix}, metric)
 
     def maybe_resume(self) -> bool:
         latest = self.ckpt.latest()
         if latest is None:
             return False
-        state = json.loads((latest / "state.json").read_text())
         dev = self.rt.device
-        self.model.load_state_dict(load_tensors(latest / "model.safetensors", dev))
-        if self.ema is not None:
-            ema_sd = load_tensors(latest / "ema.safetensors", dev)
+        state, optim_state = read_train_state(latest, dev)
+        weights = load_tensors(latest / "model.safetensors", dev)
+        if self.lora_scales is not None:
+            lora = load_tensors(latest / "lora.safetensors", dev)
+            weights = {k: v for k, v in lora.items() if not k.startswith("ema.")} | {"puzzle_emb": weights["puzzle_emb"]}
+            if self.ema is not None:
+                self.ema.load_state_dict({n: lora[f"ema.{n}"].float() for n in self.ema.shadow})
+        elif self.ema is not None:
+            ema_sd = read_ema(latest, dev)
             self.ema.load_state_dict({n: ema_sd[n].float() for n in self.ema.shadow})
+        self.model.load_state_dict(weights)
+        del weights
         if self.engine is not None:
-            self.engine.load_checkpoint(str(latest), tag="deepspeed")
-        elif self.opt is not None:
-            self.opt.load_state_dict(torch.load(latest / "optim.pt", map_location=dev, weights_only=True))
-        carry_file = latest / f"carry_rank{self.rt.rank}.safetensors"
-        if carry_file.exists() and state["world_size"] == self.rt.world_size:
-            self.carry = Carry(**load_tensors(carry_file, dev))
+            self.engine.load_checkpoint(*deepspeed_dir(latest))
+        elif self.opt is not None and optim_state is not None:
+            self.opt.load_state_dict(optim_state)
+        cf = carry_file(latest, self.rt.rank)
+        if cf.exists() and state["world_size"] == self.rt.world_size:
+            self.carry = Carry(**load_tensors(cf, dev))
         else:
             log.warning("resuming without the ACT carry (not saved, or world size changed): not bit-exact")
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.best_metric = state["step"], state["best_metric"]
-        torch.set_rng_state(torch.from_numpy(np.frombuffer(base64.b64decode(state["torch_rng"]), dtype=np.uint8).copy()))
         log.info("resumed from %s at step %d", latest, self.step)
         return True
 
@@ -245,14 +305,15 @@ class Trainer:
         the model (DDP / DeepSpeed / compile) and resume from the run folder's latest checkpoint. The warm
         start comes before wrapping: DeepSpeed copies the weights into its optimiser at wrap time."""
         if self.cfg.init_from and self.ckpt.latest() is None:
-            warm_start(self.model, self.cfg.init_from)
+            warm_start(self.model, self.cfg.init_from, self.init_rows)
             log.info("warm start from %s", self.cfg.init_from)
             if self.ema is not None:  # average from the warm weights, not the random init
                 self.ema = EMA(self.model, self.cfg.ema_decay)
+        if self.cfg.trainable == "lora":
+            self._add_lora()
         self.wrapped = self._wrap()
         self.maybe_resume()
-        rt = self.rt
-        self.autocast = torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.dtype != torch.float32)
+        self.autocast = self.rt.autocast()
         self.skipped = 0
 
     def train_step(self) -> dict[str, torch.Tensor]:
@@ -301,7 +362,9 @@ class Trainer:
         log.warning("step %d: non-finite %s, step skipped", self.step - 1, what)
         return metrics
 
-    def fit(self) -> dict:
+    def fit(self, stop: Stop | None = None) -> dict:
+        """Train to cfg.steps, or until `stop` says so at a step boundary; either way the run ends with a
+        complete checkpoint at its last step. Returns the step, why it stopped and the last evaluation."""
         c, rt = self.cfg, self.rt
         self.prepare()
         flops, peak = self.model.flops_per_step(self.local_batch), peak_flops(rt.device)
@@ -311,13 +374,14 @@ class Trainer:
 
             bar = tqdm(total=c.steps, initial=self.step, desc=self.prefix, dynamic_ncols=True, mininterval=1.0)
         acc: dict[str, torch.Tensor] = {}
-        t_last, n_last, last_eval = time.perf_counter(), self.step, {}
-        while self.step < c.steps:
+        t_last, n_last, last_eval, reason = time.perf_counter(), self.step, {}, None
+        stopped = self._stop_reason(stop, check_all=True) if self.step < c.steps else None
+        while self.step < c.steps and stopped is None:
             for k, val in self.train_step().items():
                 acc[k] = acc.get(k, 0.0) + val.detach().double()  # stays on the device: no sync per step
-            if self.step % c.log_every == 0 or self.step == c.steps:
-                if rt.device.type == "cuda":
-                    torch.cuda.synchronize()
+            at_log = self.step % c.log_every == 0 or self.step == c.steps
+            if at_log:
+                rt.synchronize()
                 now = time.perf_counter()
                 row = self._reduce_metrics(acc, c.lr * lr_at(self.step, 1.0, c.lr_warmup, c.steps, c.lr_min_ratio),
                                            self.step - n_last)
@@ -332,21 +396,39 @@ class Trainer:
                 acc, t_last, n_last = {}, now, self.step
             if bar is not None:
                 bar.update(1)
-            is_last = self.step == c.steps
+            stopped = self._stop_reason(stop, check_all=at_log)
+            is_last = self.step == c.steps or stopped is not None
             metric = None
-            if self.eval_fn is not None and ((c.eval_every and self.step % c.eval_every == 0) or is_last):
+            eval_due = (c.eval_every and self.step % c.eval_every == 0) or self.step == c.steps
+            if self.eval_fn is not None and eval_due and stopped != "deadline":
                 last_eval = self._evaluate()
                 metric = last_eval.get("eval/pass@2")
                 if metric is not None and (self.best_metric is None or metric > self.best_metric):
                     self.best_metric = metric
             if self.step % c.ckpt_every == 0 or is_last:
                 self.save(metric)
+        reason = stopped or ("steps" if self.step >= c.steps else None)
         if bar is not None:
             bar.close()
         self.sink.close()
         if rt.is_main:
             plot_curves(self.run_dir, self.prefix)
-        return {"step": self.step, "skipped_steps": self.skipped, **last_eval}
+        return {"step": self.step, "stopped": reason, "skipped_steps": self.skipped, **last_eval}
+
+    def _stop_reason(self, stop: Stop | None, check_all: bool) -> str | None:
+        """The stop condition, agreed by all ranks (rank 0 decides; under torchrun only at log steps, so
+        that a per-step check costs no collective)."""
+        if stop is None:
+            return None
+        if stop.steps is not None and self.step >= stop.steps:  # the same on every rank
+            return "steps"
+        if not self.rt.distributed:
+            return stop.reason(self.step)
+        if not check_all:
+            return None
+        box = [stop.reason(self.step) if self.rt.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def _evaluate(self) -> dict:
         out: dict = {}
@@ -386,6 +468,9 @@ class Trainer:
 
     def _optimizer_step(self, lr: float) -> None:
         if self.opt is None:
+            return
+        if self.step <= self.freeze_steps:  # embeddings_then_all: the trunk waits (its moments stay empty)
+            self._zero_grad()
             return
         for g in self.opt.param_groups:
             g["lr"] = lr

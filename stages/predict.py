@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import time
 
-from pipeline.export import load_model
+from pipeline.checkpoint import load_for_prediction
 from pipeline.hidden import details_of, load_challenges, predict_challenges
 from pipeline.metrics import setup_logging
 from pipeline.runtime import init_runtime, shutdown_runtime
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     try:
         setup_logging(None, rt.is_main)
         raw, res = load_challenges(args.challenges)
-        loaded = load_model(args.checkpoint, rt.device, use_ema=not args.raw_weights)
+        loaded = load_for_prediction(args.checkpoint, rt.device, use_ema=not args.raw_weights)
         overrides = {k: v for k, v in (("augs", args.augs), ("batch_size", args.batch_size)) if v is not None}
         if args.fixed_steps:
             overrides["adaptive_halting"] = False

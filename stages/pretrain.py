@@ -11,18 +11,13 @@ checkpoint in its run folder. `train.engine=deepspeed` uses a DeepSpeed ZeRO eng
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from pathlib import Path
 
+from pipeline.build import build_run
 from pipeline.config import dump_config, load_config
-from pipeline.dataset import build_dataset
-from pipeline.infer import evaluate_heldout
 from pipeline.metrics import setup_logging
-from pipeline.model import TRM
 from pipeline.runtime import init_runtime, shutdown_runtime
-from pipeline.sampler import Sampler
-from pipeline.train import Trainer
 from stages._cli import run
 
 log = logging.getLogger("pretrain")
@@ -40,25 +35,10 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, args.set)
     rt = init_runtime(cfg.train.device, cfg.train.dtype, cfg.seed)
     try:
-        run_dir = Path(cfg.run_dir)
-        setup_logging(run_dir, rt.is_main)
+        setup_logging(Path(cfg.run_dir), rt.is_main)
         log.info("config:\n%s", dump_config(cfg))
         log.info("runtime: %s", rt)
-        data = build_dataset(cfg.data, cfg.seed)
-        log.info("%d tasks (%d skipped as invalid), %d puzzle ids", data.packed.num_tasks, len(data.problems),
-                 data.ids.num_ids)
-        model = TRM(cfg.model, data.ids.num_ids).to(rt.device)
-        log.info("model: %.2fM trunk parameters", model.num_params() / 1e6)
-        sampler = Sampler(data.packed, data.ids, cfg.data, cfg.train.global_batch, cfg.seed, rt.rank, rt.world_size)
-        eval_cfg = dataclasses.replace(cfg.predict, augs=cfg.data.eval_views)
-
-        def eval_fn(m):
-            return evaluate_heldout(m, data.packed, data.ids, eval_cfg, cfg.data.canvas, rt.device, rt.dtype,
-                                    cfg.data.eval_inputs)
-
-        trainer = Trainer(model, sampler, cfg.train, rt, run_dir, cfg.seed, dump_config(cfg), data.packed.task_ids,
-                          eval_fn)
-        result = trainer.fit()
+        result = build_run(cfg, rt).trainer.fit()
         log.info("done: %s", result)
     finally:
         shutdown_runtime()

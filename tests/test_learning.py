@@ -42,9 +42,9 @@ def test_demo_config_learns_heldout_tasks(tmp_path):
     assert final["eval/inputs"] == 64
     assert final["eval/pass@1"] >= 0.9, evals
 
-    from pipeline.export import load_model
+    from pipeline.checkpoint import load_for_prediction
 
-    trained = load_model(tmp_path)  # the exported (EMA) weights score the same through the predict path
+    trained = load_for_prediction(tmp_path)  # the exported (EMA) weights score the same through the predict path
     again = _heldout(trained.model, trained.config, data)
     assert again["pass@1"] == pytest.approx(final["eval/pass@1"])
     assert np.isfinite(again["mean_steps"]) and again["mean_steps"] <= cfg.model.halt_max_steps

@@ -140,17 +140,14 @@ def test_ema_and_schedule():
 
 
 def test_non_finite_loss_skips_the_step(tmp_path):
-    from pipeline.dataset import build_dataset
+    from pipeline.build import build_run
     from pipeline.runtime import init_runtime
-    from pipeline.sampler import Sampler
-    from pipeline.train import Trainer
 
     cfg = load_config("configs/demo_cpu.yaml", [f"run_dir={tmp_path}", "train.progress=false", "model.hidden=32",
                                                 "model.heads=2", "model.puzzle_emb_ndim=32", "train.global_batch=8"])
     rt = init_runtime("cpu", "float32", 0)
-    data = build_dataset(cfg.data, 0)
-    model = TRM(cfg.model, data.ids.num_ids)
-    trainer = Trainer(model, Sampler(data.packed, data.ids, cfg.data, 8, 0), cfg.train, rt, tmp_path, 0, "", [])
+    run = build_run(cfg, rt, eval_fn=None)
+    model, trainer = run.model, run.trainer
     trainer.prepare()
     with torch.no_grad():
         model.lm_head.weight[0, 0] = float("nan")

@@ -95,9 +95,9 @@ def test_official_import_stage_writes_a_loadable_checkpoint(tmp_path):
            "model.l_cycles=3", "model.halt_max_steps=4", "model.puzzle_emb_len=2", "model.seq_len=900", "data.canvas=30"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    from pipeline.export import load_model
+    from pipeline.checkpoint import load_for_prediction
 
-    loaded = load_model(tmp_path)  # a run folder resolves to its latest checkpoint
+    loaded = load_for_prediction(tmp_path)  # a run folder resolves to its latest checkpoint
     model, _ = _model()
     for k, v in model.state_dict().items():
         torch.testing.assert_close(loaded.model.state_dict()[k], v)
