@@ -7,10 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kernels.inverse import decode_view, hash_views
-from kernels.reference import decode_ref
-from pipeline.infer import Views, vote
+from kernels.reference import decode_ref, encode_grid_ref
+from pipeline.infer import PredictConfig, Views, run_views, vote
+from pipeline.model import TRM, ModelConfig
 from submission.format import build_submission
 from conftest import SHARED
 
@@ -79,15 +81,35 @@ def _official_ranking(case: dict) -> list:
     return [s[2] for s in ranked]
 
 
+class _Scripted(TRM):
+    """A TRM whose step returns given predictions and halting logits: the last input token is the view's
+    number (< 32), the canvas before it is what the view predicts. Halts after one step."""
+
+    def __init__(self, q_halt_logits: list):
+        super().__init__(ModelConfig(hidden=8, heads=1, layers=1, seq_len=CANVAS * CANVAS + 1, puzzle_emb_len=0,
+                                     puzzle_emb_ndim=0, halt_max_steps=1, vocab_size=32), 1)
+        self.register_buffer("q_table", torch.tensor(q_halt_logits, dtype=torch.float32))
+
+    def forward(self, inputs, puzzle_vecs, y, z):
+        logits = F.one_hot(inputs.long(), self.cfg.vocab_size).float()
+        q = self.q_table[inputs[:, -1].long()]
+        return y, z, logits, q, -q
+
+
 def _our_entry(case: dict) -> dict:
-    """Our two attempts through the pipeline path: vote() on the views, then the one submission writer."""
+    """Our two attempts through the pipeline path: run_views (the halting confidence) and vote() on the views,
+    then the one submission writer."""
     views = case["views"]
     n = len(views)
-    preds = np.stack([_tokens(v["tokens"]) for v in views])
+    canvases = np.stack([_tokens(v["tokens"]) for v in views])
+    inputs = np.concatenate([canvases, np.arange(n, dtype=np.uint8)[:, None]], axis=1)
     zeros = np.zeros(n, dtype=np.int64)
-    v = Views(preds, np.zeros(n, np.int64), np.array([x["dihedral"] for x in views], np.int64),
+    v = Views(inputs, zeros, np.array([x["dihedral"] for x in views], np.int64),
               np.stack([_perm(x["perm"]) for x in views]), zeros, zeros, np.array([0, n], np.int64))
-    [(ranked, _)] = vote(v, preds, _official_confidence(case["q_halt_logits"]), CANVAS, 2)
+    preds, conf, _ = run_views(_Scripted(case["q_halt_logits"]), v, PredictConfig(batch_size=16), torch.device("cpu"),
+                               torch.float32, lambda ids: None)
+    np.testing.assert_array_equal(preds[:, :-1], canvases)
+    [(ranked, _)] = vote(v, preds, conf, CANVAS, 2)
     sub, _ = build_submission({"t": {"test": [{"input": case["input"]}]}}, {("t", 0): [g for g, _, _ in ranked]})
     return sub["t"][0]
 
@@ -116,3 +138,16 @@ def test_official_vote_attempts_match_with_the_two_documented_exceptions():
         single_fallback += len(cands) == 1
     assert empty_skipped == 16  # the fixture README: 16 official entries submit an empty grid
     assert exact > 200 and single_fallback > 0  # both paths are exercised
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="pipeline/act.py predict_stream takes the sigmoid in float32 (issue 8 item 2)")
+def test_official_vote_confidence_is_the_float64_sigmoid():
+    """Two grids with one vote each and halting logits whose float32 sigmoids are both 1.0: only the float64
+    sigmoid (official) ranks the second, more confident grid first."""
+    a = encode_grid_ref(np.array([[1]]), 0, 0, CANVAS)
+    b = encode_grid_ref(np.array([[2]]), 0, 0, CANVAS)
+    hexs = ["".join("%x" % t for t in g) for g in (a, b)]
+    case = {"input": [[5]], "q_halt_logits": [20.0, 25.0],
+            "views": [{"tokens": h, "dihedral": 0, "perm": "0123456789"} for h in hexs]}
+    assert _our_entry(case) == {"attempt_1": [[2]], "attempt_2": [[1]]}
