@@ -1,14 +1,25 @@
-"""Import official TRM state dicts (SamsungSAILMontreal/TinyRecursiveModels layout) into our model.
+"""Import official TRM checkpoints (SamsungSAILMontreal/TinyRecursiveModels layout): the state dict into our
+model, and the official build's `identifiers.json` into our per-augmentation id table.
 
 Official checkpoints are `torch.save`d state dicts (possibly with `_orig_mod.`/`model.` prefixes from
 torch.compile and the loss wrapper); they are read with `weights_only=True`, or from safetensors.
+
+An official puzzle id names a task version: `TASK` (the original) or `TASK|||tD|||PERM`, dihedral D as in the
+official dataset/common.py (the same numbering as kernels/dihedral.py) applied after the colour map PERM
+(`PERM[c]` is the colour c became, 0 fixed: our perms' lookup-table convention). So every official row is a
+(task, dihedral, colour map) of our PerAugmentationIds, and the imported table keeps each row's embedding.
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from pipeline.sampler import PerAugmentationIds
+from pipeline.tasks import DataError, read_json
 
 _RENAMES = [
     (r"^inner\.H_init$", "y_init"),
@@ -85,3 +96,65 @@ def load_official_into(model: torch.nn.Module, official: dict[str, torch.Tensor]
         elif v.shape != own[k].shape:
             raise OfficialImportError(f"'{k}': official shape {tuple(v.shape)} != configured {tuple(own[k].shape)}")
     model.load_state_dict(ours, strict=True)
+
+
+SEPARATOR, BLANK = "|||", "<blank>"
+
+
+@dataclass
+class OfficialIds:
+    """An official id table in our terms: the tasks in official order, our id table (each task's original
+    first, then its augmentations in official id order) and rows[i] = the official id of our id i."""
+    task_ids: list[str]
+    ids: PerAugmentationIds
+    rows: np.ndarray
+
+
+def read_identifiers(path: str | Path) -> list[str]:
+    """The official build's identifiers.json (given itself or its dataset folder): index = official id."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "identifiers.json"
+    if not path.is_file():
+        raise DataError(f"{path}: not found (give the official dataset folder or its identifiers.json)")
+    names = read_json(path)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not names or names[0] != BLANK:
+        raise DataError(f"{path}: expected a JSON list of puzzle names starting with '{BLANK}'")
+    return names
+
+
+def _parse_name(name: str, official_id: int) -> tuple[str, int, np.ndarray | None]:
+    """(task, dihedral, colour map or None for the original) of one official puzzle name."""
+    if SEPARATOR not in name:
+        return name, 0, None
+    parts = name.rsplit(SEPARATOR, 2)
+    if len(parts) != 3 or not re.fullmatch(r"t[0-7]", parts[1]) or not re.fullmatch(r"\d{10}", parts[2]) \
+            or sorted(parts[2]) != list("0123456789"):
+        raise DataError(f"official puzzle id {official_id} '{name}': expected TASK|||tD|||PERM "
+                        "(D in 0..7, PERM a permutation of the digits 0-9)")
+    return parts[0], int(parts[1][1:]), np.array([int(c) for c in parts[2]], dtype=np.uint8)
+
+
+def official_id_table(names: list[str]) -> OfficialIds:
+    """Our id table for an official identifiers list; every official id lands on exactly one of ours."""
+    versions: dict[str, list[tuple[int, int, np.ndarray | None]]] = {}
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name == BLANK:
+            continue
+        if name in seen:
+            raise DataError(f"official puzzle id {i} '{name}': the name appears twice")
+        seen.add(name)
+        task, d, perm = _parse_name(name, i)
+        versions.setdefault(task, []).append((i, d, perm))
+    dihedral, perms, rows, counts = [], [], [0], []
+    for task, vs in versions.items():
+        original = [v for v in vs if v[2] is None]
+        if not original:
+            raise DataError(f"official task {task}: no puzzle id for its original (untransformed) version")
+        for i, d, perm in original + [v for v in vs if v[2] is not None]:
+            dihedral.append(d), perms.append(np.arange(10, dtype=np.uint8) if perm is None else perm), rows.append(i)
+        counts.append(len(vs))
+    ids = PerAugmentationIds(np.array(dihedral, np.int64), np.array(perms, np.uint8).reshape(-1, 10),
+                             np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+    return OfficialIds(list(versions), ids, np.array(rows, np.int64))

@@ -1,32 +1,43 @@
 """Turn an official TRM checkpoint (SamsungSAILMontreal/TinyRecursiveModels state dict) into one of ours.
 
-    python -m stages.import_official --official step_722098 --config configs/arc2_4xh100.yaml --out runs/official/ckpt/step-00722098
+    python -m stages.import_official --official step_722098 --dataset data/arc2concept-aug-1000 \\
+        --config configs/arc2_4xh100.yaml --out runs/official/ckpt/step-00722098
 
 The file is read with torch.load(weights_only=True) or safetensors, never unpickled. Sizes readable from
 the tensors (hidden, layers, vocab, puzzle embedding size) override the config; heads and cycles come
-from the config. The result loads with every stage's --checkpoint. The official puzzle ids (one per task
-and augmentation, in the official build's order) have no counterpart in our id schemes, so the table is
-kept but no task is mapped: predict gives every task the mean embedding, and ttt re-fits them.
+from the config. The result loads with every stage's --checkpoint.
+
+--dataset (the official dataset folder the checkpoint was trained on, or its identifiers.json) keeps the
+puzzle embeddings: every official puzzle id names a (task, dihedral, colour map) in our conventions, so the
+official table becomes our per-augmentation id table, each row carried over to the id it belongs to, with
+the tasks in official order. Predicting those tasks (the official evaluation set is in the build) then
+uses the embeddings they were trained with, view for view: the imported config defaults to
+predict.augs = the most versions of any task and predict.translate = false, as the official evaluation
+(one untranslated view per version; --set overrides). Without --dataset no task is mapped: predict gives
+every task the mean embedding, and ttt re-fits them.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 from pathlib import Path
 
-from pipeline.checkpoint import save_tensors
+from pipeline.checkpoint import write_weights_checkpoint
 from pipeline.config import dump_config, load_config
 from pipeline.model import TRM
-from pipeline.official import config_overrides, load_official_into, read_official
+from pipeline.official import (OfficialImportError, config_overrides, load_official_into, official_id_table,
+                               read_identifiers, read_official)
+from pipeline.sampler import PerTaskIds
 from pipeline.tasks import DataError
 from stages._cli import run
+
+TABLE = "inner.puzzle_emb.weights"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--official", required=True, help="official checkpoint file (.pt state dict or .safetensors)")
+    p.add_argument("--dataset", help="official dataset folder the checkpoint was trained on (or its identifiers.json)")
     p.add_argument("--config", required=True, help="our config whose model section describes the checkpoint")
     p.add_argument("--out", required=True, help="checkpoint folder to create")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
@@ -34,23 +45,32 @@ def main(argv=None) -> int:
     if not Path(args.official).exists():
         raise DataError(f"{args.official}: file not found")
     official = read_official(args.official)
+    rows = official[TABLE].shape[0] if TABLE in official else 1
+    table, defaults = None, []
+    if args.dataset:
+        names = read_identifiers(args.dataset)
+        if len(names) != rows:
+            raise OfficialImportError(f"{args.dataset}: {len(names)} puzzle ids, but the checkpoint's puzzle table "
+                                      f"has {rows} rows (trained on another build?)")
+        table = official_id_table(names)
+        most = int(table.ids.counts.max())
+        defaults = ["data.puzzle_ids=per_augmentation", f"data.augs_per_task={most - 1}", f"predict.augs={most}",
+                    "predict.translate=false"]
     sizes = [f"model.{k}={json.dumps(v)}" for k, v in config_overrides(official).items()]
-    cfg = load_config(args.config, sizes + args.set)
-    model = TRM(cfg.model, official["inner.puzzle_emb.weights"].shape[0] if "inner.puzzle_emb.weights" in official else 1)
+    cfg = load_config(args.config, sizes + defaults + args.set)
+    model = TRM(cfg.model, rows)
     load_official_into(model, official)
-    out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_tensors(model.state_dict(), tmp / "model.safetensors")
-    (tmp / "config.yaml").write_text(dump_config(cfg))
-    (tmp / "tasks.json").write_text(json.dumps({"task_ids": []}))
-    (tmp / "meta.json").write_text(json.dumps({"step": 0, "imported_from": str(args.official)}))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    state = model.state_dict()
+    if table is not None:  # our id i <- official row table.rows[i] (the identity for the official builder's order)
+        state["puzzle_emb"] = state["puzzle_emb"][table.rows].clone()
+        task_ids, ids = table.task_ids, table.ids
+    else:
+        task_ids, ids = [], PerTaskIds(0, cfg.data.dihedral, cfg.data.colour_perm)
+    out = write_weights_checkpoint(args.out, model_state=state, config_yaml=dump_config(cfg), task_ids=task_ids,
+                                   ids=ids, meta={"imported_from": str(args.official),
+                                                  "official_dataset": args.dataset})
     print(f"wrote {out} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M trunk parameters, "
-          f"{model.puzzle_emb.shape[0]} puzzle ids)")
+          f"{rows} puzzle ids, {len(task_ids)} tasks mapped)")
     return 0
 
 

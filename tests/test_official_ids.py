@@ -1,0 +1,119 @@
+"""Official checkpoints keep their puzzle embeddings: an official build's identifiers.json becomes our id table,
+and our views of its evaluation test inputs are the official build's test rows with the same puzzle ids.
+
+`../shared/fixtures/official_build_mini` is a real official build (five tasks, 8 augmentations each)."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import FIXTURE, ROOT, SHARED
+from pipeline.infer import make_views
+from pipeline.official import official_id_table, read_identifiers, read_official
+from pipeline.sampler import encode, pack_tasks
+from pipeline.sources import load_source
+from pipeline.tasks import DataError
+
+BUILD = SHARED / "fixtures" / "official_build_mini"
+pytestmark = pytest.mark.skipif(not BUILD.is_dir() or not FIXTURE.is_dir(), reason="../shared/fixtures is absent")
+ORDER = ["007bbfb7", "00d62c1b", "017c7c7b", "00576224", "009d5c81"]
+
+
+def _official_test_rows() -> list[tuple[int, bytes, bytes]]:
+    """(puzzle id, input canvas, label canvas) of every example in the official test split."""
+    inputs, labels = np.load(BUILD / "test/all__inputs.npy"), np.load(BUILD / "test/all__labels.npy")
+    pids, starts = np.load(BUILD / "test/all__puzzle_identifiers.npy"), np.load(BUILD / "test/all__puzzle_indices.npy")
+    return [(int(pids[p]), inputs[j].tobytes(), labels[j].tobytes())
+            for p in range(len(pids)) for j in range(starts[p], starts[p + 1])]
+
+
+def test_official_identifiers_become_our_id_table():
+    table = official_id_table(read_identifiers(BUILD / "identifiers.json"))
+    assert table.task_ids == ORDER  # official order
+    assert list(table.ids.counts) == [9] * 5 and table.ids.num_ids == 46
+    np.testing.assert_array_equal(table.rows, np.arange(46))  # the builder's order is ours: every row stays
+    first = table.ids.offsets[:-1]
+    assert (table.ids.dihedral[first] == 0).all() and (table.ids.perms[first] == np.arange(10)).all()
+    # official id 40, 009d5c81|||t3|||0512739486, is our id 40 (table entry 39, ids count from 1)
+    pid, d, perms = table.ids.views(4, 9, np.random.default_rng(0))
+    assert pid[3] == 40 and d[3] == 3 and perms[3].tolist() == [0, 5, 1, 2, 7, 3, 9, 4, 8, 6]
+
+
+def test_official_build_test_rows_equal_our_views_with_the_imported_ids():
+    table = official_id_table(read_identifiers(BUILD))
+    packed = pack_tasks(load_source(str(BUILD / "source/arc-agi_minieval_challenges.json#demos")).tasks)
+    task_to_ckpt = np.array([table.task_ids.index(t) for t in packed.task_ids])
+    ours = []
+    for row in range(len(packed.test_task)):
+        n = int(table.ids.counts[task_to_ckpt[packed.test_task[row]]])  # one view per version, as official
+        v = make_views(packed, np.array([row]), task_to_ckpt, table.ids, n_views=n, canvas=30, translate=False, seed=0)
+        assert len(set(v.puzzle_ids.tolist())) == n
+        labels = encode(packed, np.full(n, packed.test_in[row]), np.full(n, packed.test_out[row]), v.dihedral,
+                        v.perms, np.zeros(n), np.zeros(n), 30)["labels"]
+        ours += [(int(table.rows[p]), x.tobytes(), y.tobytes()) for p, x, y in zip(v.puzzle_ids, v.inputs, labels)]
+    theirs = _official_test_rows()
+    assert len(theirs) == 18  # 2 evaluation tasks x 9 versions x 1 test input
+    assert sorted(ours) == sorted(theirs)
+
+
+def test_official_ids_in_any_order_land_on_the_row_they_name():
+    names = read_identifiers(BUILD)
+    rng = np.random.default_rng(0)
+    order = np.concatenate([[0], 1 + rng.permutation(len(names) - 1)])
+    shuffled = [names[i] for i in order]  # shuffled[j] = names[order[j]]
+    base, moved = official_id_table(names), official_id_table(shuffled)
+    assert sorted(moved.task_ids) == sorted(ORDER)
+    for t, task in enumerate(moved.task_ids):
+        b = base.task_ids.index(task)
+        rng = np.random.default_rng(0)
+        got = [(int(d), bytes(p), shuffled[moved.rows[i]]) for i, d, p in zip(*moved.ids.views(t, 9, rng))]
+        want = [(int(d), bytes(p), names[base.rows[i]]) for i, d, p in zip(*base.ids.views(b, 9, rng))]
+        assert sorted(got) == sorted(want)
+        assert got[0][2] == task  # version 0 is the original
+
+
+def test_official_identifiers_errors_name_the_entry(tmp_path):
+    bad = tmp_path / "identifiers.json"
+    bad.write_text('["<blank>", "abc", "abc|||t9|||0123456789"]')
+    with pytest.raises(DataError, match=r"official puzzle id 2 'abc\|\|\|t9\|\|\|0123456789'"):
+        official_id_table(read_identifiers(bad))
+    bad.write_text('["<blank>", "abc|||t1|||0123456789"]')
+    with pytest.raises(DataError, match="official task abc: no puzzle id for its original"):
+        official_id_table(read_identifiers(bad))
+    with pytest.raises(DataError, match="not found"):
+        read_identifiers(tmp_path / "nowhere")
+
+
+def _import(tmp_path, official_file, *extra):
+    out = tmp_path / "ckpt" / "step-00000000"
+    cmd = [sys.executable, "-m", "stages.import_official", "--official", str(official_file), *extra,
+           "--config", "configs/demo_cpu.yaml", "--out", str(out), "--set", "model.heads=4", "model.h_cycles=2",
+           "model.l_cycles=3", "model.halt_max_steps=4", "model.puzzle_emb_len=2", "model.seq_len=900", "data.canvas=30"]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_official_import_with_its_dataset_keeps_every_puzzle_row(tmp_path):
+    official = read_official(FIXTURE / "weights.safetensors")
+    ndim = official["inner.puzzle_emb.weights"].shape[1]
+    official["inner.puzzle_emb.weights"] = torch.randn(46, ndim, generator=torch.Generator().manual_seed(0))
+    official["inner.puzzle_emb.weights"][0] = 0
+    f = tmp_path / "official.safetensors"
+    save_file({k: v.contiguous() for k, v in official.items()}, str(f))
+    r = _import(tmp_path, f, "--dataset", str(BUILD))
+    assert r.returncode == 0, r.stderr
+    from pipeline.checkpoint import load_for_prediction
+
+    loaded = load_for_prediction(tmp_path)
+    table = official_id_table(read_identifiers(BUILD))
+    assert loaded.task_ids == ORDER
+    for key, want in table.ids.state_dict().items():
+        np.testing.assert_array_equal(loaded.ids.state_dict()[key], want)
+    torch.testing.assert_close(loaded.model.puzzle_emb, official["inner.puzzle_emb.weights"][table.rows])
+    assert loaded.config.predict.augs == 9 and loaded.config.predict.translate is False
+
+    r = _import(tmp_path, FIXTURE / "weights.safetensors", "--dataset", str(BUILD))  # another build's table
+    assert r.returncode == 2 and "46 puzzle ids, but the checkpoint's puzzle table has" in r.stderr
+    assert "Traceback" not in r.stderr
