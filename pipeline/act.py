@@ -126,13 +126,13 @@ def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None
     the ACT carry does in training. Shapes stay [B, ...] throughout, which suits torch.compile.
     `adaptive=False` runs every view for max_steps (the official evaluation).
 
-    Returns argmax predictions [N, seq_len] uint8, halting probability [N] fp32 and steps used [N]."""
+    Returns argmax predictions [N, seq_len] uint8, halting probability [N] float64 and steps used [N]."""
     raw = unwrap(model)
     max_steps = max_steps or raw.cfg.halt_max_steps
     halts = adaptive and raw.cfg.halting
     N, dev = inputs.shape[0], inputs.device
     preds = torch.zeros(N, inputs.shape[1], dtype=torch.uint8, device=dev)
-    conf = torch.zeros(N, dtype=torch.float32, device=dev)
+    conf = torch.zeros(N, dtype=torch.float64, device=dev)  # sigmoid in float64, as the official evaluator
     steps = torch.zeros(N, dtype=torch.int32, device=dev)
     B = min(batch_size, N)
     view = torch.arange(B, device=dev)  # the view each slot works on; -1 = free (only in the tail)
@@ -151,7 +151,7 @@ def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None
         if len(idx):
             v = view[idx]
             preds[v] = logits[idx].argmax(-1).to(torch.uint8)
-            conf[v] = torch.sigmoid(q_halt[idx].float())
+            conf[v] = torch.sigmoid(q_halt[idx].double())
             steps[v] = slot_steps[idx]
             take = min(len(idx), N - pending)
             view[idx] = -1

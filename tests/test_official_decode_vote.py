@@ -140,8 +140,6 @@ def test_official_vote_attempts_match_with_the_two_documented_exceptions():
     assert exact > 200 and single_fallback > 0  # both paths are exercised
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="pipeline/act.py predict_stream takes the sigmoid in float32 (issue 8 item 2)")
 def test_official_vote_confidence_is_the_float64_sigmoid():
     """Two grids with one vote each and halting logits whose float32 sigmoids are both 1.0: only the float64
     sigmoid (official) ranks the second, more confident grid first."""
