@@ -11,6 +11,12 @@ NODE_RANK ?= 0
 MASTER_ADDR ?= 127.0.0.1
 MASTER_PORT ?= 29500
 SET ?=
+# SET holds config overrides, `SET="train.steps=2 train.global_batch=4"`; a leading `--set` is accepted too
+# (older docs wrote SET="--set ..."), so both spellings give the same `--set k=v ...` arguments.
+SET_ARGS = $(if $(strip $(SET)),$(if $(filter --set,$(firstword $(SET))),$(SET),--set $(SET)))
+# One process runs python itself; NPROC > 1 or NNODES > 1 runs torchrun with the rendezvous settings.
+LAUNCH = $(if $(and $(filter 1,$(NPROC)),$(filter 1,$(NNODES))),$(PY),$(VENV)/bin/torchrun --nnodes $(NNODES) \
+  --node-rank $(NODE_RANK) --nproc-per-node $(NPROC) --master-addr $(MASTER_ADDR) --master-port $(MASTER_PORT))
 CHECKPOINT ?= runs/arc2/pretrain
 CHALLENGES ?= ../shared/arc/arc-agi_evaluation2_challenges.json
 SOLUTIONS ?= ../shared/arc/arc-agi_evaluation2_solutions.json
@@ -45,12 +51,7 @@ test-fast: install
 # DeepSpeed engine when the config says train.engine=deepspeed); several nodes: add NNODES, NODE_RANK,
 # MASTER_ADDR, MASTER_PORT on every node.
 pretrain: install
-	@if [ "$(NPROC)" = "1" ] && [ "$(NNODES)" = "1" ]; then \
-	  $(PY) -m stages.pretrain --config $(CONFIG) $(SET); \
-	else \
-	  $(VENV)/bin/torchrun --nnodes $(NNODES) --node-rank $(NODE_RANK) --nproc-per-node $(NPROC) \
-	    --master-addr $(MASTER_ADDR) --master-port $(MASTER_PORT) -m stages.pretrain --config $(CONFIG) $(SET); \
-	fi
+	$(LAUNCH) -m stages.pretrain --config $(CONFIG) $(SET_ARGS)
 
 predict: install
 	$(PY) -m stages.predict --checkpoint $(CHECKPOINT) --challenges $(CHALLENGES) --out $(OUT)/submission.json --augs $(AUGS)
