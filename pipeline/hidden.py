@@ -40,9 +40,31 @@ def load_challenges(path: str | Path) -> tuple[dict, LoadResult]:
     return raw, res
 
 
-def _predict_chunk(loaded: LoadedModel, packed, chunk, task_to_ckpt, pcfg, rt, progress) -> list[TestPrediction]:
+# Why a test input of a valid task has no model prediction (invalid tasks are the writer's business).
+TOO_LARGE, MODEL_ERROR, TIME_BUDGET, NO_VALID_VIEW = ("larger than the canvas", "model error", "time budget",
+                                                      "no valid view")
+
+
+@dataclasses.dataclass
+class HiddenRun:
+    """Ranked attempts of the test inputs the model predicted, and why each other valid input fell back."""
+    results: list[TestPrediction]
+    fallbacks: dict[tuple[str, int], str]
+    """(task id, test index) -> reason (TOO_LARGE, MODEL_ERROR, TIME_BUDGET, NO_VALID_VIEW)."""
+
+    def predicted(self) -> int:
+        return sum(bool(r.attempts) for r in self.results)
+
+    def model_predicted_nothing(self) -> bool:
+        """True when valid tasks' inputs were handed to the model (or could not be, being too large) and
+        none got a prediction: a broken model, not a short time budget."""
+        return self.predicted() == 0 and any(r != TIME_BUDGET for r in self.fallbacks.values())
+
+
+def _predict_chunk(loaded: LoadedModel, packed, chunk, task_to_ckpt, pcfg, rt, progress,
+                   fallbacks: dict) -> list[TestPrediction]:
     """Predict a chunk of test inputs; if it fails (a model error), retry task by task so that only the
-    failing tasks fall back."""
+    failing tasks fall back (recorded in `fallbacks`)."""
     canvas = loaded.config.data.canvas
     try:
         return predict_tests(loaded.model, packed, chunk, task_to_ckpt, loaded.ids, pcfg, canvas, rt.device, rt.dtype,
@@ -57,22 +79,25 @@ def _predict_chunk(loaded: LoadedModel, packed, chunk, task_to_ckpt, pcfg, rt, p
                                  rt.dtype, progress)
         except MODEL_ERRORS as e:
             log.error("prediction failed for task %s: %s; fallback used", packed.task_ids[task], e)
+            fallbacks.update({(packed.task_ids[task], int(packed.test_index[r])): MODEL_ERROR for r in rows})
     return out
 
 
 def predict_challenges(loaded: LoadedModel, res: LoadResult, pcfg: PredictConfig, rt: Runtime,
-                       deadline: float | None = None, show_progress: bool = True) -> list[TestPrediction]:
+                       deadline: float | None = None, show_progress: bool = True) -> HiddenRun:
     """Ranked attempts for every test input of the valid tasks in `res` that this model can take, gathered
-    from all ranks. `deadline` is a time.perf_counter() value after which no new chunk starts."""
+    from all ranks, with the reason for each one it could not predict. `deadline` is a time.perf_counter()
+    value after which no new chunk starts."""
     canvas = loaded.config.data.canvas
-    tasks = []
+    tasks, fallbacks = [], {}
     for t in res.tasks:
         if (p := canvas_problem(t, canvas)) is not None:
             log.warning("task %s: %s; fallback used", t.id, p)
+            fallbacks.update({(t.id, j): TOO_LARGE for j in range(len(t.test_inputs))})
         else:
             tasks.append(t)
     if not tasks:
-        return []
+        return HiddenRun([], fallbacks)
     packed = pack_tasks(tasks)
     index = {tid: k for k, tid in enumerate(loaded.task_ids)}
     task_to_ckpt = np.array([index.get(tid, -1) for tid in packed.task_ids], dtype=np.int64)
@@ -101,15 +126,32 @@ def predict_challenges(loaded: LoadedModel, res: LoadResult, pcfg: PredictConfig
     for s in range(0, len(rows), step):
         if deadline is not None and time.perf_counter() > deadline:
             log.warning("time budget used up: %d test inputs get fallbacks", len(rows) - s)
+            fallbacks.update({(packed.task_ids[packed.test_task[r]], int(packed.test_index[r])): TIME_BUDGET
+                              for r in rows[s:]})
             break
-        results += _predict_chunk(loaded, packed, rows[s:s + step], task_to_ckpt, pcfg, rt, progress)
+        results += _predict_chunk(loaded, packed, rows[s:s + step], task_to_ckpt, pcfg, rt, progress, fallbacks)
     if bar is not None:
         bar.close()
     if rt.distributed:
         gathered = [None] * rt.world_size
-        dist.all_gather_object(gathered, results)
-        results = [r for part in gathered for r in part]
-    return results
+        dist.all_gather_object(gathered, (results, fallbacks))
+        results = [r for part, _ in gathered for r in part]
+        fallbacks = {k: v for _, part in gathered for k, v in part.items()}
+    fallbacks.update({(r.task_id, r.test_index): NO_VALID_VIEW for r in results if not r.attempts})
+    return HiddenRun(results, fallbacks)
+
+
+def summary_line(sub: dict, run: HiddenRun) -> str:
+    """One line: test inputs in the submission, how many the model predicted, and the fallbacks by reason
+    (inputs of tasks that failed validation count as `invalid task`)."""
+    from collections import Counter
+
+    predicted = {(r.task_id, r.test_index) for r in run.results if r.attempts}
+    reasons = Counter(run.fallbacks.get((task, j), "invalid task") for task, entries in sub.items()
+                      for j in range(len(entries)) if (task, j) not in predicted)
+    total = sum(len(v) for v in sub.values())
+    why = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common()) or "none"
+    return f"{len(predicted)} of {total} test inputs predicted by the model; fell back: {why}"
 
 
 def details_of(results: list[TestPrediction]) -> dict:

@@ -6,7 +6,13 @@
 
 Every task of the challenges file gets an entry: broken tasks, model errors and anything past
 --time-budget get a logged fallback and never cost another task. A sidecar `<out>.details.json` holds
-votes, halting steps and seconds per test input for `stages.score --report`.
+votes, halting steps and seconds per test input for `stages.score --report`. The last line says how many
+test inputs the model predicted and why the others fell back.
+
+Exit status: 0 written; 2 bad input (one line, nothing written); 3 written, but the model predicted none
+of the valid tasks' test inputs (every one failed, gave no valid view or did not fit the canvas): the
+submission holds fallbacks only and must not be scored as the model's (a time budget that ran out before
+any prediction is not such a failure).
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import logging
 import time
 
 from pipeline.checkpoint import load_for_prediction
-from pipeline.hidden import details_of, load_challenges, predict_challenges
+from pipeline.hidden import details_of, load_challenges, predict_challenges, summary_line
 from pipeline.metrics import setup_logging
 from pipeline.runtime import init_runtime, shutdown_runtime
 from stages._cli import run
@@ -61,15 +67,19 @@ def main(argv=None) -> int:
             overrides["adaptive_halting"] = False
         pcfg = dataclasses.replace(loaded.config.predict, **overrides)
         deadline = t_start + args.time_budget if args.time_budget else None
-        results = predict_challenges(loaded, res, pcfg, rt, deadline, show_progress=not args.no_progress)
+        hidden = predict_challenges(loaded, res, pcfg, rt, deadline, show_progress=not args.no_progress)
         if rt.is_main:
-            sub, notes = build_submission(raw, {(r.task_id, r.test_index): r.attempts for r in results})
+            sub, notes = build_submission(raw, {(r.task_id, r.test_index): r.attempts for r in hidden.results})
             for n in notes:
                 log.warning("%s", n)
             write_json_atomic(args.out, sub)
-            write_json_atomic(str(args.out) + ".details.json", details_of(results))
-            log.info("wrote %s: %d tasks, %d test inputs, %d predicted, %.1fs", args.out, len(sub),
-                     sum(len(v) for v in sub.values()), len(results), time.perf_counter() - t_start)
+            write_json_atomic(str(args.out) + ".details.json", details_of(hidden.results))
+            log.info("wrote %s: %d tasks, %d test inputs, %.1fs", args.out, len(sub),
+                     sum(len(v) for v in sub.values()), time.perf_counter() - t_start)
+            if hidden.model_predicted_nothing():
+                log.error("%s; the model predicted none of the valid tasks' inputs (exit 3)", summary_line(sub, hidden))
+                return 3
+            log.info("%s", summary_line(sub, hidden))
     finally:
         shutdown_runtime()
     return 0
