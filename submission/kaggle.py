@@ -152,7 +152,8 @@ def build_code(folder: Path, names: KaggleNames) -> None:
 
 def build_weights(folder: Path, checkpoint: Path, names: KaggleNames) -> None:
     """Copy WEIGHT_FILES from the resolved checkpoint folder (EMA weights and the id table when it has them)."""
-    missing = [f for f in ("model.safetensors", "config.yaml", "tasks.json", "meta.json") if not (checkpoint / f).is_file()]
+    needed = ("model.safetensors", "config.yaml", "tasks.json", "meta.json")
+    missing = [f for f in needed if not (checkpoint / f).is_file()]
     if missing:
         raise KaggleError(f"{checkpoint}: not a usable checkpoint folder (missing {', '.join(missing)})")
     _reset(folder)
@@ -280,11 +281,14 @@ def describe_plan(plan: list[dict]) -> str:
     lines = []
     for step in plan:
         total = sum(i["bytes"] for i in step["items"]) / 1e6
-        what = "create, or a new version if it exists," if step["kind"] == "dataset" else "push a new version of"
-        lines.append(f"{what} {step['kind']} {step['ref']} from {step['folder']} ({total:.1f} MB):")
+        url = f"https://www.kaggle.com/{'datasets' if step['kind'] == 'dataset' else 'code'}/{step['ref']}"
+        lines.append(f"{step['kind']} {step['ref']} ({url}): create, or a new version if it exists, from "
+                     f"{step['folder']} ({total:.1f} MB before compression):")
         lines += [f"    {i['name']}  {i['bytes'] / 1e6:.2f} MB" for i in step["items"]]
         if step["kind"] == "kernel":
             lines += [f"    {k}: {json.dumps(v)}" for k, v in step["settings"].items() if v is not None]
+    if any(step["ref"].startswith(PLACEHOLDER_OWNER + "/") for step in plan):
+        lines.append(f"warning: the owner is the placeholder {PLACEHOLDER_OWNER}: rebuild with --owner to push")
     return "\n".join(lines)
 
 

@@ -57,8 +57,9 @@ def attached(ref: str, looks_right) -> Path:
     for folder in candidates:
         if folder.is_dir() and looks_right(folder):
             return folder
-    raise FileNotFoundError(f"dataset {ref} is not attached (or is not the expected content): in the notebook editor "
-                            f"use Add Input > Datasets > {ref}. Datasets are not carried over when a notebook is forked.")
+    raise FileNotFoundError(f"dataset {ref} is not attached (or is not the expected content): in the notebook "
+                            f"editor use Add Input > Datasets > {ref}. Datasets are not carried over when a "
+                            "notebook is forked.")
 
 
 def code_root(folder: Path) -> Path:
@@ -77,7 +78,8 @@ def code_root(folder: Path) -> Path:
     return out
 
 
-CODE = code_root(attached(BUILD["code"], lambda p: (p / "stages" / "submit.py").exists() or (p / "stages.zip").exists()))
+CODE = code_root(attached(BUILD["code"],
+                          lambda p: (p / "stages" / "submit.py").exists() or (p / "stages.zip").exists()))
 WEIGHTS = attached(BUILD["weights"], lambda p: (p / "meta.json").exists() and (p / "config.yaml").exists())
 WHEELS = attached(BUILD["wheels"], lambda p: (p / "requirements-kaggle.txt").exists()) if BUILD["wheels"] else None
 print(f"code {CODE}\nweights {WEIGHTS}\nwheels {WHEELS or '(none: the image packages are used)'}")
@@ -104,7 +106,7 @@ print(f"{GPUS} GPU(s); {time.time() - T0:.0f}s of the {BUDGET_S:.0f}s budget spe
 # %%
 # The budgeted flow: one process per GPU. It writes a valid fallback first and improves it atomically, so the
 # watchdog below can stop it at any moment and a valid submission is still on disk.
-reserve = min(120.0, max(20.0, 0.1 * BUDGET_S))  # for validation and the summary
+reserve = min(120.0, max(30.0, 0.1 * BUDGET_S))  # a little grace for stages.submit, the rest for validation
 budget = max(1, int(BUDGET_S - (time.time() - T0) - reserve))
 submit = ["-m", "stages.submit", "--checkpoint", str(WEIGHTS), "--kaggle-root", str(INPUT), "--out", str(SUBMISSION),
           "--budget-s", str(budget), "--device", "cuda" if GPUS else "cpu"]
@@ -124,12 +126,12 @@ def forward(stream):
 echo = threading.Thread(target=forward, args=(proc.stdout,), daemon=True)
 echo.start()
 try:
-    SUBMIT_RC = proc.wait(timeout=budget + reserve / 2)
+    SUBMIT_RC = proc.wait(timeout=budget + reserve / 4)
 except subprocess.TimeoutExpired:
     print("watchdog: stages.submit overran its budget; stopping it (the submission on disk stays valid)")
     os.killpg(proc.pid, signal.SIGTERM)
     try:
-        SUBMIT_RC = proc.wait(timeout=reserve / 4)
+        SUBMIT_RC = proc.wait(timeout=reserve / 8)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         SUBMIT_RC = proc.wait()
@@ -148,9 +150,10 @@ check = subprocess.run([sys.executable, "-m", "stages.validate", "--challenges",
                         str(SUBMISSION)], cwd=CODE, env=ENV, capture_output=True, text=True, timeout=600)
 print(check.stdout + check.stderr[-3000:])
 challenges = json.loads(tests[0].read_text())
+inputs = sum(len(t.get("test", [])) for t in challenges.values() if isinstance(t, dict))
 SUMMARY = {"valid": check.returncode == 0, "submit_exit_code": SUBMIT_RC, "gpus": GPUS, "challenges": str(tests[0]),
-           "tasks": len(challenges), "test_inputs": sum(len(t.get("test", [])) for t in challenges.values() if isinstance(t, dict)),
-           "submit_s": round(SUBMIT_S, 1), "total_s": round(time.time() - T0, 1), "budget_s": BUDGET_S}
+           "tasks": len(challenges), "test_inputs": inputs, "submit_s": round(SUBMIT_S, 1),
+           "total_s": round(time.time() - T0, 1), "budget_s": BUDGET_S}
 print("summary:", json.dumps(SUMMARY))
 if check.returncode:
     raise RuntimeError("the submission does not validate; see the problems above")
