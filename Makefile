@@ -23,8 +23,10 @@ SOLUTIONS ?= ../shared/arc/arc-agi_evaluation2_solutions.json
 OUT ?= runs/score
 AUGS ?= 1000
 PYTEST_ARGS ?=
+KAGGLE_DIR ?= runs/kaggle
+KAGGLE_ARGS ?=
 
-.PHONY: install demo test test-fast pretrain predict score bench clean
+.PHONY: install demo test test-fast pretrain predict score bench clean kaggle kaggle-push
 
 # Idempotent: the stamp is newer than the pins unless they changed, so a re-run does nothing.
 # torch comes first from the pinned CPU wheel; nothing after it may replace it (DeepSpeed is built
@@ -65,6 +67,14 @@ bench: install
 	$(PY) -m bench.vote
 	$(PY) -m bench.train --config configs/demo_cpu.yaml
 	$(PY) -m bench.infer --config configs/demo_cpu.yaml
+
+# Kaggle notebook + its code/weights/wheels datasets from CHECKPOINT (KAGGLE_ARGS: --owner, --budget-s,
+# --no-wheels, slugs); then upload them (a dry run that prints the plan when no credentials are configured).
+kaggle: install
+	$(PY) -m stages.kaggle build --checkpoint $(CHECKPOINT) --out $(KAGGLE_DIR) $(KAGGLE_ARGS)
+
+kaggle-push: install
+	$(PY) -m stages.kaggle push $(KAGGLE_DIR)
 
 clean:
 	rm -rf runs .pytest_cache
