@@ -217,8 +217,12 @@ def build_notebook(folder: Path, settings: BuildSettings, git: str) -> Path:
              "wheels": names.ref(names.wheels) if settings.wheels else None, "budget_s": settings.budget_s,
              "competition": names.competition, "git": git, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     nb = nbformat.v4.new_notebook(cells=notebook_cells(build))
+    # "kaggle" holds the editor's own settings keys as seen in notebooks pulled from Kaggle (the accelerator is
+    # left to the editor: no documented value names the L4 x4 machine)
     nb.metadata.update({"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-                        "language_info": {"name": "python"}})
+                        "language_info": {"name": "python"},
+                        "kaggle": {"isInternetEnabled": False, "isGpuEnabled": True, "language": "python",
+                                   "sourceType": "notebook"}})
     nbformat.validate(nb)
     path = folder / f"{names.kernel}.ipynb"
     nbformat.write(nb, str(path))
