@@ -77,8 +77,9 @@ class Views:
 def _axis_bound(d_in: np.ndarray, d_out: np.ndarray, n: int) -> int:
     """Largest output size along one axis for a test input of size n, from the demonstrations' (input, output)
     sizes along that axis: the maximum over the relations that hold for every demonstration (a constant
-    output, a constant ratio, a constant difference such as the same size), never less than n; 0 when none
-    holds."""
+    output, a constant ratio, a constant difference such as the same size) and over the demonstrations'
+    outputs (a relation that two demonstrations happen to share can be wrong), never less than n; 0 when
+    no relation holds."""
     guesses = []
     if (d_out == d_out[0]).all():
         guesses.append(int(d_out[0]))
@@ -86,7 +87,7 @@ def _axis_bound(d_in: np.ndarray, d_out: np.ndarray, n: int) -> int:
         guesses.append(-(-int(d_out[0]) * n // int(d_in[0])))
     if (d_out - d_in == d_out[0] - d_in[0]).all():
         guesses.append(n + int(d_out[0] - d_in[0]))
-    return max(guesses + [n]) if guesses else 0
+    return max(guesses + [n, int(d_out.max())]) if guesses else 0
 
 
 def answer_bound(packed: PackedTasks, t: int) -> tuple[int, int]:

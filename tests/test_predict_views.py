@@ -34,6 +34,10 @@ def test_answer_bound_from_the_demonstrations():
     assert answer_bound(packed, 0) == truth.shape
     same = Task("same", [(np.ones((2, 3), np.uint8), np.ones((2, 3), np.uint8))], [np.ones((4, 5), np.uint8)])
     assert answer_bound(pack_tasks([same]), 0) == (4, 5)
+    # Widths 14 -> 26 and 12 -> 24 share a difference, but the answer to width 11 is 26 wide (ARC 45a5af55).
+    sq = Task("sq", [(np.ones((14, 14), np.uint8), np.ones((26, 26), np.uint8)),
+                     (np.ones((12, 12), np.uint8), np.ones((24, 24), np.uint8))], [np.ones((11, 11), np.uint8)])
+    assert answer_bound(pack_tasks([sq]), 0) == (26, 26)
     sizes = [(1, 3), (2, 2), (3, 1)]  # no size relation holds for every demonstration
     odd = Task("odd", [(np.ones((s, s), np.uint8), np.ones((o, o), np.uint8)) for s, o in sizes],
                [np.ones((2, 2), np.uint8)])
