@@ -108,6 +108,36 @@ def test_decoding_follows_the_official_crop_and_rejects_clipped_views():
     assert _decodes(encode_grid_ref(np.ones((5, 3), np.int64), 24, 0, 30), 24, 0) == np.ones((5, 3)).tolist()
 
 
+def test_crop_matches_reference_on_damaged_canvases():
+    """Kernel (both hash_views paths and decode_view) against the NumPy twin on grids with damaged cells and
+    borders at random offsets, including grids that touch the canvas edge."""
+    rng = np.random.default_rng(5)
+    n, canvas = 1500, 30
+    tokens, r0, c0 = np.zeros((n, canvas * canvas), np.uint8), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    d, perms = rng.integers(0, 8, n), random_perms(rng, n)
+    for v in range(n):
+        g = rng.integers(0, 10, rng.integers(1, 31, 2))
+        r0[v], c0[v] = rng.integers(0, 31 - g.shape[0]) * (v % 3 > 0), rng.integers(0, 31 - g.shape[1]) * (v % 3 > 0)
+        t = encode_grid_ref(g, r0[v], c0[v], canvas).reshape(canvas, canvas).copy()
+        for _ in range(rng.integers(0, 4)):  # damage cells in and around the grid with any token
+            i, j = r0[v] + rng.integers(0, g.shape[0] + 1), c0[v] + rng.integers(0, g.shape[1] + 1)
+            t[min(i, canvas - 1), min(j, canvas - 1)] = rng.integers(0, 12)
+        tokens[v] = t.reshape(-1)
+    hashes, hs, ws = np.empty(n, np.uint64), np.empty(n, np.int64), np.empty(n, np.int64)
+    hash_views(tokens, r0, c0, d, perms, canvas, hashes, hs, ws)
+    seen: dict = {}
+    for v in range(n):
+        ref = decode_ref(tokens[v], r0[v], c0[v], d[v], perms[v], canvas)
+        ours = decode_view(tokens[v], r0[v], c0[v], d[v], perms[v], canvas)
+        if ref is None:
+            assert ours.shape == (0, 0) and hs[v] == 0
+            continue
+        np.testing.assert_array_equal(ours, ref)
+        assert (hs[v], ws[v]) == ref.shape
+        assert seen.setdefault(ref.tobytes() + bytes(ref.shape), hashes[v]) == hashes[v]
+    assert 0 < sum(hs == 0) < n // 2
+
+
 def test_dihedral_axis_swaps_agree():
     assert all(swaps_axes(d) == DIHEDRAL_SWAPS_AXES[d] for d in range(8))
     g = np.zeros((2, 3))
