@@ -1,5 +1,7 @@
 """Majority vote over the inverted views of each test input: count identical grids (by hash), rank by
-vote count, break ties by mean halting confidence, keep the top k."""
+vote count, break ties by mean halting confidence, keep the top k. This is the official evaluator's ranking
+(confidence summed in view order, then divided; exact ties keep the grid seen first); invalid views, which
+the official crop makes an empty grid, cast no vote here."""
 import numpy as np
 from numba import njit
 
