@@ -22,6 +22,7 @@ CHALLENGES ?= ../shared/arc/arc-agi_evaluation2_challenges.json
 SOLUTIONS ?= ../shared/arc/arc-agi_evaluation2_solutions.json
 OUT ?= runs/score
 AUGS ?= 1000
+COMPARE ?=
 PYTEST_ARGS ?=
 KAGGLE_DIR ?= runs/kaggle
 KAGGLE_ARGS ?=
@@ -60,7 +61,8 @@ predict: install
 
 # Semi-private-style local score: the hidden-test flow sees only the challenges; only the scorer reads solutions.
 score: predict
-	$(PY) -m stages.score --solutions $(SOLUTIONS) --submission $(OUT)/submission.json --report $(OUT)/report
+	$(PY) -m stages.score --solutions $(SOLUTIONS) --submission $(OUT)/submission.json --report $(OUT)/report \
+	  --run $(CHECKPOINT) $(if $(COMPARE),--compare $(COMPARE))
 
 bench: install
 	$(PY) -m bench.augment

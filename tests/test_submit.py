@@ -139,7 +139,8 @@ def test_score_is_arc_prize_pass_at_2_and_writes_a_report(tmp_path):
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["score"] == pytest.approx((0.5 + 1 + 0) / 3) and result["tasks"] == 3 and result["solved_tasks"] == 1
     df = pl.read_parquet(tmp_path / "rep" / "tasks.parquet")
-    assert set(df.columns) >= {"task", "tests", "correct", "vote_share", "halting_steps", "seconds"}
+    assert set(df.columns) >= {"task", "tests", "correct", "winner_votes", "valid_views", "halting_steps",
+                               "chunk_s_per_input", "grid"}
     assert (tmp_path / "rep" / "tasks.csv").exists() and (tmp_path / "rep" / "tasks" / "a.html").exists()
     assert "attempt 2 ✓" in (tmp_path / "rep" / "tasks" / "a.html").read_text()
 
