@@ -13,6 +13,7 @@ import numpy as np
 
 from kernels.augment import encode_pairs
 from pipeline.tasks import Task
+from pipeline.versions import DUMMY_OUTPUT, VersionHasher, distinct_versions
 
 
 @dataclass(kw_only=True)
@@ -141,8 +142,6 @@ class PuzzleIdScheme(Protocol):
 def _task_pairs(packed: PackedTasks, t: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Every (input, output) pair of task t as the official builder sees it: demonstrations and test pairs,
     a test input without a known output paired with the builder's dummy [[0]]."""
-    from pipeline.versions import DUMMY_OUTPUT
-
     s, n = packed.task_ex_start[t], packed.task_ex_count[t]
     pairs = [(packed.grid(i), packed.grid(o)) for i, o in zip(packed.ex_in[s:s + n], packed.ex_out[s:s + n])]
     for r in np.flatnonzero((packed.test_task == t) & ~packed.test_trainable):  # trainable tests are examples already
@@ -172,8 +171,6 @@ class PerAugmentationIds:
     def build(cls, packed: PackedTasks, k: int, seed: int, dihedral: bool = True, colour_perm: bool = True,
               tries_per_aug: int = 5) -> "PerAugmentationIds":
         """The original plus up to k distinct augmentations of every task (k = data.augs_per_task)."""
-        from pipeline.versions import VersionHasher, distinct_versions
-
         rng = np.random.default_rng([seed, 0xA06])
 
         def draw(n):
