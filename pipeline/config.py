@@ -123,16 +123,24 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML preset (holding only its deltas from the defaults) and apply `key=value` overrides."""
-    data: dict = {}
+def read_yaml(path: str | Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {path}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of sections")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
+    """Load a YAML preset (holding only its deltas) and apply `key=value` overrides. The deltas apply to the
+    dataclass defaults, or to `base` (a resolved config as a dict, e.g. a checkpoint's, for test-time training)."""
+    data = dict(base or {})
     if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError as e:
-            raise ConfigError(f"config file not found: {path}") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        data = _merge(data, read_yaml(path))
     data = _merge(data, parse_overrides(overrides or []))
     return from_dict(RunConfig, data)
 

@@ -1,0 +1,170 @@
+"""Test-time training (TTT): fit a pretrained TRM to hidden tasks from their demonstrations alone.
+
+Owns what differs from pretraining, which is only data and config; the run itself is the one builder
+(pipeline/build.py) and the one training loop (pipeline/train.py):
+- the config: the checkpoint's resolved config < a TTT preset (configs/ttt_*.yaml) < `--set` overrides,
+  with the warm start (`train.init_from`) pointing at the checkpoint;
+- the data: the hidden tasks' demonstration pairs only (their test outputs are unknown on Kaggle and are
+  never read), optionally one demonstration per task left out to measure held-out pass@2 while training;
+- the puzzle ids: new ids for the hidden tasks in the checkpoint's scheme (per augmentation: the original
+  plus K augmentations per task; per task: one row), started at the mean of the pretrained rows as TRM,
+  NVARC and McGovern do; a task the checkpoint already knows keeps its own rows (and their augmentations).
+The table of the TTT run holds only the hidden tasks' rows, so predict on the run folder uses them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.build import build_run
+from pipeline.checkpoint import read_task_table, resolve_checkpoint
+from pipeline.config import RunConfig, load_config, to_dict
+from pipeline.dataset import Dataset, fit_canvas
+from pipeline.runtime import Runtime
+from pipeline.sampler import PerAugmentationIds, PerTaskIds, PuzzleIdScheme, pack_tasks
+from pipeline.sources import LoadResult
+from pipeline.tasks import DataError, Task, write_json_atomic
+from pipeline.train import Stop
+
+log = logging.getLogger(__name__)
+MIN_DEMOS_FOR_HOLDOUT = 3
+"""A task needs this many demonstrations to lend one to the held-out measurement (two still train)."""
+
+
+def ttt_config(checkpoint: str | Path, preset: str | Path | None, overrides: list[str], run_dir: str | Path,
+               sources: list[str] | None = None) -> RunConfig:
+    """The checkpoint's config, then the preset's deltas, then overrides; run_dir and the warm start are set
+    here so that a TTT run always starts from `checkpoint` (and resumes from its own folder)."""
+    ckpt = resolve_checkpoint(checkpoint)
+    _, _, base = read_task_table(ckpt)
+    base_dict = to_dict(base)
+    if sources:
+        base_dict["data"]["sources"] = sources
+    forced = [f"run_dir={run_dir}", f"train.init_from={ckpt}"]
+    return load_config(preset, [*overrides, *forced], base=base_dict)
+
+
+def demo_tasks(tasks: list[Task], holdout: bool) -> list[Task]:
+    """Training tasks for TTT: demonstrations only. With `holdout`, the last demonstration of each task
+    with enough of them becomes a held-out test pair (its output known, never trained on) so that
+    evaluation during TTT measures pass@2 on pairs the model did not fit; the real test inputs keep their
+    place in the id table either way (their outputs are never read)."""
+    out = []
+    for t in tasks:
+        if holdout and len(t.train) >= MIN_DEMOS_FOR_HOLDOUT:
+            inp, outp = t.train[-1]
+            out.append(Task(t.id, t.train[:-1], [inp], [outp], source=t.source, train_on_test=False))
+        else:
+            out.append(Task(t.id, list(t.train), list(t.test_inputs), None, source=t.source, train_on_test=False))
+    return out
+
+
+def ttt_ids(cfg: RunConfig, packed, ckpt_task_ids: list[str], ckpt_ids: PuzzleIdScheme | None
+            ) -> tuple[PuzzleIdScheme, np.ndarray]:
+    """The id scheme of the TTT run and, per new row, the checkpoint row it starts from (-1 = the mean)."""
+    index = {tid: k for k, tid in enumerate(ckpt_task_ids)}
+    known = [index.get(tid, -1) for tid in packed.task_ids]
+    d = cfg.data
+    if d.puzzle_ids == "per_task":
+        ids = PerTaskIds(packed.num_tasks, d.dihedral, d.colour_perm)
+        same = isinstance(ckpt_ids, PerTaskIds) or ckpt_ids is None
+        rows = [1 + k if k >= 0 and same else -1 for k in known]
+        return ids, np.array([-1, *rows], dtype=np.int64)
+    fresh = PerAugmentationIds.build(packed, d.augs_per_task, cfg.seed, d.dihedral, d.colour_perm)
+    dih, perms, counts, init = [], [], [], [-1]
+    for t, k in enumerate(known):
+        if k >= 0 and isinstance(ckpt_ids, PerAugmentationIds):  # a task the checkpoint knows keeps its rows
+            src, lo, hi = ckpt_ids, int(ckpt_ids.offsets[k]), int(ckpt_ids.offsets[k + 1])
+            init += list(range(1 + lo, 1 + hi))
+        else:
+            src, lo, hi = fresh, int(fresh.offsets[t]), int(fresh.offsets[t + 1])
+            init += [-1] * (hi - lo)
+        dih.append(src.dihedral[lo:hi]), perms.append(src.perms[lo:hi]), counts.append(hi - lo)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    ids = PerAugmentationIds(np.concatenate(dih), np.concatenate(perms), offsets)
+    return ids, np.asarray(init, dtype=np.int64)
+
+
+def ttt_dataset(cfg: RunConfig, tasks: list[Task], holdout: bool = False) -> tuple[Dataset, np.ndarray]:
+    """The hidden tasks' demonstrations packed for the sampler, their id scheme and the rows' warm start."""
+    res = fit_canvas(LoadResult(tasks=demo_tasks(tasks, holdout)), cfg.data.canvas)
+    if not res.tasks:
+        raise DataError("no hidden task fits the model's canvas: nothing to train on")
+    packed = pack_tasks(res.tasks)
+    ckpt_task_ids, ckpt_ids, _ = read_task_table(cfg.train.init_from)
+    ids, init_rows = ttt_ids(cfg, packed, ckpt_task_ids, ckpt_ids)
+    known = sum(tid in set(ckpt_task_ids) for tid in packed.task_ids)
+    log.info("TTT on %d tasks (%d known to the checkpoint keep their rows), %d demonstrations, %d puzzle ids, "
+             "%d held-out demonstrations", packed.num_tasks, known, int(packed.task_ex_count.sum()), ids.num_ids,
+             int((packed.test_out >= 0).sum()))
+    return Dataset(res.tasks, packed, ids, res.problems), init_rows
+
+
+@dataclass
+class TTTResult:
+    run_dir: Path
+    step: int
+    stopped: str | None
+    metrics: dict
+
+
+def run_ttt(cfg: RunConfig, rt: Runtime, tasks: list[Task], holdout: bool = False, stop: Stop | None = None) -> TTTResult:
+    """One joint TTT run over `tasks` (all hidden tasks in one run, as a Kaggle budget fits); resumes from
+    its own folder if killed. Ends at cfg.train.steps or `stop`, with a complete checkpoint either way."""
+    data, init_rows = ttt_dataset(cfg, tasks, holdout)
+    run = build_run(cfg, rt, data, init_rows, prefix="ttt")
+    result = run.trainer.fit(stop)
+    if rt.is_main:
+        write_json_atomic(Path(cfg.run_dir) / "ttt.json", {
+            "checkpoint": cfg.train.init_from, "tasks": data.packed.task_ids, "holdout": holdout,
+            "skipped": [str(p) for p in data.problems], "result": result})
+    return TTTResult(Path(cfg.run_dir), result["step"], result.get("stopped"), result)
+
+
+def safe_name(task_id: str) -> str:
+    """A file-system-safe folder name for a task id (ids come from input files)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", task_id).lstrip(".")
+    return name[:100] or "task"
+
+
+def per_task_dir(run_dir: str | Path, task_id: str) -> Path:
+    return Path(run_dir) / "tasks" / safe_name(task_id)
+
+
+def run_ttt_per_task(cfg: RunConfig, rt: Runtime, tasks: list[Task], holdout: bool = False,
+                     stop: Stop | None = None) -> list[TTTResult]:
+    """One short run per task (its own trunk and rows) in RUN/tasks/<task>/; under torchrun the tasks are
+    spread over the ranks, each rank training its share alone on its own device. A task that fails is
+    logged and left to the fallback; the others go on."""
+    import dataclasses
+
+    from pipeline.runtime import Runtime as RT
+
+    solo = RT(device=rt.device, dtype=rt.dtype, rank=0, world_size=1, local_rank=rt.local_rank)
+    results = []
+    for t in tasks[rt.rank::rt.world_size]:
+        sub = dataclasses.replace(cfg, run_dir=str(per_task_dir(cfg.run_dir, t.id)))
+        try:
+            results.append(run_ttt(sub, solo, [t], holdout, stop))
+        except (DataError, RuntimeError, ValueError) as e:
+            log.error("TTT failed for task %s: %s; it will use the pretrained model", t.id, e)
+    return results
+
+
+def ttt_index(run_dir: str | Path) -> dict:
+    """What a TTT run folder holds: {"joint": True} or {"per_task": {task_id: folder}} (for predict)."""
+    run_dir = Path(run_dir)
+    tasks_dir = run_dir / "tasks"
+    if tasks_dir.is_dir() and not (run_dir / "ckpt").is_dir():
+        out = {}
+        for f in sorted(tasks_dir.glob("*/ttt.json")):
+            meta = json.loads(f.read_text())
+            for tid in meta["tasks"]:
+                out[tid] = f.parent
+        return {"per_task": out}
+    return {"joint": True}

@@ -1,0 +1,165 @@
+"""Test-time training: ids and warm start in the checkpoint's scheme, demonstrations only, the modes, the
+stop condition, and (slow) that TTT makes a pretrained model solve task families it never saw."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from pipeline.synthetic import synthetic_tasks
+
+SEEN = "tasks=8,seed=0,size=4,demos=400,tests=8,fixed=1,families=flip_lr+flip_ud+colour_map+recolour"
+UNSEEN = "tasks=4,seed=7,size=4,demos=64,tests=8,fixed=1,families=rot180+transpose"
+TINY = ["model.hidden=32", "model.heads=2", "model.puzzle_emb_ndim=32", "train.global_batch=16",
+        "train.progress=false", "train.eval_every=0", "predict.augs=2"]
+
+
+def stage(*args, timeout=900):
+    r = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def write_challenges(folder: Path, spec: str, with_test_outputs: bool = False) -> tuple[Path, Path]:
+    tasks = synthetic_tasks(spec)
+    ch = {t.id: t.to_json(with_outputs=with_test_outputs) for t in tasks}
+    sol = {t.id: [o.tolist() for o in t.test_outputs] for t in tasks}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "x_challenges.json").write_text(json.dumps(ch))
+    (folder / "x_solutions.json").write_text(json.dumps(sol))
+    return folder / "x_challenges.json", folder / "x_solutions.json"
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A few steps of the demo config, per-augmentation ids (so the id mapping is exercised)."""
+    run_dir = tmp_path_factory.mktemp("pre")
+    stage("stages.pretrain", "--config", "configs/demo_cpu.yaml", "--set", f"run_dir={run_dir}", "train.steps=4",
+          "data.puzzle_ids=per_augmentation", "data.augs_per_task=3", "data.colour_perm=true", *TINY)
+    return run_dir
+
+
+def test_new_tasks_start_at_the_mean_and_known_tasks_keep_their_rows(tiny_checkpoint, tmp_path):
+    from pipeline.build import build_run
+    from pipeline.checkpoint import load_for_prediction
+    from pipeline.runtime import init_runtime
+    from pipeline.ttt import ttt_config, ttt_dataset
+
+    pre = load_for_prediction(tiny_checkpoint, use_ema=False)
+    table = pre.model.puzzle_emb
+    known = synthetic_tasks(SEEN)[:2]  # in the checkpoint
+    new = synthetic_tasks(UNSEEN)[:2]
+    cfg = ttt_config(tiny_checkpoint, None, ["train.steps=1", *TINY], tmp_path / "ttt")
+    data, init_rows = ttt_dataset(cfg, known + new)
+    assert data.packed.task_ids == [t.id for t in known + new]
+    run = build_run(cfg, init_runtime("cpu", "float32", 0), data, init_rows, eval_fn=None)
+    run.trainer.prepare()
+    rows = run.model.puzzle_emb
+    ids = data.ids
+    for k, t in enumerate(known):  # the checkpoint's rows for this task, augmentation for augmentation
+        src = pre.task_ids.index(t.id)
+        lo, hi = pre.ids.offsets[src], pre.ids.offsets[src + 1]
+        mine = slice(1 + ids.offsets[k], 1 + ids.offsets[k + 1])
+        torch.testing.assert_close(rows[mine], table[1 + lo:1 + hi], rtol=0, atol=0)
+        assert (ids.dihedral[mine.start - 1:mine.stop - 1] == pre.ids.dihedral[lo:hi]).all()
+    mean = table[1:].mean(0)
+    for k in range(2, 4):
+        torch.testing.assert_close(rows[1 + ids.offsets[k]:1 + ids.offsets[k + 1]],
+                                   mean.expand(int(ids.counts[k]), -1))
+    for name, v in pre.model.state_dict().items():  # the trunk is the checkpoint's (EMA) weights
+        if name != "puzzle_emb":
+            ema = load_for_prediction(tiny_checkpoint).model.state_dict()[name]
+            torch.testing.assert_close(run.model.state_dict()[name], ema, rtol=0, atol=0)
+
+
+def test_ttt_trains_on_demonstrations_only(tiny_checkpoint, tmp_path):
+    """Test outputs present in the challenges file are never trained on; --holdout-demos holds one demo out."""
+    from pipeline.hidden import load_challenges
+    from pipeline.ttt import ttt_config, ttt_dataset
+
+    ch, _ = write_challenges(tmp_path, UNSEEN, with_test_outputs=True)
+    _, res = load_challenges(ch)
+    assert res.tasks[0].test_outputs is not None  # the file does carry them
+    cfg = ttt_config(tiny_checkpoint, None, [*TINY], tmp_path / "ttt")
+    data, _ = ttt_dataset(cfg, res.tasks)
+    p = data.packed
+    assert (p.test_out < 0).all() and not p.test_trainable.any()
+    assert int(p.task_ex_count.sum()) == sum(len(t.train) for t in res.tasks)
+    held, _ = ttt_dataset(cfg, res.tasks, holdout=True)
+    assert int(held.packed.task_ex_count.sum()) == sum(len(t.train) - 1 for t in res.tasks)
+    last_in = res.tasks[0].train[-1][0]
+    assert (held.packed.grid(held.packed.test_in[0]) == last_in).all()
+
+
+@pytest.mark.parametrize("mode", ["embeddings", "lora", "embeddings_then_all"])
+def test_each_mode_runs_resumes_and_predicts(tiny_checkpoint, tmp_path, mode):
+    """Every mode trains, leaves a checkpoint that stages.predict reads as a plain TRM, and the trunk moves
+    only where it should."""
+    from pipeline.checkpoint import load_for_prediction
+
+    ch, _ = write_challenges(tmp_path, UNSEEN)
+    out = tmp_path / "ttt"
+    for steps in (6, 8):  # the second call resumes the first run (LoRA: from its unmerged adapters)
+        r = stage("stages.ttt", "--checkpoint", str(tiny_checkpoint), "--challenges", str(ch), "--out", str(out),
+                  "--config", "configs/demo_ttt.yaml", "--set", f"train.steps={steps}", f"train.trainable={mode}",
+                  "train.freeze_fraction=0.5", "train.ckpt_every=3", "train.lora_rank=2", *TINY)
+    assert "resumed from" in r.stderr and "step 6" in r.stderr
+    assert json.loads((out / "ttt.json").read_text())["result"]["step"] == 8
+    pre, post = load_for_prediction(tiny_checkpoint), load_for_prediction(out, use_ema=False)  # TTT starts from EMA
+    assert post.task_ids == sorted(post.task_ids) and len(post.task_ids) == 4
+    moved = {k for k, v in post.model.state_dict().items() if k != "puzzle_emb" and not torch.equal(v, pre.model.state_dict()[k])}
+    if mode == "embeddings":
+        assert not moved
+    else:
+        assert moved
+    sub = tmp_path / "sub.json"
+    stage("stages.predict", "--checkpoint", str(out), "--challenges", str(ch), "--out", str(sub), "--no-progress")
+    assert len(json.loads(sub.read_text())) == 4
+
+
+def test_lora_merged_weights_compute_the_adapted_model():
+    from pipeline.lora import add_lora, lora_scales, merged_state
+    from pipeline.model import TRM, ModelConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(hidden=32, heads=2, puzzle_emb_ndim=32, puzzle_emb_len=1, seq_len=9, h_cycles=1, l_cycles=1)
+    model = TRM(cfg, 3)
+    plain = TRM(cfg, 3)
+    assert add_lora(model, 2, 4.0) == 4 * cfg.layers
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_b" in n:
+                p.normal_()
+    assert all(("lora_" in n) == p.requires_grad for n, p in model.named_parameters())
+    plain.load_state_dict(merged_state(model.state_dict(), lora_scales(model)))
+    x = torch.randint(0, 12, (2, 9))
+    y, z = model.initial_state(2, torch.float32)
+    a = model(x, model.puzzle_emb[[1, 2]], y, z)[2]
+    b = plain(x, plain.puzzle_emb[[1, 2]], y, z)[2]
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_fit_stops_at_a_step_boundary_with_a_complete_checkpoint(tiny_checkpoint, tmp_path):
+    import time
+
+    from pipeline.build import build_run
+    from pipeline.checkpoint import resolve_checkpoint
+    from pipeline.config import load_config
+    from pipeline.runtime import init_runtime
+    from pipeline.train import Stop
+
+    cfg = load_config("configs/demo_cpu.yaml", [f"run_dir={tmp_path}", "train.steps=50", *TINY])
+    rt = init_runtime("cpu", "float32", 0)
+    out = build_run(cfg, rt, eval_fn=None).trainer.fit(Stop(when=lambda step: step >= 3))
+    assert out["step"] == 3 and out["stopped"] == "condition"
+    assert json.loads((resolve_checkpoint(tmp_path) / "meta.json").read_text())["step"] == 3
+    out = build_run(cfg, rt, eval_fn=None).trainer.fit(Stop(steps=5))  # resumes at 3
+    assert out["step"] == 5 and out["stopped"] == "steps"
+    out = build_run(cfg, rt, eval_fn=None).trainer.fit(Stop(deadline=time.time() - 1))
+    assert out["step"] == 5 and out["stopped"] == "deadline"  # past the deadline: not one more step
