@@ -1,0 +1,333 @@
+"""The compute budget of the hidden-test flow: calibration, the policy, the plan and each stage's share.
+
+Calibration runs on the real challenges file and the devices present (the public placeholder file runs
+about a third faster than the hidden rerun, so no plan trusts a calibration made on another file):
+- TTT: the real TTT run built and warm-started (pipeline.build), one warm-up step (compiles on GPU), a few
+  timed steps and one checkpoint save, then thrown away; under torchrun all ranks take part (DDP), so the
+  step time includes the gradient all-reduce.
+- Prediction: the loaded model over one batch of views of real test inputs through the real predict path
+  (views, model, inversion, vote), once to warm up (and compile), once timed, every view run for all N_sup
+  steps: adaptive halting usually stops earlier, but a view cut off by the deadline costs a whole test
+  input, so the plan budgets the worst case unless `Policy.predict_steps_fraction` says otherwise.
+
+The policy (McGovern's ARC-AGI-2 TTT report, arXiv 2511.02886: 256 and 512 views per test input scored
+about the same, while more TTT steps kept paying): views start at a floor (256), TTT gets the rest up to the
+recipe's length (the preset's train.steps, 15k for configs/ttt_full.yaml), and only time left after that
+raises the views toward 1000. When even the floor does not fit beside `ttt_min_steps`, the views go down
+toward `views_min` first (TTT is what makes TRM score on unseen tasks at all). `views_first` is the
+opposite order, for comparison. Steps are rounded down to a multiple of `step_quantum` and views to a
+multiple of 8, so small timing differences between reruns rarely change the plan (and so the submission).
+
+Shares (the watchdog): `margin` (15%) of the budget is never planned. TTT may run until its planned time plus
+half the margin (a `Stop` deadline: it stops at a step boundary with a complete checkpoint, and prediction
+uses the latest one); then the views are chosen again from the time actually left, keeping the other half
+of the margin, and prediction starts no new chunk of test inputs past the end of the budget less the
+writing reserve and one chunk (chunks are sized to a few seconds, so the backstop is tight).
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from pipeline.checkpoint import LoadedModel
+from pipeline.config import RunConfig
+from pipeline.dataset import canvas_problem
+from pipeline.infer import PredictConfig, predict_tests
+from pipeline.runtime import Runtime
+from pipeline.sampler import pack_tasks
+from pipeline.tasks import Task
+
+log = logging.getLogger(__name__)
+VIEW_QUANTUM = 8
+
+
+@dataclass(kw_only=True)
+class Policy:
+    """How the budget is split between TTT steps and views per test input (see the module docstring)."""
+    order: Literal["ttt_first", "views_first"] = "ttt_first"
+    margin: float = 0.15
+    """Fraction of the budget never planned (calibration error, the hidden file's slower tasks)."""
+    views_floor: int = 256
+    views_max: int = 1000
+    views_min: int = 8
+    ttt_max_steps: int = 0
+    """Most TTT steps (0 = the TTT preset's train.steps, the recipe's length)."""
+    ttt_min_steps: int = 100
+    """Fewer planned steps than this are not worth a TTT run: the pretrained model predicts instead."""
+    step_quantum: int = 50
+    predict_steps_fraction: float = 1.0
+    """Expected fraction of the N_sup steps a view runs (1.0 = the worst case, no view ever cut off)."""
+    write_reserve_s: float = 2.0
+    """Seconds kept at the end for gathering and writing the submission (plus 0.5% of the budget)."""
+    chunk_s: float = 10.0
+    """Target seconds per chunk of test inputs in prediction (the deadline's granularity)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.margin < 1.0:
+            raise ValueError("margin must be in [0, 1)")
+        if not 1 <= self.views_min <= self.views_floor <= self.views_max:
+            raise ValueError("views must satisfy 1 <= views_min <= views_floor <= views_max")
+        if not 0.0 < self.predict_steps_fraction <= 1.0:
+            raise ValueError("predict_steps_fraction must be in (0, 1]")
+
+
+@dataclass
+class Calibration:
+    """Measured seconds on this file and these devices (the slowest rank's, under torchrun)."""
+    ttt_startup_s: float = 0.0
+    """Build, warm start, wrap and the first step (torch.compile on GPU): paid again by the real run."""
+    ttt_step_s: float = 0.0
+    ttt_save_s: float = 0.0
+    predict_startup_s: float = 0.0
+    """Loading the model and the first batch beyond a steady one (compile on GPU): paid again after TTT."""
+    view_s: float = 0.0
+    """Seconds per view on one rank, every view run for all N_sup steps."""
+    inputs_per_rank: int = 0
+    """Test inputs the slowest rank predicts (they are sharded over ranks)."""
+    ttt_error: str | None = None
+
+    def merge(self, other: "Calibration") -> "Calibration":
+        """The slower of two ranks' measurements."""
+        timed = {f.name: max(getattr(self, f.name), getattr(other, f.name))
+                 for f in dataclasses.fields(self) if f.name != "ttt_error"}
+        return Calibration(**timed, ttt_error=self.ttt_error or other.ttt_error)
+
+
+@dataclass
+class Plan:
+    budget_s: float
+    ttt_steps: int
+    views: int
+    ckpt_every: int
+    seconds: dict = field(default_factory=dict)
+    """Planned seconds per stage: setup (spent before planning), ttt, predict, write, margin."""
+    why: str = ""
+
+
+def _round_down(x: float, q: int) -> int:
+    return int(max(0, math.floor(x / q) * q))
+
+
+def write_reserve(policy: Policy, budget_s: float) -> float:
+    return policy.write_reserve_s + 0.005 * budget_s
+
+
+def ttt_seconds(cal: Calibration, steps: int, ckpt_every: int) -> float:
+    if steps <= 0:
+        return 0.0
+    return cal.ttt_startup_s + steps * cal.ttt_step_s + (steps // max(ckpt_every, 1) + 1) * cal.ttt_save_s
+
+
+def predict_seconds(cal: Calibration, views: int, policy: Policy) -> float:
+    return cal.predict_startup_s + cal.inputs_per_rank * views * cal.view_s * policy.predict_steps_fraction
+
+
+def views_that_fit(cal: Calibration, seconds: float, policy: Policy, cap: int) -> int:
+    """Most views per test input whose prediction fits `seconds` (multiples of 8, at most `cap`), 0 if none."""
+    per_view = cal.inputs_per_rank * cal.view_s * policy.predict_steps_fraction
+    room = seconds - cal.predict_startup_s
+    if room <= 0:
+        return 0
+    if per_view <= 0:
+        return cap
+    n = room / per_view
+    return cap if n >= cap else _round_down(n, VIEW_QUANTUM) if n >= VIEW_QUANTUM else int(n)
+
+
+def steps_that_fit(cal: Calibration, seconds: float, policy: Policy, cap: int, ckpt_every: int) -> int:
+    room = seconds - cal.ttt_startup_s - cal.ttt_save_s
+    if room <= 0 or cal.ttt_error:
+        return 0
+    per_step = cal.ttt_step_s + cal.ttt_save_s / max(ckpt_every, 1)
+    n = room / per_step if per_step > 0 else cap
+    return min(cap, _round_down(n, policy.step_quantum))
+
+
+def make_plan(policy: Policy, cal: Calibration, budget_s: float, spent_s: float, max_steps: int,
+              ckpt_every: int, pinned_steps: int | None = None, pinned_views: int | None = None) -> Plan:
+    """TTT steps and views per test input that end the flow inside budget_s less the margin, given the
+    seconds already spent (setup and calibration). Pinned values are kept as they are (a reproducible plan)."""
+    cap = policy.ttt_max_steps or max_steps
+    margin_s = policy.margin * budget_s
+    avail = budget_s - margin_s - spent_s - write_reserve(policy, budget_s)
+    vmax = policy.views_max
+    if pinned_steps is not None and pinned_views is not None:
+        steps, views, why = pinned_steps, pinned_views, "pinned"
+    elif pinned_steps is not None:
+        steps = pinned_steps
+        views = max(1, min(vmax, views_that_fit(cal, avail - ttt_seconds(cal, steps, ckpt_every), policy, vmax)))
+        why = "steps pinned, views fill the rest"
+    elif pinned_views is not None:
+        views = pinned_views
+        steps = steps_that_fit(cal, avail - predict_seconds(cal, views, policy), policy, cap, ckpt_every)
+        why = "views pinned, TTT fills the rest"
+    elif policy.order == "views_first":
+        views = max(1, views_that_fit(cal, avail - ttt_seconds(cal, policy.ttt_min_steps, ckpt_every), policy, vmax))
+        steps = steps_that_fit(cal, avail - predict_seconds(cal, views, policy), policy, cap, ckpt_every)
+        why = "views first (up to views_max), TTT gets the rest"
+    else:
+        steps, views, why = _ttt_first(policy, cal, avail, cap, ckpt_every)
+    if 0 < steps < min(policy.ttt_min_steps, cap) and pinned_steps is None:
+        steps, why = 0, why + f"; fewer than {policy.ttt_min_steps} TTT steps fit: no TTT"
+        if pinned_views is None:
+            views = max(1, views_that_fit(cal, avail, policy, vmax))
+    seconds = {"setup": spent_s, "ttt": ttt_seconds(cal, steps, ckpt_every),
+               "predict": predict_seconds(cal, views, policy), "write": write_reserve(policy, budget_s),
+               "margin": margin_s}
+    return Plan(budget_s, steps, views, ckpt_every, seconds, why)
+
+
+def _ttt_first(policy: Policy, cal: Calibration, avail: float, cap: int, ckpt_every: int) -> tuple[int, int, str]:
+    floor = policy.views_floor
+    steps = steps_that_fit(cal, avail - predict_seconds(cal, floor, policy), policy, cap, ckpt_every)
+    if steps >= cap:  # the recipe is complete: what is left raises the views
+        left = avail - ttt_seconds(cal, cap, ckpt_every)
+        return cap, max(floor, views_that_fit(cal, left, policy, policy.views_max)), \
+            "TTT recipe complete at the view floor; the rest raised the views"
+    if steps >= policy.ttt_min_steps:
+        return steps, floor, "views at the floor, TTT gets the rest"
+    # Not even the floor beside a minimal TTT run: fewer views (TTT is what makes unseen tasks score).
+    room = avail - ttt_seconds(cal, min(policy.ttt_min_steps, cap), ckpt_every)
+    views = views_that_fit(cal, room, policy, floor)
+    if views >= policy.views_min:
+        steps = steps_that_fit(cal, avail - predict_seconds(cal, views, policy), policy, cap, ckpt_every)
+        return steps, views, "short budget: views below the floor to keep a minimal TTT run"
+    return 0, max(1, views_that_fit(cal, avail, policy, floor)), "too short for TTT: the pretrained model predicts"
+
+
+@dataclass
+class Deadlines:
+    """Absolute wall-clock times (time.time()) of the flow: the end of the budget and the TTT share."""
+    end: float
+    ttt: float
+    """TTT's Stop deadline: its planned end plus half the margin."""
+    ttt_planned_end: float
+    margin_s: float
+    write_s: float
+
+    def predict_seconds_left(self, now: float | None = None) -> float:
+        """Seconds prediction may plan for: to the end, less the writing reserve and the margin, of which
+        a TTT overrun may have used up to half (so prediction keeps at least its planned share, and gets
+        whatever TTT saved)."""
+        now = now or time.time()
+        kept = self.margin_s - min(max(0.0, now - self.ttt_planned_end), self.margin_s / 2)
+        return self.end - self.write_s - kept - now
+
+    def predict_deadline(self, chunk_s: float) -> float:
+        """time.perf_counter() value after which prediction starts no new chunk (one chunk before the end
+        less the writing reserve)."""
+        wall = self.end - self.write_s - chunk_s
+        return time.perf_counter() + (wall - time.time())
+
+
+def deadlines(plan: Plan, started: float, now: float | None = None) -> Deadlines:
+    """The shares of a plan made at `now` for a flow that started at `started`."""
+    now = now or time.time()
+    s = plan.seconds
+    end = started + plan.budget_s
+    planned_end = now + s["ttt"]
+    return Deadlines(end, min(planned_end + s["margin"] / 2, end - s["write"] - s["predict"]), planned_end,
+                     s["margin"], s["write"])
+
+
+def chunk_views(cal: Calibration, views: int, policy: Policy, default: int) -> int:
+    """Views per prediction chunk so that a chunk takes about policy.chunk_s: whole test inputs, at least one,
+    at most `default` (predict.chunk_views, which bounds memory). Chunking never changes results."""
+    per_input = views * cal.view_s * policy.predict_steps_fraction
+    inputs = max(1, int(policy.chunk_s / per_input)) if per_input > 0 else default // views
+    return max(views, min(default, inputs * views))
+
+
+# -- calibration ----------------------------------------------------------------------------------------------
+def calibrate_ttt(cfg: RunConfig, rt: Runtime, tasks: list[Task], folder: Path, warmup: int = 1,
+                  steps: int = 3) -> tuple[float, float, float]:
+    """(startup, per step, per save) seconds of this TTT run on these tasks and devices, measured on a
+    throw-away copy of the run in `folder` (removed afterwards)."""
+    from pipeline.build import build_run
+    from pipeline.ttt import ttt_dataset
+
+    _reset_folder(folder, rt)
+    # Full steps throughout (embeddings_then_all's frozen steps are cheaper: timing them would under-plan).
+    train = dataclasses.replace(cfg.train, progress=False, eval_every=0, freeze_fraction=0.0,
+                                steps=max(cfg.train.steps, warmup + steps + 1))
+    cal_cfg = dataclasses.replace(cfg, run_dir=str(folder), train=train)
+    t0 = time.perf_counter()
+    data, init_rows = ttt_dataset(cal_cfg, tasks)
+    run = build_run(cal_cfg, rt, data, init_rows, eval_fn=None, prefix="calibration")
+    trainer = run.trainer
+    trainer.prepare()
+    for _ in range(warmup):
+        trainer.train_step()
+    rt.synchronize()
+    t1 = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step()
+    rt.synchronize()
+    t2 = time.perf_counter()
+    trainer.save()
+    t3 = time.perf_counter()
+    trainer.sink.close()
+    step_s = (t2 - t1) / steps
+    del run, trainer
+    _free(rt)
+    _reset_folder(folder, rt)
+    return max(0.0, (t1 - t0) - warmup * step_s), step_s, t3 - t2
+
+
+def calibrate_predict(loaded: LoadedModel, tasks: list[Task], pcfg: PredictConfig, rt: Runtime,
+                      inputs: int = 4) -> tuple[float, float]:
+    """(startup, per view) seconds of prediction with this model: one batch of views of real test inputs
+    through the real path, every view run for all N_sup steps; the first pass warms up (and compiles)."""
+    canvas = loaded.config.data.canvas
+    fit = [t for t in tasks if canvas_problem(t, canvas) is None]
+    if not fit:
+        return 0.0, 0.0
+    packed = pack_tasks(fit)
+    rows = np.arange(min(inputs, len(packed.test_task)))
+    cfg = dataclasses.replace(pcfg, augs=max(1, -(-pcfg.batch_size // len(rows))), adaptive_halting=False)
+    model = torch.compile(loaded.model) if rt.compiles(pcfg.compile) else loaded.model
+    to_ckpt = np.full(packed.num_tasks, -1, dtype=np.int64)  # the mean embedding: any row costs the same
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        predict_tests(model, packed, rows, to_ckpt, loaded.ids, cfg, canvas, rt.device, rt.dtype)
+        rt.synchronize()
+        times.append(time.perf_counter() - t0)
+    view_s = times[1] / (len(rows) * cfg.augs)
+    return max(0.0, times[0] - times[1]), view_s
+
+
+def slowest(cal: Calibration, rt: Runtime) -> Calibration:
+    """The slowest rank's calibration (every rank then makes the same plan)."""
+    if not rt.distributed:
+        return cal
+    parts: list = [None] * rt.world_size
+    dist.all_gather_object(parts, cal)
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.merge(p)
+    return out
+
+
+def _free(rt: Runtime) -> None:
+    gc.collect()
+    if rt.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _reset_folder(folder: Path, rt: Runtime) -> None:
+    if rt.is_main:
+        shutil.rmtree(folder, ignore_errors=True)
+    if rt.distributed:
+        dist.barrier()
