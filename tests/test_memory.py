@@ -1,0 +1,71 @@
+"""Memory bounds that matter at ARC size: the held-out evaluation streams its views in fixed-size batches, so
+its peak does not grow with the number of evaluation inputs (at ARC size 768 views at once took >20 GB on
+CPU; see BENCHMARKS.md, "Memory"). Measured as the peak resident set while evaluating, sampled in the
+background by bench.memory's sampler."""
+import gc
+
+import torch
+
+from bench.memory import RssSampler
+from pipeline.infer import PredictConfig, evaluate_heldout
+from pipeline.model import TRM, ModelConfig
+from pipeline.sampler import PerTaskIds, pack_tasks
+from pipeline.synthetic import synthetic_tasks
+
+MB = 2**20
+
+
+def eval_peak_mb(model, packed, ids, cfg, n_inputs: int, rss: RssSampler) -> float:
+    """Peak RSS above the level before the call, over one held-out evaluation of n_inputs inputs."""
+    gc.collect()
+    with rss.phase(str(n_inputs)):
+        out = evaluate_heldout(model, packed, ids, cfg, 5, torch.device("cpu"), torch.float32, n_inputs)
+    assert out["inputs"] == n_inputs
+    ph = rss.phases[str(n_inputs)]
+    return ph["rss_peak_mb"] - ph["rss_start_mb"]
+
+
+def test_heldout_evaluation_memory_does_not_grow_with_the_number_of_inputs():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    tasks = synthetic_tasks("tasks=16,seed=0,size=4,demos=2,tests=4,fixed=1", train_on_test=False)
+    packed = pack_tasks(tasks)
+    ids = PerTaskIds(packed.num_tasks, dihedral=True, colour_perm=True)
+    # Wide for its length, so that a batch's activations (~0.4 MB per view) dwarf everything per input.
+    model = TRM(ModelConfig(hidden=512, heads=8, seq_len=25, puzzle_emb_len=1, puzzle_emb_ndim=512, h_cycles=1,
+                            l_cycles=1, halt_max_steps=1), ids.num_ids)
+    streamed = PredictConfig(augs=8, batch_size=16, compile=False, translate=False)
+    at_once = PredictConfig(augs=8, batch_size=512, compile=False, translate=False)  # every view in one batch
+    assert (packed.test_out >= 0).all() and not packed.test_trainable.any() and len(packed.test_out) == 64
+    with RssSampler(interval=0.001) as rss:
+        for cfg in (streamed, at_once):
+            eval_peak_mb(model, packed, ids, cfg, 8, rss)  # warm up allocator and kernels
+        few = eval_peak_mb(model, packed, ids, streamed, 8, rss)
+        many = eval_peak_mb(model, packed, ids, streamed, 64, rss)
+        control = eval_peak_mb(model, packed, ids, at_once, 64, rss)
+    # 64 inputs x 8 views streamed in batches of 16 need no more than 8 inputs do (a few KB per view for the
+    # views' tokens, predictions and votes); the control shows the measurement sees a batch of 512 views.
+    print(f"eval peak over start: 8 inputs {few:.1f} MB, 64 inputs {many:.1f} MB, 64 at once {control:.1f} MB")
+    assert many - few < 25, (few, many, control)
+    assert control - many > 200, (few, many, control)
+
+
+def test_cpu_evaluation_batch_is_bounded_in_tokens(monkeypatch):
+    """At ARC length (900 + 16 tokens) a CPU evaluation runs CPU_EVAL_TOKENS // 916 views at once, whatever
+    predict.batch_size says; a short sequence keeps the configured batch."""
+    import pipeline.infer as infer
+
+    seen = []
+
+    def fake_predict(model, packed, rows, task_to_ckpt, ids, cfg, *args):
+        seen.append(cfg.batch_size)
+        return [infer.TestPrediction("t", 0, [], [], [], 0, cfg.augs, 1.0) for _ in rows]
+
+    monkeypatch.setattr(infer, "predict_tests", fake_predict)
+    packed = pack_tasks(synthetic_tasks("tasks=2,seed=0,size=4,demos=2,tests=2,fixed=1", train_on_test=False))
+    ids = PerTaskIds(packed.num_tasks)
+    for seq_len, want in ((900, infer.CPU_EVAL_TOKENS // 916), (4, 768)):
+        model = TRM(ModelConfig(hidden=16, heads=1, seq_len=seq_len, puzzle_emb_ndim=16, h_cycles=1, l_cycles=1), ids.num_ids)
+        evaluate_heldout(model, packed, ids, PredictConfig(batch_size=768), 5, torch.device("cpu"), torch.float32)
+        assert seen[-1] == want
+    assert seen[0] == 17
