@@ -97,7 +97,8 @@ if WHEELS:
               + pip.stderr[-2000:])
 ENV = {**os.environ,
        "PYTHONPATH": os.pathsep.join(p for p in (str(CODE), str(SITE), os.environ.get("PYTHONPATH", "")) if p),
-       "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "NUMBA_CACHE_DIR": str(SCRATCH / "numba")}
+       "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "NUMBA_CACHE_DIR": str(SCRATCH / "numba"),
+       "TRM_SCRATCH_DIR": str(SCRATCH)}  # stages.submit keeps its TTT run there
 probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"], env=ENV, cwd=CODE,
                        capture_output=True, text=True, timeout=600)
 GPUS = int(probe.stdout.strip() or 0) if probe.returncode == 0 else 0
@@ -154,6 +155,6 @@ inputs = sum(len(t.get("test", [])) for t in challenges.values() if isinstance(t
 SUMMARY = {"valid": check.returncode == 0, "submit_exit_code": SUBMIT_RC, "gpus": GPUS, "challenges": str(tests[0]),
            "tasks": len(challenges), "test_inputs": inputs, "submit_s": round(SUBMIT_S, 1),
            "total_s": round(time.time() - T0, 1), "budget_s": BUDGET_S}
-print("summary:", json.dumps(SUMMARY))
+print("notebook summary:", json.dumps(SUMMARY))
 if check.returncode:
     raise RuntimeError("the submission does not validate; see the problems above")

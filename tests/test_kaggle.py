@@ -15,6 +15,7 @@ import nbformat
 import pytest
 
 from conftest import ARC, ROOT, needs_shared_arc
+from pipeline.synthetic import synthetic_tasks
 from submission.kaggle import (PLACEHOLDER_OWNER, WEIGHT_FILES, BuildSettings, KaggleError, KaggleNames, build_all,
                                configured_username, credentials_source, push, upload_plan)
 
@@ -147,13 +148,14 @@ def test_push_refuses_the_placeholder_owner_before_touching_the_network(tmp_path
 
 
 # -- the notebook executed against a fake Kaggle tree -----------------------------------------------------------
-def kaggle_tree(root: Path, built: Path, tasks: int = 3) -> tuple[Path, Path]:
-    """INPUT with the competition (2026 layout: a few ARC-AGI-2 evaluation tasks as the hidden test file) and the
-    built datasets mounted as /kaggle/input/<slug>; plus an empty WORKING."""
+def kaggle_tree(root: Path, built: Path, tasks: int = 3, extra: dict | None = None) -> tuple[Path, Path]:
+    """INPUT with the competition (2026 layout: a few ARC-AGI-2 evaluation tasks, plus `extra`, as the hidden test
+    file) and the built datasets mounted as /kaggle/input/<slug>; plus an empty WORKING."""
     comp = root / "input" / "competitions" / "arc-prize-2026-arc-agi-2"
     comp.mkdir(parents=True)
     ch = json.loads((ARC / "arc-agi_evaluation2_challenges.json").read_text())
-    (comp / "arc-agi_test_challenges.json").write_text(json.dumps({k: ch[k] for k in sorted(ch)[:tasks]}))
+    hidden = {**{k: ch[k] for k in sorted(ch)[:tasks]}, **(extra or {})}
+    (comp / "arc-agi_test_challenges.json").write_text(json.dumps(hidden))
     for d in (built / "datasets").iterdir():
         slug = json.loads((d / "dataset-metadata.json").read_text())["id"].split("/")[1]
         shutil.copytree(d, root / "input" / slug, ignore=shutil.ignore_patterns("dataset-metadata.json"))
@@ -175,7 +177,7 @@ def execute_notebook(path: Path, input_root: Path, working: Path, scratch: Path,
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(working)}}).execute()
     wall = time.perf_counter() - t0
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
-    summary = json.loads(text.split("summary: ", 1)[1].splitlines()[0])
+    summary = json.loads(text.split("notebook summary: ", 1)[1].splitlines()[0])
     return summary, wall
 
 
@@ -245,12 +247,15 @@ def test_notebook_runs_offline_against_a_fake_kaggle_tree(checkpoint, tmp_path, 
                         str(built), "--budget-s", str(budget), "--no-wheels", "--owner", "tester"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    input_root, working = kaggle_tree(tmp_path / "kaggle", built)
+    # the demo model's canvas (5x5) fits no ARC-AGI-2 task: one demo-sized task makes TTT and prediction run too
+    small = synthetic_tasks("tasks=1,seed=0,size=4,demos=8,tests=2,fixed=1,families=flip_lr")[0]
+    input_root, working = kaggle_tree(tmp_path / "kaggle", built, extra={small.id: small.to_json()})
     summary, wall = execute_notebook(built / "notebook" / "trm-arc-submission.ipynb", input_root, working,
                                      tmp_path / "scratch", monkeypatch)
     challenges = input_root / "competitions" / "arc-prize-2026-arc-agi-2" / "arc-agi_test_challenges.json"
     assert summary["valid"] and summary["submit_exit_code"] == 0 and summary["challenges"] == str(challenges)
-    assert summary["tasks"] == 3 and summary["total_s"] <= budget and wall <= budget + 15
+    assert summary["tasks"] == 4 and summary["test_inputs"] == 5
+    assert summary["total_s"] <= budget and wall <= budget + 15
     v = validate(challenges, working / "submission.json")
     assert v.returncode == 0, v.stderr
     assert set(json.loads((working / "submission.json").read_text())) == set(json.loads(challenges.read_text()))
