@@ -301,7 +301,7 @@ def push(plan: list[dict], notes: str, wait_s: float = 900) -> None:
     kaggle package, which reads the credentials itself."""
     if any(step["ref"].startswith(PLACEHOLDER_OWNER + "/") for step in plan):
         raise KaggleError(f"the owner is the placeholder {PLACEHOLDER_OWNER}: rebuild with --owner YOUR_KAGGLE_NAME")
-    from kaggle.api.kaggle_api_extended import KaggleApi  # not `import kaggle`: it authenticates at import
+    from kaggle.api.kaggle_api_extended import KaggleApi  # imported here: the package authenticates at import
 
     api = KaggleApi()
     api.authenticate()

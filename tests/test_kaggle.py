@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 import zipfile
 from pathlib import Path
 
@@ -145,6 +146,40 @@ def test_push_refuses_the_placeholder_owner_before_touching_the_network(tmp_path
     assert plan[-1]["ref"] == f"{PLACEHOLDER_OWNER}/trm-arc-submission"
     with pytest.raises(KaggleError, match="placeholder"):
         push(plan, "notes")
+
+
+def test_push_versions_existing_datasets_creates_new_ones_then_pushes_the_notebook(tmp_path, monkeypatch):
+    """The kaggle package's calls, in order, with a recording stand-in for its API (no network)."""
+    calls = []
+
+    class Api:
+        def authenticate(self):
+            calls.append(("authenticate",))
+
+        def dataset_status(self, ref):
+            if ref.endswith("trm-arc-code") and not any(c[0] == "create" for c in calls):
+                raise RuntimeError("404")  # not there yet: created
+            return "ready"
+
+        def dataset_create_new(self, folder, public, dir_mode):
+            calls.append(("create", Path(folder).name, public, dir_mode))
+            return types.SimpleNamespace(error=None)
+
+        def dataset_create_version(self, folder, version_notes, dir_mode):
+            calls.append(("version", Path(folder).name, version_notes, dir_mode))
+            return types.SimpleNamespace(error=None)
+
+        def kernels_push(self, folder):
+            calls.append(("kernel", json.loads((Path(folder) / "kernel-metadata.json").read_text())["id"]))
+            return types.SimpleNamespace(error=None, invalid_dataset_sources=[], invalid_competition_sources=[],
+                                         url="https://www.kaggle.com/code/fay/trm-arc-submission")
+
+    monkeypatch.setitem(sys.modules, "kaggle.api.kaggle_api_extended", types.SimpleNamespace(KaggleApi=Api))
+    fake_checkpoint(tmp_path / "ck")
+    build_all(tmp_path / "out", tmp_path / "ck", BuildSettings(KaggleNames(owner="fay"), wheels=False))
+    push(upload_plan(tmp_path / "out"), "v2")
+    assert calls == [("authenticate",), ("create", "code", False, "zip"), ("version", "weights", "v2", "zip"),
+                     ("kernel", "fay/trm-arc-submission")]
 
 
 # -- the notebook executed against a fake Kaggle tree -----------------------------------------------------------
