@@ -100,8 +100,10 @@ ENV = {**os.environ,
        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "NUMBA_CACHE_DIR": str(SCRATCH / "numba"),
        "TRM_SCRATCH_DIR": str(SCRATCH)}  # stages.submit keeps its TTT run there
 probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"], env=ENV, cwd=CODE,
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=300)
 GPUS = int(probe.stdout.strip() or 0) if probe.returncode == 0 else 0
+if probe.returncode:
+    print("warning: torch did not import, so no GPU is used:\n" + probe.stderr[-2000:])
 print(f"{GPUS} GPU(s); {time.time() - T0:.0f}s of the {BUDGET_S:.0f}s budget spent on setup")
 
 # %%
@@ -151,7 +153,7 @@ check = subprocess.run([sys.executable, "-m", "stages.validate", "--challenges",
                         str(SUBMISSION)], cwd=CODE, env=ENV, capture_output=True, text=True, timeout=600)
 print(check.stdout + check.stderr[-3000:])
 challenges = json.loads(tests[0].read_text())
-inputs = sum(len(t.get("test", [])) for t in challenges.values() if isinstance(t, dict))
+inputs = sum(len(t["test"]) for t in challenges.values() if isinstance(t, dict) and isinstance(t.get("test"), list))
 SUMMARY = {"valid": check.returncode == 0, "submit_exit_code": SUBMIT_RC, "gpus": GPUS, "challenges": str(tests[0]),
            "tasks": len(challenges), "test_inputs": inputs, "submit_s": round(SUBMIT_S, 1),
            "total_s": round(time.time() - T0, 1), "budget_s": BUDGET_S}
