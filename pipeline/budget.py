@@ -5,17 +5,18 @@ about a third faster than the hidden rerun, so no plan trusts a calibration made
 - TTT: the real TTT run built and warm-started (pipeline.build), one warm-up step (compiles on GPU), a few
   timed steps and one checkpoint save, then thrown away; under torchrun all ranks take part (DDP), so the
   step time includes the gradient all-reduce.
-- Prediction: the loaded model over one batch of views of real test inputs through the real predict path
-  (views, model, inversion, vote), once to warm up (and compile), once timed, every view run for all N_sup
-  steps: adaptive halting usually stops earlier, but a view cut off by the deadline costs a whole test
-  input, so the plan budgets the worst case unless `Policy.predict_steps_fraction` says otherwise.
+- Prediction: the loaded model over one full batch of views of real test inputs through the real predict
+  path (views, model, inversion, vote), once to warm up (and compile), once timed, for two supervision steps
+  scaled to all N_sup (a step costs the same throughout: the batch stays full): adaptive halting usually
+  stops earlier, but a view cut off by the deadline costs a whole test input, so the plan budgets the worst
+  case unless `Policy.predict_steps_fraction` says otherwise.
 
 The policy (McGovern's ARC-AGI-2 TTT report, arXiv 2511.02886: 256 and 512 views per test input scored
 about the same, while more TTT steps kept paying): views start at a floor (256), TTT gets the rest up to the
 recipe's length (the preset's train.steps, 15k for configs/ttt_full.yaml), and only time left after that
 raises the views toward 1000. When even the floor does not fit beside `ttt_min_steps`, the views go down
 toward `views_min` first (TTT is what makes TRM score on unseen tasks at all). `views_first` is the
-opposite order, for comparison. Steps are rounded down to a multiple of `step_quantum` and views to a
+opposite order, for comparison. Steps are rounded down to a multiple of `step_quantum` (from 10 quanta up) and views to a
 multiple of 8, so small timing differences between reruns rarely change the plan (and so the submission).
 
 Shares (the watchdog): `margin` (15%) of the budget is never planned. TTT may run until its planned time plus
@@ -151,7 +152,8 @@ def steps_that_fit(cal: Calibration, seconds: float, policy: Policy, cap: int, c
         return 0
     per_step = cal.ttt_step_s + cal.ttt_save_s / max(ckpt_every, 1)
     n = room / per_step if per_step > 0 else cap
-    return min(cap, _round_down(n, policy.step_quantum))
+    q = policy.step_quantum
+    return min(cap, _round_down(n, q if n >= 10 * q else 1))  # short runs are not rounded away
 
 
 def make_plan(policy: Policy, cal: Calibration, budget_s: float, spent_s: float, max_steps: int,
@@ -172,6 +174,8 @@ def make_plan(policy: Policy, cal: Calibration, budget_s: float, spent_s: float,
         views = pinned_views
         steps = steps_that_fit(cal, avail - predict_seconds(cal, views, policy), policy, cap, ckpt_every)
         why = "views pinned, TTT fills the rest"
+    elif cal.ttt_error:
+        steps, views, why = 0, max(1, views_that_fit(cal, avail, policy, vmax)), "TTT cannot run: views only"
     elif policy.order == "views_first":
         views = max(1, views_that_fit(cal, avail - ttt_seconds(cal, policy.ttt_min_steps, ckpt_every), policy, vmax))
         steps = steps_that_fit(cal, avail - predict_seconds(cal, views, policy), policy, cap, ckpt_every)
@@ -285,17 +289,21 @@ def calibrate_ttt(cfg: RunConfig, rt: Runtime, tasks: list[Task], folder: Path, 
     return max(0.0, (t1 - t0) - warmup * step_s), step_s, t3 - t2
 
 
-def calibrate_predict(loaded: LoadedModel, tasks: list[Task], pcfg: PredictConfig, rt: Runtime,
-                      inputs: int = 4) -> tuple[float, float]:
-    """(startup, per view) seconds of prediction with this model: one batch of views of real test inputs
-    through the real path, every view run for all N_sup steps; the first pass warms up (and compiles)."""
+def calibrate_predict(loaded: LoadedModel, tasks: list[Task], pcfg: PredictConfig, rt: Runtime, inputs: int = 4,
+                      steps: int = 2) -> tuple[float, float]:
+    """(startup, per view) seconds of prediction with this model: one full batch of views of real test
+    inputs through the real path (views, model, inversion, vote), once to warm up (and compile), once timed.
+    Each view runs `steps` supervision steps; a step costs the same at every step (continuous batching keeps
+    the batch full and the shapes fixed), so the time per view is scaled to all N_sup steps."""
     canvas = loaded.config.data.canvas
     fit = [t for t in tasks if canvas_problem(t, canvas) is None]
     if not fit:
         return 0.0, 0.0
     packed = pack_tasks(fit)
     rows = np.arange(min(inputs, len(packed.test_task)))
-    cfg = dataclasses.replace(pcfg, augs=max(1, -(-pcfg.batch_size // len(rows))), adaptive_halting=False)
+    n_sup = pcfg.max_steps or loaded.model.cfg.halt_max_steps
+    cfg = dataclasses.replace(pcfg, augs=max(1, -(-pcfg.batch_size // len(rows))), adaptive_halting=False,
+                              max_steps=min(steps, n_sup))
     model = torch.compile(loaded.model) if rt.compiles(pcfg.compile) else loaded.model
     to_ckpt = np.full(packed.num_tasks, -1, dtype=np.int64)  # the mean embedding: any row costs the same
     times = []
@@ -304,7 +312,7 @@ def calibrate_predict(loaded: LoadedModel, tasks: list[Task], pcfg: PredictConfi
         predict_tests(model, packed, rows, to_ckpt, loaded.ids, cfg, canvas, rt.device, rt.dtype)
         rt.synchronize()
         times.append(time.perf_counter() - t0)
-    view_s = times[1] / (len(rows) * cfg.augs)
+    view_s = times[1] / (len(rows) * cfg.augs) * n_sup / cfg.max_steps
     return max(0.0, times[0] - times[1]), view_s
 
 

