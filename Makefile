@@ -25,9 +25,12 @@ AUGS ?= 1000
 COMPARE ?=
 PYTEST_ARGS ?=
 KAGGLE_DIR ?= runs/kaggle
+SUBMIT_OUT ?= runs/submit
+BUDGET_S ?= 3600
+SUBMIT_ARGS ?=
 KAGGLE_ARGS ?=
 
-.PHONY: install demo test test-fast pretrain predict score bench clean kaggle kaggle-push
+.PHONY: install demo test test-fast pretrain predict score bench clean kaggle kaggle-push submit
 
 # Idempotent: the stamp is newer than the pins unless they changed, so a re-run does nothing.
 # torch comes first from the pinned CPU wheel; nothing after it may replace it (DeepSpeed is built
@@ -69,6 +72,13 @@ bench: install
 	$(PY) -m bench.vote
 	$(PY) -m bench.train --config configs/demo_cpu.yaml
 	$(PY) -m bench.infer --config configs/demo_cpu.yaml
+
+# The budgeted hidden-test flow (stages.submit): fallback submission first, calibration on CHALLENGES, a plan
+# of TTT steps and views inside BUDGET_S, TTT, predict, vote, write; NPROC > 1 runs one process per GPU.
+# SET: TTT/predict config overrides; SUBMIT_ARGS: other stages.submit options (--ttt-config, --views, ...).
+submit: install
+	$(LAUNCH) -m stages.submit --checkpoint $(CHECKPOINT) --challenges $(CHALLENGES) \
+	  --out $(SUBMIT_OUT)/submission.json --work-dir $(SUBMIT_OUT)/work --budget-s $(BUDGET_S) $(SET_ARGS) $(SUBMIT_ARGS)
 
 # Kaggle notebook + its code/weights/wheels datasets from CHECKPOINT (KAGGLE_ARGS: --owner, --budget-s,
 # --no-wheels, slugs); then upload them (a dry run that prints the plan when no credentials are configured).
