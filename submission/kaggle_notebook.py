@@ -99,12 +99,13 @@ ENV = {**os.environ,
        "PYTHONPATH": os.pathsep.join(p for p in (str(CODE), str(SITE), os.environ.get("PYTHONPATH", "")) if p),
        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "NUMBA_CACHE_DIR": str(SCRATCH / "numba"),
        "TRM_SCRATCH_DIR": str(SCRATCH)}  # stages.submit keeps its TTT run there
-probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"], env=ENV, cwd=CODE,
-                       capture_output=True, text=True, timeout=300)
-GPUS = int(probe.stdout.strip() or 0) if probe.returncode == 0 else 0
+probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count(), torch.__version__)"],
+                       env=ENV, cwd=CODE, capture_output=True, text=True, timeout=300)
+GPUS, TORCH = (int(probe.stdout.split()[0]), probe.stdout.split()[1]) if probe.returncode == 0 else (0, "none")
 if probe.returncode:
     print("warning: torch did not import, so no GPU is used:\n" + probe.stderr[-2000:])
-print(f"{GPUS} GPU(s); {time.time() - T0:.0f}s of the {BUDGET_S:.0f}s budget spent on setup")
+print(f"{GPUS} GPU(s), torch {TORCH} (from the image); "
+      f"{time.time() - T0:.0f}s of the {BUDGET_S:.0f}s budget spent on setup")
 
 # %%
 # The budgeted flow: one process per GPU. It writes a valid fallback first and improves it atomically, so the
