@@ -95,7 +95,8 @@ def add_details(rows: list[dict], solutions: dict, details: dict) -> None:
         r["halting_steps"] = mean([x.get("mean_steps") for x in d])
         r["chunk_s_per_input"] = mean([x.get("seconds") for x in d])
         sizes = [_shape(t) for t in solutions[r["task"]]]
-        r["grid"] = " ".join(f"{h}x{w}" for h, w in sizes)
+        names = [f"{h}x{w}" for h, w in sizes]
+        r["grid"] = " ".join(n if names.count(n) == 1 else f"{n} (x{names.count(n)})" for n in dict.fromkeys(names))
         r["cells"] = max((h * w for h, w in sizes), default=0)
 
 
@@ -162,7 +163,9 @@ table.tasks{border-collapse:collapse;font-size:13px} table.tasks th,table.tasks 
 table.tasks th{cursor:pointer;background:#f3f3f3;position:sticky;top:0} table.tasks td.l{text-align:left}
 tr.solved{background:#eefbe9} tr.partly{background:#fff8e1}
 img.t{image-rendering:pixelated;border:2px solid #bbb;margin:1px;vertical-align:middle}
-img.ok{border-color:#2a2} img.bad{border-color:#d33} .pair{display:inline-block;margin-right:8px;white-space:nowrap}
+img.ok{border-color:#2a2} img.bad{border-color:#d33} img.truth{border:2px dashed #555}
+.pair{display:inline-block;margin-right:10px;white-space:nowrap} .sep{display:inline-block;width:1px;height:14px;background:#999;margin:0 3px;vertical-align:middle}
+table.tasks th:first-child{text-align:left}
 .none{color:#999} .gain{color:#080} .loss{color:#c00} .note{color:#666;font-size:12px}
 .row{display:flex;gap:16px;margin:8px 0} .g table{border-collapse:collapse} .g td{width:12px;height:12px;border:1px solid #333;padding:0}
 </style>"""
@@ -214,15 +217,17 @@ def _task_row(r: dict, solutions: dict, submission: dict, page: str, delta: floa
         e = _entry(_entries(submission, r["task"]), k)
         pics.append("<span class=pair>" + "".join(
             thumb(e.get(a), f"test {k} {a.replace('_', ' ')}", mark="ok" if e.get(a) == truth else "bad") for a in ATTEMPTS)
-            + " " + thumb(truth, f"test {k} truth") + "</span>")
+            + "<span class=sep></span>" + thumb(truth, f"test {k} truth", mark="truth") + "</span>")
     cells = [f"<td class=l><a href='tasks/{html.escape(page)}.html'>{html.escape(r['task'])}</a></td>",
              f"<td data-v={r['score']!r}>{r['score']:.2f}</td>", f"<td>{r['correct']}/{r['tests']}</td>"]
     if delta is not None:
         cls_d = "gain" if delta > 0 else "loss" if delta < 0 else ""
         cells.append(f"<td class={cls_d} data-v={delta!r}>{'+' if delta > 0 else ''}{delta:.2f}</td>")
-    for key, digits in (("winner_votes", 1), ("valid_views", 1), ("halting_steps", 2), ("chunk_s_per_input", 3)):
+    views = f" / {r['views']:g}" if r.get("views") else ""
+    for key, digits, suffix in (("winner_votes", 1, views), ("valid_views", 1, views), ("halting_steps", 2, ""),
+                                ("chunk_s_per_input", 3, "")):
         text, v = _fmt(r.get(key), digits)
-        cells.append(f"<td data-v='{v}'>{text}</td>")
+        cells.append(f"<td data-v='{v}'>{text}{suffix if r.get(key) is not None else ''}</td>")
     cells.append(f"<td data-v={r.get('cells', 0)}>{html.escape(r.get('grid', ''))}</td>")
     cells.append(f"<td class=l>{''.join(pics)}</td>")
     return f"<tr class='{cls}'>{''.join(cells)}</tr>"
@@ -251,7 +256,8 @@ def index_page(rows: list[dict], solutions: dict, submission: dict, pages: dict,
                    for r in sorted(rows, key=lambda r: (-r["score"], r["task"])))
     note = ("<p class=note>Click a column to sort. Votes and valid views are means over a task's test inputs; "
             "<i>chunk s / input</i> is the prediction chunk's wall time divided evenly among its inputs (views of many "
-            "tasks share model batches), not a per-task timing. Picture borders: green = equals the truth. "
+            "tasks share model batches), not a per-task timing. Pictures per test input: attempt 1, attempt 2 (green border = "
+            "equals the truth, red = not), then the truth (dashed). "
             "Numbers also in <a href='tasks.csv'>tasks.csv</a>.</p>")
     return (f"<html><head><meta charset=utf-8><title>{html.escape(title)}</title>{STYLE}</head><body>"
             f"<h1>{html.escape(title)}</h1><div class=top>{''.join(top)}</div>{note}"
