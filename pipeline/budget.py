@@ -23,7 +23,8 @@ Shares (the watchdog): `margin` (15%) of the budget is never planned. TTT may ru
 half the margin (a `Stop` deadline: it stops at a step boundary with a complete checkpoint, and prediction
 uses the latest one); then the views are chosen again from the time actually left, keeping the other half
 of the margin, and prediction starts no new chunk of test inputs past the end of the budget less the
-writing reserve and one chunk (chunks are sized to a few seconds, so the backstop is tight).
+writing reserve and two chunks' estimated time (chunks are sized to ~10 s, at most 2% of the budget, so
+the backstop is tight).
 """
 from __future__ import annotations
 
@@ -229,9 +230,9 @@ class Deadlines:
         return self.end - self.write_s - kept - now
 
     def predict_deadline(self, chunk_s: float) -> float:
-        """time.perf_counter() value after which prediction starts no new chunk (one chunk before the end
-        less the writing reserve)."""
-        wall = self.end - self.write_s - chunk_s
+        """time.perf_counter() value after which prediction starts no new chunk: the end less the writing
+        reserve and twice a chunk's estimated seconds (a loaded machine runs slower than calibrated)."""
+        wall = self.end - self.write_s - 2 * chunk_s
         return time.perf_counter() + (wall - time.time())
 
 
@@ -245,11 +246,13 @@ def deadlines(plan: Plan, started: float, now: float | None = None) -> Deadlines
                      s["margin"], s["write"])
 
 
-def chunk_views(cal: Calibration, views: int, policy: Policy, default: int) -> int:
-    """Views per prediction chunk so that a chunk takes about policy.chunk_s: whole test inputs, at least one,
-    at most `default` (predict.chunk_views, which bounds memory). Chunking never changes results."""
+def chunk_views(cal: Calibration, views: int, policy: Policy, default: int, budget_s: float) -> int:
+    """Views per prediction chunk so that a chunk takes about policy.chunk_s (at most 2% of the budget): whole
+    test inputs, at least one, at most `default` (predict.chunk_views, which bounds memory). Chunking never
+    changes results."""
     per_input = views * cal.view_s * policy.predict_steps_fraction
-    inputs = max(1, int(policy.chunk_s / per_input)) if per_input > 0 else default // views
+    target = min(policy.chunk_s, 0.02 * budget_s)
+    inputs = max(1, int(target / per_input)) if per_input > 0 else default // views
     return max(views, min(default, inputs * views))
 
 
@@ -284,7 +287,7 @@ def calibrate_ttt(cfg: RunConfig, rt: Runtime, tasks: list[Task], folder: Path, 
     trainer.sink.close()
     step_s = (t2 - t1) / steps
     del run, trainer
-    _free(rt)
+    free_memory(rt)
     _reset_folder(folder, rt)
     return max(0.0, (t1 - t0) - warmup * step_s), step_s, t3 - t2
 
@@ -328,7 +331,8 @@ def slowest(cal: Calibration, rt: Runtime) -> Calibration:
     return out
 
 
-def _free(rt: Runtime) -> None:
+def free_memory(rt: Runtime) -> None:
+    """Release what a dropped model held (before the next one is built)."""
     gc.collect()
     if rt.device.type == "cuda":
         torch.cuda.empty_cache()

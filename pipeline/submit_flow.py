@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from pipeline.budget import (Calibration, Plan, Policy, calibrate_predict, calibrate_ttt, chunk_views, deadlines,
-                             make_plan, slowest, views_that_fit)
+                             free_memory, make_plan, slowest, views_that_fit)
 from pipeline.checkpoint import CheckpointError, load_for_prediction, resolve_checkpoint
 from pipeline.dataset import canvas_problem
 from pipeline.hidden import MODEL_ERRORS, details_of, load_challenges, predict_challenges, summary_line
@@ -127,6 +127,7 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
         except MODEL_ERRORS as e:
             log.error("prediction calibration failed (%s): planning without it", e)
         del loaded
+        free_memory(rt)
     cal = slowest(cal, rt)
     seconds["calibration"] = time.time() - t0
     log.info("calibration (%.1fs): TTT %.3fs/step (+%.1fs start-up, %.1fs per checkpoint), prediction %.2fms "
@@ -170,9 +171,10 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
     hidden, views = None, 0
     if plan.views > 0:
         t0 = time.time()
+        free_memory(rt)  # the TTT run's model and optimiser
         loaded = load_for_prediction(model_path, rt.device)
         views = job.views or max(1, views_that_fit(cal, dl.predict_seconds_left(), job.policy, job.policy.views_max))
-        chunk = chunk_views(cal, views, job.policy, cfg.predict.chunk_views)
+        chunk = chunk_views(cal, views, job.policy, cfg.predict.chunk_views, job.budget_s)
         pcfg = dataclasses.replace(cfg.predict, augs=views, chunk_views=chunk)
         log.info("predict with %s: %d views per test input, %d test inputs per chunk", model_path, views,
                  chunk // views)
