@@ -41,8 +41,8 @@ def load_challenges(path: str | Path) -> tuple[dict, LoadResult]:
 
 
 # Why a test input of a valid task has no model prediction (invalid tasks are the writer's business).
-TOO_LARGE, MODEL_ERROR, TIME_BUDGET, NO_VALID_VIEW = ("larger than the canvas", "model error", "time budget",
-                                                      "no valid view")
+TOO_LARGE, MODEL_ERROR, TIME_BUDGET, NO_VALID_VIEW, NO_TTT_RUN = (
+    "larger than the canvas", "model error", "time budget", "no valid view", "no per-task TTT run")
 
 
 @dataclasses.dataclass
@@ -105,7 +105,7 @@ def predict_challenges(loaded: LoadedModel, res: LoadResult, pcfg: PredictConfig
         log.warning("%d of %d tasks were not in pretraining: they use the mean puzzle embedding (run ttt to fit them)",
                     unknown, len(task_to_ckpt))
     rows = np.arange(len(packed.test_task))[rt.rank::rt.world_size]
-    if pcfg.compile is True or (pcfg.compile == "auto" and rt.device.type == "cuda"):
+    if rt.compiles(pcfg.compile):
         log.info("prediction runs a torch.compile'd model (compiles on the first batch)")
         loaded = dataclasses.replace(loaded, model=torch.compile(loaded.model))
     bar = None
@@ -139,6 +139,26 @@ def predict_challenges(loaded: LoadedModel, res: LoadResult, pcfg: PredictConfig
         fallbacks = {k: v for _, part in gathered for k, v in part.items()}
     fallbacks.update({(r.task_id, r.test_index): NO_VALID_VIEW for r in results if not r.attempts})
     return HiddenRun(results, fallbacks)
+
+
+def predict_per_task_runs(runs: dict[str, Path], res: LoadResult, overrides: dict, rt: Runtime,
+                          deadline: float | None = None, use_ema: bool = True) -> HiddenRun:
+    """Per-task TTT (`stages.ttt --per-task`): each task is predicted by the model of its own run folder,
+    `overrides` applied to that run's predict config; a task without a run falls back."""
+    from pipeline.checkpoint import load_for_prediction
+
+    merged = HiddenRun([], {})
+    for t in res.tasks:
+        if t.id not in runs:
+            log.warning("task %s has no per-task TTT run; fallback used", t.id)
+            merged.fallbacks.update({(t.id, j): NO_TTT_RUN for j in range(len(t.test_inputs))})
+            continue
+        loaded = load_for_prediction(runs[t.id], rt.device, use_ema)
+        pcfg = dataclasses.replace(loaded.config.predict, **overrides)
+        part = predict_challenges(loaded, LoadResult(tasks=[t]), pcfg, rt, deadline, show_progress=False)
+        merged.results += part.results
+        merged.fallbacks.update(part.fallbacks)
+    return merged
 
 
 def summary_line(sub: dict, run: HiddenRun) -> str:

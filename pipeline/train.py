@@ -113,6 +113,11 @@ class Stop:
         return None
 
 
+def wall_clock_stop(minutes: float) -> Stop | None:
+    """A Stop `minutes` from now (None for 0: no limit)."""
+    return Stop(deadline=time.time() + 60 * minutes) if minutes > 0 else None
+
+
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
 
 
@@ -407,6 +412,8 @@ class Trainer:
                     self.best_metric = metric
             if self.step % c.ckpt_every == 0 or is_last:
                 self.save(metric)
+        if self.ckpt.latest() is None:  # stopped before its first step: the warm start is the result
+            self.save()
         reason = stopped or ("steps" if self.step >= c.steps else None)
         if bar is not None:
             bar.close()

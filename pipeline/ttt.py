@@ -96,7 +96,7 @@ def ttt_dataset(cfg: RunConfig, tasks: list[Task], holdout: bool = False) -> tup
     if not res.tasks:
         raise DataError("no hidden task fits the model's canvas: nothing to train on")
     packed = pack_tasks(res.tasks)
-    ckpt_task_ids, ckpt_ids, _ = read_task_table(cfg.train.init_from)
+    ckpt_task_ids, ckpt_ids = read_task_table(cfg.train.init_from)[:2] if cfg.train.init_from else ([], None)
     ids, init_rows = ttt_ids(cfg, packed, ckpt_task_ids, ckpt_ids)
     known = sum(tid in set(ckpt_task_ids) for tid in packed.task_ids)
     log.info("TTT on %d tasks (%d known to the checkpoint keep their rows), %d demonstrations, %d puzzle ids, "
@@ -145,12 +145,19 @@ def run_ttt_per_task(cfg: RunConfig, rt: Runtime, tasks: list[Task], holdout: bo
 
     from pipeline.runtime import Runtime as RT
 
+    import time
+
     solo = RT(device=rt.device, dtype=rt.dtype, rank=0, world_size=1, local_rank=rt.local_rank)
     results = []
-    for t in tasks[rt.rank::rt.world_size]:
+    mine = tasks[rt.rank::rt.world_size]
+    for k, t in enumerate(mine):
         sub = dataclasses.replace(cfg, run_dir=str(per_task_dir(cfg.run_dir, t.id)))
+        task_stop = stop
+        if stop is not None and stop.deadline is not None:  # the time left, shared by the tasks left
+            share = (stop.deadline - time.time()) / (len(mine) - k)
+            task_stop = dataclasses.replace(stop, deadline=time.time() + share)
         try:
-            results.append(run_ttt(sub, solo, [t], holdout, stop))
+            results.append(run_ttt(sub, solo, [t], holdout, task_stop))
         except (DataError, RuntimeError, ValueError) as e:
             log.error("TTT failed for task %s: %s; it will use the pretrained model", t.id, e)
     return results

@@ -3,6 +3,7 @@
     python -m stages.predict --checkpoint runs/demo/pretrain --challenges FILE --out submission.json
     python -m stages.predict ... --augs 1000 --device cuda --fixed-steps      # official always-N_sup behaviour
     torchrun --nproc-per-node 4 -m stages.predict ...                         # tasks sharded over GPUs
+    python -m stages.predict --checkpoint runs/ttt ...      # a TTT run: its trained embeddings (joint or --per-task)
 
 Every task of the challenges file gets an entry: broken tasks, model errors and anything past
 --time-budget get a logged fallback and never cost another task. A sidecar `<out>.details.json` holds
@@ -22,9 +23,10 @@ import logging
 import time
 
 from pipeline.checkpoint import load_for_prediction
-from pipeline.hidden import details_of, load_challenges, predict_challenges, summary_line
+from pipeline.hidden import details_of, load_challenges, predict_challenges, predict_per_task_runs, summary_line
 from pipeline.metrics import setup_logging
 from pipeline.runtime import init_runtime, shutdown_runtime
+from pipeline.ttt import ttt_index
 from stages._cli import run
 from pipeline.tasks import write_json_atomic
 from submission.format import build_submission
@@ -48,6 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--fixed-steps", action="store_true", help="run every view for all N_sup steps (official)")
+    p.add_argument("--no-translate", action="store_true",
+                   help="views at the top-left corner only, as the official evaluation (default: the config's predict.translate)")
     p.add_argument("--time-budget", type=float, default=0, help="seconds; tasks not reached in time get fallbacks")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--no-progress", action="store_true")
@@ -61,13 +65,20 @@ def main(argv=None) -> int:
     try:
         setup_logging(None, rt.is_main)
         raw, res = load_challenges(args.challenges)
-        loaded = load_for_prediction(args.checkpoint, rt.device, use_ema=not args.raw_weights)
         overrides = {k: v for k, v in (("augs", args.augs), ("batch_size", args.batch_size)) if v is not None}
         if args.fixed_steps:
             overrides["adaptive_halting"] = False
-        pcfg = dataclasses.replace(loaded.config.predict, **overrides)
+        if args.no_translate:
+            overrides["translate"] = False
         deadline = t_start + args.time_budget if args.time_budget else None
-        hidden = predict_challenges(loaded, res, pcfg, rt, deadline, show_progress=not args.no_progress)
+        runs = ttt_index(args.checkpoint).get("per_task")
+        if runs is not None:  # a `stages.ttt --per-task` folder: each task has its own model
+            log.info("per-task TTT runs for %d tasks", len(runs))
+            hidden = predict_per_task_runs(runs, res, overrides, rt, deadline, use_ema=not args.raw_weights)
+        else:
+            loaded = load_for_prediction(args.checkpoint, rt.device, use_ema=not args.raw_weights)
+            pcfg = dataclasses.replace(loaded.config.predict, **overrides)
+            hidden = predict_challenges(loaded, res, pcfg, rt, deadline, show_progress=not args.no_progress)
         if rt.is_main:
             sub, notes = build_submission(raw, {(r.task_id, r.test_index): r.attempts for r in hidden.results})
             for n in notes:

@@ -18,6 +18,7 @@ from pipeline.build import build_run
 from pipeline.config import dump_config, load_config
 from pipeline.metrics import setup_logging
 from pipeline.runtime import init_runtime, shutdown_runtime
+from pipeline.train import wall_clock_stop
 from stages._cli import run
 
 log = logging.getLogger("pretrain")
@@ -27,6 +28,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML preset under configs/")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.steps=100")
+    p.add_argument("--max-minutes", type=float, default=0,
+                   help="stop at the first step boundary after this many minutes (with a checkpoint); 0 = run to train.steps")
     return p.parse_args(argv)
 
 
@@ -38,7 +41,7 @@ def main(argv=None) -> int:
         setup_logging(Path(cfg.run_dir), rt.is_main)
         log.info("config:\n%s", dump_config(cfg))
         log.info("runtime: %s", rt)
-        result = build_run(cfg, rt).trainer.fit()
+        result = build_run(cfg, rt).trainer.fit(wall_clock_stop(args.max_minutes))
         log.info("done: %s", result)
     finally:
         shutdown_runtime()

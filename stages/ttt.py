@@ -25,6 +25,7 @@ from pipeline.metrics import setup_logging
 from pipeline.runtime import init_runtime, shutdown_runtime
 from pipeline.tasks import DataError
 from pipeline.ttt import run_ttt, run_ttt_per_task, ttt_config
+from pipeline.train import wall_clock_stop
 from stages._cli import run
 
 log = logging.getLogger("ttt")
@@ -37,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="TTT run folder (checkpoints, metrics; resumes if it exists)")
     p.add_argument("--config", default="configs/ttt_full.yaml", help="TTT preset: deltas over the checkpoint's config")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. train.steps=2000")
+    p.add_argument("--max-minutes", type=float, default=0,
+                   help="stop at the first step boundary after this many minutes (with a checkpoint); 0 = run to train.steps")
     p.add_argument("--holdout-demos", action="store_true",
                    help="hold the last demonstration of tasks with >= 3 out of training and report pass@2 on it")
     p.add_argument("--per-task", action="store_true", help="one run per task (RUN/tasks/<id>/) instead of one joint run")
@@ -54,10 +57,10 @@ def main(argv=None) -> int:
         if not res.tasks:
             raise DataError(f"{args.challenges}: no valid task to train on")
         if args.per_task:
-            results = run_ttt_per_task(cfg, rt, res.tasks, args.holdout_demos)
+            results = run_ttt_per_task(cfg, rt, res.tasks, args.holdout_demos, wall_clock_stop(args.max_minutes))
             log.info("done: %d per-task runs on this rank", len(results))
         else:
-            result = run_ttt(cfg, rt, res.tasks, args.holdout_demos)
+            result = run_ttt(cfg, rt, res.tasks, args.holdout_demos, wall_clock_stop(args.max_minutes))
             log.info("done: %s", result.metrics)
     finally:
         shutdown_runtime()
