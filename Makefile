@@ -23,6 +23,13 @@ SOLUTIONS ?= ../shared/arc/arc-agi_evaluation2_solutions.json
 OUT ?= runs/score
 AUGS ?= 1000
 COMPARE ?=
+# TTT=1: `make predict` / `make score` first fit CHECKPOINT to CHALLENGES' demonstrations (stages.ttt into
+# TTT_OUT with the TTT_CONFIG preset; test outputs are never read) and predict with the TTT run.
+TTT ?=
+TTT_CONFIG ?= configs/ttt_full.yaml
+TTT_OUT ?= $(OUT)/ttt
+TTT_ARGS ?=
+PREDICT_CKPT = $(if $(TTT),$(TTT_OUT),$(CHECKPOINT))
 PYTEST_ARGS ?=
 KAGGLE_DIR ?= runs/kaggle
 SUBMIT_OUT ?= runs/submit
@@ -30,7 +37,7 @@ BUDGET_S ?= 3600
 SUBMIT_ARGS ?=
 KAGGLE_ARGS ?=
 
-.PHONY: install demo test test-fast pretrain predict score bench clean kaggle kaggle-push submit
+.PHONY: install demo test test-fast pretrain ttt predict score bench clean kaggle kaggle-push submit
 
 # Idempotent: the stamp is newer than the pins unless they changed, so a re-run does nothing.
 # torch comes first from the pinned CPU wheel; nothing after it may replace it (DeepSpeed is built
@@ -59,13 +66,18 @@ test-fast: install
 pretrain: install
 	$(LAUNCH) -m stages.pretrain --config $(CONFIG) $(SET_ARGS)
 
-predict: install
-	$(PY) -m stages.predict --checkpoint $(CHECKPOINT) --challenges $(CHALLENGES) --out $(OUT)/submission.json --augs $(AUGS)
+# Test-time training (stages.ttt): NPROC > 1 runs one joint DDP run (or, with TTT_ARGS=--per-task, spreads tasks).
+ttt: install
+	$(LAUNCH) -m stages.ttt --checkpoint $(CHECKPOINT) --challenges $(CHALLENGES) --out $(TTT_OUT) \
+	  --config $(TTT_CONFIG) $(SET_ARGS) $(TTT_ARGS)
+
+predict: install $(if $(TTT),ttt)
+	$(PY) -m stages.predict --checkpoint $(PREDICT_CKPT) --challenges $(CHALLENGES) --out $(OUT)/submission.json --augs $(AUGS)
 
 # Semi-private-style local score: the hidden-test flow sees only the challenges; only the scorer reads solutions.
 score: predict
 	$(PY) -m stages.score --solutions $(SOLUTIONS) --submission $(OUT)/submission.json --report $(OUT)/report \
-	  --run $(CHECKPOINT) $(if $(COMPARE),--compare $(COMPARE))
+	  --run $(PREDICT_CKPT) $(if $(COMPARE),--compare $(COMPARE))
 
 bench: install
 	$(PY) -m bench.augment
