@@ -84,6 +84,7 @@ bench: install
 	$(PY) -m bench.vote
 	$(PY) -m bench.train --config configs/demo_cpu.yaml
 	$(PY) -m bench.infer --config configs/demo_cpu.yaml
+	$(PY) -m bench.memory --config configs/demo_cpu.yaml
 
 # The budgeted hidden-test flow (stages.submit): fallback submission first, calibration on CHALLENGES, a plan
 # of TTT steps and views inside BUDGET_S, TTT, predict, vote, write; NPROC > 1 runs one process per GPU.
