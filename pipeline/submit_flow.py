@@ -120,6 +120,7 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
     except TTT_ERRORS as e:
         cal.ttt_error = str(e)
         log.error("TTT cannot run (%s): the pretrained model predicts", e)
+        free_memory(rt)
     if fits:
         loaded = load_for_prediction(job.checkpoint, rt.device)
         try:
@@ -157,8 +158,8 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
         try:
             result = run_ttt(dataclasses.replace(cfg, train=train), rt, res.tasks, stop=Stop(deadline=dl.ttt))
             ttt_info = {"steps": result.step, "stopped": result.stopped}
-        except TTT_ERRORS as e:
-            log.error("TTT failed (%s): prediction uses its latest checkpoint, if any, else the pretrained model", e)
+        except Exception as e:  # whatever went wrong, what TTT saved (or the pretrained model) still predicts
+            log.exception("TTT failed (%s): prediction uses its latest checkpoint, if any, else the pretrained model", e)
             ttt_info["error"] = str(e)
         try:
             model_path = str(resolve_checkpoint(run_dir))
@@ -172,14 +173,17 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
     if plan.views > 0:
         t0 = time.time()
         free_memory(rt)  # the TTT run's model and optimiser
-        loaded = load_for_prediction(model_path, rt.device)
         views = job.views or max(1, views_that_fit(cal, dl.predict_seconds_left(), job.policy, job.policy.views_max))
         chunk = chunk_views(cal, views, job.policy, cfg.predict.chunk_views, job.budget_s)
         pcfg = dataclasses.replace(cfg.predict, augs=views, chunk_views=chunk)
         log.info("predict with %s: %d views per test input, %d test inputs per chunk", model_path, views,
                  chunk // views)
-        hidden = predict_challenges(loaded, res, pcfg, rt, dl.predict_deadline(chunk * cal.view_s),
-                                    show_progress=job.progress)
+        try:
+            loaded = load_for_prediction(model_path, rt.device)
+            hidden = predict_challenges(loaded, res, pcfg, rt, dl.predict_deadline(chunk * cal.view_s),
+                                        show_progress=job.progress)
+        except Exception as e:  # model errors are handled task by task inside; this is anything else
+            log.exception("prediction failed (%s): the fallback submission stays", e)
         seconds["predict"] = time.time() - t0
 
     # -- write (rank 0) --------------------------------------------------------------------------------------------
