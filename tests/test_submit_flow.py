@@ -225,14 +225,18 @@ def test_sigkill_at_random_moments_leaves_a_valid_submission(checkpoint, challen
 
 
 @pytest.mark.slow
-def test_a_rerun_gives_the_same_submission(checkpoint, challenges, tmp_path):
-    """Same pinned plan, fresh TTT folders, a different inherited hash seed: identical files."""
+def test_a_rerun_gives_the_same_submission_with_any_number_of_processes(checkpoint, challenges, tmp_path):
+    """Same pinned plan, fresh TTT folders, a different inherited hash seed, and two processes under torchrun
+    (DDP TTT, sharded prediction): identical files."""
     subs = []
-    for k, hash_seed in enumerate(("1", "2")):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    for k, (launch, hash_seed) in enumerate(((None, "1"), (None, "2"), (torchrun, "3"))):
         out = tmp_path / f"run{k}" / "submission.json"
-        r = run(submit_cmd(checkpoint, challenges, out, tmp_path / f"work{k}", "--ttt-steps", 50, "--views", 8),
-                env={"PYTHONHASHSEED": hash_seed})
+        cmd = submit_cmd(checkpoint, challenges, out, tmp_path / f"work{k}", "--ttt-steps", 50, "--views", 8)
+        if launch:
+            cmd = [*launch, *cmd[1:]]
+        r = run(cmd, env={"PYTHONHASHSEED": hash_seed})
         assert r.returncode == 0, r.stderr[-3000:]
         assert json.loads(r.stdout.strip().splitlines()[-1].removeprefix("summary: "))["ttt_steps"] == 50
         subs.append(out.read_text())
-    assert subs[0] == subs[1]
+    assert subs[0] == subs[1] == subs[2]
