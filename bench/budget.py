@@ -15,6 +15,8 @@
    steps, batch 768: see BENCHMARKS.md), i.e. the same efficiency on an L4; DDP over 4 L4s (PCIe, no NVLink)
    at 90% of linear scaling; every view runs all N_sup = 16 steps (the planner's worst case; adaptive
    halting stops earlier); setup (notebook, imports, loading, calibration, compiles) 10 minutes.
+   A `python -m bench.ttt` result measured on a GPU (`--ttt-bench FILE`) replaces the training anchor with
+   the MFU it achieved.
 3. Plans a `--budget-h` (default 6 h, half the 12 h limit) run with the projected costs and the default
    policy (pipeline.budget.make_plan): the TTT steps and views per test input that fit.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -81,10 +84,21 @@ def measure(args, tmp: Path) -> dict:
             "predict_gflop_s": fwd * n_sup / view_s / 1e9, "tasks": len(tasks)}
 
 
+def measured_mfu(path: str, model: TRM) -> float:
+    """The training MFU a `python -m bench.ttt` result (its JSON line, run on a GPU of the PEAK_BF16_FLOPS
+    table) achieved with this model."""
+    result = json.loads(Path(path).read_text().strip().splitlines()[-1])
+    gpu = next((k for k in PEAK_BF16_FLOPS if k in result["machine"]["device"]), None)
+    if gpu is None:
+        raise SystemExit(f"{path}: measured on {result['machine']['device']}, whose bf16 peak is not known")
+    return model.flops_per_step(result["batch"]) / (result["ms_per_step"] / 1e3) / PEAK_BF16_FLOPS[gpu]
+
+
 def project(args, model: TRM, global_batch: int, max_steps: int) -> dict:
     peak = PEAK_BF16_FLOPS[args.gpu]
     fwd = forward_flops(model)
-    mfu_train = args.mfu_train or H100_TRAIN_SAMPLES_S * model.flops_per_step(1) / PEAK_BF16_FLOPS["H100"]
+    anchor = H100_TRAIN_SAMPLES_S * model.flops_per_step(1) / PEAK_BF16_FLOPS["H100"]
+    mfu_train = args.mfu_train or (measured_mfu(args.ttt_bench, model) if args.ttt_bench else anchor)
     mfu_infer = args.mfu_infer or H100_PUZZLES_S * 16 * fwd / PEAK_BF16_FLOPS["H100"]
     ttt_rate = args.gpus * peak * mfu_train * args.ddp_efficiency
     step_s = model.flops_per_step(global_batch) / ttt_rate
@@ -130,6 +144,7 @@ def main(argv=None) -> None:
     p.add_argument("--gpu", default="L4", choices=sorted(PEAK_BF16_FLOPS))
     p.add_argument("--mfu-train", type=float, default=0.0, help="0: the official H100 anchor's")
     p.add_argument("--mfu-infer", type=float, default=0.0, help="0: the official H100 anchor's")
+    p.add_argument("--ttt-bench", help="a `python -m bench.ttt` JSON result from a GPU: its MFU replaces the anchor's")
     p.add_argument("--ddp-efficiency", type=float, default=0.9)
     p.add_argument("--mean-steps", type=float, default=16, help="supervision steps per view (16 = worst case)")
     p.add_argument("--inputs", type=int, default=340, help="hidden test inputs (240 tasks)")
