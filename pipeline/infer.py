@@ -123,11 +123,18 @@ def make_views(packed: PackedTasks, test_rows: np.ndarray, task_to_ckpt: np.ndar
     """Views of packed test inputs `test_rows`. `task_to_ckpt[k]` is the checkpoint's task index of packed task
     k, or -1 for a task the model never saw (it then gets the mean puzzle embedding and random augmentations).
     Translated views leave room for the answer (PredictConfig.translate)."""
-    d_all, p_all, id_all, in_all, off_all = [], [], [], [], []
+    d_all, p_all, id_all, in_all, off_all, counts = [], [], [], [], [], []
+    requested = n_views
     for t in test_rows:
         # Every view depends on (seed, test input) only, so sharding and chunking never change results.
         k = packed.test_task[t]
         rng = np.random.default_rng([seed, int(t)])
+        n_views = requested
+        if task_to_ckpt[k] >= 0 and not translate and hasattr(ids, "counts"):
+            # Untranslated, a fixed augmentation table has only so many distinct views: each votes once (as
+            # the official evaluation), instead of wrapping around and voting twice.
+            n_views = min(requested, int(ids.counts[task_to_ckpt[k]]))
+        counts.append(n_views)
         if task_to_ckpt[k] >= 0:
             pid, d, perms = ids.views(int(task_to_ckpt[k]), n_views, rng)
         else:
@@ -140,7 +147,7 @@ def make_views(packed: PackedTasks, test_rows: np.ndarray, task_to_ckpt: np.ndar
         off_all.append(_view_offsets(answer_bound(packed, t), d, u, canvas))
         d_all.append(d), p_all.append(perms), id_all.append(pid)
         in_all.append(np.full(n_views, packed.test_in[t], dtype=np.int64))
-    n = len(test_rows) * n_views
+    n = int(sum(counts))
     d, perms, ins = np.concatenate(d_all), np.concatenate(p_all), np.concatenate(in_all)
     off = np.concatenate(off_all, axis=1)
     # The encoder draws offset floor(u * (canvas - size + 1)) from the input's own size; hand it the u that
@@ -152,7 +159,7 @@ def make_views(packed: PackedTasks, test_rows: np.ndarray, task_to_ckpt: np.ndar
     enc = encode(packed, ins, np.full(n, -1), d, perms, u[0], u[1], canvas)
     assert (enc["r0"] == off[0]).all() and (enc["c0"] == off[1]).all()
     return Views(enc["inputs"], np.concatenate(id_all), d, perms, enc["r0"], enc["c0"],
-                 np.arange(0, n + 1, n_views, dtype=np.int64))
+                 np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
 
 
 def puzzle_table_lookup(table: torch.Tensor):
@@ -217,10 +224,11 @@ def predict_tests(model, packed: PackedTasks, test_rows: np.ndarray, task_to_ckp
             seg = slice(views.seg_starts[j], views.seg_starts[j + 1])
             results.append(TestPrediction(packed.task_ids[packed.test_task[t]], int(packed.test_index[t]),
                                           [g for g, _, _ in ranked],
-                                          [c for _, c, _ in ranked], [f for _, _, f in ranked], n_valid, cfg.augs,
+                                          [c for _, c, _ in ranked], [f for _, _, f in ranked], n_valid,
+                                          int(seg.stop - seg.start),
                                           float(steps[seg].mean()), dt))
         if progress is not None:
-            progress(len(rows), len(rows) * cfg.augs)
+            progress(len(rows), int(views.seg_starts[-1]))
     return results
 
 

@@ -83,3 +83,20 @@ def test_a_grid_clipped_by_the_canvas_edge_does_not_vote():
     [(ranked, n_valid)] = vote(views, preds, np.full(n, 0.5), CANVAS, 2)
     assert n_valid == 2 and len(ranked) == 1 and ranked[0][1] == 2
     np.testing.assert_array_equal(ranked[0][0], truth)
+
+
+def test_untranslated_views_of_a_fixed_table_vote_once_each():
+    """With a per-augmentation table of 3 versions and 8 views asked for, untranslated prediction runs each
+    version once (as the official evaluation) instead of wrapping around; translated views may repeat one."""
+    from pipeline.sampler import PerAugmentationIds
+
+    task, _ = _upscale_task()
+    two = Task("two", task.train, task.test_inputs + task.test_inputs, train_on_test=False)
+    packed = pack_tasks([task, two])
+    ids = PerAugmentationIds(np.array([0, 4, 5, 0, 1]), np.tile(np.arange(10, dtype=np.uint8), (5, 1)),
+                             np.array([0, 3, 5]))
+    rows = np.arange(3)
+    views = make_views(packed, rows, np.arange(2), ids, 8, CANVAS, False, 0)
+    assert list(views.seg_starts) == [0, 3, 5, 7]
+    assert list(views.puzzle_ids) == [1, 2, 3, 4, 5, 4, 5] and list(views.dihedral[:3]) == [0, 4, 5]
+    assert list(make_views(packed, rows, np.arange(2), ids, 8, CANVAS, True, 0).seg_starts) == [0, 8, 16, 24]
