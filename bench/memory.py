@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import tempfile
 import threading
 import time
@@ -63,6 +64,7 @@ class RssSampler:
         self.phases[name] = {"rss_start_mb": start / MB, "rss_peak_mb": max(self.peak, end) / MB,
                              "rss_end_mb": end / MB, "seconds": time.perf_counter() - t0,
                              "gpu_peak_mb": torch.cuda.max_memory_allocated() / MB if cuda else None}
+        print(f"{name}: {self.phases[name]}", file=sys.stderr, flush=True)  # progress of a long run
 
 
 def tensor_bytes(tensors) -> int:
