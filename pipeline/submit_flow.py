@@ -170,7 +170,9 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
 
     # -- predict and vote (views chosen again from the time actually left) ---------------------------------------
     hidden, views = None, 0
-    if plan.views > 0:
+    if plan.views > 0 and dl.end - dl.write_s - time.time() <= 0:
+        log.error("no time left for prediction: the fallback submission stays")
+    elif plan.views > 0:
         t0 = time.time()
         free_memory(rt)  # the TTT run's model and optimiser
         views = job.views or max(1, views_that_fit(cal, dl.predict_seconds_left(), job.policy, job.policy.views_max))
