@@ -123,6 +123,25 @@ def test_each_mode_runs_resumes_and_predicts(tiny_checkpoint, tmp_path, mode):
     assert len(json.loads(sub.read_text())) == 4
 
 
+def test_per_task_runs_each_get_their_own_model_and_predict_uses_them(tiny_checkpoint, tmp_path):
+    from pipeline.ttt import per_task_dir, ttt_index
+
+    ch, _ = write_challenges(tmp_path, "tasks=2,seed=7,size=4,demos=8,tests=2,fixed=1,families=colour_map")
+    raw = json.loads(ch.read_text())
+    raw["../escape"] = raw.pop(sorted(raw)[0])  # a hostile id stays inside the run folder
+    ch.write_text(json.dumps(raw))
+    out = tmp_path / "ttt"
+    stage("stages.ttt", "--checkpoint", str(tiny_checkpoint), "--challenges", str(ch), "--out", str(out),
+          "--config", "configs/demo_ttt.yaml", "--per-task", "--set", "train.steps=2", *TINY)
+    runs = ttt_index(out)["per_task"]
+    assert set(runs) == set(raw) and all(Path(f).resolve().is_relative_to(out.resolve()) for f in runs.values())
+    assert per_task_dir(out, "../escape").parent == out / "tasks"
+    sub = tmp_path / "sub.json"
+    r = stage("stages.predict", "--checkpoint", str(out), "--challenges", str(ch), "--out", str(sub), "--no-progress")
+    assert "per-task TTT runs for 2 tasks" in r.stderr
+    assert set(json.loads(sub.read_text())) == set(raw)
+
+
 def test_lora_merged_weights_compute_the_adapted_model():
     from pipeline.lora import add_lora, lora_scales, merged_state
     from pipeline.model import TRM, ModelConfig
@@ -163,3 +182,47 @@ def test_fit_stops_at_a_step_boundary_with_a_complete_checkpoint(tiny_checkpoint
     assert out["step"] == 5 and out["stopped"] == "steps"
     out = build_run(cfg, rt, eval_fn=None).trainer.fit(Stop(deadline=time.time() - 1))
     assert out["step"] == 5 and out["stopped"] == "deadline"  # past the deadline: not one more step
+
+
+HELD = "tasks=4,seed=7,size=4,demos=64,tests=8,fixed=1,families=colour_map+recolour"
+"""Tasks held out of pretraining: new colour permutations and new target colours, rules the pretrained
+model never saw (its own colour_map/recolour tasks use others), learnt from 64 demonstrations each."""
+
+
+def _ttt_and_score(checkpoint: Path, folder: Path, mode: str, steps: int) -> tuple[float, list[float]]:
+    """pass@2 on the held-out tasks' test inputs after TTT in `mode`, and the TTT loss curve."""
+    from pipeline.metrics import read_metrics
+
+    ch, sol = write_challenges(folder, f"{HELD}")
+    out = folder / f"ttt_{mode}"
+    stage("stages.ttt", "--checkpoint", str(checkpoint), "--challenges", str(ch), "--out", str(out), "--config",
+          "configs/demo_ttt.yaml", "--set", f"train.steps={steps}", f"train.trainable={mode}", "train.progress=false",
+          "train.log_every=25", "train.lora_rank=8")
+    losses = [row["ttt/loss"] for row in read_metrics(out / "metrics.jsonl") if "ttt/loss" in row]
+    return _score(out, ch, sol, folder / f"{mode}.json"), losses
+
+
+def _score(checkpoint: Path, ch: Path, sol: Path, sub: Path) -> float:
+    stage("stages.predict", "--checkpoint", str(checkpoint), "--challenges", str(ch), "--out", str(sub), "--no-progress")
+    r = stage("stages.score", "--solutions", str(sol), "--submission", str(sub))
+    return json.loads(r.stdout.strip().splitlines()[-1])["score"]
+
+
+@pytest.mark.slow
+def test_ttt_makes_a_pretrained_model_solve_tasks_it_never_saw(demo_pretrained, tmp_path):
+    """The pretrained demo model gets the held-out tasks wrong (it has no embedding for them: the mean row);
+    TTT on their demonstrations alone makes them solvable, in full fine-tuning and in McGovern's recipe."""
+    ch, sol = write_challenges(tmp_path, HELD)
+    before = _score(demo_pretrained, ch, sol, tmp_path / "pretrained.json")
+    assert before <= 0.25
+    full, _ = _ttt_and_score(demo_pretrained, tmp_path, "all", 200)
+    recipe, _ = _ttt_and_score(demo_pretrained, tmp_path, "embeddings_then_all", 200)
+    assert full >= 0.75 and full >= before + 0.5, (before, full)
+    assert recipe >= 0.75 and recipe >= before + 0.5, (before, recipe)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["embeddings", "lora"])
+def test_embeddings_and_lora_ttt_lower_the_loss(demo_pretrained, tmp_path, mode):
+    _, losses = _ttt_and_score(demo_pretrained, tmp_path, mode, 100)
+    assert len(losses) == 4 and losses[-1] < 0.8 * losses[0], losses
