@@ -17,8 +17,8 @@ from pipeline.tasks import DataError
 
 TEST_FILE = "arc-agi_test_challenges.json"
 DEFAULT_ROOT = Path("/kaggle/input")
-LAYOUTS = (("2025", "arc-prize-2025"), ("2026", "competitions/arc-prize-2026-arc-agi-2"),
-           ("2026 without competitions/", "arc-prize-2026-arc-agi-2"))
+LAYOUTS = (("2025 layout", "arc-prize-2025"), ("2026 layout", "competitions/arc-prize-2026-arc-agi-2"),
+           ("2026 layout without competitions/", "arc-prize-2026-arc-agi-2"))
 
 
 def find_test_challenges(root: str | Path = DEFAULT_ROOT) -> tuple[Path, str]:
@@ -30,7 +30,7 @@ def find_test_challenges(root: str | Path = DEFAULT_ROOT) -> tuple[Path, str]:
     for name, sub in LAYOUTS:
         path = root / sub / TEST_FILE
         if path.is_file():
-            return path, f"{name} layout"
+            return path, name
     found = sorted(root.rglob(TEST_FILE), key=lambda p: (len(p.parts), str(p)))
     found = [p for p in found if p.is_file()]
     if found:

@@ -79,6 +79,8 @@ def parse_args(argv=None):
     p.add_argument("--views-min", type=positive, default=8)
     p.add_argument("--ttt-max-steps", type=int, default=0, help="most TTT steps (0: the preset's train.steps)")
     p.add_argument("--ttt-min-steps", type=int, default=100, help="fewer steps than this fit: no TTT")
+    p.add_argument("--steps-fraction", type=float, default=1.0,
+                   help="expected fraction of the N_sup steps a view runs (1: the worst case; lower plans more views)")
     p.add_argument("--ttt-steps", type=int, default=None, help="pin the TTT steps (0: no TTT)")
     p.add_argument("--views", type=positive, default=None, help="pin the views per test input")
     p.add_argument("--seed", type=int, default=0)
@@ -119,9 +121,15 @@ def main(argv=None, early=None) -> int:
     from pipeline.budget import Policy
     from pipeline.submit_flow import SubmitJob, run_submit
 
-    policy = Policy(order=args.policy, margin=args.margin, views_floor=min(args.views_floor, args.views_max),
-                    views_max=args.views_max, views_min=min(args.views_min, args.views_floor, args.views_max),
-                    ttt_max_steps=args.ttt_max_steps, ttt_min_steps=args.ttt_min_steps)
+    from pipeline.config import ConfigError
+
+    try:
+        policy = Policy(order=args.policy, margin=args.margin, views_floor=min(args.views_floor, args.views_max),
+                        views_max=args.views_max, views_min=min(args.views_min, args.views_floor, args.views_max),
+                        ttt_max_steps=args.ttt_max_steps, ttt_min_steps=args.ttt_min_steps,
+                        predict_steps_fraction=args.steps_fraction)
+    except ValueError as e:
+        raise ConfigError(f"budget policy: {e}") from e
     job = SubmitJob(challenges=path, out=Path(args.out), checkpoint=args.checkpoint, budget_s=args.budget_s,
                     started=started_at(), work_dir=Path(args.work_dir), device=args.device,
                     ttt_preset=args.ttt_config, overrides=args.set, policy=policy, ttt_steps=args.ttt_steps,
