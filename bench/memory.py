@@ -116,9 +116,12 @@ def main(argv=None) -> None:
         b = budget(run.model, run.trainer.opt)
         eval_views = cfg.data.eval_views * (cfg.data.eval_inputs or 0)
     peak = max(ph["rss_peak_mb"] for ph in rss.phases.values())
+    gpu = [ph["gpu_peak_mb"] for ph in rss.phases.values() if ph["gpu_peak_mb"] is not None]
+    gpu_peak = max(gpu) if gpu else None  # with CUDA the table and activations live here, not in RSS
     emit({"bench": "memory", "config": args.config, "overrides": args.set, "puzzle_ids": run.data.ids.num_ids,
           "global_batch": cfg.train.global_batch, "eval_views": eval_views or None, "phases": rss.phases,
           "peak_rss_mb": peak, "ru_maxrss_mb": rss_mb(), **b, "peak_over_budget": peak / b["budget_mb"],
+          "gpu_peak_mb": gpu_peak, "gpu_peak_over_budget": gpu_peak / b["budget_mb"] if gpu_peak else None,
           "eval": metrics})
 
 
