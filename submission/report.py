@@ -181,7 +181,16 @@ document.querySelectorAll('table.tasks th').forEach((th, i) => th.addEventListen
 </script>"""
 
 
-def task_page(task_id: str, challenge: dict, truths: list, entries: list, row: dict) -> str:
+def _input_note(d: dict) -> str:
+    """What the predictor recorded for one test input (votes of the top grids, valid views, halting steps)."""
+    if not d:
+        return "<p class=note>no prediction details (fallback or not predicted)</p>"
+    votes = ", ".join(str(v) for v in d.get("votes", [])) or "none"
+    return (f"<p class=note>votes of the ranked grids: {votes} of {d.get('views', '?')} views; valid views "
+            f"{d.get('valid_views', '?')}; mean halting steps {d.get('mean_steps', 0):.2f}</p>")
+
+
+def task_page(task_id: str, challenge: dict, truths: list, entries: list, row: dict, details: dict | None = None) -> str:
     parts = [f"<p><a href='../index.html'>&larr; summary</a></p>"
              f"<h2>{html.escape(task_id)}: {row['correct']}/{row['tests']} correct</h2><h3>Demonstrations</h3>"]
     demos = challenge.get("train", []) if isinstance(challenge, dict) else []
@@ -198,7 +207,7 @@ def task_page(task_id: str, challenge: dict, truths: list, entries: list, row: d
         test_in = tests[k].get("input") if k < len(tests) and isinstance(tests[k], dict) else None
         parts.append("<div class=row>" + _grid_table(test_in, f"test {k} input") + _grid_table(truth, "truth")
                      + "".join(_grid_table(e.get(a), a.replace("_", " ") + (" ✓" if e.get(a) == truth else ""))
-                               for a in ATTEMPTS) + "</div>")
+                               for a in ATTEMPTS) + "</div>" + _input_note((details or {}).get(f"{task_id}/{k}") or {}))
     return (f"<html><head><meta charset=utf-8><title>{html.escape(task_id)}</title>{STYLE}</head>"
             f"<body>{''.join(parts)}</body></html>")
 
@@ -295,7 +304,7 @@ def write_report(folder: Path, rows: list[dict], solutions: dict, submission: di
     for r in rows:
         ch = (challenges or {}).get(r["task"], {})
         (pages_dir / f"{pages[r['task']]}.html").write_text(
-            task_page(r["task"], ch, solutions[r["task"]], _entries(submission, r["task"]), r))
+            task_page(r["task"], ch, solutions[r["task"]], _entries(submission, r["task"]), r, details))
     shown = None
     if curves is not None and Path(curves).is_file():
         shutil.copyfile(curves, folder / "curves.png")

@@ -92,6 +92,8 @@ def test_index_is_a_summary_with_a_sortable_table_pictures_details_and_curves(tm
     assert solved["halting_steps"] == pytest.approx(4.0) and solved["chunk_s_per_input"] == pytest.approx(0.25)
     assert solved["grid"] == "1x1 2x2" and solved["cells"] == 4
     assert "<td data-v='10.0'>10.0 / 16</td>" in page
+    task_page = (rep / "tasks" / "t_solved.html").read_text()
+    assert "votes of the ranked grids: 12, 3 of 16 views" in task_page and "../index.html" in task_page
     assert df.filter(pl.col("task") == "t_unsolved")["winner_votes"].is_null().all()  # no details: no number
 
 
