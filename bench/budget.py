@@ -33,7 +33,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from bench.common import emit
-from pipeline.budget import Calibration, Policy, calibrate_predict, calibrate_ttt, make_plan
+from pipeline.budget import (Calibration, Policy, calibrate_predict, calibrate_ttt, make_plan, predict_seconds,
+                             ttt_seconds)
 from pipeline.checkpoint import load_for_prediction, write_weights_checkpoint
 from pipeline.config import dump_config, load_config, to_dict
 from pipeline.model import TRM
@@ -94,7 +95,7 @@ def measured_mfu(path: str, model: TRM) -> float:
     return model.flops_per_step(result["batch"]) / (result["ms_per_step"] / 1e3) / PEAK_BF16_FLOPS[gpu]
 
 
-def project(args, model: TRM, global_batch: int, max_steps: int) -> dict:
+def project(args, model: TRM, global_batch: int, max_steps: int, predict_batch: int) -> dict:
     peak = PEAK_BF16_FLOPS[args.gpu]
     fwd = forward_flops(model)
     anchor = H100_TRAIN_SAMPLES_S * model.flops_per_step(1) / PEAK_BF16_FLOPS["H100"]
@@ -105,12 +106,13 @@ def project(args, model: TRM, global_batch: int, max_steps: int) -> dict:
     inputs_per_gpu = math.ceil(args.inputs / args.gpus)
     view_s = fwd * args.mean_steps / (peak * mfu_infer)  # per view on one GPU
     steps = args.ttt_steps or max_steps
-    ttt_s = steps * step_s + args.ttt_startup_s + (steps // 1000 + 1) * args.ttt_save_s
-    predict_s = inputs_per_gpu * args.views * view_s + args.predict_startup_s
-    total = args.setup_s + ttt_s + predict_s
     cal = Calibration(ttt_startup_s=args.ttt_startup_s, ttt_step_s=step_s, ttt_save_s=args.ttt_save_s,
-                      predict_startup_s=args.predict_startup_s, view_s=view_s, inputs_per_rank=inputs_per_gpu)
+                      predict_startup_s=args.predict_startup_s, view_s=view_s, inputs_per_rank=inputs_per_gpu,
+                      batch=predict_batch)
     budget = args.budget_h * 3600
+    ttt_s = ttt_seconds(cal, steps, 1000)
+    predict_s = predict_seconds(cal, args.views, Policy(), budget)  # chunks in whole batches, as planned
+    total = args.setup_s + ttt_s + predict_s
     plan = make_plan(Policy(), cal, budget, args.setup_s, max_steps, 1000)
     views_first = make_plan(Policy(order="views_first"), cal, budget, args.setup_s, max_steps, 1000)
     return {
@@ -119,9 +121,10 @@ def project(args, model: TRM, global_batch: int, max_steps: int) -> dict:
                         "mean_steps_per_view": args.mean_steps, "setup_s": args.setup_s,
                         "ttt_startup_s": args.ttt_startup_s, "ttt_save_s": args.ttt_save_s,
                         "predict_startup_s": args.predict_startup_s},
-        "flops": {"train_step_per_sample_gflop": model.flops_per_step(1) / 1e9, "forward_per_view_step_gflop": fwd / 1e9},
+        "flops": {"train_step_per_sample_gflop": model.flops_per_step(1) / 1e9,
+                  "forward_per_view_step_gflop": fwd / 1e9},
         "flow": {"tasks": 240, "test_inputs": args.inputs, "ttt_steps": steps, "global_batch": global_batch,
-                 "views": args.views, "ttt_s_per_step": step_s, "ttt_h": ttt_s / 3600, "predict_h": predict_s / 3600,
+                 "views": args.views, "predict_batch": predict_batch, "ttt_s_per_step": step_s, "ttt_h": ttt_s / 3600, "predict_h": predict_s / 3600,
                  "setup_h": args.setup_s / 3600, "total_h": total / 3600, "goal_h": args.budget_h,
                  "meets_goal": total <= budget},
         "fits_goal": {"policy": "ttt_first", "ttt_steps": plan.ttt_steps, "views": plan.views, "why": plan.why,
@@ -163,7 +166,7 @@ def main(argv=None) -> None:
     if not args.no_measure:
         with tempfile.TemporaryDirectory() as tmp:
             out["measured"] = measure(args, Path(tmp))
-    out.update(project(args, model, ttt.train.global_batch, ttt.train.steps))
+    out.update(project(args, model, ttt.train.global_batch, ttt.train.steps, ttt.predict.batch_size))
     emit(out)
 
 

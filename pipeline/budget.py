@@ -16,15 +16,17 @@ about the same, while more TTT steps kept paying): views start at a floor (256),
 recipe's length (the preset's train.steps, 15k for configs/ttt_full.yaml), and only time left after that
 raises the views toward 1000. When even the floor does not fit beside `ttt_min_steps`, the views go down
 toward `views_min` first (TTT is what makes TRM score on unseen tasks at all). `views_first` is the
-opposite order, for comparison. Steps are rounded down to a multiple of `step_quantum` (from 10 quanta up) and views to a
-multiple of 8, so small timing differences between reruns rarely change the plan (and so the submission).
+opposite order, for comparison. Steps are rounded down to a multiple of `step_quantum` (from 10 quanta up)
+and views to a multiple of 8, so small timing differences between reruns rarely change the plan (and so the
+submission).
 
 Shares (the watchdog): `margin` (15%) of the budget is never planned. TTT may run until its planned time plus
 half the margin (a `Stop` deadline: it stops at a step boundary with a complete checkpoint, and prediction
 uses the latest one); then the views are chosen again from the time actually left, keeping the other half
 of the margin, and prediction starts no new chunk of test inputs past the end of the budget less the
 writing reserve and two chunks' estimated time (chunks are sized to ~10 s, at most 2% of the budget, so
-the backstop is tight).
+the backstop is tight, but hold at least 4 full model batches: every view of a chunk finishes before the next
+chunk starts, so a chunk's last batch runs part-empty, and the plan counts each chunk in whole batches).
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pipeline.build import build_run
 from pipeline.checkpoint import LoadedModel
 from pipeline.config import RunConfig
 from pipeline.dataset import canvas_problem
@@ -49,6 +52,7 @@ from pipeline.infer import PredictConfig, predict_tests
 from pipeline.runtime import Runtime
 from pipeline.sampler import pack_tasks
 from pipeline.tasks import Task
+from pipeline.ttt import ttt_dataset
 
 log = logging.getLogger(__name__)
 VIEW_QUANTUM = 8
@@ -73,7 +77,11 @@ class Policy:
     write_reserve_s: float = 2.0
     """Seconds kept at the end for gathering and writing the submission (plus 0.5% of the budget)."""
     chunk_s: float = 10.0
-    """Target seconds per chunk of test inputs in prediction (the deadline's granularity)."""
+    """Target seconds per chunk of test inputs in prediction (the deadline's granularity), at most 2% of the
+    budget."""
+    min_chunk_batches: int = 4
+    """A chunk holds at least this many full model batches of views when it can: every view of a chunk must
+    finish before the next chunk starts, so its last batch runs part-empty (worst case a whole batch-run)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.margin < 1.0:
@@ -97,6 +105,10 @@ class Calibration:
     """Seconds per view on one rank, every view run for all N_sup steps."""
     inputs_per_rank: int = 0
     """Test inputs the slowest rank predicts (they are sharded over ranks)."""
+    batch: int = 0
+    """Views per model batch it was measured with (predict.batch_size; 0 = unknown, no batch rounding)."""
+    max_chunk_views: int = 65536
+    """predict.chunk_views: views held in memory at once (bounds a chunk)."""
     ttt_error: str | None = None
 
     def merge(self, other: "Calibration") -> "Calibration":
@@ -131,20 +143,40 @@ def ttt_seconds(cal: Calibration, steps: int, ckpt_every: int) -> float:
     return cal.ttt_startup_s + steps * cal.ttt_step_s + (steps // max(ckpt_every, 1) + 1) * cal.ttt_save_s
 
 
-def predict_seconds(cal: Calibration, views: int, policy: Policy) -> float:
-    return cal.predict_startup_s + cal.inputs_per_rank * views * cal.view_s * policy.predict_steps_fraction
+def chunk_inputs(cal: Calibration, views: int, policy: Policy, budget_s: float) -> int:
+    """Test inputs per prediction chunk: about policy.chunk_s (at most 2% of the budget) of work, at least
+    `min_chunk_batches` full batches when memory allows, at least one input. Chunking never changes results."""
+    per_input = views * cal.view_s * policy.predict_steps_fraction
+    target = min(policy.chunk_s, 0.02 * budget_s)
+    n = int(target / per_input) if per_input > 0 else cal.inputs_per_rank
+    n = max(n, -(-policy.min_chunk_batches * cal.batch // views))
+    cap = max(1, min(cal.max_chunk_views // views, cal.inputs_per_rank))
+    lo, hi = max(1, min(n, cap)), max(1, min(2 * n, cap))
+    if cal.batch <= 0:
+        return lo
+    # Up to twice as many inputs if that fills the last batch better (1000 views, batch 768: 3 inputs waste
+    # 2%, 4 inputs 15%).
+    return min(range(lo, hi + 1), key=lambda c: ((-(-c * views // cal.batch) * cal.batch - c * views) / (c * views), c))
 
 
-def views_that_fit(cal: Calibration, seconds: float, policy: Policy, cap: int) -> int:
-    """Most views per test input whose prediction fits `seconds` (multiples of 8, at most `cap`), 0 if none."""
-    per_view = cal.inputs_per_rank * cal.view_s * policy.predict_steps_fraction
-    room = seconds - cal.predict_startup_s
-    if room <= 0:
-        return 0
-    if per_view <= 0:
-        return cap
-    n = room / per_view
-    return cap if n >= cap else _round_down(n, VIEW_QUANTUM) if n >= VIEW_QUANTUM else int(n)
+def predict_seconds(cal: Calibration, views: int, policy: Policy, budget_s: float) -> float:
+    """Prediction on the slowest rank, every view running all N_sup steps (times predict_steps_fraction):
+    chunk by chunk, each rounded up to whole model batches (the batch-run a chunk's last views need)."""
+    n, per_view = cal.inputs_per_rank, cal.view_s * policy.predict_steps_fraction
+    if cal.batch <= 0 or n <= 0:
+        return cal.predict_startup_s + n * views * per_view
+    c = chunk_inputs(cal, views, policy, budget_s)
+    batches = (n // c) * -(-c * views // cal.batch) + -(-(n % c) * views // cal.batch)
+    return cal.predict_startup_s + batches * cal.batch * per_view
+
+
+def views_that_fit(cal: Calibration, seconds: float, policy: Policy, cap: int, budget_s: float) -> int:
+    """Most views per test input whose prediction fits `seconds` (`cap`, else a multiple of 8, else fewer),
+    0 if not even one view fits."""
+    for v in (cap, *range(cap - cap % VIEW_QUANTUM, VIEW_QUANTUM - 1, -VIEW_QUANTUM), *range(VIEW_QUANTUM - 1, 0, -1)):
+        if predict_seconds(cal, v, policy, budget_s) <= seconds:
+            return v
+    return 0
 
 
 def steps_that_fit(cal: Calibration, seconds: float, policy: Policy, cap: int, ckpt_every: int) -> int:
@@ -169,46 +201,54 @@ def make_plan(policy: Policy, cal: Calibration, budget_s: float, spent_s: float,
         steps, views, why = pinned_steps, pinned_views, "pinned"
     elif pinned_steps is not None:
         steps = pinned_steps
-        views = max(1, min(vmax, views_that_fit(cal, avail - ttt_seconds(cal, steps, ckpt_every), policy, vmax)))
+        room = avail - ttt_seconds(cal, steps, ckpt_every)
+        views = max(1, views_that_fit(cal, room, policy, vmax, budget_s))
         why = "steps pinned, views fill the rest"
     elif pinned_views is not None:
         views = pinned_views
-        steps = steps_that_fit(cal, avail - predict_seconds(cal, views, policy), policy, cap, ckpt_every)
+        steps = steps_that_fit(cal, avail - predict_seconds(cal, views, policy, budget_s), policy, cap, ckpt_every)
         why = "views pinned, TTT fills the rest"
     elif cal.ttt_error:
-        steps, views, why = 0, max(1, views_that_fit(cal, avail, policy, vmax)), "TTT cannot run: views only"
+        steps, views, why = 0, max(1, views_that_fit(cal, avail, policy, vmax, budget_s)), "TTT cannot run: views only"
     elif policy.order == "views_first":
-        views = max(1, views_that_fit(cal, avail - ttt_seconds(cal, policy.ttt_min_steps, ckpt_every), policy, vmax))
-        steps = steps_that_fit(cal, avail - predict_seconds(cal, views, policy), policy, cap, ckpt_every)
+        views = max(1, views_that_fit(cal, avail - ttt_seconds(cal, policy.ttt_min_steps, ckpt_every), policy, vmax,
+                                      budget_s))
+        steps = steps_that_fit(cal, avail - predict_seconds(cal, views, policy, budget_s), policy, cap, ckpt_every)
         why = "views first (up to views_max), TTT gets the rest"
     else:
-        steps, views, why = _ttt_first(policy, cal, avail, cap, ckpt_every)
+        steps, views, why = _ttt_first(policy, cal, avail, cap, ckpt_every, budget_s)
     if 0 < steps < min(policy.ttt_min_steps, cap) and pinned_steps is None:
         steps, why = 0, why + f"; fewer than {policy.ttt_min_steps} TTT steps fit: no TTT"
         if pinned_views is None:
-            views = max(1, views_that_fit(cal, avail, policy, vmax))
+            views = max(1, views_that_fit(cal, avail, policy, vmax, budget_s))
     seconds = {"setup": spent_s, "ttt": ttt_seconds(cal, steps, ckpt_every),
-               "predict": predict_seconds(cal, views, policy), "write": write_reserve(policy, budget_s),
+               "predict": predict_seconds(cal, views, policy, budget_s), "write": write_reserve(policy, budget_s),
                "margin": margin_s}
     return Plan(budget_s, steps, views, ckpt_every, seconds, why)
 
 
-def _ttt_first(policy: Policy, cal: Calibration, avail: float, cap: int, ckpt_every: int) -> tuple[int, int, str]:
+def _ttt_first(policy: Policy, cal: Calibration, avail: float, cap: int, ckpt_every: int,
+               budget_s: float) -> tuple[int, int, str]:
     floor = policy.views_floor
-    steps = steps_that_fit(cal, avail - predict_seconds(cal, floor, policy), policy, cap, ckpt_every)
+
+    def predict(v):
+        return predict_seconds(cal, v, policy, budget_s)
+
+    steps = steps_that_fit(cal, avail - predict(floor), policy, cap, ckpt_every)
     if steps >= cap:  # the recipe is complete: what is left raises the views
         left = avail - ttt_seconds(cal, cap, ckpt_every)
-        return cap, max(floor, views_that_fit(cal, left, policy, policy.views_max)), \
+        return cap, max(floor, views_that_fit(cal, left, policy, policy.views_max, budget_s)), \
             "TTT recipe complete at the view floor; the rest raised the views"
     if steps >= policy.ttt_min_steps:
         return steps, floor, "views at the floor, TTT gets the rest"
     # Not even the floor beside a minimal TTT run: fewer views (TTT is what makes unseen tasks score).
     room = avail - ttt_seconds(cal, min(policy.ttt_min_steps, cap), ckpt_every)
-    views = views_that_fit(cal, room, policy, floor)
+    views = views_that_fit(cal, room, policy, floor, budget_s)
     if views >= policy.views_min:
-        steps = steps_that_fit(cal, avail - predict_seconds(cal, views, policy), policy, cap, ckpt_every)
+        steps = steps_that_fit(cal, avail - predict(views), policy, cap, ckpt_every)
         return steps, views, "short budget: views below the floor to keep a minimal TTT run"
-    return 0, max(1, views_that_fit(cal, avail, policy, floor)), "too short for TTT: the pretrained model predicts"
+    views = max(1, views_that_fit(cal, avail, policy, floor, budget_s))
+    return 0, views, "too short for TTT: the pretrained model predicts"
 
 
 @dataclass
@@ -246,24 +286,11 @@ def deadlines(plan: Plan, started: float, now: float | None = None) -> Deadlines
                      s["margin"], s["write"])
 
 
-def chunk_views(cal: Calibration, views: int, policy: Policy, default: int, budget_s: float) -> int:
-    """Views per prediction chunk so that a chunk takes about policy.chunk_s (at most 2% of the budget): whole
-    test inputs, at least one, at most `default` (predict.chunk_views, which bounds memory). Chunking never
-    changes results."""
-    per_input = views * cal.view_s * policy.predict_steps_fraction
-    target = min(policy.chunk_s, 0.02 * budget_s)
-    inputs = max(1, int(target / per_input)) if per_input > 0 else default // views
-    return max(views, min(default, inputs * views))
-
-
 # -- calibration ----------------------------------------------------------------------------------------------
 def calibrate_ttt(cfg: RunConfig, rt: Runtime, tasks: list[Task], folder: Path, warmup: int = 1,
                   steps: int = 3) -> tuple[float, float, float]:
     """(startup, per step, per save) seconds of this TTT run on these tasks and devices, measured on a
     throw-away copy of the run in `folder` (removed afterwards)."""
-    from pipeline.build import build_run
-    from pipeline.ttt import ttt_dataset
-
     _reset_folder(folder, rt)
     # Full steps throughout (embeddings_then_all's frozen steps are cheaper: timing them would under-plan).
     train = dataclasses.replace(cfg.train, progress=False, eval_every=0, freeze_fraction=0.0,

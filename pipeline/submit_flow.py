@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.budget import (Calibration, Plan, Policy, calibrate_predict, calibrate_ttt, chunk_views, deadlines,
+from pipeline.budget import (Calibration, Plan, Policy, calibrate_predict, calibrate_ttt, chunk_inputs, deadlines,
                              free_memory, make_plan, slowest, views_that_fit)
 from pipeline.checkpoint import CheckpointError, load_for_prediction, resolve_checkpoint
 from pipeline.dataset import canvas_problem
@@ -91,6 +91,22 @@ def ttt_folder(job: SubmitJob) -> Path:
     return job.work_dir / f"ttt-{key.hexdigest()[:12]}"
 
 
+def heartbeat(total: int, every_s: float):
+    """A Stop condition that never stops and logs the TTT step every `every_s` seconds (progress bars are off
+    in Kaggle logs; under torchrun rank 0 checks it at log steps only)."""
+    t0 = last = time.time()
+
+    def when(step: int) -> bool:
+        nonlocal last
+        now = time.time()
+        if now - last >= every_s:
+            last = now
+            log.info("TTT step %d of %d, %.0fs", step, total, now - t0)
+        return False
+
+    return when
+
+
 def run_submit(job: SubmitJob) -> int:
     seed_everything(job.seed, job.deterministic)
     rt = init_runtime(job.device, "auto", job.seed)
@@ -113,7 +129,8 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
 
     # -- calibration on this file and these devices ------------------------------------------------------------
     t0 = time.time()
-    cal = Calibration(inputs_per_rank=math.ceil(n_inputs / rt.world_size))
+    cal = Calibration(inputs_per_rank=math.ceil(n_inputs / rt.world_size), batch=cfg.predict.batch_size,
+                      max_chunk_views=cfg.predict.chunk_views)
     try:
         cal.ttt_startup_s, cal.ttt_step_s, cal.ttt_save_s = calibrate_ttt(cfg, rt, res.tasks,
                                                                           job.work_dir / "calibration")
@@ -156,10 +173,12 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
         train = dataclasses.replace(cfg.train, steps=plan.ttt_steps,
                                     ckpt_every=min(cfg.train.ckpt_every, plan.ttt_steps))
         try:
-            result = run_ttt(dataclasses.replace(cfg, train=train), rt, res.tasks, stop=Stop(deadline=dl.ttt))
+            stop = Stop(deadline=dl.ttt, when=heartbeat(plan.ttt_steps, max(30.0, job.budget_s / 100)))
+            result = run_ttt(dataclasses.replace(cfg, train=train), rt, res.tasks, stop=stop)
             ttt_info = {"steps": result.step, "stopped": result.stopped}
         except Exception as e:  # whatever went wrong, what TTT saved (or the pretrained model) still predicts
-            log.exception("TTT failed (%s): prediction uses its latest checkpoint, if any, else the pretrained model", e)
+            log.exception("TTT failed (%s): prediction uses its latest checkpoint, if any, else the pretrained model",
+                          e)
             ttt_info["error"] = str(e)
         try:
             model_path = str(resolve_checkpoint(run_dir))
@@ -175,14 +194,16 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
     elif plan.views > 0:
         t0 = time.time()
         free_memory(rt)  # the TTT run's model and optimiser
-        views = job.views or max(1, views_that_fit(cal, dl.predict_seconds_left(), job.policy, job.policy.views_max))
-        chunk = chunk_views(cal, views, job.policy, cfg.predict.chunk_views, job.budget_s)
-        pcfg = dataclasses.replace(cfg.predict, augs=views, chunk_views=chunk)
-        log.info("predict with %s: %d views per test input, %d test inputs per chunk", model_path, views,
-                 chunk // views)
+        views = job.views or max(1, views_that_fit(cal, dl.predict_seconds_left(), job.policy,
+                                                   job.policy.views_max, job.budget_s))
+        per_chunk = chunk_inputs(cal, views, job.policy, job.budget_s)
+        pcfg = dataclasses.replace(cfg.predict, augs=views, chunk_views=per_chunk * views)
+        chunk_s = -(-per_chunk * views // max(cal.batch, 1)) * max(cal.batch, 1) * cal.view_s
+        log.info("predict with %s: %d views per test input, %d test inputs per chunk (~%.0fs)", model_path, views,
+                 per_chunk, chunk_s)
         try:
             loaded = load_for_prediction(model_path, rt.device)
-            hidden = predict_challenges(loaded, res, pcfg, rt, dl.predict_deadline(chunk * cal.view_s),
+            hidden = predict_challenges(loaded, res, pcfg, rt, dl.predict_deadline(chunk_s),
                                         show_progress=job.progress)
         except Exception as e:  # model errors are handled task by task inside; this is anything else
             log.exception("prediction failed (%s): the fallback submission stays", e)

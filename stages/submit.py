@@ -68,7 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="/kaggle/working/submission.json", help="submission to write")
     p.add_argument("--budget-s", type=float, default=6 * 3600.0, help="wall-clock seconds for this whole command")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--ttt-config", default="configs/ttt_full.yaml", help="TTT preset (deltas over the checkpoint's config)")
+    p.add_argument("--ttt-config", default="configs/ttt_full.yaml",
+                   help="TTT preset (deltas over the checkpoint's config)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for TTT and prediction")
     p.add_argument("--work-dir", default=str(scratch / "submit"), help="TTT run and calibration scratch")
     p.add_argument("--policy", default="ttt_first", choices=["ttt_first", "views_first"],
