@@ -58,8 +58,8 @@ def main(argv=None) -> None:
     inputs = torch.from_numpy(views.inputs[:batch * args.batches]).to(rt.device)
     lookup = puzzle_table_lookup(model.puzzle_emb)
     run_model = torch.compile(model, dynamic=True) if args.compile else model
-    autocast = torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.dtype != torch.float32)
-    sync = torch.cuda.synchronize if rt.device.type == "cuda" else (lambda: None)
+    autocast = rt.autocast()
+    sync = rt.synchronize
     out = {}
     vecs = lookup(torch.full((len(inputs),), -1, device=rt.device))
     for name, adaptive in (("fixed", False), ("adaptive", True)):

@@ -1,5 +1,6 @@
 """The one owner of the checkpoint folder layout: writing, finding the latest complete one, and loading it
-for training (resume, warm start) or for prediction. No other module names a file inside a checkpoint.
+for training (resume, warm start) or for prediction. No other training or prediction module names a file
+inside a checkpoint (the Kaggle packager, which must not import torch, lists the files it copies).
 
 `RUN/ckpt/step-00000500/` holds
 
@@ -8,6 +9,7 @@ for training (resume, warm start) or for prediction. No other module names a fil
                       puzzle table, which is never averaged and stored once, in model.safetensors
   optim.pt            optimiser state (our own tensors; read back with weights_only=True)
   carry_rank{r}.safetensors   the ACT carry of each rank, so that a resumed run continues exactly
+  lora.safetensors    LoRA runs only: the unmerged adapters, for resume (model/ema files are merged)
   state.json          step, sampler position, RNG state, loop state, metrics
   config.yaml         the resolved RunConfig;  tasks.json  the task ids in puzzle-id order
   puzzle_ids.safetensors   the puzzle-id scheme's table (which augmentation each id stands for)
@@ -92,18 +94,18 @@ def load_arrays(path: Path) -> dict:
     return load_np(str(path))
 
 
-def read_weights(ckpt: Path, use_ema: bool = True) -> dict[str, torch.Tensor]:
+def read_weights(ckpt: Path, use_ema: bool = True, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Raw or EMA weights of a checkpoint. The EMA file holds no puzzle table (the table is never averaged,
     so it is stored once): it comes from the raw file."""
     f = ckpt / "ema.safetensors"
     if not (use_ema and f.exists()):
-        return load_tensors(ckpt / "model.safetensors")
-    weights = load_tensors(f)
+        return load_tensors(ckpt / "model.safetensors", device)
+    weights = load_tensors(f, device)
     if "puzzle_emb" not in weights:
         from safetensors import safe_open
 
         with safe_open(str(ckpt / "model.safetensors"), framework="pt") as raw:
-            weights["puzzle_emb"] = raw.get_tensor("puzzle_emb")
+            weights["puzzle_emb"] = raw.get_tensor("puzzle_emb").to(device)
     return weights
 
 
@@ -156,6 +158,12 @@ def read_train_state(folder: Path, device) -> tuple[dict, dict | None]:
     torch.set_rng_state(torch.from_numpy(np.frombuffer(base64.b64decode(state["torch_rng"]), dtype=np.uint8).copy()))
     f = folder / "optim.pt"
     return state, (torch.load(f, map_location=device, weights_only=True) if f.exists() else None)
+
+
+def lora_file(folder: Path) -> Path:
+    """LoRA runs: the unmerged adapters and their base weights (raw, and the EMA's as `ema.*`), for resume;
+    model/ema.safetensors hold the merged weights that prediction loads."""
+    return folder / "lora.safetensors"
 
 
 def carry_file(folder: Path, rank: int) -> Path:

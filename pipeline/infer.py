@@ -15,6 +15,7 @@ from kernels import DIHEDRAL_SWAPS_AXES
 from kernels.inverse import decode_view, hash_views
 from kernels.vote import vote_topk
 from pipeline.act import predict_stream, unwrap
+from pipeline.runtime import autocast_for
 from pipeline.sampler import PackedTasks, PuzzleIdScheme, encode, random_perms
 
 log = logging.getLogger(__name__)
@@ -179,8 +180,7 @@ def run_views(model, views: Views, cfg: PredictConfig, device: torch.device, dty
     lookup = lookup or puzzle_table_lookup(raw.puzzle_emb)
     inputs = torch.from_numpy(views.inputs).to(device)
     vecs = lookup(torch.from_numpy(views.puzzle_ids).to(device))
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    with autocast:
+    with autocast_for(device, dtype):
         preds, conf, steps = predict_stream(model, inputs, vecs, cfg.batch_size, cfg.max_steps or None,
                                             cfg.adaptive_halting)
     return preds.cpu().numpy(), conf.double().cpu().numpy(), steps.cpu().numpy()

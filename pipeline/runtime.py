@@ -29,7 +29,7 @@ class Runtime:
 
     def autocast(self):
         """bf16 autocast on GPU when the dtype says so; a no-op context in float32."""
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        return autocast_for(self.device, self.dtype)
 
     def compiles(self, flag) -> bool:
         """A `compile: true|false|auto` setting resolved for this device (auto = on for CUDA)."""
@@ -39,6 +39,11 @@ class Runtime:
         """Wait for queued device work (before reading a clock)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def autocast_for(device: torch.device, dtype: torch.dtype):
+    """The autocast policy for a (device, dtype) pair (what Runtime.autocast uses)."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 def autodetect_device(requested: str = "auto") -> torch.device:

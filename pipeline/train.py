@@ -22,8 +22,9 @@ import torch
 import torch.distributed as dist
 
 from pipeline.act import IGNORE, Carry, empty_carry, supervision_step
-from pipeline.checkpoint import (Checkpointer, carry_file, deepspeed_dir, load_tensors, read_ema, read_train_state,
-                                 save_tensors, warm_start, write_model_files, write_train_state)
+from pipeline.checkpoint import (Checkpointer, carry_file, deepspeed_dir, load_tensors, lora_file, read_ema,
+                                 read_train_state, read_weights, save_tensors, warm_start, write_model_files,
+                                 write_train_state)
 from pipeline.metrics import NullSink, RunSink, plot_curves
 from pipeline.optim import EMA, AdamATan2, lr_at, sign_sgd_rows
 from pipeline.runtime import ensure_process_group
@@ -264,7 +265,7 @@ class Trainer:
             ema = self.ema.weights_for(self.model) if self.ema is not None else None
             if self.lora_scales is not None:  # the unmerged adapters, for an exact resume
                 save_tensors({**raw, **{f"ema.{k}": v for k, v in (self.ema.shadow if self.ema else {}).items()}},
-                             tmp / "lora.safetensors")
+                             lora_file(tmp))
             write_model_files(tmp, model_state=self._inference_state(raw), config_yaml=self.config_yaml,
                               task_ids=self.task_ids, ids=self.sampler.ids,
                               ema_state=self._inference_state(ema) if ema is not None else None)
@@ -279,9 +280,9 @@ class Trainer:
             return False
         dev = self.rt.device
         state, optim_state = read_train_state(latest, dev)
-        weights = load_tensors(latest / "model.safetensors", dev)
+        weights = read_weights(latest, use_ema=False, device=dev)
         if self.lora_scales is not None:
-            lora = load_tensors(latest / "lora.safetensors", dev)
+            lora = load_tensors(lora_file(latest), dev)
             weights = {k: v for k, v in lora.items() if not k.startswith("ema.")} | {"puzzle_emb": weights["puzzle_emb"]}
             if self.ema is not None:
                 self.ema.load_state_dict({n: lora[f"ema.{n}"].float() for n in self.ema.shadow})
