@@ -175,14 +175,27 @@ def puzzle_table_lookup(table: torch.Tensor):
     return lookup
 
 
+CPU_BATCH_TOKENS = 16384
+"""Tokens per model batch of prediction on CPU. Activations grow with the batch (~35 KB per token at hidden
+512: predict.batch_size=768 views of 916 tokens took >20 GB) while CPU throughput does not, so on CPU a
+batch holds at most this many tokens (17 views at ARC size); GPUs keep predict.batch_size."""
+
+
+def model_batch(cfg: PredictConfig, device: torch.device, total_len: int) -> int:
+    """Views per model batch: predict.batch_size, bounded to CPU_BATCH_TOKENS tokens on CPU."""
+    if device.type == "cpu":
+        return min(cfg.batch_size, max(1, CPU_BATCH_TOKENS // total_len))
+    return cfg.batch_size
+
+
 def run_views(model, views: Views, cfg: PredictConfig, device: torch.device, dtype: torch.dtype, lookup=None):
     raw = unwrap(model)
     lookup = lookup or puzzle_table_lookup(raw.puzzle_emb)
     inputs = torch.from_numpy(views.inputs).to(device)
     vecs = lookup(torch.from_numpy(views.puzzle_ids).to(device))
     with autocast_for(device, dtype):
-        preds, conf, steps = predict_stream(model, inputs, vecs, cfg.batch_size, cfg.max_steps or None,
-                                            cfg.adaptive_halting)
+        preds, conf, steps = predict_stream(model, inputs, vecs, model_batch(cfg, device, raw.cfg.total_len),
+                                            cfg.max_steps or None, cfg.adaptive_halting)
     return preds.cpu().numpy(), conf.double().cpu().numpy(), steps.cpu().numpy()
 
 
@@ -232,23 +245,12 @@ def predict_tests(model, packed: PackedTasks, test_rows: np.ndarray, task_to_ckp
     return results
 
 
-CPU_EVAL_TOKENS = 16384
-"""Tokens per model batch of the held-out evaluation on CPU. Activations grow with the batch (~35 KB per
-token at hidden 512: predict.batch_size=768 views of 916 tokens took >20 GB) while CPU throughput does not,
-so on CPU the evaluation runs at most this many tokens at once (17 views at ARC size); GPUs keep
-predict.batch_size."""
-
-
 def evaluate_heldout(model, packed: PackedTasks, ids: PuzzleIdScheme, cfg: PredictConfig, canvas: int,
                      device: torch.device, dtype: torch.dtype, max_inputs: int = 0) -> dict:
     """pass@1 / pass@k (k = cfg.top_k) and per-input exact accuracy on held-out test inputs (known outputs
     never trained on), with the tasks' own puzzle ids. Empty dict when there are none. Views stream through
-    the model in batches of predict.batch_size (CPU: at most CPU_EVAL_TOKENS tokens), so memory does not
+    the model in batches of predict.batch_size (CPU: at most CPU_BATCH_TOKENS tokens), so memory does not
     grow with the number of inputs."""
-    if device.type == "cpu":
-        from dataclasses import replace
-
-        cfg = replace(cfg, batch_size=min(cfg.batch_size, max(1, CPU_EVAL_TOKENS // unwrap(model).cfg.total_len)))
     rows = np.flatnonzero((packed.test_out >= 0) & ~packed.test_trainable)
     if max_inputs:
         rows = rows[:max_inputs]

@@ -51,25 +51,29 @@ def test_heldout_evaluation_memory_does_not_grow_with_the_number_of_inputs():
     assert control - many > 200, (few, many, control)
 
 
-def test_cpu_evaluation_batch_is_bounded_in_tokens(monkeypatch):
-    """At ARC length (900 + 16 tokens) a CPU evaluation runs CPU_EVAL_TOKENS // 916 views at once, whatever
-    predict.batch_size says; a short sequence keeps the configured batch."""
+def test_cpu_prediction_batch_is_bounded_in_tokens(monkeypatch):
+    """At ARC length (900 + 16 tokens) CPU prediction (held-out evaluation, stages.predict, submit) runs
+    CPU_BATCH_TOKENS // 916 views at once, whatever predict.batch_size says; a short sequence keeps the
+    configured batch, and so does a GPU."""
     import pipeline.infer as infer
 
     seen = []
+    real = infer.predict_stream
 
-    def fake_predict(model, packed, rows, task_to_ckpt, ids, cfg, *args):
-        seen.append(cfg.batch_size)
-        return [infer.TestPrediction("t", 0, [], [], [], 0, cfg.augs, 1.0) for _ in rows]
+    def spy(model, inputs, vecs, batch_size, *args):
+        seen.append(batch_size)
+        return real(model, inputs, vecs, batch_size, *args)
 
-    monkeypatch.setattr(infer, "predict_tests", fake_predict)
-    packed = pack_tasks(synthetic_tasks("tasks=2,seed=0,size=4,demos=2,tests=2,fixed=1", train_on_test=False))
+    monkeypatch.setattr(infer, "predict_stream", spy)
+    packed = pack_tasks(synthetic_tasks("tasks=2,seed=0,size=4,demos=2,tests=1,fixed=1", train_on_test=False))
     ids = PerTaskIds(packed.num_tasks)
-    for seq_len, want in ((900, infer.CPU_EVAL_TOKENS // 916), (4, 768)):
-        model = TRM(ModelConfig(hidden=16, heads=1, seq_len=seq_len, puzzle_emb_ndim=16, h_cycles=1, l_cycles=1), ids.num_ids)
-        evaluate_heldout(model, packed, ids, PredictConfig(batch_size=768), 5, torch.device("cpu"), torch.float32)
-        assert seen[-1] == want
-    assert seen[0] == 17
+    model = TRM(ModelConfig(hidden=16, heads=1, seq_len=900, puzzle_emb_ndim=16, h_cycles=1, l_cycles=1,
+                            halt_max_steps=1), ids.num_ids).eval()
+    evaluate_heldout(model, packed, ids, PredictConfig(batch_size=768, augs=2), 30, torch.device("cpu"), torch.float32)
+    assert seen == [infer.CPU_BATCH_TOKENS // 916] == [17]
+    want = 768
+    assert infer.model_batch(PredictConfig(batch_size=768), torch.device("cpu"), 4 + 16) == want
+    assert infer.model_batch(PredictConfig(batch_size=768), torch.device("cuda"), 916) == 768
 
 
 def test_a_checkpoint_save_holds_the_puzzle_table_once(tmp_path):
