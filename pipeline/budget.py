@@ -24,9 +24,9 @@ Shares (the watchdog): `margin` (15%) of the budget is never planned. TTT may ru
 half the margin (a `Stop` deadline: it stops at a step boundary with a complete checkpoint, and prediction
 uses the latest one); then the views are chosen again from the time actually left, keeping the other half
 of the margin, and prediction starts no new chunk of test inputs past the end of the budget less the
-writing reserve and two chunks' estimated time (chunks are sized to ~10 s, at most 2% of the budget, so
-the backstop is tight, but hold at least 4 full model batches: every view of a chunk finishes before the next
-chunk starts, so a chunk's last batch runs part-empty, and the plan counts each chunk in whole batches).
+writing reserve and two chunks' estimated time (at most half the margin). Chunks of test inputs take about
+1% of the budget; every view of a chunk finishes before the next chunk starts, so a chunk's last model batch
+runs part-empty: the plan counts each chunk in whole batches and picks chunk sizes that fill them.
 """
 from __future__ import annotations
 
@@ -76,12 +76,9 @@ class Policy:
     """Expected fraction of the N_sup steps a view runs (1.0 = the worst case, no view ever cut off)."""
     write_reserve_s: float = 2.0
     """Seconds kept at the end for gathering and writing the submission (plus 0.5% of the budget)."""
-    chunk_s: float = 10.0
-    """Target seconds per chunk of test inputs in prediction (the deadline's granularity), at most 2% of the
-    budget."""
-    min_chunk_batches: int = 4
-    """A chunk holds at least this many full model batches of views when it can: every view of a chunk must
-    finish before the next chunk starts, so its last batch runs part-empty (worst case a whole batch-run)."""
+    chunk_fraction: float = 0.01
+    """Seconds per chunk of test inputs in prediction, as a fraction of the budget (up to twice that where the
+    chunk's last model batch fills better): the granularity of prediction's deadline."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.margin < 1.0:
@@ -144,18 +141,18 @@ def ttt_seconds(cal: Calibration, steps: int, ckpt_every: int) -> float:
 
 
 def chunk_inputs(cal: Calibration, views: int, policy: Policy, budget_s: float) -> int:
-    """Test inputs per prediction chunk: about policy.chunk_s (at most 2% of the budget) of work, at least
-    `min_chunk_batches` full batches when memory allows, at least one input. Chunking never changes results."""
+    """Test inputs per prediction chunk: about `chunk_fraction` of the budget, up to twice that where the
+    chunk's last model batch fills better (every view of a chunk finishes before the next chunk starts, so
+    that batch runs part-empty: with 1000 views and batches of 768, 3 inputs leave 2% empty, 4 inputs 15%),
+    at least one input, at most what memory (predict.chunk_views) and the inputs allow. Chunking never
+    changes results."""
     per_input = views * cal.view_s * policy.predict_steps_fraction
-    target = min(policy.chunk_s, 0.02 * budget_s)
-    n = int(target / per_input) if per_input > 0 else cal.inputs_per_rank
-    n = max(n, -(-policy.min_chunk_batches * cal.batch // views))
+    target = policy.chunk_fraction * budget_s
     cap = max(1, min(cal.max_chunk_views // views, cal.inputs_per_rank))
-    lo, hi = max(1, min(n, cap)), max(1, min(2 * n, cap))
+    lo = max(1, min(int(target / per_input) if per_input > 0 else cap, cap))
+    hi = max(lo, min(int(2 * target / per_input) if per_input > 0 else cap, cap))
     if cal.batch <= 0:
         return lo
-    # Up to twice as many inputs if that fills the last batch better (1000 views, batch 768: 3 inputs waste
-    # 2%, 4 inputs 15%).
     return min(range(lo, hi + 1), key=lambda c: ((-(-c * views // cal.batch) * cal.batch - c * views) / (c * views), c))
 
 
@@ -271,8 +268,9 @@ class Deadlines:
 
     def predict_deadline(self, chunk_s: float) -> float:
         """time.perf_counter() value after which prediction starts no new chunk: the end less the writing
-        reserve and twice a chunk's estimated seconds (a loaded machine runs slower than calibrated)."""
-        wall = self.end - self.write_s - 2 * chunk_s
+        reserve and twice a chunk's estimated seconds (a loaded machine runs slower than calibrated), but never
+        earlier than half the margin before that (where a chunk on plan may still start)."""
+        wall = self.end - self.write_s - min(2 * chunk_s, self.margin_s / 2)
         return time.perf_counter() + (wall - time.time())
 
 

@@ -199,7 +199,7 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
         per_chunk = chunk_inputs(cal, views, job.policy, job.budget_s)
         pcfg = dataclasses.replace(cfg.predict, augs=views, chunk_views=per_chunk * views)
         chunk_s = -(-per_chunk * views // max(cal.batch, 1)) * max(cal.batch, 1) * cal.view_s
-        log.info("predict with %s: %d views per test input, %d test inputs per chunk (~%.0fs)", model_path, views,
+        log.info("predict with %s: %d views per test input, %d test inputs per chunk (~%.1fs)", model_path, views,
                  per_chunk, chunk_s)
         try:
             loaded = load_for_prediction(model_path, rt.device)

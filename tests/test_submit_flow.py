@@ -157,11 +157,15 @@ def test_policy_views_at_the_floor_then_ttt_then_views():
 def test_prediction_is_planned_in_whole_batches_per_chunk():
     """Every view of a chunk finishes before the next chunk starts, so a chunk's last batch runs part-empty."""
     cal, policy = Calibration(view_s=0.01, inputs_per_rank=32, batch=256), Policy()
-    # 2% of 120 s holds no input: at least 4 batches' worth (4 inputs), up to 8 if the last batch fills better
-    assert chunk_inputs(cal, 272, policy, 120) == 8  # 2176 views: 9 batches, 6% empty (4 inputs: 18%)
-    assert predict_seconds(cal, 272, policy, 120) == pytest.approx(4 * 9 * 256 * 0.01)
+    assert chunk_inputs(cal, 272, policy, 120) == 1  # 1% of 120 s holds less than an input: one per chunk
+    assert predict_seconds(cal, 272, policy, 120) == pytest.approx(32 * 2 * 256 * 0.01)  # 272 views: 2 batches
     assert predict_seconds(cal, 256, policy, 120) == pytest.approx(32 * 256 * 0.01)  # whole batches: no waste
     assert chunk_inputs(cal, 8, policy, 3600) == 32  # never more than the inputs there are
+    kaggle = Calibration(view_s=0.086, inputs_per_rank=85, batch=768)  # 1000 views take 86 s per input
+    assert chunk_inputs(kaggle, 1000, policy, 6 * 3600) == 3  # 2 to 5 inputs fit 1-2% of 6 h: 3 fill 4 batches
+    plan = make_plan(policy, cal, 100, 25, 100, 100, pinned_steps=0)  # 57.5 s for prediction
+    assert plan.seconds["predict"] <= 57.5 < predict_seconds(cal, plan.views + 8, policy, 100)
+    assert plan.views < 57.5 / (32 * 0.01) - 8  # fewer than a linear cost model would plan
 
 
 def test_failed_ttt_calibration_plans_no_ttt():
