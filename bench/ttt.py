@@ -17,7 +17,7 @@ import time
 from bench.common import emit, rss_mb
 from pipeline.build import build_run
 from pipeline.config import load_config, to_dict
-from pipeline.runtime import init_runtime
+from pipeline.runtime import init_runtime, shutdown_runtime
 from pipeline.sources import load_source
 from pipeline.train import peak_flops
 from pipeline.ttt import ttt_dataset
@@ -57,6 +57,7 @@ def main(argv=None) -> None:
               "compiled": rt.compiles(cfg.train.compile), "ms_per_step": dt * 1e3, "steps_per_s": 1 / dt,
               "samples_per_s": B / dt, "mfu": run.model.flops_per_step(B) / dt / peak if peak else None,
               "peak_rss_mb": rss_mb()})
+        shutdown_runtime()
 
 
 if __name__ == "__main__":

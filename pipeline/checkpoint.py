@@ -190,9 +190,12 @@ def write_weights_checkpoint(out: str | Path, *, model_state: dict, config_yaml:
     tmp.mkdir(parents=True)
     write_model_files(tmp, model_state=model_state, config_yaml=config_yaml, task_ids=task_ids, ids=ids)
     (tmp / "meta.json").write_text(json.dumps({"step": 0, "time": time.time(), "git": git_sha(), **meta}, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
+    old = out.with_name(out.name + ".old")
+    if out.exists():  # moved aside, not deleted, until the new folder is in place
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
     os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
     return out
 
 

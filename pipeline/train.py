@@ -22,9 +22,9 @@ import torch
 import torch.distributed as dist
 
 from pipeline.act import IGNORE, Carry, empty_carry, supervision_step
-from pipeline.checkpoint import (Checkpointer, carry_file, deepspeed_dir, load_tensors, lora_file, read_ema,
-                                 read_train_state, read_weights, save_tensors, warm_start, write_model_files,
-                                 write_train_state)
+from pipeline.checkpoint import (CheckpointError, Checkpointer, carry_file, deepspeed_dir, load_tensors, lora_file,
+                                 read_ema, read_task_table, read_train_state, read_weights, save_tensors, warm_start,
+                                 write_model_files, write_train_state)
 from pipeline.metrics import NullSink, RunSink, plot_curves
 from pipeline.optim import EMA, AdamATan2, lr_at, sign_sgd_rows
 from pipeline.runtime import ensure_process_group
@@ -41,6 +41,8 @@ class TrainConfig:
     optimizer: Literal["adam_atan2", "adamw"] = "adam_atan2"
     lr: float = 1e-4
     lr_warmup: int = 2000
+    """Linear warm-up steps, capped at a quarter of train.steps so that a short run (a TTT budget plan)
+    still reaches the peak lr."""
     lr_min_ratio: float = 1.0
     """Cosine decay floor as a fraction of lr; 1.0 = constant after warm-up (TRM)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
@@ -185,7 +187,7 @@ class Trainer:
             for p in model.parameters():
                 p.requires_grad_(False)
         self.freeze_steps = int(c.freeze_fraction * c.steps) if c.trainable == "embeddings_then_all" else 0
-        if c.engine == "deepspeed" and c.trainable in ("lora", "embeddings_then_all"):
+        if c.engine == "deepspeed" and c.trainable != "all":
             raise ValueError(f"train.trainable={c.trainable} runs on the DDP engine only")
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = self._build_optimizer() if self.params else None
@@ -274,10 +276,26 @@ class Trainer:
             write_train_state(tmp, state, self.opt.state_dict() if self.opt is not None and self.engine is None else None)
         self.ckpt.commit(tmp, self.step, {"metric": metric, "prefix": self.prefix}, metric)
 
+    def _check_same_run(self, latest: Path) -> None:
+        """A run folder resumes only the run it holds: the same tasks, id table, model and training mode
+        (a TTT folder reused for other tasks would otherwise hand them another task's trained rows)."""
+        task_ids, ids, cfg = read_task_table(latest)
+        mine = self.sampler.ids
+        differs = [what for what, same in (
+            ("other tasks", list(task_ids) == list(self.task_ids)),
+            ("another puzzle-id table", ids is None or (ids.name, ids.num_ids) == (mine.name, mine.num_ids)),
+            ("another model config", cfg.model == self.run_cfg.model),
+            *((f"train.{k}={getattr(cfg.train, k)!r}", getattr(cfg.train, k) == getattr(self.cfg, k))
+              for k in ("trainable", "lora_rank", "init_from"))) if not same]
+        if differs:
+            raise CheckpointError(f"{self.run_dir} holds a run of {', '.join(differs)}: resume it as it was, or "
+                                  "use another run folder")
+
     def maybe_resume(self) -> bool:
         latest = self.ckpt.latest()
         if latest is None:
             return False
+        self._check_same_run(latest)
         dev = self.rt.device
         state, optim_state = read_train_state(latest, dev)
         weights = read_weights(latest, use_ema=False, device=dev)
@@ -329,7 +347,7 @@ class Trainer:
         self.sampler.step = self.step + 1
         if self.carry is None:
             self.carry = empty_carry(raw, batch, torch.float32)
-        lr_mult = lr_at(self.step, 1.0, c.lr_warmup, c.steps, c.lr_min_ratio)
+        lr_mult = self._lr_mult(self.step + 1)  # step n uses the schedule at n + 1, as the official loop
         held = {}
 
         def puzzle_vecs(ids):
@@ -363,6 +381,10 @@ class Trainer:
             self.ema.update(raw)
         return metrics
 
+    def _lr_mult(self, step: int) -> float:
+        c = self.cfg
+        return lr_at(step, 1.0, min(c.lr_warmup, c.steps // 4), c.steps, c.lr_min_ratio)
+
     def _skip(self, metrics: dict, what: str) -> dict:
         self.skipped += 1
         log.warning("step %d: non-finite %s, step skipped", self.step - 1, what)
@@ -389,7 +411,7 @@ class Trainer:
             if at_log:
                 rt.synchronize()
                 now = time.perf_counter()
-                row = self._reduce_metrics(acc, c.lr * lr_at(self.step, 1.0, c.lr_warmup, c.steps, c.lr_min_ratio),
+                row = self._reduce_metrics(acc, c.lr * self._lr_mult(self.step),  # the last step's lr
                                            self.step - n_last)
                 row[f"{self.prefix}/samples_per_s"] = (self.step - n_last) * c.global_batch / (now - t_last)
                 if peak:

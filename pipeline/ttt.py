@@ -13,6 +13,7 @@ The table of the TTT run holds only the hidden tasks' rows, so predict on the ru
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -43,17 +44,19 @@ def ttt_config(checkpoint: str | Path, preset: str | Path | None, overrides: lis
     ckpt = resolve_checkpoint(checkpoint)
     _, _, base = read_task_table(ckpt)
     base_dict = to_dict(base)
-    if sources:
-        base_dict["data"]["sources"] = sources
+    if sources:  # provenance only (TTT data is passed in); `#demos` so that a rebuild never reads outputs
+        base_dict["data"]["sources"] = [s if s.endswith("#demos") else s + "#demos" for s in sources]
+    if base_dict["train"]["engine"] == "deepspeed":  # the TTT table is small: DDP, and every mode runs there
+        base_dict["train"]["engine"] = "ddp"
     forced = [f"run_dir={run_dir}", f"train.init_from={ckpt}"]
     return load_config(preset, [*overrides, *forced], base=base_dict)
 
 
 def demo_tasks(tasks: list[Task], holdout: bool) -> list[Task]:
-    """Training tasks for TTT: demonstrations only. With `holdout`, the last demonstration of each task
-    with enough of them becomes a held-out test pair (its output known, never trained on) so that
-    evaluation during TTT measures pass@2 on pairs the model did not fit; the real test inputs keep their
-    place in the id table either way (their outputs are never read)."""
+    """Training tasks for TTT: demonstrations only (test outputs are never read). With `holdout`, the last
+    demonstration of each task with enough of them becomes a held-out test pair (its output known, never
+    trained on; it replaces the task's test inputs in this run) so that evaluation during TTT measures
+    pass@2 on a pair the model did not fit. That run is a measurement: its model has not seen that pair."""
     out = []
     for t in tasks:
         if holdout and len(t.train) >= MIN_DEMOS_FOR_HOLDOUT:
@@ -127,9 +130,9 @@ def run_ttt(cfg: RunConfig, rt: Runtime, tasks: list[Task], holdout: bool = Fals
 
 
 def safe_name(task_id: str) -> str:
-    """A file-system-safe folder name for a task id (ids come from input files)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", task_id).lstrip(".")
-    return name[:100] or "task"
+    """A file-system-safe, collision-free folder name for a task id (ids come from input files)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", task_id).lstrip(".")[:80] or "task"
+    return name if name == task_id else f"{name}-{hashlib.sha1(task_id.encode()).hexdigest()[:8]}"
 
 
 def per_task_dir(run_dir: str | Path, task_id: str) -> Path:
@@ -151,27 +154,31 @@ def run_ttt_per_task(cfg: RunConfig, rt: Runtime, tasks: list[Task], holdout: bo
     results = []
     mine = tasks[rt.rank::rt.world_size]
     for k, t in enumerate(mine):
-        sub = dataclasses.replace(cfg, run_dir=str(per_task_dir(cfg.run_dir, t.id)))
+        # Per task, torch.compile would recompile for every task: its cost would not pay back.
+        sub = dataclasses.replace(cfg, run_dir=str(per_task_dir(cfg.run_dir, t.id)),
+                                  train=dataclasses.replace(cfg.train, compile=False))
         task_stop = stop
         if stop is not None and stop.deadline is not None:  # the time left, shared by the tasks left
             share = (stop.deadline - time.time()) / (len(mine) - k)
             task_stop = dataclasses.replace(stop, deadline=time.time() + share)
         try:
             results.append(run_ttt(sub, solo, [t], holdout, task_stop))
-        except (DataError, RuntimeError, ValueError) as e:
+        except (DataError, RuntimeError, ValueError) as e:  # predict gives this task the pretrained model
             log.error("TTT failed for task %s: %s; it will use the pretrained model", t.id, e)
     return results
 
 
 def ttt_index(run_dir: str | Path) -> dict:
-    """What a TTT run folder holds: {"joint": True} or {"per_task": {task_id: folder}} (for predict)."""
+    """What a TTT run folder holds, for predict: {"joint": True}, or {"per_task": {task_id: folder},
+    "base": the pretrained checkpoint they started from}. A folder with a joint run is read as joint."""
     run_dir = Path(run_dir)
     tasks_dir = run_dir / "tasks"
     if tasks_dir.is_dir() and not (run_dir / "ckpt").is_dir():
-        out = {}
+        out, base = {}, None
         for f in sorted(tasks_dir.glob("*/ttt.json")):
             meta = json.loads(f.read_text())
+            base = base or meta.get("checkpoint")
             for tid in meta["tasks"]:
                 out[tid] = f.parent
-        return {"per_task": out}
+        return {"per_task": out, "base": base}
     return {"joint": True}

@@ -71,10 +71,11 @@ def main(argv=None) -> int:
         if args.no_translate:
             overrides["translate"] = False
         deadline = t_start + args.time_budget if args.time_budget else None
-        runs = ttt_index(args.checkpoint).get("per_task")
-        if runs is not None:  # a `stages.ttt --per-task` folder: each task has its own model
-            log.info("per-task TTT runs for %d tasks", len(runs))
-            hidden = predict_per_task_runs(runs, res, overrides, rt, deadline, use_ema=not args.raw_weights)
+        index = ttt_index(args.checkpoint)
+        if "per_task" in index:  # a `stages.ttt --per-task` folder: each task has its own model
+            log.info("per-task TTT runs for %d tasks", len(index["per_task"]))
+            hidden = predict_per_task_runs(index["per_task"], index["base"], res, overrides, rt, deadline,
+                                           use_ema=not args.raw_weights)
         else:
             loaded = load_for_prediction(args.checkpoint, rt.device, use_ema=not args.raw_weights)
             pcfg = dataclasses.replace(loaded.config.predict, **overrides)

@@ -142,6 +142,22 @@ def test_per_task_runs_each_get_their_own_model_and_predict_uses_them(tiny_check
     assert set(json.loads(sub.read_text())) == set(raw)
 
 
+def test_a_ttt_folder_resumes_only_its_own_run(tiny_checkpoint, tmp_path):
+    """Reusing a TTT folder for other tasks (or another mode) is a clear error, not a silent resume that
+    would hand the new tasks another task's trained rows."""
+    out = tmp_path / "ttt"
+    a, _ = write_challenges(tmp_path / "a", "tasks=2,seed=7,size=4,demos=4,tests=1,fixed=1,families=colour_map")
+    b, _ = write_challenges(tmp_path / "b", "tasks=2,seed=8,size=4,demos=4,tests=1,fixed=1,families=colour_map")
+    args = ["--out", str(out), "--config", "configs/demo_ttt.yaml", "--set", "train.steps=2", *TINY]
+    stage("stages.ttt", "--checkpoint", str(tiny_checkpoint), "--challenges", str(a), *args)
+    for challenges, extra in ((b, []), (a, ["train.trainable=embeddings"])):
+        r = subprocess.run([sys.executable, "-m", "stages.ttt", "--checkpoint", str(tiny_checkpoint), "--challenges",
+                            str(challenges), *args, *extra], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert "holds a run of" in r.stderr.strip().splitlines()[-1]
+
+
 def test_lora_merged_weights_compute_the_adapted_model():
     from pipeline.lora import add_lora, lora_scales, merged_state
     from pipeline.model import TRM, ModelConfig
