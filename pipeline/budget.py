@@ -48,7 +48,7 @@ from pipeline.build import build_run
 from pipeline.checkpoint import LoadedModel
 from pipeline.config import RunConfig
 from pipeline.dataset import canvas_problem
-from pipeline.infer import PredictConfig, predict_tests
+from pipeline.infer import PredictConfig, model_batch, predict_tests
 from pipeline.runtime import Runtime
 from pipeline.sampler import pack_tasks
 from pipeline.tasks import Task
@@ -103,7 +103,8 @@ class Calibration:
     inputs_per_rank: int = 0
     """Test inputs the slowest rank predicts (they are sharded over ranks)."""
     batch: int = 0
-    """Views per model batch it was measured with (predict.batch_size; 0 = unknown, no batch rounding)."""
+    """Views per model batch (pipeline.infer.model_batch: predict.batch_size, fewer on CPU; 0 = unknown, no
+    batch rounding)."""
     max_chunk_views: int = 65536
     """predict.chunk_views: views held in memory at once (bounds a chunk)."""
     ttt_error: str | None = None
@@ -330,7 +331,8 @@ def calibrate_predict(loaded: LoadedModel, tasks: list[Task], pcfg: PredictConfi
     packed = pack_tasks(fit)
     rows = np.arange(min(inputs, len(packed.test_task)))
     n_sup = pcfg.max_steps or loaded.model.cfg.halt_max_steps
-    cfg = dataclasses.replace(pcfg, augs=max(1, -(-pcfg.batch_size // len(rows))), adaptive_halting=False,
+    batch = model_batch(pcfg, rt.device, loaded.model.cfg.total_len)
+    cfg = dataclasses.replace(pcfg, augs=max(1, -(-batch // len(rows))), adaptive_halting=False,
                               max_steps=min(steps, n_sup))
     model = torch.compile(loaded.model) if rt.compiles(pcfg.compile) else loaded.model
     to_ckpt = np.full(packed.num_tasks, -1, dtype=np.int64)  # the mean embedding: any row costs the same

@@ -36,6 +36,7 @@ from pipeline.budget import (Calibration, Plan, Policy, calibrate_predict, calib
 from pipeline.checkpoint import CheckpointError, load_for_prediction, resolve_checkpoint
 from pipeline.dataset import canvas_problem
 from pipeline.hidden import MODEL_ERRORS, details_of, load_challenges, predict_challenges, summary_line
+from pipeline.infer import model_batch
 from pipeline.kaggle_input import count_inputs
 from pipeline.metrics import setup_logging
 from pipeline.runtime import Runtime, init_runtime, shutdown_runtime
@@ -129,7 +130,8 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
 
     # -- calibration on this file and these devices ------------------------------------------------------------
     t0 = time.time()
-    cal = Calibration(inputs_per_rank=math.ceil(n_inputs / rt.world_size), batch=cfg.predict.batch_size,
+    cal = Calibration(inputs_per_rank=math.ceil(n_inputs / rt.world_size),
+                      batch=model_batch(cfg.predict, rt.device, cfg.model.total_len),
                       max_chunk_views=cfg.predict.chunk_views)
     try:
         cal.ttt_startup_s, cal.ttt_step_s, cal.ttt_save_s = calibrate_ttt(cfg, rt, res.tasks,
@@ -176,12 +178,15 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
             stop = Stop(deadline=dl.ttt, when=heartbeat(plan.ttt_steps, max(30.0, job.budget_s / 100)))
             result = run_ttt(dataclasses.replace(cfg, train=train), rt, res.tasks, stop=stop)
             ttt_info = {"steps": result.step, "stopped": result.stopped}
-        except Exception as e:  # whatever went wrong, what TTT saved (or the pretrained model) still predicts
+        except CheckpointError as e:  # the folder holds another run (pipeline.train): never predict with it
+            log.error("TTT cannot use %s (%s): the pretrained model predicts", run_dir, e)
+            ttt_info["error"], run_dir = str(e), None
+        except Exception as e:  # whatever else went wrong, what TTT saved (or the pretrained model) still predicts
             log.exception("TTT failed (%s): prediction uses its latest checkpoint, if any, else the pretrained model",
                           e)
             ttt_info["error"] = str(e)
         try:
-            model_path = str(resolve_checkpoint(run_dir))
+            model_path = str(resolve_checkpoint(run_dir)) if run_dir else model_path
         except CheckpointError:
             log.error("TTT left no checkpoint: the pretrained model predicts")
         seconds["ttt"] = time.time() - t0
