@@ -347,7 +347,7 @@ class Trainer:
         self.sampler.step = self.step + 1
         if self.carry is None:
             self.carry = empty_carry(raw, batch, torch.float32)
-        lr_mult = self._lr_mult(self.step + 1)  # step n uses the schedule at n + 1, as the official loop
+        lr_mult = self._lr_mult(self.step)
         held = {}
 
         def puzzle_vecs(ids):
@@ -411,7 +411,7 @@ class Trainer:
             if at_log:
                 rt.synchronize()
                 now = time.perf_counter()
-                row = self._reduce_metrics(acc, c.lr * self._lr_mult(self.step),  # the last step's lr
+                row = self._reduce_metrics(acc, c.lr * self._lr_mult(self.step - 1),  # the last step's lr
                                            self.step - n_last)
                 row[f"{self.prefix}/samples_per_s"] = (self.step - n_last) * c.global_batch / (now - t_last)
                 if peak:
