@@ -172,7 +172,9 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
     model_path, ttt_info = job.checkpoint, {"steps": 0, "stopped": None}
     if plan.ttt_steps > 0:
         t0 = time.time()
+        # A planned run shorter than the recipe keeps its warm-up to a quarter of it, so it reaches the peak lr.
         train = dataclasses.replace(cfg.train, steps=plan.ttt_steps,
+                                    lr_warmup=min(cfg.train.lr_warmup, plan.ttt_steps // 4),
                                     ckpt_every=min(cfg.train.ckpt_every, plan.ttt_steps))
         try:
             stop = Stop(deadline=dl.ttt, when=heartbeat(plan.ttt_steps, max(30.0, job.budget_s / 100)))

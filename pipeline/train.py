@@ -41,8 +41,6 @@ class TrainConfig:
     optimizer: Literal["adam_atan2", "adamw"] = "adam_atan2"
     lr: float = 1e-4
     lr_warmup: int = 2000
-    """Linear warm-up steps, capped at a quarter of train.steps so that a short run (a TTT budget plan)
-    still reaches the peak lr."""
     lr_min_ratio: float = 1.0
     """Cosine decay floor as a fraction of lr; 1.0 = constant after warm-up (TRM)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
@@ -278,7 +276,8 @@ class Trainer:
 
     def _check_same_run(self, latest: Path) -> None:
         """A run folder resumes only the run it holds: the same tasks, id table, model and training mode
-        (a TTT folder reused for other tasks would otherwise hand them another task's trained rows)."""
+        (a TTT folder reused for other tasks would otherwise hand them another task's trained rows). The warm
+        start's source is not compared: it is read only by a fresh run."""
         task_ids, ids, cfg = read_task_table(latest)
         mine = self.sampler.ids
         differs = [what for what, same in (
@@ -286,7 +285,7 @@ class Trainer:
             ("another puzzle-id table", ids is None or (ids.name, ids.num_ids) == (mine.name, mine.num_ids)),
             ("another model config", cfg.model == self.run_cfg.model),
             *((f"train.{k}={getattr(cfg.train, k)!r}", getattr(cfg.train, k) == getattr(self.cfg, k))
-              for k in ("trainable", "lora_rank", "init_from"))) if not same]
+              for k in ("trainable", "lora_rank"))) if not same]
         if differs:
             raise CheckpointError(f"{self.run_dir} holds a run of {', '.join(differs)}: resume it as it was, or "
                                   "use another run folder")
@@ -383,7 +382,7 @@ class Trainer:
 
     def _lr_mult(self, step: int) -> float:
         c = self.cfg
-        return lr_at(step, 1.0, min(c.lr_warmup, c.steps // 4), c.steps, c.lr_min_ratio)
+        return lr_at(step, 1.0, c.lr_warmup, c.steps, c.lr_min_ratio)
 
     def _skip(self, metrics: dict, what: str) -> dict:
         self.skipped += 1

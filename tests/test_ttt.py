@@ -158,6 +158,33 @@ def test_a_ttt_folder_resumes_only_its_own_run(tiny_checkpoint, tmp_path):
         assert "holds a run of" in r.stderr.strip().splitlines()[-1]
 
 
+def test_the_recipe_freezes_the_trunk_for_its_first_steps_and_lora_only_trains_adapters(tiny_checkpoint, tmp_path):
+    """embeddings_then_all: the trunk is the warm start's after freeze_fraction x steps and moves after;
+    lora: the saved base weights stay the pretrained ones and only the adapters train."""
+    from safetensors.torch import load_file
+
+    from pipeline.checkpoint import list_checkpoints, load_for_prediction
+
+    ch, _ = write_challenges(tmp_path, UNSEEN)
+    warm = load_for_prediction(tiny_checkpoint).model.state_dict()  # TTT starts from the EMA weights
+    out = tmp_path / "recipe"
+    stage("stages.ttt", "--checkpoint", str(tiny_checkpoint), "--challenges", str(ch), "--out", str(out), "--config",
+          "configs/demo_ttt.yaml", "--set", "train.steps=4", "train.trainable=embeddings_then_all",
+          "train.freeze_fraction=0.5", "train.ckpt_every=1", "train.keep_last=10", *TINY)
+    ckpts = {int(c.name.split("-")[1]): c for c in list_checkpoints(out / "ckpt")}
+    trunk = lambda c: {k: v for k, v in load_file(str(c / "model.safetensors")).items() if k != "puzzle_emb"}  # noqa: E731
+    assert all(torch.equal(v, warm[k]) for k, v in trunk(ckpts[2]).items())
+    assert not all(torch.equal(v, warm[k]) for k, v in trunk(ckpts[3]).items())
+    out = tmp_path / "lora"
+    stage("stages.ttt", "--checkpoint", str(tiny_checkpoint), "--challenges", str(ch), "--out", str(out), "--config",
+          "configs/demo_ttt.yaml", "--set", "train.steps=3", "train.trainable=lora", "train.lora_rank=2", *TINY)
+    lora = load_file(str(list_checkpoints(out / "ckpt")[-1] / "lora.safetensors"))
+    for k, v in lora.items():
+        if ".base." in k and not k.startswith("ema."):
+            assert torch.equal(v, warm[k.replace(".base.", ".")]), k
+    assert any(k.endswith("lora_b") and v.abs().sum() > 0 for k, v in lora.items())
+
+
 def test_lora_merged_weights_compute_the_adapted_model():
     from pipeline.lora import add_lora, lora_scales, merged_state
     from pipeline.model import TRM, ModelConfig
