@@ -27,18 +27,11 @@ from pipeline.hidden import details_of, load_challenges, predict_challenges, pre
 from pipeline.metrics import setup_logging
 from pipeline.runtime import init_runtime, shutdown_runtime
 from pipeline.ttt import ttt_index
-from stages._cli import run
+from stages._cli import positive_int, run
 from pipeline.tasks import write_json_atomic
 from submission.format import build_submission
 
 log = logging.getLogger("predict")
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
 
 
 def parse_args(argv=None):

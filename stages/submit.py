@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from stages._cli import fail, positive_int, run
+
 STARTED = time.time()
 
 
@@ -50,13 +52,6 @@ def reexec_with_fixed_hash_seed() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     os.environ["TRM_SUBMIT_STARTED"] = repr(STARTED)  # the budget counts from the first start
     os.execv(sys.executable, [sys.executable, "-m", "stages.submit", *sys.argv[1:]])
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
 
 
 def parse_args(argv=None):
@@ -75,15 +70,15 @@ def parse_args(argv=None):
     p.add_argument("--policy", default="ttt_first", choices=["ttt_first", "views_first"],
                    help="which gets time first beyond the view floor: TTT steps (McGovern) or views")
     p.add_argument("--margin", type=float, default=0.15, help="fraction of the budget left unplanned")
-    p.add_argument("--views-floor", type=positive, default=256)
-    p.add_argument("--views-max", type=positive, default=1000)
-    p.add_argument("--views-min", type=positive, default=8)
+    p.add_argument("--views-floor", type=positive_int, default=256)
+    p.add_argument("--views-max", type=positive_int, default=1000)
+    p.add_argument("--views-min", type=positive_int, default=8)
     p.add_argument("--ttt-max-steps", type=int, default=0, help="most TTT steps (0: the preset's train.steps)")
     p.add_argument("--ttt-min-steps", type=int, default=100, help="fewer steps than this fit: no TTT")
     p.add_argument("--steps-fraction", type=float, default=1.0,
                    help="expected fraction of the N_sup steps a view runs (1: the worst case; lower plans more views)")
     p.add_argument("--ttt-steps", type=int, default=None, help="pin the TTT steps (0: no TTT)")
-    p.add_argument("--views", type=positive, default=None, help="pin the views per test input")
+    p.add_argument("--views", type=positive_int, default=None, help="pin the views per test input")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true", help="torch deterministic kernels (slower on GPU)")
     p.add_argument("--progress", action="store_true", help="progress bars (off: Kaggle logs stay short)")
@@ -144,9 +139,7 @@ if __name__ == "__main__":
 
     try:
         early = fallback_first()
-    except DataError as e:  # reported as stages._cli reports it; that module imports torch, so not yet
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    from stages._cli import run
+    except DataError as e:  # before torch is imported
+        fail(e)
 
     run(lambda argv: main(argv, early))
