@@ -13,10 +13,12 @@ The table of the TTT run holds only the hidden tasks' rows, so predict on the ru
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,14 +145,8 @@ def run_ttt_per_task(cfg: RunConfig, rt: Runtime, tasks: list[Task], holdout: bo
                      stop: Stop | None = None) -> list[TTTResult]:
     """One short run per task (its own trunk and rows) in RUN/tasks/<task>/; under torchrun the tasks are
     spread over the ranks, each rank training its share alone on its own device. A task that fails is
-    logged and left to the fallback; the others go on."""
-    import dataclasses
-
-    from pipeline.runtime import Runtime as RT
-
-    import time
-
-    solo = RT(device=rt.device, dtype=rt.dtype, rank=0, world_size=1, local_rank=rt.local_rank)
+    logged (predict gives it the pretrained model); the others go on."""
+    solo = dataclasses.replace(rt, rank=0, world_size=1)  # each rank trains its share alone
     results = []
     mine = tasks[rt.rank::rt.world_size]
     for k, t in enumerate(mine):
