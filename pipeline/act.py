@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.crop import used_extent
 from pipeline.model import TRM
 
 IGNORE = -100
@@ -81,7 +83,8 @@ def supervision_step(model, carry: Carry, batch: dict[str, torch.Tensor], puzzle
     raw = unwrap(model)
     cfg = raw.cfg
     carry = refill(raw, carry, batch)
-    y, z, logits, q_halt, _ = model(carry.inputs, puzzle_vecs_fn(carry.puzzle_ids), carry.y, carry.z)
+    crop = used_extent(carry.inputs, carry.labels, raw.canvas, IGNORE) if cfg.crop else None
+    y, z, logits, q_halt, _ = model(carry.inputs, puzzle_vecs_fn(carry.puzzle_ids), carry.y, carry.z, crop)
     labels = carry.labels
     with torch.no_grad():
         steps = carry.steps + 1
@@ -120,11 +123,14 @@ def supervision_step(model, carry: Carry, batch: dict[str, torch.Tensor], puzzle
 
 @torch.inference_mode()
 def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None, batch_size: int,
-                   max_steps: int | None = None, adaptive: bool = True, dtype: torch.dtype = torch.float32):
+                   max_steps: int | None = None, adaptive: bool = True, dtype: torch.dtype = torch.float32,
+                   extents: np.ndarray | None = None):
     """Run every view until it halts (q_halt > 0, or max_steps) with continuous batching: B slots stay full,
     and a slot whose view halted is refilled with the next pending view (reset to the initial state), as
     the ACT carry does in training. Shapes stay [B, ...] throughout, which suits torch.compile.
     `adaptive=False` runs every view for max_steps (the official evaluation).
+    `extents` [N, 2] (model.crop): the canvas rows and columns each view needs; a step runs the rectangle
+    that covers its live slots (order the views by extent so that slots hold similar sizes).
 
     Returns argmax predictions [N, seq_len] uint8, halting probability [N] float64 and steps used [N]."""
     raw = unwrap(model)
@@ -142,9 +148,16 @@ def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None
     slot_inputs = inputs[:B].clone()
     slot_vecs = puzzle_vecs[:B].clone() if puzzle_vecs is not None else None
     pending = B
+    crop_of = None
+    if extents is not None and raw.cfg.crop:
+        host_view = np.arange(B)  # the host's copy of `view`, kept in step at the step's one sync
+
+        def crop_of():
+            e = extents[host_view[host_view >= 0]]
+            return int(e[:, 0].max()), int(e[:, 1].max())
     while True:
         live = view >= 0
-        y, z, logits, q_halt, _ = model(slot_inputs, slot_vecs, y, z)
+        y, z, logits, q_halt, _ = model(slot_inputs, slot_vecs, y, z, crop_of() if crop_of else None)
         slot_steps += 1
         done = live & ((slot_steps >= max_steps) | ((q_halt > 0) if halts else False))
         idx = done.nonzero().flatten()  # the one sync of a step
@@ -155,6 +168,10 @@ def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None
             steps[v] = slot_steps[idx]
             take = min(len(idx), N - pending)
             view[idx] = -1
+            if crop_of:
+                host_idx = idx.cpu().numpy()
+                host_view[host_idx] = -1
+                host_view[host_idx[:take]] = np.arange(pending, pending + take)
             if take:  # refill freed slots with pending views from their initial state
                 fill = idx[:take]
                 new = torch.arange(pending, pending + take, device=dev)

@@ -15,6 +15,7 @@ from kernels import DIHEDRAL_SWAPS_AXES
 from kernels.inverse import decode_view, hash_views
 from kernels.vote import vote_topk
 from pipeline.act import predict_stream, unwrap
+from pipeline.crop import view_extents
 from pipeline.runtime import autocast_for
 from pipeline.sampler import PackedTasks, PuzzleIdScheme, encode, random_perms
 
@@ -38,6 +39,10 @@ class PredictConfig:
     edge of a translated axis is clipped and casts no vote. The official evaluation never translates test
     inputs (False reproduces it); the model is trained on translated pairs, so views at several offsets
     add diversity to the vote."""
+    max_offset: int = 0
+    """Translated views move at most this many cells down and right (0 = anywhere with room for the answer).
+    Set it to the training's data.max_offset, so that views stay where the model saw grids and, under
+    model.crop, a view's rectangle stays small."""
     top_k: int = 2
     """Attempts per test input."""
     chunk_views: int = 65536
@@ -73,6 +78,8 @@ class Views:
     r0: np.ndarray
     c0: np.ndarray
     seg_starts: np.ndarray
+    extents: np.ndarray | None = None
+    """[N, 2] canvas rows and columns each view needs, its answer included (pipeline/crop.py)."""
 
 
 def _axis_bound(d_in: np.ndarray, d_out: np.ndarray, n: int) -> int:
@@ -106,25 +113,29 @@ def answer_bound(packed: PackedTasks, t: int) -> tuple[int, int]:
             _axis_bound(packed.widths[gi], packed.widths[go], int(packed.widths[ti])))
 
 
-def _view_offsets(bound: tuple[int, int], dihedral: np.ndarray, u: np.ndarray, canvas: int) -> np.ndarray:
+def _view_offsets(bound: tuple[int, int], dihedral: np.ndarray, u: np.ndarray, canvas: int,
+                  max_offset: int = 0) -> np.ndarray:
     """Offsets [2, n] from uniform draws u [2, n]: along each axis, anywhere that leaves room for the bounded
-    answer (transformed by the view's dihedral) plus its EOS border; 0 where the bound is unknown (0)."""
+    answer (transformed by the view's dihedral) plus its EOS border, and at most max_offset (0 = no limit);
+    0 where the bound is unknown (0)."""
     bh, bw = bound
     swap = np.asarray(DIHEDRAL_SWAPS_AXES)[dihedral]
     out = np.empty_like(u, dtype=np.int64)
     for axis, (b, b_swapped) in enumerate(((bh, bw), (bw, bh))):
         size = np.where(swap, b_swapped, b)
         room = np.where(size > 0, np.maximum(canvas - size - 1, 0), 0)  # last offset with the border inside
+        if max_offset:
+            room = np.minimum(room, max_offset)
         out[axis] = (u[axis] * (room + 1)).astype(np.int64)
     return out
 
 
 def make_views(packed: PackedTasks, test_rows: np.ndarray, task_to_ckpt: np.ndarray, ids: PuzzleIdScheme,
-               n_views: int, canvas: int, translate: bool, seed: int) -> Views:
+               n_views: int, canvas: int, translate: bool, seed: int, max_offset: int = 0) -> Views:
     """Views of packed test inputs `test_rows`. `task_to_ckpt[k]` is the checkpoint's task index of packed task
     k, or -1 for a task the model never saw (it then gets the mean puzzle embedding and random augmentations).
-    Translated views leave room for the answer (PredictConfig.translate)."""
-    d_all, p_all, id_all, in_all, off_all, counts = [], [], [], [], [], []
+    Translated views leave room for the answer and move at most max_offset (PredictConfig)."""
+    d_all, p_all, id_all, in_all, off_all, counts, bounds = [], [], [], [], [], [], []
     requested = n_views
     for t in test_rows:
         # Every view depends on (seed, test input) only, so sharding and chunking never change results.
@@ -145,7 +156,9 @@ def make_views(packed: PackedTasks, test_rows: np.ndarray, task_to_ckpt: np.ndar
             pid = np.full(n_views, -1, dtype=np.int64)
         u = rng.random((2, n_views)) if translate else np.zeros((2, n_views))
         u[:, 0] = 0.0  # view 0: untranslated
-        off_all.append(_view_offsets(answer_bound(packed, t), d, u, canvas))
+        bound = answer_bound(packed, t)
+        off_all.append(_view_offsets(bound, d, u, canvas, max_offset))
+        bounds.append(np.tile(np.asarray(bound, np.int64), (n_views, 1)))
         d_all.append(d), p_all.append(perms), id_all.append(pid)
         in_all.append(np.full(n_views, packed.test_in[t], dtype=np.int64))
     n = int(sum(counts))
@@ -159,8 +172,10 @@ def make_views(packed: PackedTasks, test_rows: np.ndarray, task_to_ckpt: np.ndar
     u = (off + 0.5) / (canvas - sizes + 1)
     enc = encode(packed, ins, np.full(n, -1), d, perms, u[0], u[1], canvas)
     assert (enc["r0"] == off[0]).all() and (enc["c0"] == off[1]).all()
+    extents = view_extents(packed.heights[ins], packed.widths[ins], np.concatenate(bounds), d, enc["r0"], enc["c0"],
+                           canvas)
     return Views(enc["inputs"], np.concatenate(id_all), d, perms, enc["r0"], enc["c0"],
-                 np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+                 np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), extents)
 
 
 def puzzle_table_lookup(table: torch.Tensor):
@@ -189,14 +204,22 @@ def model_batch(cfg: PredictConfig, device: torch.device, total_len: int) -> int
 
 
 def run_views(model, views: Views, cfg: PredictConfig, device: torch.device, dtype: torch.dtype, lookup=None):
+    """Predictions, halting confidence and steps of every view, in the views' order. Under model.crop the
+    views run largest rectangle first, so that the slots of a batch hold views of similar size."""
     raw = unwrap(model)
     lookup = lookup or puzzle_table_lookup(raw.puzzle_emb)
-    inputs = torch.from_numpy(views.inputs).to(device)
-    vecs = lookup(torch.from_numpy(views.puzzle_ids).to(device))
+    order = np.arange(len(views.inputs))
+    extents = None
+    if raw.cfg.crop and views.extents is not None:
+        order = np.lexsort((-views.extents[:, 1], -views.extents[:, 0]), axis=0)
+        extents = views.extents[order]
+    inputs = torch.from_numpy(views.inputs[order]).to(device)
+    vecs = lookup(torch.from_numpy(views.puzzle_ids[order]).to(device))
     with autocast_for(device, dtype):
         preds, conf, steps = predict_stream(model, inputs, vecs, model_batch(cfg, device, raw.cfg.total_len),
-                                            cfg.max_steps or None, cfg.adaptive_halting)
-    return preds.cpu().numpy(), conf.double().cpu().numpy(), steps.cpu().numpy()
+                                            cfg.max_steps or None, cfg.adaptive_halting, extents=extents)
+    back = np.argsort(order)
+    return preds.cpu().numpy()[back], conf.double().cpu().numpy()[back], steps.cpu().numpy()[back]
 
 
 def vote(views: Views, preds: np.ndarray, conf: np.ndarray, canvas: int, k: int):
@@ -228,7 +251,7 @@ def predict_tests(model, packed: PackedTasks, test_rows: np.ndarray, task_to_ckp
     for s in range(0, len(test_rows), per_chunk):
         rows = test_rows[s:s + per_chunk]
         t0 = time.perf_counter()
-        views = make_views(packed, rows, task_to_ckpt, ids, cfg.augs, canvas, cfg.translate, cfg.seed)
+        views = make_views(packed, rows, task_to_ckpt, ids, cfg.augs, canvas, cfg.translate, cfg.seed, cfg.max_offset)
         preds, conf, steps = run_views(model, views, cfg, device, dtype, lookup)
         voted = vote(views, preds, conf, canvas, cfg.top_k)
         dt = (time.perf_counter() - t0) / len(rows)

@@ -52,6 +52,11 @@ class ModelConfig:
     mlp_t: bool = False
     """Replace self-attention with an MLP across the sequence axis (the paper's MLP-mixer variant)."""
     loss: Literal["stablemax", "softmax"] = "stablemax"
+    crop: bool = False
+    """Task-sized sequences: each step runs only the canvas rectangle [0:rows, 0:cols] that its examples use
+    (grids, EOS border, translation; pipeline/crop.py), the puzzle prefix unchanged and every cell at the
+    position (RoPE angle or learned row) it has on the full canvas, so a checkpoint trained without crop
+    sees its usual geometry. Not exact: the official model also attends over the padding. Off = official."""
 
     def __post_init__(self) -> None:
         if self.hidden % self.heads:
@@ -60,6 +65,10 @@ class ModelConfig:
             raise ValueError("model.puzzle_emb_ndim must fit into puzzle_emb_len * hidden")
         if min(self.layers, self.h_cycles, self.l_cycles, self.halt_max_steps) < 1:
             raise ValueError("model.layers, h_cycles, l_cycles and halt_max_steps must be >= 1")
+        if self.crop and self.mlp_t:
+            raise ValueError("model.crop needs attention: the mlp_t mixer's weights are sized to the full sequence")
+        if self.crop and math.isqrt(self.seq_len) ** 2 != self.seq_len:
+            raise ValueError(f"model.crop needs a square canvas; seq_len={self.seq_len} is not a square")
 
     @property
     def total_len(self) -> int:
@@ -177,7 +186,20 @@ class TRM(nn.Module):
             self.register_buffer("rope_sin", emb.sin(), persistent=False)
 
     # -- pieces -------------------------------------------------------------------------------------
-    def embed(self, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None) -> torch.Tensor:
+    def keep_index(self, rows: int, cols: int) -> torch.Tensor:
+        """Sequence positions (prefix first) of the canvas rectangle [0:rows, 0:cols], numbered as on the full
+        canvas: prefix p -> p, cell (r, c) -> puzzle_emb_len + r * canvas + c."""
+        canvas = self.canvas
+        key = (rows, cols)
+        cache = self.__dict__.setdefault("_keep_cache", {})
+        if key not in cache or cache[key].device != self.y_init.device:
+            P = self.cfg.puzzle_emb_len
+            cells = (torch.arange(rows)[:, None] * canvas + torch.arange(cols)[None, :]).flatten()
+            cache[key] = torch.cat((torch.arange(P), P + cells)).to(self.y_init.device)
+        return cache[key]
+
+    def embed(self, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None, keep: torch.Tensor | None = None):
+        """Token + puzzle-prefix embedding of `inputs` (the grid tokens at positions keep[P:] when cropped)."""
         x = self.embed_tokens(inputs.long())
         P = self.cfg.puzzle_emb_len
         if P:
@@ -189,20 +211,20 @@ class TRM(nn.Module):
                 prefix = flat.view(B, P, self.cfg.hidden)
             x = torch.cat((prefix, x), dim=1)
         if self.cfg.pos_encodings == "learned":
-            x = 0.707106781 * (x + self.embed_pos.to(x.dtype))
+            pos = self.embed_pos if keep is None else self.embed_pos[keep]
+            x = 0.707106781 * (x + pos.to(x.dtype))
         return self.embed_scale * x
 
-    def net(self, h: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
-        rope = (self.rope_cos, self.rope_sin) if self.cfg.pos_encodings == "rope" else None
+    def net(self, h: torch.Tensor, injection: torch.Tensor, rope=None) -> torch.Tensor:
         h = h + injection
         for blk in self.blocks:
             h = blk(h, rope)
         return h
 
-    def _cycle(self, x, y, z):
+    def _cycle(self, x, y, z, rope):
         for _ in range(self.cfg.l_cycles):
-            z = self.net(z, y + x)
-        return self.net(y, z), z
+            z = self.net(z, y + x, rope)
+        return self.net(y, z, rope), z
 
     def initial_state(self, batch_size: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (batch_size, self.cfg.total_len, self.cfg.hidden)
@@ -214,20 +236,44 @@ class TRM(nn.Module):
         return torch.where(r, self.y_init.to(y.dtype), y), torch.where(r, self.z_init.to(z.dtype), z)
 
     # -- one supervision step -------------------------------------------------------------------------
-    def forward(self, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None, y: torch.Tensor, z: torch.Tensor):
+    def forward(self, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None, y: torch.Tensor, z: torch.Tensor,
+                crop: tuple[int, int] | None = None):
         """One deep-supervision step from input tokens [B, seq_len], puzzle vectors [B, ndim] and carried
-        (y, z). Embedding happens here so that DDP/DeepSpeed see every parameter used in forward().
+        (y, z) [B, total_len, hidden]. Embedding happens here so that DDP/DeepSpeed see every parameter used
+        in forward().
+
+        `crop=(rows, cols)` (model.crop) runs the step on that canvas rectangle only: (y, z) are read and
+        written there and stay as they were elsewhere, and logits outside it are 0 (argmax PAD; callers
+        crop so that every label outside is ignored).
 
         Returns (y, z) detached for the next step, logits [B, seq_len, vocab], and the fp32 halting
         logits (q_halt, q_continue)."""
-        x = self.embed(inputs, puzzle_vecs).to(y.dtype)
+        keep, rope = None, None
+        if self.cfg.pos_encodings == "rope":
+            rope = (self.rope_cos, self.rope_sin)
+        if crop is not None and crop[0] * crop[1] < self.cfg.seq_len:
+            keep = self.keep_index(*crop)
+            inputs = inputs[:, keep[self.cfg.puzzle_emb_len:] - self.cfg.puzzle_emb_len]
+            rope = (rope[0][keep], rope[1][keep]) if rope is not None else None
+            y_all, z_all, y, z = y, z, y[:, keep], z[:, keep]
+        x = self.embed(inputs, puzzle_vecs, keep).to(y.dtype)
         with torch.no_grad():
             for _ in range(self.cfg.h_cycles - 1):
-                y, z = self._cycle(x, y, z)
-        y, z = self._cycle(x, y, z)
+                y, z = self._cycle(x, y, z, rope)
+        y, z = self._cycle(x, y, z, rope)
         logits = self.lm_head(y)[:, self.cfg.puzzle_emb_len:]
         q = self.q_head(y[:, 0]).float()
-        return y.detach(), z.detach(), logits, q[..., 0], q[..., 1]
+        y, z = y.detach(), z.detach()
+        if keep is not None:  # back onto the full canvas
+            cells = keep[self.cfg.puzzle_emb_len:] - self.cfg.puzzle_emb_len
+            full = logits.new_zeros(logits.shape[0], self.cfg.seq_len, logits.shape[-1])
+            logits = full.index_copy(1, cells, logits)
+            y, z = y_all.index_copy(1, keep, y), z_all.index_copy(1, keep, z)
+        return y, z, logits, q[..., 0], q[..., 1]
+
+    @property
+    def canvas(self) -> int:
+        return math.isqrt(self.cfg.seq_len)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -11,6 +11,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from kernels import DIHEDRAL_SWAPS_AXES
 from kernels.augment import encode_pairs
 from pipeline.tasks import Task
 from pipeline.versions import DUMMY_OUTPUT, VersionHasher, distinct_versions
@@ -27,6 +28,16 @@ class DataConfig:
     """Side of the token canvas (30 for ARC; smaller for synthetic CPU configs). model.seq_len = canvas**2."""
     translate: bool = True
     """Random placement of each training example inside the canvas (same offset for input and output)."""
+    max_offset: int = 0
+    """Translation moves a grid at most this many cells down and right (0 = anywhere in the canvas, as TRM).
+    A small value keeps grids near the top-left, which is what lets model.crop shorten training sequences."""
+    bucket_steps: int = 0
+    """Size bucketing for model.crop: the tasks of each run of this many steps come from one of
+    `size_buckets` groups of tasks of similar size, so the ACT slots (which carry examples across up to
+    halt_max_steps steps) hold similar sizes; 0 = off. Over many runs every task is drawn as often as
+    without bucketing."""
+    size_buckets: int = 4
+    """Groups of equal task count, by each task's largest grid side (see bucket_steps)."""
     dihedral: bool = True
     """Augment with the 8 dihedral transforms."""
     colour_perm: bool = True
@@ -50,6 +61,8 @@ class DataConfig:
             raise ValueError("data.augs_per_task must be >= 0")
         if not self.sources:
             raise ValueError("data.sources must name at least one source")
+        if self.max_offset < 0 or self.bucket_steps < 0 or self.size_buckets < 1:
+            raise ValueError("data.max_offset and data.bucket_steps must be >= 0, data.size_buckets >= 1")
 
 
 @dataclass
@@ -247,6 +260,27 @@ def encode(packed: PackedTasks, in_idx, out_idx, dihedral, perms, u_row, u_col, 
     return {"inputs": inputs, "labels": labels, "r0": r0, "c0": c0}
 
 
+def task_sides(packed: PackedTasks) -> np.ndarray:
+    """Largest grid side of each task's training examples [num_tasks] (0 for a task without examples)."""
+    side = np.maximum(packed.heights, packed.widths)
+    ex_side = np.maximum(side[packed.ex_in], side[packed.ex_out])
+    out = np.zeros(packed.num_tasks, np.int64)
+    task_of_ex = np.repeat(np.arange(packed.num_tasks), packed.task_ex_count)
+    np.maximum.at(out, task_of_ex, ex_side)
+    return out
+
+
+def bound_offsets(u: np.ndarray, packed: PackedTasks, ex_in: np.ndarray, ex_out: np.ndarray, dihedral: np.ndarray,
+                  canvas: int, max_offset: int) -> np.ndarray:
+    """Rescale translation draws u [2, B] so that the encoder's offset floor(u * (room + 1)) lands in
+    0..min(room, max_offset), room = canvas - the pair's larger size along the axis (after the dihedral)."""
+    swap = np.asarray(DIHEDRAL_SWAPS_AXES)[dihedral]
+    h = np.maximum(packed.heights[ex_in], packed.heights[ex_out])
+    w = np.maximum(packed.widths[ex_in], packed.widths[ex_out])
+    room = canvas - np.stack([np.where(swap, w, h), np.where(swap, h, w)])
+    return u * (np.minimum(room, max_offset) + 1) / (room + 1)
+
+
 class Sampler:
     """Deterministic stream of training batches; batch `step` depends only on (seed, step)."""
 
@@ -260,14 +294,30 @@ class Sampler:
         self.packed, self.ids, self.cfg = packed, ids, cfg
         self.global_batch, self.seed, self.rank, self.world_size = global_batch, seed, rank, world_size
         self.step = 0
+        self.buckets = [self.trainable]
+        if cfg.bucket_steps:
+            side = task_sides(packed)[self.trainable]
+            order = self.trainable[np.argsort(side, kind="stable")]
+            self.buckets = [b for b in np.array_split(order, min(cfg.size_buckets, len(order))) if len(b)]
+
+    def bucket_at(self, step: int) -> np.ndarray:
+        """The tasks step `step` draws from: all trainable tasks, or its run's size bucket."""
+        if len(self.buckets) == 1:
+            return self.buckets[0]
+        run = step // self.cfg.bucket_steps
+        return self.buckets[np.random.default_rng([self.seed, 0xB0C, run]).integers(len(self.buckets))]
 
     def batch_at(self, step: int) -> dict:
         rng = np.random.default_rng([self.seed, step])
         B = self.global_batch
-        tasks = self.trainable[rng.integers(0, len(self.trainable), size=B)]
+        pool = self.bucket_at(step)
+        tasks = pool[rng.integers(0, len(pool), size=B)]
         ex = self.packed.task_ex_start[tasks] + (rng.random(B) * self.packed.task_ex_count[tasks]).astype(np.int64)
         ids, dihedral, perms = self.ids.sample(tasks, rng)
         u = rng.random((2, B)) if self.cfg.translate else np.zeros((2, B))
+        if self.cfg.max_offset:
+            u = bound_offsets(u, self.packed, self.packed.ex_in[ex], self.packed.ex_out[ex], dihedral,
+                              self.cfg.canvas, self.cfg.max_offset)
         lo, hi = self.rank * B // self.world_size, (self.rank + 1) * B // self.world_size
         out = encode(self.packed, self.packed.ex_in[ex[lo:hi]], self.packed.ex_out[ex[lo:hi]], dihedral[lo:hi],
                      perms[lo:hi], u[0, lo:hi], u[1, lo:hi], self.cfg.canvas)

@@ -48,9 +48,9 @@ def test_only_the_last_cycle_gets_gradients():
     calls = []
     orig = m.net
 
-    def counting(h, inj):
+    def counting(h, inj, rope=None):
         calls.append(torch.is_grad_enabled())
-        return orig(h, inj)
+        return orig(h, inj, rope)
 
     m.net = counting
     b = _batch()

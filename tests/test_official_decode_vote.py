@@ -90,7 +90,7 @@ class _Scripted(TRM):
                                      puzzle_emb_ndim=0, halt_max_steps=1, vocab_size=32), 1)
         self.register_buffer("q_table", torch.tensor(q_halt_logits, dtype=torch.float32))
 
-    def forward(self, inputs, puzzle_vecs, y, z):
+    def forward(self, inputs, puzzle_vecs, y, z, crop=None):
         logits = F.one_hot(inputs.long(), self.cfg.vocab_size).float()
         q = self.q_table[inputs[:, -1].long()]
         return y, z, logits, q, -q

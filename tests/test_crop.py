@@ -1,0 +1,228 @@
+"""Task-sized sequences (model.crop): a cropped step is the full-canvas step with the padding outside the
+rectangle masked out of attention (positions kept), the rectangle covers what a batch uses, bucketing and
+bounded translation in the sampler, and prediction under crop decodes and votes as without it.
+pytest tests/test_crop.py"""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pipeline.model as model_mod
+from pipeline.act import IGNORE, empty_carry, supervision_step
+from pipeline.crop import used_extent, view_extents
+from pipeline.infer import PredictConfig, make_views, predict_tests
+from pipeline.model import TRM, ModelConfig
+from pipeline.sampler import DataConfig, PerTaskIds, Sampler, encode, pack_tasks, task_sides
+from pipeline.synthetic import synthetic_tasks
+from pipeline.tasks import Task
+from pipeline.train import to_torch
+
+CANVAS = 8
+
+
+def _model(pos="rope", **kw):
+    torch.manual_seed(0)
+    cfg = ModelConfig(hidden=32, heads=2, layers=2, h_cycles=2, l_cycles=2, halt_max_steps=3, seq_len=CANVAS ** 2,
+                      puzzle_emb_len=2, puzzle_emb_ndim=48, pos_encodings=pos, **kw)
+    m = TRM(cfg, 3)
+    with torch.no_grad():
+        m.puzzle_emb.normal_()
+        m.q_head.weight.normal_(0, 0.1)
+    return m
+
+
+def _masked_full_step(m, inputs, vecs, y, z, keep, monkeypatch):
+    """The uncropped step with every key outside `keep` masked out of attention (queries there still run)."""
+    allowed = torch.zeros(m.cfg.total_len, dtype=torch.bool)
+    allowed[keep] = True
+    real = F.scaled_dot_product_attention
+
+    def masked(q, k, v, **kw):
+        return real(q, k, v, attn_mask=allowed.expand(q.shape[-2], -1))
+
+    monkeypatch.setattr(model_mod.F, "scaled_dot_product_attention", masked)
+    out = m(inputs, vecs, y, z)
+    monkeypatch.setattr(model_mod.F, "scaled_dot_product_attention", real)
+    return out
+
+
+@pytest.mark.parametrize("pos", ["rope", "learned"])
+def test_a_cropped_step_is_the_full_step_with_the_padding_masked_out(pos, monkeypatch):
+    m = _model(pos)
+    B, rows, cols = 3, 5, 4
+    inputs = torch.randint(2, 12, (B, CANVAS ** 2), dtype=torch.int32)
+    vecs = m.puzzle_emb[[1, 2, 1]]
+    y, z = m.initial_state(B, torch.float32)
+    y, z = y + 0.1 * torch.randn_like(y), z + 0.1 * torch.randn_like(z)  # a carried state, not the initial one
+    keep = m.keep_index(rows, cols)
+    assert keep[:2].tolist() == [0, 1] and keep[2:7].tolist() == [2, 3, 4, 5, 2 + CANVAS]  # full-canvas numbering
+    yc, zc, lc, qc, _ = m(inputs, vecs, y, z, (rows, cols))
+    yf, zf, lf, qf, _ = _masked_full_step(m, inputs, vecs, y, z, keep, monkeypatch)
+    cells = keep[2:] - 2
+    torch.testing.assert_close(yc[:, keep], yf[:, keep], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(zc[:, keep], zf[:, keep], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(lc[:, cells], lf[:, cells], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(qc, qf, rtol=1e-4, atol=1e-3)
+    outside = torch.ones(m.cfg.total_len, dtype=torch.bool)
+    outside[keep] = False
+    assert torch.equal(yc[:, outside], y[:, outside]) and torch.equal(zc[:, outside], z[:, outside])
+    out_cells = outside[2:]
+    assert (lc[:, out_cells] == 0).all() and (lc[:, out_cells].argmax(-1) == 0).all()  # PAD outside
+    # Without masking, the padding changes the answer: the crop is an approximation, not a reshuffle.
+    assert not torch.allclose(m(inputs, vecs, y, z)[0][:, keep], yc[:, keep], atol=1e-3)
+
+
+def test_crop_is_rejected_where_it_cannot_work():
+    with pytest.raises(ValueError, match="mlp_t"):
+        ModelConfig(seq_len=25, mlp_t=True, crop=True)
+    with pytest.raises(ValueError, match="square"):
+        ModelConfig(seq_len=24, crop=True)
+
+
+def _encoded(grids_in, grids_out, offsets, canvas=CANVAS):
+    tasks = [Task(f"t{i}", [(a, b)], []) for i, (a, b) in enumerate(zip(grids_in, grids_out))]
+    packed = pack_tasks(tasks)
+    n = len(tasks)
+    r0, c0 = np.array(offsets).T
+    # u in the middle of the offset's interval: floor(u * (canvas - size + 1)) = offset
+    hs = np.maximum(packed.heights[packed.ex_in], packed.heights[packed.ex_out])
+    ws = np.maximum(packed.widths[packed.ex_in], packed.widths[packed.ex_out])
+    enc = encode(packed, packed.ex_in, packed.ex_out, np.zeros(n, np.int64), np.tile(np.arange(10, dtype=np.uint8), (n, 1)),
+                 (r0 + 0.5) / (canvas - hs + 1), (c0 + 0.5) / (canvas - ws + 1), canvas)
+    assert (enc["r0"] == r0).all() and (enc["c0"] == c0).all()
+    enc["puzzle_ids"] = np.ones(n, np.int64)
+    return to_torch(enc, torch.device("cpu"))
+
+
+def test_the_training_rectangle_covers_grids_borders_and_offsets():
+    one = np.ones
+    b = _encoded([one((2, 3), np.uint8), one((1, 1), np.uint8)], [one((4, 1), np.uint8), one((2, 2), np.uint8)],
+                 [(0, 0), (1, 3)])
+    # pair 0: rows 0..3 + border row 4 -> 5; cols 0..2 + border col 3 -> 4. pair 1: rows 1..2 + border -> 4,
+    # cols 3..4 + border -> 6.
+    assert used_extent(b["inputs"], b["labels"], CANVAS, IGNORE) == (5, 6)
+    full = _encoded([one((7, 8), np.uint8)], [one((8, 8), np.uint8)], [(0, 0)])
+    assert used_extent(full["inputs"], full["labels"], CANVAS, IGNORE) == (CANVAS, CANVAS)  # no border at the edge
+
+
+def test_a_training_step_under_crop_runs_the_used_rectangle_only(monkeypatch):
+    m = _model(crop=True)
+    b = _encoded([np.ones((2, 2), np.uint8)] * 2, [np.ones((3, 2), np.uint8)] * 2, [(0, 0), (1, 0)])
+    seen = []
+    real = TRM.forward
+
+    def spy(self, inputs, vecs, y, z, crop=None):
+        seen.append(crop)
+        return real(self, inputs, vecs, y, z, crop)
+
+    monkeypatch.setattr(TRM, "forward", spy)
+    carry, loss, metrics, preds = supervision_step(m, empty_carry(m, b, torch.float32), b, lambda ids: m.puzzle_emb[ids])
+    assert seen == [(5, 3)]
+    loss.backward()
+    assert torch.isfinite(loss) and m.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert (preds.view(2, CANVAS, CANVAS)[:, 5:, :] == 0).all() and (preds.view(2, CANVAS, CANVAS)[:, :, 3:] == 0).all()
+
+
+def test_bounded_translation_and_size_buckets_in_the_sampler():
+    tasks = [Task(f"s{s}", [(np.ones((s, s), np.uint8), np.ones((s, s), np.uint8))] * 2, []) for s in (1, 2, 3, 5, 6, 7, 9, 10)]
+    packed = pack_tasks(tasks)
+    assert task_sides(packed).tolist() == [1, 2, 3, 5, 6, 7, 9, 10]
+    cfg = DataConfig(canvas=12, max_offset=2, bucket_steps=5, size_buckets=4)
+    s = Sampler(packed, PerTaskIds(len(tasks)), cfg, 16, seed=0)
+    assert [b.tolist() for b in s.buckets] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    drawn = np.zeros(len(tasks))
+    for step in range(400):
+        b = s.batch_at(step)
+        assert (b["r0"] <= 2).all() and (b["c0"] <= 2).all()
+        t = b["puzzle_ids"] - 1
+        assert set(t.tolist()) <= set(s.bucket_at(step).tolist())  # one bucket per step
+        assert s.bucket_at(step) is s.bucket_at(5 * (step // 5))  # ... and per run of bucket_steps
+        np.add.at(drawn, t, 1)
+    assert drawn.min() > 0.5 * drawn.mean()  # every size still trained on
+    free = Sampler(packed, PerTaskIds(len(tasks)), DataConfig(canvas=12), 16, seed=0)
+    assert max(free.batch_at(k)["r0"].max() for k in range(50)) > 2  # the official translation: anywhere
+
+
+def _up3(g):
+    return np.kron(g, np.ones((3, 3), dtype=np.uint8))
+
+
+class _Oracle(TRM):
+    """A TRM that predicts each view's true answer canvas (looked up by its input tokens) and, like the real
+    model, nothing but PAD outside the rectangle it is asked to run; records the rectangles."""
+
+    def __init__(self, answers: dict, canvas: int, crop: bool):
+        super().__init__(ModelConfig(hidden=8, heads=1, layers=1, seq_len=canvas * canvas, puzzle_emb_len=0,
+                                     puzzle_emb_ndim=0, halt_max_steps=1, crop=crop), 1)
+        self.answers, self.crops = answers, []
+
+    def forward(self, inputs, puzzle_vecs, y, z, crop=None):
+        self.crops.append(crop)
+        target = torch.stack([self.answers[bytes(r.to(torch.uint8).numpy())] for r in inputs]).long()
+        if crop is not None:
+            c = self.canvas
+            inside = torch.zeros(c, c, dtype=torch.bool)
+            inside[:crop[0], :crop[1]] = True
+            target = torch.where(inside.flatten(), target, 0)
+        logits = F.one_hot(target, self.cfg.vocab_size).float()
+        q = torch.ones(len(inputs))
+        return y, z, logits, q, -q
+
+
+def test_prediction_under_crop_decodes_a_3x_answer_like_the_full_canvas():
+    """The 3x-upscale case of the decode issue: every translated view's rectangle holds the bounded answer,
+    so cropped prediction gives the same votes and attempts as the full canvas, on smaller rectangles."""
+    canvas = 16
+    rng = np.random.default_rng(1)
+    demos = [rng.integers(0, 10, s).astype(np.uint8) for s in [(1, 2), (2, 1), (2, 2)]]
+    x = rng.integers(1, 10, (3, 2)).astype(np.uint8)
+    task = Task("up3", [(g, _up3(g)) for g in demos], [x], [_up3(x)], train_on_test=False)
+    packed = pack_tasks([task])
+    cfg = PredictConfig(augs=24, batch_size=5, translate=True, compile=False, top_k=2)
+    views = make_views(packed, np.arange(1), np.zeros(1, np.int64), PerTaskIds(1), cfg.augs, canvas, True, 0)
+    # each view's true answer canvas, encoded as the training labels would be
+    n = len(views.inputs)
+    swap = np.isin(views.dihedral, [1, 3, 6, 7])
+    rows, cols = np.where(swap, 6, 9), np.where(swap, 9, 6)  # the 9x6 answer, as the view places it
+    lab = encode(packed, np.full(n, packed.test_in[0]), np.full(n, packed.test_out[0]), views.dihedral, views.perms,
+                 (views.r0 + 0.5) / (canvas - rows + 1), (views.c0 + 0.5) / (canvas - cols + 1), canvas)
+    assert (lab["r0"] == views.r0).all() and (lab["c0"] == views.c0).all()
+    answers = {bytes(i): torch.from_numpy(a) for i, a in zip(views.inputs, lab["labels"])}
+    results = {}
+    for crop in (False, True):
+        oracle = _Oracle(answers, canvas, crop).eval()
+        [p] = predict_tests(oracle, packed, np.arange(1), np.zeros(1, np.int64), PerTaskIds(1), cfg, canvas,
+                            torch.device("cpu"), torch.float32)
+        results[crop] = (p, oracle.crops)
+    (full, full_crops), (cropped, crops) = results[False], results[True]
+    assert all(c is None for c in full_crops) and all(c is not None for c in crops)
+    assert np.array_equal(cropped.attempts[0], _up3(x)) and cropped.votes == full.votes
+    assert all(np.array_equal(a, b) for a, b in zip(cropped.attempts, full.attempts))
+    assert cropped.valid_views == full.valid_views == cfg.augs
+    assert min(r * c for r, c in crops) < canvas * canvas  # some rectangles are smaller than the canvas
+    # every view's rectangle holds its answer and border: the view's own extent is inside it
+    assert (views.extents[:, 0] >= views.r0 + rows + 1).all() and (views.extents[:, 1] >= views.c0 + cols + 1).all()
+
+
+def test_view_extents_cover_input_answer_and_border_or_the_whole_axis():
+    ext = view_extents(np.array([3, 3]), np.array([2, 2]), np.array([[9, 6], [0, 6]]), np.array([0, 1]),
+                       np.array([2, 0]), np.array([1, 4]), 30)
+    assert ext.tolist() == [[12, 8], [7, 30]]  # rot90 swaps axes: answer 6x9 -> rows 6+1; unknown width -> 30
+
+
+def test_evaluation_with_crop_runs_and_votes_on_a_trained_shape():
+    """Held-out evaluation under crop on a synthetic suite: runs end to end with views ordered by size and
+    returns its views' results in their own order (per-input pass@k counted as without crop)."""
+    from pipeline.infer import evaluate_heldout
+
+    tasks = synthetic_tasks("tasks=4,seed=0,size=3,demos=2,tests=2,fixed=1", train_on_test=False)
+    packed = pack_tasks(tasks)
+    ids = PerTaskIds(packed.num_tasks)
+    cfg = PredictConfig(augs=6, batch_size=4, translate=True, compile=False)
+    out = {}
+    for crop in (False, True):
+        torch.manual_seed(0)
+        m = TRM(ModelConfig(hidden=16, heads=2, seq_len=CANVAS ** 2, puzzle_emb_len=1, puzzle_emb_ndim=16,
+                            h_cycles=1, l_cycles=1, halt_max_steps=2, crop=crop), ids.num_ids)
+        out[crop] = evaluate_heldout(m, packed, ids, cfg, CANVAS, torch.device("cpu"), torch.float32)
+    assert out[True]["inputs"] == out[False]["inputs"] == 8
