@@ -1,5 +1,6 @@
-"""Optimisers of TRM: AdamATan2 for the trunk (plain torch, CPU and GPU), sparse sign-SGD for the puzzle
-table, the warm-up + cosine schedule and the EMA of the trunk weights."""
+"""Optimisers of TRM: AdamATan2 for the trunk (plain torch, CPU and GPU), or Muon for the trunk's 2-D
+matrices with AdamW for the rest (`muon_param_split`, `OptimizerSet`), sparse sign-SGD for the puzzle table,
+the warm-up + cosine schedule and the EMA of the trunk weights."""
 from __future__ import annotations
 
 import math
@@ -38,6 +39,73 @@ class AdamATan2(torch.optim.Optimizer):
                 bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
                 p.mul_(1 - lr * wd)
                 p.add_(torch.atan2(m, v.sqrt() / math.sqrt(bc2)), alpha=-lr / bc1)
+
+
+MUON_PREFIX = "blocks."
+"""The recursive trunk: its 2-D weights (attention qkv/out, SwiGLU gate_up/down, the MLP-t mixer, LoRA A/B)
+are hidden-to-hidden matrices, Muon's domain. Token and position embeddings and the output / halting heads
+stay with AdamW, as Keller Jordan's Muon prescribes (embeddings and heads are not matrices acting on a
+hidden state). URM's pretrain.py (UbiquantAI/URM, `use_muon=True`) instead gives Muon every 2-D parameter,
+embeddings and heads included."""
+
+
+def muon_param_split(model: torch.nn.Module) -> tuple[list[tuple[str, torch.nn.Parameter]],
+                                                     list[tuple[str, torch.nn.Parameter]]]:
+    """The trainable parameters as (muon, adamw) lists of (name, parameter): Muon takes the 2-D weights
+    under `blocks.`, AdamW everything else (embed_tokens, embed_pos, lm_head, q_head, biases). The puzzle
+    table is a buffer (sign-SGD), in neither."""
+    muon, adamw = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (muon if name.startswith(MUON_PREFIX) and p.ndim == 2 else adamw).append((name, p))
+    return muon, adamw
+
+
+class OptimizerSet:
+    """Several torch optimisers stepped as one (Muon + AdamW), with the one-optimiser surface the Trainer
+    uses: param_groups (each with an `lr_scale`: its lr relative to train.lr, kept by the schedule), step,
+    zero_grad, state_dict / load_state_dict (one entry per named optimiser)."""
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers.values() for g in opt.param_groups]
+
+    def step(self) -> None:
+        for opt in self.optimizers.values():
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict:
+        return {k: opt.state_dict() for k, opt in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != set(self.optimizers):
+            raise ValueError(f"optimiser state holds {sorted(state)}, this run has {sorted(self.optimizers)}")
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict(state[k])
+
+
+def muon_optimizer(model: torch.nn.Module, lr: float, muon_lr: float, momentum: float, betas, weight_decay: float
+                   ) -> OptimizerSet:
+    """torch.optim.Muon on the trunk's matrices, AdamW on the rest (muon_param_split), as URM (UbiquantAI/URM
+    pretrain.py, `use_muon=True`): Muon momentum 0.95 with Nesterov, 5 Newton-Schulz steps, its update scaled
+    to AdamW's RMS (0.2 sqrt(max(A, B)), Moonshot's "match_rms_adamw", URM's matched_adamw_rms=0.2) so that
+    it takes an AdamW-scale lr; weight decay on both. The Muon group's `lr_scale` = muon_lr / lr."""
+    muon, adamw = muon_param_split(model)
+    opts = {}
+    if muon:
+        opts["muon"] = torch.optim.Muon([p for _, p in muon], lr=muon_lr, weight_decay=weight_decay,
+                                        momentum=momentum, nesterov=True, adjust_lr_fn="match_rms_adamw")
+        opts["muon"].param_groups[0]["lr_scale"] = muon_lr / lr
+    if adamw:
+        opts["adamw"] = torch.optim.AdamW([p for _, p in adamw], lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    return OptimizerSet(opts)
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from pipeline.checkpoint import (CheckpointError, Checkpointer, carry_file, deep
                                  read_ema, read_task_table, read_train_state, read_weights, save_tensors, warm_start,
                                  write_model_files, write_train_state)
 from pipeline.metrics import NullSink, RunSink, plot_curves
-from pipeline.optim import EMA, AdamATan2, lr_at, sign_sgd_rows
+from pipeline.optim import EMA, AdamATan2, lr_at, muon_optimizer, sign_sgd_rows
 from pipeline.runtime import ensure_process_group
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,16 @@ class TrainConfig:
     """Optimiser steps; each is one supervision step (TRM ARC-AGI-2: 722k over ~3 days on 4xH100)."""
     global_batch: int = 768
     """ACT slots across all ranks (192 per GPU on 4 GPUs)."""
-    optimizer: Literal["adam_atan2", "adamw"] = "adam_atan2"
+    optimizer: Literal["adam_atan2", "adamw", "muon"] = "adam_atan2"
+    """Trunk optimiser: `adam_atan2` (official TRM), `adamw`, or `muon` (URM's choice for ARC-AGI-2:
+    torch.optim.Muon on the trunk's 2-D matrices, AdamW on embeddings and heads; pipeline/optim.py
+    muon_optimizer). The puzzle table is always sparse sign-SGD."""
     lr: float = 1e-4
+    muon_lr: float = 0.0
+    """optimizer=muon: the Muon matrices' lr, on AdamW's scale (its update is scaled to AdamW's RMS);
+    0 = train.lr, as URM (UbiquantAI/URM pretrain.py: 1e-4 for both groups). The schedule keeps the ratio."""
+    muon_momentum: float = 0.95
+    """optimizer=muon: Nesterov momentum of Muon (URM and Keller Jordan's Muon: 0.95)."""
     lr_warmup: int = 2000
     lr_min_ratio: float = 1.0
     """Cosine decay floor as a fraction of lr; 1.0 = constant after warm-up (TRM)."""
@@ -94,6 +102,11 @@ class TrainConfig:
             raise ValueError("train.freeze_fraction must be in [0, 1)")
         if self.lora_rank < 1:
             raise ValueError("train.lora_rank must be >= 1")
+        if self.optimizer == "muon" and self.engine == "deepspeed":
+            raise ValueError("train.optimizer=muon runs on the DDP engine only (DeepSpeed ZeRO partitions the "
+                             "matrices Muon orthogonalises)")
+        if self.optimizer == "muon" and (self.lr <= 0 or self.muon_lr < 0):
+            raise ValueError("train.optimizer=muon needs train.lr > 0 (train.muon_lr, >= 0, is kept relative to it)")
 
 
 @dataclass
@@ -197,6 +210,9 @@ class Trainer:
 
     def _build_optimizer(self):
         c = self.cfg
+        if c.optimizer == "muon":
+            return muon_optimizer(self.model, c.lr, c.muon_lr or c.lr, c.muon_momentum,
+                                  c.betas, c.weight_decay)
         if c.optimizer == "adamw":
             return torch.optim.AdamW(self.params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
         return AdamATan2(self.params, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
@@ -502,7 +518,7 @@ class Trainer:
             self._zero_grad()
             return
         for g in self.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)  # optimizer=muon: the Muon group's muon_lr / lr
         if self.engine is not None:
             self.engine.step()
         else:
