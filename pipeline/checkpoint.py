@@ -209,8 +209,10 @@ class LoadedModel:
     path: Path
 
 
-def load_for_prediction(path: str | Path, device: torch.device | str = "cpu", use_ema: bool = True) -> LoadedModel:
-    """A checkpoint (or a run folder's latest) as an eval-mode model with its config, task order and id table."""
+def load_for_prediction(path: str | Path, device: torch.device | str = "cpu", use_ema: bool = True,
+                        crop: bool | None = None) -> LoadedModel:
+    """A checkpoint (or a run folder's latest) as an eval-mode model with its config, task order and id table.
+    `crop` sets model.crop (task-sized sequences) whatever the checkpoint was trained with; None keeps its own."""
     from pipeline.config import load_config  # config imports train, which imports this module
     from pipeline.model import TRM
     from pipeline.sampler import PerTaskIds, id_scheme_from_state
@@ -229,6 +231,9 @@ def load_for_prediction(path: str | Path, device: torch.device | str = "cpu", us
         if task_ids and cfg.data.puzzle_ids != "per_task":
             log.warning("%s has no puzzle-id table: its tasks' augmentation ids cannot be recovered", ckpt)
         ids = PerTaskIds(len(task_ids), cfg.data.dihedral, cfg.data.colour_perm)
+    if crop is not None:
+        cfg.model.crop = crop
+        cfg.model.__post_init__()
     weights = read_weights(ckpt, use_ema)
     model = TRM(cfg.model, weights["puzzle_emb"].shape[0])
     model.load_state_dict(weights)

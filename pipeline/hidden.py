@@ -142,16 +142,16 @@ def predict_challenges(loaded: LoadedModel, res: LoadResult, pcfg: PredictConfig
 
 
 def predict_per_task_runs(runs: dict[str, Path], base: str | None, res: LoadResult, overrides: dict, rt: Runtime,
-                          deadline: float | None = None, use_ema: bool = True) -> HiddenRun:
+                          deadline: float | None = None, use_ema: bool = True, crop: bool | None = None) -> HiddenRun:
     """Per-task TTT (`stages.ttt --per-task`): each task is predicted by the model of its own run folder,
-    `overrides` applied to that run's predict config. A task without a usable run (its TTT failed) is
+    `overrides` applied to that run's predict config (`crop`: model.crop, None = each run's own). A task without a usable run (its TTT failed) is
     predicted by the pretrained checkpoint `base` instead, and falls back only if there is none."""
     from pipeline.checkpoint import CheckpointError, load_for_prediction
 
     merged, leftover = HiddenRun([], {}), []
     for t in res.tasks:
         try:
-            loaded = load_for_prediction(runs[t.id], rt.device, use_ema) if t.id in runs else None
+            loaded = load_for_prediction(runs[t.id], rt.device, use_ema, crop) if t.id in runs else None
         except CheckpointError as e:
             log.error("task %s: %s", t.id, e)
             loaded = None
@@ -166,7 +166,7 @@ def predict_per_task_runs(runs: dict[str, Path], base: str | None, res: LoadResu
     if leftover:
         log.warning("%d tasks have no per-task TTT run: the pretrained checkpoint %s predicts them", len(leftover), base)
         try:
-            loaded = load_for_prediction(base, rt.device, use_ema) if base else None
+            loaded = load_for_prediction(base, rt.device, use_ema, crop) if base else None
         except CheckpointError as e:
             log.error("%s", e)
             loaded = None

@@ -45,6 +45,9 @@ def parse_args(argv=None):
     p.add_argument("--fixed-steps", action="store_true", help="run every view for all N_sup steps (official)")
     p.add_argument("--no-translate", action="store_true",
                    help="views at the top-left corner only, as the official evaluation (default: the config's predict.translate)")
+    p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None,
+                   help="task-sized sequences (model.crop) on or off, whatever the checkpoint trained with "
+                        "(default: its own); see BENCHMARKS.md for what it costs in accuracy")
     p.add_argument("--time-budget", type=float, default=0, help="seconds; tasks not reached in time get fallbacks")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--no-progress", action="store_true")
@@ -68,9 +71,9 @@ def main(argv=None) -> int:
         if "per_task" in index:  # a `stages.ttt --per-task` folder: each task has its own model
             log.info("per-task TTT runs for %d tasks", len(index["per_task"]))
             hidden = predict_per_task_runs(index["per_task"], index["base"], res, overrides, rt, deadline,
-                                           use_ema=not args.raw_weights)
+                                           use_ema=not args.raw_weights, crop=args.crop)
         else:
-            loaded = load_for_prediction(args.checkpoint, rt.device, use_ema=not args.raw_weights)
+            loaded = load_for_prediction(args.checkpoint, rt.device, use_ema=not args.raw_weights, crop=args.crop)
             pcfg = dataclasses.replace(loaded.config.predict, **overrides)
             hidden = predict_challenges(loaded, res, pcfg, rt, deadline, show_progress=not args.no_progress)
         if rt.is_main:

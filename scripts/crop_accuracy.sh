@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# What model.crop (task-sized sequences) costs in accuracy, on CPU: synthetic tasks whose grids (sides 1..6)
+# use part of an 8x8 canvas. One pretrained checkpoint (official: full canvas, translation anywhere) is scored
+# on its tasks' held-out test inputs with and without --crop; then TTT on new tasks, without crop and under
+# crop (translation bounded to 1 cell, so that the rectangles stay small), each scored with its own setting;
+# and a second pretraining under crop from scratch. Scores are pass@2 on test inputs never trained on.
+#   bash scripts/crop_accuracy.sh          (outputs under runs/crop_acc/, a summary in runs/crop_acc/summary.txt)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+OUT=${OUT:-runs/crop_acc}
+SRC="synthetic:tasks=8,seed=0,size=6,demos=400,tests=8,families=flip_lr+flip_ud+colour_map+recolour"
+HELD="synthetic:tasks=4,seed=7,size=6,demos=64,tests=8,families=colour_map+recolour"
+CANVAS=(data.canvas=8 model.seq_len=64)
+CROP=(model.crop=true data.max_offset=1 predict.max_offset=1)
+mkdir -p "$OUT"
+$PY -m stages.data export "$SRC" --out "$OUT/pre"
+$PY -m stages.data export "$HELD" --out "$OUT/held"
+score() { $PY -m stages.score --solutions "$1" --submission "$2" | tail -1; }
+predict() { $PY -m stages.predict --no-progress --checkpoint "$1" --challenges "$2" --out "$3" "${@:4}" >/dev/null; }
+
+$PY -m stages.pretrain --config configs/demo_cpu.yaml --set run_dir=$OUT/pretrain "data.sources=[\"$SRC#demos\"]" \
+  "${CANVAS[@]}" train.progress=false
+$PY -m stages.pretrain --config configs/demo_cpu.yaml --set run_dir=$OUT/pretrain_crop "data.sources=[\"$SRC#demos\"]" \
+  "${CANVAS[@]}" "${CROP[@]}" train.progress=false
+$PY -m stages.ttt --checkpoint $OUT/pretrain --challenges $OUT/held_challenges.json --out $OUT/ttt \
+  --config configs/demo_ttt.yaml --set train.steps=200 train.progress=false
+$PY -m stages.ttt --checkpoint $OUT/pretrain --challenges $OUT/held_challenges.json --out $OUT/ttt_crop \
+  --config configs/demo_ttt.yaml --set train.steps=200 train.progress=false "${CROP[@]}"
+
+predict $OUT/pretrain $OUT/pre_challenges.json $OUT/pre_full.json --no-crop
+predict $OUT/pretrain $OUT/pre_challenges.json $OUT/pre_crop.json --crop
+predict $OUT/pretrain_crop $OUT/pre_challenges.json $OUT/pre_crop_trained.json
+predict $OUT/pretrain $OUT/held_challenges.json $OUT/held_full.json --no-crop
+predict $OUT/pretrain $OUT/held_challenges.json $OUT/held_crop.json --crop
+predict $OUT/ttt $OUT/held_challenges.json $OUT/held_ttt_full.json
+predict $OUT/ttt_crop $OUT/held_challenges.json $OUT/held_ttt_crop.json
+{
+  echo "pretrained, its held-out test inputs, full canvas:      $(score $OUT/pre_solutions.json $OUT/pre_full.json)"
+  echo "pretrained, its held-out test inputs, --crop:           $(score $OUT/pre_solutions.json $OUT/pre_crop.json)"
+  echo "pretrained under crop, its held-out test inputs:        $(score $OUT/pre_solutions.json $OUT/pre_crop_trained.json)"
+  echo "new tasks, no TTT, full canvas:                         $(score $OUT/held_solutions.json $OUT/held_full.json)"
+  echo "new tasks, no TTT, --crop:                              $(score $OUT/held_solutions.json $OUT/held_crop.json)"
+  echo "new tasks, TTT full canvas:                             $(score $OUT/held_solutions.json $OUT/held_ttt_full.json)"
+  echo "new tasks, TTT under crop (max_offset 1):               $(score $OUT/held_solutions.json $OUT/held_ttt_crop.json)"
+} | tee $OUT/summary.txt
