@@ -5,7 +5,10 @@ official fixed 16 steps and with adaptive halting (finished views leave the batc
     python -m bench.infer --checkpoint runs/arc2/pretrain --batch 768 --compile   # one H100
 
 Views stream through `batch` slots (continuous batching: a halted view's slot takes the next view).
-Prints JSON last: puzzles_per_s_fixed, puzzles_per_s_adaptive, mean_steps_adaptive. A random-init model
+`bare` is the official evaluation loop's shape without its loss: each batch from a fresh state, N_sup steps,
+argmax of the last step; its gap to `fixed` is what the streaming loop costs (CPU profile, BENCHMARKS.md:
+the same ops, none extra).
+Prints JSON last: puzzles_per_s_fixed, puzzles_per_s_bare, puzzles_per_s_adaptive, mean_steps_adaptive. A random-init model
 never halts early (halting bias -5), so adaptive numbers mean something only with a trained checkpoint.
 The anchor (official TRM, one H100, 16 steps, batch 768, compiled): 95 puzzles/s.
 """
@@ -62,6 +65,22 @@ def main(argv=None) -> None:
     sync = rt.synchronize
     out = {}
     vecs = lookup(torch.full((len(inputs),), -1, device=rt.device))
+
+    @torch.inference_mode()
+    def bare():
+        for s in range(0, len(inputs), batch):
+            y, z = model.initial_state(min(batch, len(inputs) - s), torch.float32)
+            for _ in range(model.cfg.halt_max_steps):
+                y, z, logits, _, _ = run_model(inputs[s:s + batch], vecs[s:s + batch], y, z)
+            logits.argmax(-1)
+
+    with autocast:
+        bare()  # warm-up
+        sync()
+        t0 = time.perf_counter()
+        bare()
+        sync()
+    out["puzzles_per_s_bare"] = len(inputs) / (time.perf_counter() - t0)
     for name, adaptive in (("fixed", False), ("adaptive", True)):
         with autocast:
             predict_stream(run_model, inputs[:batch], vecs[:batch], batch, None, adaptive)  # warm-up / compile

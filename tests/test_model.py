@@ -180,3 +180,22 @@ def test_warm_start_copies_the_trunk_and_reinitialises_new_tasks_to_the_mean(tmp
         if k != "puzzle_emb":
             assert torch.equal(new.state_dict()[k], v), k
     torch.testing.assert_close(new.puzzle_emb, old.puzzle_emb[1:].mean(0).expand(9, 32))
+
+
+def test_the_training_step_and_the_model_step_have_no_data_dependent_python_branch():
+    """torch.compile(fullgraph=True) refuses any graph break, so a host sync or a Python branch on tensor
+    values inside the ACT step (refill, recursion, loss, halting, metrics) or the model's step (cropped too:
+    the rectangle is a Python constant) fails here; on a GPU such a sync would stall the recursion."""
+    torch.manual_seed(0)
+    m = TRM(ModelConfig(**SMALL), 3)
+    b = _batch()
+    min_steps = torch.zeros(len(b["inputs"]), dtype=torch.int32)
+    step = torch.compile(lambda c, bb: supervision_step(m, c, bb, lambda ids: m.puzzle_emb[ids], True, min_steps),
+                         backend="eager", fullgraph=True)
+    carry, loss, _, _ = step(empty_carry(m, b, torch.float32), b)
+    carry, loss, _, _ = step(carry, b)
+    assert torch.isfinite(loss)
+    fwd = torch.compile(m, backend="eager", fullgraph=True)
+    y, z = m.initial_state(len(b["inputs"]), torch.float32)
+    vecs = m.puzzle_emb[b["puzzle_ids"]]
+    assert fwd(b["inputs"], vecs, y, z)[2].shape == fwd(b["inputs"], vecs, y, z, (3, 2))[2].shape
