@@ -49,7 +49,7 @@ from pipeline.checkpoint import LoadedModel
 from pipeline.config import RunConfig
 from pipeline.dataset import canvas_problem
 from pipeline.infer import PredictConfig, model_batch, predict_tests
-from pipeline.runtime import Runtime
+from pipeline.runtime import Runtime, compile_model
 from pipeline.sampler import pack_tasks
 from pipeline.tasks import Task
 from pipeline.ttt import ttt_dataset
@@ -334,7 +334,7 @@ def calibrate_predict(loaded: LoadedModel, tasks: list[Task], pcfg: PredictConfi
     batch = model_batch(pcfg, rt.device, loaded.model.cfg.total_len)
     cfg = dataclasses.replace(pcfg, augs=max(1, -(-batch // len(rows))), adaptive_halting=False,
                               max_steps=min(steps, n_sup))
-    model = torch.compile(loaded.model) if rt.compiles(pcfg.compile) else loaded.model
+    model = compile_model(loaded.model, loaded.model.cfg.crop) if rt.compiles(pcfg.compile) else loaded.model
     to_ckpt = np.full(packed.num_tasks, -1, dtype=np.int64)  # the mean embedding: any row costs the same
     times = []
     for _ in range(2):

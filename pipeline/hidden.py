@@ -20,7 +20,7 @@ import torch.distributed as dist
 from pipeline.dataset import canvas_problem
 from pipeline.checkpoint import LoadedModel
 from pipeline.infer import PredictConfig, TestPrediction, predict_tests
-from pipeline.runtime import Runtime
+from pipeline.runtime import Runtime, compile_model
 from pipeline.sampler import pack_tasks
 from pipeline.sources import LoadResult, entries_to_tasks
 from pipeline.tasks import DataError, read_json
@@ -107,7 +107,7 @@ def predict_challenges(loaded: LoadedModel, res: LoadResult, pcfg: PredictConfig
     rows = np.arange(len(packed.test_task))[rt.rank::rt.world_size]
     if rt.compiles(pcfg.compile):
         log.info("prediction runs a torch.compile'd model (compiles on the first batch)")
-        loaded = dataclasses.replace(loaded, model=torch.compile(loaded.model))
+        loaded = dataclasses.replace(loaded, model=compile_model(loaded.model, loaded.model.cfg.crop))
     bar = None
     if rt.is_main and show_progress:
         from tqdm import tqdm

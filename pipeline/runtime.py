@@ -41,6 +41,13 @@ class Runtime:
             torch.cuda.synchronize(self.device)
 
 
+def compile_model(module, varying_length: bool = False):
+    """torch.compile as this project uses it; `varying_length` (model.crop: every step its own rectangle)
+    compiles for dynamic shapes once, instead of recompiling per sequence length until the cache limit
+    sends it back to eager."""
+    return torch.compile(module, dynamic=True if varying_length else None)
+
+
 def autocast_for(device: torch.device, dtype: torch.dtype):
     """The autocast policy for a (device, dtype) pair (what Runtime.autocast uses)."""
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)

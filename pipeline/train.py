@@ -27,7 +27,7 @@ from pipeline.checkpoint import (CheckpointError, Checkpointer, carry_file, deep
                                  write_model_files, write_train_state)
 from pipeline.metrics import NullSink, RunSink, plot_curves
 from pipeline.optim import EMA, AdamATan2, lr_at, muon_optimizer, sign_sgd_rows
-from pipeline.runtime import ensure_process_group
+from pipeline.runtime import compile_model, ensure_process_group
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ class Trainer:
             model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
                         broadcast_buffers=False, find_unused_parameters=not model.cfg.halting)
         if rt.compiles(c.compile):
-            model = torch.compile(model)
+            model = compile_model(model, self.model.cfg.crop)
         return model
 
     def _wrap_deepspeed(self):
