@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -299,7 +299,8 @@ class Trainer:
         differs = [what for what, same in (
             ("other tasks", list(task_ids) == list(self.task_ids)),
             ("another puzzle-id table", ids is None or (ids.name, ids.num_ids) == (mine.name, mine.num_ids)),
-            ("another model config", cfg.model == self.run_cfg.model),
+            # model.crop changes the compute, not the weights or the carry (kept full-size): either resumes
+            ("another model config", replace(cfg.model, crop=False) == replace(self.run_cfg.model, crop=False)),
             *((f"train.{k}={getattr(cfg.train, k)!r}", getattr(cfg.train, k) == getattr(self.cfg, k))
               for k in ("trainable", "lora_rank"))) if not same]
         if differs:

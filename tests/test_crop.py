@@ -226,3 +226,23 @@ def test_evaluation_with_crop_runs_and_votes_on_a_trained_shape():
                             h_cycles=1, l_cycles=1, halt_max_steps=2, crop=crop), ids.num_ids)
         out[crop] = evaluate_heldout(m, packed, ids, cfg, CANVAS, torch.device("cpu"), torch.float32)
     assert out[True]["inputs"] == out[False]["inputs"] == 8
+
+
+def test_a_run_resumes_with_crop_switched_on(tmp_path):
+    """model.crop changes the compute, not the weights or the (full-size) carry: a run folder trained without
+    it continues under it (a preset switching crop on must not strand a run), and another model still may not."""
+    from pipeline.build import build_run
+    from pipeline.checkpoint import CheckpointError
+    from pipeline.config import load_config
+    from pipeline.runtime import init_runtime
+    from conftest import ROOT
+
+    def fit(steps, *extra):
+        cfg = load_config(ROOT / "configs" / "demo_cpu.yaml", [f"run_dir={tmp_path}", f"train.steps={steps}",
+                          "train.ckpt_every=2", "train.eval_every=0", "train.progress=false", *extra])
+        return build_run(cfg, init_runtime("cpu", "float32", 0), eval_fn=None).trainer.fit()
+
+    fit(2)
+    assert fit(4, "model.crop=true")["step"] == 4
+    with pytest.raises(CheckpointError, match="another model"):
+        fit(6, "model.l_cycles=3")
