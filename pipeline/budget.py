@@ -304,18 +304,38 @@ def calibrate_ttt(cfg: RunConfig, rt: Runtime, tasks: list[Task], folder: Path, 
         trainer.train_step()
     rt.synchronize()
     t1 = time.perf_counter()
-    for _ in range(steps):
+    step_s = _bucketed_step_s(trainer, rt, steps) if cal_cfg.model.crop else None
+    for _ in range(0 if step_s else steps):
         trainer.train_step()
     rt.synchronize()
     t2 = time.perf_counter()
+    step_s = step_s or (t2 - t1) / steps
     trainer.save()
     t3 = time.perf_counter()
     trainer.sink.close()
-    step_s = (t2 - t1) / steps
     del run, trainer
     free_memory(rt)
     _reset_folder(folder, rt)
     return max(0.0, (t1 - t0) - warmup * step_s), step_s, t3 - t2
+
+
+def _bucketed_step_s(trainer, rt: Runtime, steps: int) -> float:
+    """Seconds per step under model.crop: a step's cost follows its size bucket (data.bucket_steps), so time
+    `steps` steps in each bucket, every slot refilled from it, and take the mean (buckets are drawn equally
+    often). One bucket (no bucketing): the steps as they come."""
+    sampler = trainer.sampler
+    times = []
+    for b in range(len(sampler.buckets)) if len(sampler.buckets) > 1 else [None]:
+        sampler.pinned_bucket, trainer.carry = b, None  # refill every slot from this bucket
+        trainer.train_step()  # its first step also compiles this shape (dynamic) where it must
+        rt.synchronize()
+        t = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step()
+        rt.synchronize()
+        times.append((time.perf_counter() - t) / steps)
+    sampler.pinned_bucket = None
+    return float(np.mean(times))
 
 
 def calibrate_predict(loaded: LoadedModel, tasks: list[Task], pcfg: PredictConfig, rt: Runtime, inputs: int = 4,

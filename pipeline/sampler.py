@@ -295,6 +295,8 @@ class Sampler:
         self.global_batch, self.seed, self.rank, self.world_size = global_batch, seed, rank, world_size
         self.step = 0
         self.buckets = [self.trainable]
+        self.pinned_bucket: int | None = None
+        """Draw every step from this bucket (the submit calibration times each bucket's steps)."""
         if cfg.bucket_steps:
             side = task_sides(packed)[self.trainable]
             order = self.trainable[np.argsort(side, kind="stable")]
@@ -304,6 +306,8 @@ class Sampler:
         """The tasks step `step` draws from: all trainable tasks, or its run's size bucket."""
         if len(self.buckets) == 1:
             return self.buckets[0]
+        if self.pinned_bucket is not None:
+            return self.buckets[self.pinned_bucket]
         run = step // self.cfg.bucket_steps
         return self.buckets[np.random.default_rng([self.seed, 0xB0C, run]).integers(len(self.buckets))]
 

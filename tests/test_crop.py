@@ -246,3 +246,33 @@ def test_a_run_resumes_with_crop_switched_on(tmp_path):
     assert fit(4, "model.crop=true")["step"] == 4
     with pytest.raises(CheckpointError, match="another model"):
         fit(6, "model.l_cycles=3")
+
+
+def test_the_submit_calibration_times_every_size_bucket_under_crop(tmp_path, monkeypatch):
+    """Under crop a TTT step costs what its size bucket costs, so the planner's step time is the mean over
+    buckets, each timed with every slot from it."""
+    from pipeline.budget import calibrate_ttt
+    from pipeline.config import load_config
+    from pipeline.runtime import init_runtime
+    from conftest import ROOT
+
+    tasks = [Task(f"s{s}", [(np.ones((s, s), np.uint8), np.ones((s, s), np.uint8))] * 3, [np.ones((s, s), np.uint8)])
+             for s in (1, 2, 5, 6)]
+    cfg = load_config(ROOT / "configs" / "demo_cpu.yaml", ["data.canvas=8", "model.seq_len=64", "model.crop=true",
+                      "data.max_offset=1", "data.bucket_steps=50", "data.size_buckets=2", "train.global_batch=8",
+                      "train.progress=false"])
+    crops, pins = [], []
+    real = TRM.forward
+
+    def spy(self, inputs, vecs, y, z, crop=None):
+        crops.append(crop)
+        return real(self, inputs, vecs, y, z, crop)
+
+    monkeypatch.setattr(TRM, "forward", spy)
+    real_bucket = Sampler.bucket_at
+    monkeypatch.setattr(Sampler, "bucket_at", lambda self, step: (pins.append(self.pinned_bucket), real_bucket(self, step))[1])
+    startup, step_s, save_s = calibrate_ttt(cfg, init_runtime("cpu", "float32", 0), tasks, tmp_path / "cal", steps=2)
+    assert step_s > 0 and startup >= 0 and save_s > 0
+    assert {0, 1} <= set(pins)
+    areas = [r * c for r, c in crops]
+    assert min(areas) <= 4 * 4 and max(areas) >= 7 * 7  # the small bucket's rectangles and the large one's
