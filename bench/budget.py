@@ -108,7 +108,7 @@ def flops_at(model: TRM, tokens: int, train: bool) -> float:
 def crop_flop_ratios(model: TRM, ttt_rects: str, max_offset: int) -> dict:
     """Mean FLOPs under model.crop over the full canvas's, for TTT steps and for prediction views, over the
     rectangles of the ARC-AGI-2 evaluation tasks (bench.crop.token_stats; `ttt_rects`: which TTT batches,
-    `ttt_batch` for per-task runs, `joint_bN` for a joint run with N size buckets)."""
+    `ttt_batch` for per-task runs, `joint_gN` for a joint run in N size groups, `joint_bN` bucketed)."""
     import numpy as np
 
     from bench.crop import token_stats
@@ -188,8 +188,10 @@ def main(argv=None) -> None:
     p.add_argument("--ttt-save-s", type=float, default=10.0, help="one TTT checkpoint (~0.5 GB puzzle table)")
     p.add_argument("--predict-startup-s", type=float, default=120.0, help="load, compile")
     p.add_argument("--no-crop", action="store_true", help="skip the projection under model.crop")
-    p.add_argument("--crop-ttt", default="joint_b8", choices=["ttt_batch", "joint_b1", "joint_b4", "joint_b8"],
-                   help="TTT batches under crop: per-task runs, or a joint run with 1/4/8 size buckets")
+    p.add_argument("--crop-ttt", default="joint_g8",
+                   choices=["ttt_batch", "joint_g1", "joint_g4", "joint_g8", "joint_g16", "joint_b4", "joint_b8"],
+                   help="TTT batches under crop: per-task runs (ttt_batch), a joint run in N size groups per step "
+                        "(joint_gN, model.crop_groups), or a joint run bucketed by size (joint_bN, data.bucket_steps)")
     p.add_argument("--crop-max-offset", type=int, default=1, help="data.max_offset of TTT under crop")
     args = p.parse_args(argv)
     base = load_config(args.config)

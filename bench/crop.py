@@ -12,6 +12,8 @@ Tokens (grid cells + EOS border, the 16-position puzzle prefix not counted), mea
                 pairs under random dihedral transforms, untranslated (data.max_offset bounds translation further)
   joint_bN      joint TTT of all tasks with data.size_buckets = N (bucket_steps on): a batch's rectangle is its
                 bucket's largest pair (a square under dihedral transforms); N = 1 is no bucketing
+  joint_gN      joint TTT, batches of 384 pairs of random tasks split into model.crop_groups = N size groups,
+                each on its own rectangle (pipeline.crop.size_groups); N = 1 is one rectangle per batch
   view          what crop runs in prediction: each view's input and answer bound (answer_bound) + border,
                 untranslated views; views of a test input are run together, largest first
 Speed: one supervision step of the ARC model (hidden 512, 2 layers) on batches of `--batch` examples whose
@@ -30,7 +32,7 @@ import torch
 
 from bench.common import emit
 from kernels import DIHEDRAL_SWAPS_AXES
-from pipeline.crop import view_extents
+from pipeline.crop import size_groups, view_extents
 from pipeline.infer import answer_bound
 from pipeline.model import TRM, ModelConfig
 from pipeline.sampler import pack_tasks, task_sides
@@ -72,6 +74,20 @@ def token_stats(tasks, rng: np.random.Generator, batch: int, buckets=(1, 4, 8), 
     out = {"tasks": packed.num_tasks, "canvas": CANVAS * CANVAS, "grid_rect": float(grid_rect.mean()),
            "task_square": float(np.mean(squares)), "ttt_batch": float(np.mean(ttt)),
            "view": float(np.mean(view_rects)), "ttt_batch_rects": ttt, "view_rects": [int(v) for v in view_rects]}
+    pairs = [(k, i) for k in range(packed.num_tasks) for i in range(packed.task_ex_count[k])]
+    for n in (1, 4, 8, 16):  # joint batches in size groups, the mean over a few batches
+        per_batch = []
+        for _ in range(8):
+            pick = [pairs[j] for j in rng.integers(0, len(pairs), 384)]
+            ex = np.array([packed.task_ex_start[k] + i for k, i in pick])
+            d = rng.integers(0, 8, len(ex))
+            h = np.maximum(packed.heights[packed.ex_in[ex]], packed.heights[packed.ex_out[ex]])
+            w = np.maximum(packed.widths[packed.ex_in[ex]], packed.widths[packed.ex_out[ex]])
+            ext = np.stack([_side(np.where(swaps[d], w, h), offset), _side(np.where(swaps[d], h, w), offset)], 1)
+            groups = size_groups(ext, n, "cpu")
+            groups = [(np.arange(len(ext)), groups)] if isinstance(groups, tuple) else groups
+            per_batch.append(sum(len(g) * r * c for g, (r, c) in groups) / len(ext))
+        out[f"joint_g{n}"], out[f"joint_g{n}_rects"] = float(np.mean(per_batch)), [int(t) for t in per_batch]
     side = task_sides(packed)
     trainable = np.flatnonzero(packed.task_ex_count > 0)
     for n in buckets:  # as Sampler groups them: equal task counts by largest side
@@ -153,7 +169,8 @@ def main(argv=None) -> None:
         stats[spec] = s
         print(f"{spec}: {s['tasks']} tasks; mean tokens canvas {s['canvas']}, grid_rect {s['grid_rect']:.0f}, "
               f"task_square {s['task_square']:.0f}, ttt_batch {s['ttt_batch']:.0f}, joint_b1/b4/b8 {s['joint_b1']:.0f}/"
-              f"{s['joint_b4']:.0f}/{s['joint_b8']:.0f}, view {s['view']:.0f}", flush=True)
+              f"{s['joint_b4']:.0f}/{s['joint_b8']:.0f}, joint_g4/g8/g16 {s['joint_g4']:.0f}/{s['joint_g8']:.0f}/"
+              f"{s['joint_g16']:.0f}, view {s['view']:.0f}", flush=True)
     result = {"bench": "crop", "tokens": {k: {m: v for m, v in s.items() if not m.endswith("rects")}
                                           for k, s in stats.items()}}
     if not args.no_speed:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.crop import used_extent
+from pipeline.crop import size_groups, used_extents
 from pipeline.model import TRM
 
 IGNORE = -100
@@ -83,7 +83,11 @@ def supervision_step(model, carry: Carry, batch: dict[str, torch.Tensor], puzzle
     raw = unwrap(model)
     cfg = raw.cfg
     carry = refill(raw, carry, batch)
-    crop = used_extent(carry.inputs, carry.labels, raw.canvas, IGNORE) if cfg.crop else None
+    crop = None
+    if cfg.crop:
+        groups = size_groups(used_extents(carry.inputs, carry.labels, raw.canvas, IGNORE), cfg.crop_groups,
+                             carry.inputs.device)
+        crop = raw.keep_index(*groups) if isinstance(groups, tuple) else [(s, raw.keep_index(*r)) for s, r in groups]
     y, z, logits, q_halt, _ = model(carry.inputs, puzzle_vecs_fn(carry.puzzle_ids), carry.y, carry.z, crop)
     labels = carry.labels
     with torch.no_grad():
@@ -154,7 +158,7 @@ def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None
 
         def crop_of():
             e = extents[host_view[host_view >= 0]]
-            return int(e[:, 0].max()), int(e[:, 1].max())
+            return raw.keep_index(int(e[:, 0].max()), int(e[:, 1].max()))
     while True:
         live = view >= 0
         y, z, logits, q_halt, _ = model(slot_inputs, slot_vecs, y, z, crop_of() if crop_of else None)

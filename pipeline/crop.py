@@ -1,7 +1,7 @@
 """Task-sized sequences (model.crop): which canvas rectangle a step runs on.
 
 A step's rectangle is [0:rows, 0:cols] of the canvas, the smallest that holds every live example's grids,
-their EOS border and their translation: measured from the tokens in training (`used_extent`), and from the
+their EOS border and their translation: measured from the tokens in training (`used_extents`, optionally in size groups), and from the
 view's placement plus the answer's size bound in prediction (`view_extents`), where the output is unknown.
 The model keeps every cell's full-canvas position (pipeline/model.py, TRM.keep_index)."""
 from __future__ import annotations
@@ -15,16 +15,31 @@ from kernels import DIHEDRAL_SWAPS_AXES, PAD
 def used_extent(inputs: torch.Tensor, labels: torch.Tensor, canvas: int, ignore: int) -> tuple[int, int]:
     """(rows, cols) of the canvas that any row of the batch uses: a non-PAD input token or a label that is
     not ignored (grids and their EOS border). One host sync."""
-    used = ((inputs != PAD) | (labels != ignore)).view(-1, canvas, canvas).any(0)
-    rows, cols = used.any(1), used.any(0)
-    ext = torch.stack((_last_true(rows), _last_true(cols))).tolist()
-    return max(1, ext[0]), max(1, ext[1])
+    rows, cols = used_extents(inputs, labels, canvas, ignore).max(0)
+    return int(rows), int(cols)
 
 
-def _last_true(v: torch.Tensor) -> torch.Tensor:
-    """1 + index of the last True in a 1-D bool tensor (0 when none)."""
-    idx = torch.arange(1, len(v) + 1, device=v.device)
-    return torch.where(v, idx, 0).max()
+def used_extents(inputs: torch.Tensor, labels: torch.Tensor, canvas: int, ignore: int) -> np.ndarray:
+    """[B, 2] (rows, cols) each row of the batch uses (at least 1 x 1). One host sync."""
+    used = ((inputs != PAD) | (labels != ignore)).view(-1, canvas, canvas)
+    idx = torch.arange(1, canvas + 1, device=inputs.device)
+    rows = torch.where(used.any(2), idx, 0).amax(1)
+    cols = torch.where(used.any(1), idx, 0).amax(1)
+    return np.maximum(torch.stack((rows, cols), 1).cpu().numpy(), 1)
+
+
+def size_groups(extents: np.ndarray, groups: int, device) -> list | tuple[int, int]:
+    """Slots sorted by size (largest side, then area) and cut into `groups` groups of equal count, each with
+    the rectangle that covers it: [(slot indices, (rows, cols)), ...]; one group is just its rectangle."""
+    if groups <= 1 or len(extents) <= 1:
+        rows, cols = extents.max(0)
+        return int(rows), int(cols)
+    order = np.lexsort((extents.prod(1), extents.max(1)))
+    out = []
+    for part in np.array_split(order, min(groups, len(order))):
+        rows, cols = extents[part].max(0)
+        out.append((torch.from_numpy(np.sort(part)).to(device), (int(rows), int(cols))))
+    return out
 
 
 def view_extents(in_h: np.ndarray, in_w: np.ndarray, bound: np.ndarray, dihedral: np.ndarray, r0: np.ndarray,

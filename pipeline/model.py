@@ -57,6 +57,10 @@ class ModelConfig:
     (grids, EOS border, translation; pipeline/crop.py), the puzzle prefix unchanged and every cell at the
     position (RoPE angle or learned row) it has on the full canvas, so a checkpoint trained without crop
     sees its usual geometry. Not exact: the official model also attends over the padding. Off = official."""
+    crop_groups: int = 1
+    """Under crop, a training step sorts its slots by size into this many groups, each run on its own
+    rectangle: a joint batch of many tasks otherwise spans the canvas. Same examples and the same gradient
+    (up to the crop itself), no change to what is drawn (unlike data.bucket_steps); smaller matmuls."""
 
     def __post_init__(self) -> None:
         if self.hidden % self.heads:
@@ -65,6 +69,8 @@ class ModelConfig:
             raise ValueError("model.puzzle_emb_ndim must fit into puzzle_emb_len * hidden")
         if min(self.layers, self.h_cycles, self.l_cycles, self.halt_max_steps) < 1:
             raise ValueError("model.layers, h_cycles, l_cycles and halt_max_steps must be >= 1")
+        if self.crop_groups < 1:
+            raise ValueError("model.crop_groups must be >= 1")
         if self.crop and self.mlp_t:
             raise ValueError("model.crop needs attention: the mlp_t mixer's weights are sized to the full sequence")
         if self.crop and math.isqrt(self.seq_len) ** 2 != self.seq_len:
@@ -186,9 +192,11 @@ class TRM(nn.Module):
             self.register_buffer("rope_sin", emb.sin(), persistent=False)
 
     # -- pieces -------------------------------------------------------------------------------------
-    def keep_index(self, rows: int, cols: int) -> torch.Tensor:
+    def keep_index(self, rows: int, cols: int) -> torch.Tensor | None:
         """Sequence positions (prefix first) of the canvas rectangle [0:rows, 0:cols], numbered as on the full
-        canvas: prefix p -> p, cell (r, c) -> puzzle_emb_len + r * canvas + c."""
+        canvas: prefix p -> p, cell (r, c) -> puzzle_emb_len + r * canvas + c; None for the whole canvas."""
+        if rows * cols >= self.cfg.seq_len:
+            return None
         canvas = self.canvas
         key = (rows, cols)
         cache = self.__dict__.setdefault("_keep_cache", {})
@@ -237,22 +245,33 @@ class TRM(nn.Module):
 
     # -- one supervision step -------------------------------------------------------------------------
     def forward(self, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None, y: torch.Tensor, z: torch.Tensor,
-                crop: tuple[int, int] | None = None):
+                crop=None):
         """One deep-supervision step from input tokens [B, seq_len], puzzle vectors [B, ndim] and carried
         (y, z) [B, total_len, hidden]. Embedding happens here so that DDP/DeepSpeed see every parameter used
         in forward().
 
-        `crop=(rows, cols)` (model.crop) runs the step on that canvas rectangle only: (y, z) are read and
-        written there and stay as they were elsewhere, and logits outside it are 0 (argmax PAD; callers
-        crop so that every label outside is ignored).
+        `crop` (model.crop): the sequence positions to run, `keep_index(rows, cols)` of a canvas rectangle
+        (a tensor, so a compiled step takes every size without recompiling): (y, z) are read and written
+        there and stay as they were elsewhere, and logits outside it are 0 (argmax PAD; callers crop so
+        that every label outside is ignored). `crop=[(slots, keep), ...]` runs each group of slots (index
+        tensors covering the batch once) on its own positions (model.crop_groups).
 
         Returns (y, z) detached for the next step, logits [B, seq_len, vocab], and the fp32 halting
         logits (q_halt, q_continue)."""
-        keep, rope = None, None
+        if isinstance(crop, list):
+            parts = [self._step(inputs[s], None if puzzle_vecs is None else puzzle_vecs[s], y[s], z[s], keep)
+                     for s, keep in crop]
+            order = torch.cat([s for s, _ in crop])
+            back = torch.empty_like(order)
+            back[order] = torch.arange(len(order), device=order.device)
+            return tuple(torch.cat([p[i] for p in parts])[back] for i in range(5))
+        return self._step(inputs, puzzle_vecs, y, z, crop)
+
+    def _step(self, inputs, puzzle_vecs, y, z, keep):
+        rope = None
         if self.cfg.pos_encodings == "rope":
             rope = (self.rope_cos, self.rope_sin)
-        if crop is not None and crop[0] * crop[1] < self.cfg.seq_len:
-            keep = self.keep_index(*crop)
+        if keep is not None:
             inputs = inputs[:, keep[self.cfg.puzzle_emb_len:] - self.cfg.puzzle_emb_len]
             rope = (rope[0][keep], rope[1][keep]) if rope is not None else None
             y_all, z_all, y, z = y, z, y[:, keep], z[:, keep]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import pipeline.model as model_mod
 from pipeline.act import IGNORE, empty_carry, supervision_step
-from pipeline.crop import used_extent, view_extents
+from pipeline.crop import size_groups, used_extent, used_extents, view_extents
 from pipeline.infer import PredictConfig, make_views, predict_tests
 from pipeline.model import TRM, ModelConfig
 from pipeline.sampler import DataConfig, PerTaskIds, Sampler, encode, pack_tasks, task_sides
@@ -56,7 +56,7 @@ def test_a_cropped_step_is_the_full_step_with_the_padding_masked_out(pos, monkey
     y, z = y + 0.1 * torch.randn_like(y), z + 0.1 * torch.randn_like(z)  # a carried state, not the initial one
     keep = m.keep_index(rows, cols)
     assert keep[:2].tolist() == [0, 1] and keep[2:7].tolist() == [2, 3, 4, 5, 2 + CANVAS]  # full-canvas numbering
-    yc, zc, lc, qc, _ = m(inputs, vecs, y, z, (rows, cols))
+    yc, zc, lc, qc, _ = m(inputs, vecs, y, z, keep)
     yf, zf, lf, qf, _ = _masked_full_step(m, inputs, vecs, y, z, keep, monkeypatch)
     cells = keep[2:] - 2
     torch.testing.assert_close(yc[:, keep], yf[:, keep], rtol=1e-4, atol=1e-3)
@@ -101,6 +101,7 @@ def test_the_training_rectangle_covers_grids_borders_and_offsets():
     # pair 0: rows 0..3 + border row 4 -> 5; cols 0..2 + border col 3 -> 4. pair 1: rows 1..2 + border -> 4,
     # cols 3..4 + border -> 6.
     assert used_extent(b["inputs"], b["labels"], CANVAS, IGNORE) == (5, 6)
+    assert used_extents(b["inputs"], b["labels"], CANVAS, IGNORE).tolist() == [[5, 4], [4, 6]]
     full = _encoded([one((7, 8), np.uint8)], [one((8, 8), np.uint8)], [(0, 0)])
     assert used_extent(full["inputs"], full["labels"], CANVAS, IGNORE) == (CANVAS, CANVAS)  # no border at the edge
 
@@ -117,7 +118,7 @@ def test_a_training_step_under_crop_runs_the_used_rectangle_only(monkeypatch):
 
     monkeypatch.setattr(TRM, "forward", spy)
     carry, loss, metrics, preds = supervision_step(m, empty_carry(m, b, torch.float32), b, lambda ids: m.puzzle_emb[ids])
-    assert seen == [(5, 3)]
+    assert [len(k) for k in seen] == [2 + 5 * 3] and torch.equal(seen[0], m.keep_index(5, 3))
     loss.backward()
     assert torch.isfinite(loss) and m.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
     assert (preds.view(2, CANVAS, CANVAS)[:, 5:, :] == 0).all() and (preds.view(2, CANVAS, CANVAS)[:, :, 3:] == 0).all()
@@ -157,13 +158,12 @@ class _Oracle(TRM):
         self.answers, self.crops = answers, []
 
     def forward(self, inputs, puzzle_vecs, y, z, crop=None):
-        self.crops.append(crop)
+        self.crops.append(None if crop is None else len(crop))  # positions run (no prefix here)
         target = torch.stack([self.answers[bytes(r.to(torch.uint8).numpy())] for r in inputs]).long()
         if crop is not None:
-            c = self.canvas
-            inside = torch.zeros(c, c, dtype=torch.bool)
-            inside[:crop[0], :crop[1]] = True
-            target = torch.where(inside.flatten(), target, 0)
+            inside = torch.zeros(self.cfg.seq_len, dtype=torch.bool)
+            inside[crop] = True
+            target = torch.where(inside, target, 0)
         logits = F.one_hot(target, self.cfg.vocab_size).float()
         q = torch.ones(len(inputs))
         return y, z, logits, q, -q
@@ -195,11 +195,11 @@ def test_prediction_under_crop_decodes_a_3x_answer_like_the_full_canvas():
                             torch.device("cpu"), torch.float32)
         results[crop] = (p, oracle.crops)
     (full, full_crops), (cropped, crops) = results[False], results[True]
-    assert all(c is None for c in full_crops) and all(c is not None for c in crops)
+    assert all(c is None for c in full_crops) and any(c is not None for c in crops)
     assert np.array_equal(cropped.attempts[0], _up3(x)) and cropped.votes == full.votes
     assert all(np.array_equal(a, b) for a, b in zip(cropped.attempts, full.attempts))
     assert cropped.valid_views == full.valid_views == cfg.augs
-    assert min(r * c for r, c in crops) < canvas * canvas  # some rectangles are smaller than the canvas
+    assert min(c for c in crops if c) < canvas * canvas  # some rectangles are smaller than the canvas
     # every view's rectangle holds its answer and border: the view's own extent is inside it
     assert (views.extents[:, 0] >= views.r0 + rows + 1).all() and (views.extents[:, 1] >= views.c0 + cols + 1).all()
 
@@ -274,5 +274,42 @@ def test_the_submit_calibration_times_every_size_bucket_under_crop(tmp_path, mon
     startup, step_s, save_s = calibrate_ttt(cfg, init_runtime("cpu", "float32", 0), tasks, tmp_path / "cal", steps=2)
     assert step_s > 0 and startup >= 0 and save_s > 0
     assert {0, 1} <= set(pins)
-    areas = [r * c for r, c in crops]
+    areas = [64 if k is None else len(k) - 1 for k in crops]
     assert min(areas) <= 4 * 4 and max(areas) >= 7 * 7  # the small bucket's rectangles and the large one's
+
+
+def test_size_groups_run_each_group_on_its_own_rectangle():
+    ext = np.array([[8, 8], [2, 3], [7, 6], [3, 2], [2, 2]])
+    groups = size_groups(ext, 2, "cpu")
+    assert [(g.tolist(), rect) for g, rect in groups] == [([1, 3, 4], (3, 3)), ([0, 2], (8, 8))]
+    assert size_groups(ext, 1, "cpu") == (8, 8)
+    m = _model()
+    B = 5
+    inputs = torch.randint(2, 12, (B, CANVAS ** 2), dtype=torch.int32)
+    vecs = m.puzzle_emb[[1, 2, 1, 2, 1]]
+    y, z = m.initial_state(B, torch.float32)
+    k33, k54 = m.keep_index(3, 3), m.keep_index(5, 4)
+    grouped = m(inputs, vecs, y, z, [(torch.tensor([1, 3, 4]), k33), (torch.tensor([0, 2]), k54)])
+    small = m(inputs[[1, 3, 4]], vecs[[1, 3, 4]], y[[1, 3, 4]], z[[1, 3, 4]], k33)
+    large = m(inputs[[0, 2]], vecs[[0, 2]], y[[0, 2]], z[[0, 2]], k54)
+    for i in range(5):  # every output back in slot order, each slot as its own group computed it
+        torch.testing.assert_close(grouped[i][[1, 3, 4]], small[i])
+        torch.testing.assert_close(grouped[i][[0, 2]], large[i])
+
+
+def test_a_training_step_in_size_groups(monkeypatch):
+    m = _model(crop=True, crop_groups=2)
+    b = _encoded([np.ones((1, 1), np.uint8), np.ones((5, 5), np.uint8), np.ones((1, 2), np.uint8)],
+                 [np.ones((1, 1), np.uint8), np.ones((6, 6), np.uint8), np.ones((1, 2), np.uint8)], [(0, 0)] * 3)
+    seen = []
+    real = TRM._step
+
+    def spy(self, inputs, vecs, y, z, crop):
+        seen.append((len(inputs), len(crop) - 2))
+        return real(self, inputs, vecs, y, z, crop)
+
+    monkeypatch.setattr(TRM, "_step", spy)
+    carry, loss, metrics, preds = supervision_step(m, empty_carry(m, b, torch.float32), b, lambda ids: m.puzzle_emb[ids])
+    assert sorted(seen) == [(1, 7 * 7), (2, 2 * 3)]
+    loss.backward()
+    assert torch.isfinite(loss) and m.blocks[0].attn.qkv.weight.grad.abs().sum() > 0

@@ -185,7 +185,7 @@ def test_warm_start_copies_the_trunk_and_reinitialises_new_tasks_to_the_mean(tmp
 def test_the_training_step_and_the_model_step_have_no_data_dependent_python_branch():
     """torch.compile(fullgraph=True) refuses any graph break, so a host sync or a Python branch on tensor
     values inside the ACT step (refill, recursion, loss, halting, metrics) or the model's step (cropped too:
-    the rectangle is a Python constant) fails here; on a GPU such a sync would stall the recursion."""
+    the positions are an index tensor) fails here; on a GPU such a sync would stall the recursion."""
     torch.manual_seed(0)
     m = TRM(ModelConfig(**SMALL), 3)
     b = _batch()
@@ -198,4 +198,4 @@ def test_the_training_step_and_the_model_step_have_no_data_dependent_python_bran
     fwd = torch.compile(m, backend="eager", fullgraph=True)
     y, z = m.initial_state(len(b["inputs"]), torch.float32)
     vecs = m.puzzle_emb[b["puzzle_ids"]]
-    assert fwd(b["inputs"], vecs, y, z)[2].shape == fwd(b["inputs"], vecs, y, z, (3, 2))[2].shape
+    assert fwd(b["inputs"], vecs, y, z)[2].shape == fwd(b["inputs"], vecs, y, z, m.keep_index(3, 2))[2].shape
