@@ -17,7 +17,9 @@ PRETRAIN_CROP=${PRETRAIN_CROP:-1}
 SRC="synthetic:tasks=8,seed=0,size=6,demos=400,tests=8,families=flip_lr+flip_ud+colour_map+recolour"
 HELD="synthetic:tasks=4,seed=7,size=6,demos=64,tests=8,families=colour_map+recolour"
 CANVAS=(data.canvas=$SIDE model.seq_len=$((SIDE * SIDE)))
-CROP=(model.crop=true data.max_offset=1 predict.max_offset=1)
+# The TTT presets now set these themselves (configs/ttt_*.yaml, demo_ttt.yaml): the runs without crop undo them.
+CROP=(model.crop=true model.crop_groups=1 data.max_offset=1 predict.max_offset=1)
+FULL=(model.crop=false data.max_offset=0 predict.max_offset=0)
 mkdir -p "$OUT"
 $PY -m stages.data export "$SRC" --out "$OUT/pre"
 $PY -m stages.data export "$HELD" --out "$OUT/held"
@@ -32,9 +34,11 @@ if [ "$PRETRAIN_CROP" = 1 ]; then
   predict $OUT/pretrain_crop $OUT/pre_challenges.json $OUT/pre_crop_trained.json
 fi
 $PY -m stages.ttt --checkpoint $OUT/pretrain --challenges $OUT/held_challenges.json --out $OUT/ttt \
-  --config configs/demo_ttt.yaml --set train.steps=200 train.progress=false
+  --config configs/demo_ttt.yaml --set train.steps=200 train.progress=false "${FULL[@]}"
 $PY -m stages.ttt --checkpoint $OUT/pretrain --challenges $OUT/held_challenges.json --out $OUT/ttt_crop \
   --config configs/demo_ttt.yaml --set train.steps=200 train.progress=false "${CROP[@]}"
+$PY -m stages.ttt --checkpoint $OUT/pretrain --challenges $OUT/held_challenges.json --out $OUT/ttt_crop_groups \
+  --config configs/demo_ttt.yaml --set train.steps=200 train.progress=false "${CROP[@]}" model.crop_groups=4
 $PY -m stages.ttt --checkpoint $OUT/pretrain --challenges $OUT/held_challenges.json --out $OUT/ttt_crop_bucketed \
   --config configs/demo_ttt.yaml --set train.steps=200 train.progress=false "${CROP[@]}" data.bucket_steps=20 \
   data.size_buckets=2
@@ -45,6 +49,7 @@ predict $OUT/pretrain $OUT/held_challenges.json $OUT/held_full.json --no-crop
 predict $OUT/pretrain $OUT/held_challenges.json $OUT/held_crop.json --crop
 predict $OUT/ttt $OUT/held_challenges.json $OUT/held_ttt_full.json
 predict $OUT/ttt_crop $OUT/held_challenges.json $OUT/held_ttt_crop.json
+predict $OUT/ttt_crop_groups $OUT/held_challenges.json $OUT/held_ttt_crop_groups.json
 predict $OUT/ttt_crop_bucketed $OUT/held_challenges.json $OUT/held_ttt_crop_bucketed.json
 {
   echo "pretrained, its held-out test inputs, full canvas:      $(score $OUT/pre_solutions.json $OUT/pre_full.json)"
@@ -55,8 +60,9 @@ predict $OUT/ttt_crop_bucketed $OUT/held_challenges.json $OUT/held_ttt_crop_buck
   echo "new tasks, no TTT, --crop:                              $(score $OUT/held_solutions.json $OUT/held_crop.json)"
   echo "new tasks, TTT full canvas:                             $(score $OUT/held_solutions.json $OUT/held_ttt_full.json)"
   echo "new tasks, TTT under crop (max_offset 1):               $(score $OUT/held_solutions.json $OUT/held_ttt_crop.json)"
+  echo "new tasks, TTT under crop, 4 size groups per step:      $(score $OUT/held_solutions.json $OUT/held_ttt_crop_groups.json)"
   echo "new tasks, TTT under crop, 2 size buckets:              $(score $OUT/held_solutions.json $OUT/held_ttt_crop_bucketed.json)"
-  for r in pretrain pretrain_crop ttt ttt_crop ttt_crop_bucketed; do
+  for r in pretrain pretrain_crop ttt ttt_crop ttt_crop_groups ttt_crop_bucketed; do
     [ -f $OUT/$r/metrics.jsonl ] && echo "$r: $(grep -c . $OUT/$r/metrics.jsonl) log rows, $(head -1 $OUT/$r/log.txt | cut -c1-19) .. $(tail -1 $OUT/$r/log.txt | cut -c1-19)" || true
   done
 } | tee $OUT/summary.txt
