@@ -13,6 +13,7 @@
     python -m bench.tta                                      # 3 seeds x 3 optimisers x 2 settings
     python -m bench.tta --seeds 0 --settings scratch --optimizers muon --max-steps 400    # a quick look
     python -m bench.tta --lr muon=2e-3 --rows /tmp/rows.json  # another lr; per-run rows to a file
+    python -m bench.tta --settings ttt --set model.crop=false    # config overrides for every run
 
 Each optimiser runs at its own lr (LR below, chosen by the sweep recorded in bench/results/tta.md); the
 schedule is each config's (warm-up then constant). Evaluation every --eval-every steps (its time is not
@@ -84,13 +85,13 @@ def ttt_eval_fn(cfg, rt, data):
     return eval_fn
 
 
-def one_run(setting: str, optimizer: str, seed: int, lr: float, max_steps: int, eval_every: int, work: Path
-            ) -> dict:
+def one_run(setting: str, optimizer: str, seed: int, lr: float, max_steps: int, eval_every: int, work: Path,
+            extra: list[str]) -> dict:
     run_dir = work / f"{setting}-{optimizer}-{lr:g}-seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)  # every run starts fresh (a kept folder would be resumed)
     overrides = [f"seed={seed}", f"train.optimizer={optimizer}", f"train.lr={lr}", f"train.steps={max_steps}",
                  f"train.eval_every={eval_every}", f"train.ckpt_every={max_steps}", f"train.log_every={eval_every}",
-                 "train.progress=false"]
+                 "train.progress=false", *extra]
     init_rows, rt = None, init_runtime("cpu", "float32", 0)
     if setting == "scratch":
         cfg = load_config("configs/demo_cpu.yaml", [*overrides, f"run_dir={run_dir}"])
@@ -163,6 +164,8 @@ def main(argv=None) -> None:
     p.add_argument("--lr", nargs="*", default=[], metavar="OPT=LR", help="override an optimiser's lr (all settings)")
     p.add_argument("--max-steps", type=int, default=0, help=f"step cap per run (0: {STEPS})")
     p.add_argument("--eval-every", type=int, default=0, help=f"evaluation interval (0: {EVAL_EVERY})")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every run (after the presets; TTT: not the pretrained checkpoint)")
     p.add_argument("--work", default="", help="keep run folders (and the pretrained checkpoint) here")
     p.add_argument("--rows", default="", help="write the per-run rows (with curves) to this JSON file")
     args = p.parse_args(argv)
@@ -175,7 +178,7 @@ def main(argv=None) -> None:
                 for opt in args.optimizers:
                     lr = lr_override.get(opt, LR[setting][opt])
                     rows.append(one_run(setting, opt, seed, lr, args.max_steps or STEPS[setting],
-                                        args.eval_every or EVAL_EVERY[setting], work))
+                                        args.eval_every or EVAL_EVERY[setting], work, args.set))
                     r = rows[-1]
                     print(f"{setting} {opt} lr={lr:g} seed={seed}: steps to {TARGET:.0%} = {r['steps_to_target']} "
                           f"({r['seconds_to_target']} s), best pass@1 {r['best_pass@1']:.3f}", flush=True)
@@ -183,7 +186,8 @@ def main(argv=None) -> None:
                         write_json_atomic(args.rows, rows)
         summary = summarise(rows)
         print(markdown(summary), flush=True)
-        emit({"bench": "tta", "target_pass@1": TARGET, "threads": torch.get_num_threads(), "summary": summary, "runs": [{k: v for k, v in r.items() if k != "curve"} for r in rows]})
+        emit({"bench": "tta", "target_pass@1": TARGET, "overrides": args.set, "threads": torch.get_num_threads(),
+              "summary": summary, "runs": [{k: v for k, v in r.items() if k != "curve"} for r in rows]})
 
 
 if __name__ == "__main__":
