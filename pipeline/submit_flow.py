@@ -141,7 +141,8 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
         log.error("TTT cannot run (%s): the pretrained model predicts", e)
         free_memory(rt)
     if fits:
-        loaded = load_for_prediction(job.checkpoint, rt.device)
+        # timed as the TTT model will predict: its config's model.crop, not the pretrained checkpoint's
+        loaded = load_for_prediction(job.checkpoint, rt.device, crop=cfg.model.crop)
         try:
             cal.predict_startup_s, cal.view_s = calibrate_predict(loaded, fits, cfg.predict, rt)
         except MODEL_ERRORS as e:
