@@ -88,7 +88,10 @@ class OptimizerSet:
         if set(state) != set(self.optimizers):
             raise ValueError(f"optimiser state holds {sorted(state)}, this run has {sorted(self.optimizers)}")
         for k, opt in self.optimizers.items():
+            scales = [g.get("lr_scale", 1.0) for g in opt.param_groups]
             opt.load_state_dict(state[k])
+            for g, scale in zip(opt.param_groups, scales):  # the config's muon_lr / lr wins over the saved one
+                g["lr_scale"] = scale
 
 
 def muon_optimizer(model: torch.nn.Module, lr: float, muon_lr: float, momentum: float, betas, weight_decay: float
