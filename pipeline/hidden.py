@@ -107,7 +107,7 @@ def predict_challenges(loaded: LoadedModel, res: LoadResult, pcfg: PredictConfig
     rows = np.arange(len(packed.test_task))[rt.rank::rt.world_size]
     if rt.compiles(pcfg.compile):
         log.info("prediction runs a torch.compile'd model (compiles on the first batch)")
-        loaded = dataclasses.replace(loaded, model=compile_model(loaded.model, loaded.model.cfg.crop))
+        loaded = dataclasses.replace(loaded, model=compile_model(loaded.model, loaded.model))
     bar = None
     if rt.is_main and show_progress:
         from tqdm import tqdm

@@ -192,19 +192,15 @@ class TRM(nn.Module):
             self.register_buffer("rope_sin", emb.sin(), persistent=False)
 
     # -- pieces -------------------------------------------------------------------------------------
-    def keep_index(self, rows: int, cols: int) -> torch.Tensor | None:
+    def keep_index(self, rows: int, cols: int) -> torch.Tensor:
         """Sequence positions (prefix first) of the canvas rectangle [0:rows, 0:cols], numbered as on the full
-        canvas: prefix p -> p, cell (r, c) -> puzzle_emb_len + r * canvas + c; None for the whole canvas."""
-        if rows * cols >= self.cfg.seq_len:
-            return None
+        canvas: prefix p -> p, cell (r, c) -> puzzle_emb_len + r * canvas + c. A fresh tensor each call (a
+        compiled step guards on aliasing between its inputs); the whole canvas is a rectangle like any other,
+        so a compiled step sees one kind of input under crop."""
         canvas = self.canvas
-        key = (rows, cols)
-        cache = self.__dict__.setdefault("_keep_cache", {})
-        if key not in cache or cache[key].device != self.y_init.device:
-            P = self.cfg.puzzle_emb_len
-            cells = (torch.arange(rows)[:, None] * canvas + torch.arange(cols)[None, :]).flatten()
-            cache[key] = torch.cat((torch.arange(P), P + cells)).to(self.y_init.device)
-        return cache[key]
+        P = self.cfg.puzzle_emb_len
+        cells = (torch.arange(rows)[:, None] * canvas + torch.arange(cols)[None, :]).flatten()
+        return torch.cat((torch.arange(P), P + cells)).to(self.y_init.device, non_blocking=True)
 
     def embed(self, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None, keep: torch.Tensor | None = None):
         """Token + puzzle-prefix embedding of `inputs` (the grid tokens at positions keep[P:] when cropped)."""
@@ -254,7 +250,8 @@ class TRM(nn.Module):
         (a tensor, so a compiled step takes every size without recompiling): (y, z) are read and written
         there and stay as they were elsewhere, and logits outside it are 0 (argmax PAD; callers crop so
         that every label outside is ignored). `crop=[(slots, keep), ...]` runs each group of slots (index
-        tensors covering the batch once) on its own positions (model.crop_groups).
+        tensors covering the batch once) on its own positions (model.crop_groups). Under crop the step
+        compiled is `_step` (runtime.compile_model), once per group, one index tensor of dynamic length each.
 
         Returns (y, z) detached for the next step, logits [B, seq_len, vocab], and the fp32 halting
         logits (q_halt, q_continue)."""
@@ -297,11 +294,12 @@ class TRM(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def flops_per_step(self, batch: int) -> float:
+    def flops_per_step(self, batch: int, seq_len: int | None = None) -> float:
         """Model FLOPs of one training supervision step (forward of all cycles, backward of the last),
-        counting matmuls only, for MFU."""
+        counting matmuls only, for MFU; `seq_len` grid tokens instead of the canvas (a crop rectangle).
+        Under crop the MFU printed while training counts the full canvas, an upper bound."""
         c = self.cfg
-        S, h = c.total_len, c.hidden
+        S, h = (c.total_len if seq_len is None else seq_len + c.puzzle_emb_len), c.hidden
         inner = swiglu_width(h, c.expansion)
         per_block = 2 * S * (3 * h * h + h * h + 3 * h * inner)  # qkv, out, SwiGLU
         per_block += 0 if c.mlp_t else 4 * S * S * h  # QK^T and AV

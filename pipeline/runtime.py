@@ -41,11 +41,16 @@ class Runtime:
             torch.cuda.synchronize(self.device)
 
 
-def compile_model(module, varying_length: bool = False):
-    """torch.compile as this project uses it; `varying_length` (model.crop: every step its own rectangle)
-    compiles for dynamic shapes once, instead of recompiling per sequence length until the cache limit
-    sends it back to eager."""
-    return torch.compile(module, dynamic=True if varying_length else None)
+def compile_model(module, raw=None):
+    """torch.compile as this project uses it. `raw` is the TRM inside `module` (DDP etc.): under model.crop
+    every step has its own sequence length and a step may run in size groups (a list of index tensors), so
+    the model's per-group step is compiled for dynamic shapes and `module` stays as it is: one graph for
+    every rectangle instead of a recompile per length and per group pattern until the cache limit sends
+    it back to eager."""
+    if raw is not None and raw.cfg.crop:
+        raw._step = torch.compile(raw._step, dynamic=True)
+        return module
+    return torch.compile(module)
 
 
 def autocast_for(device: torch.device, dtype: torch.dtype):

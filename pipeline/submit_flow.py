@@ -210,7 +210,8 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
         log.info("predict with %s: %d views per test input, %d test inputs per chunk (~%.1fs)", model_path, views,
                  per_chunk, chunk_s)
         try:
-            loaded = load_for_prediction(model_path, rt.device)
+            # the crop calibrated, also when the pretrained model predicts because TTT failed
+            loaded = load_for_prediction(model_path, rt.device, crop=cfg.model.crop)
             hidden = predict_challenges(loaded, res, pcfg, rt, dl.predict_deadline(chunk_s),
                                         show_progress=job.progress)
         except Exception as e:  # model errors are handled task by task inside; this is anything else

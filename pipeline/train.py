@@ -180,6 +180,12 @@ def ema_weights(model: torch.nn.Module, ema: EMA | None):
                     p.copy_(saved[n])
 
 
+def _weights_config(model_cfg):
+    """The model config less what changes only the compute (model.crop, crop_groups): what a resume compares,
+    so that a run started on the full canvas continues under a preset that crops."""
+    return replace(model_cfg, crop=False, crop_groups=1)
+
+
 class Trainer:
     """Owns model, optimisers, EMA, sampler and carry of one run; `fit()` runs to cfg.train.steps (or a
     `Stop`) with automatic resume and checkpoints. Built by pipeline.build.build_run."""
@@ -242,7 +248,7 @@ class Trainer:
             model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
                         broadcast_buffers=False, find_unused_parameters=not model.cfg.halting)
         if rt.compiles(c.compile):
-            model = compile_model(model, self.model.cfg.crop)
+            model = compile_model(model, self.model)
         return model
 
     def _wrap_deepspeed(self):
@@ -299,10 +305,9 @@ class Trainer:
         differs = [what for what, same in (
             ("other tasks", list(task_ids) == list(self.task_ids)),
             ("another puzzle-id table", ids is None or (ids.name, ids.num_ids) == (mine.name, mine.num_ids)),
-            # model.crop changes the compute, not the weights or the carry (kept full-size): either resumes
-            ("another model config", replace(cfg.model, crop=False) == replace(self.run_cfg.model, crop=False)),
+            ("another model config", _weights_config(cfg.model) == _weights_config(self.run_cfg.model)),
             *((f"train.{k}={getattr(cfg.train, k)!r}", getattr(cfg.train, k) == getattr(self.cfg, k))
-              for k in ("trainable", "lora_rank"))) if not same]
+              for k in ("trainable", "lora_rank", "optimizer"))) if not same]
         if differs:
             raise CheckpointError(f"{self.run_dir} holds a run of {', '.join(differs)}: resume it as it was, or "
                                   "use another run folder")

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import pipeline.model as model_mod
 from pipeline.act import IGNORE, empty_carry, supervision_step
-from pipeline.crop import size_groups, used_extent, used_extents, view_extents
+from pipeline.crop import size_groups, used_extents, view_extents
 from pipeline.infer import PredictConfig, make_views, predict_tests
 from pipeline.model import TRM, ModelConfig
 from pipeline.sampler import DataConfig, PerTaskIds, Sampler, encode, pack_tasks, task_sides
@@ -100,10 +100,9 @@ def test_the_training_rectangle_covers_grids_borders_and_offsets():
                  [(0, 0), (1, 3)])
     # pair 0: rows 0..3 + border row 4 -> 5; cols 0..2 + border col 3 -> 4. pair 1: rows 1..2 + border -> 4,
     # cols 3..4 + border -> 6.
-    assert used_extent(b["inputs"], b["labels"], CANVAS, IGNORE) == (5, 6)
     assert used_extents(b["inputs"], b["labels"], CANVAS, IGNORE).tolist() == [[5, 4], [4, 6]]
     full = _encoded([one((7, 8), np.uint8)], [one((8, 8), np.uint8)], [(0, 0)])
-    assert used_extent(full["inputs"], full["labels"], CANVAS, IGNORE) == (CANVAS, CANVAS)  # no border at the edge
+    assert used_extents(full["inputs"], full["labels"], CANVAS, IGNORE).tolist() == [[CANVAS, CANVAS]]  # no border
 
 
 def test_a_training_step_under_crop_runs_the_used_rectangle_only(monkeypatch):
@@ -210,27 +209,50 @@ def test_view_extents_cover_input_answer_and_border_or_the_whole_axis():
     assert ext.tolist() == [[12, 8], [7, 30]]  # rot90 swaps axes: answer 6x9 -> rows 6+1; unknown width -> 30
 
 
-def test_evaluation_with_crop_runs_and_votes_on_a_trained_shape():
-    """Held-out evaluation under crop on a synthetic suite: runs end to end with views ordered by size and
-    returns its views' results in their own order (per-input pass@k counted as without crop)."""
-    from pipeline.infer import evaluate_heldout
+class _RandomHalts(TRM):
+    """Records which views (their number is input token 0) each step runs and on which positions; halts at
+    random, so slots are refilled at different steps."""
 
-    tasks = synthetic_tasks("tasks=4,seed=0,size=3,demos=2,tests=2,fixed=1", train_on_test=False)
-    packed = pack_tasks(tasks)
-    ids = PerTaskIds(packed.num_tasks)
-    cfg = PredictConfig(augs=6, batch_size=4, translate=True, compile=False)
-    out = {}
-    for crop in (False, True):
-        torch.manual_seed(0)
-        m = TRM(ModelConfig(hidden=16, heads=2, seq_len=CANVAS ** 2, puzzle_emb_len=1, puzzle_emb_ndim=16,
-                            h_cycles=1, l_cycles=1, halt_max_steps=2, crop=crop), ids.num_ids)
-        out[crop] = evaluate_heldout(m, packed, ids, cfg, CANVAS, torch.device("cpu"), torch.float32)
-    assert out[True]["inputs"] == out[False]["inputs"] == 8
+    def __init__(self):
+        super().__init__(ModelConfig(hidden=8, heads=1, layers=1, seq_len=CANVAS * CANVAS, puzzle_emb_len=0,
+                                     puzzle_emb_ndim=0, halt_max_steps=6, crop=True), 1)
+        self.log, self.rng = [], np.random.default_rng(0)
+
+    def forward(self, inputs, vecs, y, z, crop=None):
+        self.log.append((inputs[:, 0].long().numpy().copy(), crop.numpy().copy()))
+        q = torch.from_numpy(self.rng.normal(size=len(inputs))).float()
+        return y, z, torch.zeros(len(inputs), CANVAS * CANVAS, 12), q, -q
+
+
+def test_streaming_prediction_crops_every_step_to_cover_its_live_views():
+    """predict_stream keeps a host copy of which view each slot runs (refills happen at different steps);
+    every step's rectangle must cover the extent of every view still running in it."""
+    from pipeline.act import predict_stream
+
+    for trial in range(10):
+        rng = np.random.default_rng(trial)
+        N, B = int(rng.integers(5, 40)), int(rng.integers(1, 9))
+        ext = np.stack([rng.integers(1, CANVAS + 1, N), rng.integers(1, CANVAS + 1, N)], 1)
+        ext = ext[np.lexsort((-ext[:, 1], -ext[:, 0]))]
+        inputs = torch.zeros(N, CANVAS * CANVAS, dtype=torch.int32)
+        inputs[:, 0] = torch.arange(N)
+        m = _RandomHalts().eval()
+        _, _, steps = predict_stream(m, inputs, None, B, None, True, extents=ext)
+        seen = np.zeros(N, np.int64)
+        for views, keep in m.log:
+            rows, cols = keep.max() // CANVAS + 1, keep % CANVAS
+            assert len(keep) == rows * (cols.max() + 1)
+            for v in views:
+                seen[v] += 1
+                if seen[v] <= steps[v]:  # the view is live in this step
+                    assert ext[v, 0] <= rows and ext[v, 1] <= cols.max() + 1, (trial, v)
+        assert (seen >= steps.numpy()).all() and (steps.numpy() >= 1).all()
 
 
 def test_a_run_resumes_with_crop_switched_on(tmp_path):
     """model.crop changes the compute, not the weights or the (full-size) carry: a run folder trained without
-    it continues under it (a preset switching crop on must not strand a run), and another model still may not."""
+    it continues under the presets' crop settings (they must not strand a run); another model or optimiser
+    is refused with a clear error."""
     from pipeline.build import build_run
     from pipeline.checkpoint import CheckpointError
     from pipeline.config import load_config
@@ -243,9 +265,11 @@ def test_a_run_resumes_with_crop_switched_on(tmp_path):
         return build_run(cfg, init_runtime("cpu", "float32", 0), eval_fn=None).trainer.fit()
 
     fit(2)
-    assert fit(4, "model.crop=true")["step"] == 4
+    assert fit(4, "model.crop=true", "model.crop_groups=8", "data.max_offset=1")["step"] == 4  # as the presets
     with pytest.raises(CheckpointError, match="another model"):
         fit(6, "model.l_cycles=3")
+    with pytest.raises(CheckpointError, match="train.optimizer"):  # its state would not load: say so
+        fit(6, "train.optimizer=muon")
 
 
 def test_the_submit_calibration_times_every_size_bucket_under_crop(tmp_path, monkeypatch):
@@ -313,3 +337,52 @@ def test_a_training_step_in_size_groups(monkeypatch):
     assert sorted(seen) == [(1, 7 * 7), (2, 2 * 3)]
     loss.backward()
     assert torch.isfinite(loss) and m.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_a_compiled_step_under_crop_compiles_a_few_graphs_for_every_size_and_group_pattern(monkeypatch):
+    """runtime.compile_model compiles the model's per-group step for dynamic shapes: rectangles of every size,
+    in 1 to 4 size groups, run on a handful of graphs, far below the recompile limit (8) after which torch
+    falls back to eager (a compiled forward over the group list recompiled per pattern and hit it)."""
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounter
+
+    import pipeline.runtime as runtime
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    real = torch.compile
+    monkeypatch.setattr(runtime.torch, "compile", lambda fn, **kw: real(fn, backend=counter, **kw))
+    m = _model(crop=True)
+    wrapped = runtime.compile_model(m, m)
+    assert wrapped is m  # under crop the step inside is compiled, not the module
+    B = 16
+    inputs = torch.randint(2, 12, (B, CANVAS ** 2), dtype=torch.int32)
+    vecs = m.puzzle_emb[torch.ones(B, dtype=torch.long)]
+    y, z = m.initial_state(B, torch.float32)
+    rng = np.random.default_rng(0)
+    for step in range(24):
+        ext = np.stack([rng.integers(1, CANVAS + 1, B), rng.integers(1, CANVAS + 1, B)], 1)
+        groups = size_groups(ext, 1 + step % 4, "cpu")
+        crop = m.keep_index(*groups) if isinstance(groups, tuple) else [(s, m.keep_index(*r)) for s, r in groups]
+        wrapped(inputs, vecs, y, z, crop)
+    assert 1 <= counter.frame_count <= 4, counter.frame_count
+    torch._dynamo.reset()
+
+
+def test_the_prediction_calibration_scales_the_timed_inputs_to_all_inputs_under_crop():
+    """The timed inputs (the first few) can be far smaller or larger than the rest: under crop the per-view
+    time is scaled by the FLOPs of all inputs' view rectangles over the timed ones'."""
+    from pipeline.budget import _crop_cost_ratio
+
+    small = [Task(f"s{k}", [(np.ones((2, 2), np.uint8), np.ones((2, 2), np.uint8))], [np.ones((2, 2), np.uint8)])
+             for k in range(2)]
+    large = [Task(f"l{k}", [(np.ones((7, 7), np.uint8), np.ones((7, 7), np.uint8))], [np.ones((7, 7), np.uint8)])
+             for k in range(2)]
+    packed = pack_tasks(small + large)
+    m = _model(crop=True)
+    cfg = PredictConfig(translate=False)
+    args = (np.full(4, -1), PerTaskIds(4), cfg, CANVAS)
+    up = _crop_cost_ratio(m, packed, np.arange(2), *args)  # timed the small ones: the rest cost more
+    down = _crop_cost_ratio(m, packed, np.arange(2, 4), *args)
+    assert up > 1.5 and down < 0.8
+    assert up == pytest.approx((m.flops_per_step(1, 9) + m.flops_per_step(1, 64)) / 2 / m.flops_per_step(1, 9))

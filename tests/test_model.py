@@ -185,7 +185,8 @@ def test_warm_start_copies_the_trunk_and_reinitialises_new_tasks_to_the_mean(tmp
 def test_the_training_step_and_the_model_step_have_no_data_dependent_python_branch():
     """torch.compile(fullgraph=True) refuses any graph break, so a host sync or a Python branch on tensor
     values inside the ACT step (refill, recursion, loss, halting, metrics) or the model's step (cropped too:
-    the positions are an index tensor) fails here; on a GPU such a sync would stall the recursion."""
+    the positions are an index tensor; size groups and the one sync crop adds to the ACT step: test_crop.py)
+    fails here; on a GPU such a sync would stall the recursion."""
     torch.manual_seed(0)
     m = TRM(ModelConfig(**SMALL), 3)
     b = _batch()
