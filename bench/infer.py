@@ -25,6 +25,7 @@ from bench.common import emit
 from pipeline.act import predict_stream
 from pipeline.config import load_config
 from pipeline.checkpoint import load_for_prediction
+from pipeline.crop import by_size
 from pipeline.infer import make_views, puzzle_table_lookup
 from pipeline.model import TRM
 from pipeline.runtime import compile_model, init_runtime
@@ -66,7 +67,7 @@ def main(argv=None) -> None:
                        cfg.predict.max_offset)
     n = batch * args.batches
     # under model.crop, as run_views streams them: largest rectangle first, each step on its live views' one
-    order = np.lexsort((-views.extents[:n, 1], -views.extents[:n, 0])) if model.cfg.crop else np.arange(n)
+    order = by_size(views.extents[:n])[::-1] if model.cfg.crop else np.arange(n)
     extents = views.extents[:n][order] if model.cfg.crop else None
     inputs = torch.from_numpy(views.inputs[:n][order]).to(rt.device)
     lookup = puzzle_table_lookup(model.puzzle_emb)

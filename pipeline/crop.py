@@ -22,13 +22,19 @@ def used_extents(inputs: torch.Tensor, labels: torch.Tensor, canvas: int, ignore
     return np.maximum(torch.stack((rows, cols), 1).cpu().numpy(), 1)
 
 
+def by_size(extents: np.ndarray) -> np.ndarray:
+    """The order of [N, 2] extents from the smallest to the largest (largest side, then area): how size
+    groups are cut and (reversed) how prediction streams its views."""
+    return np.lexsort((extents.prod(1), extents.max(1)))
+
+
 def size_groups(extents: np.ndarray, groups: int, device) -> list | tuple[int, int]:
     """Slots sorted by size (largest side, then area) and cut into `groups` groups of equal count, each with
     the rectangle that covers it: [(slot indices, (rows, cols)), ...]; one group is just its rectangle."""
     if groups <= 1 or len(extents) <= 1:
         rows, cols = extents.max(0)
         return int(rows), int(cols)
-    order = np.lexsort((extents.prod(1), extents.max(1)))
+    order = by_size(extents)
     out = []
     for part in np.array_split(order, min(groups, len(order))):
         rows, cols = extents[part].max(0)

@@ -15,7 +15,7 @@ from kernels import DIHEDRAL_SWAPS_AXES
 from kernels.inverse import decode_view, hash_views
 from kernels.vote import vote_topk
 from pipeline.act import predict_stream, unwrap
-from pipeline.crop import view_extents
+from pipeline.crop import by_size, view_extents
 from pipeline.runtime import autocast_for
 from pipeline.sampler import PackedTasks, PuzzleIdScheme, encode, random_perms
 
@@ -211,7 +211,7 @@ def run_views(model, views: Views, cfg: PredictConfig, device: torch.device, dty
     order = np.arange(len(views.inputs))
     extents = None
     if raw.cfg.crop and views.extents is not None:
-        order = np.lexsort((-views.extents[:, 1], -views.extents[:, 0]), axis=0)
+        order = by_size(views.extents)[::-1]
         extents = views.extents[order]
     inputs = torch.from_numpy(views.inputs[order]).to(device)
     vecs = lookup(torch.from_numpy(views.puzzle_ids[order]).to(device))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import pipeline.model as model_mod
 from pipeline.act import IGNORE, empty_carry, supervision_step
-from pipeline.crop import size_groups, used_extents, view_extents
+from pipeline.crop import by_size, size_groups, used_extents, view_extents
 from pipeline.infer import PredictConfig, make_views, predict_tests
 from pipeline.model import TRM, ModelConfig
 from pipeline.sampler import DataConfig, PerTaskIds, Sampler, encode, pack_tasks, task_sides
@@ -233,7 +233,7 @@ def test_streaming_prediction_crops_every_step_to_cover_its_live_views():
         rng = np.random.default_rng(trial)
         N, B = int(rng.integers(5, 40)), int(rng.integers(1, 9))
         ext = np.stack([rng.integers(1, CANVAS + 1, N), rng.integers(1, CANVAS + 1, N)], 1)
-        ext = ext[np.lexsort((-ext[:, 1], -ext[:, 0]))]
+        ext = ext[by_size(ext)[::-1]]  # as run_views streams them
         inputs = torch.zeros(N, CANVAS * CANVAS, dtype=torch.int32)
         inputs[:, 0] = torch.arange(N)
         m = _RandomHalts().eval()
