@@ -156,9 +156,14 @@ def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None
     if extents is not None and raw.cfg.crop:
         host_view = np.arange(B)  # the host's copy of `view`, kept in step at the step's one sync
 
+        made = {}  # rectangle -> its positions, made once per stream
+
         def crop_of():
             e = extents[host_view[host_view >= 0]]
-            return raw.keep_index(int(e[:, 0].max()), int(e[:, 1].max()))
+            rect = int(e[:, 0].max()), int(e[:, 1].max())
+            if rect not in made:
+                made[rect] = raw.keep_index(*rect)
+            return made[rect]
     while True:
         live = view >= 0
         y, z, logits, q_halt, _ = model(slot_inputs, slot_vecs, y, z, crop_of() if crop_of else None)

@@ -268,6 +268,8 @@ class TRM(nn.Module):
         rope = None
         if self.cfg.pos_encodings == "rope":
             rope = (self.rope_cos, self.rope_sin)
+        if keep is not None and keep.shape[0] == self.cfg.total_len:
+            keep = None  # the whole canvas: no gather
         if keep is not None:
             inputs = inputs[:, keep[self.cfg.puzzle_emb_len:] - self.cfg.puzzle_emb_len]
             rope = (rope[0][keep], rope[1][keep]) if rope is not None else None

@@ -76,9 +76,9 @@ def test_cpu_prediction_batch_is_bounded_in_tokens(monkeypatch):
     seen = []
     real = infer.predict_stream
 
-    def spy(model, inputs, vecs, batch_size, *args):
+    def spy(model, inputs, vecs, batch_size, *args, **kw):
         seen.append(batch_size)
-        return real(model, inputs, vecs, batch_size, *args)
+        return real(model, inputs, vecs, batch_size, *args, **kw)
 
     monkeypatch.setattr(infer, "predict_stream", spy)
     packed = pack_tasks(synthetic_tasks("tasks=2,seed=0,size=4,demos=2,tests=1,fixed=1", train_on_test=False))
