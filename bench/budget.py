@@ -206,8 +206,9 @@ def main(argv=None) -> None:
         ratio = crop_flop_ratios(model, args.crop_ttt, args.crop_max_offset)
         crop = project(args, model, ttt.train.global_batch, ttt.train.steps, ttt.predict.batch_size, ratio)
         out["crop"] = {"flop_ratio": ratio, "flow": crop["flow"], "fits_goal": crop["fits_goal"]}
-        print(f"full canvas: {out['fits_goal']['ttt_steps']} TTT steps, {out['fits_goal']['views']} views fit "
-              f"{args.budget_h} h; under crop: {crop['fits_goal']['ttt_steps']} steps, {crop['fits_goal']['views']} views")
+        full, cropped = out["fits_goal"], crop["fits_goal"]
+        print(f"full canvas: {full['ttt_steps']} TTT steps, {full['views']} views fit {args.budget_h} h; "
+              f"under crop: {cropped['ttt_steps']} steps, {cropped['views']} views")
     emit(out)
 
 

@@ -68,8 +68,9 @@ def token_stats(tasks, rng: np.random.Generator, batch: int, buckets=(1, 4, 8), 
         d = np.arange(8)
         ti = packed.test_in[t]
         bound = np.tile(np.asarray(answer_bound(packed, t)), (8, 1))
-        ext = view_extents(np.full(8, packed.heights[ti]), np.full(8, packed.widths[ti]), bound, d, np.zeros(8, np.int64),
-                           np.zeros(8, np.int64), CANVAS)
+        zeros = np.zeros(8, np.int64)  # untranslated views
+        ext = view_extents(np.full(8, packed.heights[ti]), np.full(8, packed.widths[ti]), bound, d, zeros, zeros,
+                           CANVAS)
         view_rects.append(ext.max(0).prod())  # views of one input run together: their common rectangle
     out = {"tasks": packed.num_tasks, "canvas": CANVAS * CANVAS, "grid_rect": float(grid_rect.mean()),
            "task_square": float(np.mean(squares)), "ttt_batch": float(np.mean(ttt)),

@@ -9,8 +9,9 @@ Views stream through `batch` slots (continuous batching: a halted view's slot ta
 `bare` is the official evaluation loop's shape without its loss: each batch from a fresh state, N_sup steps,
 argmax of the last step; its gap to `fixed` is what the streaming loop costs (CPU profile, BENCHMARKS.md:
 the same ops, none extra).
-Prints JSON last: puzzles_per_s_fixed, puzzles_per_s_bare, puzzles_per_s_adaptive, mean_steps_adaptive. A random-init model
-never halts early (halting bias -5), so adaptive numbers mean something only with a trained checkpoint.
+Prints JSON last: puzzles_per_s_fixed, puzzles_per_s_bare, puzzles_per_s_adaptive, mean_steps_adaptive.
+A random-init model never halts early (halting bias -5), so adaptive numbers mean something only with a
+trained checkpoint.
 The anchor (official TRM, one H100, 16 steps, batch 768, compiled): 95 puzzles/s.
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.crop import size_groups, used_extents
+from pipeline.crop import step_crop, used_extents
 from pipeline.model import TRM
 
 IGNORE = -100
@@ -85,9 +85,8 @@ def supervision_step(model, carry: Carry, batch: dict[str, torch.Tensor], puzzle
     carry = refill(raw, carry, batch)
     crop = None
     if cfg.crop:
-        groups = size_groups(used_extents(carry.inputs, carry.labels, raw.canvas, IGNORE), cfg.crop_groups,
-                             carry.inputs.device)
-        crop = raw.keep_index(*groups) if isinstance(groups, tuple) else [(s, raw.keep_index(*r)) for s, r in groups]
+        crop = step_crop(used_extents(carry.inputs, carry.labels, raw.canvas, IGNORE), cfg.crop_groups,
+                         raw.keep_index, carry.inputs.device)
     y, z, logits, q_halt, _ = model(carry.inputs, puzzle_vecs_fn(carry.puzzle_ids), carry.y, carry.z, crop)
     labels = carry.labels
     with torch.no_grad():

@@ -304,12 +304,14 @@ def calibrate_ttt(cfg: RunConfig, rt: Runtime, tasks: list[Task], folder: Path, 
         trainer.train_step()
     rt.synchronize()
     t1 = time.perf_counter()
-    step_s = _bucketed_step_s(trainer, rt, steps) if cal_cfg.model.crop else None
-    for _ in range(0 if step_s else steps):
-        trainer.train_step()
-    rt.synchronize()
+    if cal_cfg.model.crop:
+        step_s = _bucketed_step_s(trainer, rt, steps)
+    else:
+        for _ in range(steps):
+            trainer.train_step()
+        rt.synchronize()
+        step_s = (time.perf_counter() - t1) / steps
     t2 = time.perf_counter()
-    step_s = step_s or (t2 - t1) / steps
     trainer.save()
     t3 = time.perf_counter()
     trainer.sink.close()

@@ -25,6 +25,7 @@ checkpoints (imports, `write_weights_checkpoint`) hold model, config, tasks, puz
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import os
@@ -232,8 +233,7 @@ def load_for_prediction(path: str | Path, device: torch.device | str = "cpu", us
             log.warning("%s has no puzzle-id table: its tasks' augmentation ids cannot be recovered", ckpt)
         ids = PerTaskIds(len(task_ids), cfg.data.dihedral, cfg.data.colour_perm)
     if crop is not None:
-        cfg.model.crop = crop
-        cfg.model.__post_init__()
+        cfg.model = dataclasses.replace(cfg.model, crop=crop)  # validated again
     weights = read_weights(ckpt, use_ema)
     model = TRM(cfg.model, weights["puzzle_emb"].shape[0])
     model.load_state_dict(weights)

@@ -1,9 +1,10 @@
 """Task-sized sequences (model.crop): which canvas rectangle a step runs on.
 
 A step's rectangle is [0:rows, 0:cols] of the canvas, the smallest that holds every live example's grids,
-their EOS border and their translation: measured from the tokens in training (`used_extents`, optionally in size groups), and from the
-view's placement plus the answer's size bound in prediction (`view_extents`), where the output is unknown.
-The model keeps every cell's full-canvas position (pipeline/model.py, TRM.keep_index)."""
+their EOS border and their translation: measured from the tokens in training (`used_extents`, optionally in
+size groups: `step_crop`), and from the view's placement plus the answer's size bound in prediction
+(`view_extents`), where the output is unknown. The model keeps every cell's full-canvas position
+(pipeline/model.py, TRM.keep_index)."""
 from __future__ import annotations
 
 import numpy as np
@@ -40,6 +41,13 @@ def size_groups(extents: np.ndarray, groups: int, device) -> list | tuple[int, i
         rows, cols = extents[part].max(0)
         out.append((torch.from_numpy(np.sort(part)).to(device), (int(rows), int(cols))))
     return out
+
+
+def step_crop(extents: np.ndarray, groups: int, keep_index, device):
+    """What TRM.forward takes as `crop` for slots of these extents: the positions (`keep_index(rows, cols)`)
+    of the one rectangle covering them, or [(slot indices, positions), ...] for `groups` size groups."""
+    g = size_groups(extents, groups, device)
+    return keep_index(*g) if isinstance(g, tuple) else [(slots, keep_index(*rect)) for slots, rect in g]
 
 
 def view_extents(in_h: np.ndarray, in_w: np.ndarray, bound: np.ndarray, dihedral: np.ndarray, r0: np.ndarray,

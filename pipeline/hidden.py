@@ -144,8 +144,9 @@ def predict_challenges(loaded: LoadedModel, res: LoadResult, pcfg: PredictConfig
 def predict_per_task_runs(runs: dict[str, Path], base: str | None, res: LoadResult, overrides: dict, rt: Runtime,
                           deadline: float | None = None, use_ema: bool = True, crop: bool | None = None) -> HiddenRun:
     """Per-task TTT (`stages.ttt --per-task`): each task is predicted by the model of its own run folder,
-    `overrides` applied to that run's predict config (`crop`: model.crop, None = each run's own). A task without a usable run (its TTT failed) is
-    predicted by the pretrained checkpoint `base` instead, and falls back only if there is none."""
+    `overrides` applied to that run's predict config (`crop`: model.crop, None = each run's own). A task
+    without a usable run (its TTT failed) is predicted by the pretrained checkpoint `base` instead, and falls
+    back only if there is none."""
     from pipeline.checkpoint import CheckpointError, load_for_prediction
 
     merged, leftover = HiddenRun([], {}), []

@@ -195,8 +195,8 @@ class TRM(nn.Module):
     def keep_index(self, rows: int, cols: int) -> torch.Tensor:
         """Sequence positions (prefix first) of the canvas rectangle [0:rows, 0:cols], numbered as on the full
         canvas: prefix p -> p, cell (r, c) -> puzzle_emb_len + r * canvas + c. A fresh tensor each call (a
-        compiled step guards on aliasing between its inputs); the whole canvas is a rectangle like any other,
-        so a compiled step sees one kind of input under crop."""
+        compiled step guards on aliasing between its inputs); under crop the whole canvas is a rectangle
+        like any other (its positions skip the gather in `_step`)."""
         canvas = self.canvas
         P = self.cfg.puzzle_emb_len
         cells = (torch.arange(rows)[:, None] * canvas + torch.arange(cols)[None, :]).flatten()

@@ -1,8 +1,8 @@
 """The one training loop, for pretraining and test-time training: they differ only in config and data.
 
 Each optimiser step is one deep-supervision step of TRM over a persistent batch of ACT slots. The trunk
-is trained by AdamATan2, AdamW or Muon (+ AdamW for embeddings and heads), the puzzle table by sparse sign-SGD, an EMA copy is kept for
-evaluation. Data-parallel by DDP or a DeepSpeed ZeRO engine. Checkpoints hold everything a killed run
+is trained by AdamATan2, AdamW or Muon (+ AdamW for embeddings and heads), the puzzle table by sparse
+sign-SGD, an EMA copy is kept for evaluation. Data-parallel by DDP or a DeepSpeed ZeRO engine. Checkpoints hold everything a killed run
 needs to continue bit-for-bit: weights, optimiser, EMA, ACT carry, sampler position and RNG (the folder
 layout is pipeline/checkpoint.py's). `fit(stop)` ends at cfg.steps or earlier at a step boundary when a
 `Stop` (step count, wall-clock deadline or a callable) says so, always leaving a complete checkpoint.

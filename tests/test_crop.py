@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import pipeline.model as model_mod
 from pipeline.act import IGNORE, empty_carry, supervision_step
-from pipeline.crop import by_size, size_groups, used_extents, view_extents
+from pipeline.crop import by_size, size_groups, step_crop, used_extents, view_extents
 from pipeline.infer import PredictConfig, make_views, predict_tests
 from pipeline.model import TRM, ModelConfig
 from pipeline.sampler import DataConfig, PerTaskIds, Sampler, encode, pack_tasks, task_sides
@@ -116,7 +116,8 @@ def test_a_training_step_under_crop_runs_the_used_rectangle_only(monkeypatch):
         return real(self, inputs, vecs, y, z, crop)
 
     monkeypatch.setattr(TRM, "forward", spy)
-    carry, loss, metrics, preds = supervision_step(m, empty_carry(m, b, torch.float32), b, lambda ids: m.puzzle_emb[ids])
+    carry, loss, metrics, preds = supervision_step(m, empty_carry(m, b, torch.float32), b,
+                                                   lambda ids: m.puzzle_emb[ids])
     assert [len(k) for k in seen] == [2 + 5 * 3] and torch.equal(seen[0], m.keep_index(5, 3))
     loss.backward()
     assert torch.isfinite(loss) and m.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
@@ -333,7 +334,8 @@ def test_a_training_step_in_size_groups(monkeypatch):
         return real(self, inputs, vecs, y, z, crop)
 
     monkeypatch.setattr(TRM, "_step", spy)
-    carry, loss, metrics, preds = supervision_step(m, empty_carry(m, b, torch.float32), b, lambda ids: m.puzzle_emb[ids])
+    carry, loss, metrics, preds = supervision_step(m, empty_carry(m, b, torch.float32), b,
+                                                   lambda ids: m.puzzle_emb[ids])
     assert sorted(seen) == [(1, 7 * 7), (2, 2 * 3)]
     loss.backward()
     assert torch.isfinite(loss) and m.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
@@ -362,9 +364,7 @@ def test_a_compiled_step_under_crop_compiles_a_few_graphs_for_every_size_and_gro
     rng = np.random.default_rng(0)
     for step in range(24):
         ext = np.stack([rng.integers(1, CANVAS + 1, B), rng.integers(1, CANVAS + 1, B)], 1)
-        groups = size_groups(ext, 1 + step % 4, "cpu")
-        crop = m.keep_index(*groups) if isinstance(groups, tuple) else [(s, m.keep_index(*r)) for s, r in groups]
-        wrapped(inputs, vecs, y, z, crop)
+        wrapped(inputs, vecs, y, z, step_crop(ext, 1 + step % 4, m.keep_index, "cpu"))
     assert 1 <= counter.frame_count <= 4, counter.frame_count
     torch._dynamo.reset()
 
