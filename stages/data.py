@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 
 from pipeline.sources import load_source, load_sources
 from pipeline.tasks import write_json_atomic
@@ -23,6 +22,8 @@ from stages._cli import run
 
 
 def stats_table(tasks) -> pl.DataFrame:
+    import polars as pl  # `stats` only: check and export run where polars is absent (a lent GPU machine)
+
     rows = []
     for t in tasks:
         grids = [g for pair in t.train for g in pair] + list(t.test_inputs) + list(t.test_outputs or [])
@@ -69,6 +70,8 @@ def main(argv=None) -> int:
             total += len(res.tasks) + len(reasons)
         print(f"{total - bad} of {total} tasks valid", file=sys.stderr)
         return 2 if bad else 0
+    import polars as pl
+
     res = load_sources(args.paths, args.arc_root)
     df = stats_table(res.tasks)
     with pl.Config(tbl_rows=20, tbl_cols=12):

@@ -17,8 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-import polars as pl
-
 from pipeline.tasks import DataError, read_json
 from stages._cli import run
 from submission.report import compare, score_submission, summary, write_report
@@ -68,6 +66,8 @@ def main(argv=None) -> int:
         result.update({"other_score": comparison["other_score"], "gained": [t for t, _, _ in comparison["gained"]],
                        "lost": [t for t, _, _ in comparison["lost"]]})
     if args.report:
+        import polars as pl  # the report's table only: the score itself needs no polars (a lent GPU machine)
+
         ch_path = Path(args.challenges or str(args.solutions).replace("_solutions.json", "_challenges.json"))
         challenges = read_json(ch_path) if ch_path.exists() else None
         det_path = Path(str(args.submission) + ".details.json")

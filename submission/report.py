@@ -12,7 +12,7 @@ a task scores the mean over its inputs, a run the mean over tasks). `write_repor
 Per-input figures come from the predictor's `<submission>.details.json`: votes of the winning grid, valid
 views, mean halting steps, and `chunk_s_per_input` (the wall time of the prediction chunk that held the
 input, divided evenly among its inputs: views of many tasks share model batches, so this is not a per-task
-measurement). No torch here.
+measurement). No torch here, and polars only for the report's table, so scoring runs without it.
 """
 from __future__ import annotations
 
@@ -24,8 +24,6 @@ import shutil
 import struct
 import zlib
 from pathlib import Path
-
-import polars as pl
 
 MAX_DEMOS_SHOWN = 10
 ARC_COLOURS = ["#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF",
@@ -288,6 +286,8 @@ def write_report(folder: Path, rows: list[dict], solutions: dict, submission: di
                  details: dict, curves: Path | None = None, comparison: dict | None = None,
                  title: str = "Score report") -> pl.DataFrame:
     """index.html, one page per task, tasks.parquet / tasks.csv under `folder`; returns the table."""
+    import polars as pl  # only the report needs it: scoring runs where polars is absent (a lent GPU machine)
+
     folder.mkdir(parents=True, exist_ok=True)
     add_details(rows, solutions, details)
     if comparison is not None:
