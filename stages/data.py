@@ -16,14 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
+try:
+    import polars as pl
+except ImportError:  # a machine without it (a lent GPU): check and export run, stats does not
+    pl = None
+
 from pipeline.sources import load_source, load_sources
 from pipeline.tasks import write_json_atomic
 from stages._cli import run
 
 
 def stats_table(tasks) -> pl.DataFrame:
-    import polars as pl  # `stats` only: check and export run where polars is absent (a lent GPU machine)
-
     rows = []
     for t in tasks:
         grids = [g for pair in t.train for g in pair] + list(t.test_inputs) + list(t.test_outputs or [])
@@ -46,16 +49,23 @@ def export(tasks, prefix: Path) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["check", "stats", "export"])
     p.add_argument("paths", nargs="+")
     p.add_argument("--arc-root", default="../shared/arc", help="folder of the Kaggle-format ARC files for arc:/mix:")
     p.add_argument("--out", help="export: output prefix DIR/NAME")
     args = p.parse_args(argv)
+    if args.command == "export" and not args.out:
+        p.error("export needs --out DIR/NAME")
+    if args.command == "stats" and pl is None:
+        p.error("stats needs polars, which is not installed here (check and export do not)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     if args.command == "export":
-        if not args.out:
-            p.error("export needs --out DIR/NAME")
         return export(load_sources(args.paths, args.arc_root).tasks, Path(args.out))
     if args.command == "check":
         bad = total = 0
@@ -70,8 +80,6 @@ def main(argv=None) -> int:
             total += len(res.tasks) + len(reasons)
         print(f"{total - bad} of {total} tasks valid", file=sys.stderr)
         return 2 if bad else 0
-    import polars as pl
-
     res = load_sources(args.paths, args.arc_root)
     df = stats_table(res.tasks)
     with pl.Config(tbl_rows=20, tbl_cols=12):

@@ -25,6 +25,11 @@ import struct
 import zlib
 from pathlib import Path
 
+try:
+    import polars as pl
+except ImportError:  # a machine without it (a lent GPU): scoring works, write_report does not
+    pl = None
+
 MAX_DEMOS_SHOWN = 10
 ARC_COLOURS = ["#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF",
                "#870C25"]
@@ -286,8 +291,6 @@ def write_report(folder: Path, rows: list[dict], solutions: dict, submission: di
                  details: dict, curves: Path | None = None, comparison: dict | None = None,
                  title: str = "Score report") -> pl.DataFrame:
     """index.html, one page per task, tasks.parquet / tasks.csv under `folder`; returns the table."""
-    import polars as pl  # only the report needs it: scoring runs where polars is absent (a lent GPU machine)
-
     folder.mkdir(parents=True, exist_ok=True)
     add_details(rows, solutions, details)
     if comparison is not None:

@@ -176,14 +176,22 @@ def test_what_the_check_runs_imports_without_the_packages_the_gpu_machine_lacks(
     r = subprocess.run([sys.executable, "-c", code, *modules], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    # scoring itself needs no polars (only --report does)
+    # scoring itself needs no polars (only --report does, and says so in one line)
     (tmp_path / "sol.json").write_text(json.dumps({"t": [[[1]]], "u": [[[2]]]}))
     (tmp_path / "sub.json").write_text(json.dumps({"t": [{"attempt_1": [[0]], "attempt_2": [[1]]}],
                                                    "u": [{"attempt_1": [[0]], "attempt_2": [[0]]}]}))
-    r = subprocess.run([sys.executable, "-m", "stages.score", "--solutions", str(tmp_path / "sol.json"),
-                        "--submission", str(tmp_path / "sub.json")], cwd=ROOT, env=env, capture_output=True,
+    score = [sys.executable, "-m", "stages.score", "--solutions", str(tmp_path / "sol.json"), "--submission",
+             str(tmp_path / "sub.json")]
+    r = subprocess.run(score, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    result = json.loads(r.stdout.splitlines()[-1])
+    assert r.returncode == 0 and result["score"] == 0.5, r.stderr[-2000:]
+    assert [(t["task"], t["correct"], t["hit"]) for t in result["per_task"]] == [("t", 1, "attempt_2"), ("u", 0, "-")]
+    r = subprocess.run([*score, "--report", str(tmp_path / "rep")], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=120)
-    assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["score"] == 0.5, r.stderr[-2000:]
+    assert r.returncode == 2 and "needs polars" in r.stderr.strip().splitlines()[-1], r.stderr
+    r = subprocess.run([sys.executable, "-m", "stages.data", "stats", str(tmp_path / "sol.json")], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "stats needs polars" in r.stderr.strip().splitlines()[-1], r.stderr
 
 
 def device_copy(dest: Path) -> Path:
