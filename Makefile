@@ -105,7 +105,8 @@ kaggle-push: install
 
 # The GPU check (bench/gpu_check.py, README "GPU check"); no install: .venv/bin/python if present, else
 # python3 (a lent GPU machine's torch). gpu-data copies ../shared/arc into the git-ignored .gpu_data/ for a
-# machine that gets only the repository; GPU_CHECK_ARGS: --quick, --device cpu, --parts, --out DIR.
+# machine that gets only the repository; GPU_CHECK_ARGS: --quick, --device cpu|cuda, --parts, --budget-s, --out DIR
+# (without --quick it needs CUDA).
 GPU_CHECK_ARGS ?=
 gpu-data:
 	bash scripts/gpu_check.sh --prepare

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check (bench/gpu_check.py): environment, throughput against the official anchors, host syncs, the
-# flow end to end on CUDA and a real-ARC curve, each step isolated, in about 8 minutes on one H100.
-#   bash scripts/gpu_check.sh --out $OUT                    # on a lent GPU machine (carry .gpu_data)
+# submit flow under torchrun, a real-ARC curve and the demo flow on CUDA, each step isolated, each part held
+# to its share of 8 minutes on one H100.
+#   bash scripts/gpu_check.sh --device cuda --out $OUT      # on a lent GPU machine (carry .gpu_data)
 #   bash scripts/gpu_check.sh --quick --device cpu          # every part at toy size, here
 #   bash scripts/gpu_check.sh --prepare                     # here, first: ../shared/arc -> .gpu_data/arc
 # Runs with .venv/bin/python when there is one, else python3 (a GPU machine's torch); PY=... overrides.
