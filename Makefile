@@ -37,7 +37,7 @@ BUDGET_S ?= 3600
 SUBMIT_ARGS ?=
 KAGGLE_ARGS ?=
 
-.PHONY: install demo test test-fast pretrain ttt predict score bench clean kaggle kaggle-push submit
+.PHONY: install demo test test-fast pretrain ttt predict score bench clean kaggle kaggle-push submit gpu-data gpu-check
 
 # Idempotent: the stamp is newer than the pins unless they changed, so a re-run does nothing.
 # torch comes first from the pinned CPU wheel; nothing after it may replace it (DeepSpeed is built
@@ -102,6 +102,17 @@ kaggle: install
 
 kaggle-push: install
 	$(PY) -m stages.kaggle push $(KAGGLE_DIR)
+
+# The GPU check (bench/gpu_check.py, README "GPU check"); no install: .venv/bin/python if present, else
+# python3 (a lent GPU machine's torch). gpu-data copies ../shared/arc into the git-ignored .gpu_data/ for a
+# machine that gets only the repository; GPU_CHECK_ARGS: --quick, --device cpu|cuda, --parts, --budget-s, --out DIR
+# (without --quick it needs CUDA).
+GPU_CHECK_ARGS ?=
+gpu-data:
+	bash scripts/gpu_check.sh --prepare
+
+gpu-check:
+	bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 
 def setup_logging(run_dir: Path | None, is_main: bool, level: int = logging.INFO) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
@@ -62,7 +64,11 @@ def plot_curves(run_dir: Path, prefix: str = "train") -> Path | None:
     rows = read_metrics(run_dir / "metrics.jsonl")
     if not rows:
         return None
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # an image without it (a lent GPU machine): the numbers stay in metrics.jsonl
+        log.warning("matplotlib is not installed: %s not drawn", run_dir / "curves.png")
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -15,7 +15,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import polars as pl
+
+try:
+    import polars as pl
+except ImportError:  # a machine without it (a lent GPU): check and export run, stats does not
+    pl = None
 
 from pipeline.sources import load_source, load_sources
 from pipeline.tasks import write_json_atomic
@@ -45,16 +49,23 @@ def export(tasks, prefix: Path) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["check", "stats", "export"])
     p.add_argument("paths", nargs="+")
     p.add_argument("--arc-root", default="../shared/arc", help="folder of the Kaggle-format ARC files for arc:/mix:")
     p.add_argument("--out", help="export: output prefix DIR/NAME")
     args = p.parse_args(argv)
+    if args.command == "export" and not args.out:
+        p.error("export needs --out DIR/NAME")
+    if args.command == "stats" and pl is None:
+        p.error("stats needs polars, which is not installed here (check and export do not)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     if args.command == "export":
-        if not args.out:
-            p.error("export needs --out DIR/NAME")
         return export(load_sources(args.paths, args.arc_root).tasks, Path(args.out))
     if args.command == "check":
         bad = total = 0

@@ -5,7 +5,8 @@
 
 A test input is correct if either attempt equals its solution exactly; a task scores the mean over its
 test inputs; the score is the mean over tasks. The last stdout line is JSON (score, tasks, solved_tasks,
-and with --compare the other submission's score and the tasks gained and lost).
+per_task: task, tests, correct, score and which attempt hit; with --compare the other submission's score and
+the tasks gained and lost).
 `--report DIR` writes index.html (summary, sortable per-task table with attempt-vs-truth pictures, the
 run's training curves with --run, the comparison with --compare), one page per task and tasks.csv/parquet
 (submission/report.py).
@@ -17,11 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-import polars as pl
-
 from pipeline.tasks import DataError, read_json
 from stages._cli import run
-from submission.report import compare, score_submission, summary, write_report
+from submission.report import compare, pl, score_submission, summary, write_report
 
 
 def parse_args(argv=None):
@@ -33,7 +32,10 @@ def parse_args(argv=None):
     p.add_argument("--run", default=None, help="training run folder: its curves.png goes next to the summary")
     p.add_argument("--compare", default=None, metavar="OTHER_SUBMISSION",
                    help="another submission on the same tasks (e.g. without TTT): which tasks changed")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.report and pl is None:
+        p.error("--report needs polars, which is not installed here (the score itself does not)")
+    return args
 
 
 def read_object(path: str, what: str) -> dict:
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
     solutions = read_object(args.solutions, "solutions")
     submission = read_object(args.submission, "submission")
     rows = score_submission(solutions, submission)
-    result = summary(rows)
+    result = {**summary(rows), "per_task": rows}
     comparison = None
     if args.compare:
         comparison = compare(rows, score_submission(solutions, read_object(args.compare, "submission to compare")))
