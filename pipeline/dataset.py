@@ -4,7 +4,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from pipeline.sampler import DataConfig, PackedTasks, PuzzleIdScheme, build_id_scheme, pack_tasks
+import numpy as np
+
+from pipeline.packed import PackedPart, select_tasks, task_max_sides
+from pipeline.sampler import DataConfig, PackedTasks, PuzzleIdScheme, build_id_scheme
 from pipeline.sources import LoadResult, load_sources
 from pipeline.tasks import DataError, Task, TaskProblem
 
@@ -14,6 +17,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Dataset:
     tasks: list[Task]
+    """The tasks that came as Task objects (bulk sources' tasks exist only in `packed`)."""
     packed: PackedTasks
     ids: PuzzleIdScheme
     problems: list[TaskProblem]
@@ -39,12 +43,19 @@ def fit_canvas(res: LoadResult, canvas: int) -> LoadResult:
             log.warning("skipping task %s: %s", t.id, p)
         else:
             out.tasks.append(t)
+    for part in res.parts:
+        side = task_max_sides(part.packed)
+        for t in np.flatnonzero(side > canvas):
+            p = f"a grid of side {side[t]}, larger than the {canvas}x{canvas} canvas"
+            out.problems.append(TaskProblem(part.packed.task_ids[t], p, part.source))
+            log.warning("skipping task %s: %s", part.packed.task_ids[t], p)
+        out.parts.append(PackedPart(part.source, select_tasks(part.packed, side <= canvas)))
     return out
 
 
 def build_dataset(cfg: DataConfig, seed: int) -> Dataset:
     res = fit_canvas(load_sources(cfg.sources, cfg.arc_root), cfg.canvas)
-    if not res.tasks:
+    if not res.num_tasks:
         raise DataError(f"no valid task in sources {cfg.sources}")
-    packed = pack_tasks(res.tasks)
+    packed = res.pack()
     return Dataset(res.tasks, packed, build_id_scheme(cfg, packed, seed), res.problems)

