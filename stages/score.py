@@ -1,7 +1,7 @@
 """Score a submission the way ARC Prize does, with an optional report.
 
     python -m stages.score --solutions FILE --submission FILE [--report DIR] [--run RUN_DIR]
-                           [--compare OTHER_SUBMISSION] [--challenges FILE]
+                           [--compare OTHER_SUBMISSION] [--challenges FILE] [--checkpoint CK]
 
 A test input is correct if either attempt equals its solution exactly; a task scores the mean over its
 test inputs; the score is the mean over tasks. The last stdout line is JSON (score, tasks, solved_tasks,
@@ -9,6 +9,9 @@ and with --compare the other submission's score and the tasks gained and lost).
 `--report DIR` writes index.html (summary, sortable per-task table with attempt-vs-truth pictures, the
 run's training curves with --run, the comparison with --compare), one page per task and tasks.csv/parquet
 (submission/report.py).
+`--checkpoint CK` (what `make score` passes: the pretrained checkpoint) checks the scored tasks against what CK
+trained on: a warning when their test pairs occur in its training data, also augmented (pipeline/overlap.py: the
+grids re-read from its config's sources; by task id only where those cannot be read here, and it says so).
 """
 from __future__ import annotations
 
@@ -19,6 +22,9 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline.checkpoint import read_task_table
+from pipeline.overlap import scored_set_overlap
+from pipeline.sources import load_kaggle
 from pipeline.tasks import DataError, read_json
 from stages._cli import run
 from submission.report import compare, score_submission, summary, write_report
@@ -33,6 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--run", default=None, help="training run folder: its curves.png goes next to the summary")
     p.add_argument("--compare", default=None, metavar="OTHER_SUBMISSION",
                    help="another submission on the same tasks (e.g. without TTT): which tasks changed")
+    p.add_argument("--checkpoint", default=None, help="warn when the scored tasks' test pairs are in its training data")
     return p.parse_args(argv)
 
 
@@ -55,6 +62,17 @@ def curves_of(run_dir: str) -> Path | None:
     return folder / "curves.png" if (folder / "curves.png").exists() else None
 
 
+def overlap_check(ckpt: str, solutions_path: str, challenges_path: Path, solutions: dict) -> dict:
+    """Print the contamination check of the scored tasks against the checkpoint's training data (stderr)."""
+    task_ids, _, cfg = read_task_table(ckpt)
+    scored = load_kaggle(challenges_path, Path(solutions_path), train_on_test=False).pack() \
+        if challenges_path.exists() else None
+    lines, summary = scored_set_overlap(task_ids, cfg.data.sources, cfg.data.arc_root, list(solutions), scored)
+    for line in lines:
+        print(line, file=sys.stderr)
+    return summary
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     solutions = read_object(args.solutions, "solutions")
@@ -67,8 +85,10 @@ def main(argv=None) -> int:
         comparison["other_name"] = args.compare
         result.update({"other_score": comparison["other_score"], "gained": [t for t, _, _ in comparison["gained"]],
                        "lost": [t for t, _, _ in comparison["lost"]]})
+    ch_path = Path(args.challenges or str(args.solutions).replace("_solutions.json", "_challenges.json"))
+    if args.checkpoint:
+        result["overlap"] = overlap_check(args.checkpoint, args.solutions, ch_path, solutions)
     if args.report:
-        ch_path = Path(args.challenges or str(args.solutions).replace("_solutions.json", "_challenges.json"))
         challenges = read_json(ch_path) if ch_path.exists() else None
         det_path = Path(str(args.submission) + ".details.json")
         details = read_json(det_path) if det_path.exists() else {}
