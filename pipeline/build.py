@@ -4,12 +4,13 @@ the wiring exists once."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import RunConfig
+from pipeline.config import ConfigError, RunConfig
 from pipeline.dataset import Dataset, build_dataset
 from pipeline.infer import evaluate_heldout
 from pipeline.model import TRM
@@ -48,6 +49,8 @@ def build_run(cfg: RunConfig, rt: Runtime, data: Dataset | None = None, init_row
     """Everything a training run needs. `data` defaults to cfg.data's sources; `init_rows` maps each puzzle
     row to the warm-start checkpoint's row it starts from (-1 = their mean); `eval_fn` is "heldout" (the
     default evaluation on held-out test inputs), None, or a callable model -> metrics."""
+    if cfg.train.wandb_project and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("train.wandb_project needs the wandb package, which is not installed (pip install wandb)")
     data = data or build_dataset(cfg.data, cfg.seed)
     log.info("%d tasks (%d skipped as invalid), %d puzzle ids", data.packed.num_tasks, len(data.problems),
              data.ids.num_ids)
