@@ -82,8 +82,8 @@ def write_pairs(out: str | Path, puzzles: int, layout: str = "nvarc", mean_pairs
     shapes = size_mix() if shapes is None else shapes
     rng = np.random.default_rng(seed)
     paths = puzzle_paths(puzzles, layout, seed)
-    todo = [(p, random_pairs(rng, shapes, max(12, int(rng.poisson(mean_pairs))))) for p in paths]
-    for rel, pairs in todo + list((extra or {}).items()):
+    for rel in paths + list(extra or {}):  # one puzzle at a time: 100k of them do not fit in memory as arrays
+        pairs = extra[rel] if extra and rel in extra else random_pairs(rng, shapes, max(12, int(rng.poisson(mean_pairs))))
         f = out / f"{rel}.json"
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_bytes(pairs_json(pairs))
