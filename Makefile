@@ -88,6 +88,7 @@ bench: install
 	$(PY) -m bench.memory --config configs/demo_cpu.yaml
 	$(PY) -m bench.crop --sizes 3 --reps 1
 	$(PY) -m bench.budget --no-measure
+	$(PY) -m bench.cost
 
 # The budgeted hidden-test flow (stages.submit): fallback submission first, calibration on CHALLENGES, a plan
 # of TTT steps and views inside BUDGET_S, TTT, predict, vote, write; NPROC > 1 runs one process per GPU.
