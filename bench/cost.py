@@ -12,8 +12,8 @@ Formula, for every row:
     GPU-h    = wall h x GPUs
 Samples: pretraining = steps x global batch (the official schedule, 722,098 x 768 for the 1280 tasks; for 100k
 puzzles the same steps, i.e. 80x fewer samples per puzzle, and the samples-per-task-matched run, 80x longer);
-TTT = configs/ttt_full.yaml (15,000 steps x 384); prediction = 340 test inputs x 1000 views x 16 steps (every
-view runs all N_sup steps: the budget planner's worst case; adaptive halting stops earlier).
+TTT = configs/ttt_full.yaml (15,000 steps x 384); prediction = 340 test inputs x 1000 views x N_sup steps (16 in
+both presets: every view runs all N_sup steps: the budget planner's worst case; adaptive halting stops earlier).
 GPU figures: bf16 dense peak H100 989 TFLOP/s, L4 121 (pipeline/train.py PEAK_BF16_FLOPS); MFU from the official
 TRM anchors on one H100 (887 training samples/s at batch 192: 0.357 on our FLOP count; 95 puzzles/s at 16 steps:
 0.367), taken for the 14M model and for the L4 too; DDP at 90% of linear. Check against a cited figure: the 7M
@@ -24,12 +24,11 @@ an effective MFU near 0.13 (`--mfu-ttt 0.13`), so the L4 rows are optimistic by 
 from __future__ import annotations
 
 import argparse
-from types import SimpleNamespace
+import json
 
-from bench.budget import anchor_mfu, forward_flops
+from bench.budget import anchor_mfu, flop_model, forward_flops
 from bench.common import emit
 from pipeline.config import load_config
-from pipeline.model import TRM
 from pipeline.train import PEAK_BF16_FLOPS
 
 MODELS = {"7M": "configs/arc2_4xh100.yaml", "14M": "configs/arc2_14m.yaml"}
@@ -38,8 +37,7 @@ TASKS_1280, PUZZLES_100K = 1280, 103_223
 
 def flops(config: str) -> dict:
     """FLOPs per training sample-step and per prediction view-step of a config's model (no weights needed)."""
-    model = SimpleNamespace(cfg=load_config(config).model)
-    model.flops_per_step = lambda b: TRM.flops_per_step(model, b)
+    model = flop_model(load_config(config).model)
     return {"train": model.flops_per_step(1), "view": forward_flops(model), "n_sup": model.cfg.halt_max_steps,
             "cfg": model.cfg}
 
@@ -71,9 +69,10 @@ def main(argv=None) -> None:
     mfu_ttt = args.mfu_ttt or mfu_train
     mfu_infer = args.mfu_infer or anchor_infer
     pre = args.pretrain_steps * args.batch
-    rows = []
+    rows, view_steps = [], {}
     for name, config in MODELS.items():
         f = flops(config)
+        view_steps[name] = args.inputs * args.views * f["n_sup"]
         for data, samples in (("1280 tasks", pre), ("100k puzzles, same steps", pre),
                               ("100k puzzles, same samples per task", pre * PUZZLES_100K / TASKS_1280)):
             for gpus in (4, 8):
@@ -81,15 +80,14 @@ def main(argv=None) -> None:
                                 args.ddp_efficiency))
         rows.append(row(name, "240 hidden tasks", "ttt", 4, "L4", args.ttt_steps * args.ttt_batch, f["train"], mfu_ttt,
                         args.ddp_efficiency))
-        rows.append(row(name, "240 hidden tasks", "predict", 4, "L4", args.inputs * args.views * f["n_sup"], f["view"],
-                        mfu_infer, 1.0))
+        rows.append(row(name, "240 hidden tasks", "predict", 4, "L4", view_steps[name], f["view"], mfu_infer, 1.0))
     for r in rows:
-        print({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()})
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}))
     emit({"bench": "cost", "rows": rows, "assumptions": {
         "peak_bf16_tflops": {g: PEAK_BF16_FLOPS[g] / 1e12 for g in ("H100", "L4")}, "mfu_train": mfu_train,
         "mfu_ttt": mfu_ttt, "mfu_infer": mfu_infer, "ddp_efficiency": args.ddp_efficiency,
         "pretrain_samples": pre, "ttt_samples": args.ttt_steps * args.ttt_batch,
-        "predict_view_steps": args.inputs * args.views * 16}})
+        "predict_view_steps": view_steps}})
 
 
 if __name__ == "__main__":

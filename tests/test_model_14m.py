@@ -3,14 +3,13 @@ CPU at that width and depth (a 6x6 canvas keeps the step to seconds; the trunk d
 
     .venv/bin/python -m pytest -q tests/test_model_14m.py"""
 import math
-from types import SimpleNamespace
 
 import torch
 
+from bench.budget import flop_model
 from conftest import ROOT
 from pipeline.build import build_run
 from pipeline.config import load_config
-from pipeline.model import TRM
 from pipeline.runtime import init_runtime
 
 
@@ -20,7 +19,7 @@ def test_the_14m_preset_has_the_issue_configuration_and_trains_one_step_on_cpu(t
         (768, 12, 2, 3, 6, 16, 16)
     assert (t.global_batch, t.lr, t.lr_warmup, t.weight_decay, t.puzzle_emb_lr) == (768, 1e-4, 2000, 0.1, 1e-2)
     small = load_config(ROOT / "configs/arc2_4xh100.yaml").model
-    ratio = TRM.flops_per_step(SimpleNamespace(cfg=m), 1) / TRM.flops_per_step(SimpleNamespace(cfg=small), 1)
+    ratio = flop_model(m).flops_per_step(1) / flop_model(small).flops_per_step(1)
     assert math.isclose(ratio, 2.73, rel_tol=0.01)  # FLOPs per training sample-step against the 7M model
 
     cfg = load_config(ROOT / "configs/arc2_14m.yaml", [
