@@ -8,8 +8,9 @@ no train/test split.
   periodic held-out evaluation scores (`data.eval_inputs` of them). The N puzzles are those of at least two pairs
   whose names hash lowest (BLAKE2b keyed with a fixed seed), and the pair is picked by the same hash, so the choice
   is a function of the names and pair counts alone: the same on every machine and in any listing order.
-- Validation as for every source: a file that is not such a list of valid grids is skipped and reported (one
-  problem per reason, naming the puzzle); the others load.
+- Validation as for every source: a file that is not such a list of valid grids, or that cannot be read (a
+  dangling symlink, as a Hugging Face snapshot whose blob is missing; no permission), is skipped and reported (one
+  problem per reason, naming the puzzle); the others load. A load that could not read a file is not cached.
 - 100k puzzles x 30 pairs are ~3 GB of JSON: the files are read in chunks and scanned by a numba kernel
   (kernels/pairs_json.py) straight into packed arrays; no Task object is made. The result is cached in
   `DIR/.trm_cache/pairs-holdoutN/` as .npy files, loaded memory-mapped on the next run. The cache is keyed by the
@@ -40,6 +41,7 @@ CACHE = ".trm_cache"
 _CACHE_VERSION = 1
 _CHUNK_BYTES = 64 << 20
 _HOLDOUT_KEY = b"trm-pairs-holdout"
+_UNREADABLE = "cannot read: "  # the problem of a file that could not be read (never cached: it may be transient)
 
 
 @dataclass
@@ -49,31 +51,40 @@ class Listing:
     sizes: np.ndarray
     key: str
     """Hash of every file's relative path, size and mtime: what the cache is valid for."""
+    unreadable: list[tuple[str, str]]
+    """(name, why) of the entries that could not even be listed (a dangling symlink, a folder without access)."""
 
 
-def _walk(folder: str, prefix: str, rows: list) -> None:
+def _walk(folder: str, prefix: str, rows: list, unreadable: list) -> None:
     """(name, path, size, mtime) of every puzzle file below `folder` (os.scandir and strings: pathlib objects made
-    listing 100k files take 13 s)."""
+    listing 100k files take 13 s); an entry that cannot be listed goes to `unreadable` (Hugging Face snapshots are
+    folders of symlinks: a missing blob is a dangling one)."""
     with os.scandir(folder) as entries:
         for e in entries:
             if e.name.startswith("."):
                 continue
-            if e.is_dir():
-                _walk(e.path, f"{prefix}{e.name}/", rows)
-            elif e.name.endswith(".json"):
-                st = e.stat()
-                rows.append((prefix + e.name[:-len(".json")], e.path, st.st_size, st.st_mtime_ns))
+            try:
+                if e.is_dir():
+                    _walk(e.path, f"{prefix}{e.name}/", rows, unreadable)
+                elif e.name.endswith(".json"):
+                    st = e.stat()
+                    rows.append((prefix + e.name[:-len(".json")], e.path, st.st_size, st.st_mtime_ns))
+            except OSError as err:
+                name = prefix + (e.name[:-len(".json")] if e.name.endswith(".json") else e.name + "/")
+                unreadable.append((name, _UNREADABLE + (err.strerror or str(err))))
 
 
 def list_puzzles(folder: Path, holdout: int) -> Listing:
     rows: list = []
-    _walk(str(folder), "", rows)
+    unreadable: list = []
+    _walk(str(folder), "", rows, unreadable)
     if not rows:
         raise DataError(f"pairs:{folder}: no .json puzzle files found")
     rows.sort()
     h = hashlib.sha256(f"pairs v{_CACHE_VERSION} holdout {holdout}\n".encode())
     h.update("".join(f"{name}\0{size}\0{mtime}\n" for name, _, size, mtime in rows).encode())
-    return Listing([r[0] for r in rows], [r[1] for r in rows], np.array([r[2] for r in rows], np.int64), h.hexdigest())
+    return Listing([r[0] for r in rows], [r[1] for r in rows], np.array([r[2] for r in rows], np.int64), h.hexdigest(),
+                   sorted(unreadable))
 
 
 def holdout_choice(names: list[str], n_pairs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,6 +105,8 @@ def _slow_file(path: str, name: str, source: str, arrays, pos) -> tuple[int, lis
         obj = read_json(path)
     except DataError as e:
         return -1, [TaskProblem(name, str(e), source)]
+    except OSError as e:
+        return -1, [TaskProblem(name, _UNREADABLE + (e.strerror or str(e)), source)]
     problems = pair_list_problems(obj)
     if problems:
         return -1, [TaskProblem(name, p, source) for p in problems]
@@ -109,7 +122,8 @@ def _slow_file(path: str, name: str, source: str, arrays, pos) -> tuple[int, lis
 
 
 def _parse(listing: Listing, source: str):
-    """Every file's grids packed: (cells, starts, heights, widths, pairs per file (-1 invalid), first grid, problems)."""
+    """Every file's grids packed: (cells, starts, heights, widths, pairs per file (-1 invalid), first grid, problems,
+    how many files could not be read)."""
     total = int(listing.sizes.sum())
     # Upper bounds (a cell takes >= 2 bytes of JSON, a grid >= 13); untouched pages of np.empty cost no memory.
     arrays = (np.empty(total // 2 + 1, np.uint8), np.empty(total // 13 + 2, np.int64),
@@ -117,28 +131,37 @@ def _parse(listing: Listing, source: str):
     pos = np.zeros(2, np.int64)
     n = len(listing.paths)
     pairs, first = np.full(n, -1, np.int64), np.zeros(n, np.int64)
-    problems: list[TaskProblem] = []
+    problems = [TaskProblem(name, why, source) for name, why in listing.unreadable]
     a = 0
     while a < n:
         b = a + max(1, int(np.searchsorted(np.cumsum(listing.sizes[a:]), _CHUNK_BYTES)))
-        data = []
-        for path in listing.paths[a:b]:
-            with open(path, "rb") as f:
-                data.append(f.read())
+        data, failed = [], {}
+        for f in range(a, b):
+            try:
+                with open(listing.paths[f], "rb") as fh:
+                    data.append(fh.read())
+            except OSError as e:  # gone since the listing, no permission, an I/O error: this puzzle only
+                data.append(b"")
+                failed[f] = _UNREADABLE + (e.strerror or str(e))
         bounds = np.concatenate([[0], np.cumsum([len(d) for d in data])]).astype(np.int64)
         buf = np.frombuffer(b"".join(data), np.uint8)
         pairs[a:b], first[a:b] = parse_files(buf, bounds, *arrays, pos)
         for f in np.flatnonzero(pairs[a:b] < 0) + a:
+            if f in failed:
+                problems.append(TaskProblem(listing.names[f], failed[f], source))
+                continue
             first[f] = pos[1]
             pairs[f], bad = _slow_file(listing.paths[f], listing.names[f], source, arrays, pos)
             problems += bad
         a = b
     cells, starts, heights, widths = arrays
-    return cells[:pos[0]], starts[:pos[1]], heights[:pos[1]], widths[:pos[1]], pairs, first, problems
+    unread = sum(p.reason.startswith(_UNREADABLE) for p in problems)
+    return cells[:pos[0]], starts[:pos[1]], heights[:pos[1]], widths[:pos[1]], pairs, first, problems, unread
 
 
-def _pack(listing: Listing, holdout: int, source: str) -> tuple[PackedTasks, list[TaskProblem]]:
-    cells, starts, heights, widths, pairs, first, problems = _parse(listing, source)
+def _pack(listing: Listing, holdout: int, source: str) -> tuple[PackedTasks, list[TaskProblem], int]:
+    """The packed puzzles, the problems of the files skipped, and how many of those could not be read."""
+    cells, starts, heights, widths, pairs, first, problems, unread = _parse(listing, source)
     ok = np.flatnonzero(pairs > 0)
     n_pairs, first = pairs[ok], first[ok]
     names = [listing.names[i] for i in ok]
@@ -156,7 +179,7 @@ def _pack(listing: Listing, holdout: int, source: str) -> tuple[PackedTasks, lis
                          task_ex_start=i64(np.concatenate([[0], np.cumsum(counts)[:-1]])), task_ex_count=i64(counts),
                          test_task=i64(held_task), test_in=i64(test_in), test_out=i64(test_in + 1),
                          test_index=np.zeros(len(held_task), np.int64), test_trainable=np.zeros(len(held_task), bool))
-    return packed, problems
+    return packed, problems, unread
 
 
 def _cache_dir(folder: Path, holdout: int) -> Path:
@@ -209,8 +232,11 @@ def load_pairs(folder: str | Path, holdout: int = 0, source: str = "") -> tuple[
     if cached is not None:
         log.info("%s: %d puzzles from the cache", source, cached[0].num_tasks)
         return cached
-    packed, problems = _pack(listing, holdout, source)
-    _write_cache(folder, listing, holdout, packed, problems)
+    packed, problems, unread = _pack(listing, holdout, source)
+    if unread:  # a transient read error must not be frozen into the cache
+        log.warning("%s: %d files could not be read; not caching this load", source, unread)
+    else:
+        _write_cache(folder, listing, holdout, packed, problems)
     log.info("%s: %d puzzles, %d pairs (%d held out), %d files skipped", source, packed.num_tasks,
              len(packed.ex_in) + len(packed.test_in), len(packed.test_in), len(listing.names) - packed.num_tasks)
     return packed, problems

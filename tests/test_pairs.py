@@ -14,10 +14,12 @@ from conftest import ROOT
 from kernels.pairs_json import parse_files, parse_pairs_ref
 from pipeline.config import load_config
 from pipeline.dataset import build_dataset
-from pipeline.pairs import CACHE, load_pairs
+from pipeline.pairs import CACHE, _pack, list_puzzles, load_pairs
 from pipeline.sampler import Sampler
 from pipeline.sources import load_source
+from pipeline.tasks import DataError
 from scripts.make_fixtures import pairs_json, random_pairs, write_pairs
+from stages.data import main as data_main
 
 SHAPES = np.array([[3, 3, 3, 3], [2, 5, 5, 2], [1, 1, 4, 4], [30, 30, 1, 2], [7, 4, 7, 4]])
 
@@ -104,20 +106,32 @@ def test_bad_puzzles_get_one_line_each_and_cost_nothing_else(tmp_path):
     (tmp_path / "tasks" / "notalist.json").write_text('{"train": []}')
     (tmp_path / "tasks" / "truncated.json").write_text('[{"input": [[1')
     (tmp_path / "tasks" / "extra_key.json").write_text('[{"input": [[1]], "output": [[2]], "note": "ok"}]')
+    # a Hugging Face snapshot is a folder of symlinks into a blob store: a blob not downloaded is a dangling link
+    (tmp_path / "tasks" / "dangling.json").symlink_to(tmp_path / "blobs" / "never-downloaded")
     r = subprocess.run([sys.executable, "-m", "stages.data", "check", f"pairs:{tmp_path}"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     lines = r.stdout.strip().splitlines()
-    assert len(lines) == 3, lines
+    assert len(lines) == 4, lines
     assert any("tasks/ragged" in x and "ragged grid" in x for x in lines)
     assert any("tasks/notalist" in x and "non-empty JSON list" in x for x in lines)
     assert any("tasks/truncated" in x and "not valid JSON" in x for x in lines)
-    assert "6 of 9 tasks valid" in r.stderr  # the extra key is the slow path's, and valid
+    assert any("tasks/dangling" in x and "cannot read: No such file or directory" in x for x in lines)
+    assert "6 of 10 tasks valid" in r.stderr  # the extra key is the slow path's, and valid
+    assert not (tmp_path / CACHE).exists()  # a load that could not read a file is not cached
     packed = load_source(f"pairs:{tmp_path}").pack()
     assert "tasks/extra_key" in packed.task_ids and packed.num_tasks == 6
-    r = subprocess.run([sys.executable, "-m", "stages.data", "check", f"pairs:{tmp_path / 'nowhere'}"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.startswith("error: pairs:") and "Traceback" not in r.stderr
+    with pytest.raises(DataError, match="^pairs:.*nowhere.*is not a folder"):
+        data_main(["check", f"pairs:{tmp_path / 'nowhere'}"])
+
+
+def test_a_file_that_cannot_be_opened_costs_only_its_puzzle(tmp_path):
+    names = write_pairs(tmp_path, 6, "rearc", mean_pairs=12, seed=7, shapes=SHAPES)
+    listing = list_puzzles(tmp_path, 0)
+    (tmp_path / f"{names[2]}.json").unlink()  # gone between the listing and the read
+    packed, problems, unread = _pack(listing, 0, "pairs:x")
+    assert unread == 1 and [(p.task_id, p.reason) for p in problems] == [(names[2], "cannot read: No such file or directory")]
+    assert sorted(packed.task_ids) == sorted(n for n in names if n != names[2])
 
 
 def test_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path):
