@@ -15,16 +15,23 @@ no train/test split.
   (kernels/pairs_json.py) straight into packed arrays; no Task object is made. The result is cached in
   `DIR/.trm_cache/pairs-holdoutN/` as .npy files, loaded memory-mapped on the next run. The cache is keyed by the
   list of files with their sizes and modification times (and the hold-out): any added, removed or rewritten file
-  rebuilds it. It is written into a temporary folder renamed into place, `meta.json` last; a folder that cannot be
-  written (a read-only dataset) is read without a cache. Delete `.trm_cache` at will.
+  rebuilds it. One process builds it (a file lock, `.trm_cache/build.lock`: the other ranks of a DDP job wait
+  and then map it); it is written into a temporary folder named by host, pid and a random tag, renamed into
+  place, `meta.json` last, and temporary folders left by killed writes are removed once 15 minutes old. A folder
+  that cannot be written (a read-only dataset) is read without a cache. Delete `.trm_cache` at will.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
+import socket
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +47,7 @@ log = logging.getLogger(__name__)
 CACHE = ".trm_cache"
 _CACHE_VERSION = 1
 _CHUNK_BYTES = 64 << 20
+STALE_S = 15 * 60  # a `.tmp-*` / `.old-*` cache folder untouched this long was left by a killed write
 _HOLDOUT_KEY = b"trm-pairs-holdout"
 _UNREADABLE = "cannot read: "  # the problem of a file that could not be read (never cached: it may be transient)
 
@@ -201,11 +209,49 @@ def _read_cache(folder: Path, listing: Listing, holdout: int) -> tuple[PackedTas
         return None
 
 
+@contextlib.contextmanager
+def _build_lock(folder: Path):
+    """Held while this process parses the files and writes the cache: the other ranks of a job (and other jobs)
+    loading the same folder wait here, then read the cache instead of each parsing ~3 GB and racing to write it.
+    No lock where the cache folder cannot be written (a read-only dataset: every process parses) or the file
+    system has no locks (then the unique temporary names below still keep concurrent writers apart)."""
+    try:
+        (folder / CACHE).mkdir(exist_ok=True)
+        fd = os.open(folder / CACHE / "build.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            log.warning("pairs:%s: no file lock here (%s); each process builds its own cache copy", folder, e)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _sweep_stale(parent: Path) -> None:
+    """Remove the temporary folders of writes that were killed (a 100k-puzzle cache is >1 GB): `.tmp-*` and
+    `.old-*` untouched for STALE_S. A live writer touches its folder every few seconds (one .npy at a time)."""
+    now = time.time()
+    for p in list(parent.glob(".tmp-*")) + list(parent.glob(".old-*")):
+        try:
+            newest = max([p.stat().st_mtime] + [f.stat().st_mtime for f in p.iterdir()])
+        except OSError:
+            continue  # being removed by its owner
+        if newest < now - STALE_S:
+            log.info("pairs: removing %s, left by a killed cache write", p)
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def _write_cache(folder: Path, listing: Listing, holdout: int, packed: PackedTasks, problems: list[TaskProblem]) -> None:
     final = _cache_dir(folder, holdout)
-    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    old = final.with_name(f".old-{final.name}-{os.getpid()}")
+    # unique across the nodes of a job on a shared file system (pids repeat from node to node)
+    tag = f"{final.name}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp, old = final.with_name(f".tmp-{tag}"), final.with_name(f".old-{tag}")
     try:
+        _sweep_stale(final.parent)
         shutil.rmtree(tmp, ignore_errors=True)
         save_packed(packed, tmp)
         (tmp / "problems.json").write_text(json.dumps([[p.task_id, p.reason, p.source] for p in problems]))
@@ -229,14 +275,18 @@ def load_pairs(folder: str | Path, holdout: int = 0, source: str = "") -> tuple[
         raise DataError(f"{source}: {folder} is not a folder")
     listing = list_puzzles(folder, holdout)
     cached = _read_cache(folder, listing, holdout)
+    if cached is None:
+        with _build_lock(folder):
+            cached = _read_cache(folder, listing, holdout)  # written by another rank while this one waited
+            if cached is None:
+                packed, problems, unread = _pack(listing, holdout, source)
+                if unread:  # a transient read error must not be frozen into the cache
+                    log.warning("%s: %d files could not be read; not caching this load", source, unread)
+                else:
+                    _write_cache(folder, listing, holdout, packed, problems)
     if cached is not None:
         log.info("%s: %d puzzles from the cache", source, cached[0].num_tasks)
         return cached
-    packed, problems, unread = _pack(listing, holdout, source)
-    if unread:  # a transient read error must not be frozen into the cache
-        log.warning("%s: %d files could not be read; not caching this load", source, unread)
-    else:
-        _write_cache(folder, listing, holdout, packed, problems)
     log.info("%s: %d puzzles, %d pairs (%d held out), %d files skipped", source, packed.num_tasks,
              len(packed.ex_in) + len(packed.test_in), len(packed.test_in), len(listing.names) - packed.num_tasks)
     return packed, problems

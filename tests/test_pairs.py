@@ -2,10 +2,14 @@
 hold-out, validation with one line per bad puzzle, the scanner against its reference, and the cache.
 
     .venv/bin/python -m pytest -q tests/test_pairs.py"""
+import fcntl
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +18,8 @@ from conftest import ROOT
 from kernels.pairs_json import parse_files, parse_pairs_ref
 from pipeline.config import load_config
 from pipeline.dataset import build_dataset
-from pipeline.pairs import CACHE, _pack, list_puzzles, load_pairs
+import pipeline.pairs as pairs_module
+from pipeline.pairs import CACHE, list_puzzles, load_pairs
 from pipeline.sampler import Sampler
 from pipeline.sources import load_source
 from pipeline.tasks import DataError
@@ -118,7 +123,7 @@ def test_bad_puzzles_get_one_line_each_and_cost_nothing_else(tmp_path):
     assert any("tasks/truncated" in x and "not valid JSON" in x for x in lines)
     assert any("tasks/dangling" in x and "cannot read: No such file or directory" in x for x in lines)
     assert "6 of 10 tasks valid" in r.stderr  # the extra key is the slow path's, and valid
-    assert not (tmp_path / CACHE).exists()  # a load that could not read a file is not cached
+    assert not (tmp_path / CACHE / "pairs-holdout0").exists()  # a load that could not read a file is not cached
     packed = load_source(f"pairs:{tmp_path}").pack()
     assert "tasks/extra_key" in packed.task_ids and packed.num_tasks == 6
     with pytest.raises(DataError, match="^pairs:.*nowhere.*is not a folder"):
@@ -129,7 +134,7 @@ def test_a_file_that_cannot_be_opened_costs_only_its_puzzle(tmp_path):
     names = write_pairs(tmp_path, 6, "rearc", mean_pairs=12, seed=7, shapes=SHAPES)
     listing = list_puzzles(tmp_path, 0)
     (tmp_path / f"{names[2]}.json").unlink()  # gone between the listing and the read
-    packed, problems, unread = _pack(listing, 0, "pairs:x")
+    packed, problems, unread = pairs_module._pack(listing, 0, "pairs:x")
     assert unread == 1 and [(p.task_id, p.reason) for p in problems] == [(names[2], "cannot read: No such file or directory")]
     assert sorted(packed.task_ids) == sorted(n for n in names if n != names[2])
 
@@ -152,6 +157,52 @@ def test_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path):
     assert _pairs_of(third, third.task_ids.index(names[0])) == [([[5]], [[6]])]
     (tmp_path / f"{names[1]}.json").unlink()  # a removed puzzle too
     assert names[1] not in load_pairs(tmp_path, 3)[0].task_ids
+
+
+def test_one_process_builds_the_cache_while_the_others_wait_for_it(tmp_path, monkeypatch):
+    """The ranks of a DDP job load the same folder at once: the one holding the build lock parses and writes the
+    cache; the others wait, then map it (here a thread stands in for a second rank: flock locks conflict between
+    two opens of the file, whichever process or thread holds them)."""
+    write_pairs(tmp_path, 10, "rearc", mean_pairs=12, seed=8, shapes=SHAPES)
+    listing = list_puzzles(tmp_path, 2)
+    built, _, _ = pairs_module._pack(listing, 2, "pairs:x")  # what the rank holding the lock builds
+    (tmp_path / CACHE).mkdir()
+    lock = os.open(tmp_path / CACHE / "build.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    parsed = []
+    monkeypatch.setattr(pairs_module, "_pack", lambda *a: parsed.append(a) or built)
+    out = []
+    waiting = threading.Thread(target=lambda: out.append(load_pairs(tmp_path, 2)))
+    waiting.start()
+    waiting.join(1.0)
+    assert waiting.is_alive() and not parsed  # it waits for the lock, not parsing
+    pairs_module._write_cache(tmp_path, listing, 2, built, [])
+    os.close(lock)
+    waiting.join(30)
+    assert not parsed and isinstance(out[0][0].cells, np.memmap)  # it read what the other wrote
+
+
+def test_cache_writes_have_unique_names_and_killed_ones_are_swept(tmp_path, monkeypatch):
+    write_pairs(tmp_path, 5, "rearc", mean_pairs=12, seed=9, shapes=SHAPES)
+    root = tmp_path / CACHE
+    stale = [root / ".tmp-pairs-holdout0-node7-4242-0badf00d", root / ".old-pairs-holdout0-node7-4242-0badf00d"]
+    fresh = root / ".tmp-pairs-holdout0-node3-4242-c0ffee00"  # another node's write in progress
+    for d in stale + [fresh]:
+        d.mkdir(parents=True)
+        (d / "cells.npy").write_bytes(b"x" * 1000)
+    for p in [d / "cells.npy" for d in stale] + stale:
+        os.utime(p, (time.time() - pairs_module.STALE_S - 60,) * 2)
+    names = []
+    real_save = pairs_module.save_packed
+    monkeypatch.setattr(pairs_module, "save_packed", lambda packed, folder: names.append(folder.name) or
+                        real_save(packed, folder))
+    load_pairs(tmp_path)
+    write_pairs(tmp_path, 1, "rearc", seed=10, shapes=SHAPES)  # a new puzzle: the cache is rebuilt, a second name
+    load_pairs(tmp_path)
+    assert not any(d.exists() for d in stale) and fresh.exists() and (root / "pairs-holdout0" / "meta.json").exists()
+    host = socket.gethostname()
+    assert len(names) == 2 and names[0] != names[1] and all(n.startswith(f".tmp-pairs-holdout0-{host}-{os.getpid()}-")
+                                                            for n in names)
 
 
 def test_a_folder_without_room_for_the_cache_loads_without_one(tmp_path, caplog):
