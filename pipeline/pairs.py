@@ -6,15 +6,16 @@ no train/test split.
   (`nvarc_full/batch_0007/3a1f09c2`, `tasks/007bbfb7`). Every pair is a training example (a demonstration).
 - `#holdout=N` keeps one pair of each of N puzzles out of training: they become the puzzles' test pairs, which the
   periodic held-out evaluation scores (`data.eval_inputs` of them). The N puzzles are those of at least two pairs
-  whose names hash lowest (BLAKE2b keyed with a fixed seed), and the pair is picked by the same hash, so the choice
-  is a function of the names and pair counts alone: the same on every machine and in any listing order.
+  whose names hash lowest (BLAKE2b keyed with the seed, 0 unless `#holdout=N,seed=S`), and the pair is picked by
+  the same hash, so the choice is a function of the names, pair counts and seed alone: the same on every machine,
+  in every process and in any listing order (tests/test_pairs.py pins one selection).
 - Validation as for every source: a file that is not such a list of valid grids, or that cannot be read (a
   dangling symlink, as a Hugging Face snapshot whose blob is missing; no permission), is skipped and reported (one
   problem per reason, naming the puzzle); the others load. A load that could not read a file is not cached.
 - 100k puzzles x 30 pairs are ~3 GB of JSON: the files are read in chunks and scanned by a numba kernel
   (kernels/pairs_json.py) straight into packed arrays; no Task object is made. The result is cached in
-  `DIR/.trm_cache/pairs-holdoutN/` as .npy files, loaded memory-mapped on the next run. The cache is keyed by the
-  list of files with their sizes and modification times (and the hold-out): any added, removed or rewritten file
+  `DIR/.trm_cache/pairs-holdoutN/` (`pairs-holdoutN-seedS/` for a seed other than 0) as .npy files, loaded memory-mapped on the next run. The cache is keyed by the
+  list of files with their sizes and modification times (and the hold-out and its seed): any added, removed or rewritten file
   rebuilds it. One process builds it (a file lock, `.trm_cache/build.lock`: the other ranks of a DDP job wait
   and then map it); it is written into a temporary folder named by host, pid and a random tag, renamed into
   place, `meta.json` last, and temporary folders left by killed writes are removed once 15 minutes old. A folder
@@ -82,22 +83,23 @@ def _walk(folder: str, prefix: str, rows: list, unreadable: list) -> None:
                 unreadable.append((name, _UNREADABLE + (err.strerror or str(err))))
 
 
-def list_puzzles(folder: Path, holdout: int) -> Listing:
+def list_puzzles(folder: Path, holdout: int, seed: int = 0) -> Listing:
     rows: list = []
     unreadable: list = []
     _walk(str(folder), "", rows, unreadable)
     if not rows:
         raise DataError(f"pairs:{folder}: no .json puzzle files found")
     rows.sort()
-    h = hashlib.sha256(f"pairs v{_CACHE_VERSION} holdout {holdout}\n".encode())
+    h = hashlib.sha256(f"pairs v{_CACHE_VERSION} holdout {holdout} seed {seed}\n".encode())
     h.update("".join(f"{name}\0{size}\0{mtime}\n" for name, _, size, mtime in rows).encode())
     return Listing([r[0] for r in rows], [r[1] for r in rows], np.array([r[2] for r in rows], np.int64), h.hexdigest(),
                    sorted(unreadable))
 
 
-def holdout_choice(names: list[str], n_pairs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(puzzle indices in order, the pair each gives up) of the `#holdout=N` rule (module docstring)."""
-    h = np.array([int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8, key=_HOLDOUT_KEY).digest(), "little")
+def holdout_choice(names: list[str], n_pairs: np.ndarray, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(puzzle indices in order, the pair each gives up) of the `#holdout=N,seed=S` rule (module docstring)."""
+    key = _HOLDOUT_KEY + (b"" if seed == 0 else f"-{seed}".encode())  # seed 0: the selection before seeds existed
+    h = np.array([int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8, key=key).digest(), "little")
                   for s in names], np.uint64)
     eligible = np.flatnonzero(n_pairs >= 2)
     if n > len(eligible):
@@ -167,7 +169,7 @@ def _parse(listing: Listing, source: str):
     return cells[:pos[0]], starts[:pos[1]], heights[:pos[1]], widths[:pos[1]], pairs, first, problems, unread
 
 
-def _pack(listing: Listing, holdout: int, source: str) -> tuple[PackedTasks, list[TaskProblem], int]:
+def _pack(listing: Listing, holdout: int, source: str, seed: int = 0) -> tuple[PackedTasks, list[TaskProblem], int]:
     """The packed puzzles, the problems of the files skipped, and how many of those could not be read."""
     cells, starts, heights, widths, pairs, first, problems, unread = _parse(listing, source)
     ok = np.flatnonzero(pairs > 0)
@@ -176,7 +178,7 @@ def _pack(listing: Listing, holdout: int, source: str) -> tuple[PackedTasks, lis
     offsets = np.concatenate([[0], np.cumsum(n_pairs)])
     task_of_pair = np.repeat(np.arange(len(ok)), n_pairs)
     pair_in = first[task_of_pair] + 2 * (np.arange(offsets[-1]) - offsets[task_of_pair])
-    held_task, held_pair = holdout_choice(names, n_pairs, holdout) if holdout else (np.zeros(0, np.int64),) * 2
+    held_task, held_pair = holdout_choice(names, n_pairs, holdout, seed) if holdout else (np.zeros(0, np.int64),) * 2
     held = np.zeros(len(pair_in), bool)
     held[offsets[held_task] + held_pair] = True
     counts = n_pairs - np.bincount(held_task, minlength=len(ok))
@@ -190,12 +192,12 @@ def _pack(listing: Listing, holdout: int, source: str) -> tuple[PackedTasks, lis
     return packed, problems, unread
 
 
-def _cache_dir(folder: Path, holdout: int) -> Path:
-    return folder / CACHE / f"pairs-holdout{holdout}"
+def _cache_dir(folder: Path, holdout: int, seed: int = 0) -> Path:
+    return folder / CACHE / (f"pairs-holdout{holdout}" + (f"-seed{seed}" if seed else ""))
 
 
-def _read_cache(folder: Path, listing: Listing, holdout: int) -> tuple[PackedTasks, list[TaskProblem]] | None:
-    cache = _cache_dir(folder, holdout)
+def _read_cache(folder: Path, listing: Listing, holdout: int, seed: int = 0) -> tuple[PackedTasks, list[TaskProblem]] | None:
+    cache = _cache_dir(folder, holdout, seed)
     try:
         meta = json.loads((cache / "meta.json").read_text())
     except (OSError, ValueError):
@@ -245,8 +247,9 @@ def _sweep_stale(parent: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _write_cache(folder: Path, listing: Listing, holdout: int, packed: PackedTasks, problems: list[TaskProblem]) -> None:
-    final = _cache_dir(folder, holdout)
+def _write_cache(folder: Path, listing: Listing, holdout: int, packed: PackedTasks, problems: list[TaskProblem],
+                 seed: int = 0) -> None:
+    final = _cache_dir(folder, holdout, seed)
     # unique across the nodes of a job on a shared file system (pids repeat from node to node)
     tag = f"{final.name}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp, old = final.with_name(f".tmp-{tag}"), final.with_name(f".old-{tag}")
@@ -267,23 +270,24 @@ def _write_cache(folder: Path, listing: Listing, holdout: int, packed: PackedTas
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_pairs(folder: str | Path, holdout: int = 0, source: str = "") -> tuple[PackedTasks, list[TaskProblem]]:
+def load_pairs(folder: str | Path, holdout: int = 0, source: str = "", seed: int = 0) -> tuple[PackedTasks,
+                                                                                             list[TaskProblem]]:
     """The puzzles of a pair-list folder, packed, and the problems of the files that were skipped."""
     folder = Path(folder)
     source = source or f"pairs:{folder}"
     if not folder.is_dir():
         raise DataError(f"{source}: {folder} is not a folder")
-    listing = list_puzzles(folder, holdout)
-    cached = _read_cache(folder, listing, holdout)
+    listing = list_puzzles(folder, holdout, seed)
+    cached = _read_cache(folder, listing, holdout, seed)
     if cached is None:
         with _build_lock(folder):
-            cached = _read_cache(folder, listing, holdout)  # written by another rank while this one waited
+            cached = _read_cache(folder, listing, holdout, seed)  # written by another rank while this one waited
             if cached is None:
-                packed, problems, unread = _pack(listing, holdout, source)
+                packed, problems, unread = _pack(listing, holdout, source, seed)
                 if unread:  # a transient read error must not be frozen into the cache
                     log.warning("%s: %d files could not be read; not caching this load", source, unread)
                 else:
-                    _write_cache(folder, listing, holdout, packed, problems)
+                    _write_cache(folder, listing, holdout, packed, problems, seed)
     if cached is not None:
         log.info("%s: %d puzzles from the cache", source, cached[0].num_tasks)
         return cached

