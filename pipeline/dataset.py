@@ -21,6 +21,9 @@ class Dataset:
     packed: PackedTasks
     ids: PuzzleIdScheme
     problems: list[TaskProblem]
+    task_source: list[str] | None = None
+    """Per packed task, the label of the source that loaded it (sources.source_label): the periodic held-out
+    evaluation draws its inputs across sources and reports each one's metrics."""
 
 
 def canvas_problem(task: Task, canvas: int) -> str | None:
@@ -58,4 +61,4 @@ def build_dataset(cfg: DataConfig, seed: int) -> Dataset:
     if not res.num_tasks:
         raise DataError(f"no valid task in sources {cfg.sources}")
     packed = res.pack()
-    return Dataset(res.tasks, packed, build_id_scheme(cfg, packed, seed), res.problems)
+    return Dataset(res.tasks, packed, build_id_scheme(cfg, packed, seed), res.problems, res.task_sources())

@@ -66,6 +66,11 @@ class LoadResult:
         head = [pack_tasks(self.tasks)] if self.tasks or not self.parts else []
         return concat_packed(head + [p.packed for p in self.parts])
 
+    def task_sources(self) -> list[str]:
+        """The label (source_label) of the source of every task, in the order of `pack()`."""
+        return [source_label(t.source_spec) for t in self.tasks] + \
+            [source_label(p.source) for p in self.parts for _ in range(p.packed.num_tasks)]
+
     def all_tasks(self) -> list[Task]:
         """Every task as a Task object (bulk parts unpacked: for tools such as export and stats)."""
         return self.tasks + [t for p in self.parts for t in unpack_tasks(p)]
@@ -182,10 +187,29 @@ def _load_mix(arg: str, arc_root: str) -> LoadResult:
     return res
 
 
+def source_label(spec: str) -> str:
+    """A source's short name in metric keys (`eval/<label>/pass@2`): KIND:NAME without flags, a path shortened to
+    its last component (`pairs:/data/nvarc#holdout=64` -> `pairs:nvarc`), no `/`; empty for tasks made in code."""
+    kind, sep, arg = spec.partition("#")[0].partition(":")
+    if not (sep and kind in KINDS):
+        kind, arg = "", spec.partition("#")[0]
+    if not kind or kind in _PLUS_INSIDE:
+        arg = Path(arg.rstrip("/")).name.removesuffix(".json") or arg
+    label = f"{kind}:{arg}" if kind else arg
+    return label.replace("/", "_")
+
+
 def load_source(spec: str, arc_root: str = "../shared/arc") -> LoadResult:
     kind, sep, arg = spec.partition(":")
     if sep and kind == "mix":
         return _load_mix(arg, arc_root)
+    res = _load_one(spec, arc_root)
+    for t in res.tasks:
+        t.source_spec = spec
+    return res
+
+
+def _load_one(spec: str, arc_root: str) -> LoadResult:
     spec, train_on_test, holdout, seed = _flags(spec)
     kind, sep, arg = spec.partition(":")
     if sep and kind == "arc":

