@@ -81,7 +81,7 @@ def build_run(cfg: RunConfig, rt: Runtime, data: Dataset | None = None, init_row
     default evaluation on held-out test inputs), None, or a callable model -> metrics."""
     if cfg.train.wandb_project and importlib.util.find_spec("wandb") is None:
         raise ConfigError("train.wandb_project needs the wandb package, which is not installed (pip install wandb)")
-    data = data or build_dataset(cfg.data, cfg.seed)
+    data = data or build_dataset(cfg.data, cfg.seed, cfg.model.puzzle_emb_ndim)
     log.info("%d tasks (%d skipped as invalid), %d puzzle ids", data.packed.num_tasks, len(data.problems),
              data.ids.num_ids)
     model = TRM(cfg.model, data.ids.num_ids).to(rt.device)

@@ -13,6 +13,11 @@ from pipeline.tasks import DataError, Task, TaskProblem
 
 log = logging.getLogger(__name__)
 
+MAX_TABLE_BYTES = 8 << 30
+"""The largest puzzle-embedding table (fp32) a `per_augmentation` run may ask for: 8 GiB, ~3.5x the paper's
+1280 tasks x 1001 ids at 512 values (2.3 GiB). NVARC's 103k puzzles x 1001 ids would be 103M rows, ~197 GiB at
+512: a run would die of memory minutes in, after the data load."""
+
 
 @dataclass
 class Dataset:
@@ -56,9 +61,27 @@ def fit_canvas(res: LoadResult, canvas: int) -> LoadResult:
     return out
 
 
-def build_dataset(cfg: DataConfig, seed: int) -> Dataset:
+def check_id_table(cfg: DataConfig, num_tasks: int, emb_ndim: int) -> None:
+    """Refuse, before any id is built, a per_augmentation table over MAX_TABLE_BYTES (one line naming the knobs)."""
+    if cfg.puzzle_ids != "per_augmentation" or not emb_ndim:
+        return
+    ids = num_tasks * (cfg.augs_per_task + 1) + 1  # each task's original and K augmentations, and the blank id
+    size = ids * emb_ndim * 4
+    if size > MAX_TABLE_BYTES:
+        fits = (MAX_TABLE_BYTES // (emb_ndim * 4) - 1) // num_tasks - 1
+        raise DataError(f"data.puzzle_ids=per_augmentation: {num_tasks:,} tasks x (1 + data.augs_per_task="
+                        f"{cfg.augs_per_task}) = up to {ids:,} puzzle ids, a {size / 2**30:,.0f} GiB embedding table "
+                        f"(model.puzzle_emb_ndim={emb_ndim}, fp32), over the {MAX_TABLE_BYTES / 2**30:.0f} GiB bound: "
+                        "set data.puzzle_ids=per_task (one embedding per task, as for NVARC's puzzles)"
+                        + (f" or data.augs_per_task={fits} or less" if fits >= 0 else ""))
+
+
+def build_dataset(cfg: DataConfig, seed: int, emb_ndim: int = 0) -> Dataset:
+    """The tasks of cfg.sources that fit the canvas, packed, with their id scheme; `emb_ndim` (the model's
+    puzzle_emb_ndim) bounds a per_augmentation table (check_id_table), 0 = unchecked."""
     res = fit_canvas(load_sources(cfg.sources, cfg.arc_root), cfg.canvas)
     if not res.num_tasks:
         raise DataError(f"no valid task in sources {cfg.sources}")
+    check_id_table(cfg, res.num_tasks, emb_ndim)
     packed = res.pack()
     return Dataset(res.tasks, packed, build_id_scheme(cfg, packed, seed), res.problems, res.task_sources())

