@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.official_build import BLANK, parse_name, read_identifiers  # noqa: F401 (read_identifiers: API)
+from pipeline.official_build import BLANK, parse_name
 from pipeline.sampler import PerAugmentationIds
 from pipeline.tasks import DataError
 

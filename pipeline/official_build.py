@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels.reference import dihedral_ref
+from kernels import COLOR_OFFSET, NUM_COLORS
+from kernels.reference import invert_augment_ref
 from pipeline.tasks import DataError, Task, TaskProblem, read_json
 
 SEPARATOR, BLANK = "|||", "<blank>"
 _ARRAYS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices")
-_COLOUR0 = 2  # token of colour 0; PAD 0, EOS 1
 
 
 def read_identifiers(path: str | Path) -> list[str]:
@@ -60,20 +60,18 @@ def decode_row(tokens: np.ndarray, side: int) -> np.ndarray | None:
     """The grid an encoded example row holds (colour tokens' bounding box), None for a row without colours;
     a DataError when the colour tokens do not fill their box (not a builder's row)."""
     canvas = tokens.reshape(side, side)
-    colour = canvas >= _COLOUR0
+    colour = canvas >= COLOR_OFFSET
     rows, cols = np.flatnonzero(colour.any(1)), np.flatnonzero(colour.any(0))
     if len(rows) == 0:
         return None
     box = canvas[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    if not (box >= _COLOUR0).all() or (box > _COLOUR0 + 9).any():
+    if not (box >= COLOR_OFFSET).all() or (box >= COLOR_OFFSET + NUM_COLORS).any():
         raise DataError("an example row whose colour tokens do not form one grid")
-    return (box - _COLOUR0).astype(np.uint8)
+    return (box - COLOR_OFFSET).astype(np.uint8)
 
 
 def _invert(grid: np.ndarray, d: int, perm: np.ndarray | None) -> np.ndarray:
-    if perm is None:
-        return grid
-    return np.argsort(perm).astype(np.uint8)[dihedral_ref(grid, (0, 3, 2, 1, 4, 5, 6, 7)[d])]
+    return grid if perm is None else invert_augment_ref(grid, d, perm)
 
 
 def _read_split(folder: Path, split: str) -> list[dict] | None:

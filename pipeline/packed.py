@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.sampler import PackedTasks
+from pipeline.sampler import PackedTasks, task_sides
 from pipeline.tasks import Task
 
 ARRAYS = ("cells", "starts", "heights", "widths", "ex_in", "ex_out", "task_ex_start", "task_ex_count", "test_task",
@@ -64,12 +64,10 @@ def select_tasks(packed: PackedTasks, keep: np.ndarray) -> PackedTasks:
 
 
 def task_max_sides(packed: PackedTasks) -> np.ndarray:
-    """Largest side of any grid a task trains on or predicts from (examples and test inputs) [num_tasks]."""
-    side = np.maximum(packed.heights, packed.widths)
-    out = np.zeros(packed.num_tasks, np.int64)
-    task_of_ex = np.repeat(np.arange(packed.num_tasks), packed.task_ex_count)
-    np.maximum.at(out, task_of_ex, np.maximum(side[packed.ex_in], side[packed.ex_out]))
-    np.maximum.at(out, packed.test_task, side[packed.test_in])
+    """Largest side of any grid a task trains on or predicts from [num_tasks]: the sampler's task_sides (its
+    examples), widened by its test inputs."""
+    out = task_sides(packed)
+    np.maximum.at(out, packed.test_task, np.maximum(packed.heights, packed.widths)[packed.test_in])
     return out
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SHARED
-from pipeline.official import official_id_table, read_identifiers
+from pipeline.official import official_id_table
+from pipeline.official_build import read_identifiers
 from pipeline.sources import load_source
 from scripts.make_fixtures import random_tasks, write_official_build
 

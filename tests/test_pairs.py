@@ -19,16 +19,17 @@ from conftest import ROOT
 from kernels.pairs_json import parse_files, parse_pairs_ref
 from pipeline.build import heldout_eval_fn, heldout_rows
 from pipeline.config import load_config
-from pipeline.dataset import check_id_table
+from pipeline.dataset import check_id_table, fit_canvas
+from pipeline.packed import PackedPart
 from pipeline.dataset import build_dataset
 import pipeline.dataset as dataset_module
 import pipeline.pairs as pairs_module
 from pipeline.pairs import CACHE, holdout_choice, list_puzzles, load_pairs
 from pipeline.model import TRM
 from pipeline.runtime import init_runtime
-from pipeline.sampler import DataConfig, PerAugmentationIds, Sampler
-from pipeline.sources import load_source
-from pipeline.tasks import DataError
+from pipeline.sampler import DataConfig, PerAugmentationIds, Sampler, pack_tasks
+from pipeline.sources import LoadResult, load_source
+from pipeline.tasks import DataError, Task
 from scripts.make_fixtures import pairs_json, random_pairs, write_pairs
 from stages._cli import run as run_stage
 from stages.data import main as data_main
@@ -290,6 +291,17 @@ def test_a_per_augmentation_table_too_large_is_refused_before_any_id_is_built(tm
     err = capsys.readouterr().err.strip().splitlines()
     assert end.value.code == 2 and err[-1].startswith("error: data.puzzle_ids=per_augmentation: 30 tasks x (1 + data.augs")
     assert "data.puzzle_ids=per_task" in err[-1] and "Traceback" not in "".join(err)
+
+
+def test_bulk_tasks_larger_than_the_canvas_are_dropped_and_reported():
+    small, big = np.ones((3, 3), np.uint8), np.ones((12, 4), np.uint8)
+    tasks = [Task("fits", [(small, small)], [small], [small]), Task("big_demo", [(small, big)], [small], [small]),
+             Task("big_test_input", [(small, small)], [big], [small], train_on_test=False)]
+    res = fit_canvas(LoadResult(parts=[PackedPart("pairs:x", pack_tasks(tasks))]), 10)
+    assert res.parts[0].packed.task_ids == ["fits"]
+    assert [(p.task_id, p.reason) for p in res.problems] == [
+        ("big_demo", "a grid of side 12, larger than the 10x10 canvas"),
+        ("big_test_input", "a grid of side 12, larger than the 10x10 canvas")]
 
 
 def test_packed_parts_concatenate_as_if_packed_together_and_unpack_back():
