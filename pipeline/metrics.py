@@ -62,8 +62,8 @@ class RunSink(NullSink):
 
 def wandb_run(run_dir: Path, project: str, config: dict):
     """An offline wandb run in RUN/wandb, as the official code logs (upload later with `wandb sync RUN/wandb/
-    offline-run-*`). wandb is optional: imported only here, when train.wandb_project asks for it (the config
-    refuses the setting at load when the package is missing). One wandb id per run folder, so a resumed run
+    offline-run-*`). wandb is optional: imported only here, when train.wandb_project asks for it (build_run
+    refuses such a run, before building anything, when the package is missing). One wandb id per run folder, so a resumed run
     continues the same wandb run."""
     import wandb  # optional dependency
 

@@ -4,7 +4,6 @@ when the package is missing, and TTT runs starting with it off (the Kaggle machi
     .venv/bin/python -m pytest -q tests/test_wandb_sink.py"""
 import importlib.machinery
 import importlib.util
-import subprocess
 import sys
 import types
 
@@ -20,6 +19,8 @@ from pipeline.model import TRM
 from pipeline.runtime import init_runtime
 from pipeline.sampler import PerTaskIds
 from pipeline.ttt import ttt_config
+from stages._cli import run
+from stages.pretrain import main as pretrain_main
 
 TINY = ["model.hidden=32", "model.heads=2", "model.puzzle_emb_ndim=32", "train.global_batch=8", "train.log_every=1",
         "train.eval_every=0", "train.progress=false", "train.steps=3", "train.ckpt_every=100"]
@@ -63,15 +64,25 @@ def test_metrics_go_to_an_offline_wandb_run_too(tmp_path, fake_wandb):
     assert run.finished
 
 
-@pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
-def test_asking_for_wandb_without_the_package_is_one_line(tmp_path):
+@pytest.fixture
+def no_wandb(monkeypatch):
+    """wandb absent, whether or not this machine has it: find_spec answers None for it (and nothing else)."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    monkeypatch.delitem(sys.modules, "wandb", raising=False)
+
+
+def test_asking_for_wandb_without_the_package_is_one_line(tmp_path, no_wandb, capsys):
     cfg = load_config(ROOT / "configs/demo_cpu.yaml", [f"run_dir={tmp_path}", "train.wandb_project=x", *TINY])
     with pytest.raises(ConfigError, match="needs the wandb package"):
         build_run(cfg, init_runtime("cpu", "float32", 0))
-    r = subprocess.run([sys.executable, "-m", "stages.pretrain", "--config", "configs/demo_cpu.yaml", "--set",
-                        f"run_dir={tmp_path}", "train.wandb_project=x", *TINY], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 2 and "Traceback" not in r.stderr and "needs the wandb package" in r.stderr
+    with pytest.raises(SystemExit) as end:  # the stage, in-process (as python -m runs it)
+        run(pretrain_main, ["--config", str(ROOT / "configs/demo_cpu.yaml"), "--set", f"run_dir={tmp_path}",
+                            "train.wandb_project=x", *TINY])
+    err = capsys.readouterr().err
+    assert end.value.code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: train.wandb_project needs the wandb package")
+    assert not (tmp_path / "ckpt").exists()  # refused before anything was built or trained
 
 
 def test_ttt_runs_start_with_wandb_off(tmp_path):
