@@ -8,6 +8,9 @@ versions of one pair give the same 8 renamed sequences, hence the same minimum. 
 (pipeline/overlap.py), which confirms every hash match on the grids themselves. `canonical_hash_ref` is the plain
 reference the kernel is tested against.
 """
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from numba import njit
 
@@ -17,6 +20,7 @@ from kernels.reference import dihedral_ref
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 _SEPARATOR = 0xFF  # between the input and the output (no colour or side takes this value)
+_PAIRS_PER_THREAD = 50_000  # fewer pairs than this per thread are hashed on fewer threads
 
 
 @njit(cache=True, inline="always")
@@ -66,10 +70,18 @@ def canonical_pair_hashes(cells, starts, heights, widths, in_idx, out_idx, out):
         out[k] = best
 
 
-def pair_hashes(cells, starts, heights, widths, in_idx, out_idx) -> np.ndarray:
+def pair_hashes(cells, starts, heights, widths, in_idx, out_idx, threads: int = 0) -> np.ndarray:
+    """canonical_pair_hashes of every pair, in `threads` threads (0: one per CPU core, at most 32) when there are
+    many: the kernel releases the GIL, so 3.1M pairs (NVARC's puzzles, ~40 s on one core) split across cores."""
+    in_idx, out_idx = np.asarray(in_idx, np.int64), np.asarray(out_idx, np.int64)
     out = np.empty(len(in_idx), np.uint64)
-    canonical_pair_hashes(cells, starts, heights, widths, np.asarray(in_idx, np.int64), np.asarray(out_idx, np.int64),
-                          out)
+    canonical_pair_hashes(cells, starts, heights, widths, in_idx[:0], out_idx[:0], out[:0])  # compile once, here
+    threads = max(1, min(threads or min(os.cpu_count() or 1, 32, len(in_idx) // _PAIRS_PER_THREAD), len(in_idx)))
+    bounds = np.linspace(0, len(in_idx), threads + 1).astype(np.int64)
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda k: canonical_pair_hashes(cells, starts, heights, widths, in_idx[bounds[k]:bounds[k + 1]],
+                                                      out_idx[bounds[k]:bounds[k + 1]], out[bounds[k]:bounds[k + 1]]),
+                      range(threads)))
     return out
 
 

@@ -10,18 +10,32 @@ evaluation pair into the training pair are found, or the match is dropped as a h
 
 A test pair found in training is contamination: a model may have learnt that answer. A demonstration found is
 expected when evaluation demonstrations are part of training (the paper's 1280-task mix) and is reported apart.
+
+For `make score` the training side is what the checkpoint was trained on: pretraining records it when it starts
+(TrainedPairs, `RUN/trained_pairs.npz`: the canonical hashes, its warm start's record merged in), and the check
+reads that record first; a run without one has its config's sources re-read (as they are now), and so on up its
+warm-start chain. What cannot be read is reported as not checked, never as clean.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
 from kernels.canonical import pair_hashes
 from kernels.reference import augment_grid_ref, dihedral_ref
+from pipeline.checkpoint import CheckpointError, read_task_table, resolve_checkpoint, run_dir_of
 from pipeline.sampler import PackedTasks
 from pipeline.sources import load_sources
 from pipeline.tasks import DataError
+
+log = logging.getLogger(__name__)
+
+TRAINED_PAIRS = "trained_pairs.npz"
 
 
 @dataclass(frozen=True)
@@ -128,41 +142,165 @@ def overlap_report(matches: list[Match], evaluation: PackedTasks) -> dict:
             "demonstrations_found": sum(len(e["demonstrations"]) for e in per_task.values()), "tasks": per_task}
 
 
-def scored_set_overlap(task_ids: list[str], sources: list[str], arc_root: str, scored_ids: list[str],
-                       scored: PackedTasks | None) -> tuple[list[str], dict]:
-    """What `make score` says about a checkpoint (its task table `task_ids`, its config's training `sources`) and
-    the scored tasks (`scored`: their grids, None where the challenges file is missing): warning lines and a
-    summary. The checkpoint holds task ids, not grids: the grids come from re-reading its sources; where they
-    cannot be read here (or the scored grids are unknown), only the ids are compared, and the lines say so."""
-    known = sorted(set(task_ids) & set(scored_ids))
-    n = len(scored_ids)
-    train, why = None, "the scored tasks' challenges file was not found"
-    if scored is not None:
+@dataclass
+class TrainedPairs:
+    """What a pretraining run trained on, as canonical pair hashes: `RUN/trained_pairs.npz`, written by rank 0 when
+    the run starts (record_trained_pairs), so that `make score` checks the data as it was at training time even
+    where its files are gone or changed since. ~12 bytes per distinct pair plus the task names: 48.7 MB for 103k
+    pair-list puzzles x 30 pairs (hashing them: 28 s of CPU, split across cores), a few KB for the 1280-task mix
+    (BENCHMARKS.md, "100k pair-list puzzles")."""
+    hashes: np.ndarray
+    """Canonical hashes (uint64), sorted, distinct."""
+    task: np.ndarray
+    """Per hash, the index in `tasks` of a task that trained on that pair (int32)."""
+    tasks: list[str]
+    sources: list[str]
+    """The training sources of the run and of its warm-start ancestors."""
+    unknown: list[str]
+    """Warm-start ancestors whose training data is not known (no record): the check cannot cover them."""
+
+    @classmethod
+    def of(cls, packed: PackedTasks, sources: list[str]) -> "TrainedPairs":
+        task = np.repeat(np.arange(packed.num_tasks, dtype=np.int32), packed.task_ex_count)
+        return cls._distinct(_hashes(packed, packed.ex_in, packed.ex_out), task, list(packed.task_ids), list(sources), [])
+
+    @classmethod
+    def _distinct(cls, hashes, task, tasks, sources, unknown) -> "TrainedPairs":
+        hashes, first = np.unique(np.asarray(hashes, np.uint64), return_index=True)
+        return cls(hashes, np.asarray(task, np.int32)[first], tasks, sources, unknown)
+
+    def merge(self, other: "TrainedPairs") -> "TrainedPairs":
+        names = list(dict.fromkeys(self.tasks + other.tasks))
+        where = {t: k for k, t in enumerate(names)}
+        remap = np.array([where[t] for t in other.tasks], np.int32).reshape(-1)
+        return self._distinct(np.concatenate([self.hashes, other.hashes]), np.concatenate([self.task, remap[other.task]]),
+                              names, list(dict.fromkeys(self.sources + other.sources)),
+                              list(dict.fromkeys(self.unknown + other.unknown)))
+
+    def save(self, path: Path) -> None:
+        """Atomically: a temporary file beside `path`, renamed into place."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, hashes=self.hashes, task=self.task, tasks=np.array(self.tasks, dtype=str),
+                     sources=np.array(self.sources, dtype=str), unknown=np.array(self.unknown, dtype=str))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainedPairs":
+        with np.load(path, allow_pickle=False) as z:
+            return cls(z["hashes"], z["task"], z["tasks"].tolist(), z["sources"].tolist(), z["unknown"].tolist())
+
+
+def find_trained_pairs(checkpoint: str | Path) -> TrainedPairs | None:
+    """The record of the run a checkpoint (or run folder) belongs to, None where it has none."""
+    ckpt = resolve_checkpoint(checkpoint)
+    for folder in (run_dir_of(ckpt), ckpt):
+        if folder is not None and (folder / TRAINED_PAIRS).is_file():
+            return TrainedPairs.load(folder / TRAINED_PAIRS)
+    return None
+
+
+def record_trained_pairs(run_dir: Path, packed: PackedTasks, sources: list[str], init_from: str = "") -> TrainedPairs:
+    """Write RUN/trained_pairs.npz (rank 0, when pretraining starts): this run's pairs, those of an earlier start of
+    the same run (a resumed run may have read changed files), and the warm start's record, or its name among
+    the `unknown` where it has none."""
+    record = TrainedPairs.of(packed, sources)
+    path = run_dir / TRAINED_PAIRS
+    if path.exists():
+        record = record.merge(TrainedPairs.load(path))
+    if init_from:
         try:
-            train = load_sources(sources, arc_root).pack()
+            parent = find_trained_pairs(init_from)
+        except CheckpointError:
+            parent = None
+        record = record.merge(parent) if parent is not None else \
+            dataclasses.replace(record, unknown=list(dict.fromkeys(record.unknown + [str(init_from)])))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record.save(path)
+    log.info("%s: canonical hashes of %d distinct trained pairs of %d tasks (%.1f MB)%s", path, len(record.hashes),
+             len(record.tasks), path.stat().st_size / 2**20,
+             f"; not known for the warm start(s) {record.unknown}" if record.unknown else "")
+    return record
+
+
+def training_data(checkpoint: str | Path) -> tuple[TrainedPairs | None, list[str], list[str]]:
+    """What a checkpoint trained on: its run's record, else its config's sources re-read now, then the same for
+    its warm start (train.init_from), and so on up the chain. Returns the merged pairs (None if nothing could be
+    read), where they come from, and what could not be checked (each with why)."""
+    merged, where, unchecked, seen = None, [], [], set()
+    path: str | Path | None = checkpoint
+    while path:
+        try:
+            ckpt = resolve_checkpoint(path)
+        except CheckpointError as e:
+            unchecked.append(f"warm start {path}: {e}")
+            break
+        if ckpt in seen:
+            break
+        seen.add(ckpt)
+        record = find_trained_pairs(ckpt)
+        if record is not None:  # written at training time, its own warm starts included
+            merged = record if merged is None else merged.merge(record)
+            where.append(f"{ckpt}'s pairs recorded at pretraining ({TRAINED_PAIRS})")
+            unchecked += [f"warm start {u}: no record of its training data" for u in record.unknown]
+            break
+        cfg = read_task_table(ckpt)[2]
+        try:
+            pairs = TrainedPairs.of(load_sources(cfg.data.sources, cfg.data.arc_root).pack(), cfg.data.sources)
         except DataError as e:
-            why = f"its training sources cannot be read here: {e}"
-    if train is None:
-        summary = {"checked": "ids", "tasks_in_checkpoint": known}
-        if not known:
-            return [f"overlap check (ids only: {why}): none of the {n} scored tasks is in the checkpoint's task "
-                    "table"], summary
-        return [f"warning: the checkpoint's task table holds {len(known)} of the {n} scored tasks ({', '.join(known[:6])}"
-                f"{' ...' if len(known) > 6 else ''}); ids only, {why}, so whether their test pairs were trained on is "
-                "unknown"], summary
-    report = overlap_report(find_overlaps(train, scored), scored)
-    bad = report["contaminated_tasks"]
-    demo_tasks = [t for t, e in report["tasks"].items() if e["demonstrations"]]
-    summary = {"checked": "grids", "contaminated_tasks": bad, "tasks_with_demonstrations_trained": len(demo_tasks)}
-    lines = []
+            unchecked.append(f"{ckpt} (no {TRAINED_PAIRS}): its training sources cannot be read here: {e}")
+        else:
+            merged = pairs if merged is None else merged.merge(pairs)
+            where.append(f"{ckpt}'s sources {cfg.data.sources}, re-read now (no {TRAINED_PAIRS}: the files may "
+                         "have changed since training)")
+        path = cfg.train.init_from
+    return merged, where, unchecked
+
+
+def scored_set_overlap(checkpoint: str | Path, scored: PackedTasks | None, scored_ids: list[str],
+                       task_ids: list[str]) -> tuple[list[str], dict]:
+    """What `make score` says about a checkpoint and the scored tasks (`scored`: their grids, None where the
+    challenges file is missing; `task_ids`: the checkpoint's task table): warning lines and a summary. Every scored
+    pair (demonstrations, test pairs with solutions) is hashed canonically and looked up in training_data. A
+    part that cannot be checked is a 'contamination NOT checked' warning, never an all-clear; task ids alone
+    prove nothing (NVARC's puzzles are not named after the evaluation tasks they were made from)."""
+    n = len(scored_ids)
+    known = sorted(set(task_ids) & set(scored_ids))
+    ids_note = (f"by task id only, {len(known)} of the {n} scored tasks are in the checkpoint's task table"
+                + (f" ({', '.join(known[:6])}{' ...' if len(known) > 6 else ''})" if known else ""))
+    if scored is None:
+        return [f"warning: contamination NOT checked: the scored tasks' challenges file was not found ({ids_note})"], \
+            {"checked": "no", "not_checked": ["the scored tasks' challenges file was not found"], "tasks_in_checkpoint": known}
+    trained, where, unchecked = training_data(checkpoint)
+    if trained is None:
+        return [f"warning: contamination NOT checked: {why}" for why in unchecked] + [f"warning: {ids_note}; whether "
+                "their pairs were trained on is unknown"], {"checked": "no", "not_checked": unchecked, "tasks_in_checkpoint": known}
+    ev = evaluation_pairs(scored)
+    h = _hashes(scored, ev["in"], ev["out"])
+    at = np.minimum(np.searchsorted(trained.hashes, h), len(trained.hashes) - 1)
+    hit = trained.hashes[at] == h
+    tests: dict[str, list[str]] = {}
+    demo_tasks: set[str] = set()
+    for k in np.flatnonzero(hit):
+        task = scored.task_ids[ev["task"][k]]
+        if ev["kind"][k]:
+            tests.setdefault(task, []).append(trained.tasks[trained.task[at[k]]])
+        else:
+            demo_tasks.add(task)
+    bad = sorted(tests)
+    summary = {"checked": "hashes", "training_data": where, "contaminated_tasks": bad,
+               "tasks_with_demonstrations_trained": len(demo_tasks), "not_checked": unchecked}
+    lines = [f"warning: contamination NOT checked for {why}" for why in unchecked]
     if bad:
         lines.append(f"warning: {len(bad)} of the {n} scored tasks have test pairs in the checkpoint's training data "
-                     f"({report['test_pairs_found']} test pairs; sources {sources}): this score is contaminated: "
-                     + ", ".join(f"{t} ({report['tasks'][t]['tests'][0]['train_task']}, "
-                                 f"{report['tasks'][t]['tests'][0]['how']})" for t in bad[:6])
-                     + (" ..." if len(bad) > 6 else ""))
+                     f"({sum(map(len, tests.values()))} test pairs, each the same as a trained pair up to a dihedral "
+                     f"transform and colour permutation; {'; '.join(where)}): this score is contaminated: "
+                     + ", ".join(f"{t} ({tests[t][0]})" for t in bad[:6]) + (" ..." if len(bad) > 6 else ""))
     else:
-        lines.append(f"overlap check: no scored test pair occurs in the checkpoint's training data (sources {sources})")
+        lines.append(f"overlap check: no scored test pair occurs in the checkpoint's training data ({'; '.join(where)})"
+                     + (", as far as it could be checked" if unchecked else ""))
     if demo_tasks:
         lines.append(f"overlap check: {len(demo_tasks)} scored tasks' demonstrations are in the training data "
                      "(expected where evaluation demonstrations are trained on, as in mix:arc2-1280)")

@@ -5,11 +5,13 @@ warning.
 
     .venv/bin/python -m pytest -q tests/test_overlap.py"""
 import json
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import ROOT
 from kernels.canonical import canonical_hash_ref, pair_hashes
@@ -17,10 +19,15 @@ from kernels.reference import augment_grid_ref
 from pipeline.checkpoint import write_weights_checkpoint
 from pipeline.config import dump_config, load_config
 from pipeline.model import TRM
-from pipeline.overlap import relation
+import pipeline.overlap
+from pipeline.overlap import TRAINED_PAIRS, TrainedPairs, record_trained_pairs, relation
 from pipeline.sampler import PerTaskIds, pack_tasks
+from pipeline.sources import load_source
 from pipeline.tasks import Task, write_json_atomic
 from scripts.make_fixtures import random_pairs, random_tasks, write_pairs
+from stages.data import main as data_main
+from stages.pretrain import main as pretrain_main
+from stages.score import main as score_main
 
 SHAPES = np.array([[3, 3, 3, 3], [2, 5, 5, 2], [1, 1, 4, 4], [6, 6, 2, 2], [7, 4, 9, 1]])
 
@@ -38,6 +45,8 @@ def test_canonical_hash_equals_its_reference_and_ignores_augmentation():
     packed = pack_tasks([Task("t", pairs, [pairs[0][0]])])
     h = pair_hashes(packed.cells, packed.starts, packed.heights, packed.widths, packed.ex_in, packed.ex_out)
     assert h.tolist() == [canonical_hash_ref(a, b) for a, b in pairs]
+    split = pair_hashes(packed.cells, packed.starts, packed.heights, packed.widths, packed.ex_in, packed.ex_out, threads=4)
+    assert np.array_equal(split, h)  # the pairs hashed in 4 threads, each writing its own slice
     groups = h.reshape(len(base), 9)
     assert (groups == groups[:, :1]).all()
     assert len(set(groups[:, 0].tolist())) == len(base)  # different pairs, different hashes
@@ -68,6 +77,7 @@ def contaminated(tmp_path_factory):
     tasks = random_tasks(20, seed=3, shapes=SHAPES, demos=3, tests=2)
     write_json_atomic(root / "ev_challenges.json", {t.id: t.to_json() for t in tasks})
     write_json_atomic(root / "ev_solutions.json", {t.id: [o.tolist() for o in t.test_outputs] for t in tasks})
+    (root / "sub.json").write_text(json.dumps({}))  # an empty submission: score 0, the check is what is tested
     rng = np.random.default_rng(4)
     q = _perm(rng)
     filler = random_pairs(rng, SHAPES, 30)
@@ -105,49 +115,119 @@ def test_overlap_finds_the_embedded_evaluation_pairs(contaminated):
         [(2, "nvarc_full/batch_0000/leak_demo", 13, 2)]
 
 
-def test_overlap_clean_and_training_on_evaluation_demonstrations_only(contaminated):
+def test_overlap_clean_and_training_on_evaluation_demonstrations_only(contaminated, capsys):
     root, tasks, _ = contaminated
-    r = _overlap(f"pairs:{root / 'clean'}", "--against", str(root / "ev_challenges.json"))
-    assert r.returncode == 0 and r.stdout == "" and "overlap: 0 of 20" in r.stderr
+    ev = str(root / "ev_challenges.json")
+    assert data_main(["overlap", f"pairs:{root / 'clean'}", "--against", ev]) == 0  # in-process: no 2 s start-up
+    out, err = capsys.readouterr()
+    assert out == "" and "overlap: 0 of 20" in err
     # the paper's recipe trains on evaluation demonstrations (#demos): found, reported, but not contamination
-    r = _overlap(f"{root / 'ev_challenges.json'}#demos", "--against", str(root / "ev_challenges.json"))
-    assert r.returncode == 0 and "20 evaluation tasks have demonstrations" in r.stdout
-    r = _overlap(str(root / "ev_challenges.json"), "--against", str(root / "ev_challenges.json"))
-    assert r.returncode == 1 and "overlap: 20 of 20" in r.stderr and "(60 pairs;" in r.stdout  # 3 per task
+    assert data_main(["overlap", f"{ev}#demos", "--against", ev]) == 0
+    assert "20 evaluation tasks have demonstrations" in capsys.readouterr().out
+    assert data_main(["overlap", ev, "--against", ev]) == 1
+    out, err = capsys.readouterr()
+    assert "overlap: 20 of 20" in err and "(60 pairs;" in out  # 3 per task
 
 
-def _checkpoint(root, sources):
-    cfg = load_config(ROOT / "configs/demo_cpu.yaml", [f"data.sources={json.dumps(sources)}"])
-    model = TRM(cfg.model, 3)
-    return write_weights_checkpoint(root / "ck" / "step-00000001", model_state=model.state_dict(),
-                                    config_yaml=dump_config(cfg), task_ids=["a", "b"], ids=PerTaskIds(2), meta={})
+def _checkpoint(folder, sources, init_from=""):
+    """A weights checkpoint of the demo model whose config trained on `sources` (its task table: two ids)."""
+    sets = [f"data.sources={json.dumps(sources)}"] + ([f"train.init_from={init_from}"] if init_from else [])
+    cfg = load_config(ROOT / "configs/demo_cpu.yaml", sets)
+    return write_weights_checkpoint(folder, model_state=TRM(cfg.model, 3).state_dict(), config_yaml=dump_config(cfg),
+                                    task_ids=["a", "b"], ids=PerTaskIds(2), meta={})
 
 
-def _score(root, ck, challenges=True):
+def _score(root, ck, capsys, challenges=True):
+    """stages.score in-process (`main`, as `python -m` runs it): exit code, the JSON result, stderr."""
     sol = root / ("ev_solutions.json" if challenges else "alone/ev_solutions.json")
     sol.parent.mkdir(exist_ok=True)
     if not challenges:
         sol.write_text((root / "ev_solutions.json").read_text())
-    (root / "sub.json").write_text(json.dumps({}))
-    return subprocess.run([sys.executable, "-m", "stages.score", "--solutions", str(sol), "--submission",
-                           str(root / "sub.json"), "--checkpoint", str(ck)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    code = score_main(["--solutions", str(sol), "--submission", str(root / "sub.json"), "--checkpoint", str(ck)])
+    out, err = capsys.readouterr()
+    return code, json.loads(out.splitlines()[-1]), err
 
 
-def test_score_warns_when_the_checkpoint_trained_on_the_scored_test_pairs(contaminated, tmp_path):
+def test_score_warns_when_the_checkpoint_trained_on_the_scored_test_pairs(contaminated, tmp_path, capsys):
     root, tasks, _ = contaminated
-    r = _score(root, _checkpoint(tmp_path / "dirty", [f"pairs:{root / 'nvarc'}"]))
+    leaked = sorted([tasks[4].id, tasks[11].id])
+    dirty = _checkpoint(tmp_path / "dirty" / "step-00000001", [f"pairs:{root / 'nvarc'}"])  # no record: re-read
+    r = subprocess.run([sys.executable, "-m", "stages.score", "--solutions", str(root / "ev_solutions.json"),
+                        "--submission", str(root / "sub.json"), "--checkpoint", str(dirty)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)  # the one run as a process
     assert r.returncode == 0, r.stderr
     assert "warning: 2 of the 20 scored tasks have test pairs in the checkpoint's training data" in r.stderr
-    assert json.loads(r.stdout.splitlines()[-1])["overlap"]["contaminated_tasks"] == sorted([tasks[4].id, tasks[11].id])
-    r = _score(root, _checkpoint(tmp_path / "clean", [f"pairs:{root / 'clean'}"]))
-    assert "overlap check: no scored test pair occurs" in r.stderr and "warning" not in r.stderr
-    # sources that cannot be read here: ids only, and it says so
-    ck = _checkpoint(tmp_path / "gone", [f"pairs:{tmp_path / 'gone_data'}"])
-    (tmp_path / "gone" / "ck" / "step-00000001" / "tasks.json").write_text(
-        json.dumps({"task_ids": [tasks[0].id, "x"], "puzzle_ids": "per_task"}))
-    r = _score(root, ck)
-    assert "warning: the checkpoint's task table holds 1 of the 20 scored tasks" in r.stderr
-    assert "ids only, its training sources cannot be read here" in r.stderr
-    r = _score(root, ck, challenges=False)
-    assert "ids only, the scored tasks' challenges file was not found" in r.stderr
+    assert "re-read now" in r.stderr and r.stderr.index("score 0.0000") < r.stderr.index("warning: 2 of")  # score first
+    assert json.loads(r.stdout.splitlines()[-1])["overlap"]["contaminated_tasks"] == leaked
+    code, result, err = _score(root, _checkpoint(tmp_path / "clean" / "step-00000001", [f"pairs:{root / 'clean'}"]),
+                               capsys)
+    assert code == 0 and "overlap check: no scored test pair occurs" in err and "warning" not in err
+    # sources that cannot be read here, no record: NOT checked, and task ids are no all-clear
+    gone = _checkpoint(tmp_path / "gone" / "step-00000001", [f"pairs:{tmp_path / 'gone_data'}"])
+    (gone / "tasks.json").write_text(json.dumps({"task_ids": [tasks[0].id, "x"], "puzzle_ids": "per_task"}))
+    code, result, err = _score(root, gone, capsys)
+    assert code == 0 and "warning: contamination NOT checked:" in err and "cannot be read here" in err
+    assert "by task id only, 1 of the 20 scored tasks are in the checkpoint's task table" in err
+    assert "no scored test pair" not in err and result["overlap"]["checked"] == "no"
+    code, result, err = _score(root, _checkpoint(tmp_path / "nowhere" / "step-00000001", ["nowhere.json"]), capsys)
+    assert "warning: contamination NOT checked:" in err and "0 of the 20 scored tasks" in err and "no scored" not in err
+    code, result, err = _score(root, gone, capsys, challenges=False)
+    assert "contamination NOT checked: the scored tasks' challenges file was not found" in err
+
+
+def test_the_record_made_at_pretraining_is_checked_first_and_inherited(contaminated, tmp_path, capsys):
+    """The NVARC case: a parent run pretrained on puzzles that embed evaluation pairs, whose files are gone by
+    scoring time, and a child run warm-started from it on clean data. The child's record (written by
+    stages.pretrain when it starts) holds the parent's pairs, so scoring the child still finds the leak."""
+    root, tasks, _ = contaminated
+    nvarc = tmp_path / "nvarc"
+    shutil.copytree(root / "nvarc", nvarc)
+    parent = tmp_path / "parent"
+    _checkpoint(parent / "ckpt" / "step-00000001", [f"pairs:{nvarc}"])
+    record = record_trained_pairs(parent, load_source(f"pairs:{nvarc}").pack(), [f"pairs:{nvarc}"])
+    assert (parent / TRAINED_PAIRS).is_file() and len(record.tasks) == 153
+    shutil.rmtree(nvarc)  # the data the parent trained on is gone (or changed) since
+    child = tmp_path / "child"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert pretrain_main(["--config", str(ROOT / "configs/demo_cpu.yaml"), "--set", f"run_dir={child}",
+                              f"data.sources=['pairs:{root / 'clean'}']", "data.canvas=10", "model.seq_len=100",
+                              f"train.init_from={parent}", "train.steps=1", "train.progress=false"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    mine = TrainedPairs.load(child / TRAINED_PAIRS)
+    assert "nvarc_full/batch_0000/leak_test" in mine.tasks and not mine.unknown
+    assert mine.sources == [f"pairs:{root / 'clean'}", f"pairs:{nvarc}"]
+    code, result, err = _score(root, child, capsys)
+    assert code == 0 and "warning: 2 of the 20 scored tasks have test pairs" in err and "recorded at pretraining" in err
+    assert result["overlap"]["contaminated_tasks"] == sorted([tasks[4].id, tasks[11].id])
+    assert "(nvarc_full/batch_0000/leak_same)" in err
+    # a warm start without a record (an import, an older run): that part is NOT checked, and it says so
+    orphan = tmp_path / "orphan"
+    _checkpoint(orphan / "ckpt" / "step-00000001", [f"pairs:{root / 'clean'}"], init_from=str(tmp_path / "import"))
+    record_trained_pairs(orphan, load_source(f"pairs:{root / 'clean'}").pack(), [f"pairs:{root / 'clean'}"],
+                         str(_checkpoint(tmp_path / "import", ["nowhere.json"])))
+    code, result, err = _score(root, orphan, capsys)
+    assert code == 0 and f"warning: contamination NOT checked for warm start {tmp_path / 'import'}" in err
+    assert "as far as it could be checked" in err and result["overlap"]["not_checked"]
+
+
+def test_a_failing_check_never_costs_the_score(contaminated, tmp_path, capsys, monkeypatch):
+    root, _, _ = contaminated
+    code, result, err = _score(root, tmp_path / "no_such_checkpoint", capsys)
+    assert code == 0 and result["score"] == 0.0 and "score 0.0000" in err
+    assert "warning: contamination check not run: CheckpointError:" in err and "Traceback" not in err
+    damaged = tmp_path / "damaged"
+    _checkpoint(damaged / "ckpt" / "step-00000001", [f"pairs:{root / 'clean'}"])
+    (damaged / TRAINED_PAIRS).write_bytes(b"not an npz")
+    code, result, err = _score(root, damaged, capsys)
+    assert code == 0 and "warning: contamination check not run:" in err and result["overlap"]["checked"] == "no"
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("103M puzzles")
+
+    monkeypatch.setattr(pipeline.overlap, "load_sources", out_of_memory)
+    code, result, err = _score(root, _checkpoint(tmp_path / "big" / "step-00000001", [f"pairs:{root / 'clean'}"]),
+                               capsys)
+    assert code == 0 and "warning: contamination check not run: MemoryError: 103M puzzles" in err
