@@ -12,8 +12,9 @@ translated); this recovers the original tasks so that our own augmentation and i
 - the `train/` examples of a task are its demonstrations (the builder put there the demonstrations of every task
   and the test pairs of the training subsets), the `test/` examples its test pairs, which the official run never
   trains on: here too they are held out (scored by the periodic held-out evaluation).
-Tasks come in the build's id order (as pipeline/official.py's id table). Only the rows of the chosen puzzles are
-read (the arrays are memory-mapped), so a 1000-augmentation build of ~10 GB loads in seconds. Torch-free.
+Tasks come in the build's id order (as pipeline/official.py's id table). Only the names and rows of the chosen
+puzzles are parsed and read (the arrays are memory-mapped): a 1000-augmentation build of 1280 tasks (1.28M puzzle
+ids, 8.6 GB of arrays) loads in 2.4-3.7 s on one core (BENCHMARKS.md, `bench.official_build`). Torch-free.
 """
 from __future__ import annotations
 
@@ -103,19 +104,20 @@ def _read_split(folder: Path, split: str) -> list[dict] | None:
     return out
 
 
-def _split_examples(sets: list[dict], versions: list, task_index: dict[str, int]):
+def _split_examples(sets: list[dict], names: list[str], task_of: list[int]):
     """{task number: (dihedral, perm, [(input row, label row)], where)} for one split: per task the original
-    puzzle, else its first augmented one."""
+    puzzle, else its first augmented one. Only the names of the versions chosen are parsed (a 1000-augmentation
+    build has 1.28M: parsing them all took 30 of a 41 s load)."""
     chosen: dict[int, tuple] = {}
     for s in sets:
         pids, starts = np.asarray(s["puzzle_identifiers"]), np.asarray(s["puzzle_indices"])
         for p, pid in enumerate(pids.tolist()):
-            if not 0 < pid < len(versions):
-                raise DataError(f"{s['where']}: puzzle {p} has id {pid}, outside identifiers.json (1..{len(versions) - 1})")
-            task, d, perm = versions[pid]
-            t = task_index[task]
-            if t in chosen and (chosen[t][1] is None or perm is not None):
+            if not 0 < pid < len(names):
+                raise DataError(f"{s['where']}: puzzle {p} has id {pid}, outside identifiers.json (1..{len(names) - 1})")
+            t = task_of[pid]
+            if t in chosen and (chosen[t][1] is None or SEPARATOR in names[pid]):
                 continue  # keep the original, else the first version seen
+            _, d, perm = parse_name(names[pid], pid)
             rows = range(int(starts[p]), int(starts[p + 1]))
             chosen[t] = (d, perm, [(s["inputs"][r], s["labels"][r]) for r in rows], f"{s['where']} puzzle {p}")
     return chosen
@@ -127,17 +129,16 @@ def load_official_build(folder: str | Path, source: str = "") -> tuple[list[Task
     folder = Path(folder)
     source = source or f"official:{folder}"
     names = read_identifiers(folder)
-    versions: list = [None]
     task_index: dict[str, int] = {}
-    for i, name in enumerate(names[1:], start=1):
-        task, d, perm = parse_name(name, i)
-        versions.append((task, d, perm))
-        task_index.setdefault(task, len(task_index))
+    task_of = [-1]  # per official id, its task's number (the name before `|||tD|||PERM`, as parse_name reads it)
+    for name in names[1:]:
+        task_of.append(task_index.setdefault(name.rsplit(SEPARATOR, 2)[0] if SEPARATOR in name else name,
+                                             len(task_index)))
     splits = {s: _read_split(folder, s) for s in ("train", "test")}
     if splits["train"] is None and splits["test"] is None:
         raise DataError(f"{source}: not an official build folder (no train/dataset.json or test/dataset.json)")
     side = next(sets[0]["side"] for sets in splits.values() if sets)
-    found = {s: _split_examples(sets, versions, task_index) if sets else {} for s, sets in splits.items()}
+    found = {s: _split_examples(sets, names, task_of) if sets else {} for s, sets in splits.items()}
     tasks, problems = [], []
     for task, t in task_index.items():
         try:
