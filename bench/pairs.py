@@ -3,6 +3,7 @@ loaded, validated and packed by the real data path (`pairs:DIR`, pipeline/pairs.
 
     python -m bench.pairs --dir /tmp/trm-pairs-103k          # writes the set once (~3 GB), then measures
     python -m bench.pairs --dir D --puzzles 2000 --seconds 3   # a quick look
+    python -m bench.pairs --dir D --puzzles 10000 --indent 2   # pretty-printed files (each cell on its own line)
 
 Each measurement runs in a fresh process on one core (numba and torch at one thread): (1) first load: the cache
 deleted, every file read and scanned; (2) cached load: the .npy cache memory-mapped; (3) the sampler (batch 768)
@@ -88,6 +89,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=768)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--baseline", default="mix:arc2-1280", help="the sampler's reference task set")
+    p.add_argument("--indent", type=int, default=None, help="write the files as json.dumps(indent=N) (default: compact)")
     p.add_argument("--phase", help=argparse.SUPPRESS)  # internal: one measurement in this process
     args = p.parse_args(argv)
     if args.phase:
@@ -95,12 +97,12 @@ def main(argv=None) -> None:
         return
     folder = Path(args.dir)
     done = folder / ".complete"
-    want = f"{args.puzzles} {args.pairs}"
+    want = f"{args.puzzles} {args.pairs}" + (f" indent {args.indent}" if args.indent is not None else "")
     write_s = None
     if not done.exists() or done.read_text() != want:
         shutil.rmtree(folder, ignore_errors=True)
         t0 = time.perf_counter()
-        write_pairs(folder, args.puzzles, "nvarc", args.pairs, seed=0)
+        write_pairs(folder, args.puzzles, "nvarc", args.pairs, seed=0, indent=args.indent)
         write_s = time.perf_counter() - t0
         done.write_text(want)
     shutil.rmtree(folder / CACHE, ignore_errors=True)
@@ -110,7 +112,7 @@ def main(argv=None) -> None:
     cached = run_phase("cached_load", args, source, args.seconds)
     mix = run_phase("mix_cached", args, f"mix:arc2-1280+{source}", 0)
     emit({"bench": "pairs", "puzzles": first["tasks"], "pairs": first["pairs"] + first["held_out"],
-          "json_gb": files_gb, "write_s": write_s, "first_load_s": first["load_s"], "first_rss_mb": first["rss_mb"],
+          "indent": args.indent, "json_gb": files_gb, "first_load_mb_s": files_gb * 1024 / first["load_s"], "write_s": write_s, "first_load_s": first["load_s"], "first_rss_mb": first["rss_mb"],
           "cached_load_s": cached["load_s"], "cached_rss_mb": cached["rss_mb"], "packed_mb": first["packed_mb"],
           "samples_per_s": cached["samples_per_s"], "baseline_samples_per_s": cached["baseline_samples_per_s"],
           "mix_load_s": mix["load_s"], "mix_tasks": mix["tasks"], "mix_rss_mb": mix["rss_mb"],

@@ -1,6 +1,6 @@
 """Writes fixtures in the published data layouts, for tests and benchmarks (the real sets are not downloaded):
 
-    python -m scripts.make_fixtures pairs OUT [--puzzles 300] [--layout nvarc|rearc] [--pairs 30] [--seed 0]
+    python -m scripts.make_fixtures pairs OUT [--puzzles 300] [--layout nvarc|rearc] [--pairs 30] [--seed 0] [--indent N]
     python -m scripts.make_fixtures official OUT [--tasks 300] [--eval 40] [--augs 8] [--seed 0]
 
 - `pairs`: one JSON list of {"input", "output"} pairs per puzzle, NVARC's layout (`nvarc_training/batch_NNNN/
@@ -60,7 +60,11 @@ def grid_json(g: np.ndarray) -> bytes:
     return b"[" + b", ".join(r.tobytes() for r in rows) + b"]"
 
 
-def pairs_json(pairs: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
+def pairs_json(pairs: list[tuple[np.ndarray, np.ndarray]], indent: int | None = None) -> bytes:
+    """One puzzle file: compact (json.dumps' default spacing), or pretty-printed as json.dumps(indent=N) writes
+    it (every cell on its own line: ~4x the bytes)."""
+    if indent is not None:
+        return json.dumps([{"input": i.tolist(), "output": o.tolist()} for i, o in pairs], indent=indent).encode()
     return b"[" + b", ".join(b'{"input": ' + grid_json(i) + b', "output": ' + grid_json(o) + b"}" for i, o in pairs) + b"]"
 
 
@@ -76,8 +80,10 @@ def puzzle_paths(n: int, layout: str, seed: int) -> list[str]:
 
 
 def write_pairs(out: str | Path, puzzles: int, layout: str = "nvarc", mean_pairs: int = 30, seed: int = 0,
-                shapes: np.ndarray | None = None, extra: dict[str, list] | None = None) -> list[str]:
-    """Write the puzzles (plus `extra`: {relative path: pairs}, e.g. embedded evaluation pairs); their paths."""
+                shapes: np.ndarray | None = None, extra: dict[str, list] | None = None,
+                indent: int | None = None) -> list[str]:
+    """Write the puzzles (plus `extra`: {relative path: pairs}, e.g. embedded evaluation pairs), compact or
+    indented (pairs_json); their paths."""
     out = Path(out)
     shapes = size_mix() if shapes is None else shapes
     rng = np.random.default_rng(seed)
@@ -86,7 +92,7 @@ def write_pairs(out: str | Path, puzzles: int, layout: str = "nvarc", mean_pairs
         pairs = extra[rel] if extra and rel in extra else random_pairs(rng, shapes, max(12, int(rng.poisson(mean_pairs))))
         f = out / f"{rel}.json"
         f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_bytes(pairs_json(pairs))
+        f.write_bytes(pairs_json(pairs, indent))
     return paths + list(extra or {})
 
 
@@ -170,9 +176,10 @@ def main(argv=None) -> None:
     p.add_argument("--eval", type=int, default=40, help="official: tasks whose test pairs go to test/")
     p.add_argument("--augs", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--indent", type=int, default=None, help="pairs: pretty-print as json.dumps(indent=N)")
     args = p.parse_args(argv)
     if args.kind == "pairs":
-        paths = write_pairs(args.out, args.puzzles, args.layout, args.pairs, args.seed)
+        paths = write_pairs(args.out, args.puzzles, args.layout, args.pairs, args.seed, indent=args.indent)
         print(f"wrote {len(paths)} puzzles to {args.out}")
     else:
         tasks = random_tasks(args.tasks, args.seed, size_mix())

@@ -65,6 +65,22 @@ def test_nvarc_layout_every_pair_is_a_training_example(nvarc):
     assert len(packed.test_in) == 0  # no hold-out asked: nothing is kept from training
 
 
+def test_pretty_printed_files_load_as_the_compact_ones(tmp_path, monkeypatch):
+    """bench.pairs --indent: files as json.dumps(indent=2) writes them (each cell on its own line) take the
+    scanner's fast path and give the same arrays as compact ones."""
+    write_pairs(tmp_path / "compact", 20, "rearc", mean_pairs=12, seed=14, shapes=SHAPES)
+    write_pairs(tmp_path / "indented", 20, "rearc", mean_pairs=12, seed=14, shapes=SHAPES, indent=2)
+    slow = []
+    real = pairs_module._slow_file
+    monkeypatch.setattr(pairs_module, "_slow_file", lambda *a: slow.append(a[1]) or real(*a))
+    a, b = load_pairs(tmp_path / "compact")[0], load_pairs(tmp_path / "indented")[0]
+    assert not slow and a.task_ids == b.task_ids
+    for key in ("cells", "starts", "heights", "widths", "ex_in", "ex_out", "task_ex_count"):
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+    pretty, compact = (tmp_path / kind / f"{a.task_ids[0]}.json" for kind in ("indented", "compact"))
+    assert pretty.read_bytes().count(b"\n") > 100 and pretty.stat().st_size > 3 * compact.stat().st_size
+
+
 def test_rearc_layout_and_the_seeded_holdout(tmp_path):
     names = write_pairs(tmp_path, 60, "rearc", mean_pairs=12, seed=2, shapes=SHAPES)
     assert all(n.startswith("tasks/") for n in names)
