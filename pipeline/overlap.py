@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -189,8 +190,12 @@ class TrainedPairs:
 
     @classmethod
     def load(cls, path: Path) -> "TrainedPairs":
-        with np.load(path, allow_pickle=False) as z:
-            return cls(z["hashes"], z["task"], z["tasks"].tolist(), z["sources"].tolist(), z["unknown"].tolist())
+        """A saved record; a DataError naming the file when it is damaged (not a record, a key missing)."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return cls(z["hashes"], z["task"], z["tasks"].tolist(), z["sources"].tolist(), z["unknown"].tolist())
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise DataError(f"{path}: damaged record of trained pairs ({type(e).__name__}: {e})") from e
 
 
 def find_trained_pairs(checkpoint: str | Path) -> TrainedPairs | None:
@@ -208,15 +213,24 @@ def record_trained_pairs(run_dir: Path, packed: PackedTasks, sources: list[str],
     the `unknown` where it has none."""
     record = TrainedPairs.of(packed, sources)
     path = run_dir / TRAINED_PAIRS
+    unknown = []
     if path.exists():
-        record = record.merge(TrainedPairs.load(path))
+        try:
+            record = record.merge(TrainedPairs.load(path))
+        except DataError as e:  # the earlier starts' pairs are lost: the check will say so, not pass them
+            log.warning("%s; rewritten from this start's data only", e)
+            unknown.append(f"an earlier start of {run_dir} ({e})")
     if init_from:
         try:
             parent = find_trained_pairs(init_from)
-        except CheckpointError:
+        except (CheckpointError, DataError) as e:
+            log.warning("warm start %s: %s", init_from, e)
             parent = None
-        record = record.merge(parent) if parent is not None else \
-            dataclasses.replace(record, unknown=list(dict.fromkeys(record.unknown + [str(init_from)])))
+        if parent is not None:
+            record = record.merge(parent)
+        else:
+            unknown.append(str(init_from))
+    record = dataclasses.replace(record, unknown=list(dict.fromkeys(record.unknown + unknown)))
     run_dir.mkdir(parents=True, exist_ok=True)
     record.save(path)
     log.info("%s: canonical hashes of %d distinct trained pairs of %d tasks (%.1f MB)%s", path, len(record.hashes),
@@ -240,7 +254,11 @@ def training_data(checkpoint: str | Path) -> tuple[TrainedPairs | None, list[str
         if ckpt in seen:
             break
         seen.add(ckpt)
-        record = find_trained_pairs(ckpt)
+        try:
+            record = find_trained_pairs(ckpt)
+        except DataError as e:  # damaged: said so, and the sources are re-read below instead
+            unchecked.append(f"{ckpt}'s recorded pairs: {e}")
+            record = None
         if record is not None:  # written at training time, its own warm starts included
             merged = record if merged is None else merged.merge(record)
             where.append(f"{ckpt}'s pairs recorded at pretraining ({TRAINED_PAIRS})")

@@ -218,11 +218,15 @@ def test_a_failing_check_never_costs_the_score(contaminated, tmp_path, capsys, m
     code, result, err = _score(root, tmp_path / "no_such_checkpoint", capsys)
     assert code == 0 and result["score"] == 0.0 and "score 0.0000" in err
     assert "warning: contamination check not run: CheckpointError:" in err and "Traceback" not in err
-    damaged = tmp_path / "damaged"
+    damaged = tmp_path / "damaged"  # a damaged record: said so, and the sources are re-read instead
     _checkpoint(damaged / "ckpt" / "step-00000001", [f"pairs:{root / 'clean'}"])
     (damaged / TRAINED_PAIRS).write_bytes(b"not an npz")
     code, result, err = _score(root, damaged, capsys)
-    assert code == 0 and "warning: contamination check not run:" in err and result["overlap"]["checked"] == "no"
+    assert code == 0 and "warning: contamination NOT checked for" in err and "damaged record of trained pairs" in err
+    assert "re-read now" in err and result["overlap"]["checked"] == "hashes"
+    # and pretraining on top of it (a resumed run) does not die of it: the lost part is named as unknown
+    again = record_trained_pairs(damaged, load_source(f"pairs:{root / 'clean'}").pack(), [f"pairs:{root / 'clean'}"])
+    assert again.unknown and "damaged record" in again.unknown[0] and TrainedPairs.load(damaged / TRAINED_PAIRS).unknown
 
     def out_of_memory(*args, **kwargs):
         raise MemoryError("103M puzzles")
