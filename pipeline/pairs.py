@@ -92,6 +92,7 @@ def list_puzzles(folder: Path, holdout: int, seed: int = 0) -> Listing:
     rows.sort()
     h = hashlib.sha256(f"pairs v{_CACHE_VERSION} holdout {holdout} seed {seed}\n".encode())
     h.update("".join(f"{name}\0{size}\0{mtime}\n" for name, _, size, mtime in rows).encode())
+    h.update("".join(f"{name}\0unreadable\n" for name, _ in sorted(unreadable)).encode())  # no cache matches then
     return Listing([r[0] for r in rows], [r[1] for r in rows], np.array([r[2] for r in rows], np.int64), h.hexdigest(),
                    sorted(unreadable))
 

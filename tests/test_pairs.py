@@ -168,6 +168,10 @@ def test_bad_puzzles_get_one_line_each_and_cost_nothing_else(tmp_path):
     assert any("tasks/dangling" in x and "cannot read: No such file or directory" in x for x in lines)
     assert "6 of 10 tasks valid" in r.stderr  # the extra key is the slow path's, and valid
     assert not (tmp_path / CACHE / "pairs-holdout0").exists()  # a load that could not read a file is not cached
+    (tmp_path / "tasks" / "dangling.json").unlink()
+    load_pairs(tmp_path)  # now cached; a new dangling link must not be hidden by that cache
+    (tmp_path / "tasks" / "new_dangling.json").symlink_to(tmp_path / "blobs" / "also-missing")
+    assert any(p.task_id == "tasks/new_dangling" and "cannot read" in p.reason for p in load_pairs(tmp_path)[1])
     packed = load_source(f"pairs:{tmp_path}").pack()
     assert "tasks/extra_key" in packed.task_ids and packed.num_tasks == 6
     with pytest.raises(DataError, match="^pairs:.*nowhere.*is not a folder"):
