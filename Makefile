@@ -75,9 +75,10 @@ predict: install $(if $(TTT),ttt)
 	$(PY) -m stages.predict --checkpoint $(PREDICT_CKPT) --challenges $(CHALLENGES) --out $(OUT)/submission.json --augs $(AUGS)
 
 # Semi-private-style local score: the hidden-test flow sees only the challenges; only the scorer reads solutions.
+# --checkpoint: a warning when the scored test pairs are in the pretrained checkpoint's training data (contamination).
 score: predict
 	$(PY) -m stages.score --solutions $(SOLUTIONS) --submission $(OUT)/submission.json --report $(OUT)/report \
-	  --run $(PREDICT_CKPT) $(if $(COMPARE),--compare $(COMPARE))
+	  --run $(PREDICT_CKPT) --checkpoint $(CHECKPOINT) $(if $(COMPARE),--compare $(COMPARE))
 
 bench: install
 	$(PY) -m bench.augment
@@ -87,6 +88,7 @@ bench: install
 	$(PY) -m bench.memory --config configs/demo_cpu.yaml
 	$(PY) -m bench.crop --sizes 3 --reps 1
 	$(PY) -m bench.budget --no-measure
+	$(PY) -m bench.cost
 
 # The budgeted hidden-test flow (stages.submit): fallback submission first, calibration on CHALLENGES, a plan
 # of TTT steps and views inside BUDGET_S, TTT, predict, vote, write; NPROC > 1 runs one process per GPU.

@@ -269,14 +269,16 @@ def predict_tests(model, packed: PackedTasks, test_rows: np.ndarray, task_to_ckp
 
 
 def evaluate_heldout(model, packed: PackedTasks, ids: PuzzleIdScheme, cfg: PredictConfig, canvas: int,
-                     device: torch.device, dtype: torch.dtype, max_inputs: int = 0) -> dict:
+                     device: torch.device, dtype: torch.dtype, max_inputs: int = 0, rows: np.ndarray | None = None) -> dict:
     """pass@1 / pass@k (k = cfg.top_k) and token accuracy (the share of each truth's cells the first attempt
     gets right, 0 for a wrong shape) on held-out test inputs (known outputs never trained on), with the tasks'
-    own puzzle ids. Empty dict when there are none. Views stream through the model in batches of
-    predict.batch_size (CPU: at most CPU_BATCH_TOKENS tokens), so memory does not grow with the inputs."""
-    rows = np.flatnonzero((packed.test_out >= 0) & ~packed.test_trainable)
-    if max_inputs:
-        rows = rows[:max_inputs]
+    own puzzle ids: `rows` of the test table, else the first `max_inputs` (0 = all). Empty dict when there are
+    none. Views stream through the model in batches of predict.batch_size (CPU: at most CPU_BATCH_TOKENS
+    tokens), so memory does not grow with the inputs."""
+    if rows is None:
+        rows = np.flatnonzero((packed.test_out >= 0) & ~packed.test_trainable)
+        if max_inputs:
+            rows = rows[:max_inputs]
     if len(rows) == 0:
         return {}
     was_training = model.training

@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 
 from conftest import FIXTURE, ROOT, SHARED
 from pipeline.infer import make_views
-from pipeline.official import official_id_table, read_identifiers, read_official
+from pipeline.official import official_id_table, read_official
+from pipeline.official_build import read_identifiers
 from pipeline.sampler import encode, pack_tasks
 from pipeline.sources import load_source
 from pipeline.tasks import DataError
