@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import FIXTURE, ROOT, SHARED
+from conftest import FIXTURE, ROOT, SHARED, needs_shared
 from pipeline.infer import make_views
 from pipeline.official import official_id_table, read_identifiers, read_official
 from pipeline.sampler import encode, pack_tasks
@@ -18,7 +18,7 @@ from pipeline.sources import load_source
 from pipeline.tasks import DataError
 
 BUILD = SHARED / "fixtures" / "official_build_mini"
-pytestmark = pytest.mark.skipif(not BUILD.is_dir() or not FIXTURE.is_dir(), reason="../shared/fixtures is absent")
+pytestmark = [needs_shared(BUILD), needs_shared(FIXTURE)]
 ORDER = ["007bbfb7", "00d62c1b", "017c7c7b", "00576224", "009d5c81"]
 
 
