@@ -31,14 +31,15 @@ class Run:
 
 
 def heldout_eval_fn(cfg: RunConfig, rt: Runtime, data: Dataset):
-    """Periodic held-out pass@k on test inputs whose outputs are known but never trained on (None if none)."""
-    if not ((data.packed.test_out >= 0) & ~data.packed.test_trainable).any():
+    """Periodic held-out pass@k on test inputs whose outputs are known but never trained on (None if none, or
+    if data.eval_inputs is -1); a progress bar with train.progress (it runs on rank 0)."""
+    if cfg.data.eval_inputs < 0 or not ((data.packed.test_out >= 0) & ~data.packed.test_trainable).any():
         return None
     eval_cfg = dataclasses.replace(cfg.predict, augs=cfg.data.eval_views)
 
     def eval_fn(model):
         return evaluate_heldout(model, data.packed, data.ids, eval_cfg, cfg.data.canvas, rt.device, rt.dtype,
-                                cfg.data.eval_inputs)
+                                cfg.data.eval_inputs, show_progress=cfg.train.progress)
 
     return eval_fn
 
