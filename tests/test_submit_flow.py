@@ -121,6 +121,44 @@ def test_fallback_is_written_first_even_when_the_checkpoint_is_bad(tmp_path):
     assert sub["broken_badtestinput"][0]["attempt_1"] == FALLBACK_GRID and sub["broken_notest"] == []
 
 
+EXEC_SPY = """
+import json, os, sys, time
+with open(os.environ["EXEC_SPY_LOG"], "a") as f:  # one line per interpreter start (a re-exec starts another)
+    f.write(json.dumps({"pid": os.getpid(), "hash_randomization": sys.flags.hash_randomization,
+                        "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED"),
+                        "TRM_SUBMIT_STARTED": os.environ.get("TRM_SUBMIT_STARTED")}) + "\\n")
+_execv = os.execv
+def _late_execv(*args):  # the time before the re-exec must count against the budget
+    time.sleep(2.0)
+    _execv(*args)
+os.execv = _late_execv
+"""
+
+
+def test_submit_re_executes_itself_with_a_fixed_hash_seed_and_keeps_its_clock(tmp_path):
+    """Started with hash randomisation on, stages.submit replaces itself (same pid, so torchrun keeps tracking
+    it) by an interpreter with PYTHONHASHSEED=0 that counts the budget from the first start: a sitecustomize
+    spy records every interpreter start and delays the re-exec by 2 s, which the fallback line must include."""
+    (tmp_path / "spy").mkdir()
+    (tmp_path / "spy" / "sitecustomize.py").write_text(EXEC_SPY)
+    ch = tmp_path / "arc-agi_test_challenges.json"
+    ch.write_text(json.dumps({"t": broken_tasks()["good"]}))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHASHSEED", "TRM_SUBMIT_STARTED")}
+    env.update(PYTHONPATH=os.pathsep.join([str(tmp_path / "spy"), env.get("PYTHONPATH", "")]),
+               EXEC_SPY_LOG=str(tmp_path / "starts.jsonl"), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "stages.submit", "--checkpoint", str(tmp_path / "nope"), "--challenges",
+                        str(ch), "--out", str(tmp_path / "s.json"), "--work-dir", str(tmp_path / "work")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]  # a bad checkpoint, after the fallback
+    first, second = [json.loads(line) for line in (tmp_path / "starts.jsonl").read_text().splitlines()]
+    assert first["pid"] == second["pid"]
+    assert (first["hash_randomization"], first["PYTHONHASHSEED"]) == (1, None)
+    assert (second["hash_randomization"], second["PYTHONHASHSEED"]) == (0, "0")
+    assert first["TRM_SUBMIT_STARTED"] is None and float(second["TRM_SUBMIT_STARTED"]) > 0
+    waited = float(r.stdout.split("fallback submission written to ")[1].split("(")[1].split("s)")[0])
+    assert waited >= 2.0, r.stdout  # counted from the first start, before the re-exec
+
+
 # -- the planner --------------------------------------------------------------------------------------------------
 CAL = Calibration(ttt_startup_s=60, ttt_step_s=1.5, ttt_save_s=5, predict_startup_s=30, view_s=0.01,
                   inputs_per_rank=85, batch=768)
@@ -219,21 +257,56 @@ def wait_for(log: Path, text: str, proc, timeout=120) -> None:
         time.sleep(0.05)
 
 
+WRITER = """
+import sys
+from pipeline.tasks import write_json_atomic
+path, k = sys.argv[1], 0
+objs = [{"v": "a", "rows": [[1] * 30] * 6000}, {"v": "b", "rows": [[2] * 30] * 6000}]  # ~0.5 MB each
+write_json_atomic(path, objs[0])
+print("ready", flush=True)
+while True:
+    k += 1
+    write_json_atomic(path, objs[k % 2])
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_the_old_file_or_the_new_one(tmp_path):
+    """SIGKILL at random moments of a loop of atomic writes (the submission's writer): the file always parses
+    as one whole version; a leftover temp file shows that some kills landed inside a write."""
+    rng, torn_writes = random.Random(0), 0
+    for k in range(6):
+        path = tmp_path / f"w{k}" / "submission.json"
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            time.sleep(rng.uniform(0.05, 0.3))
+            assert proc.poll() is None  # alive, writing, when killed
+        finally:
+            proc.kill()
+            proc.wait()
+        assert json.loads(path.read_text())["v"] in ("a", "b")
+        torn_writes += any(p.name.startswith(".submission.json.tmp") for p in path.parent.iterdir())
+    assert torn_writes > 0, torn_writes
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_leaves_a_valid_submission(checkpoint, challenges, tmp_path):
-    """Killed just after the fallback, during calibration, during TTT and during prediction."""
+    """Killed just after the fallback, during calibration, during TTT and during prediction, each run in its own
+    work folder (a kill must not find another run's TTT to resume), each alive when killed. (A kill inside the
+    final write: test_a_writer_killed_mid_write_leaves_the_old_file_or_the_new_one.)"""
     rng = random.Random(int(os.environ.get("KILL_SEED", "0")))
     moments = [("fallback submission written", 0.5), ("pipeline.ttt: TTT on", 1.0), ("plan:", 3.0),
                ("predict with", 0.3)]
     for k, (marker, spread) in enumerate(moments):
         out, log = tmp_path / f"out{k}" / "submission.json", tmp_path / f"log{k}.txt"
         with log.open("w") as f:
-            proc = subprocess.Popen(submit_cmd(checkpoint, challenges, out, tmp_path / "work", "--budget-s", 60),
+            proc = subprocess.Popen(submit_cmd(checkpoint, challenges, out, tmp_path / f"work{k}", "--budget-s", 60),
                                     cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
                                     env={**os.environ, "OMP_NUM_THREADS": "1"})
             try:
                 wait_for(log, marker, proc)
                 time.sleep(rng.uniform(0, spread))
+                assert proc.poll() is None, f"exited before the kill at '{marker}': {log.read_text()[-2000:]}"
             finally:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
