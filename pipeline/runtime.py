@@ -9,6 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+# Imported before any process group exists, on purpose: its functions take `group=group.WORLD` as a default
+# argument, evaluated at import. Imported later (torch._dynamo imports it, and the first optimiser or DDP
+# imports torch._dynamo), they would hold the default group forever: destroy_process_group would leave its
+# gloo threads running, and tearing them down at interpreter exit aborted a torchrun rank now and then
+# ("terminate called without an active exception", after a valid submission was written).
+import torch.distributed.nn.functional  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -102,5 +108,6 @@ def ensure_process_group(rt: Runtime) -> None:
 
 
 def shutdown_runtime() -> None:
+    """Destroy the process group (its threads end with it; see the import of torch.distributed.nn.functional)."""
     if dist.is_initialized():
         dist.destroy_process_group()
