@@ -249,6 +249,14 @@ def _ttt_first(policy: Policy, cal: Calibration, avail: float, cap: int, ckpt_ev
     return 0, views, "too short for TTT: the pretrained model predicts"
 
 
+def collective_timeout_s(budget_s: float) -> float:
+    """How long a collective of the flow may wait for the other ranks: the longest legitimate wait is a rank
+    ahead by up to two prediction chunks at the final gather (each about `chunk_fraction` of the budget,
+    up to twice that) or by rank 0's checkpoint save; 5% of the budget, at least 5 minutes. A rank stuck
+    longer ends the wait with an error instead of holding the others until the notebook's watchdog."""
+    return max(300.0, 0.05 * budget_s)
+
+
 @dataclass
 class Deadlines:
     """Absolute wall-clock times (time.time()) of the flow: the end of the budget and the TTT share."""
