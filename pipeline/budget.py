@@ -289,8 +289,10 @@ def deadlines(plan: Plan, started: float, now: float | None = None) -> Deadlines
     s = plan.seconds
     end = started + plan.budget_s
     planned_end = now + s["ttt"]
-    return Deadlines(end, min(planned_end + s["margin"] / 2, end - s["write"] - s["predict"]), planned_end,
-                     s["margin"], s["write"])
+    # never later than what keeps prediction its planned seconds and the other half of the margin (a plan whose
+    # TTT does not fit the budget, pinned --ttt-steps, would otherwise leave prediction no chunk to start)
+    return Deadlines(end, min(planned_end, end - s["write"] - s["predict"] - s["margin"]) + s["margin"] / 2,
+                     planned_end, s["margin"], s["write"])
 
 
 # -- calibration ----------------------------------------------------------------------------------------------

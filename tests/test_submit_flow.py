@@ -161,15 +161,16 @@ def test_submit_re_executes_itself_with_a_fixed_hash_seed_and_keeps_its_clock(tm
 
 
 # -- the fallback chain, failures injected in-process (calibration stubbed: seconds, not a minute) -----------------
-def _submit_in_process(checkpoint, challenges, folder, monkeypatch, fail_ttt_at=None, fail_predict=False) -> dict:
-    """stages.submit's flow on a pinned plan (6 TTT steps, a checkpoint every 2, 2 views) after the all-fallback
-    file, with TTT raising at step `fail_ttt_at` or prediction raising; returns the run's summary."""
+def _submit_in_process(checkpoint, challenges, folder, monkeypatch, fail_ttt_at=None, fail_predict=False,
+                       budget_s=600, ttt_steps=6, views=2) -> dict:
+    """stages.submit's flow on a pinned plan (TTT steps with a checkpoint every 2, views) after the all-fallback
+    file, with TTT raising at step `fail_ttt_at` or prediction raising; the calibration is stubbed (1 s
+    start-ups, 0.5 s per TTT step, 1 ms per view), so the run is all TTT and prediction; returns its summary."""
     import pipeline.submit_flow as flow
     from pipeline.budget import Policy
     from pipeline.train import Trainer
-    from submission.format import build_submission
 
-    monkeypatch.setattr(flow, "calibrate_ttt", lambda *a, **k: (1.0, 0.1, 0.1))
+    monkeypatch.setattr(flow, "calibrate_ttt", lambda *a, **k: (1.0, 0.5, 0.1))
     monkeypatch.setattr(flow, "calibrate_predict", lambda *a, **k: (1.0, 0.001))
     if fail_ttt_at is not None:
         train_step = Trainer.train_step
@@ -184,9 +185,11 @@ def _submit_in_process(checkpoint, challenges, folder, monkeypatch, fail_ttt_at=
         monkeypatch.setattr(flow, "predict_challenges", lambda *a, **k: (_ for _ in ()).throw(OSError("injected")))
     out = folder / "submission.json"
     write_json_atomic(out, build_submission(json.loads(challenges.read_text()), {})[0])  # as stages.submit does
-    job = flow.SubmitJob(challenges=challenges, out=out, checkpoint=str(checkpoint), budget_s=600, started=time.time(),
-                         work_dir=folder / "work", device="cpu", ttt_preset="configs/demo_ttt.yaml",
-                         overrides=["train.ckpt_every=2"], policy=Policy(), ttt_steps=6, views=2)
+    job = flow.SubmitJob(challenges=challenges, out=out, checkpoint=str(checkpoint), budget_s=budget_s,
+                         started=time.time(), work_dir=folder / "work", device="cpu",
+                         ttt_preset="configs/demo_ttt.yaml", overrides=["train.ckpt_every=2",
+                                                                         "predict.adaptive_halting=false"],
+                         policy=Policy(), ttt_steps=ttt_steps, views=views)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the stages run here (OMP_NUM_THREADS=1): 2 threads on a loaded 2-core box crawl
     try:
@@ -216,6 +219,43 @@ def test_prediction_failing_leaves_the_fallback_submission(checkpoint, challenge
     assert summary["ttt_steps"] == 6 and summary["predicted"] == 0
     assert json.loads((tmp_path / "submission.json").read_text()) == fallback
     assert not (tmp_path / "submission.json.details.json").exists()
+
+
+DEADLINE_SLACK_S = 5
+"""A run may end this much past its budget on a loaded 2-core machine: the step or chunk under way at its
+deadline (the flow starts none past it), the write and the rest of the run."""
+
+
+def test_pinned_ttt_steps_far_beyond_the_budget_stop_at_the_deadline(checkpoint, challenges, tmp_path, monkeypatch):
+    """--ttt-steps 100000 in a 20 s budget: TTT stops at its deadline at a step boundary, its checkpoint there
+    predicts every input, and the flow ends within the budget plus DEADLINE_SLACK_S."""
+    t0 = time.time()
+    summary = _submit_in_process(checkpoint, challenges, tmp_path, monkeypatch, budget_s=20, ttt_steps=100000)
+    wall = time.time() - t0
+    assert summary["ttt_stopped"] == "deadline" and 0 < summary["ttt_steps"] < 100000, summary
+    assert Path(summary["model"]).name == f"step-{summary['ttt_steps']:08d}"
+    assert len(json.loads((tmp_path / "submission.json.details.json").read_text())) == 32  # every input reached
+    assert wall <= 20 + DEADLINE_SLACK_S, (wall, summary["seconds"])
+    assert validate(challenges, tmp_path / "submission.json").returncode == 0
+
+
+def test_prediction_past_its_deadline_leaves_the_inputs_not_reached_to_the_fallback(checkpoint, challenges, tmp_path,
+                                                                                     monkeypatch):
+    """128 views per input where the (stubbed, 10x optimistic) calibration says they all fit a 15 s budget:
+    prediction starts no chunk past its deadline, every input not reached keeps its fallback, and the flow ends
+    within the budget plus DEADLINE_SLACK_S."""
+    t0 = time.time()
+    summary = _submit_in_process(checkpoint, challenges, tmp_path, monkeypatch, budget_s=15, ttt_steps=0, views=128)
+    wall = time.time() - t0
+    details = json.loads((tmp_path / "submission.json.details.json").read_text())
+    assert summary["ttt_steps"] == 0 and 0 < len(details) < 32, (summary, len(details))
+    assert wall <= 15 + DEADLINE_SLACK_S, (wall, summary["seconds"])
+    sub, fallback = json.loads((tmp_path / "submission.json").read_text()), build_submission(
+        json.loads(challenges.read_text()), {})[0]
+    for task, entries in sub.items():
+        for j, entry in enumerate(entries):
+            if f"{task}/{j}" not in details:
+                assert entry == fallback[task][j], (task, j)
 
 
 # -- the planner --------------------------------------------------------------------------------------------------
