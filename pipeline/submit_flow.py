@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from pipeline.budget import (Calibration, Plan, Policy, calibrate_predict, calibrate_ttt, chunk_inputs,
-                             collective_timeout_s, deadlines, free_memory, make_plan, slowest, views_that_fit)
+                             collective_timeout_s, deadlines, free_memory, make_plan, margin_for, slowest,
+                             views_that_fit)
 from pipeline.checkpoint import CheckpointError, load_for_prediction, resolve_checkpoint
 from pipeline.dataset import canvas_problem
 from pipeline.hidden import MODEL_ERRORS, details_of, load_challenges, predict_challenges, summary_line
@@ -202,6 +203,10 @@ def _stages(job: SubmitJob, rt: Runtime) -> int:
         log.info("plan: %d TTT steps, %d views per test input (%s); seconds: setup %.0f, TTT %.0f, predict %.0f, "
                  "write %.0f, margin %.0f of the %.0f s budget", plan.ttt_steps, plan.views, plan.why, s["setup"],
                  s["ttt"], s["predict"], s["write"], s["margin"], job.budget_s)
+        if margin_for(plan) > job.policy.margin:
+            log.warning("prediction takes %.0f%% of the budget: a calibration as optimistic as the 90th percentile "
+                        "measured under load would cut inputs off; --margin %.2f covers it",
+                        100 * s["predict"] / job.budget_s, margin_for(plan))
         _write_plan(job, plan, cal, seconds, {})
 
     # -- TTT (stopped at a step boundary at its deadline; the latest checkpoint is the best so far) --------------
