@@ -51,9 +51,12 @@ def heldout_rows(data: Dataset, max_inputs: int) -> dict[str, np.ndarray]:
 
 
 def heldout_eval_fn(cfg: RunConfig, rt: Runtime, data: Dataset):
-    """Periodic held-out pass@k on test inputs whose outputs are known but never trained on (None if none):
-    `eval/pass@2` over all the rows heldout_rows draws, and where several sources have some, each source's own
-    metrics too (`eval/<source>/pass@2`, ...)."""
+    """Periodic held-out pass@k on test inputs whose outputs are known but never trained on (None if none, or
+    if data.eval_inputs is -1): `eval/pass@2` over all the rows heldout_rows draws, and where several sources
+    have some, each source's own metrics too (`eval/<source>/pass@2`, ...); a progress bar with train.progress
+    (it runs on rank 0)."""
+    if cfg.data.eval_inputs < 0:
+        return None
     rows = heldout_rows(data, cfg.data.eval_inputs)
     if not rows:
         return None
@@ -61,7 +64,7 @@ def heldout_eval_fn(cfg: RunConfig, rt: Runtime, data: Dataset):
 
     def eval_fn(model):
         per = {label: evaluate_heldout(model, data.packed, data.ids, eval_cfg, cfg.data.canvas, rt.device, rt.dtype,
-                                       rows=r) for label, r in rows.items()}
+                                       rows=r, show_progress=cfg.train.progress) for label, r in rows.items()}
         if len(per) == 1:
             return next(iter(per.values()))
         n = sum(m["inputs"] for m in per.values())

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, SHARED
+from conftest import ROOT, SHARED, needs_shared
 from pipeline.official import official_id_table
 from pipeline.official_build import read_identifiers
 from pipeline.sources import load_source
@@ -26,7 +26,7 @@ def _pairs(pairs):
     return sorted((np.asarray(i).tolist(), np.asarray(o).tolist()) for i, o in pairs)
 
 
-@pytest.mark.skipif(not BUILD.is_dir(), reason="../shared/fixtures is absent (CI always has it)")
+@needs_shared(BUILD)
 def test_real_official_build_gives_back_its_source_tasks():
     res = load_source(f"official:{BUILD}")
     assert not res.problems
