@@ -18,7 +18,9 @@ Tokens (grid cells + EOS border, the 16-position puzzle prefix not counted), mea
                 untranslated views; views of a test input are run together, largest first
 Speed: one supervision step of the ARC model (hidden 512, 2 layers) on batches of `--batch` examples whose
 rectangle is drawn from `ttt_batch` (training: forward + backward) and `view` (inference: forward), against
-the full canvas. On CPU the step runs one cycle (h_cycles = l_cycles = 1) to keep the run short: every net call
+the full canvas; and on the same rectangles with half the examples on a smaller own rectangle, masked to it
+(`mask_overhead`: the per-example key mask that makes each example's result independent of its batch mates,
+over the unmasked step). On CPU the step runs one cycle (h_cycles = l_cycles = 1) to keep the run short: every net call
 has the same shape, so the ratio is the ARC step's; `--full-cycles` runs the ARC recursion (3 x 5 calls).
 Prints JSON last.
 """
@@ -32,9 +34,9 @@ import torch
 
 from bench.common import emit
 from kernels import DIHEDRAL_SWAPS_AXES
-from pipeline.crop import size_groups, view_extents
+from pipeline.crop import own_rectangles, size_groups, view_extents
 from pipeline.infer import answer_bound
-from pipeline.model import TRM, ModelConfig
+from pipeline.model import TRM, Crop, ModelConfig
 from pipeline.sampler import pack_tasks, task_sides
 from pipeline.sources import load_source
 
@@ -104,6 +106,16 @@ def _rect(tokens: int) -> tuple[int, int]:
     return r, max(1, min(CANVAS, int(round(tokens / r))))
 
 
+def rect_of(model: TRM, tokens: int, batch: int, masked: bool, device) -> Crop:
+    """A `Crop` of a near-square rectangle of about `tokens` cells; `masked`: every other example on a
+    rectangle of half the sides inside it (its own), as a batch of mixed sizes runs."""
+    rows, cols = _rect(tokens)
+    if not masked:
+        return Crop(model.keep_index(rows, cols))
+    ext = np.array([[rows, cols] if k % 2 == 0 else [max(1, rows // 2), max(1, cols // 2)] for k in range(batch)])
+    return Crop(model.keep_index(rows, cols), own_rectangles(ext, (rows, cols), model.cfg.puzzle_emb_len, device))
+
+
 def step_seconds(model: TRM, batch: int, crop, train: bool, reps: int, device) -> float:
     x = torch.randint(2, 12, (batch, CANVAS * CANVAS), dtype=torch.int32, device=device)
     vecs = torch.zeros(batch, model.cfg.puzzle_emb_ndim, device=device)
@@ -139,12 +151,17 @@ def speed(rects: dict[str, list[int]], args, device) -> dict:
         # the distribution's quantiles at (i + 1/2) / sizes: a small, even cover of the sizes that occur
         dist = rects["ttt_batch_rects" if train else "view_rects"]
         sample = np.quantile(dist, (np.arange(args.sizes) + 0.5) / args.sizes, method="nearest")
-        times = [step_seconds(run, args.batch, _rect(int(t)), train, args.reps, device) for t in sample]
+        times = [step_seconds(run, args.batch, rect_of(model, int(t), args.batch, False, device), train, args.reps,
+                              device) for t in sample]
+        masked = [step_seconds(run, args.batch, rect_of(model, int(t), args.batch, True, device), train, args.reps,
+                               device) for t in sample]
         cropped = float(np.mean(times))  # a stream of batches of these sizes takes their mean time per batch
         tokens = float(np.mean([np.prod(_rect(int(t))) for t in sample]))
         out[name] = {"samples_per_s_full": args.batch / full, "samples_per_s_crop": args.batch / cropped,
                      "tokens_per_s_full": args.batch * CANVAS * CANVAS / full,
                      "tokens_per_s_crop": args.batch * tokens / cropped, "speedup": full / cropped,
+                     "samples_per_s_crop_masked": args.batch / float(np.mean(masked)),
+                     "mask_overhead": float(np.mean(masked)) / cropped,
                      "mean_tokens_crop": tokens, "sizes": [int(t) for t in sample]}
     return out
 

@@ -6,7 +6,7 @@ import torch
 
 from pipeline.act import empty_carry, predict_stream, supervision_step
 from pipeline.config import RunConfig, load_config
-from pipeline.model import TRM, ModelConfig, swiglu_width
+from pipeline.model import TRM, Crop, ModelConfig, swiglu_width
 from pipeline.optim import AdamATan2, EMA, lr_at, sign_sgd_rows
 
 SMALL = dict(hidden=32, heads=2, layers=2, h_cycles=2, l_cycles=2, halt_max_steps=3, seq_len=25, puzzle_emb_len=1,
@@ -48,9 +48,9 @@ def test_only_the_last_cycle_gets_gradients():
     calls = []
     orig = m.net
 
-    def counting(h, inj, rope=None):
+    def counting(h, inj, rope=None, mask=None):
         calls.append(torch.is_grad_enabled())
-        return orig(h, inj, rope)
+        return orig(h, inj, rope, mask)
 
     m.net = counting
     b = _batch()
@@ -82,8 +82,8 @@ def test_continuous_batching_matches_one_big_batch():
     g = torch.Generator().manual_seed(1)
     inputs = torch.randint(0, 12, (13, 25), generator=g, dtype=torch.int32)
     vecs = torch.randn(13, 32, generator=g)
-    big = predict_stream(m, inputs, vecs, 13)
-    small = predict_stream(m, inputs, vecs, 4)
+    big = predict_stream(m, inputs, vecs, 13, adaptive=True)
+    small = predict_stream(m, inputs, vecs, 4, adaptive=True)
     assert len(set(big[2].tolist())) > 1  # a mix of halting steps, so refills really happened
     for a, b in zip(big, small):
         torch.testing.assert_close(a, b)
@@ -199,4 +199,8 @@ def test_the_training_step_and_the_model_step_have_no_data_dependent_python_bran
     fwd = torch.compile(m, backend="eager", fullgraph=True)
     y, z = m.initial_state(len(b["inputs"]), torch.float32)
     vecs = m.puzzle_emb[b["puzzle_ids"]]
-    assert fwd(b["inputs"], vecs, y, z)[2].shape == fwd(b["inputs"], vecs, y, z, m.keep_index(3, 2))[2].shape
+    P = m.cfg.puzzle_emb_len
+    own = torch.ones(len(b["inputs"]), P + 3 * 2, dtype=torch.bool)
+    own[0, P + 2 * 2:] = False  # example 0 on its own 2 x 2 rectangle
+    for crop in (Crop(m.keep_index(3, 2)), Crop(m.keep_index(3, 2), own)):
+        assert fwd(b["inputs"], vecs, y, z)[2].shape == fwd(b["inputs"], vecs, y, z, crop)[2].shape
