@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline.model import new_task_row
 from pipeline.tasks import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -113,11 +114,12 @@ def read_weights(ckpt: Path, use_ema: bool = True, device: str | torch.device = 
 @torch.no_grad()
 def warm_start(model: torch.nn.Module, path: str | Path, init_rows: np.ndarray | None = None) -> None:
     """Copy trunk weights (EMA) from a checkpoint into `model`. The puzzle table: `init_rows[i]` is the stored
-    row that new row i starts from (-1 = the mean of the stored rows, TRM's rule for new tasks). Without
-    `init_rows`, a table of the same size is copied and one of another size starts at the mean everywhere."""
+    row that new row i starts from (-1 = the mean of the whole stored table, TRM's rule for new tasks:
+    model.new_task_row). Without `init_rows`, a table of the same size is copied and one of another size
+    starts at the mean everywhere."""
     weights = read_weights(resolve_checkpoint(path))
     table = weights.pop("puzzle_emb")
-    mean = table[1:].mean(0) if table.shape[0] > 1 else table[0]
+    mean = new_task_row(table)
     if init_rows is not None:
         if len(init_rows) != model.puzzle_emb.shape[0] or int(np.max(init_rows, initial=-1)) >= table.shape[0]:
             raise CheckpointError(f"{path}: puzzle-row mapping does not fit the stored table")

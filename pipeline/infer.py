@@ -16,6 +16,7 @@ from kernels.inverse import decode_view, hash_views
 from kernels.vote import vote_topk
 from pipeline.act import predict_stream, unwrap
 from pipeline.crop import by_size, view_extents
+from pipeline.model import new_task_row
 from pipeline.runtime import autocast_for
 from pipeline.sampler import PackedTasks, PuzzleIdScheme, encode, random_perms
 
@@ -179,10 +180,11 @@ def make_views(packed: PackedTasks, test_rows: np.ndarray, task_to_ckpt: np.ndar
 
 
 def puzzle_table_lookup(table: torch.Tensor):
-    """ids -> puzzle vectors; id -1 (unknown task) gets the mean of the trained rows (TRM's re-init rule)."""
+    """ids -> puzzle vectors; id -1 (unknown task) gets the row a new task starts from (model.new_task_row,
+    TRM's re-init rule)."""
     if table.shape[1] == 0:
         return lambda ids: None
-    mean = table[1:].mean(0) if table.shape[0] > 1 else table[0]
+    mean = new_task_row(table)
 
     def lookup(ids: torch.Tensor) -> torch.Tensor:
         return torch.where((ids < 0)[:, None], mean, table[ids.clamp_min(0)])

@@ -115,6 +115,52 @@ def test_adam_atan2_is_the_official_kernel():
         np.testing.assert_allclose(p.detach().double().numpy(), ref, rtol=1e-5, atol=1e-6, err_msg=f"step {t}")
 
 
+def test_adam_atan2_pytorch_is_nvarcs_optimiser():
+    """train.optimizer=adam_atan2_pytorch: adam-atan2-pytorch 0.2.4's AdamAtan2 as NVARC built it (lr set per
+    step by the schedule, betas 0.9/0.95, weight decay 0.1). The expected values were computed by that
+    package's own adam_atan2.py at the 0.2.4 tag (lucidrains/adam-atan2-pytorch), run once outside this repo,
+    float64, three steps with changing lr and a zero gradient. They differ from the official kernel's."""
+    from pipeline.optim import AdamAtan2Pytorch
+
+    grads = [[0.3, -0.2, 0.0, 1.0], [-0.1, -0.4, 0.5, 1e-8], [2.0, 0.1, -0.3, -1.0]]
+    expected = [[0.4895254433248524, -0.9890254433248524, 1.998, -0.009974556675147595],
+                [0.48684092469577606, -0.9836798885877316, 1.9929763330452448, -0.013755765792771638],
+                [0.4709891843140326, -0.9681565180684115, 1.9848775211934422, -0.011553025333506096]]
+    def run(cls):
+        p = torch.nn.Parameter(torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=torch.float64))
+        opt = cls([p], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+        for g, lr in zip(grads, [1e-2, 5e-3, 2e-2]):
+            opt.param_groups[0]["lr"] = lr
+            p.grad = torch.tensor(g, dtype=torch.float64)
+            opt.step()
+            yield p.detach().clone()
+
+    for got, want in zip(run(AdamAtan2Pytorch), expected):
+        torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=1e-12, atol=1e-14)
+    official = list(run(AdamATan2))[0]  # the official kernel is another update (bias correction, the 1.27)
+    assert not torch.allclose(official, torch.tensor(expected[0], dtype=torch.float64), atol=1e-6)
+
+
+def test_the_first_optimiser_step_runs_at_lr_over_warmup(tmp_path):
+    """As the official loop (which increments its step before computing the lr): optimiser step k runs at
+    lr * k / warmup during warm-up, so the first step moves the weights (at lr 0 it would not)."""
+    from pipeline.build import build_run
+    from pipeline.runtime import init_runtime
+
+    cfg = load_config("configs/demo_cpu.yaml", [f"run_dir={tmp_path}", "train.progress=false", "model.hidden=32",
+                                                "model.heads=2", "model.puzzle_emb_ndim=32", "train.global_batch=8",
+                                                "train.lr=1e-3", "train.lr_warmup=10", "train.puzzle_emb_lr=1e-2"])
+    trainer = build_run(cfg, init_runtime("cpu", "float32", 0), eval_fn=None).trainer
+    trainer.prepare()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    for k in (1, 2):
+        trainer.train_step()
+        assert trainer.opt.param_groups[0]["lr"] == pytest.approx(1e-3 * k / 10), k
+        if k == 1:
+            moved = [n for n, v in trainer.model.state_dict().items() if not torch.equal(v, before[n])]
+            assert "lm_head.weight" in moved and "puzzle_emb" in moved  # trunk and sign-SGD table both stepped
+
+
 def test_sign_sgd_touches_only_rows_in_the_batch():
     table = torch.ones(6, 3)
     ids = torch.tensor([2, 4, 2, 0])
@@ -179,7 +225,9 @@ def test_warm_start_copies_the_trunk_and_reinitialises_new_tasks_to_the_mean(tmp
     for k, v in old.state_dict().items():
         if k != "puzzle_emb":
             assert torch.equal(new.state_dict()[k], v), k
-    torch.testing.assert_close(new.puzzle_emb, old.puzzle_emb[1:].mean(0).expand(9, 32))
+    # the mean of the whole stored table, blank row 0 included, as the official loader (pretrain.py L244-262)
+    torch.testing.assert_close(new.puzzle_emb, old.puzzle_emb.mean(0).expand(9, 32))
+    assert not torch.allclose(new.puzzle_emb[0], old.puzzle_emb[1:].mean(0))
 
 
 def test_the_training_step_and_the_model_step_have_no_data_dependent_python_branch():
