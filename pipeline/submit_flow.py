@@ -34,6 +34,7 @@ import torch
 from pipeline.budget import (Calibration, Plan, Policy, calibrate_predict, calibrate_ttt, chunk_inputs, deadlines,
                              free_memory, make_plan, slowest, views_that_fit)
 from pipeline.checkpoint import CheckpointError, load_for_prediction, resolve_checkpoint
+from pipeline.computation import describe
 from pipeline.dataset import canvas_problem
 from pipeline.hidden import MODEL_ERRORS, details_of, load_challenges, predict_challenges, summary_line
 from pipeline.infer import model_batch
@@ -42,7 +43,7 @@ from pipeline.metrics import setup_logging
 from pipeline.runtime import Runtime, init_runtime, shutdown_runtime
 from pipeline.tasks import DataError, write_json_atomic
 from pipeline.train import Stop
-from pipeline.ttt import run_ttt, ttt_config
+from pipeline.ttt import run_ttt, ttt_config, ttt_departures
 from submission.format import build_submission
 
 log = logging.getLogger("submit")
@@ -60,7 +61,7 @@ class SubmitJob:
     """time.time() when the process started: the budget counts from there."""
     work_dir: Path
     device: str = "auto"
-    ttt_preset: str | None = "configs/ttt_full.yaml"
+    ttt_preset: str | list[str] | None = "configs/ttt_full.yaml"
     overrides: list[str] = field(default_factory=list)
     policy: Policy = field(default_factory=Policy)
     ttt_steps: int | None = None
@@ -124,6 +125,15 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
     run_dir = ttt_folder(job)
     overrides = [*job.overrides, f"train.progress={str(job.progress).lower()}", f"seed={job.seed}"]
     cfg = ttt_config(job.checkpoint, job.ttt_preset, overrides, run_dir, sources=[str(job.challenges)])
+    found = ttt_departures(cfg)
+    if rt.is_main:
+        log.info("%s", describe(found))
+    policy = job.policy
+    if not cfg.predict.adaptive_halting and policy.predict_steps_fraction < 1.0:
+        log.warning("--steps-fraction %.2f ignored: every view runs all N_sup steps (predict.adaptive_halting is "
+                    "off), so prediction is planned at all of them", policy.predict_steps_fraction)
+        policy = dataclasses.replace(policy, predict_steps_fraction=1.0)
+    job = dataclasses.replace(job, policy=policy)
     canvas = cfg.data.canvas
     fits = [t for t in res.tasks if canvas_problem(t, canvas) is None]
     n_inputs = sum(len(t.test_inputs) for t in fits)
@@ -140,9 +150,9 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
         cal.ttt_error = str(e)
         log.error("TTT cannot run (%s): the pretrained model predicts", e)
         free_memory(rt)
+    crop = [f"model.crop={str(cfg.model.crop).lower()}"]  # as the TTT run computes, also for the pretrained model
     if fits:
-        # timed as the TTT model will predict: its config's model.crop, not the pretrained checkpoint's
-        loaded = load_for_prediction(job.checkpoint, rt.device, crop=cfg.model.crop)
+        loaded = load_for_prediction(job.checkpoint, rt.device, overrides=crop)
         try:
             cal.predict_startup_s, cal.view_s = calibrate_predict(loaded, fits, cfg.predict, rt)
         except MODEL_ERRORS as e:
@@ -167,7 +177,7 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
         log.info("plan: %d TTT steps, %d views per test input (%s); seconds: setup %.0f, TTT %.0f, predict %.0f, "
                  "write %.0f, margin %.0f of the %.0f s budget", plan.ttt_steps, plan.views, plan.why, s["setup"],
                  s["ttt"], s["predict"], s["write"], s["margin"], job.budget_s)
-        _write_plan(job, plan, cal, seconds, {})
+        _write_plan(job, plan, cal, seconds, {}, found)
 
     # -- TTT (stopped at a step boundary at its deadline; the latest checkpoint is the best so far) --------------
     model_path, ttt_info = job.checkpoint, {"steps": 0, "stopped": None}
@@ -211,7 +221,7 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
                  per_chunk, chunk_s)
         try:
             # the crop calibrated, also when the pretrained model predicts because TTT failed
-            loaded = load_for_prediction(model_path, rt.device, crop=cfg.model.crop)
+            loaded = load_for_prediction(model_path, rt.device, overrides=crop)
             hidden = predict_challenges(loaded, res, pcfg, rt, dl.predict_deadline(chunk_s),
                                         show_progress=job.progress)
         except Exception as e:  # model errors are handled task by task inside; this is anything else
@@ -235,7 +245,7 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
                    "ttt_steps": ttt_info["steps"], "ttt_stopped": ttt_info["stopped"], "views": views,
                    "model": str(model_path), "seconds": {k: round(v, 1) for k, v in seconds.items()},
                    "budget_s": job.budget_s}
-        _write_plan(job, plan, cal, seconds, summary)
+        _write_plan(job, plan, cal, seconds, summary, found)
         log.info("seconds per stage: %s (budget %.0f)", ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()),
                  job.budget_s)
         log.info("%s", line)
@@ -243,7 +253,8 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
     return 0
 
 
-def _write_plan(job: SubmitJob, plan: Plan, cal: Calibration, actual: dict, summary: dict) -> None:
+def _write_plan(job: SubmitJob, plan: Plan, cal: Calibration, actual: dict, summary: dict,
+                found: list[str]) -> None:
     write_json_atomic(str(job.out) + ".plan.json", {
-        "policy": dataclasses.asdict(job.policy), "calibration": dataclasses.asdict(cal),
+        "departures": found, "policy": dataclasses.asdict(job.policy), "calibration": dataclasses.asdict(cal),
         "plan": dataclasses.asdict(plan), "actual_seconds": actual, "summary": summary})
