@@ -15,7 +15,8 @@ in OUT/<hash of its commands>/ and is reused when its commands are unchanged (se
 
 Prints, per side, pass@2 (stages.score), seconds of each stage, and the first attempts' finer agreement with
 the truth (right shape; cells right where the shape is right: what moves when pass@2 is 0 either way), then
-the tasks B gained and lost against A (stages.score --compare), and one JSON line last.
+the tasks B gained and lost against A (stages.score --compare) and on how many test inputs the attempts
+changed at all, and one JSON line last.
 """
 from __future__ import annotations
 
@@ -107,6 +108,16 @@ def first_attempts(solutions: dict, submission: dict) -> dict:
     return {"inputs": inputs, "right_shape": shapes, "cells_right": round(right / cells, 4) if cells else None}
 
 
+def changed_inputs(a: dict, b: dict) -> tuple[int, int]:
+    """Test inputs whose first attempt / whose pair of attempts differ between two submissions."""
+    first = both = 0
+    for task, entries in a.items():
+        for x, y in zip(entries, b.get(task) or []):
+            first += x.get("attempt_1") != y.get("attempt_1")
+            both += x != y
+    return first, both
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="the checkpoint both sides start from")
@@ -130,17 +141,18 @@ def main(argv=None) -> None:
         side["pass@2"] = score(args.solutions, side["submission"])["score"]
         side["first_attempts"] = first_attempts(solutions, json.loads(Path(side["submission"]).read_text()))
     cmp = score(args.solutions, b["submission"], compare=a["submission"])
+    changed = changed_inputs(*(json.loads(Path(side["submission"]).read_text()) for side in (a, b)))
     label = args.label or " ".join(b_sets + shlex.split(args.b_ttt_flags) + shlex.split(args.b_predict_flags))
     for name, side in (("A (official)", a), (f"B ({label})", b)):
         fa = side["first_attempts"]
         print(f"{name}: pass@2 {side['pass@2']:.4f}, seconds {side['seconds']}, first attempts: "
               f"{fa['right_shape']}/{fa['inputs']} right shape, {fa['cells_right']} of their cells right",
               file=sys.stderr)
-    print(f"B vs A: {len(cmp['gained'])} tasks gained {cmp['gained']}, {len(cmp['lost'])} lost {cmp['lost']}",
-          file=sys.stderr)
+    print(f"B vs A: {len(cmp['gained'])} tasks gained {cmp['gained']}, {len(cmp['lost'])} lost {cmp['lost']}; "
+          f"attempts changed on {changed[1]} test inputs (the first attempt on {changed[0]})", file=sys.stderr)
     emit({"bench": "ab", "label": label, "checkpoint": args.checkpoint, "challenges": args.challenges,
           "ttt_config": args.ttt_config, "set": args.set, "b": b_sets, "a": a, "b_side": b,
-          "gained": cmp["gained"], "lost": cmp["lost"]})
+          "gained": cmp["gained"], "lost": cmp["lost"], "changed_first": changed[0], "changed_attempts": changed[1]})
 
 
 if __name__ == "__main__":

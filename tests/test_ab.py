@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.ab import first_attempts, flow_commands, main
+from bench.ab import changed_inputs, first_attempts, flow_commands, main
 from conftest import ROOT
 
 
@@ -39,3 +39,9 @@ def test_first_attempts_count_right_shapes_and_their_cells():
            "u": [{"attempt_1": [[0, 1, 0]]}]}
     assert first_attempts(truth, sub) == {"inputs": 3, "right_shape": 2, "cells_right": round(5 / 7, 4)}
     assert first_attempts(truth, {}) == {"inputs": 3, "right_shape": 0, "cells_right": None}
+
+
+def test_changed_inputs_count_first_attempts_and_pairs():
+    a = {"t": [{"attempt_1": [[1]], "attempt_2": [[2]]}, {"attempt_1": [[3]], "attempt_2": [[3]]}]}
+    b = {"t": [{"attempt_1": [[1]], "attempt_2": [[0]]}, {"attempt_1": [[4]], "attempt_2": [[3]]}]}
+    assert changed_inputs(a, b) == (1, 2) and changed_inputs(a, a) == (0, 0)
