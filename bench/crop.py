@@ -151,10 +151,11 @@ def speed(rects: dict[str, list[int]], args, device) -> dict:
         # the distribution's quantiles at (i + 1/2) / sizes: a small, even cover of the sizes that occur
         dist = rects["ttt_batch_rects" if train else "view_rects"]
         sample = np.quantile(dist, (np.arange(args.sizes) + 0.5) / args.sizes, method="nearest")
-        times = [step_seconds(run, args.batch, rect_of(model, int(t), args.batch, False, device), train, args.reps,
-                              device) for t in sample]
-        masked = [step_seconds(run, args.batch, rect_of(model, int(t), args.batch, True, device), train, args.reps,
-                               device) for t in sample]
+        times, masked = [], []
+        for t in sample:  # interleaved, so that a shared machine's load drifts over both alike
+            for out_list, mask in ((times, False), (masked, True)):
+                out_list.append(step_seconds(run, args.batch, rect_of(model, int(t), args.batch, mask, device), train,
+                                             args.reps, device))
         cropped = float(np.mean(times))  # a stream of batches of these sizes takes their mean time per batch
         tokens = float(np.mean([np.prod(_rect(int(t))) for t in sample]))
         out[name] = {"samples_per_s_full": args.batch / full, "samples_per_s_crop": args.batch / cropped,
