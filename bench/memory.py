@@ -114,7 +114,7 @@ def main(argv=None) -> None:
             run.trainer.prepare()
         metrics = measure(rss, run.trainer, args.steps)
         b = budget(run.model, run.trainer.opt)
-        eval_views = cfg.data.eval_views * (cfg.data.eval_inputs or 0)
+        eval_views = cfg.data.eval_views * max(cfg.data.eval_inputs, 0)
     peak = max(ph["rss_peak_mb"] for ph in rss.phases.values())
     gpu = [ph["gpu_peak_mb"] for ph in rss.phases.values() if ph["gpu_peak_mb"] is not None]
     gpu_peak = max(gpu) if gpu else None  # with CUDA the table and activations live here, not in RSS

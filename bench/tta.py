@@ -14,6 +14,8 @@
     python -m bench.tta --seeds 0 --settings scratch --optimizers muon --max-steps 400    # a quick look
     python -m bench.tta --lr muon=2e-3 --rows /tmp/rows.json  # another lr; per-run rows to a file
     python -m bench.tta --settings ttt --set model.crop=false    # config overrides for every run
+    python -m bench.tta --seeds 0 --optimizers adam_atan2 --max-steps 4 --eval-every 2 --pretrain-steps 4 \
+        --set data.eval_views=1                                    # a smoke run (the test suite's)
 
 Each optimiser runs at its own lr (LR below, chosen by the sweep recorded in bench/results/tta.md); the
 schedule is each config's (warm-up then constant). Evaluation every --eval-every steps (its time is not
@@ -62,10 +64,12 @@ STEPS = {"scratch": 1500, "ttt": 600}
 EVAL_EVERY = {"scratch": 50, "ttt": 10}
 
 
-def pretrained_checkpoint(work: Path) -> Path:
-    """The TTT setting's starting point, trained once per work folder (a rerun resumes its finished run)."""
+def pretrained_checkpoint(work: Path, steps: int = 0) -> Path:
+    """The TTT setting's starting point, trained once per work folder (a rerun resumes its finished run);
+    `steps` > 0 shortens it, without its evaluation (a smoke run: the TTT figures then mean nothing)."""
     run_dir = work / "pretrained"
-    cfg = load_config("configs/demo_cpu.yaml", [f"run_dir={run_dir}", "train.progress=false", *PRETRAIN])
+    cfg = load_config("configs/demo_cpu.yaml", [f"run_dir={run_dir}", "train.progress=false", *PRETRAIN,
+                                                *([f"train.steps={steps}", "data.eval_inputs=-1"] if steps else [])])
     build_run(cfg, init_runtime("cpu", "float32", cfg.seed), eval_fn="heldout").trainer.fit()
     return run_dir
 
@@ -86,7 +90,7 @@ def ttt_eval_fn(cfg, rt, data):
 
 
 def one_run(setting: str, optimizer: str, seed: int, lr: float, max_steps: int, eval_every: int, work: Path,
-            extra: list[str]) -> dict:
+            extra: list[str], pretrain_steps: int = 0) -> dict:
     run_dir = work / f"{setting}-{optimizer}-{lr:g}-seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)  # every run starts fresh (a kept folder would be resumed)
     overrides = [f"seed={seed}", f"train.optimizer={optimizer}", f"train.lr={lr}", f"train.steps={max_steps}",
@@ -98,7 +102,7 @@ def one_run(setting: str, optimizer: str, seed: int, lr: float, max_steps: int, 
         data = build_dataset(cfg.data, cfg.seed)
         evaluate = heldout_eval_fn(cfg, rt, data)
     else:
-        cfg = ttt_config(pretrained_checkpoint(work), "configs/demo_ttt.yaml", overrides, run_dir)
+        cfg = ttt_config(pretrained_checkpoint(work, pretrain_steps), "configs/demo_ttt.yaml", overrides, run_dir)
         data, init_rows = ttt_dataset(cfg, synthetic_tasks(HELD))
         evaluate = ttt_eval_fn(cfg, rt, data)
     curve, clock = [], {"eval_s": 0.0}
@@ -166,6 +170,8 @@ def main(argv=None) -> None:
     p.add_argument("--eval-every", type=int, default=0, help=f"evaluation interval (0: {EVAL_EVERY})")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides for every run (after the presets; TTT: not the pretrained checkpoint)")
+    p.add_argument("--pretrain-steps", type=int, default=0,
+                   help="steps of the TTT setting's pretraining (0: the demo config's 1000; fewer only for a smoke run)")
     p.add_argument("--work", default="", help="keep run folders (and the pretrained checkpoint) here")
     p.add_argument("--rows", default="", help="write the per-run rows (with curves) to this JSON file")
     args = p.parse_args(argv)
@@ -178,7 +184,7 @@ def main(argv=None) -> None:
                 for opt in args.optimizers:
                     lr = lr_override.get(opt, LR[setting][opt])
                     rows.append(one_run(setting, opt, seed, lr, args.max_steps or STEPS[setting],
-                                        args.eval_every or EVAL_EVERY[setting], work, args.set))
+                                        args.eval_every or EVAL_EVERY[setting], work, args.set, args.pretrain_steps))
                     r = rows[-1]
                     print(f"{setting} {opt} lr={lr:g} seed={seed}: steps to {TARGET:.0%} = {r['steps_to_target']} "
                           f"({r['seconds_to_target']} s), best pass@1 {r['best_pass@1']:.3f}", flush=True)

@@ -2,6 +2,8 @@
 Tests compare each kernel with these; they are also the spec of the encoding."""
 import numpy as np
 
+from kernels import DIHEDRAL_INVERSE
+
 PAD, EOS, OFF = 0, 1, 2
 
 
@@ -12,6 +14,11 @@ def dihedral_ref(grid: np.ndarray, d: int) -> np.ndarray:
 
 def augment_grid_ref(grid: np.ndarray, d: int, perm: np.ndarray) -> np.ndarray:
     return dihedral_ref(perm[grid], d)  # colour first, then dihedral (they commute)
+
+
+def invert_augment_ref(grid: np.ndarray, d: int, perm: np.ndarray) -> np.ndarray:
+    """The grid g with augment_grid_ref(g, d, perm) == grid: the inverse dihedral, then the inverse colour map."""
+    return np.argsort(perm).astype(np.uint8)[dihedral_ref(grid, DIHEDRAL_INVERSE[d])]
 
 
 def encode_grid_ref(grid: np.ndarray, r0: int, c0: int, canvas: int) -> np.ndarray:
@@ -46,8 +53,7 @@ def decode_ref(tokens: np.ndarray, r0: int, c0: int, d: int, perm: np.ndarray, c
     if h == 0 or (r0 > 0 and r0 + h == canvas) or (c0 > 0 and c0 + w == canvas):
         return None
     g = tokens.reshape(canvas, canvas)[r0:r0 + h, c0:c0 + w].astype(np.int64) - OFF
-    inv_d = (0, 3, 2, 1, 4, 5, 6, 7)[d]
-    return np.argsort(perm)[dihedral_ref(g, inv_d)].astype(np.uint8)
+    return invert_augment_ref(g, d, perm)
 
 
 def vote_ref(grids: list, conf: list, k: int = 2):

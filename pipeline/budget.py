@@ -56,6 +56,11 @@ from pipeline.ttt import ttt_dataset
 
 log = logging.getLogger(__name__)
 VIEW_QUANTUM = 8
+PREDICT_ERROR_P90 = 1.17
+"""Prediction's actual seconds over its calibrated projection, 90th percentile of 12 demo runs beside a CPU hog
+on the shared 2-core machine (python -m bench.calibration, BENCHMARKS.md; median 0.96, max 2.31). TTT can
+take half the margin (its deadline), so prediction keeps the other half: inputs are cut off when
+(error - 1) x prediction's share of the budget exceeds margin / 2."""
 
 
 @dataclass(kw_only=True)
@@ -63,7 +68,9 @@ class Policy:
     """How the budget is split between TTT steps and views per test input (see the module docstring)."""
     order: Literal["ttt_first", "views_first"] = "ttt_first"
     margin: float = 0.15
-    """Fraction of the budget never planned (calibration error, the hidden file's slower tasks)."""
+    """Fraction of the budget never planned (calibration error, the hidden file's slower tasks). 15% covers
+    the 90th-percentile prediction error (PREDICT_ERROR_P90) for plans whose prediction takes up to 44% of
+    the budget (margin / 2 >= 0.17 x share; the Kaggle flow's is ~35%); `margin_for` says what a plan needs."""
     views_floor: int = 256
     views_max: int = 1000
     views_min: int = 8
@@ -250,6 +257,19 @@ def _ttt_first(policy: Policy, cal: Calibration, avail: float, cap: int, ckpt_ev
     return 0, views, "too short for TTT: the pretrained model predicts"
 
 
+def margin_for(plan: Plan) -> float:
+    """The margin that keeps this plan's prediction whole at the 90th-percentile calibration error."""
+    return 2 * (PREDICT_ERROR_P90 - 1) * plan.seconds["predict"] / plan.budget_s
+
+
+def collective_timeout_s(budget_s: float) -> float:
+    """How long a collective of the flow may wait for the other ranks: the longest legitimate wait is a rank
+    ahead by up to two prediction chunks at the final gather (each about `chunk_fraction` of the budget,
+    up to twice that) or by rank 0's checkpoint save; 5% of the budget, at least 5 minutes. A rank stuck
+    longer ends the wait with an error instead of holding the others until the notebook's watchdog."""
+    return max(300.0, 0.05 * budget_s)
+
+
 @dataclass
 class Deadlines:
     """Absolute wall-clock times (time.time()) of the flow: the end of the budget and the TTT share."""
@@ -282,8 +302,10 @@ def deadlines(plan: Plan, started: float, now: float | None = None) -> Deadlines
     s = plan.seconds
     end = started + plan.budget_s
     planned_end = now + s["ttt"]
-    return Deadlines(end, min(planned_end + s["margin"] / 2, end - s["write"] - s["predict"]), planned_end,
-                     s["margin"], s["write"])
+    # never later than what keeps prediction its planned seconds and the other half of the margin (a plan whose
+    # TTT does not fit the budget, pinned --ttt-steps, would otherwise leave prediction no chunk to start)
+    return Deadlines(end, min(planned_end, end - s["write"] - s["predict"] - s["margin"]) + s["margin"] / 2,
+                     planned_end, s["margin"], s["write"])
 
 
 # -- calibration ----------------------------------------------------------------------------------------------

@@ -77,6 +77,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
                           "or a checkpoint folder with meta.json)")
 
 
+def run_dir_of(ckpt: Path) -> Path | None:
+    """The run folder a checkpoint folder belongs to (RUN/ckpt/step-N -> RUN), None for a standalone one."""
+    return ckpt.parent.parent if ckpt.parent.name == "ckpt" else None
+
+
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
 

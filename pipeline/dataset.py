@@ -4,19 +4,31 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from pipeline.sampler import DataConfig, PackedTasks, PuzzleIdScheme, build_id_scheme, pack_tasks
+import numpy as np
+
+from pipeline.packed import PackedPart, select_tasks, task_max_sides
+from pipeline.sampler import DataConfig, PackedTasks, PuzzleIdScheme, build_id_scheme
 from pipeline.sources import LoadResult, load_sources
 from pipeline.tasks import DataError, Task, TaskProblem
 
 log = logging.getLogger(__name__)
 
+MAX_TABLE_BYTES = 8 << 30
+"""The largest puzzle-embedding table (fp32) a `per_augmentation` run may ask for: 8 GiB, ~3.5x the paper's
+1280 tasks x 1001 ids at 512 values (2.3 GiB). NVARC's 103k puzzles x 1001 ids would be 103M rows, ~197 GiB at
+512: a run would die of memory minutes in, after the data load."""
+
 
 @dataclass
 class Dataset:
     tasks: list[Task]
+    """The tasks that came as Task objects (bulk sources' tasks exist only in `packed`)."""
     packed: PackedTasks
     ids: PuzzleIdScheme
     problems: list[TaskProblem]
+    task_source: list[str] | None = None
+    """Per packed task, the label of the source that loaded it (sources.source_label): the periodic held-out
+    evaluation draws its inputs across sources and reports each one's metrics."""
 
 
 def canvas_problem(task: Task, canvas: int) -> str | None:
@@ -39,12 +51,37 @@ def fit_canvas(res: LoadResult, canvas: int) -> LoadResult:
             log.warning("skipping task %s: %s", t.id, p)
         else:
             out.tasks.append(t)
+    for part in res.parts:
+        side = task_max_sides(part.packed)
+        for t in np.flatnonzero(side > canvas):
+            p = f"a grid of side {side[t]}, larger than the {canvas}x{canvas} canvas"
+            out.problems.append(TaskProblem(part.packed.task_ids[t], p, part.source))
+            log.warning("skipping task %s: %s", part.packed.task_ids[t], p)
+        out.parts.append(PackedPart(part.source, select_tasks(part.packed, side <= canvas)))
     return out
 
 
-def build_dataset(cfg: DataConfig, seed: int) -> Dataset:
+def check_id_table(cfg: DataConfig, num_tasks: int, emb_ndim: int) -> None:
+    """Refuse, before any id is built, a per_augmentation table over MAX_TABLE_BYTES (one line naming the knobs)."""
+    if cfg.puzzle_ids != "per_augmentation" or not emb_ndim:
+        return
+    ids = num_tasks * (cfg.augs_per_task + 1) + 1  # each task's original and K augmentations, and the blank id
+    size = ids * emb_ndim * 4
+    if size > MAX_TABLE_BYTES:
+        fits = (MAX_TABLE_BYTES // (emb_ndim * 4) - 1) // num_tasks - 1
+        raise DataError(f"data.puzzle_ids=per_augmentation: {num_tasks:,} tasks x (1 + data.augs_per_task="
+                        f"{cfg.augs_per_task}) = up to {ids:,} puzzle ids, a {size / 2**30:,.0f} GiB embedding table "
+                        f"(model.puzzle_emb_ndim={emb_ndim}, fp32), over the {MAX_TABLE_BYTES / 2**30:.0f} GiB bound: "
+                        "set data.puzzle_ids=per_task (one embedding per task, as for NVARC's puzzles)"
+                        + (f" or data.augs_per_task={fits} or less" if fits >= 0 else ""))
+
+
+def build_dataset(cfg: DataConfig, seed: int, emb_ndim: int = 0) -> Dataset:
+    """The tasks of cfg.sources that fit the canvas, packed, with their id scheme; `emb_ndim` (the model's
+    puzzle_emb_ndim) bounds a per_augmentation table (check_id_table), 0 = unchecked."""
     res = fit_canvas(load_sources(cfg.sources, cfg.arc_root), cfg.canvas)
-    if not res.tasks:
+    if not res.num_tasks:
         raise DataError(f"no valid task in sources {cfg.sources}")
-    packed = pack_tasks(res.tasks)
-    return Dataset(res.tasks, packed, build_id_scheme(cfg, packed, seed), res.problems)
+    check_id_table(cfg, res.num_tasks, emb_ndim)
+    packed = res.pack()
+    return Dataset(res.tasks, packed, build_id_scheme(cfg, packed, seed), res.problems, res.task_sources())

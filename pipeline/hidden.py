@@ -5,6 +5,9 @@ Nothing here may cost another task: invalid tasks and grids larger than the mode
 and left to the submission writer's fallback; a model error in a chunk is retried task by task; past the
 time budget the remaining inputs are left to the fallback. Test inputs are sharded over ranks and the
 results gathered; every view depends only on (seed, test input), so sharding never changes results.
+Nor may a rank cost the others: a rank whose prediction fails still joins the gather, with its error (its
+inputs fall back), and a gather that fails (a rank died or took the group down) leaves each rank its own
+results.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import torch.distributed as dist
 from pipeline.dataset import canvas_problem
 from pipeline.checkpoint import LoadedModel
 from pipeline.infer import PredictConfig, TestPrediction, predict_tests
-from pipeline.runtime import Runtime, compile_model
+from pipeline.runtime import Runtime, break_group, compile_model
 from pipeline.sampler import pack_tasks
 from pipeline.sources import LoadResult, entries_to_tasks
 from pipeline.tasks import DataError, read_json
@@ -41,8 +44,8 @@ def load_challenges(path: str | Path) -> tuple[dict, LoadResult]:
 
 
 # Why a test input of a valid task has no model prediction (invalid tasks are the writer's business).
-TOO_LARGE, MODEL_ERROR, TIME_BUDGET, NO_VALID_VIEW, NO_TTT_RUN = (
-    "larger than the canvas", "model error", "time budget", "no valid view", "no per-task TTT run")
+TOO_LARGE, MODEL_ERROR, TIME_BUDGET, NO_VALID_VIEW, NO_TTT_RUN, RANK_FAILED = (
+    "larger than the canvas", "model error", "time budget", "no valid view", "no per-task TTT run", "rank failed")
 
 
 @dataclasses.dataclass
@@ -50,7 +53,9 @@ class HiddenRun:
     """Ranked attempts of the test inputs the model predicted, and why each other valid input fell back."""
     results: list[TestPrediction]
     fallbacks: dict[tuple[str, int], str]
-    """(task id, test index) -> reason (TOO_LARGE, MODEL_ERROR, TIME_BUDGET, NO_VALID_VIEW)."""
+    """(task id, test index) -> reason (TOO_LARGE, MODEL_ERROR, TIME_BUDGET, NO_VALID_VIEW, RANK_FAILED)."""
+    failed_ranks: dict[int, str] = dataclasses.field(default_factory=dict)
+    """Under torchrun: rank -> why its prediction failed (its test inputs fall back)."""
 
     def predicted(self) -> int:
         return sum(bool(r.attempts) for r in self.results)
@@ -122,23 +127,45 @@ def predict_challenges(loaded: LoadedModel, res: LoadResult, pcfg: PredictConfig
             bar.set_postfix(views_per_s=f"{views_done[0] / (time.perf_counter() - t0):.0f}")
 
     results: list[TestPrediction] = []
-    step = max(1, pcfg.chunk_views // pcfg.augs)
-    for s in range(0, len(rows), step):
-        if deadline is not None and time.perf_counter() > deadline:
-            log.warning("time budget used up: %d test inputs get fallbacks", len(rows) - s)
-            fallbacks.update({(packed.task_ids[packed.test_task[r]], int(packed.test_index[r])): TIME_BUDGET
-                              for r in rows[s:]})
-            break
-        results += _predict_chunk(loaded, packed, rows[s:s + step], task_to_ckpt, pcfg, rt, progress, fallbacks)
+    key = lambda r: (packed.task_ids[packed.test_task[r]], int(packed.test_index[r]))  # noqa: E731
+    step, error = max(1, pcfg.chunk_views // pcfg.augs), None
+    try:
+        for s in range(0, len(rows), step):
+            if deadline is not None and time.perf_counter() > deadline:
+                log.warning("time budget used up: %d test inputs get fallbacks", len(rows) - s)
+                fallbacks.update({key(r): TIME_BUDGET for r in rows[s:]})
+                break
+            results += _predict_chunk(loaded, packed, rows[s:s + step], task_to_ckpt, pcfg, rt, progress, fallbacks)
+    except Exception as e:  # under torchrun the other ranks wait for this one at the gather: it must get there
+        if not rt.distributed:
+            raise
+        log.exception("rank %d: prediction failed (%s); its test inputs fall back", rt.rank, e)
+        error = f"predict: {type(e).__name__}: {e}"
+        _fall_back_unless_predicted(results, fallbacks, map(key, rows))
     if bar is not None:
         bar.close()
+    failed = {rt.rank: error} if error else {}
     if rt.distributed:
         gathered = [None] * rt.world_size
-        dist.all_gather_object(gathered, (results, fallbacks))
-        results = [r for part, _ in gathered for r in part]
-        fallbacks = {k: v for _, part in gathered for k, v in part.items()}
+        try:
+            dist.all_gather_object(gathered, (results, fallbacks, error))
+            results = [r for part, _, _ in gathered for r in part]
+            fallbacks = {k: v for _, part, _ in gathered for k, v in part.items()}
+            failed = {r: err for r, (_, _, err) in enumerate(gathered) if err}
+        except Exception as e:  # a rank died or broke the group: this rank keeps its own results
+            log.error("rank %d: the gather of predictions failed (%s): only this rank's inputs are kept", rt.rank, e)
+            failed = break_group(rt, f"predict: gather: {type(e).__name__}: {e}")
+            _fall_back_unless_predicted(results, fallbacks, map(key, range(len(packed.test_task))))
     fallbacks.update({(r.task_id, r.test_index): NO_VALID_VIEW for r in results if not r.attempts})
-    return HiddenRun(results, fallbacks)
+    return HiddenRun(results, fallbacks, failed)
+
+
+def _fall_back_unless_predicted(results: list[TestPrediction], fallbacks: dict, keys) -> None:
+    """Inputs (task id, test index) neither predicted nor fallen back already fall back as RANK_FAILED."""
+    done = {(r.task_id, r.test_index) for r in results}
+    for k in keys:
+        if k not in done:
+            fallbacks.setdefault(k, RANK_FAILED)
 
 
 def predict_per_task_runs(runs: dict[str, Path], base: str | None, res: LoadResult, overrides: list[str],

@@ -277,26 +277,42 @@ def predict_tests(model, packed: PackedTasks, test_rows: np.ndarray, task_to_ckp
 
 
 def evaluate_heldout(model, packed: PackedTasks, ids: PuzzleIdScheme, cfg: PredictConfig, canvas: int,
-                     device: torch.device, dtype: torch.dtype, max_inputs: int = 0) -> dict:
-    """pass@1 / pass@k (k = cfg.top_k) and per-input exact accuracy on held-out test inputs (known outputs
-    never trained on), with the tasks' own puzzle ids. Empty dict when there are none. Views stream through
-    the model in batches of predict.batch_size (CPU: at most CPU_BATCH_TOKENS tokens), so memory does not
-    grow with the number of inputs."""
-    rows = np.flatnonzero((packed.test_out >= 0) & ~packed.test_trainable)
-    if max_inputs:
-        rows = rows[:max_inputs]
+                     device: torch.device, dtype: torch.dtype, max_inputs: int = 0, rows: np.ndarray | None = None,
+                     show_progress: bool = False) -> dict:
+    """pass@1 / pass@k (k = cfg.top_k) and token accuracy (the share of each truth's cells the first attempt
+    gets right, 0 for a wrong shape) on held-out test inputs (known outputs never trained on), with the tasks'
+    own puzzle ids: `rows` of the test table, else the first `max_inputs` (0 = all). Empty dict when there are
+    none. Views stream through the model in batches of predict.batch_size (CPU: at most CPU_BATCH_TOKENS
+    tokens), so memory does not grow with the inputs. `show_progress`: a bar of inputs done with its time
+    estimate."""
+    if rows is None:
+        rows = np.flatnonzero((packed.test_out >= 0) & ~packed.test_trainable)
+        if max_inputs:
+            rows = rows[:max_inputs]
     if len(rows) == 0:
         return {}
+    log.info("held-out evaluation: %d test inputs x %d views (data.eval_inputs=-1 turns it off)", len(rows), cfg.augs)
+    bar = None
+    if show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(rows), desc="eval", unit="input", dynamic_ncols=True, mininterval=1.0)
     was_training = model.training
     model.eval()
-    preds = predict_tests(model, packed, rows, np.arange(packed.num_tasks), ids, cfg, canvas, device, dtype)
+    preds = predict_tests(model, packed, rows, np.arange(packed.num_tasks), ids, cfg, canvas, device, dtype,
+                          (lambda n_inputs, n_views: bar.update(n_inputs)) if bar is not None else None)
     model.train(was_training)
+    if bar is not None:
+        bar.close()
     hits1 = hitsk = 0
+    cells = 0.0  # the truth's cells the first attempt gets right (none when its shape is wrong)
     for t, p in zip(rows, preds):
         truth = packed.grid(packed.test_out[t])
         ok = [a.shape == truth.shape and bool((a == truth).all()) for a in p.attempts]
         hits1 += bool(ok[:1] and ok[0])
         hitsk += any(ok)
+        if p.attempts and p.attempts[0].shape == truth.shape:
+            cells += float((p.attempts[0] == truth).mean())
     n = len(rows)
-    return {"pass@1": hits1 / n, f"pass@{cfg.top_k}": hitsk / n, "inputs": n,
+    return {"pass@1": hits1 / n, f"pass@{cfg.top_k}": hitsk / n, "token_accuracy": cells / n, "inputs": n,
             "mean_steps": float(np.mean([p.mean_steps for p in preds]))}

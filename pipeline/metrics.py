@@ -1,11 +1,14 @@
-"""Logging set-up and metric sinks: JSONL in the run folder, tensorboard when installed, a null sink on
-non-main ranks; and the loss/accuracy PNG drawn at the end of a run."""
+"""Logging set-up and metric sinks: JSONL in the run folder, tensorboard when installed, wandb in offline mode
+when asked (train.wandb_project), a null sink on non-main ranks; and the loss/accuracy PNG drawn at the end of a run."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def setup_logging(run_dir: Path | None, is_main: bool, level: int = logging.INFO) -> None:
@@ -26,9 +29,10 @@ class NullSink:
 
 
 class RunSink(NullSink):
-    """Appends {"step": N, "train/loss": ...} lines to metrics.jsonl; mirrors to tensorboard if available."""
+    """Appends {"step": N, "train/loss": ...} lines to metrics.jsonl; mirrors to tensorboard if available, and to
+    wandb when `wandb_project` is set."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, wandb_project: str = "", config: dict | None = None):
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / "metrics.jsonl"
         self.file = self.path.open("a")
@@ -38,6 +42,7 @@ class RunSink(NullSink):
             self.tb = SummaryWriter(str(run_dir / "tb"))
         except ImportError:
             self.tb = None
+        self.wandb = wandb_run(run_dir, wandb_project, config or {}) if wandb_project else None
 
     def log(self, step: int, metrics: dict) -> None:
         self.file.write(json.dumps({"step": step, **metrics}) + "\n")
@@ -46,11 +51,27 @@ class RunSink(NullSink):
             for k, v in metrics.items():
                 if isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
     def close(self) -> None:
         self.file.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def wandb_run(run_dir: Path, project: str, config: dict):
+    """An offline wandb run in RUN/wandb, as the official code logs (upload later with `wandb sync RUN/wandb/
+    offline-run-*`). wandb is optional: imported only here, when train.wandb_project asks for it (build_run
+    refuses such a run, before building anything, when the package is missing). One wandb id per run folder, so a resumed run
+    continues the same wandb run."""
+    import wandb  # optional dependency
+
+    run_id = f"{run_dir.name}-{hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:8]}"
+    return wandb.init(project=project, dir=str(run_dir), mode="offline", config=config, name=run_dir.name,
+                      id=run_id, resume="allow")
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -62,7 +83,11 @@ def plot_curves(run_dir: Path, prefix: str = "train") -> Path | None:
     rows = read_metrics(run_dir / "metrics.jsonl")
     if not rows:
         return None
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # an image without it (a lent GPU machine): the numbers stay in metrics.jsonl
+        log.warning("matplotlib is not installed: %s not drawn", run_dir / "curves.png")
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.official_build import BLANK, parse_name
 from pipeline.sampler import PerAugmentationIds
-from pipeline.tasks import DataError, read_json
+from pipeline.tasks import DataError
 
 _RENAMES = [
     (r"^inner\.H_init$", "y_init"),
@@ -98,9 +99,6 @@ def load_official_into(model: torch.nn.Module, official: dict[str, torch.Tensor]
     model.load_state_dict(ours, strict=True)
 
 
-SEPARATOR, BLANK = "|||", "<blank>"
-
-
 @dataclass
 class OfficialIds:
     """An official id table in our terms: the tasks in official order, our id table (each task's original
@@ -108,31 +106,6 @@ class OfficialIds:
     task_ids: list[str]
     ids: PerAugmentationIds
     rows: np.ndarray
-
-
-def read_identifiers(path: str | Path) -> list[str]:
-    """The official build's identifiers.json (given itself or its dataset folder): index = official id."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "identifiers.json"
-    if not path.is_file():
-        raise DataError(f"{path}: not found (give the official dataset folder or its identifiers.json)")
-    names = read_json(path)
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not names or names[0] != BLANK:
-        raise DataError(f"{path}: expected a JSON list of puzzle names starting with '{BLANK}'")
-    return names
-
-
-def _parse_name(name: str, official_id: int) -> tuple[str, int, np.ndarray | None]:
-    """(task, dihedral, colour map or None for the original) of one official puzzle name."""
-    if SEPARATOR not in name:
-        return name, 0, None
-    parts = name.rsplit(SEPARATOR, 2)
-    if len(parts) != 3 or not re.fullmatch(r"t[0-7]", parts[1]) or not re.fullmatch(r"\d{10}", parts[2]) \
-            or sorted(parts[2]) != list("0123456789"):
-        raise DataError(f"official puzzle id {official_id} '{name}': expected TASK|||tD|||PERM "
-                        "(D in 0..7, PERM a permutation of the digits 0-9)")
-    return parts[0], int(parts[1][1:]), np.array([int(c) for c in parts[2]], dtype=np.uint8)
 
 
 def official_id_table(names: list[str]) -> OfficialIds:
@@ -145,7 +118,7 @@ def official_id_table(names: list[str]) -> OfficialIds:
         if name in seen:
             raise DataError(f"official puzzle id {i} '{name}': the name appears twice")
         seen.add(name)
-        task, d, perm = _parse_name(name, i)
+        task, d, perm = parse_name(name, i)
         versions.setdefault(task, []).append((i, d, perm))
     dihedral, perms, rows, counts = [], [], [0], []
     for task, vs in versions.items():

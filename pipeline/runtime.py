@@ -1,14 +1,22 @@
 """The one place that decides device, dtype, rank and world size, seeds RNGs and starts/stops the process
 group (only under torchrun), and the device policy every stage follows: autocast, whether to
-torch.compile, and synchronising for timings. Library code receives a Runtime and never names a device."""
+torch.compile, and synchronising for timings. Library code receives a Runtime and never names a device.
+`break_group` is how a rank that failed under torchrun takes the group down so that no other rank waits on it."""
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
+# Imported before any process group exists, on purpose: its functions take `group=group.WORLD` as a default
+# argument, evaluated at import. Imported later (torch._dynamo imports it, and the first optimiser or DDP
+# imports torch._dynamo), they would hold the default group forever: destroy_process_group would leave its
+# gloo threads running, and tearing them down at interpreter exit aborted a torchrun rank now and then
+# ("terminate called without an active exception", after a valid submission was written).
+import torch.distributed.nn.functional  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,10 @@ def autodetect_device(requested: str = "auto") -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def init_runtime(device: str = "auto", dtype: str = "auto", seed: int = 0, backend: str | None = None) -> Runtime:
+def init_runtime(device: str = "auto", dtype: str = "auto", seed: int = 0, backend: str | None = None,
+                 timeout_s: float | None = None) -> Runtime:
+    """`timeout_s`: how long a collective may wait for the other ranks before it fails (None: torch's default,
+    10 min for NCCL, 30 min for gloo)."""
     rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
     dev = autodetect_device(device)
     if dev.type == "cuda":
@@ -77,7 +88,8 @@ def init_runtime(device: str = "auto", dtype: str = "auto", seed: int = 0, backe
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend=backend or ("nccl" if dev.type == "cuda" else "gloo"))
+        dist.init_process_group(backend=backend or ("nccl" if dev.type == "cuda" else "gloo"),
+                                timeout=datetime.timedelta(seconds=timeout_s) if timeout_s else None)
     resolved = {"auto": torch.bfloat16 if dev.type == "cuda" else torch.float32,
                 "float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     torch.manual_seed(seed)
@@ -102,5 +114,25 @@ def ensure_process_group(rt: Runtime) -> None:
 
 
 def shutdown_runtime() -> None:
+    """Destroy the process group (its threads end with it; see the import of torch.distributed.nn.functional)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+FAILED_KEY = "trm/failed/{rank}"
+
+
+def break_group(rt: Runtime, what: str) -> dict[int, str]:
+    """After an exception on this rank under torchrun: publish `what` (which stage failed and why) in the
+    group's store, then take the process group down, so that a rank waiting for this one in a collective
+    fails at once (gloo: its connection closes; NCCL: at the group's timeout) instead of hanging. Returns
+    what every rank has published so far (rank -> what): a rank publishes before its group goes down, so
+    the failure that broke the group is there. No collective works afterwards; the caller goes on alone."""
+    store = dist.distributed_c10d._get_default_store()
+    store.set(FAILED_KEY.format(rank=rt.rank), what)
+    if dist.get_backend() == "nccl":
+        dist.distributed_c10d._abort_process_group()
+    else:
+        dist.destroy_process_group()
+    keys = {r: FAILED_KEY.format(rank=r) for r in range(rt.world_size)}
+    return {r: store.get(k).decode() for r, k in keys.items() if store.check([k])}

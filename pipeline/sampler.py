@@ -52,7 +52,8 @@ class DataConfig:
     """K for `per_augmentation`: each task gets its original plus up to K distinct augmentations, so up to K+1
     ids (as the official build's num_aug; fewer for tasks with symmetry or few colours)."""
     eval_inputs: int = 64
-    """Held-out test inputs used by the periodic evaluation during training (0 = all)."""
+    """Held-out test inputs used by the periodic evaluation during training (0 = all, -1 = none: no held-out
+    evaluation at all, also not at the end of the run). At ARC size on CPU each input costs minutes."""
     eval_views: int = 8
     """Augmented views per held-out input in the periodic evaluation."""
 
@@ -63,6 +64,8 @@ class DataConfig:
             raise ValueError("data.augs_per_task must be >= 0")
         if not self.sources:
             raise ValueError("data.sources must name at least one source")
+        if self.eval_inputs < -1:
+            raise ValueError("data.eval_inputs must be >= -1 (0 = all, -1 = no held-out evaluation)")
         if self.max_offset < 0 or self.bucket_steps < 0 or self.size_buckets < 1:
             raise ValueError("data.max_offset and data.bucket_steps must be >= 0, data.size_buckets >= 1")
 

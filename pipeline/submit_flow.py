@@ -15,6 +15,13 @@ Under torchrun every rank runs this: TTT is one DDP run (batches sliced by rank 
 result does not depend on the number of processes), prediction is sharded over the ranks and gathered, and
 only rank 0 writes. Per-task TTT (`stages.ttt --per-task`) is not used here: the joint run is the recipe that
 fits a 12 h Kaggle budget.
+
+A rank that fails under torchrun never leaves the others waiting: in calibration or TTT (collective at every
+step) it publishes why and takes the process group down (pipeline.runtime.break_group), every other rank's
+next collective fails at once (gloo; NCCL at the group's timeout, `collective_timeout_s`), the ranks other
+than 0 stop (exit 0, so that torchrun lets rank 0 finish) and rank 0 predicts alone with the latest complete
+checkpoint; in prediction the failing rank's inputs fall back (pipeline.hidden). The summary names each
+failed rank and why (`failed_ranks`).
 """
 from __future__ import annotations
 
@@ -31,8 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.budget import (Calibration, Plan, Policy, calibrate_predict, calibrate_ttt, chunk_inputs, deadlines,
-                             free_memory, make_plan, slowest, views_that_fit)
+from pipeline.budget import (Calibration, Plan, Policy, calibrate_predict, calibrate_ttt, chunk_inputs,
+                             collective_timeout_s, deadlines, free_memory, make_plan, margin_for, slowest,
+                             views_that_fit)
 from pipeline.checkpoint import CheckpointError, load_for_prediction, resolve_checkpoint
 from pipeline.computation import describe
 from pipeline.dataset import canvas_problem
@@ -40,7 +48,7 @@ from pipeline.hidden import MODEL_ERRORS, details_of, load_challenges, predict_c
 from pipeline.infer import model_batch
 from pipeline.kaggle_input import count_inputs
 from pipeline.metrics import setup_logging
-from pipeline.runtime import Runtime, init_runtime, shutdown_runtime
+from pipeline.runtime import Runtime, break_group, init_runtime, shutdown_runtime
 from pipeline.tasks import DataError, write_json_atomic
 from pipeline.train import Stop
 from pipeline.ttt import run_ttt, ttt_config, ttt_departures
@@ -111,7 +119,7 @@ def heartbeat(total: int, every_s: float):
 
 def run_submit(job: SubmitJob) -> int:
     seed_everything(job.seed, job.deterministic)
-    rt = init_runtime(job.device, "auto", job.seed)
+    rt = init_runtime(job.device, "auto", job.seed, timeout_s=collective_timeout_s(job.budget_s))
     try:
         setup_logging(None, rt.is_main)
         return _flow(job, rt)
@@ -119,8 +127,31 @@ def run_submit(job: SubmitJob) -> int:
         shutdown_runtime()
 
 
+class GroupBroken(Exception):
+    """This rank's part of the flow ends here: the process group broke and rank 0 finishes alone."""
+
+
+def _break(rt: Runtime, stage: str, e: Exception, failed: dict[int, str]) -> Runtime:
+    """After `e` in a collective stage under torchrun: take the group down (pipeline.runtime.break_group),
+    record every rank's failure in `failed`; rank 0 goes on as a single process, the others stop."""
+    failed.update(break_group(rt, f"{stage}: {type(e).__name__}: {e}"))
+    if not rt.is_main:
+        log.error("rank %d stops: the process group broke (%s); rank 0 finishes alone", rt.rank, failed)
+        raise GroupBroken
+    log.error("the process group broke (%s): rank 0 goes on alone, without TTT after this point", failed)
+    return dataclasses.replace(rt, world_size=1)
+
+
 def _flow(job: SubmitJob, rt: Runtime) -> int:
+    try:
+        return _stages(job, rt)
+    except GroupBroken:
+        return 0  # rank 0 writes the submission; torchrun must not stop it for this rank's exit
+
+
+def _stages(job: SubmitJob, rt: Runtime) -> int:
     seconds: dict[str, float] = {}
+    failed: dict[int, str] = {}
     raw, res = load_challenges(job.challenges)
     run_dir = ttt_folder(job)
     overrides = [*job.overrides, f"train.progress={str(job.progress).lower()}", f"seed={job.seed}"]
@@ -146,10 +177,15 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
     try:
         cal.ttt_startup_s, cal.ttt_step_s, cal.ttt_save_s = calibrate_ttt(cfg, rt, res.tasks,
                                                                           job.work_dir / "calibration")
-    except TTT_ERRORS as e:
+    except Exception as e:
+        if not rt.distributed and not isinstance(e, TTT_ERRORS):
+            raise
         cal.ttt_error = str(e)
         log.error("TTT cannot run (%s): the pretrained model predicts", e)
         free_memory(rt)
+        if rt.distributed:  # a rank may have failed inside a collective: the group cannot go on
+            rt = _break(rt, "calibration", e, failed)
+            cal.inputs_per_rank = n_inputs
     crop = [f"model.crop={str(cfg.model.crop).lower()}"]  # as the TTT run computes, also for the pretrained model
     if fits:
         loaded = load_for_prediction(job.checkpoint, rt.device, overrides=crop)
@@ -177,6 +213,10 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
         log.info("plan: %d TTT steps, %d views per test input (%s); seconds: setup %.0f, TTT %.0f, predict %.0f, "
                  "write %.0f, margin %.0f of the %.0f s budget", plan.ttt_steps, plan.views, plan.why, s["setup"],
                  s["ttt"], s["predict"], s["write"], s["margin"], job.budget_s)
+        if margin_for(plan) > job.policy.margin:
+            log.warning("prediction takes %.0f%% of the budget: a calibration as optimistic as the 90th percentile "
+                        "measured under load would cut inputs off; --margin %.2f covers it",
+                        100 * s["predict"] / job.budget_s, margin_for(plan))
         _write_plan(job, plan, cal, seconds, {}, found)
 
     # -- TTT (stopped at a step boundary at its deadline; the latest checkpoint is the best so far) --------------
@@ -197,9 +237,15 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
         except Exception as e:  # whatever else went wrong, what TTT saved (or the pretrained model) still predicts
             log.exception("TTT failed (%s): prediction uses its latest checkpoint, if any, else the pretrained model",
                           e)
-            ttt_info["error"] = str(e)
+            ttt_info.update(error=str(e), stopped="error")
+            if rt.distributed:
+                rt = _break(rt, "ttt", e, failed)
+                cal = dataclasses.replace(cal, inputs_per_rank=n_inputs)
         try:
-            model_path = str(resolve_checkpoint(run_dir)) if run_dir else model_path
+            if run_dir:
+                model_path = str(resolve_checkpoint(run_dir))
+                if ttt_info["stopped"] == "error":  # the steps the predicting checkpoint has
+                    ttt_info["steps"] = json.loads((Path(model_path) / "meta.json").read_text())["step"]
         except CheckpointError:
             log.error("TTT left no checkpoint: the pretrained model predicts")
         seconds["ttt"] = time.time() - t0
@@ -222,9 +268,17 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
         try:
             # the crop calibrated, also when the pretrained model predicts because TTT failed
             loaded = load_for_prediction(model_path, rt.device, overrides=crop)
-            hidden = predict_challenges(loaded, res, pcfg, rt, dl.predict_deadline(chunk_s),
-                                        show_progress=job.progress)
-        except Exception as e:  # model errors are handled task by task inside; this is anything else
+        except Exception as e:
+            log.exception("loading %s for prediction failed (%s): the fallback submission stays", model_path, e)
+            if rt.distributed:  # the others' gather would wait for this rank
+                rt = _break(rt, "predict", e, failed)
+            loaded = None
+        try:
+            if loaded is not None:  # model errors are handled task by task inside, a failing rank at the gather
+                hidden = predict_challenges(loaded, res, pcfg, rt, dl.predict_deadline(chunk_s),
+                                            show_progress=job.progress)
+                failed.update(hidden.failed_ranks)
+        except Exception as e:  # anything else, in one process: what is on disk stays
             log.exception("prediction failed (%s): the fallback submission stays", e)
         seconds["predict"] = time.time() - t0
 
@@ -244,7 +298,7 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
         summary = {"submission": str(job.out), "tasks": tasks, "test_inputs": inputs, "predicted": predicted,
                    "ttt_steps": ttt_info["steps"], "ttt_stopped": ttt_info["stopped"], "views": views,
                    "model": str(model_path), "seconds": {k: round(v, 1) for k, v in seconds.items()},
-                   "budget_s": job.budget_s}
+                   "budget_s": job.budget_s, "failed_ranks": {str(r): why for r, why in sorted(failed.items())}}
         _write_plan(job, plan, cal, seconds, summary, found)
         log.info("seconds per stage: %s (budget %.0f)", ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()),
                  job.budget_s)

@@ -41,6 +41,9 @@ class Task:
     train_on_test: bool = True
     """Whether test pairs may be used for training (False for evaluation sets: demonstrations only)."""
     extra: dict = field(default_factory=dict)
+    source_spec: str = ""
+    """The source spec that loaded it (`arc:evaluation2#demos`, `pairs:DIR`; pipeline/sources.py): groups the
+    per-source held-out metrics. Empty for tasks made in code."""
 
     def to_json(self, with_outputs: bool = False) -> dict:
         test = [{"input": g.tolist()} for g in self.test_inputs]
@@ -108,6 +111,20 @@ def task_problems(task_id: str, obj, solutions=None) -> list[str]:
             out.append(f"solutions: {n} grids for {len(test)} test inputs")
         else:
             out += [p for k, s in enumerate(solutions) if (p := grid_problem(s, f"solutions[{k}]"))]
+    return out
+
+
+def pair_list_problems(obj) -> list[str]:
+    """Why a pair-list puzzle (a JSON list of {"input", "output"} pairs: NVARC, re-arc) is invalid; empty if valid."""
+    if not isinstance(obj, list) or not obj:
+        return ["expected a non-empty JSON list of {\"input\", \"output\"} pairs"]
+    out: list[str] = []
+    for k, pair in enumerate(obj):
+        if not isinstance(pair, dict) or "input" not in pair or "output" not in pair:
+            out.append(f"pair[{k}]: needs both 'input' and 'output'")
+            continue
+        out += [p for p in (grid_problem(pair["input"], f"pair[{k}].input"),
+                            grid_problem(pair["output"], f"pair[{k}].output")) if p]
     return out
 
 

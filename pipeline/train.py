@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -93,6 +93,9 @@ class TrainConfig:
     folder has no checkpoint of its own (resume wins). A different puzzle table size re-initialises it
     to the mean row, as TRM does for new tasks."""
     progress: bool = True
+    wandb_project: str = ""
+    """Also log the metrics to wandb, offline (RUN/wandb; `wandb sync` uploads them), under this project; empty = off.
+    wandb is optional: build_run refuses a run that asks for it without the package. TTT runs start with it off."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.global_batch < 1:
@@ -217,7 +220,7 @@ class Trainer:
         barrier = (lambda: dist.barrier()) if rt.distributed else (lambda: None)
         self.ckpt = Checkpointer(self.run_dir, c.keep_last, rt.rank, barrier)
         self.step, self.carry, self.best_metric = 0, None, None
-        self.sink = RunSink(self.run_dir) if rt.is_main else NullSink()
+        self.sink = RunSink(self.run_dir, c.wandb_project, asdict(cfg)) if rt.is_main else NullSink()
 
     def _build_optimizer(self):
         c = self.cfg

@@ -54,6 +54,7 @@ def ttt_config(checkpoint: str | Path, preset: str | Path | list | None, overrid
         base_dict["data"]["sources"] = [s if s.endswith("#demos") else s + "#demos" for s in sources]
     if base_dict["train"]["engine"] == "deepspeed":  # the TTT table is small: DDP, and every mode runs there
         base_dict["train"]["engine"] = "ddp"
+    base_dict["train"]["wandb_project"] = ""  # pretraining's tracker is not TTT's (Kaggle has no wandb): --set it
     forced = [f"run_dir={run_dir}", f"train.init_from={ckpt}"]
     return load_config(preset, [*overrides, *forced], base=base_dict)
 

@@ -27,7 +27,8 @@ from pipeline.checkpoint import write_weights_checkpoint
 from pipeline.config import dump_config, load_config
 from pipeline.model import TRM
 from pipeline.official import (OfficialImportError, config_overrides, load_official_into, official_id_table,
-                               read_identifiers, read_official)
+                               read_official)
+from pipeline.official_build import read_identifiers
 from pipeline.sampler import PerTaskIds
 from pipeline.tasks import DataError
 from stages._cli import run

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 from pipeline.checkpoint import git_sha, resolve_checkpoint
@@ -40,6 +41,8 @@ def parse_args(argv=None):
     b.add_argument("--machine-shape", default=None,
                    help="kernel-metadata machine_shape (kaggle documents NvidiaTeslaT4, NvidiaTeslaP100, Tpu1VmV38; "
                         "no L4 value: choose GPU L4 x4 in the notebook editor)")
+    b.add_argument("--submit-args", default="", help="more stages.submit options for the notebook's run, one string "
+                   "(e.g. '--ttt-config configs/ttt_nvarc.yaml'; see python -m stages.submit --help)")
     s = sub.add_parser("push", help="create or version the datasets, then push the notebook")
     s.add_argument("dir", help="a folder written by `build`")
     s.add_argument("--dry-run", action="store_true", help="print what would be uploaded and where, upload nothing")
@@ -50,7 +53,8 @@ def parse_args(argv=None):
 def build(args) -> int:
     owner = args.owner or configured_username() or PLACEHOLDER_OWNER
     names = KaggleNames(owner, args.code_slug, args.weights_slug, args.wheels_slug, args.kernel_slug, args.competition)
-    settings = BuildSettings(names, args.budget_s, not args.no_wheels, args.python_version, args.machine_shape)
+    settings = BuildSettings(names, args.budget_s, not args.no_wheels, args.python_version, args.machine_shape,
+                             shlex.split(args.submit_args))
     written = build_all(args.out, resolve_checkpoint(args.checkpoint), settings, git_sha())
     if owner == PLACEHOLDER_OWNER:
         print(f"warning: owner is the placeholder {PLACEHOLDER_OWNER}; rebuild with --owner before pushing",

@@ -6,7 +6,8 @@
     make pretrain CONFIG=configs/arc2_4xh100.yaml NPROC=4                     # the same via make
 
 Overrides: `--set train.steps=100 model.hidden=128`. A restarted run resumes from the latest complete
-checkpoint in its run folder. `train.engine=deepspeed` uses a DeepSpeed ZeRO engine instead of DDP.
+checkpoint in its run folder. Rank 0 first records the canonical hashes of every trained pair in
+RUN/trained_pairs.npz (pipeline/overlap.py), which `make score` checks the scored tasks against. `train.engine=deepspeed` uses a DeepSpeed ZeRO engine instead of DDP.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from pipeline.build import build_run
 from pipeline.config import dump_config, load_config
 from pipeline.metrics import setup_logging
+from pipeline.overlap import record_trained_pairs
 from pipeline.runtime import init_runtime, shutdown_runtime
 from pipeline.train import wall_clock_stop
 from stages._cli import run
@@ -41,7 +43,10 @@ def main(argv=None) -> int:
         setup_logging(Path(cfg.run_dir), rt.is_main)
         log.info("config:\n%s", dump_config(cfg))
         log.info("runtime: %s", rt)
-        result = build_run(cfg, rt).trainer.fit(wall_clock_stop(args.max_minutes))
+        run = build_run(cfg, rt)
+        if rt.is_main:  # what this run trains on, for `make score`'s contamination check (pipeline/overlap.py)
+            record_trained_pairs(Path(cfg.run_dir), run.data.packed, cfg.data.sources, cfg.train.init_from)
+        result = run.trainer.fit(wall_clock_stop(args.max_minutes))
         log.info("done: %s", result)
     finally:
         shutdown_runtime()

@@ -1,14 +1,20 @@
 """Score a submission the way ARC Prize does, with an optional report.
 
     python -m stages.score --solutions FILE --submission FILE [--report DIR] [--run RUN_DIR]
-                           [--compare OTHER_SUBMISSION] [--challenges FILE]
+                           [--compare OTHER_SUBMISSION] [--challenges FILE] [--checkpoint CK]
 
 A test input is correct if either attempt equals its solution exactly; a task scores the mean over its
 test inputs; the score is the mean over tasks. The last stdout line is JSON (score, tasks, solved_tasks,
-and with --compare the other submission's score and the tasks gained and lost).
+per_task: task, tests, correct, score and which attempt hit; with --compare the other submission's score and
+the tasks gained and lost).
 `--report DIR` writes index.html (summary, sortable per-task table with attempt-vs-truth pictures, the
 run's training curves with --run, the comparison with --compare), one page per task and tasks.csv/parquet
 (submission/report.py).
+`--checkpoint CK` (what `make score` passes: the pretrained checkpoint) checks the scored tasks against what CK
+trained on, after the score: a warning when their test pairs occur in its training data, also augmented
+(pipeline/overlap.py: the canonical pair hashes its pretraining recorded, its warm start's included, else its
+sources re-read now). A part that cannot be checked gives a 'contamination NOT checked' warning; a check that
+fails altogether gives one 'warning: contamination check not run: ...' line. Neither changes the exit code.
 """
 from __future__ import annotations
 
@@ -17,11 +23,12 @@ import json
 import sys
 from pathlib import Path
 
-import polars as pl
-
+from pipeline.checkpoint import read_task_table
+from pipeline.overlap import scored_set_overlap
+from pipeline.sources import load_kaggle
 from pipeline.tasks import DataError, read_json
 from stages._cli import run
-from submission.report import compare, score_submission, summary, write_report
+from submission.report import compare, pl, score_submission, summary, write_report
 
 
 def parse_args(argv=None):
@@ -33,7 +40,11 @@ def parse_args(argv=None):
     p.add_argument("--run", default=None, help="training run folder: its curves.png goes next to the summary")
     p.add_argument("--compare", default=None, metavar="OTHER_SUBMISSION",
                    help="another submission on the same tasks (e.g. without TTT): which tasks changed")
-    return p.parse_args(argv)
+    p.add_argument("--checkpoint", default=None, help="warn when the scored tasks' test pairs are in its training data")
+    args = p.parse_args(argv)
+    if args.report and pl is None:
+        p.error("--report needs polars, which is not installed here (the score itself does not)")
+    return args
 
 
 def read_object(path: str, what: str) -> dict:
@@ -55,20 +66,38 @@ def curves_of(run_dir: str) -> Path | None:
     return folder / "curves.png" if (folder / "curves.png").exists() else None
 
 
+def overlap_check(ckpt: str, solutions_path: str, challenges_path: Path, solutions: dict) -> dict:
+    """Print the contamination check of the scored tasks against the checkpoint's training data (stderr). It is
+    advisory: whatever goes wrong in it (a bad checkpoint path, unreadable or huge sources, a damaged record)
+    becomes one warning line, never a lost score."""
+    try:
+        task_ids = read_task_table(ckpt)[0]
+        scored = load_kaggle(challenges_path, Path(solutions_path), train_on_test=False).pack() \
+            if challenges_path.exists() else None
+        lines, summary = scored_set_overlap(ckpt, scored, list(solutions), task_ids)
+    except Exception as e:  # advisory: any failure is reported as such, never fatal to the score printed before it
+        lines, summary = [f"warning: contamination check not run: {type(e).__name__}: {e}"], \
+            {"checked": "no", "error": f"{type(e).__name__}: {e}"}
+    for line in lines:
+        print(line, file=sys.stderr)
+    return summary
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     solutions = read_object(args.solutions, "solutions")
     submission = read_object(args.submission, "submission")
     rows = score_submission(solutions, submission)
-    result = summary(rows)
+    result = {**summary(rows), "per_task": rows}
     comparison = None
     if args.compare:
         comparison = compare(rows, score_submission(solutions, read_object(args.compare, "submission to compare")))
         comparison["other_name"] = args.compare
         result.update({"other_score": comparison["other_score"], "gained": [t for t, _, _ in comparison["gained"]],
                        "lost": [t for t, _, _ in comparison["lost"]]})
+    ch_path = Path(args.challenges or str(args.solutions).replace("_solutions.json", "_challenges.json"))
+    print(f"score {result['score']:.4f} ({result['solved_tasks']}/{result['tasks']} tasks solved)", file=sys.stderr)
     if args.report:
-        ch_path = Path(args.challenges or str(args.solutions).replace("_solutions.json", "_challenges.json"))
         challenges = read_json(ch_path) if ch_path.exists() else None
         det_path = Path(str(args.submission) + ".details.json")
         details = read_json(det_path) if det_path.exists() else {}
@@ -83,7 +112,8 @@ def main(argv=None) -> int:
     if comparison is not None:
         print(f"vs {args.compare}: {comparison['other_score']:.4f} -> {result['score']:.4f}, "
               f"{len(comparison['gained'])} tasks gained, {len(comparison['lost'])} lost", file=sys.stderr)
-    print(f"score {result['score']:.4f} ({result['solved_tasks']}/{result['tasks']} tasks solved)", file=sys.stderr)
+    if args.checkpoint:  # last, after the score and the report: it is advisory
+        result["overlap"] = overlap_check(args.checkpoint, args.solutions, ch_path, solutions)
     print(json.dumps(result))
     return 0
 

@@ -22,7 +22,9 @@
 
 Exit status: 0 when a valid submission was written, even if a stage fell back (the summary says which);
 2 for bad input (no test file, unreadable JSON, bad checkpoint or config: one line; whatever was written
-before, the fallback at least, stays valid).
+before, the fallback at least, stays valid). Under torchrun a rank that fails takes the process group down
+and rank 0 finishes alone (the others exit 0 so that torchrun lets it), and the summary's `failed_ranks`
+says which rank failed and why (pipeline/submit_flow.py).
 
 Determinism: Python's hash seed is fixed by re-executing with PYTHONHASHSEED=0 (unless already 0), every
 generator is seeded (--seed), views depend only on (seed, test input) and TTT batches on (seed, step), so a
@@ -138,7 +140,8 @@ def main(argv=None, early=None) -> int:
     return run_submit(job)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m stages.submit`: the re-exec, the fallback before torch, then the flow."""
     reexec_with_fixed_hash_seed()
     from pipeline.tasks import DataError
 
@@ -148,3 +151,7 @@ if __name__ == "__main__":
         fail(e)
 
     run(lambda argv: main(argv, early))
+
+
+if __name__ == "__main__":
+    cli()

@@ -13,11 +13,15 @@ from stages._cli import run
 from submission.format import submission_problems
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--challenges", required=True)
     p.add_argument("--submission", required=True)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     problems = submission_problems(read_json(args.challenges), read_json(args.submission))
     for line in problems:
         print(line, file=sys.stderr)

@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import nbformat
@@ -123,6 +123,8 @@ class BuildSettings:
     wheels: bool = True
     python_version: str = f"{sys.version_info.major}.{sys.version_info.minor}"  # the Kaggle image's, for wheels
     machine_shape: str | None = None  # kaggle's metadata field; it documents no L4 value (pick L4 in the editor)
+    submit_args: list[str] = field(default_factory=list)
+    """More `stages.submit` options for the notebook's run (a TTT preset, pinned steps...)."""
 
 
 def _reset(folder: Path) -> Path:
@@ -215,6 +217,7 @@ def build_notebook(folder: Path, settings: BuildSettings, git: str) -> Path:
     _reset(folder)
     build = {"code": names.ref(names.code), "weights": names.ref(names.weights),
              "wheels": names.ref(names.wheels) if settings.wheels else None, "budget_s": settings.budget_s,
+             "submit_args": settings.submit_args,
              "competition": names.competition, "git": git, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     nb = nbformat.v4.new_notebook(cells=notebook_cells(build))
     # "kaggle" holds the editor's own settings keys as seen in notebooks pulled from Kaggle (the accelerator is

@@ -113,7 +113,7 @@ print(f"{GPUS} GPU(s), torch {TORCH} (from the image); "
 reserve = min(120.0, max(30.0, 0.1 * BUDGET_S))  # a little grace for stages.submit, the rest for validation
 budget = max(1, int(BUDGET_S - (time.time() - T0) - reserve))
 submit = ["-m", "stages.submit", "--checkpoint", str(WEIGHTS), "--kaggle-root", str(INPUT), "--out", str(SUBMISSION),
-          "--budget-s", str(budget), "--device", "cuda" if GPUS else "cpu"]
+          "--budget-s", str(budget), "--device", "cuda" if GPUS else "cpu", *BUILD["submit_args"]]
 if GPUS > 1:
     submit = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={GPUS}", *submit]
 print("running", " ".join(submit))

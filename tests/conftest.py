@@ -1,4 +1,8 @@
-"""Shared fixtures. Tests run from the repo root so that our `pipeline`/`kernels` packages win."""
+"""Shared fixtures. Tests run from the repo root so that our `pipeline`/`kernels` packages win.
+
+Tests that read `../shared` (ARC data, the official fixtures) carry `needs_shared(path)`: in a developer's loop a
+missing path skips them; in CI (`CI=true`, which .ci/run exports) it fails them, so a CI without `../shared` can
+never pass having tested none of the official-equality claims."""
 import os
 import subprocess
 import sys
@@ -13,8 +17,25 @@ FIXTURE = SHARED / "fixtures" / "trm_official_tiny"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-needs_shared_arc = pytest.mark.skipif(not ARC.is_dir(), reason="../shared/arc is absent (CI always has it)")
-needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason="../shared/fixtures/trm_official_tiny is absent")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def needs_shared(path: Path):
+    """Mark a test that reads `path` under ../shared (see the module docstring)."""
+    return pytest.mark.needs_shared(path=path)
+
+
+needs_shared_arc = needs_shared(ARC)
+needs_fixture = needs_shared(FIXTURE)
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("needs_shared"):
+        path = mark.kwargs["path"]
+        if not path.exists():
+            if IN_CI:
+                pytest.fail(f"{path} is absent: CI (CI=true) must run with ../shared beside the checkout", pytrace=False)
+            pytest.skip(f"{path} is absent (CI fails here instead)")
 
 
 @pytest.fixture(scope="session")

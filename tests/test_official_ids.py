@@ -2,6 +2,7 @@
 and our views of its evaluation test inputs are the official build's test rows with the same puzzle ids.
 
 `../shared/fixtures/official_build_mini` is a real official build (five tasks, 8 augmentations each)."""
+import json
 import subprocess
 import sys
 
@@ -10,15 +11,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import FIXTURE, ROOT, SHARED
+from conftest import FIXTURE, ROOT, SHARED, needs_shared
 from pipeline.infer import make_views
-from pipeline.official import official_id_table, read_identifiers, read_official
+from pipeline.official import official_id_table, read_official
+from pipeline.official_build import read_identifiers
 from pipeline.sampler import encode, pack_tasks
 from pipeline.sources import load_source
 from pipeline.tasks import DataError
 
 BUILD = SHARED / "fixtures" / "official_build_mini"
-pytestmark = pytest.mark.skipif(not BUILD.is_dir() or not FIXTURE.is_dir(), reason="../shared/fixtures is absent")
+pytestmark = [needs_shared(BUILD), needs_shared(FIXTURE)]
 ORDER = ["007bbfb7", "00d62c1b", "017c7c7b", "00576224", "009d5c81"]
 
 
@@ -127,3 +129,30 @@ def test_official_import_with_its_dataset_keeps_every_puzzle_row(tmp_path):
     r = _import(tmp_path, FIXTURE / "weights.safetensors", "--dataset", str(BUILD))  # another build's table
     assert r.returncode == 2 and "46 puzzle ids, but the checkpoint's puzzle table has" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_an_official_pt_with_its_prefixes_and_ids_in_another_order_keeps_every_row(tmp_path):
+    """The `.pt` path as official training saves it (every key under `_orig_mod.model.`: torch.compile and the
+    loss head) with an identifiers.json whose order is not the builder's: each of our ids gets the embedding
+    the checkpoint holds for the official name it maps to, looked up by name."""
+    official = read_official(FIXTURE / "weights.safetensors")
+    by_name = torch.randn(46, official["inner.puzzle_emb.weights"].shape[1], generator=torch.Generator().manual_seed(1))
+    by_name[0] = 0
+    names = read_identifiers(BUILD)
+    order = np.concatenate([[0], 1 + np.random.default_rng(1).permutation(len(names) - 1)])
+    shuffled = [names[i] for i in order]  # official row j of this build is names[order[j]]
+    official["inner.puzzle_emb.weights"] = by_name[order]
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "identifiers.json").write_text(json.dumps(shuffled))
+    torch.save({f"_orig_mod.model.{k}": v for k, v in official.items()}, tmp_path / "step_1000.pt")
+    r = _import(tmp_path, tmp_path / "step_1000.pt", "--dataset", str(tmp_path / "build"))
+    assert r.returncode == 0, r.stderr
+    from pipeline.checkpoint import load_for_prediction
+
+    loaded, table = load_for_prediction(tmp_path), official_id_table(shuffled)
+    assert (table.rows != np.arange(46)).any()  # the row order is not the identity here
+    for key, want in table.ids.state_dict().items():
+        np.testing.assert_array_equal(loaded.ids.state_dict()[key], want)
+    for ours in range(1, 46):
+        want = by_name[names.index(shuffled[table.rows[ours]])]
+        torch.testing.assert_close(loaded.model.puzzle_emb[ours], want, msg=f"our id {ours}")

@@ -35,17 +35,21 @@ def files_written(tmp_path, ids, sub, other=None, details=None, run=None):
 
 
 def test_task_ids_never_write_outside_the_report_folder(tmp_path):
+    """Every file the report writes is inside its folder, each task page directly in its tasks/ folder; the
+    hostile ids include an absolute path inside tmp_path, so a naive join would write where this test looks."""
+    ids = [*HOSTILE, str(tmp_path / "abs_escape")]
     sub = {t: [{"attempt_1": [[k % 10]], "attempt_2": [[0]]}, {"attempt_1": [[0]], "attempt_2": [[0]]}]
-           for k, t in enumerate(HOSTILE)}
-    result, _ = files_written(tmp_path, HOSTILE, sub)
-    assert result["tasks"] == len(HOSTILE)
-    written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
-    outside = {p for p in written if not p.startswith("rep/report/")} - {"x_solutions.json", "x_challenges.json", "s.json"}
-    assert outside == set()
-    pages = sorted((tmp_path / "rep" / "report" / "tasks").iterdir())
-    assert len(pages) == len(HOSTILE)  # one page each: sanitised names never collide
-    assert (tmp_path / "rep" / "report" / "tasks" / "ok_id.html").exists()  # a plain id keeps its name
-    assert not (tmp_path / "rep" / "escape.html").exists() and not (tmp_path / "rep" / "report" / "a").exists()
+           for k, t in enumerate(ids)}
+    result, _ = files_written(tmp_path, ids, sub)
+    assert result["tasks"] == len(ids)
+    report = tmp_path / "rep" / "report"
+    inputs = {tmp_path / n for n in ("x_solutions.json", "x_challenges.json", "s.json")}
+    written = {p for p in tmp_path.rglob("*") if p.is_file()} - inputs
+    outside = [p for p in written if not p.resolve().is_relative_to(report.resolve())]
+    assert outside == []
+    pages = [p for p in written if p.suffix == ".html" and p.name != "index.html"]
+    assert sorted(p.parent for p in pages) == [report / "tasks"] * len(ids)  # one page each, none in a subfolder
+    assert (report / "tasks" / "ok_id.html").exists()  # a plain id keeps its name
 
 
 def test_safe_name_is_plain_and_distinct():

@@ -191,6 +191,13 @@ def test_make_score_runs_the_hidden_test_flow_on_arc_agi_2_evaluation(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["tasks"] == 120 and result["test_inputs"] == 172 and 0.0 <= result["score"] <= 1.0
+    # the contamination check, against the pairs pretraining recorded: mix:arc2-1280 trains on the evaluation
+    # demonstrations, never on their test pairs
+    overlap = result["overlap"]
+    assert (overlap["checked"], overlap["contaminated_tasks"], overlap["tasks_with_demonstrations_trained"],
+            overlap["not_checked"]) == ("hashes", [], 120, [])
+    assert "recorded at pretraining" in overlap["training_data"][0] and (tmp_path / "run" / "trained_pairs.npz").is_file()
+    assert "overlap check: no scored test pair occurs" in r.stderr and "warning" not in r.stderr
     challenges = json.loads((ARC / "arc-agi_evaluation2_challenges.json").read_text())
     assert submission_problems(challenges, json.loads((out / "submission.json").read_text())) == []
     assert len(pl.read_csv(out / "report" / "tasks.csv")) == 120
