@@ -42,6 +42,7 @@ from pipeline.budget import (Calibration, Plan, Policy, calibrate_predict, calib
                              collective_timeout_s, deadlines, free_memory, make_plan, margin_for, slowest,
                              views_that_fit)
 from pipeline.checkpoint import CheckpointError, load_for_prediction, resolve_checkpoint
+from pipeline.computation import describe
 from pipeline.dataset import canvas_problem
 from pipeline.hidden import MODEL_ERRORS, details_of, load_challenges, predict_challenges, summary_line
 from pipeline.infer import model_batch
@@ -50,7 +51,7 @@ from pipeline.metrics import setup_logging
 from pipeline.runtime import Runtime, break_group, init_runtime, shutdown_runtime
 from pipeline.tasks import DataError, write_json_atomic
 from pipeline.train import Stop
-from pipeline.ttt import run_ttt, ttt_config
+from pipeline.ttt import run_ttt, ttt_config, ttt_departures
 from submission.format import build_submission
 
 log = logging.getLogger("submit")
@@ -68,7 +69,7 @@ class SubmitJob:
     """time.time() when the process started: the budget counts from there."""
     work_dir: Path
     device: str = "auto"
-    ttt_preset: str | None = "configs/ttt_full.yaml"
+    ttt_preset: str | list[str] | None = "configs/ttt_full.yaml"
     overrides: list[str] = field(default_factory=list)
     policy: Policy = field(default_factory=Policy)
     ttt_steps: int | None = None
@@ -155,6 +156,15 @@ def _stages(job: SubmitJob, rt: Runtime) -> int:
     run_dir = ttt_folder(job)
     overrides = [*job.overrides, f"train.progress={str(job.progress).lower()}", f"seed={job.seed}"]
     cfg = ttt_config(job.checkpoint, job.ttt_preset, overrides, run_dir, sources=[str(job.challenges)])
+    found = ttt_departures(cfg)
+    if rt.is_main:
+        log.info("%s", describe(found))
+    policy = job.policy
+    if not cfg.predict.adaptive_halting and policy.predict_steps_fraction < 1.0:
+        log.warning("--steps-fraction %.2f ignored: every view runs all N_sup steps (predict.adaptive_halting is "
+                    "off), so prediction is planned at all of them", policy.predict_steps_fraction)
+        policy = dataclasses.replace(policy, predict_steps_fraction=1.0)
+    job = dataclasses.replace(job, policy=policy)
     canvas = cfg.data.canvas
     fits = [t for t in res.tasks if canvas_problem(t, canvas) is None]
     n_inputs = sum(len(t.test_inputs) for t in fits)
@@ -176,9 +186,9 @@ def _stages(job: SubmitJob, rt: Runtime) -> int:
         if rt.distributed:  # a rank may have failed inside a collective: the group cannot go on
             rt = _break(rt, "calibration", e, failed)
             cal.inputs_per_rank = n_inputs
+    crop = [f"model.crop={str(cfg.model.crop).lower()}"]  # as the TTT run computes, also for the pretrained model
     if fits:
-        # timed as the TTT model will predict: its config's model.crop, not the pretrained checkpoint's
-        loaded = load_for_prediction(job.checkpoint, rt.device, crop=cfg.model.crop)
+        loaded = load_for_prediction(job.checkpoint, rt.device, overrides=crop)
         try:
             cal.predict_startup_s, cal.view_s = calibrate_predict(loaded, fits, cfg.predict, rt)
         except MODEL_ERRORS as e:
@@ -207,7 +217,7 @@ def _stages(job: SubmitJob, rt: Runtime) -> int:
             log.warning("prediction takes %.0f%% of the budget: a calibration as optimistic as the 90th percentile "
                         "measured under load would cut inputs off; --margin %.2f covers it",
                         100 * s["predict"] / job.budget_s, margin_for(plan))
-        _write_plan(job, plan, cal, seconds, {})
+        _write_plan(job, plan, cal, seconds, {}, found)
 
     # -- TTT (stopped at a step boundary at its deadline; the latest checkpoint is the best so far) --------------
     model_path, ttt_info = job.checkpoint, {"steps": 0, "stopped": None}
@@ -257,7 +267,7 @@ def _stages(job: SubmitJob, rt: Runtime) -> int:
                  per_chunk, chunk_s)
         try:
             # the crop calibrated, also when the pretrained model predicts because TTT failed
-            loaded = load_for_prediction(model_path, rt.device, crop=cfg.model.crop)
+            loaded = load_for_prediction(model_path, rt.device, overrides=crop)
         except Exception as e:
             log.exception("loading %s for prediction failed (%s): the fallback submission stays", model_path, e)
             if rt.distributed:  # the others' gather would wait for this rank
@@ -289,7 +299,7 @@ def _stages(job: SubmitJob, rt: Runtime) -> int:
                    "ttt_steps": ttt_info["steps"], "ttt_stopped": ttt_info["stopped"], "views": views,
                    "model": str(model_path), "seconds": {k: round(v, 1) for k, v in seconds.items()},
                    "budget_s": job.budget_s, "failed_ranks": {str(r): why for r, why in sorted(failed.items())}}
-        _write_plan(job, plan, cal, seconds, summary)
+        _write_plan(job, plan, cal, seconds, summary, found)
         log.info("seconds per stage: %s (budget %.0f)", ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()),
                  job.budget_s)
         log.info("%s", line)
@@ -297,7 +307,8 @@ def _stages(job: SubmitJob, rt: Runtime) -> int:
     return 0
 
 
-def _write_plan(job: SubmitJob, plan: Plan, cal: Calibration, actual: dict, summary: dict) -> None:
+def _write_plan(job: SubmitJob, plan: Plan, cal: Calibration, actual: dict, summary: dict,
+                found: list[str]) -> None:
     write_json_atomic(str(job.out) + ".plan.json", {
-        "policy": dataclasses.asdict(job.policy), "calibration": dataclasses.asdict(cal),
+        "departures": found, "policy": dataclasses.asdict(job.policy), "calibration": dataclasses.asdict(cal),
         "plan": dataclasses.asdict(plan), "actual_seconds": actual, "summary": summary})
