@@ -12,7 +12,8 @@ import numpy as np
 
 from pipeline.config import ConfigError, RunConfig
 from pipeline.dataset import Dataset, build_dataset
-from pipeline.infer import evaluate_heldout
+from pipeline.infer import PredictOptions, evaluate_heldout
+from pipeline.layout import Checkpoint
 from pipeline.model import TRM
 from pipeline.runtime import Runtime
 from pipeline.sampler import Sampler
@@ -60,11 +61,11 @@ def heldout_eval_fn(cfg: RunConfig, rt: Runtime, data: Dataset):
     rows = heldout_rows(data, cfg.data.eval_inputs)
     if not rows:
         return None
-    eval_cfg = dataclasses.replace(cfg.predict, augs=cfg.data.eval_views)
+    opts = PredictOptions.of(cfg, rt, dataclasses.replace(cfg.predict, augs=cfg.data.eval_views))
 
     def eval_fn(model):
-        per = {label: evaluate_heldout(model, data.packed, data.ids, eval_cfg, cfg.data.canvas, rt.device, rt.dtype,
-                                       rows=r, show_progress=cfg.train.progress) for label, r in rows.items()}
+        per = {label: evaluate_heldout(model, data.packed, data.ids, opts, rows=r, show_progress=cfg.train.progress)
+               for label, r in rows.items()}
         if len(per) == 1:
             return next(iter(per.values()))
         n = sum(m["inputs"] for m in per.values())
@@ -78,19 +79,20 @@ def heldout_eval_fn(cfg: RunConfig, rt: Runtime, data: Dataset):
 
 
 def build_run(cfg: RunConfig, rt: Runtime, data: Dataset | None = None, init_rows: np.ndarray | None = None,
-              eval_fn="heldout", prefix: str = "train") -> Run:
+              eval_fn="heldout", prefix: str = "train", warm: Checkpoint | None = None) -> Run:
     """Everything a training run needs. `data` defaults to cfg.data's sources; `init_rows` maps each puzzle
     row to the warm-start checkpoint's row it starts from (-1 = their mean); `eval_fn` is "heldout" (the
-    default evaluation on held-out test inputs), None, or a callable model -> metrics."""
+    default evaluation on held-out test inputs), None, or a callable model -> metrics; `warm` is
+    train.init_from already opened (TTT), else the trainer opens it when it warm-starts."""
     if cfg.train.wandb_project and importlib.util.find_spec("wandb") is None:
         raise ConfigError("train.wandb_project needs the wandb package, which is not installed (pip install wandb)")
     data = data or build_dataset(cfg.data, cfg.seed, cfg.model.puzzle_emb_ndim)
     log.info("%d tasks (%d skipped as invalid), %d puzzle ids", data.packed.num_tasks, len(data.problems),
              data.ids.num_ids)
-    model = TRM(cfg.model, data.ids.num_ids).to(rt.device)
+    model = TRM(cfg.model, data.ids.num_ids, cfg.compute).to(rt.device)
     log.info("model: %.2fM trunk parameters", model.num_params() / 1e6)
     sampler = Sampler(data.packed, data.ids, cfg.data, cfg.train.global_batch, cfg.seed, rt.rank, rt.world_size)
     if eval_fn == "heldout":
         eval_fn = heldout_eval_fn(cfg, rt, data)
-    trainer = Trainer(cfg, rt, model, sampler, data.packed.task_ids, eval_fn, init_rows, prefix)
+    trainer = Trainer(cfg, rt, model, sampler, data.packed.task_ids, eval_fn, init_rows, prefix, warm)
     return Run(cfg, rt, data, model, sampler, trainer)

@@ -41,12 +41,13 @@ import torch
 from pipeline.budget import (Calibration, Plan, Policy, calibrate_predict, calibrate_ttt, chunk_inputs,
                              collective_timeout_s, deadlines, free_memory, make_plan, margin_for, slowest,
                              views_that_fit)
-from pipeline.checkpoint import CheckpointError, load_for_prediction, resolve_checkpoint
+from pipeline.checkpoint import load_for_prediction, release_weights
 from pipeline.computation import describe
 from pipeline.dataset import canvas_problem
 from pipeline.hidden import MODEL_ERRORS, details_of, load_challenges, predict_challenges, summary_line
-from pipeline.infer import model_batch
+from pipeline.infer import PredictOptions, model_batch
 from pipeline.kaggle_input import count_inputs
+from pipeline.layout import Checkpoint, CheckpointError
 from pipeline.metrics import setup_logging
 from pipeline.runtime import Runtime, break_group, init_runtime, shutdown_runtime
 from pipeline.tasks import DataError, write_json_atomic
@@ -91,12 +92,12 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def ttt_folder(job: SubmitJob) -> Path:
+def ttt_folder(job: SubmitJob, pretrained: Checkpoint) -> Path:
     """The TTT run's folder, named after what it depends on, so that a rerun on the same inputs resumes it
     and a run on other inputs never does."""
     key = hashlib.sha256()
     key.update(job.challenges.read_bytes())
-    key.update(str(resolve_checkpoint(job.checkpoint).resolve()).encode())
+    key.update(str(pretrained.path.resolve()).encode())
     key.update(json.dumps([job.ttt_preset, job.overrides, job.seed]).encode())
     return job.work_dir / f"ttt-{key.hexdigest()[:12]}"
 
@@ -153,10 +154,11 @@ def _stages(job: SubmitJob, rt: Runtime) -> int:
     seconds: dict[str, float] = {}
     failed: dict[int, str] = {}
     raw, res = load_challenges(job.challenges)
-    run_dir = ttt_folder(job)
+    pretrained = Checkpoint.open(job.checkpoint)  # each of its files is read once in this flow
+    run_dir = ttt_folder(job, pretrained)
     overrides = [*job.overrides, f"train.progress={str(job.progress).lower()}", f"seed={job.seed}"]
-    cfg = ttt_config(job.checkpoint, job.ttt_preset, overrides, run_dir, sources=[str(job.challenges)])
-    found = ttt_departures(cfg)
+    cfg = ttt_config(pretrained, job.ttt_preset, overrides, run_dir, sources=[str(job.challenges)])
+    found = ttt_departures(cfg, pretrained)
     if rt.is_main:
         log.info("%s", describe(found))
     policy = job.policy
@@ -176,7 +178,8 @@ def _stages(job: SubmitJob, rt: Runtime) -> int:
                       max_chunk_views=cfg.predict.chunk_views)
     try:
         cal.ttt_startup_s, cal.ttt_step_s, cal.ttt_save_s = calibrate_ttt(cfg, rt, res.tasks,
-                                                                          job.work_dir / "calibration")
+                                                                          job.work_dir / "calibration",
+                                                                          warm=pretrained)
     except Exception as e:
         if not rt.distributed and not isinstance(e, TTT_ERRORS):
             raise
@@ -186,11 +189,11 @@ def _stages(job: SubmitJob, rt: Runtime) -> int:
         if rt.distributed:  # a rank may have failed inside a collective: the group cannot go on
             rt = _break(rt, "calibration", e, failed)
             cal.inputs_per_rank = n_inputs
-    crop = [f"model.crop={str(cfg.model.crop).lower()}"]  # as the TTT run computes, also for the pretrained model
+    crop = [f"compute.crop={str(cfg.compute.crop).lower()}"]  # as the TTT run computes, also for the pretrained model
     if fits:
-        loaded = load_for_prediction(job.checkpoint, rt.device, overrides=crop)
+        loaded = load_for_prediction(pretrained, rt.device, overrides=crop)
         try:
-            cal.predict_startup_s, cal.view_s = calibrate_predict(loaded, fits, cfg.predict, rt)
+            cal.predict_startup_s, cal.view_s = calibrate_predict(loaded, fits, PredictOptions.of(cfg, rt), rt)
         except MODEL_ERRORS as e:
             log.error("prediction calibration failed (%s): planning without it", e)
         del loaded
@@ -220,7 +223,7 @@ def _stages(job: SubmitJob, rt: Runtime) -> int:
         _write_plan(job, plan, cal, seconds, {}, found)
 
     # -- TTT (stopped at a step boundary at its deadline; the latest checkpoint is the best so far) --------------
-    model_path, ttt_info = job.checkpoint, {"steps": 0, "stopped": None}
+    model_ckpt, ttt_info = pretrained, {"steps": 0, "stopped": None}
     if plan.ttt_steps > 0:
         t0 = time.time()
         # A planned run shorter than the recipe keeps its warm-up to a quarter of it, so it reaches the peak lr.
@@ -229,8 +232,9 @@ def _stages(job: SubmitJob, rt: Runtime) -> int:
                                     ckpt_every=min(cfg.train.ckpt_every, plan.ttt_steps))
         try:
             stop = Stop(deadline=dl.ttt, when=heartbeat(plan.ttt_steps, max(30.0, job.budget_s / 100)))
-            result = run_ttt(dataclasses.replace(cfg, train=train), rt, res.tasks, stop=stop)
+            result = run_ttt(dataclasses.replace(cfg, train=train), rt, res.tasks, pretrained, stop=stop)
             ttt_info = {"steps": result.step, "stopped": result.stopped}
+            model_ckpt = result.checkpoint or model_ckpt
         except CheckpointError as e:  # the folder holds another run (pipeline.train): never predict with it
             log.error("TTT cannot use %s (%s): the pretrained model predicts", run_dir, e)
             ttt_info["error"], run_dir = str(e), None
@@ -241,11 +245,12 @@ def _stages(job: SubmitJob, rt: Runtime) -> int:
             if rt.distributed:
                 rt = _break(rt, "ttt", e, failed)
                 cal = dataclasses.replace(cal, inputs_per_rank=n_inputs)
+        release_weights(pretrained)  # read again only if the pretrained model must predict after all
         try:
-            if run_dir:
-                model_path = str(resolve_checkpoint(run_dir))
+            if run_dir and model_ckpt is pretrained:  # TTT failed, or this rank was not the one that saved
+                model_ckpt = Checkpoint.open(run_dir)
                 if ttt_info["stopped"] == "error":  # the steps the predicting checkpoint has
-                    ttt_info["steps"] = json.loads((Path(model_path) / "meta.json").read_text())["step"]
+                    ttt_info["steps"] = model_ckpt.step
         except CheckpointError:
             log.error("TTT left no checkpoint: the pretrained model predicts")
         seconds["ttt"] = time.time() - t0
@@ -261,21 +266,21 @@ def _stages(job: SubmitJob, rt: Runtime) -> int:
         views = job.views or max(1, views_that_fit(cal, dl.predict_seconds_left(), job.policy,
                                                    job.policy.views_max, job.budget_s))
         per_chunk = chunk_inputs(cal, views, job.policy, job.budget_s)
-        pcfg = dataclasses.replace(cfg.predict, augs=views, chunk_views=per_chunk * views)
+        opts = PredictOptions.of(cfg, rt, dataclasses.replace(cfg.predict, augs=views, chunk_views=per_chunk * views))
         chunk_s = -(-per_chunk * views // max(cal.batch, 1)) * max(cal.batch, 1) * cal.view_s
-        log.info("predict with %s: %d views per test input, %d test inputs per chunk (~%.1fs)", model_path, views,
+        log.info("predict with %s: %d views per test input, %d test inputs per chunk (~%.1fs)", model_ckpt.path, views,
                  per_chunk, chunk_s)
         try:
             # the crop calibrated, also when the pretrained model predicts because TTT failed
-            loaded = load_for_prediction(model_path, rt.device, overrides=crop)
+            loaded = load_for_prediction(model_ckpt, rt.device, overrides=crop)
         except Exception as e:
-            log.exception("loading %s for prediction failed (%s): the fallback submission stays", model_path, e)
+            log.exception("loading %s for prediction failed (%s): the fallback submission stays", model_ckpt.path, e)
             if rt.distributed:  # the others' gather would wait for this rank
                 rt = _break(rt, "predict", e, failed)
             loaded = None
         try:
             if loaded is not None:  # model errors are handled task by task inside, a failing rank at the gather
-                hidden = predict_challenges(loaded, res, pcfg, rt, dl.predict_deadline(chunk_s),
+                hidden = predict_challenges(loaded, res, opts, rt, dl.predict_deadline(chunk_s),
                                             show_progress=job.progress)
                 failed.update(hidden.failed_ranks)
         except Exception as e:  # anything else, in one process: what is on disk stays
@@ -297,7 +302,7 @@ def _stages(job: SubmitJob, rt: Runtime) -> int:
         line = summary_line(sub, hidden) if hidden else f"0 of {inputs} test inputs predicted by the model"
         summary = {"submission": str(job.out), "tasks": tasks, "test_inputs": inputs, "predicted": predicted,
                    "ttt_steps": ttt_info["steps"], "ttt_stopped": ttt_info["stopped"], "views": views,
-                   "model": str(model_path), "seconds": {k: round(v, 1) for k, v in seconds.items()},
+                   "model": job.checkpoint if model_ckpt is pretrained else str(model_ckpt.path), "seconds": {k: round(v, 1) for k, v in seconds.items()},
                    "budget_s": job.budget_s, "failed_ranks": {str(r): why for r, why in sorted(failed.items())}}
         _write_plan(job, plan, cal, seconds, summary, found)
         log.info("seconds per stage: %s (budget %.0f)", ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()),

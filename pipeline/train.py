@@ -5,7 +5,7 @@ is trained by AdamATan2 (official or NVARC's variant), AdamW or Muon (+ AdamW fo
 puzzle table by sparse
 sign-SGD, an EMA copy is kept for evaluation. Data-parallel by DDP or a DeepSpeed ZeRO engine. Checkpoints hold everything a killed run
 needs to continue bit-for-bit: weights, optimiser, EMA, ACT carry, sampler position and RNG (the folder
-layout is pipeline/checkpoint.py's). `fit(stop)` ends at cfg.steps or earlier at a step boundary when a
+layout is pipeline/layout.py's). `fit(stop)` ends at cfg.steps or earlier at a step boundary when a
 `Stop` (step count, wall-clock deadline or a callable) says so, always leaving a complete checkpoint.
 """
 from __future__ import annotations
@@ -14,107 +14,25 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from pipeline.act import IGNORE, Carry, empty_carry, supervision_step
-from pipeline.checkpoint import (CheckpointError, Checkpointer, carry_file, deepspeed_dir, load_tensors, lora_file,
-                                 read_ema, read_task_table, read_train_state, read_weights, save_tensors, warm_start,
-                                 write_model_files, write_train_state)
+from pipeline.checkpoint import (CheckpointError, Checkpointer, carry_file, deepspeed_dir, load_tensors, load_weights,
+                                 lora_file, read_ema, read_train_state, save_tensors, warm_start, write_model_files,
+                                 write_train_state)
+from pipeline.config import dump_config
+from pipeline.layout import Checkpoint
 from pipeline.metrics import NullSink, RunSink, plot_curves
 from pipeline.optim import EMA, AdamATan2, AdamAtan2Pytorch, lr_at, muon_optimizer, sign_sgd_rows
 from pipeline.runtime import compile_model, ensure_process_group
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(kw_only=True)
-class TrainConfig:
-    steps: int = 722_098
-    """Optimiser steps; each is one supervision step (TRM ARC-AGI-2: 722k over ~3 days on 4xH100)."""
-    global_batch: int = 768
-    """ACT slots across all ranks (192 per GPU on 4 GPUs)."""
-    optimizer: Literal["adam_atan2", "adam_atan2_pytorch", "adamw", "muon"] = "adam_atan2"
-    """Trunk optimiser: `adam_atan2` (official TRM), `adam_atan2_pytorch` (NVARC's TRM: lucidrains'
-    adam-atan2-pytorch 0.2.4, pipeline/optim.py AdamAtan2Pytorch; configs/ttt_nvarc.yaml), `adamw`, or `muon`
-    (URM's choice for ARC-AGI-2: torch.optim.Muon on the trunk's 2-D matrices, AdamW on embeddings and heads;
-    pipeline/optim.py muon_optimizer; in TTT a departure from the recipes, A/B row "Muon in TTT" in
-    BENCHMARKS.md). The puzzle table is always sparse sign-SGD."""
-    lr: float = 1e-4
-    muon_lr: float = 0.0
-    """optimizer=muon: the Muon matrices' lr, on AdamW's scale (its update is scaled to AdamW's RMS);
-    0 = train.lr, as URM (UbiquantAI/URM pretrain.py: 1e-4 for both groups). The schedule keeps the ratio."""
-    muon_momentum: float = 0.95
-    """optimizer=muon: Nesterov momentum of Muon (URM and Keller Jordan's Muon: 0.95)."""
-    lr_warmup: int = 2000
-    """Linear warm-up steps. As the official code (which counts the step before computing its lr), optimiser
-    step k (1-based) runs at lr * min(k / lr_warmup, 1): the first at lr / lr_warmup, never at 0."""
-    lr_min_ratio: float = 1.0
-    """Cosine decay floor as a fraction of lr; 1.0 = constant after warm-up (TRM)."""
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    weight_decay: float = 0.1
-    puzzle_emb_lr: float = 1e-2
-    puzzle_emb_weight_decay: float = 0.1
-    ema: bool = True
-    ema_decay: float = 0.999
-    grad_clip: float = 0.0
-    """Clip the trunk gradient norm to this value; 0 = off (TRM)."""
-    trainable: Literal["all", "embeddings", "lora", "embeddings_then_all"] = "all"
-    """What trains: `all` (full fine-tuning), `embeddings` (puzzle table only, the trunk frozen), `lora`
-    (low-rank adapters on attention and MLP projections + the puzzle table; saved merged into the weights, the
-    EMA being that of the merged weights; A/B row "LoRA" in BENCHMARKS.md), `embeddings_then_all` (McGovern's
-    recipe: the table alone for the first `freeze_fraction` of the steps, then everything)."""
-    freeze_fraction: float = 0.25
-    """embeddings_then_all: fraction of the steps with the trunk frozen (McGovern's paper: one quarter)."""
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    engine: Literal["ddp", "deepspeed"] = "ddp"
-    zero_stage: int = 1
-    """DeepSpeed ZeRO stage (1 or 2) when engine = deepspeed."""
-    device: str = "auto"
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """auto = bfloat16 autocast on GPU, float32 on CPU."""
-    compile: bool | Literal["auto"] = "auto"
-    """torch.compile the model step; auto = on for CUDA, off on CPU."""
-    log_every: int = 50
-    eval_every: int = 5000
-    """Held-out evaluation interval in steps (0 = only at the end)."""
-    ckpt_every: int = 5000
-    keep_last: int = 2
-    save_carry: bool = True
-    """Save the ACT carry with each checkpoint (needed for an exact resume; ~0.7 GB per rank at ARC size)."""
-    init_from: str = ""
-    """Warm start: weights of this checkpoint (run folder or checkpoint folder), used only when the run
-    folder has no checkpoint of its own (resume wins). A different puzzle table size re-initialises it
-    to the mean row, as TRM does for new tasks."""
-    progress: bool = True
-    wandb_project: str = ""
-    """Also log the metrics to wandb, offline (RUN/wandb; `wandb sync` uploads them), under this project; empty = off.
-    wandb is optional: build_run refuses a run that asks for it without the package. TTT runs start with it off."""
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.global_batch < 1:
-            raise ValueError("train.steps and train.global_batch must be >= 1")
-        if len(self.betas) != 2:
-            raise ValueError("train.betas must be two numbers")
-        if self.zero_stage not in (1, 2):
-            raise ValueError("train.zero_stage must be 1 or 2")
-        if self.keep_last < 1:
-            raise ValueError("train.keep_last must be >= 1")
-        if not 0.0 <= self.freeze_fraction < 1.0:
-            raise ValueError("train.freeze_fraction must be in [0, 1)")
-        if self.lora_rank < 1:
-            raise ValueError("train.lora_rank must be >= 1")
-        if self.optimizer == "muon" and self.engine == "deepspeed":
-            raise ValueError("train.optimizer=muon runs on the DDP engine only (DeepSpeed ZeRO partitions the "
-                             "matrices Muon orthogonalises)")
-        if self.optimizer == "muon" and (self.lr <= 0 or self.muon_lr < 0):
-            raise ValueError("train.optimizer=muon needs train.lr > 0 (train.muon_lr, >= 0, is kept relative to it)")
 
 
 @dataclass
@@ -188,24 +106,18 @@ def ema_weights(model: torch.nn.Module, ema: EMA | None):
                 live[n].copy_(t)
 
 
-def _weights_config(model_cfg):
-    """The model config less what changes only the compute (model.crop, crop_groups): what a resume compares,
-    so that a run started on the full canvas continues under a preset that crops."""
-    return replace(model_cfg, crop=False, crop_groups=1)
-
-
 class Trainer:
     """Owns model, optimisers, EMA, sampler and carry of one run; `fit()` runs to cfg.train.steps (or a
     `Stop`) with automatic resume and checkpoints. Built by pipeline.build.build_run."""
 
     def __init__(self, cfg, rt, model, sampler, task_ids: list[str], eval_fn=None, init_rows=None,
-                 prefix: str = "train"):
-        from pipeline.config import dump_config  # config imports this module
-
+                 prefix: str = "train", warm: Checkpoint | None = None):
         c = cfg.train
         self.run_cfg, self.cfg, self.rt, self.model, self.sampler = cfg, c, rt, model, sampler
         self.run_dir, self.seed, self.prefix = Path(cfg.run_dir), cfg.seed, prefix
         self.config_yaml, self.task_ids, self.eval_fn, self.init_rows = dump_config(cfg), task_ids, eval_fn, init_rows
+        self.warm = warm  # the opened train.init_from, when the caller has it
+        self.saved: Checkpoint | None = None  # the last checkpoint this run saved (rank 0)
         self.local_batch = c.global_batch // rt.world_size
         self.lora_scales = None
         if c.trainable == "embeddings":
@@ -257,7 +169,7 @@ class Trainer:
             # 2 GB of traffic at ARC size.
             model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
                         broadcast_buffers=False, find_unused_parameters=not model.cfg.halting)
-        if rt.compiles(c.compile):
+        if rt.compiles(self.run_cfg.compute.compile):
             model = compile_model(model, self.model)
         return model
 
@@ -286,7 +198,8 @@ class Trainer:
 
         return merged_state(state, self.lora_scales)
 
-    def save(self, metric: float | None = None) -> None:
+    def save(self, metric: float | None = None) -> Checkpoint | None:
+        """Write a checkpoint of this step; returns it on rank 0 (None on the others)."""
         tmp = self.ckpt.begin(self.step)
         if self.cfg.save_carry and self.carry is not None:
             save_tensors({k: getattr(self.carry, k) for k in Carry.__dataclass_fields__}, carry_file(tmp, self.rt.rank))
@@ -304,18 +217,24 @@ class Trainer:
             state = {"step": self.step, "sampler": self.sampler.state_dict(), "best_metric": self.best_metric,
                      "world_size": self.rt.world_size}
             write_train_state(tmp, state, self.opt.state_dict() if self.opt is not None and self.engine is None else None)
-        self.ckpt.commit(tmp, self.step, {"metric": metric, "prefix": self.prefix}, metric)
+        final = self.ckpt.commit(tmp, self.step, {"metric": metric, "prefix": self.prefix}, metric)
+        if final is not None:
+            ids = self.sampler.ids
+            self.saved = Checkpoint(final, self.run_cfg, list(self.task_ids), self.ckpt.last_meta, ids.name,
+                                    cache={"ids": ids})
+        return self.saved if final is not None else None
 
     def _check_same_run(self, latest: Path) -> None:
         """A run folder resumes only the run it holds: the same tasks, id table, model and training mode
         (a TTT folder reused for other tasks would otherwise hand them another task's trained rows). The warm
         start's source is not compared: it is read only by a fresh run."""
-        task_ids, ids, cfg = read_task_table(latest)
+        theirs = Checkpoint.open(latest)
+        task_ids, ids, cfg = theirs.task_ids, theirs.ids, theirs.config
         mine = self.sampler.ids
         differs = [what for what, same in (
             ("other tasks", list(task_ids) == list(self.task_ids)),
             ("another puzzle-id table", ids is None or (ids.name, ids.num_ids) == (mine.name, mine.num_ids)),
-            ("another model config", _weights_config(cfg.model) == _weights_config(self.run_cfg.model)),
+            ("another model config", cfg.model == self.run_cfg.model),
             *((f"train.{k}={getattr(cfg.train, k)!r}", getattr(cfg.train, k) == getattr(self.cfg, k))
               for k in ("trainable", "lora_rank", "optimizer"))) if not same]
         if differs:
@@ -329,7 +248,7 @@ class Trainer:
         self._check_same_run(latest)
         dev = self.rt.device
         state, optim_state = read_train_state(latest, dev)
-        weights = read_weights(latest, use_ema=False, device=dev)
+        weights = load_weights(latest, use_ema=False, device=dev)
         if self.lora_scales is not None:
             lora = load_tensors(lora_file(latest), dev)
             weights = {k: v for k, v in lora.items() if not k.startswith("ema.")} | {"puzzle_emb": weights["puzzle_emb"]}
@@ -360,7 +279,7 @@ class Trainer:
         the model (DDP / DeepSpeed / compile) and resume from the run folder's latest checkpoint. The warm
         start comes before wrapping: DeepSpeed copies the weights into its optimiser at wrap time."""
         if self.cfg.init_from and self.ckpt.latest() is None:
-            warm_start(self.model, self.cfg.init_from, self.init_rows)
+            warm_start(self.model, self.warm or Checkpoint.open(self.cfg.init_from), self.init_rows)
             log.info("warm start from %s", self.cfg.init_from)
             if self.ema is not None:  # average from the warm weights, not the random init
                 self.ema = EMA(self.model, self.cfg.ema_decay)
