@@ -43,19 +43,31 @@ def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, to
 
 
 def read_weights(ckpt: Checkpoint, use_ema: bool = True) -> dict[str, torch.Tensor]:
-    """Raw or EMA weights of a checkpoint, on the CPU, read once per `Checkpoint` (kept in its cache: callers
-    copy, never change them in place). The EMA file holds no puzzle table (the table is never averaged, so it
-    is stored once): it comes from the raw file."""
+    """Raw or EMA weights of a checkpoint, on the CPU (callers copy them, never change them in place). Between
+    `hold_weights` and `release_weights` they are read once and kept in the checkpoint's cache (a flow that
+    loads them several times); otherwise each call reads them, so that they are freed with the caller's copy.
+    The EMA file holds no puzzle table (the table is never averaged, so it is stored once): it comes from the
+    raw file."""
     key = ("weights", use_ema)
-    if key not in ckpt.cache:
-        ckpt.cache[key] = load_weights(ckpt.path, use_ema)
-    return ckpt.cache[key]
+    if key in ckpt.cache:
+        return ckpt.cache[key]
+    weights = load_weights(ckpt.path, use_ema)
+    if ckpt.cache.get("hold_weights"):
+        ckpt.cache[key] = weights
+    return weights
+
+
+def hold_weights(ckpt: Checkpoint) -> None:
+    """Keep the weights of `ckpt` in memory once read, until `release_weights` (at ARC size the puzzle table
+    is GBs: hold them only across the loads that need them)."""
+    ckpt.cache["hold_weights"] = True
 
 
 def release_weights(ckpt: Checkpoint) -> None:
-    """Forget the weights `read_weights` kept for `ckpt` (a pretrained table can take GBs once TTT has its own)."""
+    """Forget the weights kept for `ckpt` and stop keeping them."""
     for key in [k for k in ckpt.cache if isinstance(k, tuple) and k[0] == "weights"]:
         del ckpt.cache[key]
+    ckpt.cache.pop("hold_weights", None)
 
 
 def load_weights(folder: Path, use_ema: bool, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -197,6 +209,7 @@ def load_for_prediction(ckpt: Checkpoint, device: torch.device | str = "cpu", us
     weights = read_weights(ckpt, use_ema)
     model = TRM(cfg.model, weights["puzzle_emb"].shape[0], cfg.compute)
     model.load_state_dict(weights)
+    del weights
     model.to(device).eval()
     log.info("loaded %s (%s weights, %d tasks)", ckpt.path, "EMA" if use_ema else "raw", len(ckpt.task_ids))
     return LoadedModel(model, cfg, ckpt, departures(cfg, ckpt.config))

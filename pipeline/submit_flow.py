@@ -41,7 +41,7 @@ import torch
 from pipeline.budget import (Calibration, Plan, Policy, calibrate_predict, calibrate_ttt, chunk_inputs,
                              collective_timeout_s, deadlines, free_memory, make_plan, margin_for, slowest,
                              views_that_fit)
-from pipeline.checkpoint import load_for_prediction, release_weights
+from pipeline.checkpoint import hold_weights, load_for_prediction, release_weights
 from pipeline.computation import describe
 from pipeline.dataset import canvas_problem
 from pipeline.hidden import MODEL_ERRORS, details_of, load_challenges, predict_challenges, summary_line
@@ -154,7 +154,8 @@ def _stages(job: SubmitJob, rt: Runtime) -> int:
     seconds: dict[str, float] = {}
     failed: dict[int, str] = {}
     raw, res = load_challenges(job.challenges)
-    pretrained = Checkpoint.open(job.checkpoint)  # each of its files is read once in this flow
+    pretrained = Checkpoint.open(job.checkpoint)  # each of its files is read once in this flow:
+    hold_weights(pretrained)  # its weights too, across the calibration's loads and TTT's warm start
     run_dir = ttt_folder(job, pretrained)
     overrides = [*job.overrides, f"train.progress={str(job.progress).lower()}", f"seed={job.seed}"]
     cfg = ttt_config(pretrained, job.ttt_preset, overrides, run_dir, sources=[str(job.challenges)])
@@ -273,6 +274,7 @@ def _stages(job: SubmitJob, rt: Runtime) -> int:
         try:
             # the crop calibrated, also when the pretrained model predicts because TTT failed
             loaded = load_for_prediction(model_ckpt, rt.device, overrides=crop)
+            release_weights(pretrained)  # without TTT, held since the calibration
         except Exception as e:
             log.exception("loading %s for prediction failed (%s): the fallback submission stays", model_ckpt.path, e)
             if rt.distributed:  # the others' gather would wait for this rank
