@@ -60,7 +60,7 @@ def parse_args(argv=None):
                    help="task-sized sequences (compute.crop) on or off, whatever the checkpoint trained with "
                         "(default: its own); see BENCHMARKS.md for what it costs in accuracy")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="overrides on the checkpoint's config, e.g. predict.max_offset=1 compute.crop=true")
+                   help="overrides on the checkpoint's config, e.g. predict.translate=true compute.crop=true")
     p.add_argument("--time-budget", type=float, default=0, help="seconds; tasks not reached in time get fallbacks")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--no-progress", action="store_true")
