@@ -44,7 +44,7 @@ from pipeline.checkpoint import load_for_prediction, write_weights_checkpoint
 from pipeline.config import dump_config, load_config, to_dict
 from pipeline.model import TRM, ModelConfig
 from pipeline.runtime import init_runtime
-from pipeline.sampler import PerTaskIds
+from pipeline.puzzle_ids import PerTaskIds
 from pipeline.sources import load_source
 from pipeline.train import PEAK_BF16_FLOPS
 from pipeline.ttt import ttt_config

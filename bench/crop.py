@@ -36,7 +36,7 @@ from kernels import DIHEDRAL_SWAPS_AXES
 from pipeline.crop import size_groups, view_extents
 from pipeline.infer import answer_bound
 from pipeline.model import TRM, ModelConfig
-from pipeline.sampler import pack_tasks, task_sides
+from pipeline.packed import pack_tasks, task_sides
 from pipeline.sources import load_source
 
 CANVAS = 30

@@ -22,7 +22,8 @@ from bench.common import emit
 from kernels import DIHEDRAL_SWAPS_AXES
 from kernels.reference import crop_ref, dihedral_ref
 from pipeline.infer import make_views, vote
-from pipeline.sampler import PerAugmentationIds, pack_tasks
+from pipeline.packed import pack_tasks
+from pipeline.puzzle_ids import PerAugmentationIds
 from pipeline.sources import load_source
 
 

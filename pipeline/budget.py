@@ -50,7 +50,7 @@ from pipeline.config import RunConfig
 from pipeline.dataset import canvas_problem
 from pipeline.infer import PredictConfig, make_views, model_batch, predict_tests
 from pipeline.runtime import Runtime, compile_model
-from pipeline.sampler import pack_tasks
+from pipeline.packed import pack_tasks
 from pipeline.tasks import Task
 from pipeline.ttt import ttt_dataset
 

@@ -221,7 +221,7 @@ def load_for_prediction(path: str | Path, device: torch.device | str = "cpu", us
     `crop` sets model.crop (task-sized sequences) whatever the checkpoint was trained with; None keeps its own."""
     from pipeline.config import load_config  # config imports train, which imports this module
     from pipeline.model import TRM
-    from pipeline.sampler import PerTaskIds, id_scheme_from_state
+    from pipeline.puzzle_ids import PerTaskIds, id_scheme_from_state
 
     ckpt = resolve_checkpoint(path)
     try:
@@ -251,7 +251,7 @@ def load_for_prediction(path: str | Path, device: torch.device | str = "cpu", us
 def read_task_table(path: str | Path):
     """(task ids, puzzle-id scheme, config) of a checkpoint, without loading weights (TTT builds its ids from it)."""
     from pipeline.config import load_config
-    from pipeline.sampler import id_scheme_from_state
+    from pipeline.puzzle_ids import id_scheme_from_state
 
     ckpt = resolve_checkpoint(path)
     tasks = json.loads((ckpt / "tasks.json").read_text())

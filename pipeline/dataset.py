@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.packed import PackedPart, select_tasks, task_max_sides
-from pipeline.sampler import DataConfig, PackedTasks, PuzzleIdScheme, build_id_scheme
+from pipeline.packed import PackedPart, PackedTasks, select_tasks, task_max_sides
+from pipeline.puzzle_ids import PerAugmentationIds, PerTaskIds, PuzzleIdScheme
+from pipeline.sampler import DataConfig
 from pipeline.sources import LoadResult, load_sources
 from pipeline.tasks import DataError, Task, TaskProblem
 
@@ -59,6 +60,13 @@ def fit_canvas(res: LoadResult, canvas: int) -> LoadResult:
             log.warning("skipping task %s: %s", part.packed.task_ids[t], p)
         out.parts.append(PackedPart(part.source, select_tasks(part.packed, side <= canvas)))
     return out
+
+
+def build_id_scheme(cfg: DataConfig, packed: PackedTasks, seed: int) -> PuzzleIdScheme:
+    """The puzzle-id scheme data.puzzle_ids names, over these tasks."""
+    if cfg.puzzle_ids == "per_task":
+        return PerTaskIds(packed.num_tasks, cfg.dihedral, cfg.colour_perm)
+    return PerAugmentationIds.build(packed, cfg.augs_per_task, seed, cfg.dihedral, cfg.colour_perm)
 
 
 def check_id_table(cfg: DataConfig, num_tasks: int, emb_ndim: int) -> None:

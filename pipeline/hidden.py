@@ -24,7 +24,7 @@ from pipeline.dataset import canvas_problem
 from pipeline.checkpoint import LoadedModel
 from pipeline.infer import PredictConfig, TestPrediction, predict_tests
 from pipeline.runtime import Runtime, break_group, compile_model
-from pipeline.sampler import pack_tasks
+from pipeline.packed import pack_tasks
 from pipeline.sources import LoadResult, entries_to_tasks
 from pipeline.tasks import DataError, read_json
 

@@ -17,7 +17,9 @@ from kernels.vote import vote_topk
 from pipeline.act import predict_stream, unwrap
 from pipeline.crop import by_size, view_extents
 from pipeline.runtime import autocast_for
-from pipeline.sampler import PackedTasks, PuzzleIdScheme, encode, random_perms
+from pipeline.encode import encode, random_perms
+from pipeline.packed import PackedTasks
+from pipeline.puzzle_ids import PuzzleIdScheme
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from pipeline.checkpoint import read_task_table, resolve_checkpoint
 from pipeline.config import RunConfig, load_config, to_dict
 from pipeline.dataset import Dataset, fit_canvas
 from pipeline.runtime import Runtime
-from pipeline.sampler import PerAugmentationIds, PerTaskIds, PuzzleIdScheme, pack_tasks
+from pipeline.packed import pack_tasks
+from pipeline.puzzle_ids import PerAugmentationIds, PerTaskIds, PuzzleIdScheme
 from pipeline.sources import LoadResult
 from pipeline.tasks import DataError, Task, write_json_atomic
 from pipeline.train import Stop

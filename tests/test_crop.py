@@ -12,7 +12,10 @@ from pipeline.act import IGNORE, empty_carry, supervision_step
 from pipeline.crop import by_size, size_groups, step_crop, used_extents, view_extents
 from pipeline.infer import PredictConfig, make_views, predict_tests
 from pipeline.model import TRM, ModelConfig
-from pipeline.sampler import DataConfig, PerTaskIds, Sampler, encode, pack_tasks, task_sides
+from pipeline.encode import encode
+from pipeline.packed import pack_tasks, task_sides
+from pipeline.puzzle_ids import PerTaskIds
+from pipeline.sampler import DataConfig, Sampler
 from pipeline.synthetic import synthetic_tasks
 from pipeline.tasks import Task
 from pipeline.train import to_torch

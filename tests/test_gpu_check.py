@@ -25,7 +25,8 @@ from bench.train import rectangles, work
 from conftest import ARC, ROOT, needs_shared_arc
 from pipeline.config import load_config
 from pipeline.model import TRM, ModelConfig
-from pipeline.sampler import PerTaskIds, pack_tasks
+from pipeline.packed import pack_tasks
+from pipeline.puzzle_ids import PerTaskIds
 from pipeline.synthetic import synthetic_tasks
 
 PY = sys.executable
