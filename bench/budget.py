@@ -4,7 +4,7 @@
     python -m bench.budget --mean-steps 8 --views 512        # other assumptions (see --help)
 
 1. Measures with the real model at the ARC config (configs/arc2_4xh100.yaml + the default TTT preset
-   configs/ttt_full.yaml) on the devices present, with the submit flow's own calibration (pipeline/budget.py):
+   configs/ttt_full.yaml) on the devices present, with the submit flow's own calibration (pipeline/calibration.py):
    a few TTT steps (a small batch on CPU) on real ARC-AGI-2 evaluation tasks as the hidden set, and one batch
    of views. The measured seconds give this machine's achieved FLOP rate for TTT and for prediction, which
    checks the FLOP model (TRM.flops_per_step) that step 2 relies on.
@@ -38,8 +38,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from bench.common import emit
-from pipeline.budget import (Calibration, Policy, calibrate_predict, calibrate_ttt, make_plan, predict_seconds,
-                             ttt_seconds)
+from pipeline.budget import Calibration, Policy, make_plan, predict_seconds, ttt_seconds
+from pipeline.calibration import calibrate_predict, calibrate_ttt
 from pipeline.checkpoint import load_for_prediction, write_weights_checkpoint
 from pipeline.config import dump_config, load_config, to_dict
 from pipeline.model import TRM, ModelConfig

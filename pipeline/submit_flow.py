@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.budget import (Calibration, Plan, Policy, calibrate_predict, calibrate_ttt, chunk_inputs,
-                             collective_timeout_s, deadlines, free_memory, make_plan, margin_for, slowest,
-                             views_that_fit)
+from pipeline.budget import (Calibration, Plan, Policy, chunk_inputs, collective_timeout_s, deadlines, make_plan,
+                             margin_for, views_that_fit)
+from pipeline.calibration import calibrate_predict, calibrate_ttt, free_memory, slowest
 from pipeline.checkpoint import CheckpointError, load_for_prediction, resolve_checkpoint
 from pipeline.dataset import canvas_problem
 from pipeline.hidden import MODEL_ERRORS, details_of, load_challenges, predict_challenges, summary_line

@@ -279,7 +279,7 @@ def test_a_run_resumes_with_crop_switched_on(tmp_path):
 def test_the_submit_calibration_times_every_size_bucket_under_crop(tmp_path, monkeypatch):
     """Under crop a TTT step costs what its size bucket costs, so the planner's step time is the mean over
     buckets, each timed with every slot from it."""
-    from pipeline.budget import calibrate_ttt
+    from pipeline.calibration import calibrate_ttt
     from pipeline.config import load_config
     from pipeline.runtime import init_runtime
     from conftest import ROOT
@@ -375,7 +375,7 @@ def test_a_compiled_step_under_crop_compiles_a_few_graphs_for_every_size_and_gro
 def test_the_prediction_calibration_scales_the_timed_inputs_to_all_inputs_under_crop():
     """The timed inputs (the first few) can be far smaller or larger than the rest: under crop the per-view
     time is scaled by the FLOPs of all inputs' view rectangles over the timed ones'."""
-    from pipeline.budget import _crop_cost_ratio
+    from pipeline.calibration import _crop_cost_ratio
 
     small = [Task(f"s{k}", [(np.ones((2, 2), np.uint8), np.ones((2, 2), np.uint8))], [np.ones((2, 2), np.uint8)])
              for k in range(2)]
