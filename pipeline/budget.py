@@ -46,6 +46,10 @@ class Policy:
     chunk_fraction: float = 0.01
     """Seconds per chunk of test inputs in prediction, as a fraction of the budget (up to twice that where the
     chunk's last model batch fills better): the granularity of prediction's deadline."""
+    pinned_steps: int | None = None
+    """TTT steps kept as given (--ttt-steps; 0 = no TTT) instead of planned: a reproducible plan."""
+    pinned_views: int | None = None
+    """Views per test input kept as given (--views) instead of planned."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.margin < 1.0:
@@ -155,9 +159,11 @@ def steps_that_fit(cal: Calibration, seconds: float, policy: Policy, cap: int, c
 
 
 def make_plan(policy: Policy, cal: Calibration, budget_s: float, spent_s: float, max_steps: int,
-              ckpt_every: int, pinned_steps: int | None = None, pinned_views: int | None = None) -> Plan:
+              ckpt_every: int) -> Plan:
     """TTT steps and views per test input that end the flow inside budget_s less the margin, given the
-    seconds already spent (setup and calibration). Pinned values are kept as they are (a reproducible plan)."""
+    seconds already spent (setup and calibration), for a TTT recipe of `max_steps` saving every `ckpt_every`.
+    The policy's pinned values are kept as they are (a reproducible plan)."""
+    pinned_steps, pinned_views = policy.pinned_steps, policy.pinned_views
     cap = policy.ttt_max_steps or max_steps
     margin_s = policy.margin * budget_s
     avail = budget_s - margin_s - spent_s - write_reserve(policy, budget_s)

@@ -56,8 +56,6 @@ class SubmitJob:
     ttt_preset: str | None = "configs/ttt_full.yaml"
     overrides: list[str] = field(default_factory=list)
     policy: Policy = field(default_factory=Policy)
-    ttt_steps: int | None = None
-    views: int | None = None
     progress: bool = False
     deterministic: bool = False
     seed: int = 0
@@ -227,8 +225,7 @@ def _plan(flow: Flow) -> tuple[Plan, Deadlines]:
     """TTT steps and views that fit the budget left, and the deadlines that hold each stage to its share."""
     job, cfg = flow.job, flow.cfg
     spent = time.time() - job.started
-    plan = make_plan(job.policy, flow.cal, job.budget_s, spent, cfg.train.steps, cfg.train.ckpt_every, job.ttt_steps,
-                     job.views)
+    plan = make_plan(job.policy, flow.cal, job.budget_s, spent, cfg.train.steps, cfg.train.ckpt_every)
     if not flow.fits:
         plan = dataclasses.replace(plan, ttt_steps=0, views=0, why="no valid task fits the model's canvas")
     if flow.rt.is_main:
@@ -292,7 +289,7 @@ def _predict(flow: Flow, plan: Plan, dl: Deadlines, model_path: str) -> tuple[Hi
         return None, 0
     t0 = time.time()
     free_memory(flow.rt)  # the TTT run's model and optimiser
-    views = job.views or max(1, views_that_fit(cal, dl.predict_seconds_left(), job.policy, job.policy.views_max,
+    views = job.policy.pinned_views or max(1, views_that_fit(cal, dl.predict_seconds_left(), job.policy, job.policy.views_max,
                                                job.budget_s))
     per_chunk = chunk_inputs(cal, views, job.policy, job.budget_s)
     pcfg = dataclasses.replace(flow.cfg.predict, augs=views, chunk_views=per_chunk * views)

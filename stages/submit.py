@@ -125,13 +125,14 @@ def main(argv=None, early=None) -> int:
         policy = Policy(order=args.policy, margin=args.margin, views_floor=min(args.views_floor, args.views_max),
                         views_max=args.views_max, views_min=min(args.views_min, args.views_floor, args.views_max),
                         ttt_max_steps=args.ttt_max_steps, ttt_min_steps=args.ttt_min_steps,
-                        predict_steps_fraction=args.steps_fraction)
+                        predict_steps_fraction=args.steps_fraction, pinned_steps=args.ttt_steps,
+                        pinned_views=args.views)
     except ValueError as e:
         raise ConfigError(f"budget policy: {e}") from e
     job = SubmitJob(challenges=path, out=Path(args.out), checkpoint=args.checkpoint, budget_s=args.budget_s,
                     started=started_at(), work_dir=Path(args.work_dir), device=args.device,
-                    ttt_preset=args.ttt_config, overrides=args.set, policy=policy, ttt_steps=args.ttt_steps,
-                    views=args.views, progress=args.progress, deterministic=args.deterministic, seed=args.seed)
+                    ttt_preset=args.ttt_config, overrides=args.set, policy=policy, progress=args.progress,
+                    deterministic=args.deterministic, seed=args.seed)
     return run_submit(job)
 
 
