@@ -9,6 +9,23 @@ from kernels.augment import encode_pairs
 from pipeline.packed import PackedTasks
 
 
+def view_sizes(h, w, dihedral) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of grids of h rows and w columns after their dihedral transforms (rot90, rot270, transpose and
+    anti-transpose swap the two)."""
+    swap = np.asarray(DIHEDRAL_SWAPS_AXES)[dihedral]
+    return np.where(swap, w, h), np.where(swap, h, w)
+
+
+def last_offset(extent, canvas: int, max_offset: int = 0) -> np.ndarray:
+    """The last offset along an axis at which `extent` cells still fit inside the canvas, and at most max_offset
+    (0 = no limit). Training places a pair anywhere up to the canvas edge (extent: its larger grid), the EOS border
+    then falling off the canvas, as the official builder's randint(0, 30 - size + 1) and the encoder do.
+    Prediction's extent is the answer plus its border: a predicted grid that reaches the edge of a translated axis
+    cannot be told from a clipped one and casts no vote (pipeline/infer.py)."""
+    room = np.maximum(canvas - np.asarray(extent), 0)
+    return np.minimum(room, max_offset) if max_offset else room
+
+
 def random_perms(rng: np.random.Generator, n: int, enabled: bool = True) -> np.ndarray:
     """n colour permutations as uint8 [n, 10] lookup tables with 0 fixed."""
     perms = np.tile(np.arange(10, dtype=np.uint8), (n, 1))
@@ -32,8 +49,7 @@ def bound_offsets(u: np.ndarray, packed: PackedTasks, ex_in: np.ndarray, ex_out:
                   canvas: int, max_offset: int) -> np.ndarray:
     """Rescale translation draws u [2, B] so that the encoder's offset floor(u * (room + 1)) lands in
     0..min(room, max_offset), room = canvas - the pair's larger size along the axis (after the dihedral)."""
-    swap = np.asarray(DIHEDRAL_SWAPS_AXES)[dihedral]
     h = np.maximum(packed.heights[ex_in], packed.heights[ex_out])
     w = np.maximum(packed.widths[ex_in], packed.widths[ex_out])
-    room = canvas - np.stack([np.where(swap, w, h), np.where(swap, h, w)])
-    return u * (np.minimum(room, max_offset) + 1) / (room + 1)
+    size = np.stack(view_sizes(h, w, dihedral))
+    return u * (last_offset(size, canvas, max_offset) + 1) / (canvas - size + 1)
