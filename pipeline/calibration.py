@@ -25,7 +25,7 @@ from pipeline.budget import Calibration
 from pipeline.build import build_run
 from pipeline.checkpoint import LoadedModel
 from pipeline.config import RunConfig
-from pipeline.dataset import canvas_problem
+from pipeline.dataset import split_by_canvas
 from pipeline.infer import PredictConfig, make_views, model_batch, predict_tests
 from pipeline.packed import pack_tasks
 from pipeline.runtime import Runtime, compile_model
@@ -96,7 +96,7 @@ def calibrate_predict(loaded: LoadedModel, tasks: list[Task], pcfg: PredictConfi
     a view costs what its rectangle costs, so the time is scaled by the FLOPs of all inputs' views over the
     timed inputs' (`_crop_cost_ratio`)."""
     canvas = loaded.config.data.canvas
-    fit = [t for t in tasks if canvas_problem(t, canvas) is None]
+    fit = split_by_canvas(tasks, canvas)[0]
     if not fit:
         return 0.0, 0.0
     packed = pack_tasks(fit)

@@ -43,15 +43,24 @@ def canvas_problem(task: Task, canvas: int) -> str | None:
     return None
 
 
+def split_by_canvas(tasks: list[Task], canvas: int) -> tuple[list[Task], list[tuple[Task, str]]]:
+    """(the tasks whose grids all fit the canvas, [(task, why not)] for the others)."""
+    fits, too_large = [], []
+    for t in tasks:
+        if (p := canvas_problem(t, canvas)) is not None:
+            too_large.append((t, p))
+        else:
+            fits.append(t)
+    return fits, too_large
+
+
 def fit_canvas(res: LoadResult, canvas: int) -> LoadResult:
     """Drop (and report) tasks with a grid larger than the canvas."""
     out = LoadResult(problems=list(res.problems))
-    for t in res.tasks:
-        if (p := canvas_problem(t, canvas)) is not None:
-            out.problems.append(TaskProblem(t.id, p, t.source))
-            log.warning("skipping task %s: %s", t.id, p)
-        else:
-            out.tasks.append(t)
+    out.tasks, too_large = split_by_canvas(res.tasks, canvas)
+    for t, p in too_large:
+        out.problems.append(TaskProblem(t.id, p, t.source))
+        log.warning("skipping task %s: %s", t.id, p)
     for part in res.parts:
         side = task_max_sides(part.packed)
         for t in np.flatnonzero(side > canvas):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipeline.dataset import canvas_problem
+from pipeline.dataset import split_by_canvas
 from pipeline.checkpoint import LoadedModel
 from pipeline.infer import PredictConfig, TestPrediction, predict_tests
 from pipeline.runtime import Runtime, break_group, compile_model
@@ -94,13 +94,11 @@ def predict_challenges(loaded: LoadedModel, res: LoadResult, pcfg: PredictConfig
     from all ranks, with the reason for each one it could not predict. `deadline` is a time.perf_counter()
     value after which no new chunk starts."""
     canvas = loaded.config.data.canvas
-    tasks, fallbacks = [], {}
-    for t in res.tasks:
-        if (p := canvas_problem(t, canvas)) is not None:
-            log.warning("task %s: %s; fallback used", t.id, p)
-            fallbacks.update({(t.id, j): TOO_LARGE for j in range(len(t.test_inputs))})
-        else:
-            tasks.append(t)
+    tasks, too_large = split_by_canvas(res.tasks, canvas)
+    fallbacks = {}
+    for t, p in too_large:
+        log.warning("task %s: %s; fallback used", t.id, p)
+        fallbacks.update({(t.id, j): TOO_LARGE for j in range(len(t.test_inputs))})
     if not tasks:
         return HiddenRun([], fallbacks)
     packed = pack_tasks(tasks)

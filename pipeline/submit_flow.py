@@ -25,7 +25,7 @@ from pipeline.budget import (Calibration, Deadlines, Plan, Policy, chunk_inputs,
                              make_plan, margin_for, views_that_fit)
 from pipeline.calibration import calibrate_predict, calibrate_ttt, free_memory, slowest
 from pipeline.checkpoint import CheckpointError, load_for_prediction, resolve_checkpoint
-from pipeline.dataset import canvas_problem
+from pipeline.dataset import split_by_canvas
 from pipeline.config import RunConfig
 from pipeline.hidden import MODEL_ERRORS, HiddenRun, details_of, load_challenges, predict_challenges, summary_line
 from pipeline.infer import model_batch
@@ -182,7 +182,7 @@ def _open(job: SubmitJob, rt: Runtime) -> Flow:
     run_dir = ttt_folder(job)
     overrides = [*job.overrides, f"train.progress={str(job.progress).lower()}", f"seed={job.seed}"]
     cfg = ttt_config(job.checkpoint, job.ttt_preset, overrides, run_dir, sources=[str(job.challenges)])
-    fits = [t for t in valid.tasks if canvas_problem(t, cfg.data.canvas) is None]
+    fits = split_by_canvas(valid.tasks, cfg.data.canvas)[0]
     return Flow(job, rt, challenges, valid, cfg, run_dir, fits, sum(len(t.test_inputs) for t in fits))
 
 
