@@ -26,7 +26,7 @@ from pipeline.infer import PredictConfig, TestPrediction, predict_tests
 from pipeline.runtime import Runtime, break_group, compile_model
 from pipeline.packed import pack_tasks
 from pipeline.sources import LoadResult, entries_to_tasks
-from pipeline.tasks import DataError, read_json
+from pipeline.tasks import read_challenges
 
 log = logging.getLogger(__name__)
 MODEL_ERRORS = (RuntimeError, ValueError, torch.cuda.OutOfMemoryError)
@@ -34,13 +34,11 @@ MODEL_ERRORS = (RuntimeError, ValueError, torch.cuda.OutOfMemoryError)
 
 def load_challenges(path: str | Path) -> tuple[dict, LoadResult]:
     """The raw challenges (the writer must cover every id in them) and the valid tasks (for the model)."""
-    raw = read_json(Path(path))
-    if not isinstance(raw, dict):
-        raise DataError(f"{path}: expected a JSON object mapping task ids to tasks")
-    res = entries_to_tasks(raw, None, Path(path).name, train_on_test=False)
-    for q in res.problems:
+    challenges = read_challenges(path)
+    valid = entries_to_tasks(challenges, None, Path(path).name, train_on_test=False)
+    for q in valid.problems:
         log.warning("invalid task, fallback used: %s", q)
-    return raw, res
+    return challenges, valid
 
 
 # Why a test input of a valid task has no model prediction (invalid tasks are the writer's business).

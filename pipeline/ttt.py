@@ -14,10 +14,8 @@ The table of the TTT run holds only the hidden tasks' rows, so predict on the ru
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ from pipeline.runtime import Runtime
 from pipeline.packed import pack_tasks
 from pipeline.puzzle_ids import PerAugmentationIds, PerTaskIds, PuzzleIdScheme
 from pipeline.sources import LoadResult
-from pipeline.tasks import DataError, Task, write_json_atomic
+from pipeline.tasks import DataError, Task, safe_name, write_json_atomic
 from pipeline.train import Stop
 
 log = logging.getLogger(__name__)
@@ -131,12 +129,6 @@ def run_ttt(cfg: RunConfig, rt: Runtime, tasks: list[Task], holdout: bool = Fals
             "checkpoint": cfg.train.init_from, "tasks": data.packed.task_ids, "holdout": holdout,
             "skipped": [str(p) for p in data.problems], "result": result})
     return TTTResult(Path(cfg.run_dir), result["step"], result.get("stopped"), result)
-
-
-def safe_name(task_id: str) -> str:
-    """A file-system-safe, collision-free folder name for a task id (ids come from input files)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", task_id).lstrip(".")[:80] or "task"
-    return name if name == task_id else f"{name}-{hashlib.sha1(task_id.encode()).hexdigest()[:8]}"
 
 
 def per_task_dir(run_dir: str | Path, task_id: str) -> Path:

@@ -91,7 +91,7 @@ def fallback_first(argv=None):
     """Parse, find and read the challenges, and (rank 0) write the all-fallback submission, importing nothing
     heavy: a valid file is on disk even if importing torch fails. Returns (args, challenges path)."""
     from pipeline.kaggle_input import count_inputs, find_test_challenges
-    from pipeline.tasks import DataError, read_json, write_json_atomic
+    from pipeline.tasks import read_challenges, write_json_atomic
     from submission.format import build_submission
 
     args = parse_args(argv)
@@ -99,13 +99,11 @@ def fallback_first(argv=None):
         path, how = Path(args.challenges), "--challenges"
     else:
         path, how = find_test_challenges(args.kaggle_root)
-    raw = read_json(path)
-    if not isinstance(raw, dict):
-        raise DataError(f"{path}: expected a JSON object mapping task ids to tasks")
-    tasks, inputs = count_inputs(raw)
+    challenges = read_challenges(path)
+    tasks, inputs = count_inputs(challenges)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"challenges: {path} ({how}): {tasks} tasks, {inputs} test inputs", flush=True)
-        write_json_atomic(args.out, build_submission(raw, {})[0])
+        write_json_atomic(args.out, build_submission(challenges, {})[0])
         print(f"fallback submission written to {args.out} ({time.time() - started_at():.1f}s)", flush=True)
     return args, path
 
