@@ -26,7 +26,8 @@ from pipeline.infer import PredictConfig, TestPrediction, predict_tests
 from pipeline.runtime import Runtime, break_group, compile_model
 from pipeline.packed import pack_tasks
 from pipeline.sources import LoadResult, entries_to_tasks
-from pipeline.tasks import read_challenges
+from pipeline.tasks import read_challenges, write_json_atomic
+from submission.format import build_submission
 
 log = logging.getLogger(__name__)
 MODEL_ERRORS = (RuntimeError, ValueError, torch.cuda.OutOfMemoryError)
@@ -222,3 +223,15 @@ def details_of(results: list[TestPrediction]) -> dict:
     return {f"{r.task_id}/{r.test_index}": {"votes": r.votes, "valid_views": r.valid_views, "views": r.views,
                                             "confidence": r.confidence, "mean_steps": r.mean_steps,
                                             "seconds": r.seconds} for r in results}
+
+
+def write_submission(out: str | Path, challenges: dict, hidden: HiddenRun | None) -> tuple[dict, list[str]]:
+    """The submission for every task of `challenges` (the model's attempts where `hidden` has them, the fallback
+    elsewhere) written atomically to `out`, and `out`.details.json beside it when the model ran; returns the
+    submission and the writer's notes."""
+    preds = {(r.task_id, r.test_index): r.attempts for r in hidden.results} if hidden is not None else {}
+    sub, notes = build_submission(challenges, preds)
+    write_json_atomic(out, sub)
+    if hidden is not None:
+        write_json_atomic(str(out) + ".details.json", details_of(hidden.results))
+    return sub, notes

@@ -27,7 +27,8 @@ from pipeline.calibration import calibrate_predict, calibrate_ttt, free_memory, 
 from pipeline.checkpoint import CheckpointError, load_for_prediction, resolve_checkpoint
 from pipeline.dataset import split_by_canvas
 from pipeline.config import RunConfig
-from pipeline.hidden import MODEL_ERRORS, HiddenRun, details_of, load_challenges, predict_challenges, summary_line
+from pipeline.hidden import (MODEL_ERRORS, HiddenRun, load_challenges, predict_challenges, summary_line,
+                             write_submission)
 from pipeline.infer import model_batch
 from pipeline.kaggle_input import count_inputs
 from pipeline.metrics import setup_logging
@@ -36,7 +37,6 @@ from pipeline.sources import LoadResult
 from pipeline.tasks import DataError, Task, write_json_atomic
 from pipeline.train import Stop
 from pipeline.ttt import run_ttt, ttt_config
-from submission.format import build_submission
 
 log = logging.getLogger("submit")
 TTT_ERRORS = (DataError, CheckpointError, *MODEL_ERRORS)
@@ -320,11 +320,7 @@ def _write(flow: Flow, plan: Plan, ttt: TTTOutcome, hidden: HiddenRun | None, vi
     """Rank 0: the submission (atomically), its details, the plan file with the actual seconds, the summary."""
     job, seconds = flow.job, flow.seconds
     t0 = time.time()
-    preds = {(r.task_id, r.test_index): r.attempts for r in hidden.results} if hidden else {}
-    sub, _ = build_submission(flow.challenges, preds)
-    write_json_atomic(job.out, sub)
-    if hidden is not None:
-        write_json_atomic(str(job.out) + ".details.json", details_of(hidden.results))
+    sub, _ = write_submission(job.out, flow.challenges, hidden)
     seconds["write"] = time.time() - t0
     seconds["total"] = time.time() - job.started
     tasks, inputs = count_inputs(flow.challenges)

@@ -23,13 +23,12 @@ import logging
 import time
 
 from pipeline.checkpoint import load_for_prediction
-from pipeline.hidden import details_of, load_challenges, predict_challenges, predict_per_task_runs, summary_line
+from pipeline.hidden import (load_challenges, predict_challenges, predict_per_task_runs, summary_line,
+                             write_submission)
 from pipeline.metrics import setup_logging
 from pipeline.runtime import init_runtime, shutdown_runtime
 from pipeline.ttt import ttt_index
 from stages._cli import positive_int, run
-from pipeline.tasks import write_json_atomic
-from submission.format import build_submission
 
 log = logging.getLogger("predict")
 
@@ -77,11 +76,9 @@ def main(argv=None) -> int:
             pcfg = dataclasses.replace(loaded.config.predict, **overrides)
             hidden = predict_challenges(loaded, res, pcfg, rt, deadline, show_progress=not args.no_progress)
         if rt.is_main:
-            sub, notes = build_submission(raw, {(r.task_id, r.test_index): r.attempts for r in hidden.results})
+            sub, notes = write_submission(args.out, raw, hidden)
             for n in notes:
                 log.warning("%s", n)
-            write_json_atomic(args.out, sub)
-            write_json_atomic(str(args.out) + ".details.json", details_of(hidden.results))
             log.info("wrote %s: %d tasks, %d test inputs, %.1fs", args.out, len(sub),
                      sum(len(v) for v in sub.values()), time.perf_counter() - t_start)
             if hidden.model_predicted_nothing():
