@@ -4,7 +4,8 @@
     python -m bench.budget --mean-steps 8 --views 512        # other assumptions (see --help)
 
 1. Measures with the real model at the ARC config (configs/arc2_4xh100.yaml + the default TTT preset
-   configs/ttt_full.yaml) on the devices present, with the submit flow's own calibration (pipeline/calibration.py):
+   configs/ttt_full.yaml: the official computation, full canvas) on the devices present, with the submit
+   flow's own calibration (pipeline/calibration.py):
    a few TTT steps (a small batch on CPU) on real ARC-AGI-2 evaluation tasks as the hidden set, and one batch
    of views. The measured seconds give this machine's achieved FLOP rate for TTT and for prediction, which
    checks the FLOP model (TRM.flops_per_step) that step 2 relies on.
@@ -20,10 +21,13 @@
    A `python -m bench.ttt` result measured on a GPU (`--ttt-bench FILE`) replaces the training anchor with
    the MFU it achieved.
 3. Plans a `--budget-h` (default 6 h, half the 12 h limit) run with the projected costs and the default
-   policy (pipeline.budget.make_plan): the TTT steps and views per test input that fit.
-4. The same under model.crop (task-sized sequences, `fits_goal_crop`): TTT and prediction FLOPs over the
-   rectangles crop runs on the ARC-AGI-2 evaluation tasks (bench.crop: a TTT batch of one task, the views of
-   one test input), at the same MFU as the full canvas. On CPU, bench.crop measures the speed-up itself.
+   policy (pipeline.budget.make_plan): the TTT steps and views per test input that fit, with the computation
+   the TTT presets resolve to (as stages.submit plans): the full canvas unless they ask for model.crop
+   (e.g. `--ttt-config configs/ttt_full.yaml configs/ttt_fast.yaml`).
+4. For comparison, the same under the departure the presets do not take (`departure`, skipped with
+   --no-crop): model.crop's TTT and prediction FLOPs over the rectangles crop runs on the ARC-AGI-2
+   evaluation tasks (bench.crop: a TTT batch of one task, the views of one test input), at the same MFU as
+   the full canvas (or the full canvas when the presets crop). On CPU, bench.crop measures the speed-up.
 
 Prints JSON last (bench.common.emit).
 """
@@ -41,6 +45,7 @@ from bench.common import emit
 from pipeline.budget import Calibration, Policy, make_plan, predict_seconds, ttt_seconds
 from pipeline.calibration import calibrate_predict, calibrate_ttt
 from pipeline.checkpoint import load_for_prediction, write_weights_checkpoint
+from pipeline.computation import with_official_evaluation
 from pipeline.config import dump_config, load_config, to_dict
 from pipeline.dataset import split_by_canvas
 from pipeline.model import TRM, ModelConfig
@@ -187,7 +192,8 @@ def project(args, model: TRM, global_batch: int, max_steps: int, predict_batch: 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/arc2_4xh100.yaml", help="the pretrained model's config")
-    p.add_argument("--ttt-config", default="configs/ttt_full.yaml")
+    p.add_argument("--ttt-config", nargs="+", default=["configs/ttt_full.yaml"],
+                   help="TTT presets, in order (as stages.submit --ttt-config): their computation is planned")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-measure", action="store_true", help="projection only (no measurement on this machine)")
     p.add_argument("--measure-batch", type=int, default=2, help="TTT batch measured here (CPU: small)")
@@ -209,32 +215,43 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ttt-startup-s", type=float, default=180.0, help="build, warm start, compile")
     p.add_argument("--ttt-save-s", type=float, default=10.0, help="one TTT checkpoint (~0.5 GB puzzle table)")
     p.add_argument("--predict-startup-s", type=float, default=120.0, help="load, compile")
-    p.add_argument("--no-crop", action="store_true", help="skip the projection under model.crop")
+    p.add_argument("--no-crop", action="store_true", help="skip the comparison with the other side of model.crop")
     p.add_argument("--crop-ttt", default="joint_g8",
                    choices=["ttt_batch", "joint_g1", "joint_g4", "joint_g8", "joint_g16", "joint_b4", "joint_b8"],
                    help="TTT batches under crop: per-task runs (ttt_batch), a joint run in N size groups per step "
                         "(joint_gN, model.crop_groups), or a joint run bucketed by size (joint_bN, data.bucket_steps)")
-    p.add_argument("--crop-max-offset", type=int, default=1, help="data.max_offset of TTT under crop")
+    p.add_argument("--crop-max-offset", type=int, default=None,
+                   help="data.max_offset of TTT under crop (default: the presets', else 1 as configs/ttt_fast.yaml)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     base = load_config(args.config)
-    ttt = load_config(args.ttt_config, [], base=to_dict(base))  # the TTT run's config, as pipeline.ttt builds it
+    # the TTT run's config, as pipeline.ttt builds it: the checkpoint's computation, then the presets
+    ttt = load_config(args.ttt_config, [], base=with_official_evaluation(to_dict(base)))
     model = TRM(base.model, 2)
-    out = {"bench": "budget", "config": args.config, "ttt_config": args.ttt_config}
+    crops = ttt.model.crop
+    max_offset = ttt.data.max_offset if crops else (1 if args.crop_max_offset is None else args.crop_max_offset)
+    ratio = crop_flop_ratios(model, args.crop_ttt, max_offset) if crops or not args.no_crop else None
+    out = {"bench": "budget", "config": args.config, "ttt_config": args.ttt_config,
+           "computation": "model.crop" if crops else "full canvas"}
     if not args.no_measure:
         with tempfile.TemporaryDirectory() as tmp:
             out["measured"] = measure(args, Path(tmp))
-    out.update(project(args, model, ttt.train.global_batch, ttt.train.steps, ttt.predict.batch_size))
-    if not args.no_crop:
-        ratio = crop_flop_ratios(model, args.crop_ttt, args.crop_max_offset)
-        crop = project(args, model, ttt.train.global_batch, ttt.train.steps, ttt.predict.batch_size, ratio)
-        out["crop"] = {"flop_ratio": ratio, "flow": crop["flow"], "fits_goal": crop["fits_goal"]}
-        full, cropped = out["fits_goal"], crop["fits_goal"]
-        print(f"full canvas: {full['ttt_steps']} TTT steps, {full['views']} views fit {args.budget_h} h; "
-              f"under crop: {cropped['ttt_steps']} steps, {cropped['views']} views")
+    out.update(project(args, model, ttt.train.global_batch, ttt.train.steps, ttt.predict.batch_size,
+                       ratio if crops else None))
+    if not args.no_crop:  # the other side of model.crop, for comparison
+        other = project(args, model, ttt.train.global_batch, ttt.train.steps, ttt.predict.batch_size,
+                        None if crops else ratio)
+        out["departure"] = {"computation": "full canvas" if crops else "model.crop", "flop_ratio": ratio,
+                            "flow": other["flow"], "fits_goal": other["fits_goal"]}
+        mine, theirs = out["fits_goal"], other["fits_goal"]
+        print(f"{out['computation']} (in use): {mine['ttt_steps']} TTT steps, {mine['views']} views fit "
+              f"{args.budget_h} h; {out['departure']['computation']}: {theirs['ttt_steps']} steps, "
+              f"{theirs['views']} views")
+    elif crops:
+        out["flop_ratio"] = ratio
     emit(out)
 
 

@@ -19,7 +19,9 @@ Tokens (grid cells + EOS border, the 16-position puzzle prefix not counted), mea
                 untranslated views; views of a test input are run together, largest first
 Speed: one supervision step of the ARC model (hidden 512, 2 layers) on batches of `--batch` examples whose
 rectangle is drawn from `ttt_batch` (training: forward + backward) and `view` (inference: forward), against
-the full canvas. On CPU the step runs one cycle (h_cycles = l_cycles = 1) to keep the run short: every net call
+the full canvas; and on the same rectangles with half the examples on a smaller own rectangle, masked to it
+(`mask_overhead`: the per-example key mask that makes each example's result independent of its batch mates,
+over the unmasked step). On CPU the step runs one cycle (h_cycles = l_cycles = 1) to keep the run short: every net call
 has the same shape, so the ratio is the ARC step's; `--full-cycles` runs the ARC recursion (3 x 5 calls).
 Prints JSON last.
 """
@@ -32,10 +34,10 @@ import numpy as np
 import torch
 
 from bench.common import emit
-from pipeline.crop import size_groups, view_extents
+from pipeline.crop import own_rectangles, size_groups, view_extents
 from pipeline.encode import view_sizes
 from pipeline.infer import answer_bound
-from pipeline.model import TRM, ModelConfig
+from pipeline.model import TRM, Crop, ModelConfig
 from pipeline.packed import pack_tasks, task_sides
 from pipeline.sources import load_source
 
@@ -104,9 +106,18 @@ def _rect(tokens: int) -> tuple[int, int]:
     return r, max(1, min(CANVAS, int(round(tokens / r))))
 
 
+def rect_of(model: TRM, tokens: int, batch: int, masked: bool, device) -> Crop:
+    """A `Crop` of a near-square rectangle of about `tokens` cells; `masked`: every other example on a
+    rectangle of half the sides inside it (its own), as a batch of mixed sizes runs."""
+    rows, cols = _rect(tokens)
+    if not masked:
+        return Crop(model.keep_index(rows, cols))
+    ext = np.array([[rows, cols] if k % 2 == 0 else [max(1, rows // 2), max(1, cols // 2)] for k in range(batch)])
+    return Crop(model.keep_index(rows, cols), own_rectangles(ext, (rows, cols), model.cfg.puzzle_emb_len, device))
+
+
 def step_seconds(model: TRM, batch: int, crop, train: bool, reps: int, device) -> float:
-    """Seconds of one model step on `crop` = (rows, cols) of the canvas (None: the whole canvas)."""
-    keep = None if crop is None else model.keep_index(*crop)  # the model's crop argument (pipeline/crop.py)
+    """Seconds of one model step under `crop`, the model's crop argument (a `Crop`; None: the whole canvas)."""
     x = torch.randint(2, 12, (batch, CANVAS * CANVAS), dtype=torch.int32, device=device)
     vecs = torch.zeros(batch, model.cfg.puzzle_emb_ndim, device=device)
     y, z = model.initial_state(batch, torch.float32)
@@ -116,11 +127,11 @@ def step_seconds(model: TRM, batch: int, crop, train: bool, reps: int, device) -
     def once():
         with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
             if train:
-                _, _, logits, q, _ = model(x, vecs, y, z, keep)
+                _, _, logits, q, _ = model(x, vecs, y, z, crop)
                 (logits.float().square().mean() + q.mean()).backward()
             else:
                 with torch.inference_mode():
-                    model(x, vecs, y, z, keep)
+                    model(x, vecs, y, z, crop)
 
     once()  # warm-up (and compile)
     sync()
@@ -141,12 +152,18 @@ def speed(rects: dict[str, list[int]], args, device) -> dict:
         # the distribution's quantiles at (i + 1/2) / sizes: a small, even cover of the sizes that occur
         dist = rects["ttt_batch_rects" if train else "view_rects"]
         sample = np.quantile(dist, (np.arange(args.sizes) + 0.5) / args.sizes, method="nearest")
-        times = [step_seconds(run, args.batch, _rect(int(t)), train, args.reps, device) for t in sample]
+        times, masked = [], []
+        for t in sample:  # interleaved, so that a shared machine's load drifts over both alike
+            for out_list, mask in ((times, False), (masked, True)):
+                out_list.append(step_seconds(run, args.batch, rect_of(model, int(t), args.batch, mask, device), train,
+                                             args.reps, device))
         cropped = float(np.mean(times))  # a stream of batches of these sizes takes their mean time per batch
         tokens = float(np.mean([np.prod(_rect(int(t))) for t in sample]))
         out[name] = {"samples_per_s_full": args.batch / full, "samples_per_s_crop": args.batch / cropped,
                      "tokens_per_s_full": args.batch * CANVAS * CANVAS / full,
                      "tokens_per_s_crop": args.batch * tokens / cropped, "speedup": full / cropped,
+                     "samples_per_s_crop_masked": args.batch / float(np.mean(masked)),
+                     "mask_overhead": float(np.mean(masked)) / cropped,
                      "mean_tokens_crop": tokens, "sizes": [int(t) for t in sample]}
     return out
 

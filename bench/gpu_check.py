@@ -206,7 +206,7 @@ def demo_steps(ctx: Ctx) -> list[Step]:
     held out of pretraining, predict, validate, score."""
     w, q = ctx.work / "demo", ctx.quick
     sets = [*ctx.compute(), *OFFICIAL_TRAIN, *OFFICIAL_PREDICT, "train.progress=false"]
-    views = ["--device", ctx.device, "--augs", 8, "--fixed-steps", "--no-translate", "--no-crop", "--no-progress"]
+    views = ["--device", ctx.device, "--augs", 8, "--no-translate", "--no-crop", "--no-progress"]
     steps_pre, steps_ttt = (20, 10) if q else (200, 100)
     return [
         Step("demo_data", ctx.m("stages.data", "export", DEMO, "--out", w / "demo"), 30, min_s=5),

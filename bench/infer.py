@@ -29,7 +29,7 @@ from bench.syncs import infer_syncs
 from pipeline.act import predict_stream
 from pipeline.config import load_config
 from pipeline.checkpoint import load_for_prediction
-from pipeline.crop import by_size
+from pipeline.crop import by_size, rect_crop
 from pipeline.infer import make_views, puzzle_table_lookup
 from pipeline.model import TRM
 from pipeline.runtime import compile_model, init_runtime
@@ -99,8 +99,7 @@ def main(argv=None) -> None:
             for _ in range(model.cfg.halt_max_steps):
                 crop = None
                 if extents is not None:  # each batch on its own rectangle, as the streaming loop would
-                    rows, cols = extents[s:s + batch].max(0)
-                    crop = model.keep_index(int(rows), int(cols))
+                    crop = rect_crop(extents[s:s + batch], model)
                 y, z, logits, _, _ = run_model(inputs[s:s + batch], vecs[s:s + batch], y, z, crop)
             logits.argmax(-1)
 

@@ -30,11 +30,12 @@ from pipeline.train import PEAK_BF16_FLOPS, peak_flops
 
 
 def rectangles(model, args) -> list[tuple[int, int]]:
-    """(examples, grid cells) of each rectangle one TRM.forward(inputs, vecs, y, z, crop) call runs."""
+    """(examples, grid cells) of each rectangle one TRM.forward(inputs, vecs, y, z, crop) call runs (a masked
+    `Crop` runs its covering rectangle for every example)."""
     inputs, crop = args[0], args[4] if len(args) > 4 else None
     P = model.cfg.puzzle_emb_len
     parts = crop if isinstance(crop, list) else [(inputs, crop)]
-    return [(len(s), model.cfg.seq_len if keep is None else keep.shape[0] - P) for s, keep in parts]
+    return [(len(s), model.cfg.seq_len if c is None else c.keep.shape[0] - P) for s, c in parts]
 
 
 def work(model, ran: list[tuple[int, int]]) -> tuple[int, float]:

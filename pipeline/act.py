@@ -1,4 +1,5 @@
-"""Deep supervision with adaptive halting (ACT), the loss, and adaptive-halting inference.
+"""Deep supervision with adaptive halting (ACT), the loss, and streaming inference (all N_sup steps, as the
+official evaluation, or adaptive halting on request).
 
 Training follows TRM: a batch of slots carries (y, z) across optimiser steps. Every call first refills the
 slots that halted last time with the newly fetched batch's rows (resetting their state), runs one
@@ -12,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.crop import step_crop, used_extents
-from pipeline.model import TRM
+from pipeline.crop import own_rectangles, step_crop, used_extents
+from pipeline.model import TRM, Crop
 
 IGNORE = -100
 
@@ -85,8 +86,7 @@ def supervision_step(model, carry: Carry, batch: dict[str, torch.Tensor], puzzle
     carry = refill(raw, carry, batch)
     crop = None
     if cfg.crop:
-        crop = step_crop(used_extents(carry.inputs, carry.labels, raw.canvas, IGNORE), cfg.crop_groups,
-                         raw.keep_index, carry.inputs.device)
+        crop = step_crop(used_extents(carry.inputs, carry.labels, raw.canvas, IGNORE), cfg.crop_groups, raw)
     y, z, logits, q_halt, _ = model(carry.inputs, puzzle_vecs_fn(carry.puzzle_ids), carry.y, carry.z, crop)
     labels = carry.labels
     with torch.no_grad():
@@ -126,14 +126,15 @@ def supervision_step(model, carry: Carry, batch: dict[str, torch.Tensor], puzzle
 
 @torch.inference_mode()
 def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None, batch_size: int,
-                   max_steps: int | None = None, adaptive: bool = True, dtype: torch.dtype = torch.float32,
+                   max_steps: int | None = None, adaptive: bool = False, dtype: torch.dtype = torch.float32,
                    extents: np.ndarray | None = None):
-    """Run every view until it halts (q_halt > 0, or max_steps) with continuous batching: B slots stay full,
-    and a slot whose view halted is refilled with the next pending view (reset to the initial state), as
-    the ACT carry does in training. Shapes stay [B, ...] throughout, which suits torch.compile.
-    `adaptive=False` runs every view for max_steps (the official evaluation).
+    """Run every view for max_steps (the official evaluation), or with `adaptive` until it halts (q_halt > 0,
+    a departure: predict.adaptive_halting), with continuous batching: B slots stay full, and a slot whose view
+    finished is refilled with the next pending view (reset to the initial state), as the ACT carry does in
+    training. Shapes stay [B, ...] throughout, which suits torch.compile.
     `extents` [N, 2] (model.crop): the canvas rows and columns each view needs; a step runs the rectangle
-    that covers its live slots (order the views by extent so that slots hold similar sizes).
+    that covers its live slots, each view masked to its own (pipeline/crop.py), so that a view's answer does
+    not depend on the views beside it (order the views by extent so that slots hold similar sizes).
 
     Returns argmax predictions [N, seq_len] uint8, halting probability [N] float64 and steps used [N]."""
     raw = unwrap(model)
@@ -158,11 +159,13 @@ def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None
         made = {}  # rectangle -> its positions, made once per stream
 
         def crop_of():
-            e = extents[host_view[host_view >= 0]]
-            rect = int(e[:, 0].max()), int(e[:, 1].max())
+            rect = extents[host_view[host_view >= 0]].max(0)
+            # a free slot (the tail) computes whatever: it takes the covering rectangle and masks nothing
+            ext = np.where((host_view >= 0)[:, None], extents[np.maximum(host_view, 0)], rect)
+            rect = int(rect[0]), int(rect[1])
             if rect not in made:
                 made[rect] = raw.keep_index(*rect)
-            return made[rect]
+            return Crop(made[rect], own_rectangles(ext, rect, raw.cfg.puzzle_emb_len, dev))
     while True:
         live = view >= 0
         y, z, logits, q_halt, _ = model(slot_inputs, slot_vecs, y, z, crop_of() if crop_of else None)

@@ -40,7 +40,8 @@ class Policy:
     """Fewer planned steps than this are not worth a TTT run: the pretrained model predicts instead."""
     step_quantum: int = 50
     predict_steps_fraction: float = 1.0
-    """Expected fraction of the N_sup steps a view runs (1.0 = the worst case, no view ever cut off)."""
+    """Expected fraction of the N_sup steps a view runs: 1.0 under the official evaluation (every view runs
+    them all); lower only with predict.adaptive_halting, where 1.0 is the worst case (no view ever cut off)."""
     write_reserve_s: float = 2.0
     """Seconds kept at the end for gathering and writing the submission (plus 0.5% of the budget)."""
     chunk_fraction: float = 0.01

@@ -9,7 +9,7 @@ inside a checkpoint (the Kaggle packager, which must not import torch, lists the
                       puzzle table, which is never averaged and stored once, in model.safetensors
   optim.pt            optimiser state (our own tensors; read back with weights_only=True)
   carry_rank{r}.safetensors   the ACT carry of each rank, so that a resumed run continues exactly
-  lora.safetensors    LoRA runs only: the unmerged adapters, for resume (model/ema files are merged)
+  lora.safetensors    LoRA runs only: the unmerged adapters and the merged weights' EMA, for resume
   state.json          step, sampler position, RNG state, loop state, metrics
   config.yaml         the resolved RunConfig;  tasks.json  the task ids in puzzle-id order
   puzzle_ids.safetensors   the puzzle-id scheme's table (which augmentation each id stands for)
@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline.computation import departures, with_official_evaluation
+from pipeline.model import TRM, new_task_row
 from pipeline.tasks import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -118,11 +120,12 @@ def read_weights(ckpt: Path, use_ema: bool = True, device: str | torch.device = 
 @torch.no_grad()
 def warm_start(model: torch.nn.Module, path: str | Path, init_rows: np.ndarray | None = None) -> None:
     """Copy trunk weights (EMA) from a checkpoint into `model`. The puzzle table: `init_rows[i]` is the stored
-    row that new row i starts from (-1 = the mean of the stored rows, TRM's rule for new tasks). Without
-    `init_rows`, a table of the same size is copied and one of another size starts at the mean everywhere."""
+    row that new row i starts from (-1 = the mean of the whole stored table, TRM's rule for new tasks:
+    model.new_task_row). Without `init_rows`, a table of the same size is copied and one of another size
+    starts at the mean everywhere."""
     weights = read_weights(resolve_checkpoint(path))
     table = weights.pop("puzzle_emb")
-    mean = table[1:].mean(0) if table.shape[0] > 1 else table[0]
+    mean = new_task_row(table)
     if init_rows is not None:
         if len(init_rows) != model.puzzle_emb.shape[0] or int(np.max(init_rows, initial=-1)) >= table.shape[0]:
             raise CheckpointError(f"{path}: puzzle-row mapping does not fit the stored table")
@@ -167,8 +170,9 @@ def read_train_state(folder: Path, device) -> tuple[dict, dict | None]:
 
 
 def lora_file(folder: Path) -> Path:
-    """LoRA runs: the unmerged adapters and their base weights (raw, and the EMA's as `ema.*`), for resume;
-    model/ema.safetensors hold the merged weights that prediction loads."""
+    """LoRA runs: the unmerged adapters and their base weights, and the EMA of the merged weights as `ema.*`
+    (pipeline/lora.py MergedEMA), for resume; model/ema.safetensors hold the merged weights that prediction
+    loads."""
     return folder / "lora.safetensors"
 
 
@@ -213,19 +217,25 @@ class LoadedModel:
     task_ids: list[str]
     ids: object  # PuzzleIdScheme
     path: Path
+    departures: list[str] = dataclasses.field(default_factory=list)
+    """How `config` computes otherwise than the checkpoint was trained and officially evaluated
+    (pipeline/computation.py); empty when faithful."""
 
 
 def load_for_prediction(path: str | Path, device: torch.device | str = "cpu", use_ema: bool = True,
-                        crop: bool | None = None) -> LoadedModel:
+                        overrides: list[str] | None = None) -> LoadedModel:
     """A checkpoint (or a run folder's latest) as an eval-mode model with its config, task order and id table.
-    `crop` sets model.crop (task-sized sequences) whatever the checkpoint was trained with; None keeps its own."""
-    from pipeline.config import load_config  # config imports train, which imports this module
-    from pipeline.model import TRM
+    The config computes as the checkpoint was trained (its model.crop etc.) with the official evaluation
+    (pipeline/computation.py), then `overrides` (`key=value`, e.g. `model.crop=true`,
+    `predict.adaptive_halting=true`): the departures they make are listed in `departures`."""
+    from pipeline.config import load_config, read_yaml  # config imports train, which imports this module
     from pipeline.puzzle_ids import PerTaskIds, id_scheme_from_state
 
     ckpt = resolve_checkpoint(path)
     try:
-        cfg = load_config(ckpt / "config.yaml")
+        saved = read_yaml(ckpt / "config.yaml")
+        trained = load_config(None, [], base=saved)
+        cfg = load_config(None, overrides or [], base=with_official_evaluation(saved))
         tasks = json.loads((ckpt / "tasks.json").read_text())
         task_ids = tasks["task_ids"]
     except (FileNotFoundError, KeyError, json.JSONDecodeError) as e:
@@ -237,15 +247,13 @@ def load_for_prediction(path: str | Path, device: torch.device | str = "cpu", us
         if task_ids and cfg.data.puzzle_ids != "per_task":
             log.warning("%s has no puzzle-id table: its tasks' augmentation ids cannot be recovered", ckpt)
         ids = PerTaskIds(len(task_ids), cfg.data.dihedral, cfg.data.colour_perm)
-    if crop is not None:
-        cfg.model = dataclasses.replace(cfg.model, crop=crop)  # validated again
     weights = read_weights(ckpt, use_ema)
     model = TRM(cfg.model, weights["puzzle_emb"].shape[0])
     model.load_state_dict(weights)
     del weights
     model.to(device).eval()
     log.info("loaded %s (%s weights, %d tasks)", ckpt, "EMA" if use_ema else "raw", len(task_ids))
-    return LoadedModel(model, cfg, task_ids, ids, ckpt)
+    return LoadedModel(model, cfg, task_ids, ids, ckpt, departures(cfg, trained))
 
 
 def read_task_table(path: str | Path):

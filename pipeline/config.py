@@ -135,12 +135,14 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
-    """Load a YAML preset (holding only its deltas) and apply `key=value` overrides. The deltas apply to the
-    dataclass defaults, or to `base` (a resolved config as a dict, e.g. a checkpoint's, for test-time training)."""
+def load_config(path: str | Path | list | None = None, overrides: list[str] | None = None,
+                base: dict | None = None) -> RunConfig:
+    """Load YAML presets (each holding only its deltas, applied in order: e.g. a TTT recipe, then
+    configs/ttt_fast.yaml) and apply `key=value` overrides. The deltas apply to the dataclass defaults, or to
+    `base` (a resolved config as a dict, e.g. a checkpoint's, for test-time training)."""
     data = dict(base or {})
-    if path is not None:
-        data = _merge(data, read_yaml(path))
+    for preset in [] if path is None else (path if isinstance(path, (list, tuple)) else [path]):
+        data = _merge(data, read_yaml(preset))
     data = _merge(data, parse_overrides(overrides or []))
     return from_dict(RunConfig, data)
 

@@ -1,9 +1,11 @@
-"""Task-sized sequences (model.crop): which canvas rectangle a step runs on.
+"""Task-sized sequences (model.crop): which canvas rectangle each example computes on.
 
-A step's rectangle is [0:rows, 0:cols] of the canvas, the smallest that holds every live example's grids,
-their EOS border and their translation: measured from the tokens in training (`used_extents`, optionally in
-size groups: `step_crop`), and from the view's placement plus the answer's size bound in prediction
-(`view_extents`), where the output is unknown. The model keeps every cell's full-canvas position
+An example's own rectangle is [0:rows, 0:cols] of the canvas, the smallest that holds its grids, their EOS
+border and their translation: measured from the tokens in training (`used_extents`), and from the view's
+placement plus the answer's size bound in prediction (`view_extents`), where the output is unknown. A step
+runs the rectangle covering its examples (or, in training, each of `crop_groups` size groups on its own),
+each example masked to its own rectangle (`own_rectangles`), so that an example's result is a function of
+the example alone (`step_crop`, `view_crop`). The model keeps every cell's full-canvas position
 (pipeline/model.py, TRM.keep_index)."""
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch
 
 from kernels import PAD
 from pipeline.encode import view_sizes
+from pipeline.model import Crop
 
 
 def used_extents(inputs: torch.Tensor, labels: torch.Tensor, canvas: int, ignore: int) -> np.ndarray:
@@ -30,25 +33,51 @@ def by_size(extents: np.ndarray) -> np.ndarray:
     return np.lexsort((extents.prod(1), extents.max(1)))
 
 
+def _group_parts(extents: np.ndarray, groups: int) -> list[np.ndarray]:
+    """Slot indices (sorted) of `groups` groups of equal count, by size (largest side, then area)."""
+    return [np.sort(part) for part in np.array_split(by_size(extents), min(groups, len(extents)))]
+
+
 def size_groups(extents: np.ndarray, groups: int, device) -> list | tuple[int, int]:
     """Slots sorted by size (largest side, then area) and cut into `groups` groups of equal count, each with
     the rectangle that covers it: [(slot indices, (rows, cols)), ...]; one group is just its rectangle."""
     if groups <= 1 or len(extents) <= 1:
         rows, cols = extents.max(0)
         return int(rows), int(cols)
-    order = by_size(extents)
-    out = []
-    for part in np.array_split(order, min(groups, len(order))):
-        rows, cols = extents[part].max(0)
-        out.append((torch.from_numpy(np.sort(part)).to(device), (int(rows), int(cols))))
-    return out
+    return [(torch.from_numpy(part).to(device), tuple(int(v) for v in extents[part].max(0)))
+            for part in _group_parts(extents, groups)]
 
 
-def step_crop(extents: np.ndarray, groups: int, keep_index, device):
-    """What TRM.forward takes as `crop` for slots of these extents: the positions (`keep_index(rows, cols)`)
-    of the one rectangle covering them, or [(slot indices, positions), ...] for `groups` size groups."""
-    g = size_groups(extents, groups, device)
-    return keep_index(*g) if isinstance(g, tuple) else [(slots, keep_index(*rect)) for slots, rect in g]
+def own_rectangles(extents: np.ndarray, rect: tuple[int, int], prefix: int, device) -> torch.Tensor | None:
+    """[B, prefix + rows * cols] bool over the positions of `rect` (as keep_index orders them): True on the
+    prefix and on each example's own rectangle `extents[b]`; None when every example fills `rect` (nothing
+    to mask)."""
+    rows, cols = rect
+    if (extents[:, 0] >= rows).all() and (extents[:, 1] >= cols).all():
+        return None
+    ext = torch.from_numpy(np.ascontiguousarray(extents, dtype=np.int64)).to(device)
+    r = torch.arange(rows, device=device)[None, :, None] < ext[:, 0, None, None]
+    c = torch.arange(cols, device=device)[None, None, :] < ext[:, 1, None, None]
+    cells = (r & c).flatten(1)
+    return torch.cat((cells.new_ones(len(extents), prefix), cells), 1)
+
+
+def rect_crop(extents: np.ndarray, model) -> Crop:
+    """The `Crop` of examples with these extents [B, 2] for `model` (a TRM): the rectangle covering them,
+    each example masked to its own."""
+    rect = int(extents[:, 0].max()), int(extents[:, 1].max())
+    return Crop(model.keep_index(*rect), own_rectangles(extents, rect, model.cfg.puzzle_emb_len,
+                                                        model.y_init.device))
+
+
+def step_crop(extents: np.ndarray, groups: int, model):
+    """What TRM.forward takes as `crop` for slots of these extents: one `Crop` covering them, or
+    [(slot indices, Crop), ...] for `groups` size groups. Either way each slot computes on its own
+    rectangle, so the grouping changes the speed, not the result."""
+    if groups <= 1 or len(extents) <= 1:
+        return rect_crop(extents, model)
+    device = model.y_init.device
+    return [(torch.from_numpy(part).to(device), rect_crop(extents[part], model)) for part in _group_parts(extents, groups)]
 
 
 def view_extents(in_h: np.ndarray, in_w: np.ndarray, bound: np.ndarray, dihedral: np.ndarray, r0: np.ndarray,

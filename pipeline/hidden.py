@@ -165,18 +165,18 @@ def _fall_back_unless_predicted(results: list[TestPrediction], fallbacks: dict, 
             fallbacks.setdefault(k, RANK_FAILED)
 
 
-def predict_per_task_runs(runs: dict[str, Path], base: str | None, res: LoadResult, overrides: dict, rt: Runtime,
-                          deadline: float | None = None, use_ema: bool = True, crop: bool | None = None) -> HiddenRun:
-    """Per-task TTT (`stages.ttt --per-task`): each task is predicted by the model of its own run folder,
-    `overrides` applied to that run's predict config (`crop`: model.crop, None = each run's own). A task
-    without a usable run (its TTT failed) is predicted by the pretrained checkpoint `base` instead, and falls
-    back only if there is none."""
+def predict_per_task_runs(runs: dict[str, Path], base: str | None, res: LoadResult, overrides: list[str],
+                          rt: Runtime, deadline: float | None = None, use_ema: bool = True) -> HiddenRun:
+    """Per-task TTT (`stages.ttt --per-task`): each task is predicted by the model of its own run folder, as
+    that run was trained, with the official evaluation and `overrides` (`key=value`; load_for_prediction). A
+    task without a usable run (its TTT failed) is predicted by the pretrained checkpoint `base` instead, and
+    falls back only if there is none."""
     from pipeline.checkpoint import CheckpointError, load_for_prediction
 
     merged, leftover = HiddenRun([], {}), []
     for t in res.tasks:
         try:
-            loaded = load_for_prediction(runs[t.id], rt.device, use_ema, crop) if t.id in runs else None
+            loaded = load_for_prediction(runs[t.id], rt.device, use_ema, overrides) if t.id in runs else None
         except CheckpointError as e:
             log.error("task %s: %s", t.id, e)
             loaded = None
@@ -184,22 +184,22 @@ def predict_per_task_runs(runs: dict[str, Path], base: str | None, res: LoadResu
             leftover.append(t)
             continue
         # One model per task: torch.compile would recompile for each, and not pay back.
-        pcfg = dataclasses.replace(loaded.config.predict, **{"compile": False, **overrides})
+        pcfg = dataclasses.replace(loaded.config.predict, compile=False)
         part = predict_challenges(loaded, LoadResult(tasks=[t]), pcfg, rt, deadline, show_progress=False)
         merged.results += part.results
         merged.fallbacks.update(part.fallbacks)
     if leftover:
         log.warning("%d tasks have no per-task TTT run: the pretrained checkpoint %s predicts them", len(leftover), base)
         try:
-            loaded = load_for_prediction(base, rt.device, use_ema, crop) if base else None
+            loaded = load_for_prediction(base, rt.device, use_ema, overrides) if base else None
         except CheckpointError as e:
             log.error("%s", e)
             loaded = None
         if loaded is None:
             merged.fallbacks.update({(t.id, j): NO_TTT_RUN for t in leftover for j in range(len(t.test_inputs))})
         else:
-            pcfg = dataclasses.replace(loaded.config.predict, **overrides)
-            part = predict_challenges(loaded, LoadResult(tasks=leftover), pcfg, rt, deadline, show_progress=False)
+            part = predict_challenges(loaded, LoadResult(tasks=leftover), loaded.config.predict, rt, deadline,
+                                      show_progress=False)
             merged.results += part.results
             merged.fallbacks.update(part.fallbacks)
     return merged

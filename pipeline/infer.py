@@ -1,6 +1,6 @@
 """Inference over augmented views: build N views of each test input (the training kernels), run the model
-with adaptive halting, invert every view with the numba kernels and vote (count, then mean halting
-confidence), keeping the top k grids per test input."""
+(all N_sup steps, as the official evaluation, unless predict.adaptive_halting), invert every view with the
+numba kernels and vote (count, then mean halting confidence), keeping the top k grids per test input."""
 from __future__ import annotations
 
 import logging
@@ -15,6 +15,7 @@ from kernels.inverse import decode_view, hash_views
 from kernels.vote import vote_topk
 from pipeline.act import predict_stream, unwrap
 from pipeline.crop import by_size, view_extents
+from pipeline.model import new_task_row
 from pipeline.runtime import autocast_for
 from pipeline.encode import encode, last_offset, random_perms, view_sizes
 from pipeline.packed import PackedTasks
@@ -29,21 +30,26 @@ class PredictConfig:
     """Augmented views per test input (dihedral x colour permutation x translation); view 0 is the identity."""
     batch_size: int = 768
     """Views per model batch."""
-    adaptive_halting: bool = True
-    """Stop each view when its halting head says so; False runs every view for max_steps (official)."""
+    adaptive_halting: bool = False
+    """A departure (off = official: every view runs all N_sup steps, as evaluators/arc.py): stop each view
+    when its halting logit turns positive, which changes its answer and the confidence that breaks vote ties.
+    Faster; its cost is A/B row "adaptive halting" in BENCHMARKS.md ("Departures from the official
+    computation"). Evaluation settings are asked for where prediction runs (stages.predict --adaptive-halting,
+    --set, stages.submit --set), never inherited from a checkpoint (pipeline/computation.py)."""
     max_steps: int = 0
-    """Supervision steps at most (0 = the model's halt_max_steps)."""
-    translate: bool = True
-    """Place views 1..N-1 at random offsets in the canvas (view 0 stays at the top-left), each offset leaving
-    room for the answer: its size is bounded from the demonstrations (`answer_bound`), and an axis whose
-    bound cannot be told, or fills the canvas, is not translated. A predicted grid that runs into the canvas
-    edge of a translated axis is clipped and casts no vote. The official evaluation never translates test
-    inputs (False reproduces it); the model is trained on translated pairs, so views at several offsets
-    add diversity to the vote."""
+    """Supervision steps at most (0 = the model's halt_max_steps, official)."""
+    translate: bool = False
+    """A departure (off = official: the official evaluation never translates test inputs): place views
+    1..N-1 at random offsets in the canvas (view 0 stays at the top-left), each offset leaving room for the
+    answer: its size is bounded from the demonstrations (`answer_bound`), and an axis whose bound cannot be
+    told, or fills the canvas, is not translated. A predicted grid that runs into the canvas edge of a
+    translated axis is clipped and casts no vote. The model is trained on translated pairs, so views at
+    several offsets add diversity to the vote; what that does to the score: A/B row "predict-time
+    translation" in BENCHMARKS.md."""
     max_offset: int = 0
-    """Translated views move at most this many cells down and right (0 = anywhere with room for the answer).
-    Set it to the training's data.max_offset, so that views stay where the model saw grids and, under
-    model.crop, a view's rectangle stays small."""
+    """With translate: views move at most this many cells down and right (0 = anywhere with room for the
+    answer). Set it to the training's data.max_offset, so that views stay where the model saw grids and,
+    under model.crop, a view's rectangle stays small."""
     top_k: int = 2
     """Attempts per test input."""
     chunk_views: int = 65536
@@ -173,10 +179,11 @@ def make_views(packed: PackedTasks, test_rows: np.ndarray, task_to_ckpt: np.ndar
 
 
 def puzzle_table_lookup(table: torch.Tensor):
-    """ids -> puzzle vectors; id -1 (unknown task) gets the mean of the trained rows (TRM's re-init rule)."""
+    """ids -> puzzle vectors; id -1 (unknown task) gets the row a new task starts from (model.new_task_row,
+    TRM's re-init rule)."""
     if table.shape[1] == 0:
         return lambda ids: None
-    mean = table[1:].mean(0) if table.shape[0] > 1 else table[0]
+    mean = new_task_row(table)
 
     def lookup(ids: torch.Tensor) -> torch.Tensor:
         return torch.where((ids < 0)[:, None], mean, table[ids.clamp_min(0)])
@@ -199,7 +206,8 @@ def model_batch(cfg: PredictConfig, device: torch.device, total_len: int) -> int
 
 def run_views(model, views: Views, cfg: PredictConfig, device: torch.device, dtype: torch.dtype, lookup=None):
     """Predictions, halting confidence and steps of every view, in the views' order. Under model.crop the
-    views run largest rectangle first, so that the slots of a batch hold views of similar size."""
+    views run largest rectangle first, so that the slots of a batch hold views of similar size (each view
+    computes on its own rectangle: the order changes the speed, not the answers)."""
     raw = unwrap(model)
     lookup = lookup or puzzle_table_lookup(raw.puzzle_emb)
     order = np.arange(len(views.inputs))

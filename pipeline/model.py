@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -53,14 +53,17 @@ class ModelConfig:
     """Replace self-attention with an MLP across the sequence axis (the paper's MLP-mixer variant)."""
     loss: Literal["stablemax", "softmax"] = "stablemax"
     crop: bool = False
-    """Task-sized sequences: each step runs only the canvas rectangle [0:rows, 0:cols] that its examples use
-    (grids, EOS border, translation; pipeline/crop.py), the puzzle prefix unchanged and every cell at the
-    position (RoPE angle or learned row) it has on the full canvas, so a checkpoint trained without crop
-    sees its usual geometry. Not exact: the official model also attends over the padding. Off = official."""
+    """Task-sized sequences, a departure (off = official): each example computes on its own canvas rectangle
+    [0:rows, 0:cols] (grids, EOS border, translation; pipeline/crop.py), the puzzle prefix unchanged and every
+    cell at the position (RoPE angle or learned row) it has on the full canvas. A batch runs on the rectangle
+    covering its examples, each example attending only to its own rectangle (+ the prefix), so its result
+    does not depend on its batch mates. Not the official computation, which also attends over the padding:
+    A/B rows "crop in TTT" and "crop in predict" in BENCHMARKS.md ("Departures from the official
+    computation"). A run follows the checkpoint's setting unless told otherwise (pipeline/computation.py)."""
     crop_groups: int = 1
-    """Under crop, a training step sorts its slots by size into this many groups, each run on its own
-    rectangle: a joint batch of many tasks otherwise spans the canvas. Same examples and the same gradient
-    (up to the crop itself), no change to what is drawn (unlike data.bucket_steps); smaller matmuls."""
+    """Under crop, a training step sorts its slots by size into this many groups, each run on the rectangle
+    covering it (a joint batch of many tasks otherwise spans the canvas): smaller matmuls, the same result
+    (every example computes on its own rectangle whatever its group), no change to what is drawn."""
 
     def __post_init__(self) -> None:
         if self.hidden % self.heads:
@@ -79,6 +82,21 @@ class ModelConfig:
     @property
     def total_len(self) -> int:
         return self.seq_len + self.puzzle_emb_len
+
+
+class Crop(NamedTuple):
+    """What TRM.forward runs under model.crop (pipeline/crop.py builds it): `keep`, the sequence positions of
+    the canvas rectangle covering the batch (`TRM.keep_index`), and `own` [B, len(keep)], True at the
+    positions of each example's own rectangle and the prefix (None: every example fills the rectangle)."""
+    keep: torch.Tensor
+    own: torch.Tensor | None = None
+
+
+def new_task_row(table: torch.Tensor) -> torch.Tensor:
+    """The puzzle-embedding row a task the table does not know starts from: the mean of the whole stored
+    table, the blank row 0 included, as the official loader re-initialises a table of another size
+    (pretrain.py L244-262). TTT's new rows and prediction's unknown tasks both use it."""
+    return table.mean(0)
 
 
 def swiglu_width(hidden: int, expansion: float) -> int:
@@ -131,14 +149,15 @@ class Attention(nn.Module):
         self.qkv = _linear(hidden, 3 * hidden)
         self.out = _linear(hidden, hidden)
 
-    def forward(self, x, rope):
+    def forward(self, x, rope, mask=None):
+        """`mask` [B, 1, 1, S] bool: the keys each example may attend to (model.crop), None = all."""
         B, S, _ = x.shape
         q, k, v = self.qkv(x).view(B, S, 3, self.heads, self.head_dim).unbind(2)
         if rope is not None:
             cos, sin = rope
             cos, sin = cos.to(q.dtype)[:, None], sin.to(q.dtype)[:, None]
             q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
         return self.out(o.transpose(1, 2).reshape(B, S, -1))
 
 
@@ -152,12 +171,12 @@ class Block(nn.Module):
             self.attn = Attention(cfg.hidden, cfg.heads)
         self.mlp = SwiGLU(cfg.hidden, cfg.expansion)
 
-    def forward(self, h, rope):
+    def forward(self, h, rope, mask=None):
         if self.mlp_t:
             t = h.transpose(1, 2)
             h = rms_norm(t + self.mixer(t), self.eps).transpose(1, 2)
         else:
-            h = rms_norm(h + self.attn(h, rope), self.eps)
+            h = rms_norm(h + self.attn(h, rope, mask), self.eps)
         return rms_norm(h + self.mlp(h), self.eps)
 
 
@@ -219,16 +238,16 @@ class TRM(nn.Module):
             x = 0.707106781 * (x + pos.to(x.dtype))
         return self.embed_scale * x
 
-    def net(self, h: torch.Tensor, injection: torch.Tensor, rope=None) -> torch.Tensor:
+    def net(self, h: torch.Tensor, injection: torch.Tensor, rope=None, mask=None) -> torch.Tensor:
         h = h + injection
         for blk in self.blocks:
-            h = blk(h, rope)
+            h = blk(h, rope, mask)
         return h
 
-    def _cycle(self, x, y, z, rope):
+    def _cycle(self, x, y, z, rope, mask=None):
         for _ in range(self.cfg.l_cycles):
-            z = self.net(z, y + x, rope)
-        return self.net(y, z, rope), z
+            z = self.net(z, y + x, rope, mask)
+        return self.net(y, z, rope, mask), z
 
     def initial_state(self, batch_size: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (batch_size, self.cfg.total_len, self.cfg.hidden)
@@ -246,42 +265,52 @@ class TRM(nn.Module):
         (y, z) [B, total_len, hidden]. Embedding happens here so that DDP/DeepSpeed see every parameter used
         in forward().
 
-        `crop` (model.crop): the sequence positions to run, `keep_index(rows, cols)` of a canvas rectangle
-        (a tensor, so a compiled step takes every size without recompiling): (y, z) are read and written
-        there and stay as they were elsewhere, and logits outside it are 0 (argmax PAD; callers crop so
-        that every label outside is ignored). `crop=[(slots, keep), ...]` runs each group of slots (index
-        tensors covering the batch once) on its own positions (model.crop_groups). Under crop the step
-        compiled is `_step` (runtime.compile_model), once per group, one index tensor of dynamic length each.
+        `crop` (model.crop): a `Crop` (positions of the canvas rectangle covering the batch, as
+        `keep_index(rows, cols)`: a tensor, so a compiled step takes every size without recompiling, and
+        each example's own rectangle within it). Each example attends only to its own rectangle and the
+        prefix; (y, z) change only there, and its logits elsewhere are 0 (argmax PAD; callers crop so that
+        every label outside is ignored): exactly what the example computes alone, whatever its batch mates.
+        `crop=[(slots, Crop), ...]` runs each group of slots (index tensors covering the batch once) on its
+        own rectangle (model.crop_groups). Under crop the step compiled is `_step` (runtime.compile_model),
+        once per group, with index tensors of dynamic length.
 
         Returns (y, z) detached for the next step, logits [B, seq_len, vocab], and the fp32 halting
         logits (q_halt, q_continue)."""
         if isinstance(crop, list):
-            parts = [self._step(inputs[s], None if puzzle_vecs is None else puzzle_vecs[s], y[s], z[s], keep)
-                     for s, keep in crop]
+            parts = [self._step(inputs[s], None if puzzle_vecs is None else puzzle_vecs[s], y[s], z[s], c.keep,
+                                c.own) for s, c in crop]
             order = torch.cat([s for s, _ in crop])
             back = torch.empty_like(order)
             back[order] = torch.arange(len(order), device=order.device)
             return tuple(torch.cat([p[i] for p in parts])[back] for i in range(5))
-        return self._step(inputs, puzzle_vecs, y, z, crop)
+        if crop is None:
+            return self._step(inputs, puzzle_vecs, y, z, None)
+        return self._step(inputs, puzzle_vecs, y, z, crop.keep, crop.own)
 
-    def _step(self, inputs, puzzle_vecs, y, z, keep):
+    def _step(self, inputs, puzzle_vecs, y, z, keep, own=None):
         rope = None
         if self.cfg.pos_encodings == "rope":
             rope = (self.rope_cos, self.rope_sin)
         if keep is not None and keep.shape[0] == self.cfg.total_len:
-            keep = None  # the whole canvas: no gather
+            keep = None  # the whole canvas: no gather (`own`, if any, is in canvas order already)
         if keep is not None:
             inputs = inputs[:, keep[self.cfg.puzzle_emb_len:] - self.cfg.puzzle_emb_len]
             rope = (rope[0][keep], rope[1][keep]) if rope is not None else None
             y_all, z_all, y, z = y, z, y[:, keep], z[:, keep]
+        y_in, z_in = y, z
+        mask = None if own is None else own[:, None, None, :]  # the keys of each example's own rectangle
         x = self.embed(inputs, puzzle_vecs, keep).to(y.dtype)
         with torch.no_grad():
             for _ in range(self.cfg.h_cycles - 1):
-                y, z = self._cycle(x, y, z, rope)
-        y, z = self._cycle(x, y, z, rope)
+                y, z = self._cycle(x, y, z, rope, mask)
+        y, z = self._cycle(x, y, z, rope, mask)
         logits = self.lm_head(y)[:, self.cfg.puzzle_emb_len:]
         q = self.q_head(y[:, 0]).float()
         y, z = y.detach(), z.detach()
+        if own is not None:  # outside its own rectangle an example stays as it would alone: untouched, logits 0
+            inside = own[..., None]
+            y, z = torch.where(inside, y, y_in), torch.where(inside, z, z_in)
+            logits = torch.where(inside[:, self.cfg.puzzle_emb_len:], logits, 0)
         if keep is not None:  # back onto the full canvas
             cells = keep[self.cfg.puzzle_emb_len:] - self.cfg.puzzle_emb_len
             full = logits.new_zeros(logits.shape[0], self.cfg.seq_len, logits.shape[-1])

@@ -1,6 +1,7 @@
-"""Optimisers of TRM: AdamATan2 for the trunk (plain torch, CPU and GPU), or Muon for the trunk's 2-D
-matrices with AdamW for the rest (`muon_param_split`, `OptimizerSet`), sparse sign-SGD for the puzzle table,
-the warm-up + cosine schedule and the EMA of the trunk weights."""
+"""Optimisers of TRM: AdamATan2 for the trunk (plain torch, CPU and GPU: the official kernel, or NVARC's
+adam-atan2-pytorch variant), or Muon for the trunk's 2-D matrices with AdamW for the rest
+(`muon_param_split`, `OptimizerSet`), sparse sign-SGD for the puzzle table, the warm-up + cosine schedule and
+the EMA of the trunk weights."""
 from __future__ import annotations
 
 import math
@@ -39,6 +40,42 @@ class AdamATan2(torch.optim.Optimizer):
                 bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
                 p.mul_(1 - lr * wd)
                 p.add_(torch.atan2(m, v.sqrt() / math.sqrt(bc2)), alpha=-lr / bc1)
+
+
+class AdamAtan2Pytorch(torch.optim.Optimizer):
+    """`adam_atan2_pytorch.AdamAtan2` 0.2.4 (lucidrains/adam-atan2-pytorch), the trunk optimiser of NVARC's TRM
+    (1ytic/NVARC TRM/eval-arc-k-10.py, pinned in TRM/README.md), at the defaults NVARC kept (a = 1.27, b = 1,
+    coupled weight decay, no cautious or regenerative terms): p <- p (1 - lr wd); then
+    p <- p - 1.27 lr atan2(m / bc1, sqrt(v / bc2)). Unlike the official kernel (AdamATan2) both bias
+    corrections sit inside atan2 and the step is scaled by 1.27."""
+
+    A = 1.27
+
+    def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.95), weight_decay: float = 0.1):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            lr, wd = group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if wd > 0:
+                    p.mul_(1 - lr * wd)
+                st = self.state[p]
+                if not st:
+                    st["step"] = torch.zeros((), dtype=torch.float32)
+                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["step"] += 1
+                t = st["step"].item()
+                m, v = st["exp_avg"], st["exp_avg_sq"]
+                m.lerp_(p.grad, 1 - b1)
+                v.lerp_(p.grad * p.grad, 1 - b2)
+                den = v.mul(1 / (1 - b2 ** t)).sqrt_()
+                p.add_(m.mul(1 / (1 - b1 ** t)).atan2_(den), alpha=-lr * self.A)
 
 
 MUON_PREFIX = "blocks."
@@ -132,7 +169,9 @@ def sign_sgd_rows(table: torch.Tensor, ids: torch.Tensor, grads: torch.Tensor, l
 
 
 def lr_at(step: int, base: float, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up from 0, then cosine decay to base * min_ratio (min_ratio 1.0 = constant, as TRM)."""
+    """Linear warm-up, then cosine decay to base * min_ratio (min_ratio 1.0 = constant, as TRM): the official
+    schedule. The Trainer numbers optimiser steps from 1, as the official loop (which increments its step
+    before computing the lr), so the first step runs at base / warmup."""
     if step < warmup:
         return base * step / max(1, warmup)
     progress = (step - warmup) / max(1, total - warmup)
@@ -159,10 +198,14 @@ class EMA:
         for n, t in state.items():
             self.shadow[n].copy_(t)
 
+    def averaged(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The model's state-dict entries that the EMA replaces, with their averaged values."""
+        return self.shadow
+
     def weights_for(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The model's state dict with EMA values substituted for the averaged parameters. Nothing is copied
         but the substituted tensors (the puzzle table, a buffer, is the model's own: never averaged)."""
         sd = model.state_dict()
-        for n, t in self.shadow.items():
+        for n, t in self.averaged(model).items():
             sd[n] = t.to(sd[n].dtype)
         return sd

@@ -30,7 +30,9 @@ class DataConfig:
     """Random placement of each training example inside the canvas (same offset for input and output)."""
     max_offset: int = 0
     """Translation moves a grid at most this many cells down and right (0 = anywhere in the canvas, as TRM).
-    A small value keeps grids near the top-left, which is what lets model.crop shorten training sequences."""
+    A small value keeps grids near the top-left, which is what lets model.crop shorten training sequences.
+    In TTT a value other than the checkpoint's is a departure from how it was trained (configs/ttt_fast.yaml;
+    A/B row "bounded translation in TTT" in BENCHMARKS.md)."""
     bucket_steps: int = 0
     """Size bucketing for model.crop: the tasks of each run of this many steps come from one of
     `size_buckets` groups of tasks of similar size, so the ACT slots (which carry examples across up to

@@ -25,8 +25,9 @@ from pipeline.budget import (Calibration, Deadlines, Plan, Policy, chunk_inputs,
                              make_plan, margin_for, views_that_fit)
 from pipeline.calibration import calibrate_predict, calibrate_ttt, free_memory, slowest
 from pipeline.checkpoint import CheckpointError, load_for_prediction, resolve_checkpoint
-from pipeline.dataset import split_by_canvas
+from pipeline.computation import describe
 from pipeline.config import RunConfig
+from pipeline.dataset import split_by_canvas
 from pipeline.hidden import (MODEL_ERRORS, HiddenRun, load_challenges, predict_challenges, summary_line,
                              write_submission)
 from pipeline.infer import model_batch
@@ -36,7 +37,7 @@ from pipeline.runtime import Runtime, break_group, init_runtime, shutdown_runtim
 from pipeline.sources import LoadResult
 from pipeline.tasks import DataError, Task, write_json_atomic
 from pipeline.train import Stop
-from pipeline.ttt import run_ttt, ttt_config
+from pipeline.ttt import run_ttt, ttt_config, ttt_departures
 
 log = logging.getLogger("submit")
 TTT_ERRORS = (DataError, CheckpointError, *MODEL_ERRORS)
@@ -53,7 +54,7 @@ class SubmitJob:
     """time.time() when the process started: the budget counts from there."""
     work_dir: Path
     device: str = "auto"
-    ttt_preset: str | None = "configs/ttt_full.yaml"
+    ttt_preset: str | list[str] | None = "configs/ttt_full.yaml"
     overrides: list[str] = field(default_factory=list)
     policy: Policy = field(default_factory=Policy)
     progress: bool = False
@@ -148,12 +149,19 @@ class Flow:
     """The valid tasks that fit the model's canvas."""
     n_inputs: int
     """Test inputs of `fits`."""
+    departures: list[str]
+    """How the TTT run departs from the checkpoint's computation (pipeline/computation.py), for the plan file."""
     cal: Calibration | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)
 
     def break_group(self, stage: str, e: Exception) -> None:
         self.rt = _break(self.rt, stage, e, self.failed)
+
+    def crop(self) -> list[str]:
+        """The model.crop override every prediction loads with: as the TTT run computes, also for the pretrained
+        model (calibration, and prediction when TTT did not run)."""
+        return [f"model.crop={str(self.cfg.model.crop).lower()}"]
 
 
 @dataclass
@@ -182,8 +190,17 @@ def _open(job: SubmitJob, rt: Runtime) -> Flow:
     run_dir = ttt_folder(job)
     overrides = [*job.overrides, f"train.progress={str(job.progress).lower()}", f"seed={job.seed}"]
     cfg = ttt_config(job.checkpoint, job.ttt_preset, overrides, run_dir, sources=[str(job.challenges)])
+    departures = ttt_departures(cfg)
+    if rt.is_main:
+        log.info("%s", describe(departures))
+    policy = job.policy
+    if not cfg.predict.adaptive_halting and policy.predict_steps_fraction < 1.0:
+        log.warning("--steps-fraction %.2f ignored: every view runs all N_sup steps (predict.adaptive_halting is "
+                    "off), so prediction is planned at all of them", policy.predict_steps_fraction)
+        policy = dataclasses.replace(policy, predict_steps_fraction=1.0)
+    job = dataclasses.replace(job, policy=policy)
     fits = split_by_canvas(valid.tasks, cfg.data.canvas)[0]
-    return Flow(job, rt, challenges, valid, cfg, run_dir, fits, sum(len(t.test_inputs) for t in fits))
+    return Flow(job, rt, challenges, valid, cfg, run_dir, fits, sum(len(t.test_inputs) for t in fits), departures)
 
 
 def _calibrate(flow: Flow) -> None:
@@ -206,8 +223,7 @@ def _calibrate(flow: Flow) -> None:
             flow.break_group("calibration", e)
             cal.inputs_per_rank = flow.n_inputs
     if flow.fits:
-        # timed as the TTT model will predict: its config's model.crop, not the pretrained checkpoint's
-        loaded = load_for_prediction(job.checkpoint, flow.rt.device, crop=cfg.model.crop)
+        loaded = load_for_prediction(job.checkpoint, flow.rt.device, overrides=flow.crop())
         try:
             cal.predict_startup_s, cal.view_s = calibrate_predict(loaded, flow.fits, cfg.predict, flow.rt)
         except MODEL_ERRORS as e:
@@ -237,7 +253,7 @@ def _plan(flow: Flow) -> tuple[Plan, Deadlines]:
             log.warning("prediction takes %.0f%% of the budget: a calibration as optimistic as the 90th percentile "
                         "measured under load would cut inputs off; --margin %.2f covers it",
                         100 * s["predict"] / job.budget_s, margin_for(plan))
-        _write_plan(job, plan, flow.cal, flow.seconds, {})
+        _write_plan(job, plan, flow.cal, flow.seconds, {}, flow.departures)
     return plan, deadlines(plan, job.started)
 
 
@@ -289,9 +305,10 @@ def _predict(flow: Flow, plan: Plan, dl: Deadlines, model_path: str) -> tuple[Hi
         return None, 0
     t0 = time.time()
     free_memory(flow.rt)  # the TTT run's model and optimiser
-    views = job.policy.pinned_views or max(1, views_that_fit(cal, dl.predict_seconds_left(), job.policy, job.policy.views_max,
-                                               job.budget_s))
-    per_chunk = chunk_inputs(cal, views, job.policy, job.budget_s)
+    policy = job.policy
+    views = policy.pinned_views or max(1, views_that_fit(cal, dl.predict_seconds_left(), policy, policy.views_max,
+                                                         job.budget_s))
+    per_chunk = chunk_inputs(cal, views, policy, job.budget_s)
     pcfg = dataclasses.replace(flow.cfg.predict, augs=views, chunk_views=per_chunk * views)
     chunk_s = -(-per_chunk * views // max(cal.batch, 1)) * max(cal.batch, 1) * cal.view_s
     log.info("predict with %s: %d views per test input, %d test inputs per chunk (~%.1fs)", model_path, views,
@@ -299,7 +316,7 @@ def _predict(flow: Flow, plan: Plan, dl: Deadlines, model_path: str) -> tuple[Hi
     hidden = None
     try:
         # the crop calibrated, also when the pretrained model predicts because TTT failed
-        loaded = load_for_prediction(model_path, flow.rt.device, crop=flow.cfg.model.crop)
+        loaded = load_for_prediction(model_path, flow.rt.device, overrides=flow.crop())
     except Exception as e:
         log.exception("loading %s for prediction failed (%s): the fallback submission stays", model_path, e)
         if flow.rt.distributed:  # the others' gather would wait for this rank
@@ -330,14 +347,15 @@ def _write(flow: Flow, plan: Plan, ttt: TTTOutcome, hidden: HiddenRun | None, vi
                "ttt_steps": ttt.info["steps"], "ttt_stopped": ttt.info["stopped"], "views": views,
                "model": str(ttt.model_path), "seconds": {k: round(v, 1) for k, v in seconds.items()},
                "budget_s": job.budget_s, "failed_ranks": {str(r): why for r, why in sorted(flow.failed.items())}}
-    _write_plan(job, plan, flow.cal, seconds, summary)
+    _write_plan(job, plan, flow.cal, seconds, summary, flow.departures)
     log.info("seconds per stage: %s (budget %.0f)", ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()),
              job.budget_s)
     log.info("%s", line)
     print("summary: " + json.dumps(summary), flush=True)
 
 
-def _write_plan(job: SubmitJob, plan: Plan, cal: Calibration, actual: dict, summary: dict) -> None:
+def _write_plan(job: SubmitJob, plan: Plan, cal: Calibration, actual: dict, summary: dict,
+                found: list[str]) -> None:
     write_json_atomic(str(job.out) + ".plan.json", {
-        "policy": dataclasses.asdict(job.policy), "calibration": dataclasses.asdict(cal),
+        "departures": found, "policy": dataclasses.asdict(job.policy), "calibration": dataclasses.asdict(cal),
         "plan": dataclasses.asdict(plan), "actual_seconds": actual, "summary": summary})

@@ -1,7 +1,8 @@
 """The one training loop, for pretraining and test-time training: they differ only in config and data.
 
 Each optimiser step is one deep-supervision step of TRM over a persistent batch of ACT slots. The trunk
-is trained by AdamATan2, AdamW or Muon (+ AdamW for embeddings and heads), the puzzle table by sparse
+is trained by AdamATan2 (official or NVARC's variant), AdamW or Muon (+ AdamW for embeddings and heads), the
+puzzle table by sparse
 sign-SGD, an EMA copy is kept for evaluation. Data-parallel by DDP or a DeepSpeed ZeRO engine. Checkpoints hold everything a killed run
 needs to continue bit-for-bit: weights, optimiser, EMA, ACT carry, sampler position and RNG (the folder
 layout is pipeline/checkpoint.py's). `fit(stop)` ends at cfg.steps or earlier at a step boundary when a
@@ -26,7 +27,7 @@ from pipeline.checkpoint import (CheckpointError, Checkpointer, carry_file, deep
                                  read_ema, read_task_table, read_train_state, read_weights, save_tensors, warm_start,
                                  write_model_files, write_train_state)
 from pipeline.metrics import NullSink, RunSink, plot_curves
-from pipeline.optim import EMA, AdamATan2, lr_at, muon_optimizer, sign_sgd_rows
+from pipeline.optim import EMA, AdamATan2, AdamAtan2Pytorch, lr_at, muon_optimizer, sign_sgd_rows
 from pipeline.runtime import compile_model, ensure_process_group
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,12 @@ class TrainConfig:
     """Optimiser steps; each is one supervision step (TRM ARC-AGI-2: 722k over ~3 days on 4xH100)."""
     global_batch: int = 768
     """ACT slots across all ranks (192 per GPU on 4 GPUs)."""
-    optimizer: Literal["adam_atan2", "adamw", "muon"] = "adam_atan2"
-    """Trunk optimiser: `adam_atan2` (official TRM), `adamw`, or `muon` (URM's choice for ARC-AGI-2:
-    torch.optim.Muon on the trunk's 2-D matrices, AdamW on embeddings and heads; pipeline/optim.py
-    muon_optimizer). The puzzle table is always sparse sign-SGD."""
+    optimizer: Literal["adam_atan2", "adam_atan2_pytorch", "adamw", "muon"] = "adam_atan2"
+    """Trunk optimiser: `adam_atan2` (official TRM), `adam_atan2_pytorch` (NVARC's TRM: lucidrains'
+    adam-atan2-pytorch 0.2.4, pipeline/optim.py AdamAtan2Pytorch; configs/ttt_nvarc.yaml), `adamw`, or `muon`
+    (URM's choice for ARC-AGI-2: torch.optim.Muon on the trunk's 2-D matrices, AdamW on embeddings and heads;
+    pipeline/optim.py muon_optimizer; in TTT a departure from the recipes, A/B row "Muon in TTT" in
+    BENCHMARKS.md). The puzzle table is always sparse sign-SGD."""
     lr: float = 1e-4
     muon_lr: float = 0.0
     """optimizer=muon: the Muon matrices' lr, on AdamW's scale (its update is scaled to AdamW's RMS);
@@ -49,6 +52,8 @@ class TrainConfig:
     muon_momentum: float = 0.95
     """optimizer=muon: Nesterov momentum of Muon (URM and Keller Jordan's Muon: 0.95)."""
     lr_warmup: int = 2000
+    """Linear warm-up steps. As the official code (which counts the step before computing its lr), optimiser
+    step k (1-based) runs at lr * min(k / lr_warmup, 1): the first at lr / lr_warmup, never at 0."""
     lr_min_ratio: float = 1.0
     """Cosine decay floor as a fraction of lr; 1.0 = constant after warm-up (TRM)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
@@ -61,9 +66,9 @@ class TrainConfig:
     """Clip the trunk gradient norm to this value; 0 = off (TRM)."""
     trainable: Literal["all", "embeddings", "lora", "embeddings_then_all"] = "all"
     """What trains: `all` (full fine-tuning), `embeddings` (puzzle table only, the trunk frozen), `lora`
-    (low-rank adapters on attention and MLP projections + the puzzle table; merged into the weights when
-    saved), `embeddings_then_all` (McGovern's recipe: the table alone for the first `freeze_fraction` of the
-    steps, then everything)."""
+    (low-rank adapters on attention and MLP projections + the puzzle table; saved merged into the weights, the
+    EMA being that of the merged weights; A/B row "LoRA" in BENCHMARKS.md), `embeddings_then_all` (McGovern's
+    recipe: the table alone for the first `freeze_fraction` of the steps, then everything)."""
     freeze_fraction: float = 0.25
     """embeddings_then_all: fraction of the steps with the trunk frozen (McGovern's paper: one quarter)."""
     lora_rank: int = 8
@@ -169,18 +174,18 @@ def ema_weights(model: torch.nn.Module, ema: EMA | None):
     if ema is None:
         yield
         return
-    saved = {n: p.detach().clone() for n, p in model.named_parameters() if n in ema.shadow}
+    live = model.state_dict(keep_vars=True)
+    swap = ema.averaged(model)
+    saved = {n: live[n].detach().clone() for n in swap}
     with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n in ema.shadow:
-                p.copy_(ema.shadow[n])
+        for n, t in swap.items():
+            live[n].copy_(t)
     try:
         yield
     finally:
         with torch.no_grad():
-            for n, p in model.named_parameters():
-                if n in saved:
-                    p.copy_(saved[n])
+            for n, t in saved.items():
+                live[n].copy_(t)
 
 
 def _weights_config(model_cfg):
@@ -224,17 +229,19 @@ class Trainer:
                                   c.betas, c.weight_decay)
         if c.optimizer == "adamw":
             return torch.optim.AdamW(self.params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
+        if c.optimizer == "adam_atan2_pytorch":
+            return AdamAtan2Pytorch(self.params, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
         return AdamATan2(self.params, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
 
     def _add_lora(self) -> None:
         """LoRA mode: adapters replace the trainable set (after the warm start, before wrapping)."""
-        from pipeline.lora import add_lora, lora_scales
+        from pipeline.lora import MergedEMA, add_lora, lora_scales
 
         n = add_lora(self.model, self.cfg.lora_rank, self.cfg.lora_alpha)
         self.lora_scales = lora_scales(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = self._build_optimizer()
-        self.ema = EMA(self.model, self.cfg.ema_decay) if self.cfg.ema else None
+        self.ema = MergedEMA(self.model, self.cfg.ema_decay) if self.cfg.ema else None
         log.info("LoRA rank %d on %d projections: %d trainable parameters", self.cfg.lora_rank, n,
                  sum(p.numel() for p in self.params))
 
@@ -371,7 +378,7 @@ class Trainer:
         self.sampler.step = self.step + 1
         if self.carry is None:
             self.carry = empty_carry(raw, batch, torch.float32)
-        lr_mult = self._lr_mult(self.step)
+        lr_mult = self._lr_mult(self.step + 1)  # this is optimiser step self.step + 1 (the official numbering)
         held = {}
 
         def puzzle_vecs(ids):
@@ -406,6 +413,7 @@ class Trainer:
         return metrics
 
     def _lr_mult(self, step: int) -> float:
+        """The schedule's factor for optimiser step `step` (1-based: the first step is step 1)."""
         c = self.cfg
         return lr_at(step, 1.0, c.lr_warmup, c.steps, c.lr_min_ratio)
 
@@ -435,7 +443,7 @@ class Trainer:
             if at_log:
                 rt.synchronize()
                 now = time.perf_counter()
-                row = self._reduce_metrics(acc, c.lr * self._lr_mult(self.step - 1),  # the last step's lr
+                row = self._reduce_metrics(acc, c.lr * self._lr_mult(self.step),  # the last step's lr
                                            self.step - n_last)
                 row[f"{self.prefix}/samples_per_s"] = (self.step - n_last) * c.global_batch / (now - t_last)
                 if peak:

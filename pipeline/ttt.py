@@ -2,8 +2,10 @@
 
 Owns what differs from pretraining, which is only data and config; the run itself is the one builder
 (pipeline/build.py) and the one training loop (pipeline/train.py):
-- the config: the checkpoint's resolved config < a TTT preset (configs/ttt_*.yaml) < `--set` overrides,
-  with the warm start (`train.init_from`) pointing at the checkpoint;
+- the config: the checkpoint's resolved config with the official evaluation (pipeline/computation.py) <
+  TTT presets (configs/ttt_*.yaml: recipes, then optional speed-ups such as configs/ttt_fast.yaml) <
+  `--set` overrides, with the warm start (`train.init_from`) pointing at the checkpoint; what it computes
+  otherwise than the checkpoint was trained (its departures) is logged and kept in the run's ttt.json;
 - the data: the hidden tasks' demonstration pairs only (their test outputs are unknown on Kaggle and are
   never read), optionally one demonstration per task left out to measure held-out pass@2 while training;
 - the puzzle ids: new ids for the hidden tasks in the checkpoint's scheme (per augmentation: the original
@@ -24,6 +26,7 @@ import numpy as np
 
 from pipeline.build import build_run
 from pipeline.checkpoint import read_task_table, resolve_checkpoint
+from pipeline.computation import departures, describe, with_official_evaluation
 from pipeline.config import RunConfig, load_config, to_dict
 from pipeline.dataset import Dataset, fit_canvas
 from pipeline.runtime import Runtime
@@ -38,13 +41,14 @@ MIN_DEMOS_FOR_HOLDOUT = 3
 """A task needs this many demonstrations to lend one to the held-out measurement (two still train)."""
 
 
-def ttt_config(checkpoint: str | Path, preset: str | Path | None, overrides: list[str], run_dir: str | Path,
+def ttt_config(checkpoint: str | Path, preset: str | Path | list | None, overrides: list[str], run_dir: str | Path,
                sources: list[str] | None = None) -> RunConfig:
-    """The checkpoint's config, then the preset's deltas, then overrides; run_dir and the warm start are set
-    here so that a TTT run always starts from `checkpoint` (and resumes from its own folder)."""
+    """The checkpoint's config with the official evaluation, then the presets' deltas (one path or a list,
+    applied in order), then overrides; run_dir and the warm start are set here so that a TTT run always starts
+    from `checkpoint` (and resumes from its own folder)."""
     ckpt = resolve_checkpoint(checkpoint)
     _, _, base = read_task_table(ckpt)
-    base_dict = to_dict(base)
+    base_dict = with_official_evaluation(to_dict(base))
     if sources:  # provenance only (TTT data is passed in); `#demos` so that a rebuild never reads outputs
         base_dict["data"]["sources"] = [s if s.endswith("#demos") else s + "#demos" for s in sources]
     if base_dict["train"]["engine"] == "deepspeed":  # the TTT table is small: DDP, and every mode runs there
@@ -118,16 +122,23 @@ class TTTResult:
     metrics: dict
 
 
+def ttt_departures(cfg: RunConfig) -> list[str]:
+    """How a TTT config computes otherwise than its warm-start checkpoint was trained (pipeline/computation.py)."""
+    return departures(cfg, read_task_table(cfg.train.init_from)[2]) if cfg.train.init_from else []
+
+
 def run_ttt(cfg: RunConfig, rt: Runtime, tasks: list[Task], holdout: bool = False, stop: Stop | None = None) -> TTTResult:
     """One joint TTT run over `tasks` (all hidden tasks in one run, as a Kaggle budget fits); resumes from
     its own folder if killed. Ends at cfg.train.steps or `stop`, with a complete checkpoint either way."""
+    found = ttt_departures(cfg)
+    log.info("TTT %s", describe(found))
     data, init_rows = ttt_dataset(cfg, tasks, holdout)
     run = build_run(cfg, rt, data, init_rows, prefix="ttt")
     result = run.trainer.fit(stop)
     if rt.is_main:
         write_json_atomic(Path(cfg.run_dir) / "ttt.json", {
             "checkpoint": cfg.train.init_from, "tasks": data.packed.task_ids, "holdout": holdout,
-            "skipped": [str(p) for p in data.problems], "result": result})
+            "departures": found, "skipped": [str(p) for p in data.problems], "result": result})
     return TTTResult(Path(cfg.run_dir), result["step"], result.get("stopped"), result)
 
 

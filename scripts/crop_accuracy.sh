@@ -17,7 +17,8 @@ PRETRAIN_CROP=${PRETRAIN_CROP:-1}
 SRC="synthetic:tasks=8,seed=0,size=6,demos=400,tests=8,families=flip_lr+flip_ud+colour_map+recolour"
 HELD="synthetic:tasks=4,seed=7,size=6,demos=64,tests=8,families=colour_map+recolour"
 CANVAS=(data.canvas=$SIDE model.seq_len=$((SIDE * SIDE)))
-# The TTT presets now set these themselves (configs/ttt_*.yaml, demo_ttt.yaml): the runs without crop undo them.
+# The TTT presets compute as the checkpoint was trained (here the full canvas); CROP is the departure,
+# FULL spells out the official settings. bench.ab / scripts/ab_cpu.sh measure each departure alone.
 CROP=(model.crop=true model.crop_groups=1 data.max_offset=1 predict.max_offset=1)
 FULL=(model.crop=false data.max_offset=0 predict.max_offset=0)
 mkdir -p "$OUT"

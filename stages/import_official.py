@@ -12,9 +12,10 @@ puzzle embeddings: every official puzzle id names a (task, dihedral, colour map)
 official table becomes our per-augmentation id table, each row carried over to the id it belongs to, with
 the tasks in official order. Predicting those tasks (the official evaluation set is in the build) then
 uses the embeddings they were trained with, view for view: the imported config defaults to
-predict.augs = the most versions of any task and predict.translate = false, as the official evaluation
-(one untranslated view per version; --set overrides). Without --dataset no task is mapped: predict gives
-every task the mean embedding, and ttt re-fits them.
+predict.augs = the most versions of any task, as the official evaluation (one untranslated view per version;
+--set overrides). Without --dataset no task is mapped: predict gives every task the mean embedding, and ttt
+re-fits them. Like every checkpoint, an import computes as it was trained (the full canvas, the official
+translation, N_sup steps: the dataclass defaults) with the official evaluation (pipeline/computation.py).
 """
 from __future__ import annotations
 
@@ -55,8 +56,7 @@ def main(argv=None) -> int:
                                       f"has {rows} rows (trained on another build?)")
         table = official_id_table(names)
         most = int(table.ids.counts.max())
-        defaults = ["data.puzzle_ids=per_augmentation", f"data.augs_per_task={most - 1}", f"predict.augs={most}",
-                    "predict.translate=false"]
+        defaults = ["data.puzzle_ids=per_augmentation", f"data.augs_per_task={most - 1}", f"predict.augs={most}"]
     sizes = [f"model.{k}={json.dumps(v)}" for k, v in config_overrides(official).items()]
     cfg = load_config(args.config, sizes + defaults + args.set)
     model = TRM(cfg.model, rows)

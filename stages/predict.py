@@ -1,9 +1,14 @@
 """Predict test outputs with a trained checkpoint and write a Kaggle submission.
 
     python -m stages.predict --checkpoint runs/demo/pretrain --challenges FILE --out submission.json
-    python -m stages.predict ... --augs 1000 --device cuda --fixed-steps      # official always-N_sup behaviour
+    python -m stages.predict ... --augs 1000 --device cuda
+    python -m stages.predict ... --adaptive-halting --set predict.translate=true    # departures (opt-in)
     torchrun --nproc-per-node 4 -m stages.predict ...                         # tasks sharded over GPUs
     python -m stages.predict --checkpoint runs/ttt ...      # a TTT run: its trained embeddings (joint or --per-task)
+
+The model computes as the checkpoint was trained (its model.crop) and evaluates as the official code does:
+every view runs all N_sup steps, test inputs untranslated (pipeline/computation.py). Anything else is a
+departure the user asks for (--adaptive-halting, --translate, --crop, --set); the log says which in one line.
 
 Every task of the challenges file gets an entry: broken tasks, model errors and anything past
 --time-budget get a logged fallback and never cost another task. A sidecar `<out>.details.json` holds
@@ -18,11 +23,11 @@ any prediction is not such a failure).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import time
 
 from pipeline.checkpoint import load_for_prediction
+from pipeline.computation import describe
 from pipeline.hidden import (load_challenges, predict_challenges, predict_per_task_runs, summary_line,
                              write_submission)
 from pipeline.metrics import setup_logging
@@ -41,16 +46,29 @@ def parse_args(argv=None):
     p.add_argument("--augs", type=positive_int, default=None, help="views per test input (default: the checkpoint's predict.augs)")
     p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--fixed-steps", action="store_true", help="run every view for all N_sup steps (official)")
-    p.add_argument("--no-translate", action="store_true",
-                   help="views at the top-left corner only, as the official evaluation (default: the config's predict.translate)")
+    p.add_argument("--adaptive-halting", action="store_true",
+                   help="departure: stop each view when its halting logit turns positive (predict.adaptive_halting; "
+                        "default: all N_sup steps, as the official evaluation)")
+    p.add_argument("--translate", action=argparse.BooleanOptionalAction, default=None,
+                   help="departure: views 1..N-1 at random offsets (predict.translate; default: untranslated, as "
+                        "the official evaluation)")
     p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None,
                    help="task-sized sequences (model.crop) on or off, whatever the checkpoint trained with "
                         "(default: its own); see BENCHMARKS.md for what it costs in accuracy")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides on the checkpoint's config, e.g. predict.max_offset=1 model.crop=true")
     p.add_argument("--time-budget", type=float, default=0, help="seconds; tasks not reached in time get fallbacks")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
+
+
+def overrides_of(args) -> list[str]:
+    """The flags as `key=value` overrides of the checkpoint's config (--set last, so it wins)."""
+    flags = [("predict.augs", args.augs), ("predict.batch_size", args.batch_size),
+             ("predict.adaptive_halting", True if args.adaptive_halting else None),
+             ("predict.translate", args.translate), ("model.crop", args.crop)]
+    return [f"{k}={str(v).lower()}" for k, v in flags if v is not None] + list(args.set)
 
 
 def main(argv=None) -> int:
@@ -60,21 +78,19 @@ def main(argv=None) -> int:
     try:
         setup_logging(None, rt.is_main)
         raw, res = load_challenges(args.challenges)
-        overrides = {k: v for k, v in (("augs", args.augs), ("batch_size", args.batch_size)) if v is not None}
-        if args.fixed_steps:
-            overrides["adaptive_halting"] = False
-        if args.no_translate:
-            overrides["translate"] = False
+        overrides = overrides_of(args)
         deadline = t_start + args.time_budget if args.time_budget else None
         index = ttt_index(args.checkpoint)
         if "per_task" in index:  # a `stages.ttt --per-task` folder: each task has its own model
-            log.info("per-task TTT runs for %d tasks", len(index["per_task"]))
+            log.info("per-task TTT runs for %d tasks, each computing as its run was trained%s",
+                     len(index["per_task"]), f"; overrides: {' '.join(overrides)}" if overrides else "")
             hidden = predict_per_task_runs(index["per_task"], index["base"], res, overrides, rt, deadline,
-                                           use_ema=not args.raw_weights, crop=args.crop)
+                                           use_ema=not args.raw_weights)
         else:
-            loaded = load_for_prediction(args.checkpoint, rt.device, use_ema=not args.raw_weights, crop=args.crop)
-            pcfg = dataclasses.replace(loaded.config.predict, **overrides)
-            hidden = predict_challenges(loaded, res, pcfg, rt, deadline, show_progress=not args.no_progress)
+            loaded = load_for_prediction(args.checkpoint, rt.device, not args.raw_weights, overrides)
+            log.info("%s", describe(loaded.departures))
+            hidden = predict_challenges(loaded, res, loaded.config.predict, rt, deadline,
+                                        show_progress=not args.no_progress)
         if rt.is_main:
             sub, notes = write_submission(args.out, raw, hidden)
             for n in notes:

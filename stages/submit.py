@@ -4,6 +4,7 @@
     python -m stages.submit --checkpoint runs/arc2/pretrain                      # on Kaggle: finds the test file
     python -m stages.submit --checkpoint CK --challenges FILE --out S.json --budget-s 3600
     python -m stages.submit ... --ttt-config configs/ttt_nvarc.yaml --set train.global_batch=256
+    python -m stages.submit ... --ttt-config configs/ttt_full.yaml configs/ttt_fast.yaml --steps-fraction 0.5
     python -m stages.submit ... --ttt-steps 2000 --views 256                     # a pinned, reproducible plan
     torchrun --nproc-per-node 4 -m stages.submit ...                             # one process per GPU
 
@@ -13,9 +14,11 @@
 2. Calibrates TTT and prediction on that file and these devices, and plans TTT steps and views per test input
    to end inside the budget less --margin (pipeline/budget.py: the policy, McGovern's "views at a floor of
    256, TTT steps to the recipe's length, then views up to 1000", and each stage's share); prints the plan.
-3. TTT (pipeline/ttt.py, preset --ttt-config < --set), stopped at a step boundary past its share; predict with
+3. TTT (pipeline/ttt.py, presets --ttt-config < --set), stopped at a step boundary past its share; predict with
    the latest TTT checkpoint (pipeline/hidden.py); replaces the submission atomically; prints the seconds per
    stage and a last `summary: {...}` line, and writes the plan and the actual seconds to OUT.plan.json.
+   Everything computes as the checkpoint was trained, evaluated officially (all N_sup steps, untranslated
+   views), unless --ttt-config / --set ask for a departure: printed in one line and kept in OUT.plan.json.
 
 Exit status: 0 when a valid submission was written, even if a stage fell back (the summary says which);
 2 for bad input (no test file, unreadable JSON, bad checkpoint or config: one line; whatever was written
@@ -65,8 +68,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default="/kaggle/working/submission.json", help="submission to write")
     p.add_argument("--budget-s", type=float, default=6 * 3600.0, help="wall-clock seconds for this whole command")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--ttt-config", default="configs/ttt_full.yaml",
-                   help="TTT preset (deltas over the checkpoint's config)")
+    p.add_argument("--ttt-config", nargs="+", default=["configs/ttt_full.yaml"],
+                   help="TTT presets (deltas over the checkpoint's config, in order: a recipe, then e.g. "
+                        "configs/ttt_fast.yaml)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for TTT and prediction")
     p.add_argument("--work-dir", default=str(scratch / "submit"), help="TTT run and calibration scratch")
     p.add_argument("--policy", default="ttt_first", choices=["ttt_first", "views_first"],
@@ -78,7 +82,8 @@ def parse_args(argv=None):
     p.add_argument("--ttt-max-steps", type=int, default=0, help="most TTT steps (0: the preset's train.steps)")
     p.add_argument("--ttt-min-steps", type=int, default=100, help="fewer steps than this fit: no TTT")
     p.add_argument("--steps-fraction", type=float, default=1.0,
-                   help="expected fraction of the N_sup steps a view runs (1: the worst case; lower plans more views)")
+                   help="with predict.adaptive_halting only: expected fraction of the N_sup steps a view runs "
+                        "(1: the worst case; lower plans more views)")
     p.add_argument("--ttt-steps", type=int, default=None, help="pin the TTT steps (0: no TTT)")
     p.add_argument("--views", type=positive_int, default=None, help="pin the views per test input")
     p.add_argument("--seed", type=int, default=0)

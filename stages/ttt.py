@@ -3,15 +3,17 @@ demonstrations (test outputs are never read), then predict with the run folder.
 
     python -m stages.ttt --checkpoint runs/arc2/pretrain --challenges FILE --out runs/ttt
     python -m stages.ttt ... --config configs/ttt_nvarc.yaml --set train.steps=2000
+    python -m stages.ttt ... --config configs/ttt_full.yaml configs/ttt_fast.yaml   # + speed-ups (departures)
     python -m stages.ttt ... --set train.trainable=lora train.lora_rank=8     # or embeddings, embeddings_then_all
     python -m stages.ttt ... --holdout-demos       # leave one demonstration per task out to measure pass@2
     python -m stages.ttt ... --per-task            # one short run per task instead of one joint run
     torchrun --nproc-per-node 4 -m stages.ttt ...  # joint: DDP; --per-task: tasks spread over the GPUs
     python -m stages.predict --checkpoint runs/ttt --challenges FILE --out submission.json
 
-The config is the checkpoint's own, then the preset's deltas (default configs/ttt_full.yaml), then --set.
-A killed run resumes from its folder. New tasks start from the mean pretrained puzzle embedding; tasks the
-checkpoint already knows keep theirs.
+The config is the checkpoint's own (it computes as the checkpoint was trained, evaluated officially), then the
+presets' deltas in order (default configs/ttt_full.yaml), then --set; the log says in one line what departs
+from the checkpoint's computation (ttt.json keeps it). A killed run resumes from its folder. New tasks start
+from the mean puzzle embedding of the checkpoint; tasks the checkpoint already knows keep theirs.
 """
 from __future__ import annotations
 
@@ -36,7 +38,9 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", required=True, help="pretrained run folder (its latest checkpoint) or checkpoint folder")
     p.add_argument("--challenges", required=True, help="Kaggle-format *_challenges.json (demonstrations are trained on)")
     p.add_argument("--out", required=True, help="TTT run folder (checkpoints, metrics; resumes if it exists)")
-    p.add_argument("--config", default="configs/ttt_full.yaml", help="TTT preset: deltas over the checkpoint's config")
+    p.add_argument("--config", nargs="+", default=["configs/ttt_full.yaml"],
+                   help="TTT presets, deltas over the checkpoint's config applied in order (a recipe, then e.g. "
+                        "configs/ttt_fast.yaml)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. train.steps=2000")
     p.add_argument("--max-minutes", type=float, default=0,
                    help="stop at the first step boundary after this many minutes (with a checkpoint); 0 = run to train.steps")

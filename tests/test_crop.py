@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 import pipeline.model as model_mod
-from pipeline.act import IGNORE, empty_carry, supervision_step
-from pipeline.crop import by_size, size_groups, step_crop, used_extents, view_extents
+from pipeline.act import IGNORE, empty_carry, supervision_step, token_ce
+from pipeline.crop import by_size, own_rectangles, rect_crop, size_groups, step_crop, used_extents, view_extents
 from pipeline.infer import PredictConfig, make_views, predict_tests
-from pipeline.model import TRM, ModelConfig
+from pipeline.model import TRM, Crop, ModelConfig
 from pipeline.encode import encode, last_offset
 from pipeline.packed import pack_tasks, task_sides
 from pipeline.puzzle_ids import PerTaskIds
@@ -59,7 +59,7 @@ def test_a_cropped_step_is_the_full_step_with_the_padding_masked_out(pos, monkey
     y, z = y + 0.1 * torch.randn_like(y), z + 0.1 * torch.randn_like(z)  # a carried state, not the initial one
     keep = m.keep_index(rows, cols)
     assert keep[:2].tolist() == [0, 1] and keep[2:7].tolist() == [2, 3, 4, 5, 2 + CANVAS]  # full-canvas numbering
-    yc, zc, lc, qc, _ = m(inputs, vecs, y, z, keep)
+    yc, zc, lc, qc, _ = m(inputs, vecs, y, z, Crop(keep))
     yf, zf, lf, qf, _ = _masked_full_step(m, inputs, vecs, y, z, keep, monkeypatch)
     cells = keep[2:] - 2
     torch.testing.assert_close(yc[:, keep], yf[:, keep], rtol=1e-4, atol=1e-3)
@@ -121,7 +121,7 @@ def test_a_training_step_under_crop_runs_the_used_rectangle_only(monkeypatch):
     monkeypatch.setattr(TRM, "forward", spy)
     carry, loss, metrics, preds = supervision_step(m, empty_carry(m, b, torch.float32), b,
                                                    lambda ids: m.puzzle_emb[ids])
-    assert [len(k) for k in seen] == [2 + 5 * 3] and torch.equal(seen[0], m.keep_index(5, 3))
+    assert [len(k.keep) for k in seen] == [2 + 5 * 3] and torch.equal(seen[0].keep, m.keep_index(5, 3))
     loss.backward()
     assert torch.isfinite(loss) and m.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
     assert (preds.view(2, CANVAS, CANVAS)[:, 5:, :] == 0).all() and (preds.view(2, CANVAS, CANVAS)[:, :, 3:] == 0).all()
@@ -174,11 +174,11 @@ class _Oracle(TRM):
         self.answers, self.crops = answers, []
 
     def forward(self, inputs, puzzle_vecs, y, z, crop=None):
-        self.crops.append(None if crop is None else len(crop))  # positions run (no prefix here)
+        self.crops.append(None if crop is None else len(crop.keep))  # positions run (no prefix here)
         target = torch.stack([self.answers[bytes(r.to(torch.uint8).numpy())] for r in inputs]).long()
         if crop is not None:
-            inside = torch.zeros(self.cfg.seq_len, dtype=torch.bool)
-            inside[crop] = True
+            inside = torch.zeros(len(inputs), self.cfg.seq_len, dtype=torch.bool)
+            inside[:, crop.keep] = True if crop.own is None else crop.own  # each view's own rectangle
             target = torch.where(inside, target, 0)
         logits = F.one_hot(target, self.cfg.vocab_size).float()
         q = torch.ones(len(inputs))
@@ -236,7 +236,7 @@ class _RandomHalts(TRM):
         self.log, self.rng = [], np.random.default_rng(0)
 
     def forward(self, inputs, vecs, y, z, crop=None):
-        self.log.append((inputs[:, 0].long().numpy().copy(), crop.numpy().copy()))
+        self.log.append((inputs[:, 0].long().numpy().copy(), crop.keep.numpy().copy()))
         q = torch.from_numpy(self.rng.normal(size=len(inputs))).float()
         return y, z, torch.zeros(len(inputs), CANVAS * CANVAS, 12), q, -q
 
@@ -315,7 +315,7 @@ def test_the_submit_calibration_times_every_size_bucket_under_crop(tmp_path, mon
     startup, step_s, save_s = calibrate_ttt(cfg, init_runtime("cpu", "float32", 0), tasks, tmp_path / "cal", steps=2)
     assert step_s > 0 and startup >= 0 and save_s > 0
     assert {0, 1} <= set(pins)
-    areas = [64 if k is None else len(k) - 1 for k in crops]
+    areas = [64 if k is None else len(k.keep) - 1 for k in crops]
     assert min(areas) <= 4 * 4 and max(areas) >= 7 * 7  # the small bucket's rectangles and the large one's
 
 
@@ -330,9 +330,9 @@ def test_size_groups_run_each_group_on_its_own_rectangle():
     vecs = m.puzzle_emb[[1, 2, 1, 2, 1]]
     y, z = m.initial_state(B, torch.float32)
     k33, k54 = m.keep_index(3, 3), m.keep_index(5, 4)
-    grouped = m(inputs, vecs, y, z, [(torch.tensor([1, 3, 4]), k33), (torch.tensor([0, 2]), k54)])
-    small = m(inputs[[1, 3, 4]], vecs[[1, 3, 4]], y[[1, 3, 4]], z[[1, 3, 4]], k33)
-    large = m(inputs[[0, 2]], vecs[[0, 2]], y[[0, 2]], z[[0, 2]], k54)
+    grouped = m(inputs, vecs, y, z, [(torch.tensor([1, 3, 4]), Crop(k33)), (torch.tensor([0, 2]), Crop(k54))])
+    small = m(inputs[[1, 3, 4]], vecs[[1, 3, 4]], y[[1, 3, 4]], z[[1, 3, 4]], Crop(k33))
+    large = m(inputs[[0, 2]], vecs[[0, 2]], y[[0, 2]], z[[0, 2]], Crop(k54))
     for i in range(5):  # every output back in slot order, each slot as its own group computed it
         torch.testing.assert_close(grouped[i][[1, 3, 4]], small[i])
         torch.testing.assert_close(grouped[i][[0, 2]], large[i])
@@ -345,9 +345,9 @@ def test_a_training_step_in_size_groups(monkeypatch):
     seen = []
     real = TRM._step
 
-    def spy(self, inputs, vecs, y, z, crop):
-        seen.append((len(inputs), len(crop) - 2))
-        return real(self, inputs, vecs, y, z, crop)
+    def spy(self, inputs, vecs, y, z, keep, own=None):
+        seen.append((len(inputs), len(keep) - 2))
+        return real(self, inputs, vecs, y, z, keep, own)
 
     monkeypatch.setattr(TRM, "_step", spy)
     carry, loss, metrics, preds = supervision_step(m, empty_carry(m, b, torch.float32), b,
@@ -380,7 +380,7 @@ def test_a_compiled_step_under_crop_compiles_a_few_graphs_for_every_size_and_gro
     rng = np.random.default_rng(0)
     for step in range(24):
         ext = np.stack([rng.integers(1, CANVAS + 1, B), rng.integers(1, CANVAS + 1, B)], 1)
-        wrapped(inputs, vecs, y, z, step_crop(ext, 1 + step % 4, m.keep_index, "cpu"))
+        wrapped(inputs, vecs, y, z, step_crop(ext, 1 + step % 4, m))
     assert 1 <= counter.frame_count <= 4, counter.frame_count
     torch._dynamo.reset()
 
@@ -402,3 +402,106 @@ def test_the_prediction_calibration_scales_the_timed_inputs_to_all_inputs_under_
     down = _crop_cost_ratio(m, packed, np.arange(2, 4), *args)
     assert up > 1.5 and down < 0.8
     assert up == pytest.approx((m.flops_per_step(1, 9) + m.flops_per_step(1, 64)) / 2 / m.flops_per_step(1, 9))
+
+
+# -- a view's answer is a function of the view (issue 18) ------------------------------------------------------
+def _own(rows, cols, rect, prefix=2):
+    return own_rectangles(np.array([[rows, cols]]), rect, prefix, "cpu")
+
+
+def test_an_example_computes_the_same_alone_beside_a_larger_one_and_in_another_order():
+    """Under crop each example attends only to its own rectangle (+ the prefix): its logits, halting logit and
+    carried state are what it computes alone, next to a larger example (whose rectangle the batch runs) and in
+    either order; outside its own rectangle its state is untouched and its logits are the 0 fill."""
+    m = _model(crop=True)
+    torch.manual_seed(1)
+    inputs = torch.randint(2, 12, (2, CANVAS ** 2), dtype=torch.int32)
+    vecs = m.puzzle_emb[[1, 2]]
+    y, z = m.initial_state(2, torch.float32)
+    y, z = y + 0.1 * torch.randn_like(y), z + 0.1 * torch.randn_like(z)  # a carried state
+    small, large = (3, 2), (6, 7)
+    alone = m(inputs[:1], vecs[:1], y[:1], z[:1], Crop(m.keep_index(*small)))
+    ext = np.array([small, large])
+    beside = m(inputs, vecs, y, z, rect_crop(ext, m))
+    swapped = m(inputs[[1, 0]], vecs[[1, 0]], y[[1, 0]], z[[1, 0]], rect_crop(ext[[1, 0]], m))
+    for i in range(5):
+        torch.testing.assert_close(beside[i][:1], alone[i], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(swapped[i][1:], alone[i], rtol=1e-5, atol=1e-5)
+    inside = torch.zeros(m.cfg.total_len, dtype=torch.bool)
+    inside[m.keep_index(*small)] = True
+    assert torch.equal(beside[0][0, ~inside], y[0, ~inside]) and torch.equal(beside[1][0, ~inside], z[0, ~inside])
+    assert (beside[2][0, ~inside[2:]] == 0).all()
+    # the unmasked covering rectangle (before issue 18) gives the small example another answer
+    unmasked = m(inputs, vecs, y, z, Crop(m.keep_index(*large)))
+    assert not torch.allclose(unmasked[2][:1], alone[2], atol=1e-3)
+    assert _own(*large, large) is None and _own(*small, large).sum() == 2 + 3 * 2
+
+
+def test_a_training_slot_computes_the_same_beside_larger_slots_and_in_any_size_group():
+    """The ACT step under crop: a slot's logits, loss and halting logit do not depend on the other slots of the
+    batch or on model.crop_groups."""
+    b1 = _encoded([np.ones((2, 2), np.uint8)], [np.ones((2, 3), np.uint8)], [(0, 0)])
+    b3 = _encoded([np.ones((2, 2), np.uint8), np.ones((6, 5), np.uint8), np.ones((1, 1), np.uint8)],
+                  [np.ones((2, 3), np.uint8), np.ones((7, 6), np.uint8), np.ones((4, 4), np.uint8)],
+                  [(0, 0), (0, 1), (2, 3)])
+    outs = []
+    for groups, batch in ((1, b1), (1, b3), (2, b3), (3, b3)):
+        m = _model(crop=True, crop_groups=groups)
+        carry, loss, metrics, preds = supervision_step(m, empty_carry(m, batch, torch.float32), batch,
+                                                       lambda ids: m.puzzle_emb[ids], training=False)
+        ce = token_ce(m(carry.inputs, m.puzzle_emb[carry.puzzle_ids], *m.initial_state(len(batch["inputs"]),
+                                                                                         torch.float32),
+                        step_crop(used_extents(carry.inputs, carry.labels, CANVAS, IGNORE), groups, m))[2][:1],
+                      carry.labels[:1], "stablemax")
+        outs.append((carry.y[:1], carry.z[:1], preds[:1], ce))
+    for y, z, preds, ce in outs[1:]:
+        torch.testing.assert_close(y, outs[0][0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(z, outs[0][1], rtol=1e-5, atol=1e-5)
+        assert torch.equal(preds, outs[0][2])
+        torch.testing.assert_close(ce, outs[0][3], rtol=1e-5, atol=1e-6)
+
+
+def _varied_tasks(n=6, seed=3):
+    rng = np.random.default_rng(seed)
+    tasks = []
+    for k in range(n):
+        h, w = int(rng.integers(1, 7)), int(rng.integers(1, 7))
+        demos = [(rng.integers(0, 10, (h, w)).astype(np.uint8), rng.integers(0, 10, (h, w)).astype(np.uint8))
+                 for _ in range(2)]
+        tests = [rng.integers(0, 10, (h, w)).astype(np.uint8) for _ in range(int(rng.integers(1, 3)))]
+        tasks.append(Task(f"v{k}", demos, tests))
+    return tasks
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_prediction_under_crop_is_the_same_for_any_batch_size_and_shard(adaptive):
+    """Views of test inputs of many sizes, streamed in batches of 1, 3 and 64 and split over two 'shards' in
+    the other order: every view's prediction, halting confidence and steps, and so every attempt, are the
+    same (the crop's covering rectangle changes with the batch, each view's own rectangle does not)."""
+    from pipeline.act import predict_stream
+
+    m = _model(crop=True)
+    with torch.no_grad():
+        m.q_head.bias.fill_(0.0)  # views halt at different steps under adaptive halting
+    packed = pack_tasks(_varied_tasks())
+    rows = np.arange(len(packed.test_task))
+    to_ckpt = np.full(packed.num_tasks, -1)
+    views = make_views(packed, rows, to_ckpt, PerTaskIds(packed.num_tasks), 12, CANVAS, True, 0)
+    assert len({tuple(e) for e in views.extents}) > 4  # views of many sizes
+    inputs = torch.from_numpy(views.inputs)
+    vecs = m.puzzle_emb[torch.ones(len(inputs), dtype=torch.long)]
+    ref = predict_stream(m, inputs, vecs, 1, adaptive=adaptive, extents=views.extents)
+    order = torch.from_numpy(by_size(views.extents)[::-1].copy())
+    for batch in (3, 64):
+        got = predict_stream(m, inputs[order], vecs[order], batch, adaptive=adaptive, extents=views.extents[order])
+        back = torch.argsort(order)
+        assert torch.equal(got[0][back], ref[0]) and torch.equal(got[2][back], ref[2])
+        torch.testing.assert_close(got[1][back], ref[1], rtol=1e-5, atol=1e-6)
+    cfg = [PredictConfig(augs=12, batch_size=bs, translate=True, adaptive_halting=adaptive, compile=False)
+           for bs in (2, 9)]
+    attempts = []
+    for pcfg, shards in ((cfg[0], [rows]), (cfg[1], [rows[len(rows) // 2:], rows[:len(rows) // 2]])):
+        preds = [p for shard in shards for p in predict_tests(m, packed, shard, to_ckpt, PerTaskIds(packed.num_tasks),
+                                                              pcfg, CANVAS, torch.device("cpu"), torch.float32)]
+        attempts.append({(p.task_id, p.test_index): [a.tolist() for a in p.attempts] for p in preds})
+    assert attempts[0] == attempts[1] and len(attempts[0]) == len(rows)

@@ -24,7 +24,8 @@ from bench.syncs import check, sync_warnings
 from bench.train import rectangles, work
 from conftest import ARC, ROOT, needs_shared_arc
 from pipeline.config import load_config
-from pipeline.model import TRM, ModelConfig
+from pipeline.crop import rect_crop
+from pipeline.model import TRM, Crop, ModelConfig
 from pipeline.packed import pack_tasks
 from pipeline.puzzle_ids import PerTaskIds
 from pipeline.synthetic import synthetic_tasks
@@ -238,9 +239,9 @@ def test_crop_flops_count_the_rectangles_each_forward_ran():
     B = 5
     inputs, vecs = torch.zeros(B, 36, dtype=torch.long), torch.zeros(B, 32)
     y, z = model.initial_state(B, torch.float32)
-    small, big = model.keep_index(2, 3), model.keep_index(4, 5)
+    small, big = Crop(model.keep_index(2, 3)), Crop(model.keep_index(4, 5))
     model(inputs, vecs, y, z, [(torch.arange(3), small), (torch.arange(3, 5), big)])  # two size groups
-    model(inputs, vecs, y, z, model.keep_index(3, 3))  # one rectangle for the batch
+    model(inputs, vecs, y, z, rect_crop(np.array([[3, 3], [2, 1], [3, 3], [1, 1], [2, 3]]), model))  # one, masked
     model(inputs, vecs, y, z, None)  # the full canvas
     assert ran == [(3, 6), (2, 20), (5, 9), (5, 36)]
     cells, flops = work(model, ran)

@@ -9,7 +9,7 @@ import torch
 from conftest import ROOT
 from pipeline.act import empty_carry, predict_stream, supervision_step
 from pipeline.config import RunConfig, load_config
-from pipeline.model import TRM, ModelConfig, swiglu_width
+from pipeline.model import TRM, Crop, ModelConfig, swiglu_width
 from pipeline.optim import AdamATan2, EMA, lr_at, sign_sgd_rows
 
 SMALL = dict(hidden=32, heads=2, layers=2, h_cycles=2, l_cycles=2, halt_max_steps=3, seq_len=25, puzzle_emb_len=1,
@@ -51,9 +51,9 @@ def test_only_the_last_cycle_gets_gradients():
     calls = []
     orig = m.net
 
-    def counting(h, inj, rope=None):
+    def counting(h, inj, rope=None, mask=None):
         calls.append(torch.is_grad_enabled())
-        return orig(h, inj, rope)
+        return orig(h, inj, rope, mask)
 
     m.net = counting
     b = _batch()
@@ -85,8 +85,8 @@ def test_continuous_batching_matches_one_big_batch():
     g = torch.Generator().manual_seed(1)
     inputs = torch.randint(0, 12, (13, 25), generator=g, dtype=torch.int32)
     vecs = torch.randn(13, 32, generator=g)
-    big = predict_stream(m, inputs, vecs, 13)
-    small = predict_stream(m, inputs, vecs, 4)
+    big = predict_stream(m, inputs, vecs, 13, adaptive=True)
+    small = predict_stream(m, inputs, vecs, 4, adaptive=True)
     assert len(set(big[2].tolist())) > 1  # a mix of halting steps, so refills really happened
     for a, b in zip(big, small):
         torch.testing.assert_close(a, b)
@@ -109,6 +109,52 @@ def test_adam_atan2_matches_the_official_kernel_reference_values():
         for i, (p, want) in enumerate(zip(params, after)):
             np.testing.assert_allclose(p.detach().double().numpy(), np.array(want), rtol=1e-5, atol=1e-6,
                                        err_msg=f"step {step + 1}, parameter {i}")
+
+
+def test_adam_atan2_pytorch_is_nvarcs_optimiser():
+    """train.optimizer=adam_atan2_pytorch: adam-atan2-pytorch 0.2.4's AdamAtan2 as NVARC built it (lr set per
+    step by the schedule, betas 0.9/0.95, weight decay 0.1). The expected values were computed by that
+    package's own adam_atan2.py at the 0.2.4 tag (lucidrains/adam-atan2-pytorch), run once outside this repo,
+    float64, three steps with changing lr and a zero gradient. They differ from the official kernel's."""
+    from pipeline.optim import AdamAtan2Pytorch
+
+    grads = [[0.3, -0.2, 0.0, 1.0], [-0.1, -0.4, 0.5, 1e-8], [2.0, 0.1, -0.3, -1.0]]
+    expected = [[0.4895254433248524, -0.9890254433248524, 1.998, -0.009974556675147595],
+                [0.48684092469577606, -0.9836798885877316, 1.9929763330452448, -0.013755765792771638],
+                [0.4709891843140326, -0.9681565180684115, 1.9848775211934422, -0.011553025333506096]]
+    def run(cls):
+        p = torch.nn.Parameter(torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=torch.float64))
+        opt = cls([p], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+        for g, lr in zip(grads, [1e-2, 5e-3, 2e-2]):
+            opt.param_groups[0]["lr"] = lr
+            p.grad = torch.tensor(g, dtype=torch.float64)
+            opt.step()
+            yield p.detach().clone()
+
+    for got, want in zip(run(AdamAtan2Pytorch), expected):
+        torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=1e-12, atol=1e-14)
+    official = list(run(AdamATan2))[0]  # the official kernel is another update (bias correction, the 1.27)
+    assert not torch.allclose(official, torch.tensor(expected[0], dtype=torch.float64), atol=1e-6)
+
+
+def test_the_first_optimiser_step_runs_at_lr_over_warmup(tmp_path):
+    """As the official loop (which increments its step before computing the lr): optimiser step k runs at
+    lr * k / warmup during warm-up, so the first step moves the weights (at lr 0 it would not)."""
+    from pipeline.build import build_run
+    from pipeline.runtime import init_runtime
+
+    cfg = load_config("configs/demo_cpu.yaml", [f"run_dir={tmp_path}", "train.progress=false", "model.hidden=32",
+                                                "model.heads=2", "model.puzzle_emb_ndim=32", "train.global_batch=8",
+                                                "train.lr=1e-3", "train.lr_warmup=10", "train.puzzle_emb_lr=1e-2"])
+    trainer = build_run(cfg, init_runtime("cpu", "float32", 0), eval_fn=None).trainer
+    trainer.prepare()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    for k in (1, 2):
+        trainer.train_step()
+        assert trainer.opt.param_groups[0]["lr"] == pytest.approx(1e-3 * k / 10), k
+        if k == 1:
+            moved = [n for n, v in trainer.model.state_dict().items() if not torch.equal(v, before[n])]
+            assert "lm_head.weight" in moved and "puzzle_emb" in moved  # trunk and sign-SGD table both stepped
 
 
 def test_sign_sgd_touches_only_rows_in_the_batch():
@@ -175,7 +221,9 @@ def test_warm_start_copies_the_trunk_and_reinitialises_new_tasks_to_the_mean(tmp
     for k, v in old.state_dict().items():
         if k != "puzzle_emb":
             assert torch.equal(new.state_dict()[k], v), k
-    torch.testing.assert_close(new.puzzle_emb, old.puzzle_emb[1:].mean(0).expand(9, 32))
+    # the mean of the whole stored table, blank row 0 included, as the official loader (pretrain.py L244-262)
+    torch.testing.assert_close(new.puzzle_emb, old.puzzle_emb.mean(0).expand(9, 32))
+    assert not torch.allclose(new.puzzle_emb[0], old.puzzle_emb[1:].mean(0))
 
 
 def test_the_training_step_and_the_model_step_have_no_data_dependent_python_branch():
@@ -195,4 +243,8 @@ def test_the_training_step_and_the_model_step_have_no_data_dependent_python_bran
     fwd = torch.compile(m, backend="eager", fullgraph=True)
     y, z = m.initial_state(len(b["inputs"]), torch.float32)
     vecs = m.puzzle_emb[b["puzzle_ids"]]
-    assert fwd(b["inputs"], vecs, y, z)[2].shape == fwd(b["inputs"], vecs, y, z, m.keep_index(3, 2))[2].shape
+    P = m.cfg.puzzle_emb_len
+    own = torch.ones(len(b["inputs"]), P + 3 * 2, dtype=torch.bool)
+    own[0, P + 2 * 2:] = False  # example 0 on its own 2 x 2 rectangle
+    for crop in (Crop(m.keep_index(3, 2)), Crop(m.keep_index(3, 2), own)):
+        assert fwd(b["inputs"], vecs, y, z)[2].shape == fwd(b["inputs"], vecs, y, z, crop)[2].shape

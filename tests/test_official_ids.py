@@ -116,6 +116,16 @@ def test_official_import_with_its_dataset_keeps_every_puzzle_row(tmp_path):
         np.testing.assert_array_equal(loaded.ids.state_dict()[key], want)
     torch.testing.assert_close(loaded.model.puzzle_emb, official["inner.puzzle_emb.weights"][table.rows])
     assert loaded.config.predict.augs == 9 and loaded.config.predict.translate is False
+    # an official import computes officially: the full canvas, all N_sup steps, untranslated views, in
+    # predict and in TTT (and so in submit, which builds its TTT config the same way)
+    from pipeline.ttt import ttt_config, ttt_departures
+
+    c = loaded.config
+    assert (c.model.crop, c.predict.adaptive_halting, c.predict.max_steps, c.data.max_offset) == (False, False, 0, 0)
+    assert c.model.halt_max_steps == 4 and loaded.departures == []  # the fixture's N_sup, every step run
+    ttt = ttt_config(tmp_path, ROOT / "configs" / "ttt_full.yaml", [], tmp_path / "ttt")
+    assert (ttt.model.crop, ttt.predict.adaptive_halting, ttt.predict.translate) == (False, False, False)
+    assert ttt_departures(ttt) == []
 
     r = _import(tmp_path, FIXTURE / "weights.safetensors", "--dataset", str(BUILD))  # another build's table
     assert r.returncode == 2 and "46 puzzle ids, but the checkpoint's puzzle table has" in r.stderr

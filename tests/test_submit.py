@@ -63,6 +63,7 @@ def test_predict_writes_a_valid_submission_despite_broken_tasks(checkpoint, chal
     assert sub["broken_badtestinput"][0]["attempt_1"] == FALLBACK_GRID
     assert sub["broken_notest"] == []
     assert "broken_ragged" in r.stderr  # the problem is logged with the task id
+    assert "computation: as the checkpoint was trained, official evaluation (no departure)" in r.stderr
     details = json.loads(Path(str(out) + ".details.json").read_text())
     assert len(details) == 8 * 8 and all(d["views"] == 4 for d in details.values())
     v = stage("stages.validate", "--challenges", str(ch), "--submission", str(out))

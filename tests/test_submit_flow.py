@@ -355,6 +355,7 @@ def test_one_minute_budget_ends_in_time_with_a_valid_submission(checkpoint, chal
     assert "plan:" in r.stderr and "seconds per stage" in r.stderr
     plan = json.loads((tmp_path / "out" / "submission.json.plan.json").read_text())
     assert plan["plan"]["ttt_steps"] >= summary["ttt_steps"] and "ttt" in plan["actual_seconds"]
+    assert plan["departures"] == [] and "(no departure)" in r.stderr  # the demo checkpoint's computation
     sub, raw = json.loads(out.read_text()), json.loads(challenges.read_text())
     assert set(sub) == set(raw) and sub["broken_ragged"][0]["attempt_1"] == [[1]] and sub["broken_notest"] == []
 

@@ -68,7 +68,7 @@ def test_new_tasks_start_at_the_mean_and_known_tasks_keep_their_rows(tiny_checkp
         mine = slice(1 + ids.offsets[k], 1 + ids.offsets[k + 1])
         torch.testing.assert_close(rows[mine], table[1 + lo:1 + hi], rtol=0, atol=0)
         assert (ids.dihedral[mine.start - 1:mine.stop - 1] == pre.ids.dihedral[lo:hi]).all()
-    mean = table[1:].mean(0)
+    mean = table.mean(0)  # of the whole table, blank row 0 included (the official re-init)
     for k in range(2, 4):
         torch.testing.assert_close(rows[1 + ids.offsets[k]:1 + ids.offsets[k + 1]],
                                    mean.expand(int(ids.counts[k]), -1))
@@ -209,6 +209,44 @@ def test_lora_merged_weights_compute_the_adapted_model():
     a = model(x, model.puzzle_emb[[1, 2]], y, z)[2]
     b = plain(x, plain.puzzle_emb[[1, 2]], y, z)[2]
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_a_lora_runs_ema_is_the_average_of_its_merged_weights():
+    """A LoRA run's EMA weights are the EMA of W + s B A over the steps (what prediction computes with), not
+    W + s EMA(B) EMA(A); evaluation during the run swaps exactly those weights in."""
+    from pipeline.lora import MergedEMA, add_lora, lora_scales, merged_state
+    from pipeline.model import TRM, ModelConfig
+    from pipeline.train import ema_weights
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(hidden=32, heads=2, puzzle_emb_ndim=32, puzzle_emb_len=1, seq_len=9, h_cycles=1, l_cycles=1)
+    model = TRM(cfg, 3)
+    add_lora(model, 2, 4.0)
+    ema = MergedEMA(model, 0.5)
+    layer = model.blocks[0].attn.qkv
+    expected = layer.base.weight.detach().clone()  # B = 0: the merged weight is W
+    a_avg, b_avg = layer.lora_a.detach().clone(), layer.lora_b.detach().clone()
+    for _ in range(3):  # three "optimiser steps" on the adapters
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_" in n:
+                    p.add_(torch.randn_like(p))
+        ema.update(model)
+        expected = 0.5 * expected + 0.5 * (layer.base.weight + layer.scale * layer.lora_b @ layer.lora_a).detach()
+        a_avg, b_avg = 0.5 * a_avg + 0.5 * layer.lora_a.detach(), 0.5 * b_avg + 0.5 * layer.lora_b.detach()
+    saved = merged_state(ema.weights_for(model), lora_scales(model))
+    torch.testing.assert_close(saved["blocks.0.attn.qkv.weight"], expected)
+    product = layer.base.weight + layer.scale * b_avg @ a_avg  # what the run saved before
+    assert not torch.allclose(saved["blocks.0.attn.qkv.weight"], product, atol=1e-3)
+    plain = TRM(cfg, 3)
+    plain.load_state_dict(saved)
+    x = torch.randint(0, 12, (2, 9))
+    y, z = model.initial_state(2, torch.float32)
+    raw_out = model(x, model.puzzle_emb[[1, 2]], y, z)[2]
+    with ema_weights(model, ema):
+        torch.testing.assert_close(model(x, model.puzzle_emb[[1, 2]], y, z)[2],
+                                   plain(x, plain.puzzle_emb[[1, 2]], y, z)[2], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(model(x, model.puzzle_emb[[1, 2]], y, z)[2], raw_out)  # swapped back
 
 
 def test_fit_stops_at_a_step_boundary_with_a_complete_checkpoint(tiny_checkpoint, tmp_path):

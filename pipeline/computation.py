@@ -1,0 +1,58 @@
+"""The checkpoint decides the computation. A stage that starts from a checkpoint (stages.ttt, stages.predict,
+stages.submit, the Kaggle notebook) computes as that checkpoint was trained (its saved model.crop, training
+translation range, cycles and N_sup) and evaluates as the official code does (every view runs all N_sup
+steps, test inputs are never translated), unless the user asks for a departure (`--set`, a flag, or an extra
+preset such as configs/ttt_fast.yaml). `departures` is the one list of what a resolved config computes
+differently; the stages print it as one line and store it (a TTT run's ttt.json, submit's plan.json).
+Works on config objects and dicts only (no torch, no pipeline imports)."""
+from __future__ import annotations
+
+OFFICIAL_EVALUATION = {"adaptive_halting": False, "translate": False, "max_steps": 0}
+"""predict.* as the official evaluation runs (evaluators/arc.py, trm.py L270-283): all N_sup steps, no
+translation of test inputs."""
+
+
+def with_official_evaluation(cfg: dict) -> dict:
+    """A resolved config as a dict (a checkpoint's config.yaml) with the official evaluation settings: what a
+    stage starts from when it loads a checkpoint. Evaluation settings are asked for where evaluation runs
+    and never inherited from a checkpoint (older versions saved adaptive halting and translated views as
+    their defaults)."""
+    return {**cfg, "predict": {**cfg.get("predict", {}), **OFFICIAL_EVALUATION}}
+
+
+def _translation(translate: bool, max_offset: int) -> str:
+    if not translate:
+        return "none"
+    return "anywhere" if max_offset == 0 else f"up to {max_offset} cell{'s' if max_offset > 1 else ''}"
+
+
+def computation(cfg) -> dict[str, str]:
+    """What a resolved RunConfig computes, setting by setting (the settings a departure can change)."""
+    m, d, p = cfg.model, cfg.data, cfg.predict
+    return {"model.crop": str(m.crop).lower(), "model.h_cycles": str(m.h_cycles), "model.l_cycles": str(m.l_cycles),
+            "model.halt_max_steps": str(m.halt_max_steps),
+            "data.translate/max_offset": _translation(d.translate, d.max_offset),
+            "data.bucket_steps": str(d.bucket_steps),
+            "predict.adaptive_halting": str(p.adaptive_halting and m.halting).lower(),
+            "predict.max_steps": "N_sup" if p.max_steps in (0, m.halt_max_steps) else str(p.max_steps),
+            "predict.translate/max_offset": _translation(p.translate, p.max_offset)}
+
+
+def checkpoint_computation(checkpoint_cfg) -> dict[str, str]:
+    """What a run from this checkpoint computes by default: as it was trained, evaluated officially."""
+    return {**computation(checkpoint_cfg), "predict.adaptive_halting": "false", "predict.max_steps": "N_sup",
+            "predict.translate/max_offset": "none"}
+
+
+def departures(cfg, checkpoint_cfg) -> list[str]:
+    """Where a resolved config `cfg` computes otherwise than its checkpoint's computation, as 'setting:
+    checkpoint -> this run' strings (empty: faithful)."""
+    ref, mine = checkpoint_computation(checkpoint_cfg), computation(cfg)
+    return [f"{k}: {ref[k]} -> {mine[k]}" for k in mine if mine[k] != ref[k]]
+
+
+def describe(found: list[str]) -> str:
+    """The one line a stage prints."""
+    if not found:
+        return "computation: as the checkpoint was trained, official evaluation (no departure)"
+    return f"computation: {len(found)} departure(s) from the checkpoint's: " + "; ".join(found)

@@ -1,0 +1,110 @@
+"""The checkpoint decides the computation (issue 18): ttt, predict and submit compute as the checkpoint was
+trained with the official evaluation unless asked otherwise, list every departure, and the published-recipe
+presets hold recipes only.  pytest tests/test_computation.py"""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from pipeline.checkpoint import load_for_prediction, write_weights_checkpoint
+from pipeline.computation import departures, describe
+from pipeline.config import dump_config, load_config
+from pipeline.model import TRM
+from pipeline.puzzle_ids import PerTaskIds
+from pipeline.ttt import ttt_config, ttt_departures
+
+TINY = ["model.hidden=32", "model.heads=2", "model.puzzle_emb_ndim=32"]
+RECIPES = ["ttt_full.yaml", "ttt_mcgovern.yaml", "ttt_nvarc.yaml"]
+SPEED_UPS = {("model", "crop"), ("model", "crop_groups"), ("data", "max_offset"), ("data", "bucket_steps"),
+             ("predict", "adaptive_halting"), ("predict", "translate"), ("predict", "max_offset"),
+             ("predict", "max_steps")}
+
+
+def checkpoint(folder: Path, *sets: str) -> Path:
+    cfg = load_config(ROOT / "configs" / "demo_cpu.yaml", [*TINY, *sets])
+    model = TRM(cfg.model, 3)
+    return write_weights_checkpoint(folder, model_state=model.state_dict(), config_yaml=dump_config(cfg),
+                                    task_ids=["a", "b"], ids=PerTaskIds(2), meta={"test": True})
+
+
+def test_an_old_checkpoints_saved_evaluation_settings_are_not_inherited(tmp_path):
+    """A checkpoint saved by an older version holds adaptive halting and translated views as its predict
+    settings: predict, ttt and submit (ttt_config) still evaluate officially, and say so."""
+    ck = checkpoint(tmp_path / "old", "predict.adaptive_halting=true", "predict.translate=true", "predict.max_offset=2")
+    loaded = load_for_prediction(ck)
+    p = loaded.config.predict
+    assert (p.adaptive_halting, p.translate, p.max_steps, loaded.config.model.crop) == (False, False, 0, False)
+    assert loaded.departures == [] and "no departure" in describe(loaded.departures)
+    asked = load_for_prediction(ck, overrides=["predict.adaptive_halting=true", "model.crop=true"])
+    assert asked.departures == ["model.crop: false -> true", "predict.adaptive_halting: false -> true"]
+    for preset in ["demo_ttt.yaml", *RECIPES[:2]]:
+        cfg = ttt_config(ck, ROOT / "configs" / preset, [], tmp_path / "ttt")
+        assert (cfg.predict.adaptive_halting, cfg.predict.translate, cfg.model.crop) == (False, False, False), preset
+        assert ttt_departures(cfg) == [], preset
+
+
+def test_ttt_follows_the_checkpoints_crop_and_translation_range(tmp_path):
+    """A checkpoint pretrained under crop with translation bounded to 1 cell: TTT and predict keep both (no
+    departure); a full-canvas checkpoint keeps the full canvas and translation anywhere."""
+    cropped = checkpoint(tmp_path / "cropped", "model.crop=true", "data.max_offset=1")
+    cfg = ttt_config(cropped, ROOT / "configs" / "ttt_full.yaml", [], tmp_path / "ttt")
+    assert cfg.model.crop and cfg.data.max_offset == 1 and ttt_departures(cfg) == []
+    assert load_for_prediction(cropped).config.model.crop and load_for_prediction(cropped).departures == []
+    full = checkpoint(tmp_path / "full")
+    cfg = ttt_config(full, ROOT / "configs" / "ttt_full.yaml", [], tmp_path / "ttt2")
+    assert not cfg.model.crop and cfg.data.translate and cfg.data.max_offset == 0
+
+
+def test_departures_name_each_setting_that_changes_the_computation(tmp_path):
+    ck = checkpoint(tmp_path / "ck")
+    nvarc = ttt_config(ck, ROOT / "configs" / "ttt_nvarc.yaml", [], tmp_path / "a")
+    assert ttt_departures(nvarc) == ["model.h_cycles: 2 -> 4", "model.halt_max_steps: 4 -> 10"]  # NVARC's recipe
+    fast = ttt_config(ck, [ROOT / "configs" / "ttt_full.yaml", ROOT / "configs" / "ttt_fast.yaml"], [], tmp_path / "b")
+    assert ttt_departures(fast) == ["model.crop: false -> true", "data.translate/max_offset: anywhere -> up to 1 cell",
+                                    "predict.adaptive_halting: false -> true"]
+    sets = ["predict.translate=true", "predict.max_steps=2", "data.bucket_steps=10", "model.crop_groups=4"]
+    other = ttt_config(ck, ROOT / "configs" / "ttt_full.yaml", sets, tmp_path / "c")
+    # crop_groups changes the speed only (each example computes on its own rectangle): not a departure
+    assert ttt_departures(other) == ["data.bucket_steps: 0 -> 10", "predict.max_steps: N_sup -> 2",
+                                     "predict.translate/max_offset: none -> anywhere"]
+    assert departures(other, other) == ["predict.max_steps: N_sup -> 2", "predict.translate/max_offset: none -> anywhere"]
+
+
+@pytest.mark.parametrize("name", RECIPES + ["demo_ttt.yaml"])
+def test_recipe_presets_hold_no_speed_up(name):
+    """The published recipes (and the demo's) compute as the checkpoint was trained: no crop, no bounded
+    translation, no adaptive halting, no translated views; the speed-ups live in configs/ttt_fast.yaml."""
+    data = yaml.safe_load((ROOT / "configs" / name).read_text())
+    found = {(section, key) for section, values in data.items() if isinstance(values, dict) for key in values}
+    assert not found & SPEED_UPS, found & SPEED_UPS
+    fast = yaml.safe_load((ROOT / "configs" / "ttt_fast.yaml").read_text())
+    assert {(s, k) for s, v in fast.items() for k in v} <= SPEED_UPS  # ... and only speed-ups live there
+
+
+def test_recipe_presets_match_their_sources():
+    """ttt-reference.md sections 2-4: the optimiser, lrs, decays, warm-up, batch and augmentations of each."""
+    full, mcgovern, nvarc = (load_config(ROOT / "configs" / n).train for n in RECIPES)
+    for t in (full, mcgovern):
+        assert (t.optimizer, t.global_batch, t.lr, t.puzzle_emb_lr, t.lr_warmup, t.lr_min_ratio, t.weight_decay,
+                t.puzzle_emb_weight_decay, t.ema_decay, t.betas) == ("adam_atan2", 384, 1e-4, 1e-2, 2000, 1.0, 0.1,
+                                                                      0.1, 0.999, [0.9, 0.95])
+    assert (mcgovern.trainable, mcgovern.freeze_fraction) == ("embeddings_then_all", 0.2083)
+    assert (nvarc.optimizer, nvarc.global_batch, nvarc.lr, nvarc.puzzle_emb_lr, nvarc.lr_warmup, nvarc.lr_min_ratio,
+            nvarc.weight_decay, nvarc.puzzle_emb_weight_decay, nvarc.ema_decay) == (
+        "adam_atan2_pytorch", 128, 1e-4, 1e-2, 200, 1.0, 0.1, 0.1, 0.999)
+    m = load_config(ROOT / "configs" / "ttt_nvarc.yaml")
+    assert (m.model.h_cycles, m.model.halt_max_steps, m.data.augs_per_task, m.predict.augs) == (4, 10, 128, 128)
+
+
+def test_the_arc_configs_evaluate_with_all_16_steps():
+    """What stages.import_official writes from the ARC configs (and what pretraining saves) resolves, once
+    loaded by a stage, to N_sup = 16 steps for every view, untranslated, on the full canvas."""
+    from pipeline.computation import checkpoint_computation, computation, with_official_evaluation
+    from pipeline.config import to_dict
+
+    for name in ("arc2_4xh100.yaml", "arc1_1gpu.yaml"):
+        saved = to_dict(load_config(ROOT / "configs" / name, ["predict.adaptive_halting=true"]))  # an old save
+        cfg = load_config(None, [], base=with_official_evaluation(saved))
+        assert cfg.model.halt_max_steps == 16 and cfg.predict.max_steps == 0 and not cfg.predict.adaptive_halting
+        assert computation(cfg) == checkpoint_computation(cfg) and computation(cfg)["model.crop"] == "false"
