@@ -43,19 +43,24 @@ MIN_DEMOS_FOR_HOLDOUT = 3
 
 def ttt_config(checkpoint: str | Path, preset: str | Path | list | None, overrides: list[str], run_dir: str | Path,
                sources: list[str] | None = None) -> RunConfig:
-    """The checkpoint's config with the official evaluation, then the presets' deltas (one path or a list,
-    applied in order), then overrides; run_dir and the warm start are set here so that a TTT run always starts
-    from `checkpoint` (and resumes from its own folder)."""
+    """The checkpoint's config as TTT runs it (ttt_config_over); run_dir and the warm start are set here so
+    that a TTT run always starts from `checkpoint` (and resumes from its own folder)."""
     ckpt = resolve_checkpoint(checkpoint)
     _, _, base = read_task_table(ckpt)
+    return ttt_config_over(base, preset, [*overrides, f"run_dir={run_dir}", f"train.init_from={ckpt}"], sources)
+
+
+def ttt_config_over(base: RunConfig, preset: str | Path | list | None, overrides: list[str],
+                    sources: list[str] | None = None) -> RunConfig:
+    """A pretrained run's config with the official evaluation, then the presets' deltas (one path or a list,
+    applied in order), then overrides: what a TTT run on that model computes with."""
     base_dict = with_official_evaluation(to_dict(base))
     if sources:  # provenance only (TTT data is passed in); `#demos` so that a rebuild never reads outputs
         base_dict["data"]["sources"] = [s if s.endswith("#demos") else s + "#demos" for s in sources]
     if base_dict["train"]["engine"] == "deepspeed":  # the TTT table is small: DDP, and every mode runs there
         base_dict["train"]["engine"] = "ddp"
     base_dict["train"]["wandb_project"] = ""  # pretraining's tracker is not TTT's (Kaggle has no wandb): --set it
-    forced = [f"run_dir={run_dir}", f"train.init_from={ckpt}"]
-    return load_config(preset, [*overrides, *forced], base=base_dict)
+    return load_config(preset, overrides, base=base_dict)
 
 
 def demo_tasks(tasks: list[Task], holdout: bool) -> list[Task]:
