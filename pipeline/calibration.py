@@ -106,25 +106,25 @@ def calibrate_predict(loaded: LoadedModel, tasks: list[Task], pcfg: PredictConfi
     cfg = dataclasses.replace(pcfg, augs=max(1, -(-batch // len(rows))), adaptive_halting=False,
                               max_steps=min(steps, n_sup))
     model = compile_model(loaded.model, loaded.model) if rt.compiles(pcfg.compile) else loaded.model
-    to_ckpt = np.full(packed.num_tasks, -1, dtype=np.int64)  # the mean embedding: any row costs the same
+    all_unseen = np.full(packed.num_tasks, -1, dtype=np.int64)  # no task known: any puzzle row costs the same
     times = []
     for _ in range(2):
         t0 = time.perf_counter()
-        predict_tests(model, packed, rows, to_ckpt, loaded.ids, cfg, canvas, rt.device, rt.dtype)
+        predict_tests(model, packed, rows, all_unseen, loaded.ids, cfg, canvas, rt.device, rt.dtype)
         rt.synchronize()
         times.append(time.perf_counter() - t0)
     view_s = times[1] / (len(rows) * cfg.augs) * n_sup / cfg.max_steps
     if loaded.model.cfg.crop:
-        view_s *= _crop_cost_ratio(loaded.model, packed, rows, to_ckpt, loaded.ids, pcfg, canvas)
+        view_s *= _crop_cost_ratio(loaded.model, packed, rows, all_unseen, loaded.ids, pcfg, canvas)
     return max(0.0, times[0] - times[1]), view_s
 
 
-def _crop_cost_ratio(model, packed, timed: np.ndarray, to_ckpt, ids, pcfg: PredictConfig, canvas: int,
+def _crop_cost_ratio(model, packed, timed: np.ndarray, task_to_ckpt, ids, pcfg: PredictConfig, canvas: int,
                      views: int = 8) -> float:
     """Mean FLOPs of a view over all test inputs / over the timed ones, from `views` views of each (their
     rectangles under crop: input, answer bound, offset)."""
     def mean_flops(rows):
-        v = make_views(packed, rows, to_ckpt, ids, views, canvas, pcfg.translate, pcfg.seed, pcfg.max_offset)
+        v = make_views(packed, rows, task_to_ckpt, ids, views, canvas, pcfg.translate, pcfg.seed, pcfg.max_offset)
         return float(np.mean([model.flops_per_step(1, int(r * c)) for r, c in v.extents]))
 
     return mean_flops(np.arange(len(packed.test_task))) / mean_flops(timed)

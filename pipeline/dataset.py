@@ -96,9 +96,9 @@ def check_id_table(cfg: DataConfig, num_tasks: int, emb_ndim: int) -> None:
 def build_dataset(cfg: DataConfig, seed: int, emb_ndim: int = 0) -> Dataset:
     """The tasks of cfg.sources that fit the canvas, packed, with their id scheme; `emb_ndim` (the model's
     puzzle_emb_ndim) bounds a per_augmentation table (check_id_table), 0 = unchecked."""
-    res = fit_canvas(load_sources(cfg.sources, cfg.arc_root), cfg.canvas)
-    if not res.num_tasks:
+    loaded = fit_canvas(load_sources(cfg.sources, cfg.arc_root), cfg.canvas)
+    if not loaded.num_tasks:
         raise DataError(f"no valid task in sources {cfg.sources}")
-    check_id_table(cfg, res.num_tasks, emb_ndim)
-    packed = res.pack()
-    return Dataset(res.tasks, packed, build_id_scheme(cfg, packed, seed), res.problems, res.task_sources())
+    check_id_table(cfg, loaded.num_tasks, emb_ndim)
+    packed = loaded.pack()
+    return Dataset(loaded.tasks, packed, build_id_scheme(cfg, packed, seed), loaded.problems, loaded.task_sources())

@@ -45,11 +45,11 @@ def encode(packed: PackedTasks, in_idx, out_idx, dihedral, perms, u_row, u_col, 
     return {"inputs": inputs, "labels": labels, "r0": r0, "c0": c0}
 
 
-def bound_offsets(u: np.ndarray, packed: PackedTasks, ex_in: np.ndarray, ex_out: np.ndarray, dihedral: np.ndarray,
+def bound_offsets(draws: np.ndarray, packed: PackedTasks, ex_in: np.ndarray, ex_out: np.ndarray, dihedral: np.ndarray,
                   canvas: int, max_offset: int) -> np.ndarray:
-    """Rescale translation draws u [2, B] so that the encoder's offset floor(u * (room + 1)) lands in
+    """Rescale translation draws [2, B] in [0, 1) so that the encoder's offset floor(draw * (room + 1)) lands in
     0..min(room, max_offset), room = canvas - the pair's larger size along the axis (after the dihedral)."""
     h = np.maximum(packed.heights[ex_in], packed.heights[ex_out])
     w = np.maximum(packed.widths[ex_in], packed.widths[ex_out])
     size = np.stack(view_sizes(h, w, dihedral))
-    return u * (last_offset(size, canvas, max_offset) + 1) / (canvas - size + 1)
+    return draws * (last_offset(size, canvas, max_offset) + 1) / (canvas - size + 1)

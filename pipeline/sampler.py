@@ -107,13 +107,13 @@ class Sampler:
         tasks = pool[rng.integers(0, len(pool), size=B)]
         ex = self.packed.task_ex_start[tasks] + (rng.random(B) * self.packed.task_ex_count[tasks]).astype(np.int64)
         ids, dihedral, perms = self.ids.sample(tasks, rng)
-        u = rng.random((2, B)) if self.cfg.translate else np.zeros((2, B))
+        draws = rng.random((2, B)) if self.cfg.translate else np.zeros((2, B))  # the translation's, per axis
         if self.cfg.max_offset:
-            u = bound_offsets(u, self.packed, self.packed.ex_in[ex], self.packed.ex_out[ex], dihedral,
+            draws = bound_offsets(draws, self.packed, self.packed.ex_in[ex], self.packed.ex_out[ex], dihedral,
                               self.cfg.canvas, self.cfg.max_offset)
         lo, hi = self.rank * B // self.world_size, (self.rank + 1) * B // self.world_size
         out = encode(self.packed, self.packed.ex_in[ex[lo:hi]], self.packed.ex_out[ex[lo:hi]], dihedral[lo:hi],
-                     perms[lo:hi], u[0, lo:hi], u[1, lo:hi], self.cfg.canvas)
+                     perms[lo:hi], draws[0, lo:hi], draws[1, lo:hi], self.cfg.canvas)
         out["puzzle_ids"] = ids[lo:hi].astype(np.int64)
         return out
 

@@ -77,22 +77,22 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     try:
         setup_logging(None, rt.is_main)
-        raw, res = load_challenges(args.challenges)
+        challenges, valid = load_challenges(args.challenges)
         overrides = overrides_of(args)
         deadline = t_start + args.time_budget if args.time_budget else None
         index = ttt_index(args.checkpoint)
         if "per_task" in index:  # a `stages.ttt --per-task` folder: each task has its own model
             log.info("per-task TTT runs for %d tasks, each computing as its run was trained%s",
                      len(index["per_task"]), f"; overrides: {' '.join(overrides)}" if overrides else "")
-            hidden = predict_per_task_runs(index["per_task"], index["base"], res, overrides, rt, deadline,
+            hidden = predict_per_task_runs(index["per_task"], index["base"], valid, overrides, rt, deadline,
                                            use_ema=not args.raw_weights)
         else:
             loaded = load_for_prediction(args.checkpoint, rt.device, not args.raw_weights, overrides)
             log.info("%s", describe(loaded.departures))
-            hidden = predict_challenges(loaded, res, loaded.config.predict, rt, deadline,
+            hidden = predict_challenges(loaded, valid, loaded.config.predict, rt, deadline,
                                         show_progress=not args.no_progress)
         if rt.is_main:
-            sub, notes = write_submission(args.out, raw, hidden)
+            sub, notes = write_submission(args.out, challenges, hidden)
             for n in notes:
                 log.warning("%s", n)
             log.info("wrote %s: %d tasks, %d test inputs, %.1fs", args.out, len(sub),
