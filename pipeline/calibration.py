@@ -75,7 +75,8 @@ def _bucketed_step_s(trainer, rt: Runtime, steps: int) -> float:
     sampler = trainer.sampler
     times = []
     for b in range(len(sampler.buckets)) if len(sampler.buckets) > 1 else [None]:
-        sampler.pinned_bucket, trainer.carry = b, None  # refill every slot from this bucket
+        sampler.pin_bucket(b)
+        trainer.restart_slots()  # refill every slot from this bucket
         trainer.train_step()  # its first step also compiles this shape (dynamic) where it must
         rt.synchronize()
         t = time.perf_counter()
@@ -83,7 +84,7 @@ def _bucketed_step_s(trainer, rt: Runtime, steps: int) -> float:
             trainer.train_step()
         rt.synchronize()
         times.append((time.perf_counter() - t) / steps)
-    sampler.pinned_bucket = None
+    sampler.pin_bucket(None)
     return float(np.mean(times))
 
 

@@ -91,6 +91,10 @@ class Sampler:
             order = self.trainable[np.argsort(side, kind="stable")]
             self.buckets = [b for b in np.array_split(order, min(cfg.size_buckets, len(order))) if len(b)]
 
+    def pin_bucket(self, bucket: int | None) -> None:
+        """Draw every step from size bucket `bucket` (None: as the schedule says again)."""
+        self.pinned_bucket = bucket
+
     def bucket_at(self, step: int) -> np.ndarray:
         """The tasks step `step` draws from: all trainable tasks, or its run's size bucket."""
         if len(self.buckets) == 1:
