@@ -34,7 +34,8 @@ from pipeline.infer import PredictTasks, ViewSpec, make_views, puzzle_table_look
 from pipeline.layout import Checkpoint
 from pipeline.model import TRM
 from pipeline.runtime import compile_model, init_runtime
-from pipeline.sampler import PerTaskIds, pack_tasks
+from pipeline.packed import pack_tasks
+from pipeline.puzzle_ids import PerTaskIds
 from pipeline.sources import load_source
 
 
@@ -77,7 +78,8 @@ def main(argv=None) -> None:
         for t in tasks:
             t.test_inputs = [g[:canvas - 1, :canvas - 1] for g in t.test_inputs]
     packed = pack_tasks(tasks)
-    views = make_views(PredictTasks(packed, np.full(packed.num_tasks, -1), PerTaskIds(1)), np.arange(len(packed.test_task)),
+    unseen = PredictTasks(packed, np.full(packed.num_tasks, -1), PerTaskIds(1))
+    views = make_views(unseen, np.arange(len(packed.test_task)),
                        ViewSpec(max(1, batch * args.batches // len(packed.test_task) + 1), canvas, 0, True,
                                 cfg.data.max_offset))
     n = batch * args.batches

@@ -41,7 +41,7 @@ from pipeline.dataset import build_dataset, fit_canvas
 from pipeline.infer import PredictOptions, evaluate_heldout
 from pipeline.layout import Checkpoint
 from pipeline.runtime import init_runtime
-from pipeline.sampler import pack_tasks
+from pipeline.packed import pack_tasks
 from pipeline.sources import LoadResult
 from pipeline.synthetic import synthetic_tasks
 from pipeline.tasks import write_json_atomic

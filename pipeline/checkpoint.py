@@ -28,7 +28,7 @@ from pipeline.computation import departures, with_official_evaluation
 from pipeline.config import RunConfig, load_config
 from pipeline.layout import Checkpoint, CheckpointError, list_checkpoints, step_name
 from pipeline.model import TRM, new_task_row
-from pipeline.sampler import PuzzleIdScheme
+from pipeline.puzzle_ids import PuzzleIdScheme
 from pipeline.tasks import write_json_atomic
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from safetensors.numpy import load_file as load_arrays_file
 from safetensors.numpy import save_file as save_arrays_file
 
 from pipeline.config import RunConfig, load_config, read_yaml, to_dict
-from pipeline.sampler import PerTaskIds, PuzzleIdScheme, id_scheme_from_state
+from pipeline.puzzle_ids import PerTaskIds, PuzzleIdScheme, id_scheme_from_state
 
 CKPT_DIR, BEST = "ckpt", "best.json"
 MODEL, EMA, LORA, OPTIM, STATE = "model.safetensors", "ema.safetensors", "lora.safetensors", "optim.pt", "state.json"

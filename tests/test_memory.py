@@ -12,7 +12,8 @@ from conftest import ROOT
 from pipeline.config import ModelConfig, PredictConfig
 from pipeline.infer import PredictOptions, evaluate_heldout
 from pipeline.model import TRM
-from pipeline.sampler import PerTaskIds, pack_tasks
+from pipeline.packed import pack_tasks
+from pipeline.puzzle_ids import PerTaskIds
 from pipeline.synthetic import synthetic_tasks
 
 MB = 2**20
