@@ -50,12 +50,12 @@ class Runtime:
 
 
 def compile_model(module, raw=None):
-    """torch.compile as this project uses it. `raw` is the TRM inside `module` (DDP etc.): under model.crop
+    """torch.compile as this project uses it. `raw` is the TRM inside `module` (DDP etc.): under compute.crop
     every step has its own sequence length and a step may run in size groups (a list of index tensors), so
     the model's per-group step is compiled for dynamic shapes and `module` stays as it is: one graph for
     every rectangle instead of a recompile per length and per group pattern until the cache limit sends
     it back to eager."""
-    if raw is not None and raw.cfg.crop:
+    if raw is not None and raw.compute.crop:
         raw._step = torch.compile(raw._step, dynamic=True)
         return module
     return torch.compile(module)

@@ -15,7 +15,8 @@ import json
 import shlex
 import sys
 
-from pipeline.checkpoint import git_sha, resolve_checkpoint
+from pipeline.checkpoint import git_sha
+from pipeline.layout import Checkpoint
 from stages._cli import run
 from submission.kaggle import (COMPETITION, DEFAULT_BUDGET_S, PLACEHOLDER_OWNER, BuildSettings, KaggleError,
                                KaggleNames, build_all, configured_username, credentials_source, describe_plan, push,
@@ -55,7 +56,7 @@ def build(args) -> int:
     names = KaggleNames(owner, args.code_slug, args.weights_slug, args.wheels_slug, args.kernel_slug, args.competition)
     settings = BuildSettings(names, args.budget_s, not args.no_wheels, args.python_version, args.machine_shape,
                              shlex.split(args.submit_args))
-    written = build_all(args.out, resolve_checkpoint(args.checkpoint), settings, git_sha())
+    written = build_all(args.out, Checkpoint.open(args.checkpoint), settings, git_sha())
     if owner == PLACEHOLDER_OWNER:
         print(f"warning: owner is the placeholder {PLACEHOLDER_OWNER}; rebuild with --owner before pushing",
               file=sys.stderr)

@@ -16,6 +16,7 @@ import nbformat
 import pytest
 
 from conftest import ARC, ROOT, needs_shared_arc
+from pipeline.layout import Checkpoint
 from pipeline.synthetic import synthetic_tasks
 from submission.kaggle import (PLACEHOLDER_OWNER, WEIGHT_FILES, BuildSettings, KaggleError, KaggleNames, build_all,
                                configured_username, credentials_source, push, upload_plan)
@@ -27,12 +28,16 @@ KERNEL_KEYS = {"id", "id_no", "title", "code_file", "language", "kernel_type", "
                "keywords", "docker_image", "docker_image_pinning_type", "machine_shape"}
 
 
-def fake_checkpoint(folder: Path) -> Path:
-    """A checkpoint folder's files (contents irrelevant to packaging), resume-only files included."""
+def fake_checkpoint(folder: Path) -> Checkpoint:
+    """A checkpoint folder's files (contents irrelevant to packaging but for what opening it reads: config,
+    task order, meta), resume-only files included."""
     folder.mkdir(parents=True)
     for f in (*WEIGHT_FILES, "optim.pt", "carry_rank0.safetensors", "carry_rank1.safetensors", "state.json"):
         (folder / f).write_bytes(f.encode())
-    return folder
+    (folder / "config.yaml").write_text("{}\n")
+    (folder / "tasks.json").write_text('{"task_ids": []}')
+    (folder / "meta.json").write_text('{"step": 0}')
+    return Checkpoint.open(folder)
 
 
 def clean_env(home: Path, **extra) -> dict:
@@ -92,7 +97,7 @@ def test_build_refuses_bad_slugs_and_incomplete_checkpoints(tmp_path):
     ckpt = fake_checkpoint(tmp_path / "ck")
     with pytest.raises(KaggleError, match="slug"):
         build_all(tmp_path / "out", ckpt, BuildSettings(KaggleNames(owner="a", code="Bad Slug!"), wheels=False))
-    (ckpt / "model.safetensors").unlink()
+    (ckpt.path / "model.safetensors").unlink()
     with pytest.raises(KaggleError, match="model.safetensors"):
         build_all(tmp_path / "out", ckpt, BuildSettings(KaggleNames(owner="a"), wheels=False))
 
@@ -117,8 +122,8 @@ def test_push_dry_run_lists_every_upload_and_never_echoes_credentials(tmp_path):
 
 
 def test_push_without_credentials_is_a_dry_run(tmp_path):
-    fake_checkpoint(tmp_path / "ck")
-    build_all(tmp_path / "out", tmp_path / "ck", BuildSettings(KaggleNames(owner="carol"), wheels=False))
+    ckpt = fake_checkpoint(tmp_path / "ck")
+    build_all(tmp_path / "out", ckpt, BuildSettings(KaggleNames(owner="carol"), wheels=False))
     r = cli("push", str(tmp_path / "out"), env=clean_env(tmp_path / "home"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.startswith("dry run (no Kaggle credentials") and "carol/trm-arc-code" in r.stdout
@@ -141,8 +146,8 @@ def test_credentials_are_found_where_the_kaggle_package_looks_and_not_returned(t
 
 
 def test_push_refuses_the_placeholder_owner_before_touching_the_network(tmp_path):
-    fake_checkpoint(tmp_path / "ck")
-    build_all(tmp_path / "out", tmp_path / "ck", BuildSettings(KaggleNames(), wheels=False))
+    ckpt = fake_checkpoint(tmp_path / "ck")
+    build_all(tmp_path / "out", ckpt, BuildSettings(KaggleNames(), wheels=False))
     plan = upload_plan(tmp_path / "out")
     assert plan[-1]["ref"] == f"{PLACEHOLDER_OWNER}/trm-arc-submission"
     with pytest.raises(KaggleError, match="placeholder"):
@@ -176,8 +181,8 @@ def test_push_versions_existing_datasets_creates_new_ones_then_pushes_the_notebo
                                          url="https://www.kaggle.com/code/fay/trm-arc-submission")
 
     monkeypatch.setitem(sys.modules, "kaggle.api.kaggle_api_extended", types.SimpleNamespace(KaggleApi=Api))
-    fake_checkpoint(tmp_path / "ck")
-    build_all(tmp_path / "out", tmp_path / "ck", BuildSettings(KaggleNames(owner="fay"), wheels=False))
+    ckpt = fake_checkpoint(tmp_path / "ck")
+    build_all(tmp_path / "out", ckpt, BuildSettings(KaggleNames(owner="fay"), wheels=False))
     push(upload_plan(tmp_path / "out"), "v2")
     assert calls == [("authenticate",), ("create", "code", False, "zip"), ("version", "weights", "v2", "zip"),
                      ("kernel", "fay/trm-arc-submission")]
@@ -241,9 +246,9 @@ time.sleep(3600)
 @needs_shared_arc
 def test_notebook_stops_an_overrunning_submit_and_keeps_its_valid_submission(tmp_path, monkeypatch):
     """The watchdog, with the code dataset as Kaggle sometimes mounts folders (NAME.zip, not extracted)."""
-    fake_checkpoint(tmp_path / "ck")
+    ckpt = fake_checkpoint(tmp_path / "ck")
     built = tmp_path / "built"
-    build_all(built, tmp_path / "ck", BuildSettings(KaggleNames(owner="ann"), budget_s=40, wheels=False))
+    build_all(built, ckpt, BuildSettings(KaggleNames(owner="ann"), budget_s=40, wheels=False))
     input_root, working = kaggle_tree(tmp_path / "kaggle", built)
     code = input_root / "trm-arc-code"
     (code / "stages" / "submit.py").write_text(STAND_IN_SUBMIT)

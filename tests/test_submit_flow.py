@@ -509,3 +509,42 @@ def test_a_rerun_gives_the_same_submission_with_any_number_of_processes(checkpoi
         assert json.loads(r.stdout.strip().splitlines()[-1].removeprefix("summary: "))["ttt_steps"] == 50
         subs.append(out.read_text())
     assert subs[0] == subs[1] == subs[2]
+
+
+# -- one opening per checkpoint ----------------------------------------------------------------------------------
+def test_a_submit_reads_each_checkpoint_file_once(checkpoint, challenges, tmp_path, monkeypatch):
+    """One stages.submit run (calibration, TTT, prediction) opens the pretrained checkpoint and the TTT'd one:
+    each one's config.yaml, tasks.json and weights are read at most once (pipeline/layout.py's readers and
+    pipeline/checkpoint.py's load_weights are the only ones)."""
+    from collections import Counter
+
+    import pipeline.checkpoint as ckpt_mod
+    import pipeline.layout as layout
+    from stages.submit import main as submit_main
+
+    reads = Counter()
+
+    def counting(name, real):
+        def read(folder, *args, **kw):
+            reads[(name, Path(folder).resolve())] += 1
+            return real(folder, *args, **kw)
+        return read
+
+    for name in ("read_config", "read_tasks"):
+        monkeypatch.setattr(layout, name, counting(name, getattr(layout, name)))
+    monkeypatch.setattr(ckpt_mod, "load_weights", counting("weights", ckpt_mod.load_weights))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code = submit_main(["--checkpoint", str(checkpoint), "--challenges", str(challenges), "--out",
+                            str(tmp_path / "submission.json"), "--work-dir", str(tmp_path / "work"), "--ttt-config",
+                            "configs/demo_ttt.yaml", "--ttt-steps", "2", "--views", "2", "--budget-s", "600",
+                            "--device", "cpu"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    summary = json.loads((tmp_path / "submission.json.plan.json").read_text())["summary"]
+    assert summary["ttt_steps"] == 2 and summary["predicted"] > 0
+    folders = {folder for _, folder in reads}
+    assert len(folders) == 2 and {name for name, _ in reads} == {"read_config", "read_tasks", "weights"}, reads
+    assert max(reads.values()) == 1, reads

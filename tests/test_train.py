@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from conftest import ROOT
-from pipeline.checkpoint import CheckpointError, Checkpointer, list_checkpoints, resolve_checkpoint
+from pipeline.checkpoint import CheckpointError, Checkpointer
+from pipeline.layout import list_checkpoints, resolve_checkpoint
 from pipeline.metrics import read_metrics
 
 TINY = ["model.hidden=32", "model.heads=2", "model.puzzle_emb_ndim=32", "train.global_batch=16", "train.log_every=1",
@@ -126,8 +127,8 @@ def test_deepspeed_zero_engine_runs_on_cpu_and_resumes(tmp_path):
 def test_compiled_training_matches_eager(tmp_path):
     """The torch.compile path (on by default on GPU) computes the same steps as eager mode."""
     common = ["train.steps=3", "train.ckpt_every=3"]
-    run(pretrain_cmd(tmp_path / "eager", *common, "train.compile=false"))
-    run(pretrain_cmd(tmp_path / "compiled", *common, "train.compile=true"))
+    run(pretrain_cmd(tmp_path / "eager", *common, "compute.compile=false"))
+    run(pretrain_cmd(tmp_path / "compiled", *common, "compute.compile=true"))
     eager = [r["train/loss"] for r in read_metrics(tmp_path / "eager" / "metrics.jsonl") if "train/loss" in r]
     compiled = [r["train/loss"] for r in read_metrics(tmp_path / "compiled" / "metrics.jsonl") if "train/loss" in r]
     assert len(eager) == 3 and compiled == pytest.approx(eager, rel=1e-4)
