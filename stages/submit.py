@@ -59,7 +59,8 @@ def reexec_with_fixed_hash_seed() -> None:
     os.execv(sys.executable, [sys.executable, "-m", "stages.submit", *sys.argv[1:]])
 
 
-def parse_args(argv=None):
+def parser() -> argparse.ArgumentParser:
+    """stages.submit's options (stages.kaggle checks a notebook's --submit-args with it at build time)."""
     scratch = Path(os.environ.get("TRM_SCRATCH_DIR") or Path(tempfile.gettempdir()) / "trm")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="pretrained run folder or checkpoint folder")
@@ -89,7 +90,11 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true", help="torch deterministic kernels (slower on GPU)")
     p.add_argument("--progress", action="store_true", help="progress bars (off: Kaggle logs stay short)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return parser().parse_args(argv)
 
 
 def fallback_first(argv=None):
