@@ -16,12 +16,13 @@ result does not depend on the number of processes), prediction is sharded over t
 only rank 0 writes. Per-task TTT (`stages.ttt --per-task`) is not used here: the joint run is the recipe that
 fits a 12 h Kaggle budget.
 
-A rank that fails under torchrun never leaves the others waiting: in calibration or TTT (collective at every
-step) it publishes why and takes the process group down (pipeline.runtime.break_group), every other rank's
-next collective fails at once (gloo; NCCL at the group's timeout, `collective_timeout_s`), the ranks other
-than 0 stop (exit 0, so that torchrun lets rank 0 finish) and rank 0 predicts alone with the latest complete
-checkpoint; in prediction the failing rank's inputs fall back (pipeline.hidden). The summary names each
-failed rank and why (`failed_ranks`).
+A rank that fails under torchrun never leaves the others waiting: wherever it fails (calibration, TTT with a
+collective at every step, or anywhere else: the top level catches it) it publishes why and takes the process
+group down (pipeline.runtime.break_group), every other rank's next collective fails (gloo: at once; NCCL: its
+watch_for_failures thread aborts its group within a second, else the group's timeout, shorter during TTT),
+the ranks other than 0 stop (exit 0, so that torchrun lets rank 0 finish) and rank 0 predicts alone with the
+latest complete checkpoint; in prediction the failing rank's inputs fall back (pipeline.hidden). The summary
+names each failed rank and why (`failed_ranks`).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import logging
 import math
 import random
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +50,8 @@ from pipeline.hidden import MODEL_ERRORS, details_of, load_challenges, predict_c
 from pipeline.infer import model_batch
 from pipeline.kaggle_input import count_inputs
 from pipeline.metrics import setup_logging
-from pipeline.runtime import Runtime, break_group, init_runtime, shutdown_runtime
+from pipeline.runtime import (Runtime, break_group, init_runtime, set_collective_timeout, shutdown_runtime,
+                              watch_for_failures)
 from pipeline.tasks import DataError, write_json_atomic
 from pipeline.train import Stop
 from pipeline.ttt import run_ttt, ttt_config, ttt_departures
@@ -120,10 +123,14 @@ def heartbeat(total: int, every_s: float):
 def run_submit(job: SubmitJob) -> int:
     seed_everything(job.seed, job.deterministic)
     rt = init_runtime(job.device, "auto", job.seed, timeout_s=collective_timeout_s(job.budget_s))
+    # NCCL only: under gloo a failing rank's closed connections already fail the others' collectives at once
+    watching = watch_for_failures(rt) if rt.distributed and rt.device.type == "cuda" else None
     try:
         setup_logging(None, rt.is_main)
         return _flow(job, rt)
     finally:
+        if watching:
+            watching.set()
         shutdown_runtime()
 
 
@@ -147,6 +154,16 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
         return _stages(job, rt)
     except GroupBroken:
         return 0  # rank 0 writes the submission; torchrun must not stop it for this rank's exit
+    except Exception as e:  # outside the guarded stages (loading, planning, a bug): no rank may wait for this one
+        if not rt.distributed:
+            raise
+        where = traceback.extract_tb(e.__traceback__)[-1].name
+        break_group(rt, f"{where}: {type(e).__name__}: {e}")
+        if rt.is_main:  # the fallback submission stays; the exit status says the run failed (2: bad input)
+            log.error("rank 0 failed in %s: the process group is down", where)
+            raise
+        log.exception("rank %d failed in %s: the process group is down; rank 0 finishes alone", rt.rank, where)
+        return 0
 
 
 def _stages(job: SubmitJob, rt: Runtime) -> int:
@@ -195,7 +212,11 @@ def _stages(job: SubmitJob, rt: Runtime) -> int:
             log.error("prediction calibration failed (%s): planning without it", e)
         del loaded
         free_memory(rt)
-    cal = slowest(cal, rt)
+    try:
+        cal = slowest(cal, rt)
+    except Exception as e:  # another rank failed and took the group down: plan with this rank's own timings
+        rt = _break(rt, "calibration", e, failed)
+        cal.inputs_per_rank = n_inputs
     seconds["calibration"] = time.time() - t0
     log.info("calibration (%.1fs): TTT %.3fs/step (+%.1fs start-up, %.1fs per checkpoint), prediction %.2fms "
              "per view (+%.1fs start-up), %d test inputs per rank", seconds["calibration"], cal.ttt_step_s,
@@ -227,6 +248,8 @@ def _stages(job: SubmitJob, rt: Runtime) -> int:
         train = dataclasses.replace(cfg.train, steps=plan.ttt_steps,
                                     lr_warmup=min(cfg.train.lr_warmup, plan.ttt_steps // 4),
                                     ckpt_every=min(cfg.train.ckpt_every, plan.ttt_steps))
+        # a collective every step: no rank legitimately waits longer than a start-up (compile) or a step and a save
+        set_collective_timeout(max(60.0, 2 * max(cal.ttt_startup_s, cal.ttt_step_s + cal.ttt_save_s)))
         try:
             stop = Stop(deadline=dl.ttt, when=heartbeat(plan.ttt_steps, max(30.0, job.budget_s / 100)))
             result = run_ttt(dataclasses.replace(cfg, train=train), rt, res.tasks, stop=stop)
@@ -241,6 +264,8 @@ def _stages(job: SubmitJob, rt: Runtime) -> int:
             if rt.distributed:
                 rt = _break(rt, "ttt", e, failed)
                 cal = dataclasses.replace(cal, inputs_per_rank=n_inputs)
+        finally:
+            set_collective_timeout(collective_timeout_s(job.budget_s))
         try:
             if run_dir:
                 model_path = str(resolve_checkpoint(run_dir))

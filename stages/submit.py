@@ -24,7 +24,8 @@ Exit status: 0 when a valid submission was written, even if a stage fell back (t
 2 for bad input (no test file, unreadable JSON, bad checkpoint or config: one line; whatever was written
 before, the fallback at least, stays valid). Under torchrun a rank that fails takes the process group down
 and rank 0 finishes alone (the others exit 0 so that torchrun lets it), and the summary's `failed_ranks`
-says which rank failed and why (pipeline/submit_flow.py).
+says which rank failed and why (pipeline/submit_flow.py); each rank ends with os._exit once its output is
+flushed, so no thread left at interpreter exit can change its status.
 
 Determinism: Python's hash seed is fixed by re-executing with PYTHONHASHSEED=0 (unless already 0), every
 generator is seeded (--seed), views depend only on (seed, test input) and TTT batches on (seed, step), so a
@@ -40,6 +41,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from stages._cli import fail, positive_int, run
@@ -155,7 +157,18 @@ def cli() -> None:
     except DataError as e:  # before torch is imported
         fail(e)
 
-    run(lambda argv: main(argv, early))
+    if "LOCAL_RANK" not in os.environ:
+        run(lambda argv: main(argv, early))  # exits
+    try:  # under torchrun: once the flow returns, nothing may change the exit status (a gloo/NCCL thread at exit)
+        run(lambda argv: main(argv, early))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
