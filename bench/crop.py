@@ -34,11 +34,11 @@ import numpy as np
 import torch
 
 from bench.common import emit
-from kernels import DIHEDRAL_SWAPS_AXES
 from pipeline.crop import own_rectangles, size_groups, view_extents
+from pipeline.encode import view_sizes
 from pipeline.infer import answer_bound
 from pipeline.model import TRM, Crop, ModelConfig
-from pipeline.sampler import pack_tasks, task_sides
+from pipeline.packed import pack_tasks, task_sides
 from pipeline.sources import load_source
 
 CANVAS = 30
@@ -55,7 +55,6 @@ def token_stats(tasks, rng: np.random.Generator, batch: int, buckets=(1, 4, 8), 
     grids = np.concatenate([packed.ex_in, packed.ex_out, packed.test_in])
     grid_rect = _side(packed.heights[grids]) * _side(packed.widths[grids])
     squares, ttt, view_rects = [], [], []
-    swaps = np.asarray(DIHEDRAL_SWAPS_AXES)
     for k in range(packed.num_tasks):
         s, n = packed.task_ex_start[k], packed.task_ex_count[k]
         gi, go = packed.ex_in[s:s + n], packed.ex_out[s:s + n]
@@ -65,7 +64,7 @@ def token_stats(tasks, rng: np.random.Generator, batch: int, buckets=(1, 4, 8), 
             pick, d = rng.integers(0, n, batch), rng.integers(0, 8, batch)
             h = np.maximum(packed.heights[gi[pick]], packed.heights[go[pick]])
             w = np.maximum(packed.widths[gi[pick]], packed.widths[go[pick]])
-            rows, cols = np.where(swaps[d], w, h), np.where(swaps[d], h, w)
+            rows, cols = view_sizes(h, w, d)
             ttt.append(int(_side(rows.max(), offset) * _side(cols.max(), offset)))
     for t in range(len(packed.test_task)):
         d = np.arange(8)
@@ -87,7 +86,7 @@ def token_stats(tasks, rng: np.random.Generator, batch: int, buckets=(1, 4, 8), 
             d = rng.integers(0, 8, len(ex))
             h = np.maximum(packed.heights[packed.ex_in[ex]], packed.heights[packed.ex_out[ex]])
             w = np.maximum(packed.widths[packed.ex_in[ex]], packed.widths[packed.ex_out[ex]])
-            ext = np.stack([_side(np.where(swaps[d], w, h), offset), _side(np.where(swaps[d], h, w), offset)], 1)
+            ext = np.stack([_side(size, offset) for size in view_sizes(h, w, d)], 1)
             groups = size_groups(ext, n, "cpu")
             groups = [(np.arange(len(ext)), groups)] if isinstance(groups, tuple) else groups
             per_batch.append(sum(len(g) * r * c for g, (r, c) in groups) / len(ext))

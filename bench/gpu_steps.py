@@ -20,7 +20,7 @@ from pipeline.config import dump_config, load_config
 from pipeline.dataset import build_dataset
 from pipeline.model import TRM
 from pipeline.runtime import init_runtime
-from pipeline.sampler import PerTaskIds
+from pipeline.puzzle_ids import PerTaskIds
 from pipeline.tasks import DataError
 from stages._cli import run
 

@@ -33,7 +33,8 @@ from pipeline.crop import by_size, rect_crop
 from pipeline.infer import make_views, puzzle_table_lookup
 from pipeline.model import TRM
 from pipeline.runtime import compile_model, init_runtime
-from pipeline.sampler import PerTaskIds, pack_tasks
+from pipeline.packed import pack_tasks
+from pipeline.puzzle_ids import PerTaskIds
 from pipeline.sources import load_source
 
 

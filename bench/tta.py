@@ -40,7 +40,7 @@ from pipeline.config import load_config
 from pipeline.dataset import build_dataset, fit_canvas
 from pipeline.infer import evaluate_heldout
 from pipeline.runtime import init_runtime
-from pipeline.sampler import pack_tasks
+from pipeline.packed import pack_tasks
 from pipeline.sources import LoadResult
 from pipeline.synthetic import synthetic_tasks
 from pipeline.tasks import write_json_atomic

@@ -19,10 +19,11 @@ import numba
 import numpy as np
 
 from bench.common import emit
-from kernels import DIHEDRAL_SWAPS_AXES
 from kernels.reference import crop_ref, dihedral_ref
+from pipeline.encode import view_sizes
 from pipeline.infer import make_views, vote
-from pipeline.sampler import PerAugmentationIds, pack_tasks
+from pipeline.packed import pack_tasks
+from pipeline.puzzle_ids import PerAugmentationIds
 from pipeline.sources import load_source
 
 
@@ -71,8 +72,7 @@ def main(argv=None) -> None:
     damaged = views.inputs.copy()  # the corrupted cell is a PAD/EOS somewhere inside the grid instead
     h, w = (packed.heights[packed.test_in[rows]].repeat(args.augs),
             packed.widths[packed.test_in[rows]].repeat(args.augs))
-    swap = np.asarray(DIHEDRAL_SWAPS_AXES)[views.dihedral]
-    h, w = np.where(swap, w, h), np.where(swap, h, w)
+    h, w = view_sizes(h, w, views.dihedral)
     i, j = (rng.random((2, len(preds))) * np.stack([h, w])).astype(np.int64)
     cell = (views.r0 + i) * 30 + views.c0 + j
     damaged[bad, cell[bad]] = rng.integers(0, 2, len(bad)).astype(np.uint8)

@@ -229,7 +229,7 @@ def load_for_prediction(path: str | Path, device: torch.device | str = "cpu", us
     (pipeline/computation.py), then `overrides` (`key=value`, e.g. `model.crop=true`,
     `predict.adaptive_halting=true`): the departures they make are listed in `departures`."""
     from pipeline.config import load_config, read_yaml  # config imports train, which imports this module
-    from pipeline.sampler import PerTaskIds, id_scheme_from_state
+    from pipeline.puzzle_ids import PerTaskIds, id_scheme_from_state
 
     ckpt = resolve_checkpoint(path)
     try:
@@ -259,7 +259,7 @@ def load_for_prediction(path: str | Path, device: torch.device | str = "cpu", us
 def read_task_table(path: str | Path):
     """(task ids, puzzle-id scheme, config) of a checkpoint, without loading weights (TTT builds its ids from it)."""
     from pipeline.config import load_config
-    from pipeline.sampler import id_scheme_from_state
+    from pipeline.puzzle_ids import id_scheme_from_state
 
     ckpt = resolve_checkpoint(path)
     tasks = json.loads((ckpt / "tasks.json").read_text())

@@ -20,13 +20,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipeline.dataset import canvas_problem
+from pipeline.dataset import split_by_canvas
 from pipeline.checkpoint import LoadedModel
 from pipeline.infer import PredictConfig, TestPrediction, predict_tests
 from pipeline.runtime import Runtime, break_group, compile_model
-from pipeline.sampler import pack_tasks
+from pipeline.packed import pack_tasks
 from pipeline.sources import LoadResult, entries_to_tasks
-from pipeline.tasks import DataError, read_json
+from pipeline.tasks import read_challenges, write_json_atomic
+from submission.format import build_submission
 
 log = logging.getLogger(__name__)
 MODEL_ERRORS = (RuntimeError, ValueError, torch.cuda.OutOfMemoryError)
@@ -34,13 +35,11 @@ MODEL_ERRORS = (RuntimeError, ValueError, torch.cuda.OutOfMemoryError)
 
 def load_challenges(path: str | Path) -> tuple[dict, LoadResult]:
     """The raw challenges (the writer must cover every id in them) and the valid tasks (for the model)."""
-    raw = read_json(Path(path))
-    if not isinstance(raw, dict):
-        raise DataError(f"{path}: expected a JSON object mapping task ids to tasks")
-    res = entries_to_tasks(raw, None, Path(path).name, train_on_test=False)
-    for q in res.problems:
+    challenges = read_challenges(path)
+    valid = entries_to_tasks(challenges, None, Path(path).name, train_on_test=False)
+    for q in valid.problems:
         log.warning("invalid task, fallback used: %s", q)
-    return raw, res
+    return challenges, valid
 
 
 # Why a test input of a valid task has no model prediction (invalid tasks are the writer's business).
@@ -94,13 +93,11 @@ def predict_challenges(loaded: LoadedModel, res: LoadResult, pcfg: PredictConfig
     from all ranks, with the reason for each one it could not predict. `deadline` is a time.perf_counter()
     value after which no new chunk starts."""
     canvas = loaded.config.data.canvas
-    tasks, fallbacks = [], {}
-    for t in res.tasks:
-        if (p := canvas_problem(t, canvas)) is not None:
-            log.warning("task %s: %s; fallback used", t.id, p)
-            fallbacks.update({(t.id, j): TOO_LARGE for j in range(len(t.test_inputs))})
-        else:
-            tasks.append(t)
+    tasks, too_large = split_by_canvas(res.tasks, canvas)
+    fallbacks = {}
+    for t, p in too_large:
+        log.warning("task %s: %s; fallback used", t.id, p)
+        fallbacks.update({(t.id, j): TOO_LARGE for j in range(len(t.test_inputs))})
     if not tasks:
         return HiddenRun([], fallbacks)
     packed = pack_tasks(tasks)
@@ -226,3 +223,15 @@ def details_of(results: list[TestPrediction]) -> dict:
     return {f"{r.task_id}/{r.test_index}": {"votes": r.votes, "valid_views": r.valid_views, "views": r.views,
                                             "confidence": r.confidence, "mean_steps": r.mean_steps,
                                             "seconds": r.seconds} for r in results}
+
+
+def write_submission(out: str | Path, challenges: dict, hidden: HiddenRun | None) -> tuple[dict, list[str]]:
+    """The submission for every task of `challenges` (the model's attempts where `hidden` has them, the fallback
+    elsewhere) written atomically to `out`, and `out`.details.json beside it when the model ran; returns the
+    submission and the writer's notes."""
+    preds = {(r.task_id, r.test_index): r.attempts for r in hidden.results} if hidden is not None else {}
+    sub, notes = build_submission(challenges, preds)
+    write_json_atomic(out, sub)
+    if hidden is not None:
+        write_json_atomic(str(out) + ".details.json", details_of(hidden.results))
+    return sub, notes

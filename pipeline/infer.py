@@ -11,14 +11,15 @@ from typing import Literal
 import numpy as np
 import torch
 
-from kernels import DIHEDRAL_SWAPS_AXES
 from kernels.inverse import decode_view, hash_views
 from kernels.vote import vote_topk
 from pipeline.act import predict_stream, unwrap
 from pipeline.crop import by_size, view_extents
 from pipeline.model import new_task_row
 from pipeline.runtime import autocast_for
-from pipeline.sampler import PackedTasks, PuzzleIdScheme, encode, random_perms
+from pipeline.encode import encode, last_offset, random_perms, view_sizes
+from pipeline.packed import PackedTasks
+from pipeline.puzzle_ids import PuzzleIdScheme
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +125,9 @@ def _view_offsets(bound: tuple[int, int], dihedral: np.ndarray, u: np.ndarray, c
     """Offsets [2, n] from uniform draws u [2, n]: along each axis, anywhere that leaves room for the bounded
     answer (transformed by the view's dihedral) plus its EOS border, and at most max_offset (0 = no limit);
     0 where the bound is unknown (0)."""
-    bh, bw = bound
-    swap = np.asarray(DIHEDRAL_SWAPS_AXES)[dihedral]
     out = np.empty_like(u, dtype=np.int64)
-    for axis, (b, b_swapped) in enumerate(((bh, bw), (bw, bh))):
-        size = np.where(swap, b_swapped, b)
-        room = np.where(size > 0, np.maximum(canvas - size - 1, 0), 0)  # last offset with the border inside
-        if max_offset:
-            room = np.minimum(room, max_offset)
+    for axis, size in enumerate(view_sizes(*bound, dihedral)):
+        room = np.where(size > 0, last_offset(size + 1, canvas, max_offset), 0)  # the answer and its border inside
         out[axis] = (u[axis] * (room + 1)).astype(np.int64)
     return out
 
@@ -172,9 +168,7 @@ def make_views(packed: PackedTasks, test_rows: np.ndarray, task_to_ckpt: np.ndar
     off = np.concatenate(off_all, axis=1)
     # The encoder draws offset floor(u * (canvas - size + 1)) from the input's own size; hand it the u that
     # lands on our offset (the middle of its interval, so rounding cannot move it).
-    swap = np.asarray(DIHEDRAL_SWAPS_AXES)[d]
-    sizes = np.stack([np.where(swap, packed.widths[ins], packed.heights[ins]),
-                      np.where(swap, packed.heights[ins], packed.widths[ins])])
+    sizes = np.stack(view_sizes(packed.heights[ins], packed.widths[ins], d))
     u = (off + 0.5) / (canvas - sizes + 1)
     enc = encode(packed, ins, np.full(n, -1), d, perms, u[0], u[1], canvas)
     assert (enc["r0"] == off[0]).all() and (enc["c0"] == off[1]).all()

@@ -30,7 +30,7 @@ import numpy as np
 from kernels.canonical import pair_hashes
 from kernels.reference import augment_grid_ref, dihedral_ref
 from pipeline.checkpoint import CheckpointError, read_task_table, resolve_checkpoint, run_dir_of
-from pipeline.sampler import PackedTasks
+from pipeline.packed import PackedTasks
 from pipeline.sources import load_sources
 from pipeline.tasks import DataError
 

@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.official_build import load_official_build
-from pipeline.packed import PackedPart, concat_packed, unpack_tasks
+from pipeline.packed import PackedPart, PackedTasks, concat_packed, pack_tasks, unpack_tasks
 from pipeline.pairs import load_pairs
-from pipeline.sampler import PackedTasks, pack_tasks
 from pipeline.tasks import DataError, Task, TaskProblem, parse_task, read_json, task_problems
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,8 @@ The table of the TTT run holds only the hidden tasks' rows, so predict on the ru
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +30,10 @@ from pipeline.computation import departures, describe, with_official_evaluation
 from pipeline.config import RunConfig, load_config, to_dict
 from pipeline.dataset import Dataset, fit_canvas
 from pipeline.runtime import Runtime
-from pipeline.sampler import PerAugmentationIds, PerTaskIds, PuzzleIdScheme, pack_tasks
+from pipeline.packed import pack_tasks
+from pipeline.puzzle_ids import PerAugmentationIds, PerTaskIds, PuzzleIdScheme
 from pipeline.sources import LoadResult
-from pipeline.tasks import DataError, Task, write_json_atomic
+from pipeline.tasks import DataError, Task, safe_name, write_json_atomic
 from pipeline.train import Stop
 
 log = logging.getLogger(__name__)
@@ -44,19 +43,24 @@ MIN_DEMOS_FOR_HOLDOUT = 3
 
 def ttt_config(checkpoint: str | Path, preset: str | Path | list | None, overrides: list[str], run_dir: str | Path,
                sources: list[str] | None = None) -> RunConfig:
-    """The checkpoint's config with the official evaluation, then the presets' deltas (one path or a list,
-    applied in order), then overrides; run_dir and the warm start are set here so that a TTT run always starts
-    from `checkpoint` (and resumes from its own folder)."""
+    """The checkpoint's config as TTT runs it (ttt_config_over); run_dir and the warm start are set here so
+    that a TTT run always starts from `checkpoint` (and resumes from its own folder)."""
     ckpt = resolve_checkpoint(checkpoint)
     _, _, base = read_task_table(ckpt)
+    return ttt_config_over(base, preset, [*overrides, f"run_dir={run_dir}", f"train.init_from={ckpt}"], sources)
+
+
+def ttt_config_over(base: RunConfig, preset: str | Path | list | None, overrides: list[str],
+                    sources: list[str] | None = None) -> RunConfig:
+    """A pretrained run's config with the official evaluation, then the presets' deltas (one path or a list,
+    applied in order), then overrides: what a TTT run on that model computes with."""
     base_dict = with_official_evaluation(to_dict(base))
     if sources:  # provenance only (TTT data is passed in); `#demos` so that a rebuild never reads outputs
         base_dict["data"]["sources"] = [s if s.endswith("#demos") else s + "#demos" for s in sources]
     if base_dict["train"]["engine"] == "deepspeed":  # the TTT table is small: DDP, and every mode runs there
         base_dict["train"]["engine"] = "ddp"
     base_dict["train"]["wandb_project"] = ""  # pretraining's tracker is not TTT's (Kaggle has no wandb): --set it
-    forced = [f"run_dir={run_dir}", f"train.init_from={ckpt}"]
-    return load_config(preset, [*overrides, *forced], base=base_dict)
+    return load_config(preset, overrides, base=base_dict)
 
 
 def demo_tasks(tasks: list[Task], holdout: bool) -> list[Task]:
@@ -141,12 +145,6 @@ def run_ttt(cfg: RunConfig, rt: Runtime, tasks: list[Task], holdout: bool = Fals
             "checkpoint": cfg.train.init_from, "tasks": data.packed.task_ids, "holdout": holdout,
             "departures": found, "skipped": [str(p) for p in data.problems], "result": result})
     return TTTResult(Path(cfg.run_dir), result["step"], result.get("stopped"), result)
-
-
-def safe_name(task_id: str) -> str:
-    """A file-system-safe, collision-free folder name for a task id (ids come from input files)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", task_id).lstrip(".")[:80] or "task"
-    return name if name == task_id else f"{name}-{hashlib.sha1(task_id.encode()).hexdigest()[:8]}"
 
 
 def per_task_dir(run_dir: str | Path, task_id: str) -> Path:

@@ -28,13 +28,12 @@ import time
 
 from pipeline.checkpoint import load_for_prediction
 from pipeline.computation import describe
-from pipeline.hidden import details_of, load_challenges, predict_challenges, predict_per_task_runs, summary_line
+from pipeline.hidden import (load_challenges, predict_challenges, predict_per_task_runs, summary_line,
+                             write_submission)
 from pipeline.metrics import setup_logging
 from pipeline.runtime import init_runtime, shutdown_runtime
 from pipeline.ttt import ttt_index
 from stages._cli import positive_int, run
-from pipeline.tasks import write_json_atomic
-from submission.format import build_submission
 
 log = logging.getLogger("predict")
 
@@ -78,26 +77,24 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     try:
         setup_logging(None, rt.is_main)
-        raw, res = load_challenges(args.challenges)
+        challenges, valid = load_challenges(args.challenges)
         overrides = overrides_of(args)
         deadline = t_start + args.time_budget if args.time_budget else None
         index = ttt_index(args.checkpoint)
         if "per_task" in index:  # a `stages.ttt --per-task` folder: each task has its own model
             log.info("per-task TTT runs for %d tasks, each computing as its run was trained%s",
                      len(index["per_task"]), f"; overrides: {' '.join(overrides)}" if overrides else "")
-            hidden = predict_per_task_runs(index["per_task"], index["base"], res, overrides, rt, deadline,
+            hidden = predict_per_task_runs(index["per_task"], index["base"], valid, overrides, rt, deadline,
                                            use_ema=not args.raw_weights)
         else:
             loaded = load_for_prediction(args.checkpoint, rt.device, not args.raw_weights, overrides)
             log.info("%s", describe(loaded.departures))
-            hidden = predict_challenges(loaded, res, loaded.config.predict, rt, deadline,
+            hidden = predict_challenges(loaded, valid, loaded.config.predict, rt, deadline,
                                         show_progress=not args.no_progress)
         if rt.is_main:
-            sub, notes = build_submission(raw, {(r.task_id, r.test_index): r.attempts for r in hidden.results})
+            sub, notes = write_submission(args.out, challenges, hidden)
             for n in notes:
                 log.warning("%s", n)
-            write_json_atomic(args.out, sub)
-            write_json_atomic(str(args.out) + ".details.json", details_of(hidden.results))
             log.info("wrote %s: %d tasks, %d test inputs, %.1fs", args.out, len(sub),
                      sum(len(v) for v in sub.values()), time.perf_counter() - t_start)
             if hidden.model_predicted_nothing():

@@ -11,7 +11,7 @@ from pipeline.checkpoint import load_for_prediction, write_weights_checkpoint
 from pipeline.computation import departures, describe
 from pipeline.config import dump_config, load_config
 from pipeline.model import TRM
-from pipeline.sampler import PerTaskIds
+from pipeline.puzzle_ids import PerTaskIds
 from pipeline.ttt import ttt_config, ttt_departures
 
 TINY = ["model.hidden=32", "model.heads=2", "model.puzzle_emb_ndim=32"]

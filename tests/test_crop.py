@@ -12,7 +12,10 @@ from pipeline.act import IGNORE, empty_carry, supervision_step, token_ce
 from pipeline.crop import by_size, own_rectangles, rect_crop, size_groups, step_crop, used_extents, view_extents
 from pipeline.infer import PredictConfig, make_views, predict_tests
 from pipeline.model import TRM, Crop, ModelConfig
-from pipeline.sampler import DataConfig, PerTaskIds, Sampler, encode, pack_tasks, task_sides
+from pipeline.encode import encode, last_offset
+from pipeline.packed import pack_tasks, task_sides
+from pipeline.puzzle_ids import PerTaskIds
+from pipeline.sampler import DataConfig, Sampler
 from pipeline.synthetic import synthetic_tasks
 from pipeline.tasks import Task
 from pipeline.train import to_torch
@@ -142,6 +145,19 @@ def test_bounded_translation_and_size_buckets_in_the_sampler():
     assert drawn.min() > 0.5 * drawn.mean()  # every size still trained on
     free = Sampler(packed, PerTaskIds(len(tasks)), DataConfig(canvas=12), 16, seed=0)
     assert max(free.batch_at(k)["r0"].max() for k in range(50)) > 2  # the official translation: anywhere
+
+
+def test_training_translation_reaches_the_canvas_edge_and_a_view_keeps_its_answer_border():
+    """The one bounded-offset rule (pipeline.encode.last_offset): a training pair may sit flush with the canvas
+    edge, its EOS border falling off (the official builder: randint(0, 30 - size + 1)), with data.max_offset or
+    without; a prediction view keeps its answer's border inside (extent = answer + 1)."""
+    packed = pack_tasks([Task("g3", [(np.ones((3, 3), np.uint8), np.ones((3, 3), np.uint8))] * 2, [])])
+    for max_offset in (0, 50):  # 50 bounds the offset by more than the canvas leaves
+        s = Sampler(packed, PerTaskIds(1), DataConfig(canvas=5, max_offset=max_offset), 64, seed=0)
+        r0 = np.concatenate([s.batch_at(k)["r0"] for k in range(20)])
+        assert (r0.min(), r0.max()) == (0, 5 - 3), max_offset
+    assert last_offset(3, 5) == 2 and last_offset(3 + 1, 5) == 1  # a 3x3 answer's border stays inside
+    assert last_offset(3, 30, max_offset=1) == 1 and last_offset(6, 5) == 0
 
 
 def _up3(g):
@@ -276,7 +292,7 @@ def test_a_run_resumes_with_crop_switched_on(tmp_path):
 def test_the_submit_calibration_times_every_size_bucket_under_crop(tmp_path, monkeypatch):
     """Under crop a TTT step costs what its size bucket costs, so the planner's step time is the mean over
     buckets, each timed with every slot from it."""
-    from pipeline.budget import calibrate_ttt
+    from pipeline.calibration import calibrate_ttt
     from pipeline.config import load_config
     from pipeline.runtime import init_runtime
     from conftest import ROOT
@@ -372,7 +388,7 @@ def test_a_compiled_step_under_crop_compiles_a_few_graphs_for_every_size_and_gro
 def test_the_prediction_calibration_scales_the_timed_inputs_to_all_inputs_under_crop():
     """The timed inputs (the first few) can be far smaller or larger than the rest: under crop the per-view
     time is scaled by the FLOPs of all inputs' view rectangles over the timed ones'."""
-    from pipeline.budget import _crop_cost_ratio
+    from pipeline.calibration import _crop_cost_ratio
 
     small = [Task(f"s{k}", [(np.ones((2, 2), np.uint8), np.ones((2, 2), np.uint8))], [np.ones((2, 2), np.uint8)])
              for k in range(2)]

@@ -26,7 +26,8 @@ from conftest import ARC, ROOT, needs_shared_arc
 from pipeline.config import load_config
 from pipeline.crop import rect_crop
 from pipeline.model import TRM, Crop, ModelConfig
-from pipeline.sampler import PerTaskIds, pack_tasks
+from pipeline.packed import pack_tasks
+from pipeline.puzzle_ids import PerTaskIds
 from pipeline.synthetic import synthetic_tasks
 
 PY = sys.executable

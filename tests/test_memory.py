@@ -11,7 +11,8 @@ from bench.memory import RssSampler
 from conftest import ROOT
 from pipeline.infer import PredictConfig, evaluate_heldout
 from pipeline.model import TRM, ModelConfig
-from pipeline.sampler import PerTaskIds, pack_tasks
+from pipeline.packed import pack_tasks
+from pipeline.puzzle_ids import PerTaskIds
 from pipeline.synthetic import synthetic_tasks
 
 MB = 2**20

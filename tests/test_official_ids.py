@@ -15,7 +15,8 @@ from conftest import FIXTURE, ROOT, SHARED, needs_shared
 from pipeline.infer import make_views
 from pipeline.official import official_id_table, read_official
 from pipeline.official_build import read_identifiers
-from pipeline.sampler import encode, pack_tasks
+from pipeline.encode import encode
+from pipeline.packed import pack_tasks
 from pipeline.sources import load_source
 from pipeline.tasks import DataError
 

@@ -21,7 +21,8 @@ from pipeline.config import dump_config, load_config
 from pipeline.model import TRM
 import pipeline.overlap
 from pipeline.overlap import TRAINED_PAIRS, TrainedPairs, record_trained_pairs, relation
-from pipeline.sampler import PerTaskIds, pack_tasks
+from pipeline.packed import pack_tasks
+from pipeline.puzzle_ids import PerTaskIds
 from pipeline.sources import load_source
 from pipeline.tasks import Task, write_json_atomic
 from scripts.make_fixtures import random_pairs, random_tasks, write_pairs

@@ -195,7 +195,7 @@ def _submit_in_process(checkpoint, challenges, folder, monkeypatch, fail_ttt_at=
                          started=time.time(), work_dir=folder / "work", device="cpu",
                          ttt_preset="configs/demo_ttt.yaml", overrides=["train.ckpt_every=2",
                                                                          "predict.adaptive_halting=false"],
-                         policy=Policy(), ttt_steps=ttt_steps, views=views)
+                         policy=Policy(pinned_steps=ttt_steps, pinned_views=views))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the stages run here (OMP_NUM_THREADS=1): 2 threads on a loaded 2-core box crawl
     try:
@@ -339,7 +339,7 @@ def test_policy_views_at_the_floor_then_ttt_then_views():
     assert tiny.ttt_steps == 0 and tiny.views >= 1
     other = make_plan(Policy(order="views_first"), CAL, 6 * 3600, 100, 15000, 1000)
     assert other.views == 1000 and other.ttt_steps < mid.ttt_steps
-    pinned = make_plan(policy, CAL, 600, 100, 15000, 1000, pinned_steps=40, pinned_views=16)
+    pinned = make_plan(Policy(pinned_steps=40, pinned_views=16), CAL, 600, 100, 15000, 1000)
     assert (pinned.ttt_steps, pinned.views) == (40, 16)
 
 
@@ -352,7 +352,7 @@ def test_prediction_is_planned_in_whole_batches_per_chunk():
     assert chunk_inputs(cal, 8, policy, 3600) == 32  # never more than the inputs there are
     kaggle = Calibration(view_s=0.086, inputs_per_rank=85, batch=768)  # 1000 views take 86 s per input
     assert chunk_inputs(kaggle, 1000, policy, 6 * 3600) == 3  # 2 to 5 inputs fit 1-2% of 6 h: 3 fill 4 batches
-    plan = make_plan(policy, cal, 100, 25, 100, 100, pinned_steps=0)  # 57.5 s for prediction
+    plan = make_plan(Policy(pinned_steps=0), cal, 100, 25, 100, 100)  # 57.5 s for prediction
     assert plan.seconds["predict"] <= 57.5 < predict_seconds(cal, plan.views + 8, policy, 100)
     assert plan.views < 57.5 / (32 * 0.01) - 8  # fewer than a linear cost model would plan
 
