@@ -271,43 +271,34 @@ def test_pinned_ttt_steps_far_beyond_the_budget_stop_at_the_deadline(checkpoint,
 
 def test_prediction_past_its_deadline_leaves_the_inputs_not_reached_to_the_fallback(checkpoint, challenges, tmp_path,
                                                                                      monkeypatch):
-    """One test input per chunk (a stubbed 50 ms per view), and the third chunk ends past prediction's deadline
-    (it sleeps until then: a clock the test controls, not this CPU's speed): prediction starts no chunk past its
-    deadline, exactly the three inputs reached are predicted, every other keeps its fallback (`time budget`),
-    and the flow ends within the 8 s budget plus DEADLINE_SLACK_S."""
+    """One test input per chunk (a stubbed 0.5 s per view), and prediction's clock (pipeline.hidden's
+    time.perf_counter) jumps past any deadline once the third chunk is done: a clock the test controls, not this
+    CPU's speed, and a budget (60 s) that no loaded machine's setup reaches. Prediction starts no chunk past its
+    deadline: exactly the three inputs reached are predicted and every other keeps its fallback."""
+    import types
+
     import pipeline.hidden
-    import pipeline.submit_flow as flow
 
-    reached, deadline = [], []
-    predict_challenges, predict_chunk = flow.predict_challenges, pipeline.hidden._predict_chunk
+    reached, predict_chunk = [], pipeline.hidden._predict_chunk
 
-    def spy_predict(loaded, res, pcfg, rt, dl, **kw):
-        deadline.append(dl)
-        return predict_challenges(loaded, res, pcfg, rt, dl, **kw)
-
-    def late_chunk(loaded, packed, chunk, *args):
+    def counted_chunk(loaded, packed, chunk, *args):
         out = predict_chunk(loaded, packed, chunk, *args)
         reached.append(len(chunk))
-        if len(reached) == 3:
-            time.sleep(max(0.0, deadline[0] - time.perf_counter() + 0.01))
         return out
 
-    monkeypatch.setattr(flow, "predict_challenges", spy_predict)
-    monkeypatch.setattr(pipeline.hidden, "_predict_chunk", late_chunk)
-    t0 = time.time()
-    summary = _submit_in_process(checkpoint, challenges, tmp_path, monkeypatch, budget_s=8, ttt_steps=0, views=2,
-                                 view_s=0.05)
-    wall = time.time() - t0
+    clock = types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + (1e9 if len(reached) >= 3 else 0.0))
+    monkeypatch.setattr(pipeline.hidden, "_predict_chunk", counted_chunk)
+    monkeypatch.setattr(pipeline.hidden, "time", clock)
+    summary = _submit_in_process(checkpoint, challenges, tmp_path, monkeypatch, budget_s=60, ttt_steps=0, views=2,
+                                 view_s=0.5)
     details = json.loads((tmp_path / "submission.json.details.json").read_text())
     assert summary["ttt_steps"] == 0 and reached == [1, 1, 1] and len(details) == 3, (summary, reached)
-    assert wall <= 8 + DEADLINE_SLACK_S, (wall, summary["seconds"])
     sub, fallback = json.loads((tmp_path / "submission.json").read_text()), build_submission(
         json.loads(challenges.read_text()), {})[0]
     for task, entries in sub.items():
         for j, entry in enumerate(entries):
             if f"{task}/{j}" not in details:
                 assert entry == fallback[task][j], (task, j)
-    assert sum(entry != fallback[task][j] for task, entries in sub.items() for j, entry in enumerate(entries)) <= 3
 
 
 # -- the planner --------------------------------------------------------------------------------------------------
