@@ -3,8 +3,10 @@
 caller wrote the all-fallback one before importing this module, and each improvement replaces it atomically.
 
 Under torchrun every rank runs the flow: TTT is one DDP run, prediction is sharded and gathered, only rank 0
-writes. A rank that fails in a collective phase takes the process group down (pipeline.runtime.break_group): the
-others stop and rank 0 finishes alone with the latest complete checkpoint (the summary's `failed_ranks` says why).
+writes. A rank that fails anywhere (a collective phase, or outside one: the top level catches it) takes the process
+group down (pipeline.runtime.break_group): the others' collectives fail (gloo: at once; NCCL: their
+watch_for_failures threads abort their groups within a second, else the timeout, shorter during TTT), they stop,
+and rank 0 finishes alone with the latest complete checkpoint (the summary's `failed_ranks` says why).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import logging
 import math
 import random
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +37,8 @@ from pipeline.infer import PredictOptions, model_batch
 from pipeline.kaggle_input import count_inputs
 from pipeline.layout import Checkpoint, CheckpointError
 from pipeline.metrics import setup_logging
-from pipeline.runtime import Runtime, break_group, init_runtime, shutdown_runtime
+from pipeline.runtime import (Runtime, break_group, init_runtime, set_collective_timeout, shutdown_runtime,
+                              watch_for_failures)
 from pipeline.sources import LoadResult
 from pipeline.tasks import DataError, Task, write_json_atomic
 from pipeline.train import Stop
@@ -104,10 +108,14 @@ def heartbeat(total: int, every_s: float):
 def run_submit(job: SubmitJob) -> int:
     seed_everything(job.seed, job.deterministic)
     rt = init_runtime(job.device, "auto", job.seed, timeout_s=collective_timeout_s(job.budget_s))
+    # NCCL only: under gloo a failing rank's closed connections already fail the others' collectives at once
+    watching = watch_for_failures(rt) if rt.distributed and rt.device.type == "cuda" else None
     try:
         setup_logging(None, rt.is_main)
         return _flow(job, rt)
     finally:
+        if watching:
+            watching.set()
         shutdown_runtime()
 
 
@@ -131,6 +139,16 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
         return _phases(job, rt)
     except GroupBroken:
         return 0  # rank 0 writes the submission; torchrun must not stop it for this rank's exit
+    except Exception as e:  # outside the guarded stages (loading, planning, a bug): no rank may wait for this one
+        if not rt.distributed:
+            raise
+        where = traceback.extract_tb(e.__traceback__)[-1].name
+        break_group(rt, f"{where}: {type(e).__name__}: {e}")
+        if rt.is_main:  # the fallback submission stays; the exit status says the run failed (2: bad input)
+            log.error("rank 0 failed in %s: the process group is down", where)
+            raise
+        log.exception("rank %d failed in %s: the process group is down; rank 0 finishes alone", rt.rank, where)
+        return 0
 
 
 @dataclass
@@ -239,7 +257,12 @@ def _calibrate(flow: Flow) -> None:
             log.error("prediction calibration failed (%s): planning without it", e)
         del loaded
         free_memory(flow.rt)
-    flow.cal = cal = slowest(cal, flow.rt)
+    try:
+        cal = slowest(cal, flow.rt)
+    except Exception as e:  # another rank failed and took the group down: plan with this rank's own timings
+        flow.break_group("calibration", e)
+        cal.inputs_per_rank = flow.n_inputs
+    flow.cal = cal
     flow.seconds["calibration"] = time.time() - t0
     log.info("calibration (%.1fs): TTT %.3fs/step (+%.1fs start-up, %.1fs per checkpoint), prediction %.2fms "
              "per view (+%.1fs start-up), %d test inputs per rank", flow.seconds["calibration"], cal.ttt_step_s,
@@ -278,6 +301,9 @@ def _ttt(flow: Flow, plan: Plan, dl: Deadlines) -> TTTOutcome:
     train = dataclasses.replace(cfg.train, steps=plan.ttt_steps,
                                 lr_warmup=min(cfg.train.lr_warmup, plan.ttt_steps // 4),
                                 ckpt_every=min(cfg.train.ckpt_every, plan.ttt_steps))
+    # a collective every step: no rank legitimately waits longer than a start-up (compile) or a step and a save
+    cal = flow.cal
+    set_collective_timeout(max(60.0, 2 * max(cal.ttt_startup_s, cal.ttt_step_s + cal.ttt_save_s)))
     try:
         stop = Stop(deadline=dl.ttt, when=heartbeat(plan.ttt_steps, max(30.0, job.budget_s / 100)))
         result = run_ttt(dataclasses.replace(cfg, train=train), flow.rt, flow.valid.tasks, flow.pretrained,
@@ -293,6 +319,8 @@ def _ttt(flow: Flow, plan: Plan, dl: Deadlines) -> TTTOutcome:
         if flow.rt.distributed:
             flow.break_group("ttt", e)
             flow.cal = dataclasses.replace(flow.cal, inputs_per_rank=flow.n_inputs)
+    finally:
+        set_collective_timeout(collective_timeout_s(job.budget_s))
     release_weights(flow.pretrained)  # read again only if the pretrained model must predict after all
     try:
         if run_dir and out.model is flow.pretrained:  # TTT failed, or this rank was not the one that saved

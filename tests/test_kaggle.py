@@ -102,6 +102,36 @@ def test_build_refuses_bad_slugs_and_incomplete_checkpoints(tmp_path):
         build_all(tmp_path / "out", ckpt, BuildSettings(KaggleNames(owner="a"), wheels=False))
 
 
+@pytest.mark.parametrize("text, problem", [
+    ("--ttt-confg configs/demo_ttt.yaml", "unrecognized arguments: --ttt-confg"),  # a typo
+    ("--views 0", "--views: 0 is not a positive integer"),
+    ("'oops", "No closing quotation"),
+    ("--budget-s 5", "--budget-s: the notebook sets it itself"),
+    ("--budg 5 --out x", "--out, --budget-s: the notebook sets them itself"),  # abbreviated too
+    ("--checkpoint x", "--checkpoint: the notebook sets it itself"),
+    ("--kaggle-root x --device cpu", "--kaggle-root, --device: the notebook sets them itself"),
+    ("--ttt-config configs/ttt_nope.yaml", "--ttt-config configs/ttt_nope.yaml: no such file in the code dataset"),
+    ("--ttt-config /etc/hostname", "--ttt-config /etc/hostname: no such file in the code dataset"),
+    ("--ttt-config configs/demo_ttt.yaml --set train.stepz=3", "unknown config key 'train.stepz'"),
+    ("--set train.steps=many", "train.steps"),  # over the default preset, configs/ttt_full.yaml
+])
+def test_build_checks_the_submit_args_before_writing_anything(tmp_path, text, problem):
+    """--submit-args that would fail on Kaggle (no submission.json, a day lost) stop the build with one line,
+    exit 2, before anything is written."""
+    from stages.kaggle import checked_submit_args
+
+    with pytest.raises(KaggleError, match=re.escape(problem)):
+        checked_submit_args(text)
+    assert checked_submit_args("--ttt-config configs/demo_ttt.yaml --set train.steps=3 --ttt-steps 2 --views 4") == [
+        "--ttt-config", "configs/demo_ttt.yaml", "--set", "train.steps=3", "--ttt-steps", "2", "--views", "4"]
+    if text == "'oops":  # through the command line too (shlex's error was a traceback)
+        r = cli("build", "--checkpoint", str(fake_checkpoint(tmp_path / "ck")), "--out", str(tmp_path / "out"),
+                "--no-wheels", "--submit-args", text, env=clean_env(tmp_path))
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: --submit-args: "), r.stderr
+        assert problem in lines[0] and not (tmp_path / "out").exists()
+
+
 def test_push_dry_run_lists_every_upload_and_never_echoes_credentials(tmp_path):
     fake_checkpoint(tmp_path / "run" / "ckpt" / "step-00000020")
     env = clean_env(tmp_path / "home", KAGGLE_USERNAME="bob", KAGGLE_KEY=SECRET)
@@ -279,15 +309,14 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 @needs_shared_arc
-@pytest.mark.skipif(not (ROOT / "stages" / "submit.py").exists(), reason="stages.submit (the make submit issue) is "
-                    "not in this tree yet; the notebook runs it")
 def test_notebook_runs_offline_against_a_fake_kaggle_tree(checkpoint, tmp_path, monkeypatch):
     budget = 150
     built = tmp_path / "built"
-    # the demo TTT preset (the default ttt_full.yaml's batch of 384 fits no TTT step into this budget on a CPU)
+    # the demo TTT preset (the default ttt_full.yaml's batch of 384 fits no TTT step into this budget on a CPU), and a
+    # pinned plan (2 TTT steps, 4 views): the notebook's plumbing, not the planner (tests/test_submit_flow.py's)
     r = subprocess.run([sys.executable, "-m", "stages.kaggle", "build", "--checkpoint", str(checkpoint), "--out",
                         str(built), "--budget-s", str(budget), "--no-wheels", "--owner", "tester", "--submit-args",
-                        "--ttt-config configs/demo_ttt.yaml --ttt-min-steps 10"],
+                        "--ttt-config configs/demo_ttt.yaml --ttt-steps 2 --views 4"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     # the demo model's canvas (5x5) fits no ARC-AGI-2 task: one demo-sized task makes TTT and prediction run too

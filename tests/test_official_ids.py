@@ -133,6 +133,19 @@ def test_official_import_with_its_dataset_keeps_every_puzzle_row(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("prefix", ["", "model.", "_orig_mod.", "_orig_mod.model."])
+def test_an_official_pt_reads_the_same_under_each_prefix_a_save_may_carry(tmp_path, prefix):
+    """The keys of an official `.pt` with none, `model.` (the loss head), `_orig_mod.` (torch.compile) or both:
+    the importer reads the same state as from the fixture's own names (the whole import, from the prefix
+    official training writes: the next test)."""
+    official = read_official(FIXTURE / "weights.safetensors")
+    torch.save({f"{prefix}{k}": v for k, v in official.items()}, tmp_path / "step_1000.pt")
+    read = read_official(tmp_path / "step_1000.pt")
+    assert read.keys() == official.keys()
+    for k, v in official.items():
+        torch.testing.assert_close(read[k], v, rtol=0, atol=0, msg=k)
+
+
 def test_an_official_pt_with_its_prefixes_and_ids_in_another_order_keeps_every_row(tmp_path):
     """The `.pt` path as official training saves it (every key under `_orig_mod.model.`: torch.compile and the
     loss head) with an identifiers.json whose order is not the builder's: each of our ids gets the embedding
