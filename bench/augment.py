@@ -23,7 +23,9 @@ import numba
 import psutil
 
 from bench.common import emit, rss_mb
-from pipeline.sampler import DataConfig, Sampler, build_id_scheme, pack_tasks
+from pipeline.dataset import build_id_scheme
+from pipeline.packed import pack_tasks
+from pipeline.sampler import DataConfig, Sampler
 from pipeline.sources import load_sources
 
 TABLE_NDIM = 512  # the ARC model's puzzle_emb_ndim (fp32 rows)

@@ -1,71 +1,32 @@
-"""The compute budget of the hidden-test flow: calibration, the policy, the plan and each stage's share.
-
-Calibration runs on the real challenges file and the devices present (the public placeholder file runs
-about a third faster than the hidden rerun, so no plan trusts a calibration made on another file):
-- TTT: the real TTT run built and warm-started (pipeline.build), one warm-up step (compiles on GPU), a few
-  timed steps and one checkpoint save, then thrown away; under torchrun all ranks take part (DDP), so the
-  step time includes the gradient all-reduce.
-- Prediction: the loaded model over one full batch of views of real test inputs through the real predict
-  path (views, model, inversion, vote), once to warm up (and compile), once timed, for two supervision steps
-  scaled to all N_sup (a step costs the same throughout: the batch stays full): adaptive halting usually
-  stops earlier, but a view cut off by the deadline costs a whole test input, so the plan budgets the worst
-  case unless `Policy.predict_steps_fraction` says otherwise.
-
-The policy (McGovern's ARC-AGI-2 TTT report, arXiv 2511.02886: 256 and 512 views per test input scored
-about the same, while more TTT steps kept paying): views start at a floor (256), TTT gets the rest up to the
-recipe's length (the preset's train.steps, 15k for configs/ttt_full.yaml), and only time left after that
-raises the views toward 1000. When even the floor does not fit beside `ttt_min_steps`, the views go down
-toward `views_min` first (TTT is what makes TRM score on unseen tasks at all). `views_first` is the
-opposite order, for comparison. Steps are rounded down to a multiple of `step_quantum` (from 10 quanta up)
-and views to a multiple of 8, so small timing differences between reruns rarely change the plan (and so the
-submission).
-
-Shares (the watchdog): `margin` (15%) of the budget is never planned. TTT may run until its planned time plus
-half the margin (a `Stop` deadline: it stops at a step boundary with a complete checkpoint, and prediction
-uses the latest one); then the views are chosen again from the time actually left, keeping the other half
-of the margin, and prediction starts no new chunk of test inputs past the end of the budget less the
-writing reserve and two chunks' estimated time (at most half the margin). Chunks of test inputs take about
-1% of the budget; every view of a chunk finishes before the next chunk starts, so a chunk's last model batch
-runs part-empty: the plan counts each chunk in whole batches and picks chunk sizes that fill them.
-"""
+"""The compute budget of the hidden-test flow as pure arithmetic: the policy that splits it between TTT steps and
+views per test input, the measured costs it plans with (Calibration, measured by pipeline/calibration.py), the
+plan, and the deadlines that hold each stage to its share. Nothing here runs a model or imports torch."""
 from __future__ import annotations
 
 import dataclasses
-import gc
-import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
-import numpy as np
-import torch
-import torch.distributed as dist
-
-from pipeline.build import build_run
-from pipeline.checkpoint import LoadedModel
-from pipeline.config import RunConfig
-from pipeline.dataset import canvas_problem
-from pipeline.infer import PredictConfig, make_views, model_batch, predict_tests
-from pipeline.runtime import Runtime, compile_model
-from pipeline.sampler import pack_tasks
-from pipeline.tasks import Task
-from pipeline.ttt import ttt_dataset
-
-log = logging.getLogger(__name__)
 VIEW_QUANTUM = 8
 PREDICT_ERROR_P90 = 1.17
 """Prediction's actual seconds over its calibrated projection, 90th percentile of 12 demo runs beside a CPU hog
 on the shared 2-core machine (python -m bench.calibration, BENCHMARKS.md; median 0.96, max 2.31). TTT can
 take half the margin (its deadline), so prediction keeps the other half: inputs are cut off when
-(error - 1) x prediction's share of the budget exceeds margin / 2."""
+(error - 1) x prediction's share of the budget exceeds margin / 2. Measured on CPU only and applied to every
+plan, GPU ones included (no GPU run has measured it: a GPU's error under Kaggle's load may differ)."""
 
 
 @dataclass(kw_only=True)
 class Policy:
-    """How the budget is split between TTT steps and views per test input (see the module docstring)."""
+    """How the budget is split between TTT steps and views per test input. `ttt_first` follows McGovern's ARC-AGI-2
+    TTT report (arXiv 2511.02886: 256 and 512 views scored about the same, while more TTT steps kept paying): views
+    start at `views_floor`, TTT gets the rest up to the recipe's length, and only time left after that raises the
+    views toward `views_max`; when even the floor does not fit beside `ttt_min_steps`, the views go down toward
+    `views_min` first (TTT is what makes TRM score on unseen tasks at all). `views_first` is the opposite order,
+    for comparison. Steps are rounded down to a multiple of `step_quantum` (from 10 quanta up) and views to a
+    multiple of 8, so small timing differences between reruns rarely change the plan (and so the submission)."""
     order: Literal["ttt_first", "views_first"] = "ttt_first"
     margin: float = 0.15
     """Fraction of the budget never planned (calibration error, the hidden file's slower tasks). 15% covers
@@ -87,6 +48,10 @@ class Policy:
     chunk_fraction: float = 0.01
     """Seconds per chunk of test inputs in prediction, as a fraction of the budget (up to twice that where the
     chunk's last model batch fills better): the granularity of prediction's deadline."""
+    pinned_steps: int | None = None
+    """TTT steps kept as given (--ttt-steps; 0 = no TTT) instead of planned: a reproducible plan."""
+    pinned_views: int | None = None
+    """Views per test input kept as given (--views) instead of planned."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.margin < 1.0:
@@ -196,9 +161,11 @@ def steps_that_fit(cal: Calibration, seconds: float, policy: Policy, cap: int, c
 
 
 def make_plan(policy: Policy, cal: Calibration, budget_s: float, spent_s: float, max_steps: int,
-              ckpt_every: int, pinned_steps: int | None = None, pinned_views: int | None = None) -> Plan:
+              ckpt_every: int) -> Plan:
     """TTT steps and views per test input that end the flow inside budget_s less the margin, given the
-    seconds already spent (setup and calibration). Pinned values are kept as they are (a reproducible plan)."""
+    seconds already spent (setup and calibration), for a TTT recipe of `max_steps` saving every `ckpt_every`.
+    The policy's pinned values are kept as they are (a reproducible plan)."""
+    pinned_steps, pinned_views = policy.pinned_steps, policy.pinned_views
     cap = policy.ttt_max_steps or max_steps
     margin_s = policy.margin * budget_s
     avail = budget_s - margin_s - spent_s - write_reserve(policy, budget_s)
@@ -306,127 +273,3 @@ def deadlines(plan: Plan, started: float, now: float | None = None) -> Deadlines
     # TTT does not fit the budget, pinned --ttt-steps, would otherwise leave prediction no chunk to start)
     return Deadlines(end, min(planned_end, end - s["write"] - s["predict"] - s["margin"]) + s["margin"] / 2,
                      planned_end, s["margin"], s["write"])
-
-
-# -- calibration ----------------------------------------------------------------------------------------------
-def calibrate_ttt(cfg: RunConfig, rt: Runtime, tasks: list[Task], folder: Path, warmup: int = 1,
-                  steps: int = 3) -> tuple[float, float, float]:
-    """(startup, per step, per save) seconds of this TTT run on these tasks and devices, measured on a
-    throw-away copy of the run in `folder` (removed afterwards)."""
-    _reset_folder(folder, rt)
-    # Full steps throughout (embeddings_then_all's frozen steps are cheaper: timing them would under-plan).
-    train = dataclasses.replace(cfg.train, progress=False, eval_every=0, freeze_fraction=0.0,
-                                steps=max(cfg.train.steps, warmup + steps + 1))
-    cal_cfg = dataclasses.replace(cfg, run_dir=str(folder), train=train)
-    t0 = time.perf_counter()
-    data, init_rows = ttt_dataset(cal_cfg, tasks)
-    run = build_run(cal_cfg, rt, data, init_rows, eval_fn=None, prefix="calibration")
-    trainer = run.trainer
-    trainer.prepare()
-    for _ in range(warmup):
-        trainer.train_step()
-    rt.synchronize()
-    t1 = time.perf_counter()
-    if cal_cfg.model.crop:
-        step_s = _bucketed_step_s(trainer, rt, steps)
-    else:
-        for _ in range(steps):
-            trainer.train_step()
-        rt.synchronize()
-        step_s = (time.perf_counter() - t1) / steps
-    t2 = time.perf_counter()
-    trainer.save()
-    t3 = time.perf_counter()
-    trainer.sink.close()
-    del run, trainer
-    free_memory(rt)
-    _reset_folder(folder, rt)
-    return max(0.0, (t1 - t0) - warmup * step_s), step_s, t3 - t2
-
-
-def _bucketed_step_s(trainer, rt: Runtime, steps: int) -> float:
-    """Seconds per step under model.crop: a step's cost follows its size bucket (data.bucket_steps), so time
-    `steps` steps in each bucket, every slot refilled from it, and take the mean (buckets are drawn equally
-    often). One bucket (no bucketing): the steps as they come."""
-    sampler = trainer.sampler
-    times = []
-    for b in range(len(sampler.buckets)) if len(sampler.buckets) > 1 else [None]:
-        sampler.pinned_bucket, trainer.carry = b, None  # refill every slot from this bucket
-        trainer.train_step()  # its first step also compiles this shape (dynamic) where it must
-        rt.synchronize()
-        t = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step()
-        rt.synchronize()
-        times.append((time.perf_counter() - t) / steps)
-    sampler.pinned_bucket = None
-    return float(np.mean(times))
-
-
-def calibrate_predict(loaded: LoadedModel, tasks: list[Task], pcfg: PredictConfig, rt: Runtime, inputs: int = 4,
-                      steps: int = 2) -> tuple[float, float]:
-    """(startup, per view) seconds of prediction with this model: one full batch of views of real test
-    inputs through the real path (views, model, inversion, vote), once to warm up (and compile), once timed.
-    Each view runs `steps` supervision steps; a step costs the same at every step (continuous batching keeps
-    the batch full and the shapes fixed), so the time per view is scaled to all N_sup steps. Under model.crop
-    a view costs what its rectangle costs, so the time is scaled by the FLOPs of all inputs' views over the
-    timed inputs' (`_crop_cost_ratio`)."""
-    canvas = loaded.config.data.canvas
-    fit = [t for t in tasks if canvas_problem(t, canvas) is None]
-    if not fit:
-        return 0.0, 0.0
-    packed = pack_tasks(fit)
-    rows = np.arange(min(inputs, len(packed.test_task)))
-    n_sup = pcfg.max_steps or loaded.model.cfg.halt_max_steps
-    batch = model_batch(pcfg, rt.device, loaded.model.cfg.total_len)
-    cfg = dataclasses.replace(pcfg, augs=max(1, -(-batch // len(rows))), adaptive_halting=False,
-                              max_steps=min(steps, n_sup))
-    model = compile_model(loaded.model, loaded.model) if rt.compiles(pcfg.compile) else loaded.model
-    to_ckpt = np.full(packed.num_tasks, -1, dtype=np.int64)  # the mean embedding: any row costs the same
-    times = []
-    for _ in range(2):
-        t0 = time.perf_counter()
-        predict_tests(model, packed, rows, to_ckpt, loaded.ids, cfg, canvas, rt.device, rt.dtype)
-        rt.synchronize()
-        times.append(time.perf_counter() - t0)
-    view_s = times[1] / (len(rows) * cfg.augs) * n_sup / cfg.max_steps
-    if loaded.model.cfg.crop:
-        view_s *= _crop_cost_ratio(loaded.model, packed, rows, to_ckpt, loaded.ids, pcfg, canvas)
-    return max(0.0, times[0] - times[1]), view_s
-
-
-def _crop_cost_ratio(model, packed, timed: np.ndarray, to_ckpt, ids, pcfg: PredictConfig, canvas: int,
-                     views: int = 8) -> float:
-    """Mean FLOPs of a view over all test inputs / over the timed ones, from `views` views of each (their
-    rectangles under crop: input, answer bound, offset)."""
-    def mean_flops(rows):
-        v = make_views(packed, rows, to_ckpt, ids, views, canvas, pcfg.translate, pcfg.seed, pcfg.max_offset)
-        return float(np.mean([model.flops_per_step(1, int(r * c)) for r, c in v.extents]))
-
-    return mean_flops(np.arange(len(packed.test_task))) / mean_flops(timed)
-
-
-def slowest(cal: Calibration, rt: Runtime) -> Calibration:
-    """The slowest rank's calibration (every rank then makes the same plan)."""
-    if not rt.distributed:
-        return cal
-    parts: list = [None] * rt.world_size
-    dist.all_gather_object(parts, cal)
-    out = parts[0]
-    for p in parts[1:]:
-        out = out.merge(p)
-    return out
-
-
-def free_memory(rt: Runtime) -> None:
-    """Release what a dropped model held (before the next one is built)."""
-    gc.collect()
-    if rt.device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def _reset_folder(folder: Path, rt: Runtime) -> None:
-    if rt.is_main:
-        shutil.rmtree(folder, ignore_errors=True)
-    if rt.distributed:
-        dist.barrier()

@@ -1,4 +1,4 @@
-"""Task-sized sequences (model.crop): which canvas rectangle each example computes on.
+"""Task-sized sequences (compute.crop): which canvas rectangle each example computes on.
 
 An example's own rectangle is [0:rows, 0:cols] of the canvas, the smallest that holds its grids, their EOS
 border and their translation: measured from the tokens in training (`used_extents`), and from the view's
@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kernels import DIHEDRAL_SWAPS_AXES, PAD
+from kernels import PAD
+from pipeline.encode import view_sizes
 from pipeline.model import Crop
 
 
@@ -84,9 +85,8 @@ def view_extents(in_h: np.ndarray, in_w: np.ndarray, bound: np.ndarray, dihedral
     """[N, 2] (rows, cols) each prediction view needs: its input and its answer (size bounded from the
     demonstrations, `bound` [N, 2] in the task's frame, 0 = unknown) placed at (r0, c0), plus the EOS border;
     the whole axis where the answer's size cannot be bounded."""
-    swap = np.asarray(DIHEDRAL_SWAPS_AXES)[dihedral]
-    size_in = np.stack([np.where(swap, in_w, in_h), np.where(swap, in_h, in_w)], 1)
-    size_out = np.stack([np.where(swap, bound[:, 1], bound[:, 0]), np.where(swap, bound[:, 0], bound[:, 1])], 1)
+    size_in = np.stack(view_sizes(in_h, in_w, dihedral), 1)
+    size_out = np.stack(view_sizes(bound[:, 0], bound[:, 1], dihedral), 1)
     off = np.stack([r0, c0], 1)
     need = off + np.maximum(size_in, size_out) + 1
     need = np.where(size_out > 0, need, canvas)

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.packed import PackedPart, select_tasks, task_max_sides
-from pipeline.sampler import DataConfig, PackedTasks, PuzzleIdScheme, build_id_scheme
+from pipeline.packed import PackedPart, PackedTasks, select_tasks, task_max_sides
+from pipeline.puzzle_ids import PerAugmentationIds, PerTaskIds, PuzzleIdScheme
+from pipeline.sampler import DataConfig
 from pipeline.sources import LoadResult, load_sources
 from pipeline.tasks import DataError, Task, TaskProblem
 
@@ -42,15 +43,24 @@ def canvas_problem(task: Task, canvas: int) -> str | None:
     return None
 
 
+def split_by_canvas(tasks: list[Task], canvas: int) -> tuple[list[Task], list[tuple[Task, str]]]:
+    """(the tasks whose grids all fit the canvas, [(task, why not)] for the others)."""
+    fits, too_large = [], []
+    for t in tasks:
+        if (p := canvas_problem(t, canvas)) is not None:
+            too_large.append((t, p))
+        else:
+            fits.append(t)
+    return fits, too_large
+
+
 def fit_canvas(res: LoadResult, canvas: int) -> LoadResult:
     """Drop (and report) tasks with a grid larger than the canvas."""
     out = LoadResult(problems=list(res.problems))
-    for t in res.tasks:
-        if (p := canvas_problem(t, canvas)) is not None:
-            out.problems.append(TaskProblem(t.id, p, t.source))
-            log.warning("skipping task %s: %s", t.id, p)
-        else:
-            out.tasks.append(t)
+    out.tasks, too_large = split_by_canvas(res.tasks, canvas)
+    for t, p in too_large:
+        out.problems.append(TaskProblem(t.id, p, t.source))
+        log.warning("skipping task %s: %s", t.id, p)
     for part in res.parts:
         side = task_max_sides(part.packed)
         for t in np.flatnonzero(side > canvas):
@@ -59,6 +69,13 @@ def fit_canvas(res: LoadResult, canvas: int) -> LoadResult:
             log.warning("skipping task %s: %s", part.packed.task_ids[t], p)
         out.parts.append(PackedPart(part.source, select_tasks(part.packed, side <= canvas)))
     return out
+
+
+def build_id_scheme(cfg: DataConfig, packed: PackedTasks, seed: int) -> PuzzleIdScheme:
+    """The puzzle-id scheme data.puzzle_ids names, over these tasks."""
+    if cfg.puzzle_ids == "per_task":
+        return PerTaskIds(packed.num_tasks, cfg.dihedral, cfg.colour_perm)
+    return PerAugmentationIds.build(packed, cfg.augs_per_task, seed, cfg.dihedral, cfg.colour_perm)
 
 
 def check_id_table(cfg: DataConfig, num_tasks: int, emb_ndim: int) -> None:
@@ -79,9 +96,9 @@ def check_id_table(cfg: DataConfig, num_tasks: int, emb_ndim: int) -> None:
 def build_dataset(cfg: DataConfig, seed: int, emb_ndim: int = 0) -> Dataset:
     """The tasks of cfg.sources that fit the canvas, packed, with their id scheme; `emb_ndim` (the model's
     puzzle_emb_ndim) bounds a per_augmentation table (check_id_table), 0 = unchecked."""
-    res = fit_canvas(load_sources(cfg.sources, cfg.arc_root), cfg.canvas)
-    if not res.num_tasks:
+    loaded = fit_canvas(load_sources(cfg.sources, cfg.arc_root), cfg.canvas)
+    if not loaded.num_tasks:
         raise DataError(f"no valid task in sources {cfg.sources}")
-    check_id_table(cfg, res.num_tasks, emb_ndim)
-    packed = res.pack()
-    return Dataset(res.tasks, packed, build_id_scheme(cfg, packed, seed), res.problems, res.task_sources())
+    check_id_table(cfg, loaded.num_tasks, emb_ndim)
+    packed = loaded.pack()
+    return Dataset(loaded.tasks, packed, build_id_scheme(cfg, packed, seed), loaded.problems, loaded.task_sources())

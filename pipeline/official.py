@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pipeline.official_build import BLANK, parse_name
-from pipeline.sampler import PerAugmentationIds
+from pipeline.puzzle_ids import PerAugmentationIds
 from pipeline.tasks import DataError
 
 _RENAMES = [

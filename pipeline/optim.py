@@ -1,7 +1,7 @@
 """Optimisers of TRM: AdamATan2 for the trunk (plain torch, CPU and GPU: the official kernel, or NVARC's
-adam-atan2-pytorch variant), or Muon for the trunk's 2-D matrices with AdamW for the rest
-(`muon_param_split`, `OptimizerSet`), sparse sign-SGD for the puzzle table, the warm-up + cosine schedule and
-the EMA of the trunk weights."""
+adam-atan2-pytorch variant), AdamW, or Muon for the trunk's 2-D matrices with AdamW for the rest
+(`muon_param_split`, `OptimizerSet`), chosen by `build_optimizer`; sparse sign-SGD for the puzzle table, the
+warm-up + cosine schedule and the EMA of the trunk weights."""
 from __future__ import annotations
 
 import math
@@ -146,6 +146,18 @@ def muon_optimizer(model: torch.nn.Module, lr: float, muon_lr: float, momentum: 
     if adamw:
         opts["adamw"] = torch.optim.AdamW([p for _, p in adamw], lr=lr, betas=tuple(betas), weight_decay=weight_decay)
     return OptimizerSet(opts)
+
+
+def build_optimizer(c, model: torch.nn.Module, params: list[torch.nn.Parameter]):
+    """The trunk optimiser `c.optimizer` names (`c`: the run's TrainConfig) over `params`, the trainable
+    parameters (optimizer=muon splits the model's own trainable set: muon_param_split)."""
+    if c.optimizer == "muon":
+        return muon_optimizer(model, c.lr, c.muon_lr or c.lr, c.muon_momentum, c.betas, c.weight_decay)
+    if c.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
+    if c.optimizer == "adam_atan2_pytorch":
+        return AdamAtan2Pytorch(params, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
+    return AdamATan2(params, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
 
 
 @torch.no_grad()

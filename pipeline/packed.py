@@ -1,5 +1,6 @@
-"""Task sets that arrive already packed (PackedTasks, pipeline/sampler.py): bulk sources such as `pairs:` deliver
-100k puzzles as flat arrays, never as Task objects. This module concatenates packed parts, keeps a subset of their
+"""Packed task sets: every grid of a task list in one flat uint8 array (a few MB for the 1280 tasks) with example
+and test tables referring to grids by index (PackedTasks, pack_tasks). Bulk sources such as `pairs:` deliver 100k
+puzzles already packed, never as Task objects: this module also concatenates packed parts, keeps a subset of their
 tasks, saves them to and loads them from a folder of .npy files (memory-mapped), and unpacks them back into Task
 objects for the tools that want those (export, stats)."""
 from __future__ import annotations
@@ -10,11 +11,85 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.sampler import PackedTasks, task_sides
 from pipeline.tasks import Task
 
 ARRAYS = ("cells", "starts", "heights", "widths", "ex_in", "ex_out", "task_ex_start", "task_ex_count", "test_task",
           "test_in", "test_out", "test_index", "test_trainable")
+
+
+@dataclass
+class PackedTasks:
+    """All grids of a task list in flat arrays, plus example tables referring to them by grid index."""
+    task_ids: list[str]
+    cells: np.ndarray
+    starts: np.ndarray
+    heights: np.ndarray
+    widths: np.ndarray
+    ex_in: np.ndarray
+    ex_out: np.ndarray
+    task_ex_start: np.ndarray
+    task_ex_count: np.ndarray
+    test_task: np.ndarray
+    test_in: np.ndarray
+    test_out: np.ndarray
+    """Test inputs of every task; test_out = -1 where the output is unknown."""
+    test_index: np.ndarray
+    """Position of each test input within its task's test list."""
+    test_trainable: np.ndarray
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_ids)
+
+    def grid(self, i: int) -> np.ndarray:
+        """Grid number i as a uint8 [h, w] view."""
+        s, h, w = self.starts[i], self.heights[i], self.widths[i]
+        return self.cells[s:s + h * w].reshape(h, w)
+
+
+def pack_tasks(tasks: list[Task]) -> PackedTasks:
+    grids: list[np.ndarray] = []
+
+    def add(g: np.ndarray) -> int:
+        grids.append(np.ascontiguousarray(g, dtype=np.uint8))
+        return len(grids) - 1
+
+    ex_in, ex_out, ex_start, ex_count = [], [], [], []
+    t_task, t_in, t_out, t_index, t_trainable = [], [], [], [], []
+    for k, t in enumerate(tasks):
+        ex_start.append(len(ex_in))
+        for i, o in t.train:
+            ex_in.append(add(i))
+            ex_out.append(add(o))
+        for j, i in enumerate(t.test_inputs):
+            gi = add(i)
+            go = add(t.test_outputs[j]) if t.test_outputs is not None else -1
+            t_task.append(k), t_in.append(gi), t_out.append(go), t_index.append(j)
+            t_trainable.append(t.train_on_test and go >= 0)
+            if t.train_on_test and go >= 0:
+                ex_in.append(gi)
+                ex_out.append(go)
+        ex_count.append(len(ex_in) - ex_start[-1])
+    sizes = np.array([g.size for g in grids], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    cells = np.concatenate([g.reshape(-1) for g in grids]) if grids else np.zeros(0, np.uint8)
+    i64 = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
+    return PackedTasks(task_ids=[t.id for t in tasks], cells=cells, starts=starts,
+                       heights=i64([g.shape[0] for g in grids]), widths=i64([g.shape[1] for g in grids]),
+                       ex_in=i64(ex_in), ex_out=i64(ex_out), task_ex_start=i64(ex_start), task_ex_count=i64(ex_count),
+                       test_task=i64(t_task), test_in=i64(t_in), test_out=i64(t_out), test_index=i64(t_index),
+                       test_trainable=np.asarray(t_trainable, dtype=bool))
+
+
+def task_sides(packed: PackedTasks) -> np.ndarray:
+    """Largest grid side of each task's training examples [num_tasks] (0 for a task without examples)."""
+    side = np.maximum(packed.heights, packed.widths)
+    ex_side = np.maximum(side[packed.ex_in], side[packed.ex_out])
+    out = np.zeros(packed.num_tasks, np.int64)
+    task_of_ex = np.repeat(np.arange(packed.num_tasks), packed.task_ex_count)
+    np.maximum.at(out, task_of_ex, ex_side)
+    return out
+
 
 
 @dataclass

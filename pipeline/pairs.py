@@ -39,8 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from kernels.pairs_json import parse_files
-from pipeline.packed import load_packed, save_packed
-from pipeline.sampler import PackedTasks
+from pipeline.packed import PackedTasks, load_packed, save_packed
 from pipeline.tasks import DataError, TaskProblem, pair_list_problems, read_json
 
 log = logging.getLogger(__name__)

@@ -5,8 +5,10 @@ problem is reported as a `TaskProblem` so that one broken task never stops the o
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,6 +160,25 @@ def read_json(path: Path):
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON at line {e.lineno} column {e.colno} (char {e.pos}): {e.msg}") from e
+
+
+def read_challenges(path: str | Path) -> dict:
+    """A challenges file as read, {task id: task}: the writer must cover every id in it (its tasks are validated
+    apart, entries_to_tasks)."""
+    raw = read_json(Path(path))
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected a JSON object mapping task ids to tasks")
+    return raw
+
+
+def safe_name(task_id: str) -> str:
+    """A file or folder name for a task id (ids come from input files): letters, digits, '_' and '-' only; an id
+    that needed changing gets a hash of itself appended, so two ids never share a name and none can leave the
+    folder it is put in."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", task_id)[:80]
+    if name != task_id or not name:
+        name += "-" + hashlib.sha1(task_id.encode()).hexdigest()[:8]
+    return name
 
 
 def write_json_atomic(path: str | Path, obj) -> None:

@@ -50,19 +50,19 @@ SRC8="synthetic:tasks=8,seed=0,size=6,demos=400,tests=8,families=flip_lr+flip_ud
 HELD8="synthetic:tasks=4,seed=7,size=6,demos=64,tests=8,families=colour_map+recolour"
 $PY -m stages.data export "$SRC8" --out "$OUT/syn8" > /dev/null
 $PY -m stages.data export "$HELD8" --out "$OUT/syn8_held" > /dev/null
-pretrain syn8_pretrain configs/demo_cpu.yaml 0 "data.sources=[\"$SRC8#demos\"]" data.canvas=8 model.seq_len=64
+pretrain syn8_pretrain configs/demo_cpu.yaml 0 "data.sources=[\"$SRC8#demos\"]" data.canvas=8
 SYN=(--checkpoint "$OUT/syn8_pretrain" --challenges "$OUT/syn8_challenges.json" --solutions "$OUT/syn8_solutions.json")
 SYN_TTT=(--checkpoint "$OUT/syn8_pretrain" --challenges "$OUT/syn8_held_challenges.json"
          --solutions "$OUT/syn8_held_solutions.json" --ttt-config configs/demo_ttt.yaml --set train.steps=80)
-ab syn8_crop_predict "${SYN[@]}" --b "model.crop=true" --label "crop in predict"
+ab syn8_crop_predict "${SYN[@]}" --b "compute.crop=true" --label "crop in predict"
 ab syn8_adaptive "${SYN[@]}" --b "predict.adaptive_halting=true" --label "adaptive halting"
 ab syn8_translate "${SYN[@]}" --b "predict.translate=true" --label "predict-time translation"
-ab syn8_translate_bounded "${SYN[@]}" --b "predict.translate=true predict.max_offset=1" --label "views translated up to 1 cell"
-ab syn8_ttt_crop "${SYN_TTT[@]}" --b "model.crop=true model.crop_groups=8" --label "crop in TTT"
+ab syn8_translate_bounded "${SYN[@]}" --b "predict.translate=true data.max_offset=1" --label "views translated up to 1 cell"
+ab syn8_ttt_crop "${SYN_TTT[@]}" --b "compute.crop=true compute.crop_groups=8" --label "crop in TTT"
 ab syn8_ttt_offset "${SYN_TTT[@]}" --b "data.max_offset=1" --label "bounded translation in TTT"
 ab syn8_ttt_muon "${SYN_TTT[@]}" --b "train.optimizer=muon" --label "Muon in TTT"
 ab syn8_ttt_lora "${SYN_TTT[@]}" --b "train.trainable=lora" --label "LoRA"
-ab syn8_ttt_fast "${SYN_TTT[@]}" --b "model.crop=true model.crop_groups=8 data.max_offset=1 predict.adaptive_halting=true" \
+ab syn8_ttt_fast "${SYN_TTT[@]}" --b "compute.crop=true compute.crop_groups=8 data.max_offset=1 predict.adaptive_halting=true" \
   --label "configs/ttt_fast.yaml"
 
 # -- real ARC-AGI-1 on a 12x12 canvas -----------------------------------------------------------------------------
@@ -83,13 +83,13 @@ pretrain arc_pretrain configs/arc1_small_cpu.yaml "$PRE_MIN"
 ARC=(--checkpoint "$OUT/arc_pretrain" --challenges "$OUT/eval12_challenges.json" --solutions "$OUT/eval12_solutions.json")
 ARC_TTT=("${ARC[@]}" --ttt-config configs/demo_ttt.yaml --set train.steps=400 train.global_batch=32 train.eval_every=0
          train.ckpt_every=500 predict.augs=32)
-ab arc_crop_predict "${ARC[@]}" --b "model.crop=true" --label "crop in predict"
+ab arc_crop_predict "${ARC[@]}" --b "compute.crop=true" --label "crop in predict"
 ab arc_adaptive "${ARC[@]}" --b "predict.adaptive_halting=true" --label "adaptive halting"
 ab arc_translate "${ARC[@]}" --b "predict.translate=true" --label "predict-time translation"
-ab arc_ttt_crop "${ARC_TTT[@]}" --b "model.crop=true model.crop_groups=8" --label "crop in TTT"
+ab arc_ttt_crop "${ARC_TTT[@]}" --b "compute.crop=true compute.crop_groups=8" --label "crop in TTT"
 ab arc_ttt_offset "${ARC_TTT[@]}" --b "data.max_offset=1" --label "bounded translation in TTT"
 ab arc_ttt_muon "${ARC_TTT[@]}" --b "train.optimizer=muon" --label "Muon in TTT"
 ab arc_ttt_lora "${ARC_TTT[@]}" --b "train.trainable=lora" --label "LoRA"
-ab arc_ttt_fast "${ARC_TTT[@]}" --b "model.crop=true model.crop_groups=8 data.max_offset=1 predict.adaptive_halting=true" \
+ab arc_ttt_fast "${ARC_TTT[@]}" --b "compute.crop=true compute.crop_groups=8 data.max_offset=1 predict.adaptive_halting=true" \
   --label "configs/ttt_fast.yaml"
 echo "rows: $OUT/rows/*.json"

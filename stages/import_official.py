@@ -29,7 +29,7 @@ from pipeline.model import TRM
 from pipeline.official import (OfficialImportError, config_overrides, load_official_into, official_id_table,
                                read_official)
 from pipeline.official_build import read_identifiers
-from pipeline.sampler import PerTaskIds
+from pipeline.puzzle_ids import PerTaskIds
 from pipeline.tasks import DataError
 from stages._cli import run
 

@@ -8,30 +8,16 @@
     python -m stages.submit ... --ttt-steps 2000 --views 256                     # a pinned, reproducible plan
     torchrun --nproc-per-node 4 -m stages.submit ...                             # one process per GPU
 
-1. Finds the challenges (--challenges, else `arc-agi_test_challenges.json` under --kaggle-root: the 2025 and
-   2026 layouts, else a recursive search; pipeline/kaggle_input.py) and says which file and how many tasks
-   and test inputs; writes the all-fallback submission to --out atomically before importing torch.
-2. Calibrates TTT and prediction on that file and these devices, and plans TTT steps and views per test input
-   to end inside the budget less --margin (pipeline/budget.py: the policy, McGovern's "views at a floor of
-   256, TTT steps to the recipe's length, then views up to 1000", and each stage's share); prints the plan.
-3. TTT (pipeline/ttt.py, presets --ttt-config < --set), stopped at a step boundary past its share; predict with
-   the latest TTT checkpoint (pipeline/hidden.py); replaces the submission atomically; prints the seconds per
-   stage and a last `summary: {...}` line, and writes the plan and the actual seconds to OUT.plan.json.
-   Everything computes as the checkpoint was trained, evaluated officially (all N_sup steps, untranslated
-   views), unless --ttt-config / --set ask for a departure: printed in one line and kept in OUT.plan.json.
+Finds the challenges (--challenges, else `arc-agi_test_challenges.json` under --kaggle-root;
+pipeline/kaggle_input.py), writes the all-fallback submission to --out before importing torch, then runs the
+budgeted flow (pipeline/submit_flow.py; the plan's arithmetic in pipeline/budget.py; README, "Budgeted
+submission"), ending with a `summary: {...}` line and OUT.plan.json. The stage re-executes itself with
+PYTHONHASHSEED=0, so a pinned plan (--ttt-steps, --views) gives the same submission on a rerun.
 
 Exit status: 0 when a valid submission was written, even if a stage fell back (the summary says which);
 2 for bad input (no test file, unreadable JSON, bad checkpoint or config: one line; whatever was written
-before, the fallback at least, stays valid). Under torchrun a rank that fails takes the process group down
-and rank 0 finishes alone (the others exit 0 so that torchrun lets it), and the summary's `failed_ranks`
-says which rank failed and why (pipeline/submit_flow.py).
-
-Determinism: Python's hash seed is fixed by re-executing with PYTHONHASHSEED=0 (unless already 0), every
-generator is seeded (--seed), views depend only on (seed, test input) and TTT batches on (seed, step), so a
-rerun with the same plan gives the same submission on CPU (--deterministic adds torch's deterministic GPU
-kernels). The plan comes from timings; it is rounded (steps to 50, views to 8) and --ttt-steps/--views pin it.
-The TTT run lives in --work-dir (default $TRM_SCRATCH_DIR/submit, else /tmp/trm/submit, never the output
-folder), named after the challenges, checkpoint and settings: a rerun after a kill resumes it.
+before, the fallback at least, stays valid). Under torchrun each rank ends with os._exit once its output is
+flushed, so no thread left at interpreter exit can change its status.
 """
 from __future__ import annotations
 
@@ -40,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from stages._cli import fail, positive_int, run
@@ -59,7 +46,8 @@ def reexec_with_fixed_hash_seed() -> None:
     os.execv(sys.executable, [sys.executable, "-m", "stages.submit", *sys.argv[1:]])
 
 
-def parse_args(argv=None):
+def parser() -> argparse.ArgumentParser:
+    """stages.submit's options (stages.kaggle checks a notebook's --submit-args with it at build time)."""
     scratch = Path(os.environ.get("TRM_SCRATCH_DIR") or Path(tempfile.gettempdir()) / "trm")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="pretrained run folder or checkpoint folder")
@@ -89,14 +77,18 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true", help="torch deterministic kernels (slower on GPU)")
     p.add_argument("--progress", action="store_true", help="progress bars (off: Kaggle logs stay short)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return parser().parse_args(argv)
 
 
 def fallback_first(argv=None):
     """Parse, find and read the challenges, and (rank 0) write the all-fallback submission, importing nothing
     heavy: a valid file is on disk even if importing torch fails. Returns (args, challenges path)."""
     from pipeline.kaggle_input import count_inputs, find_test_challenges
-    from pipeline.tasks import DataError, read_json, write_json_atomic
+    from pipeline.tasks import read_challenges, write_json_atomic
     from submission.format import build_submission
 
     args = parse_args(argv)
@@ -104,13 +96,11 @@ def fallback_first(argv=None):
         path, how = Path(args.challenges), "--challenges"
     else:
         path, how = find_test_challenges(args.kaggle_root)
-    raw = read_json(path)
-    if not isinstance(raw, dict):
-        raise DataError(f"{path}: expected a JSON object mapping task ids to tasks")
-    tasks, inputs = count_inputs(raw)
+    challenges = read_challenges(path)
+    tasks, inputs = count_inputs(challenges)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"challenges: {path} ({how}): {tasks} tasks, {inputs} test inputs", flush=True)
-        write_json_atomic(args.out, build_submission(raw, {})[0])
+        write_json_atomic(args.out, build_submission(challenges, {})[0])
         print(f"fallback submission written to {args.out} ({time.time() - started_at():.1f}s)", flush=True)
     return args, path
 
@@ -130,13 +120,14 @@ def main(argv=None, early=None) -> int:
         policy = Policy(order=args.policy, margin=args.margin, views_floor=min(args.views_floor, args.views_max),
                         views_max=args.views_max, views_min=min(args.views_min, args.views_floor, args.views_max),
                         ttt_max_steps=args.ttt_max_steps, ttt_min_steps=args.ttt_min_steps,
-                        predict_steps_fraction=args.steps_fraction)
+                        predict_steps_fraction=args.steps_fraction, pinned_steps=args.ttt_steps,
+                        pinned_views=args.views)
     except ValueError as e:
         raise ConfigError(f"budget policy: {e}") from e
     job = SubmitJob(challenges=path, out=Path(args.out), checkpoint=args.checkpoint, budget_s=args.budget_s,
                     started=started_at(), work_dir=Path(args.work_dir), device=args.device,
-                    ttt_preset=args.ttt_config, overrides=args.set, policy=policy, ttt_steps=args.ttt_steps,
-                    views=args.views, progress=args.progress, deterministic=args.deterministic, seed=args.seed)
+                    ttt_preset=args.ttt_config, overrides=args.set, policy=policy, progress=args.progress,
+                    deterministic=args.deterministic, seed=args.seed)
     return run_submit(job)
 
 
@@ -150,7 +141,18 @@ def cli() -> None:
     except DataError as e:  # before torch is imported
         fail(e)
 
-    run(lambda argv: main(argv, early))
+    if "LOCAL_RANK" not in os.environ:
+        run(lambda argv: main(argv, early))  # exits
+    try:  # under torchrun: once the flow returns, nothing may change the exit status (a gloo/NCCL thread at exit)
+        run(lambda argv: main(argv, early))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

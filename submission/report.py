@@ -17,13 +17,13 @@ measurement). No torch here, and polars only for the report's table, so scoring 
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
-import re
 import shutil
 import struct
 import zlib
 from pathlib import Path
+
+from pipeline.tasks import safe_name
 
 try:
     import polars as pl
@@ -148,15 +148,6 @@ def _grid_table(grid, title: str) -> str:
 
 
 # -- pages -----------------------------------------------------------------------------------------------
-def safe_name(task_id: str) -> str:
-    """A file name for a task id: letters, digits, '_' and '-' only; an id that needed changing gets a
-    hash of itself appended, so two ids never share a page and none can leave the report folder."""
-    name = re.sub(r"[^A-Za-z0-9_-]", "_", task_id)[:80]
-    if name != task_id or not name:
-        name += "-" + hashlib.sha1(task_id.encode()).hexdigest()[:8]
-    return name
-
-
 STYLE = """<style>
 body{font-family:system-ui,sans-serif;margin:16px;color:#222}
 h1{margin:0 0 8px} .cards{display:flex;gap:12px;flex-wrap:wrap;margin:8px 0}

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import ARC, ROOT, needs_shared_arc
-from pipeline.sampler import DataConfig, PerAugmentationIds, PerTaskIds, Sampler, pack_tasks
+from pipeline.packed import pack_tasks
+from pipeline.puzzle_ids import PerAugmentationIds, PerTaskIds
+from pipeline.sampler import DataConfig, Sampler
 from pipeline.sources import load_source, load_sources, mix_parts, source_label
 from pipeline.tasks import DataError, Task, task_problems
 
@@ -285,8 +287,8 @@ def test_id_table_of_4522001f_matches_the_official_version_count():
 
 
 def test_id_tables_survive_a_checkpoint_round_trip(packed, tmp_path):
-    from pipeline.checkpoint import load_arrays, save_arrays
-    from pipeline.sampler import id_scheme_from_state
+    from pipeline.layout import load_arrays, save_arrays
+    from pipeline.puzzle_ids import id_scheme_from_state
 
     for ids in (PerAugmentationIds.build(packed, 20, 3), PerTaskIds(packed.num_tasks, True, False)):
         save_arrays(ids.state_dict(), tmp_path / "ids.safetensors")

@@ -21,7 +21,8 @@ from pipeline.config import dump_config, load_config
 from pipeline.model import TRM
 import pipeline.overlap
 from pipeline.overlap import TRAINED_PAIRS, TrainedPairs, record_trained_pairs, relation
-from pipeline.sampler import PerTaskIds, pack_tasks
+from pipeline.packed import pack_tasks
+from pipeline.puzzle_ids import PerTaskIds
 from pipeline.sources import load_source
 from pipeline.tasks import Task, write_json_atomic
 from scripts.make_fixtures import random_pairs, random_tasks, write_pairs
@@ -134,7 +135,7 @@ def _checkpoint(folder, sources, init_from=""):
     sets = [f"data.sources={json.dumps(sources)}"] + ([f"train.init_from={init_from}"] if init_from else [])
     cfg = load_config(ROOT / "configs/demo_cpu.yaml", sets)
     return write_weights_checkpoint(folder, model_state=TRM(cfg.model, 3).state_dict(), config_yaml=dump_config(cfg),
-                                    task_ids=["a", "b"], ids=PerTaskIds(2), meta={})
+                                    task_ids=["a", "b"], ids=PerTaskIds(2), meta={}).path
 
 
 def _score(root, ck, capsys, challenges=True):

@@ -27,7 +27,9 @@ import pipeline.pairs as pairs_module
 from pipeline.pairs import CACHE, holdout_choice, list_puzzles, load_pairs
 from pipeline.model import TRM
 from pipeline.runtime import init_runtime
-from pipeline.sampler import DataConfig, PerAugmentationIds, Sampler, pack_tasks
+from pipeline.packed import pack_tasks
+from pipeline.puzzle_ids import PerAugmentationIds
+from pipeline.sampler import DataConfig, Sampler
 from pipeline.sources import LoadResult, load_source
 from pipeline.tasks import DataError, Task
 from scripts.make_fixtures import pairs_json, random_pairs, write_pairs
@@ -325,8 +327,7 @@ def test_bulk_tasks_larger_than_the_canvas_are_dropped_and_reported():
 
 
 def test_packed_parts_concatenate_as_if_packed_together_and_unpack_back():
-    from pipeline.packed import PackedPart, concat_packed, select_tasks, unpack_tasks
-    from pipeline.sampler import pack_tasks
+    from pipeline.packed import PackedPart, concat_packed, pack_tasks, select_tasks, unpack_tasks
     from pipeline.synthetic import synthetic_tasks
 
     a = synthetic_tasks("tasks=5,seed=0,size=6,demos=3,tests=2")

@@ -4,8 +4,9 @@ import numpy as np
 
 from kernels.inverse import decode_view
 from kernels.reference import augment_grid_ref, encode_grid_ref
-from pipeline.infer import Views, answer_bound, make_views, vote
-from pipeline.sampler import PerTaskIds, pack_tasks
+from pipeline.infer import PredictTasks, ViewSpec, Views, answer_bound, make_views, vote
+from pipeline.packed import pack_tasks
+from pipeline.puzzle_ids import PerTaskIds
 from pipeline.tasks import Task
 
 CANVAS = 12  # small, so that a 3x upscale of the test input cannot go just anywhere
@@ -25,7 +26,8 @@ def _upscale_task():
 
 def _views(task, n_views=64, translate=True):
     packed = pack_tasks([task])
-    return packed, make_views(packed, np.arange(1), np.zeros(1, np.int64), PerTaskIds(1), n_views, CANVAS, translate, 0)
+    return packed, make_views(PredictTasks(packed, np.zeros(1, np.int64), PerTaskIds(1)), np.arange(1),
+                              ViewSpec(n_views, CANVAS, 0, translate))
 
 
 def test_answer_bound_from_the_demonstrations():
@@ -88,7 +90,7 @@ def test_a_grid_clipped_by_the_canvas_edge_does_not_vote():
 def test_untranslated_views_of_a_fixed_table_vote_once_each():
     """With a per-augmentation table of 3 versions and 8 views asked for, untranslated prediction runs each
     version once (as the official evaluation) instead of wrapping around; translated views may repeat one."""
-    from pipeline.sampler import PerAugmentationIds
+    from pipeline.puzzle_ids import PerAugmentationIds
 
     task, _ = _upscale_task()
     two = Task("two", task.train, task.test_inputs + task.test_inputs, train_on_test=False)
@@ -96,7 +98,8 @@ def test_untranslated_views_of_a_fixed_table_vote_once_each():
     ids = PerAugmentationIds(np.array([0, 4, 5, 0, 1]), np.tile(np.arange(10, dtype=np.uint8), (5, 1)),
                              np.array([0, 3, 5]))
     rows = np.arange(3)
-    views = make_views(packed, rows, np.arange(2), ids, 8, CANVAS, False, 0)
+    tests = PredictTasks(packed, np.arange(2), ids)
+    views = make_views(tests, rows, ViewSpec(8, CANVAS, 0, False))
     assert list(views.seg_starts) == [0, 3, 5, 7]
     assert list(views.puzzle_ids) == [1, 2, 3, 4, 5, 4, 5] and list(views.dihedral[:3]) == [0, 4, 5]
-    assert list(make_views(packed, rows, np.arange(2), ids, 8, CANVAS, True, 0).seg_starts) == [0, 8, 16, 24]
+    assert list(make_views(tests, rows, ViewSpec(8, CANVAS, 0, True)).seg_starts) == [0, 8, 16, 24]

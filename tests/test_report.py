@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from submission.report import ARC_COLOURS, compare, grid_png, safe_name, score_submission, summary
+from pipeline.tasks import safe_name
+from submission.report import ARC_COLOURS, compare, grid_png, score_submission, summary
 from test_submit import stage
 
 HOSTILE = ["../escape", "a/b", "..", "/abs", "ok_id", "sp ace", "dots.json"]

@@ -17,7 +17,7 @@ from pipeline.config import ConfigError, dump_config, load_config
 from pipeline.metrics import read_metrics
 from pipeline.model import TRM
 from pipeline.runtime import init_runtime
-from pipeline.sampler import PerTaskIds
+from pipeline.puzzle_ids import PerTaskIds
 from pipeline.ttt import ttt_config
 from stages._cli import run
 from stages.pretrain import main as pretrain_main
