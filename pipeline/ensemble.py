@@ -7,13 +7,24 @@ to the earlier member. A member that failed (None) costs only its own share: the
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.hidden import HiddenRun
-from pipeline.infer import TestPrediction
+from pipeline.checkpoint import load_for_prediction
+from pipeline.computation import describe
+from pipeline.config import ConfigError
+from pipeline.hidden import HiddenRun, predict_challenges
+from pipeline.infer import PredictOptions, TestPrediction
+from pipeline.layout import Checkpoint, CheckpointError
+from pipeline.runtime import Runtime
+from pipeline.sources import LoadResult
+
+log = logging.getLogger(__name__)
 
 POOL_CANDIDATES = 8
 """Grids each member keeps per test input for the pool: a member's third choice can be the pool's second."""
@@ -29,9 +40,9 @@ def members(checkpoints: list[str], weights: list[float] | None) -> list[Member]
     """The ensemble named on a command line; `weights` (one per checkpoint, > 0) default to 1 each."""
     weights = weights or [1.0] * len(checkpoints)
     if len(weights) != len(checkpoints):
-        raise ValueError(f"{len(weights)} weights for {len(checkpoints)} checkpoints: give one per checkpoint")
+        raise ConfigError(f"{len(weights)} weights for {len(checkpoints)} checkpoints: give one per checkpoint")
     if any(not (math.isfinite(w) and w > 0) for w in weights):
-        raise ValueError(f"ensemble weights must be finite and > 0, got {weights}")
+        raise ConfigError(f"ensemble weights must be finite and > 0, got {weights}")
     return [Member(c, float(w)) for c, w in zip(checkpoints, weights)]
 
 
@@ -40,6 +51,46 @@ def split_views(total: int, weights: list[float], quantum: int = 1) -> list[int]
     `quantum` and at least `quantum`; the sum never exceeds max(total, quantum * len(weights))."""
     share = [total * w / sum(weights) for w in weights]
     return [max(quantum, int(s // quantum) * quantum) for s in share]
+
+
+def predict_members(ms: list[Member], valid: LoadResult, rt: Runtime, overrides: list[str], views: int | None,
+                    use_ema: bool = True, deadline: float | None = None, show_progress: bool = True) -> HiddenRun:
+    """Each member predicts the valid tasks with its share of `views` per test input (default: the first
+    member's predict.augs) and of the time left before `deadline`; the pooled run ranks their votes. A member
+    that cannot be loaded or fails is logged and costs only its share; if every member fails to load, the
+    first error is raised."""
+    runs: list[HiddenRun | None] = []
+    k = 0
+    first_error: Exception | None = None
+    for i, m in enumerate(ms):
+        try:
+            ckpt = Checkpoint.open(m.checkpoint)
+            total = views or ckpt.config.predict.augs
+            share = split_views(total, [x.weight for x in ms])[i]
+            loaded = load_for_prediction(ckpt, rt.device, use_ema, overrides + [f"predict.augs={share}"])
+        except (CheckpointError, ConfigError, OSError, RuntimeError, ValueError) as e:
+            log.error("ensemble member %s cannot be loaded (%s): its share of the views is lost", m.checkpoint, e)
+            first_error = first_error or e
+            runs.append(None)
+            continue
+        k = k or loaded.config.predict.top_k  # the attempts the submission keeps: the first member's
+        wide = dataclasses.replace(loaded.config.predict, top_k=max(k, POOL_CANDIDATES))
+        opts = PredictOptions.of(loaded.config, rt, predict=wide)
+        left = None
+        if deadline is not None:  # this member's share of the time still left
+            now = time.perf_counter()
+            left = now + (deadline - now) * m.weight / sum(x.weight for x in ms[i:])
+        log.info("ensemble member %d/%d %s: weight %g, %d views per test input; %s", i + 1, len(ms), m.checkpoint,
+                 m.weight, share, describe(loaded.departures))
+        try:
+            runs.append(predict_challenges(loaded, valid, opts, rt, left, show_progress=show_progress))
+        except Exception as e:  # noqa: BLE001 - a failing member must not cost the others
+            log.exception("ensemble member %s failed (%s): its share of the views is lost", m.checkpoint, e)
+            runs.append(None)
+        del loaded
+    if all(r is None for r in runs) and first_error is not None:
+        raise first_error
+    return pool(runs, [m.weight for m in ms], k)
 
 
 def pool(runs: list[HiddenRun | None], weights: list[float], k: int) -> HiddenRun:

@@ -1,4 +1,10 @@
 """Checkpoint ensembles: the pooled vote, the views split, the members named on the command line."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -70,3 +76,59 @@ def test_members_checks_weights():
         members(["x", "y"], [1.0])
     with pytest.raises(ValueError, match="> 0"):
         members(["x"], [0.0])
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = "synthetic:tasks=2,seed=3,size=4,demos=16,tests=2,fixed=1,families=colour_map"
+
+
+def _stage(*args):
+    r = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return r
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ens")
+    r = _stage("stages.data", "export", SRC, "--out", str(d / "t"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _stage("stages.pretrain", "--config", "configs/demo_cpu.yaml", "--set", f"run_dir={d / 'ck'}",
+               f'data.sources=["{SRC}#demos"]', "train.steps=10", "train.eval_every=0", "train.ckpt_every=10",
+               "train.progress=false")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return d
+
+
+def test_a_member_that_fails_to_load_costs_only_its_share(tiny):
+    """Three members, one missing: the submission is what the live members' shares of the views give (here
+    the one live member alone with its 4 of 12 views), not a fallback and not an error."""
+    ch, ck = tiny / "t_challenges.json", tiny / "ck"
+    r = _stage("stages.predict", "--checkpoint", str(ck), str(tiny / "missing"), str(tiny / "missing2"),
+               "--augs", "12", "--challenges", str(ch), "--out", str(tiny / "ens.json"), "--no-progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "cannot be loaded" in r.stderr and "4 views per test input" in r.stderr
+    r = _stage("stages.predict", "--checkpoint", str(ck), "--augs", "4", "--challenges", str(ch),
+               "--out", str(tiny / "one.json"), "--no-progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tiny / "ens.json").read_text()) == json.loads((tiny / "one.json").read_text())
+
+
+def test_an_ensemble_of_one_checkpoint_twice_votes_as_its_views_pooled(tiny):
+    """The same checkpoint twice at 4 views each pools to the first two attempts of its votes; every member
+    missing is bad input (exit 2, one line)."""
+    ch, ck = tiny / "t_challenges.json", tiny / "ck"
+    r = _stage("stages.predict", "--checkpoint", str(ck), str(ck), "--weights", "1", "1", "--augs", "8",
+               "--challenges", str(ch), "--out", str(tiny / "twice.json"), "--no-progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _stage("stages.predict", "--checkpoint", str(ck), "--augs", "4", "--challenges", str(ch),
+               "--out", str(tiny / "one4.json"), "--no-progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    # same seed, so both members draw the same 4 views: votes double, attempts stay
+    assert json.loads((tiny / "twice.json").read_text()) == json.loads((tiny / "one4.json").read_text())
+    r = _stage("stages.predict", "--checkpoint", str(tiny / "missing"), str(tiny / "missing2"), "--challenges",
+               str(ch), "--out", str(tiny / "none.json"), "--no-progress")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    r = _stage("stages.predict", "--checkpoint", str(ck), str(ck), "--weights", "1", "--challenges", str(ch),
+               "--out", str(tiny / "bad.json"), "--no-progress")
+    assert r.returncode == 2 and "one per checkpoint" in r.stderr
