@@ -5,6 +5,7 @@
     python -m stages.predict ... --adaptive-halting --set predict.translate=true    # departures (opt-in)
     torchrun --nproc-per-node 4 -m stages.predict ...                         # tasks sharded over GPUs
     python -m stages.predict --checkpoint runs/ttt ...      # a TTT run: its trained embeddings (joint or --per-task)
+    python -m stages.predict --checkpoint runs/a runs/b --weights 2 1 ...    # an ensemble: votes pooled
 
 The model computes as the checkpoint was trained (its compute.crop) and evaluates as the official code does:
 every view runs all N_sup steps, test inputs untranslated (pipeline/computation.py). Anything else is a
@@ -14,6 +15,11 @@ Every task of the challenges file gets an entry: broken tasks, model errors and 
 --time-budget get a logged fallback and never cost another task. A sidecar `<out>.details.json` holds
 votes, halting steps and seconds per test input for `stages.score --report`. The last line says how many
 test inputs the model predicted and why the others fell back.
+
+Several checkpoints make an ensemble (pipeline/ensemble.py): the views per test input (--augs, else the first
+checkpoint's predict.augs) are split among them by --weights, each computes as it was trained, and their votes
+are pooled by weighted vote share before the two attempts are chosen; a member that cannot be loaded or fails
+costs only its share.
 
 Exit status: 0 written; 2 bad input (one line, nothing written); 3 written, but the model predicted none
 of the valid tasks' test inputs (every one failed, gave no valid view or did not fit the canvas): the
@@ -28,6 +34,7 @@ import time
 
 from pipeline.checkpoint import load_for_prediction
 from pipeline.computation import describe
+from pipeline.ensemble import members, predict_members
 from pipeline.hidden import (LoadSettings, load_challenges, predict_challenges, predict_per_task_runs, summary_line,
                              write_submission)
 from pipeline.infer import PredictOptions
@@ -42,7 +49,10 @@ log = logging.getLogger("predict")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="run folder (its latest complete checkpoint) or checkpoint folder")
+    p.add_argument("--checkpoint", required=True, nargs="+",
+                   help="run folder (its latest complete checkpoint) or checkpoint folder; several: an ensemble")
+    p.add_argument("--weights", type=float, nargs="+", default=None,
+                   help="ensemble: one vote weight per checkpoint (default 1 each)")
     p.add_argument("--challenges", required=True, help="Kaggle-format *_challenges.json (solutions are never read)")
     p.add_argument("--out", required=True, help="submission.json to write")
     p.add_argument("--augs", type=positive_int, default=None, help="views per test input (default: the checkpoint's predict.augs)")
@@ -82,14 +92,18 @@ def main(argv=None) -> int:
         challenges, valid = load_challenges(args.challenges)
         overrides = overrides_of(args)
         deadline = t_start + args.time_budget if args.time_budget else None
-        index = ttt_index(args.checkpoint)
-        if "per_task" in index:  # a `stages.ttt --per-task` folder: each task has its own model
+        ensemble = members(args.checkpoint, args.weights)
+        index = ttt_index(args.checkpoint[0]) if len(ensemble) == 1 else {}
+        if len(ensemble) > 1:
+            hidden = predict_members(ensemble, valid, rt, overrides, args.augs, not args.raw_weights, deadline,
+                                     show_progress=not args.no_progress)
+        elif "per_task" in index:  # a `stages.ttt --per-task` folder: each task has its own model
             log.info("per-task TTT runs for %d tasks, each computing as its run was trained%s",
                      len(index["per_task"]), f"; overrides: {' '.join(overrides)}" if overrides else "")
             hidden = predict_per_task_runs(index["per_task"], index["base"], valid, rt,
                                            LoadSettings(overrides, use_ema=not args.raw_weights), deadline)
         else:
-            loaded = load_for_prediction(Checkpoint.open(args.checkpoint), rt.device, not args.raw_weights, overrides)
+            loaded = load_for_prediction(Checkpoint.open(args.checkpoint[0]), rt.device, not args.raw_weights, overrides)
             log.info("%s", describe(loaded.departures))
             hidden = predict_challenges(loaded, valid, PredictOptions.of(loaded.config, rt), rt, deadline,
                                         show_progress=not args.no_progress)

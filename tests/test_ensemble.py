@@ -1,0 +1,134 @@
+"""Checkpoint ensembles: the pooled vote, the views split, the members named on the command line."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.ensemble import members, pool, split_views
+from pipeline.hidden import MODEL_ERROR, TIME_BUDGET, HiddenRun
+from pipeline.infer import TestPrediction as Prediction
+
+
+def g(v):
+    return np.full((2, 2), v, dtype=np.uint8)
+
+
+def tp(task, attempts, votes, valid=None, conf=None):
+    return Prediction(task, 0, [g(a) for a in attempts], votes, conf or [0.5] * len(votes),
+                          valid or sum(votes), valid or sum(votes), 4.0, 1.0)
+
+
+def firsts(run):
+    return {r.task_id: [int(a[0, 0]) for a in r.attempts] for r in run.results}
+
+
+def test_two_members_that_solve_different_tasks_pool_to_both():
+    # Member A is sure of task a's answer 1 and unsure on b; member B the other way round.
+    a = HiddenRun([tp("a", [1, 7], [9, 1]), tp("b", [5, 6, 2], [4, 3, 3])], {})
+    b = HiddenRun([tp("a", [8, 9, 1], [4, 3, 3]), tp("b", [2, 5], [9, 1])], {})
+    out = firsts(pool([a, b], [1.0, 1.0], k=2))
+    assert out["a"][0] == 1 and out["b"][0] == 2
+    # Each member alone misses the other's task at rank 1.
+    assert firsts(pool([a], [1.0], 2))["b"][0] != 2 and firsts(pool([b], [1.0], 2))["a"][0] != 1
+
+
+def test_pool_ranks_by_weighted_vote_share_not_raw_count():
+    # A: 100 views, grid 1 gets 40 (share 0.4); B: 8 views, grid 2 gets 8 (share 1.0).
+    a = HiddenRun([tp("t", [1, 3], [40, 30], valid=100)], {})
+    b = HiddenRun([tp("t", [2], [8], valid=8)], {})
+    assert firsts(pool([a, b], [1.0, 1.0], 2))["t"] == [2, 1]
+    assert firsts(pool([a, b], [5.0, 1.0], 2))["t"] == [1, 3]  # 5*0.4 + 0 > 1.0; then 5*0.3 > 1.0
+    assert pool([a, b], [1.0, 1.0], 2).results[0].votes == [8, 40]
+
+
+def test_ties_go_to_confidence_then_to_the_earlier_member():
+    a = HiddenRun([tp("t", [1], [5], valid=10, conf=[0.2])], {})
+    b = HiddenRun([tp("t", [2], [5], valid=10, conf=[0.9])], {})
+    assert firsts(pool([a, b], [1.0, 1.0], 2))["t"] == [2, 1]
+    c = HiddenRun([tp("t", [3], [5], valid=10, conf=[0.2])], {})
+    assert firsts(pool([a, c], [1.0, 1.0], 2))["t"] == [1, 3]
+    assert firsts(pool([c, a], [1.0, 1.0], 2))["t"] == [3, 1]
+
+
+def test_a_failed_member_costs_only_its_share():
+    a = HiddenRun([tp("a", [1], [9])], {("c", 0): TIME_BUDGET})
+    b = HiddenRun([tp("c", [4], [3])], {("a", 0): MODEL_ERROR, ("d", 0): MODEL_ERROR})
+    out = pool([a, None, b], [1.0, 1.0, 1.0], 2)
+    assert firsts(out) == {"a": [1], "c": [4]}
+    assert out.fallbacks == {("d", 0): MODEL_ERROR}  # predicted by some member: no fallback recorded
+    assert pool([None, None], [1.0, 1.0], 2).results == []
+
+
+def test_split_views_follows_weights_and_quantum():
+    assert split_views(256, [1, 1]) == [128, 128]
+    assert split_views(256, [3, 1], quantum=8) == [192, 64]
+    assert split_views(10, [1, 1, 1], quantum=8) == [8, 8, 8]  # each member at least one quantum
+    assert sum(split_views(1000, [1, 2, 3], quantum=8)) <= 1000
+
+
+def test_members_checks_weights():
+    assert [m.weight for m in members(["x", "y"], None)] == [1.0, 1.0]
+    with pytest.raises(ValueError, match="one per checkpoint"):
+        members(["x", "y"], [1.0])
+    with pytest.raises(ValueError, match="> 0"):
+        members(["x"], [0.0])
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = "synthetic:tasks=2,seed=3,size=4,demos=16,tests=2,fixed=1,families=colour_map"
+
+
+def _stage(*args):
+    r = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return r
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ens")
+    r = _stage("stages.data", "export", SRC, "--out", str(d / "t"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _stage("stages.pretrain", "--config", "configs/demo_cpu.yaml", "--set", f"run_dir={d / 'ck'}",
+               f'data.sources=["{SRC}#demos"]', "train.steps=10", "train.eval_every=0", "train.ckpt_every=10",
+               "train.progress=false")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return d
+
+
+def test_a_member_that_fails_to_load_costs_only_its_share(tiny):
+    """Three members, one missing: the submission is what the live members' shares of the views give (here
+    the one live member alone with its 4 of 12 views), not a fallback and not an error."""
+    ch, ck = tiny / "t_challenges.json", tiny / "ck"
+    r = _stage("stages.predict", "--checkpoint", str(ck), str(tiny / "missing"), str(tiny / "missing2"),
+               "--augs", "12", "--challenges", str(ch), "--out", str(tiny / "ens.json"), "--no-progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "cannot be loaded" in r.stderr and "4 views per test input" in r.stderr
+    r = _stage("stages.predict", "--checkpoint", str(ck), "--augs", "4", "--challenges", str(ch),
+               "--out", str(tiny / "one.json"), "--no-progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tiny / "ens.json").read_text()) == json.loads((tiny / "one.json").read_text())
+
+
+def test_an_ensemble_of_one_checkpoint_twice_votes_as_its_views_pooled(tiny):
+    """The same checkpoint twice at 4 views each pools to the first two attempts of its votes; every member
+    missing is bad input (exit 2, one line)."""
+    ch, ck = tiny / "t_challenges.json", tiny / "ck"
+    r = _stage("stages.predict", "--checkpoint", str(ck), str(ck), "--weights", "1", "1", "--augs", "8",
+               "--challenges", str(ch), "--out", str(tiny / "twice.json"), "--no-progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _stage("stages.predict", "--checkpoint", str(ck), "--augs", "4", "--challenges", str(ch),
+               "--out", str(tiny / "one4.json"), "--no-progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    # same seed, so both members draw the same 4 views: votes double, attempts stay
+    assert json.loads((tiny / "twice.json").read_text()) == json.loads((tiny / "one4.json").read_text())
+    r = _stage("stages.predict", "--checkpoint", str(tiny / "missing"), str(tiny / "missing2"), "--challenges",
+               str(ch), "--out", str(tiny / "none.json"), "--no-progress")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    r = _stage("stages.predict", "--checkpoint", str(ck), str(ck), "--weights", "1", "--challenges", str(ch),
+               "--out", str(tiny / "bad.json"), "--no-progress")
+    assert r.returncode == 2 and "one per checkpoint" in r.stderr
