@@ -1,9 +1,9 @@
 """A/B accuracy of one departure from the official computation: the same flow run twice from the same
 checkpoint and seeds, plainly (A) and with the departure (B), scored by stages.score --compare.
 
-    python -m bench.ab --checkpoint CK --challenges F --solutions S --b "model.crop=true"      # predict only
+    python -m bench.ab --checkpoint CK --challenges F --solutions S --b "compute.crop=true"      # predict only
     python -m bench.ab --checkpoint CK --challenges F --solutions S --ttt-config configs/demo_ttt.yaml \\
-        --set train.steps=200 --b "model.crop=true model.crop_groups=8 data.max_offset=1"    # ttt -> predict
+        --set train.steps=200 --b "compute.crop=true compute.crop_groups=8 data.max_offset=1"    # ttt -> predict
     python -m bench.ab ... --b "predict.adaptive_halting=true" --label "adaptive halting"
 
 The flow is the stages as a user runs them, as subprocesses: with --ttt-config, `stages.ttt` (the presets,

@@ -22,10 +22,10 @@
    the MFU it achieved.
 3. Plans a `--budget-h` (default 6 h, half the 12 h limit) run with the projected costs and the default
    policy (pipeline.budget.make_plan): the TTT steps and views per test input that fit, with the computation
-   the TTT presets resolve to (as stages.submit plans): the full canvas unless they ask for model.crop
+   the TTT presets resolve to (as stages.submit plans): the full canvas unless they ask for compute.crop
    (e.g. `--ttt-config configs/ttt_full.yaml configs/ttt_fast.yaml`).
 4. For comparison, the same under the departure the presets do not take (`departure`, skipped with
-   --no-crop): model.crop's TTT and prediction FLOPs over the rectangles crop runs on the ARC-AGI-2
+   --no-crop): compute.crop's TTT and prediction FLOPs over the rectangles crop runs on the ARC-AGI-2
    evaluation tasks (bench.crop: a TTT batch of one task, the views of one test input), at the same MFU as
    the full canvas (or the full canvas when the presets crop). On CPU, bench.crop measures the speed-up.
 
@@ -47,6 +47,7 @@ from pipeline.calibration import calibrate_predict, calibrate_ttt
 from pipeline.checkpoint import load_for_prediction, write_weights_checkpoint
 from pipeline.config import dump_config, load_config
 from pipeline.dataset import split_by_canvas
+from pipeline.infer import PredictOptions
 from pipeline.model import TRM, ModelConfig
 from pipeline.runtime import init_runtime
 from pipeline.puzzle_ids import PerTaskIds
@@ -94,17 +95,19 @@ def measure(args, tmp: Path) -> dict:
     """The submit flow's calibration at the ARC config on this machine (a random-init 'pretrained' model:
     the cost of a step does not depend on the weights)."""
     rt = init_runtime(args.device, "auto", 0)
-    base = load_config(args.config, ["train.compile=false"] if rt.device.type == "cpu" else [])
-    model = TRM(base.model, 2)
+    base = load_config(args.config, ["compute.compile=false"] if rt.device.type == "cpu" else [])
+    model = TRM(base.model, 2, base.compute)
     ckpt = write_weights_checkpoint(tmp / "pretrained", model_state=model.state_dict(), config_yaml=dump_config(base),
                                     task_ids=["pretrained"], ids=PerTaskIds(1), meta={"bench": "budget"})
     sets = [f"train.global_batch={args.measure_batch}", f"predict.batch_size={args.measure_views}",
             "train.progress=false"]
     cfg = ttt_config(ckpt, args.ttt_config, sets, tmp / "ttt")
     tasks = hidden_tasks(args.tasks)
-    startup, step_s, save_s = calibrate_ttt(cfg, rt, tasks, tmp / "calibration", warmup=1, steps=args.measure_steps)
+    startup, step_s, save_s = calibrate_ttt(cfg, rt, tasks, tmp / "calibration", warmup=1, steps=args.measure_steps,
+                                            warm=ckpt)
     loaded = load_for_prediction(ckpt, rt.device)
-    p_startup, view_s = calibrate_predict(loaded, tasks, cfg.predict, rt, inputs=min(4, args.measure_views))
+    p_startup, view_s = calibrate_predict(loaded, tasks, PredictOptions.of(cfg, rt), rt,
+                                          inputs=min(4, args.measure_views))
     fwd = forward_flops(model)
     n_sup = base.model.halt_max_steps
     return {"device": str(rt.device), "ttt_batch": args.measure_batch, "ttt_step_s": step_s,
@@ -131,7 +134,7 @@ def flops_at(model: TRM, tokens: int, train: bool) -> float:
 
 
 def crop_flop_ratios(model: TRM, ttt_rects: str, max_offset: int) -> dict:
-    """Mean FLOPs under model.crop over the full canvas's, for TTT steps and for prediction views, over the
+    """Mean FLOPs under compute.crop over the full canvas's, for TTT steps and for prediction views, over the
     rectangles of the ARC-AGI-2 evaluation tasks (bench.crop.token_stats; `ttt_rects`: which TTT batches,
     `ttt_batch` for per-task runs, `joint_gN` for a joint run in N size groups, `joint_bN` bucketed)."""
     import numpy as np
@@ -148,7 +151,7 @@ def crop_flop_ratios(model: TRM, ttt_rects: str, max_offset: int) -> dict:
 def project(args, model: TRM, global_batch: int, max_steps: int, predict_batch: int,
             flop_ratio: dict | None = None) -> dict:
     """The Kaggle flow's projected hours and the plan that fits; `flop_ratio` scales TTT and prediction FLOPs
-    (model.crop)."""
+    (compute.crop)."""
     peak = PEAK_BF16_FLOPS[args.gpu]
     fwd = forward_flops(model)
     ratio = flop_ratio or {"train": 1.0, "infer": 1.0}
@@ -214,11 +217,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ttt-startup-s", type=float, default=180.0, help="build, warm start, compile")
     p.add_argument("--ttt-save-s", type=float, default=10.0, help="one TTT checkpoint (~0.5 GB puzzle table)")
     p.add_argument("--predict-startup-s", type=float, default=120.0, help="load, compile")
-    p.add_argument("--no-crop", action="store_true", help="skip the comparison with the other side of model.crop")
+    p.add_argument("--no-crop", action="store_true", help="skip the comparison with the other side of compute.crop")
     p.add_argument("--crop-ttt", default="joint_g8",
                    choices=["ttt_batch", "joint_g1", "joint_g4", "joint_g8", "joint_g16", "joint_b4", "joint_b8"],
                    help="TTT batches under crop: per-task runs (ttt_batch), a joint run in N size groups per step "
-                        "(joint_gN, model.crop_groups), or a joint run bucketed by size (joint_bN, data.bucket_steps)")
+                        "(joint_gN, compute.crop_groups), or a joint run bucketed by size (joint_bN, data.bucket_steps)")
     p.add_argument("--crop-max-offset", type=int, default=None,
                    help="data.max_offset of TTT under crop (default: the presets', else 1 as configs/ttt_fast.yaml)")
     return p.parse_args(argv)
@@ -229,20 +232,20 @@ def main(argv=None) -> None:
     base = load_config(args.config)
     ttt = ttt_config_over(base, args.ttt_config, [])  # the TTT run's: the checkpoint's computation, then the presets
     model = TRM(base.model, 2)
-    crops = ttt.model.crop
+    crops = ttt.compute.crop
     max_offset = ttt.data.max_offset if crops else (1 if args.crop_max_offset is None else args.crop_max_offset)
     ratio = crop_flop_ratios(model, args.crop_ttt, max_offset) if crops or not args.no_crop else None
     out = {"bench": "budget", "config": args.config, "ttt_config": args.ttt_config,
-           "computation": "model.crop" if crops else "full canvas"}
+           "computation": "compute.crop" if crops else "full canvas"}
     if not args.no_measure:
         with tempfile.TemporaryDirectory() as tmp:
             out["measured"] = measure(args, Path(tmp))
     out.update(project(args, model, ttt.train.global_batch, ttt.train.steps, ttt.predict.batch_size,
                        ratio if crops else None))
-    if not args.no_crop:  # the other side of model.crop, for comparison
+    if not args.no_crop:  # the other side of compute.crop, for comparison
         other = project(args, model, ttt.train.global_batch, ttt.train.steps, ttt.predict.batch_size,
                         None if crops else ratio)
-        out["departure"] = {"computation": "full canvas" if crops else "model.crop", "flop_ratio": ratio,
+        out["departure"] = {"computation": "full canvas" if crops else "compute.crop", "flop_ratio": ratio,
                             "flow": other["flow"], "fits_goal": other["fits_goal"]}
         mine, theirs = out["fits_goal"], other["fits_goal"]
         print(f"{out['computation']} (in use): {mine['ttt_steps']} TTT steps, {mine['views']} views fit "

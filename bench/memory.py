@@ -97,7 +97,7 @@ def measure(rss: RssSampler, trainer, steps: int) -> dict:
 
 
 def main(argv=None) -> None:
-    from pipeline.build import build_run
+    from pipeline.build import build_run, heldout_rows
     from pipeline.config import load_config
     from pipeline.runtime import init_runtime
 
@@ -114,12 +114,15 @@ def main(argv=None) -> None:
             run.trainer.prepare()
         metrics = measure(rss, run.trainer, args.steps)
         b = budget(run.model, run.trainer.opt)
-        eval_views = cfg.data.eval_views * max(cfg.data.eval_inputs, 0)
+        # data.eval_inputs: 0 = every held-out input, -1 = no evaluation; the rows the run evaluates, counted
+        rows = heldout_rows(run.data, cfg.data.eval_inputs) if cfg.data.eval_inputs >= 0 else {}
+        evaluated = sum(map(len, rows.values()))
+        eval_views = cfg.data.eval_views * evaluated
     peak = max(ph["rss_peak_mb"] for ph in rss.phases.values())
     gpu = [ph["gpu_peak_mb"] for ph in rss.phases.values() if ph["gpu_peak_mb"] is not None]
     gpu_peak = max(gpu) if gpu else None  # with CUDA the table and activations live here, not in RSS
     emit({"bench": "memory", "config": args.config, "overrides": args.set, "puzzle_ids": run.data.ids.num_ids,
-          "global_batch": cfg.train.global_batch, "eval_views": eval_views or None, "phases": rss.phases,
+          "global_batch": cfg.train.global_batch, "eval_views": eval_views, "phases": rss.phases,
           "peak_rss_mb": peak, "ru_maxrss_mb": rss_mb(), **b, "peak_over_budget": peak / b["budget_mb"],
           "gpu_peak_mb": gpu_peak, "gpu_peak_over_budget": gpu_peak / b["budget_mb"] if gpu_peak else None,
           "eval": metrics})

@@ -94,7 +94,7 @@ def train_syncs(trainer, rt, calls: int) -> dict:
     for p in raw.parameters():  # the optimiser steps below start from clean gradients
         p.grad = None
     step_box = twice(rt.device, trainer.train_step, calls)
-    return {"act_step": check(act_box, calls, None if raw.cfg.crop else 0),
+    return {"act_step": check(act_box, calls, None if raw.compute.crop else 0),
             "train_step": check(step_box, calls, None)}
 
 
@@ -118,5 +118,5 @@ def infer_syncs(run_model, model, inputs: torch.Tensor, vecs: torch.Tensor, rt) 
         rec = twice(rt.device, recursion, 1)
         loop = twice(rt.device, stream, 1)
     # every view starts together, so the loop ran as many steps as its longest view
-    return {"recursion": check(rec, n_sup, None if model.cfg.crop else 0),
+    return {"recursion": check(rec, n_sup, None if model.compute.crop else 0),
             "predict_stream": check(loop, steps[-1], None)}

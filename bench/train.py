@@ -3,11 +3,11 @@ sign-SGD, EMA), compile time and warm-up excluded.
 
     python -m bench.train --config configs/demo_cpu.yaml
     python -m bench.train --config configs/arc2_4xh100.yaml --set train.global_batch=192   # one H100
-    python -m bench.train --config configs/arc2_4xh100.yaml --set train.global_batch=192 model.crop=true \
-        model.crop_groups=8 data.max_offset=1 "data.sources=[arc:evaluation2#demos]"   # crop, ARC-AGI-2 eval sizes
+    python -m bench.train --config configs/arc2_4xh100.yaml --set train.global_batch=192 compute.crop=true \
+        compute.crop_groups=8 data.max_offset=1 "data.sources=[arc:evaluation2#demos]"   # crop, ARC-AGI-2 eval sizes
 
 Prints JSON last: samples_per_s, tokens_per_s (grid cells the model ran per second), mean_tokens (per
-example-step), tflops_per_s and mfu (GPU; model FLOPs of the rectangles actually run under model.crop, of
+example-step), tflops_per_s and mfu (GPU; model FLOPs of the rectangles actually run under compute.crop, of
 the full canvas otherwise), peak_mem_gb, ms_per_step, device. The anchor (official TRM, one H100, ARC
 config, batch 192, bf16, compiled): 887 samples/s, ~44% MFU in its own FLOP count; `--anchor 887` prints
 anchor_mfu, its MFU in ours (the model's FLOPs per sample as run here, over an H100's bf16 peak).
@@ -65,7 +65,7 @@ def main(argv=None) -> None:
         model, trainer = run.model, run.trainer
         trainer.prepare()
         ran: list[tuple[int, int]] = []  # (examples, grid cells) of every rectangle run
-        if model.cfg.crop:  # forward runs eagerly under crop (runtime.compile_model compiles _step), so it sees this
+        if model.compute.crop:  # forward runs eagerly under crop (runtime.compile_model compiles _step), so it sees this
             model.register_forward_pre_hook(lambda m, a: ran.extend(rectangles(m, a)))
         sync = rt.synchronize
         t0 = time.perf_counter()
@@ -88,7 +88,7 @@ def main(argv=None) -> None:
         cells, flops = work(model, ran)
         mem = torch.cuda.max_memory_allocated() / 2**30 if rt.device.type == "cuda" else rss_mb() / 1024
         out = {"bench": "train", "config": args.config, "overrides": args.set, "batch": B, "dtype": str(rt.dtype),
-               "compiled": rt.compiles(cfg.train.compile), "crop": model.cfg.crop,
+               "compiled": rt.compiles(cfg.compute.compile), "crop": model.compute.crop,
                "ms_per_step": dt * 1e3, "samples_per_s": B / dt, "warmup_s": warm_s,
                "tokens_per_s": cells / total, "mean_tokens": cells / (B * args.steps),
                "tflops_per_s": flops / total / 1e12, "mfu": flops / total / peak if peak else None,

@@ -13,7 +13,7 @@
     python -m bench.tta                                      # 3 seeds x 3 optimisers x 2 settings
     python -m bench.tta --seeds 0 --settings scratch --optimizers muon --max-steps 400    # a quick look
     python -m bench.tta --lr muon=2e-3 --rows /tmp/rows.json  # another lr; per-run rows to a file
-    python -m bench.tta --settings ttt --set model.crop=false    # config overrides for every run
+    python -m bench.tta --settings ttt --set compute.crop=false    # config overrides for every run
     python -m bench.tta --seeds 0 --optimizers adam_atan2 --max-steps 4 --eval-every 2 --pretrain-steps 4 \
         --set data.eval_views=1                                    # a smoke run (the test suite's)
 
@@ -38,7 +38,8 @@ from bench.common import emit
 from pipeline.build import build_run, heldout_eval_fn
 from pipeline.config import load_config
 from pipeline.dataset import build_dataset, fit_canvas
-from pipeline.infer import evaluate_heldout
+from pipeline.infer import PredictOptions, evaluate_heldout
+from pipeline.layout import Checkpoint
 from pipeline.runtime import init_runtime
 from pipeline.packed import pack_tasks
 from pipeline.sources import LoadResult
@@ -81,10 +82,10 @@ def ttt_eval_fn(cfg, rt, data):
     packed = pack_tasks(res.tasks)
     if packed.task_ids != data.packed.task_ids:
         raise RuntimeError("TTT evaluation tasks differ from the trained ones")
-    pcfg = dataclasses.replace(cfg.predict, augs=cfg.data.eval_views)
+    opts = PredictOptions.of(cfg, rt, dataclasses.replace(cfg.predict, augs=cfg.data.eval_views))
 
     def eval_fn(model):
-        return evaluate_heldout(model, packed, data.ids, pcfg, cfg.data.canvas, rt.device, rt.dtype)
+        return evaluate_heldout(model, packed, data.ids, opts)
 
     return eval_fn
 
@@ -102,8 +103,9 @@ def one_run(setting: str, optimizer: str, seed: int, lr: float, max_steps: int, 
         data = build_dataset(cfg.data, cfg.seed)
         evaluate = heldout_eval_fn(cfg, rt, data)
     else:
-        cfg = ttt_config(pretrained_checkpoint(work, pretrain_steps), "configs/demo_ttt.yaml", overrides, run_dir)
-        data, init_rows = ttt_dataset(cfg, synthetic_tasks(HELD))
+        warm = Checkpoint.open(pretrained_checkpoint(work, pretrain_steps))
+        cfg = ttt_config(warm, "configs/demo_ttt.yaml", overrides, run_dir)
+        data, init_rows = ttt_dataset(cfg, synthetic_tasks(HELD), warm)
         evaluate = ttt_eval_fn(cfg, rt, data)
     curve, clock = [], {"eval_s": 0.0}
 

@@ -38,7 +38,7 @@ def main(argv=None) -> None:
         cfg = load_config(args.config, [*args.set, f"run_dir={tmp}", "train.progress=false", "train.init_from="], base=base)
         rt = init_runtime(cfg.train.device, cfg.train.dtype, cfg.seed)
         tasks = load_source(args.tasks, cfg.data.arc_root).tasks
-        data, _ = ttt_dataset(cfg, tasks)
+        data, _ = ttt_dataset(cfg, tasks, None)
         run = build_run(cfg, rt, data, eval_fn=None, prefix="ttt")
         trainer = run.trainer
         trainer.prepare()
@@ -54,7 +54,7 @@ def main(argv=None) -> None:
         emit({"bench": "ttt", "base": args.base, "config": args.config, "overrides": args.set, "batch": B,
               "tasks": data.packed.num_tasks, "demos": int(data.packed.task_ex_count.sum()),
               "puzzle_ids": data.ids.num_ids, "trainable": cfg.train.trainable, "dtype": str(rt.dtype),
-              "compiled": rt.compiles(cfg.train.compile), "ms_per_step": dt * 1e3, "steps_per_s": 1 / dt,
+              "compiled": rt.compiles(cfg.compute.compile), "ms_per_step": dt * 1e3, "steps_per_s": 1 / dt,
               "samples_per_s": B / dt, "mfu": run.model.flops_per_step(B) / dt / peak if peak else None,
               "peak_rss_mb": rss_mb()})
         shutdown_runtime()

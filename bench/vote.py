@@ -21,7 +21,7 @@ import numpy as np
 from bench.common import emit
 from kernels.reference import crop_ref, dihedral_ref
 from pipeline.encode import view_sizes
-from pipeline.infer import make_views, vote
+from pipeline.infer import PredictTasks, ViewSpec, make_views, vote
 from pipeline.packed import pack_tasks
 from pipeline.puzzle_ids import PerAugmentationIds
 from pipeline.sources import load_source
@@ -55,14 +55,15 @@ def main(argv=None) -> None:
     packed = pack_tasks(tasks)
     rows = np.arange(min(args.inputs, len(packed.test_task)))
     ids = PerAugmentationIds.build(packed, args.augs, 0)
-    views = make_views(packed, rows, np.arange(packed.num_tasks), ids, args.augs, 30, True, 0)
+    tests = PredictTasks(packed, np.arange(packed.num_tasks), ids)
+    views = make_views(tests, rows, ViewSpec(args.augs, 30, translate=True))
     # A perfect model would output each view's own input grid; corrupt 30% of the views by one cell.
     preds = views.inputs.copy()
     rng = np.random.default_rng(0)
     bad = np.flatnonzero(rng.random(len(preds)) < 0.3)
     preds[bad, views.r0[bad] * 30 + views.c0[bad]] = rng.integers(2, 12, len(bad)).astype(np.uint8)
     conf = rng.random(len(preds))
-    warm = make_views(packed, rows[:1], np.arange(packed.num_tasks), ids, 8, 30, True, 0)
+    warm = make_views(tests, rows[:1], ViewSpec(8, 30, translate=True))
     vote(warm, warm.inputs, np.zeros(8), 30, 2)  # numba compile
     times = []
     for _ in range(args.repeats):

@@ -85,8 +85,8 @@ def supervision_step(model, carry: Carry, batch: dict[str, torch.Tensor], puzzle
     cfg = raw.cfg
     carry = refill(raw, carry, batch)
     crop = None
-    if cfg.crop:
-        crop = step_crop(used_extents(carry.inputs, carry.labels, raw.canvas, IGNORE), cfg.crop_groups, raw)
+    if raw.compute.crop:
+        crop = step_crop(used_extents(carry.inputs, carry.labels, raw.canvas, IGNORE), raw.compute.crop_groups, raw)
     y, z, logits, q_halt, _ = model(carry.inputs, puzzle_vecs_fn(carry.puzzle_ids), carry.y, carry.z, crop)
     labels = carry.labels
     with torch.no_grad():
@@ -126,13 +126,12 @@ def supervision_step(model, carry: Carry, batch: dict[str, torch.Tensor], puzzle
 
 @torch.inference_mode()
 def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None, batch_size: int,
-                   max_steps: int | None = None, adaptive: bool = False, dtype: torch.dtype = torch.float32,
-                   extents: np.ndarray | None = None):
+                   max_steps: int | None = None, adaptive: bool = False, extents: np.ndarray | None = None):
     """Run every view for max_steps (the official evaluation), or with `adaptive` until it halts (q_halt > 0,
     a departure: predict.adaptive_halting), with continuous batching: B slots stay full, and a slot whose view
     finished is refilled with the next pending view (reset to the initial state), as the ACT carry does in
     training. Shapes stay [B, ...] throughout, which suits torch.compile.
-    `extents` [N, 2] (model.crop): the canvas rows and columns each view needs; a step runs the rectangle
+    `extents` [N, 2] (compute.crop): the canvas rows and columns each view needs; a step runs the rectangle
     that covers its live slots, each view masked to its own (pipeline/crop.py), so that a view's answer does
     not depend on the views beside it (order the views by extent so that slots hold similar sizes).
 
@@ -146,14 +145,14 @@ def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None
     steps = torch.zeros(N, dtype=torch.int32, device=dev)
     B = min(batch_size, N)
     view = torch.arange(B, device=dev)  # the view each slot works on; -1 = free (only in the tail)
-    y, z = raw.initial_state(B, dtype)
+    y, z = raw.initial_state(B, torch.float32)  # the carried state stays fp32 (as training's carry)
     slot_steps = torch.zeros(B, dtype=torch.int32, device=dev)
     # Slot-resident inputs, changed only on refill (like the training carry), so a step gathers nothing.
     slot_inputs = inputs[:B].clone()
     slot_vecs = puzzle_vecs[:B].clone() if puzzle_vecs is not None else None
     pending = B
     crop_of = None
-    if extents is not None and raw.cfg.crop:
+    if extents is not None and raw.compute.crop:
         host_view = np.arange(B)  # the host's copy of `view`, kept in step at the step's one sync
 
         made = {}  # rectangle -> its positions, made once per stream

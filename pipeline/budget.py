@@ -14,7 +14,8 @@ PREDICT_ERROR_P90 = 1.17
 """Prediction's actual seconds over its calibrated projection, 90th percentile of 12 demo runs beside a CPU hog
 on the shared 2-core machine (python -m bench.calibration, BENCHMARKS.md; median 0.96, max 2.31). TTT can
 take half the margin (its deadline), so prediction keeps the other half: inputs are cut off when
-(error - 1) x prediction's share of the budget exceeds margin / 2."""
+(error - 1) x prediction's share of the budget exceeds margin / 2. Measured on CPU only and applied to every
+plan, GPU ones included (no GPU run has measured it: a GPU's error under Kaggle's load may differ)."""
 
 
 @dataclass(kw_only=True)

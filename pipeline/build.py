@@ -16,7 +16,8 @@ import torch.distributed as dist
 from pipeline.checkpoint import Checkpointer, warm_start
 from pipeline.config import ConfigError, RunConfig, dump_config
 from pipeline.dataset import Dataset, build_dataset
-from pipeline.infer import evaluate_heldout
+from pipeline.infer import PredictOptions, evaluate_heldout
+from pipeline.layout import Checkpoint
 from pipeline.metrics import NullSink, RunSink
 from pipeline.model import TRM
 from pipeline.parallel import wrap_model
@@ -68,11 +69,11 @@ def heldout_eval_fn(cfg: RunConfig, rt: Runtime, data: Dataset):
     rows = heldout_rows(data, cfg.data.eval_inputs)
     if not rows:
         return None
-    eval_cfg = dataclasses.replace(cfg.predict, augs=cfg.data.eval_views)
+    opts = PredictOptions.of(cfg, rt, dataclasses.replace(cfg.predict, augs=cfg.data.eval_views))
 
     def eval_fn(model):
-        per = {label: evaluate_heldout(model, data.packed, data.ids, eval_cfg, cfg.data.canvas, rt.device, rt.dtype,
-                                       rows=r, show_progress=cfg.train.progress) for label, r in rows.items()}
+        per = {label: evaluate_heldout(model, data.packed, data.ids, opts, rows=r, show_progress=cfg.train.progress)
+               for label, r in rows.items()}
         if len(per) == 1:
             return next(iter(per.values()))
         n = sum(m["inputs"] for m in per.values())
@@ -99,13 +100,15 @@ class TrainSetup:
     task_ids: list[str]
     init_rows: np.ndarray | None
     prefix: str
+    warm: Checkpoint | None = None
+    """train.init_from already opened (TTT), else opened here when the run warm-starts."""
 
     def __call__(self) -> TrainParts:
         cfg, rt, c = self.cfg, self.rt, self.cfg.train
         barrier = (lambda: dist.barrier()) if rt.distributed else (lambda: None)
         ckpt = Checkpointer(cfg.run_dir, c.keep_last, rt.rank, barrier)
         if c.init_from and ckpt.latest() is None:
-            warm_start(self.model, c.init_from, self.init_rows)
+            warm_start(self.model, self.warm or Checkpoint.open(c.init_from), self.init_rows)
             log.info("warm start from %s", c.init_from)
         trained = build_trainables(c, self.model)
         par = wrap_model(self.model, trained, c, rt)
@@ -115,10 +118,11 @@ class TrainSetup:
 
 
 def build_run(cfg: RunConfig, rt: Runtime, data: Dataset | None = None, init_rows: np.ndarray | None = None,
-              eval_fn="heldout", prefix: str = "train") -> Run:
+              eval_fn="heldout", prefix: str = "train", warm: Checkpoint | None = None) -> Run:
     """Everything a training run needs. `data` defaults to cfg.data's sources; `init_rows` maps each puzzle
     row to the warm-start checkpoint's row it starts from (-1 = their mean); `eval_fn` is "heldout" (the
-    default evaluation on held-out test inputs), None, or a callable model -> metrics."""
+    default evaluation on held-out test inputs), None, or a callable model -> metrics; `warm` is
+    train.init_from already opened (TTT), else the trainer opens it when it warm-starts."""
     if cfg.train.wandb_project and importlib.util.find_spec("wandb") is None:
         raise ConfigError("train.wandb_project needs the wandb package, which is not installed (pip install wandb)")
     if cfg.train.engine == "deepspeed" and cfg.train.trainable != "all":
@@ -126,12 +130,12 @@ def build_run(cfg: RunConfig, rt: Runtime, data: Dataset | None = None, init_row
     data = data or build_dataset(cfg.data, cfg.seed, cfg.model.puzzle_emb_ndim)
     log.info("%d tasks (%d skipped as invalid), %d puzzle ids", data.packed.num_tasks, len(data.problems),
              data.ids.num_ids)
-    model = TRM(cfg.model, data.ids.num_ids).to(rt.device)
+    model = TRM(cfg.model, data.ids.num_ids, cfg.compute).to(rt.device)
     log.info("model: %.2fM trunk parameters", model.num_params() / 1e6)
     sampler = Sampler(data.packed, data.ids, cfg.data, cfg.train.global_batch, cfg.seed, rt.rank, rt.world_size)
     if eval_fn == "heldout":
         eval_fn = heldout_eval_fn(cfg, rt, data)
-    setup = TrainSetup(cfg, rt, model, sampler, data.packed.task_ids, init_rows, prefix)
+    setup = TrainSetup(cfg, rt, model, sampler, data.packed.task_ids, init_rows, prefix, warm)
     sink = RunSink(Path(cfg.run_dir), cfg.train.wandb_project, dataclasses.asdict(cfg)) if rt.is_main else NullSink()
     trainer = Trainer(cfg, rt, model, sampler, setup, eval_fn, sink, prefix)
     return Run(cfg, rt, data, model, sampler, trainer)

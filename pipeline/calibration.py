@@ -26,7 +26,8 @@ from pipeline.build import build_run
 from pipeline.checkpoint import LoadedModel
 from pipeline.config import RunConfig
 from pipeline.dataset import split_by_canvas
-from pipeline.infer import PredictConfig, make_views, model_batch, predict_tests
+from pipeline.infer import PredictOptions, PredictTasks, ViewSpec, make_views, model_batch, predict_tests
+from pipeline.layout import Checkpoint
 from pipeline.packed import pack_tasks
 from pipeline.runtime import Runtime, compile_model
 from pipeline.tasks import Task
@@ -34,24 +35,25 @@ from pipeline.ttt import ttt_dataset
 
 
 def calibrate_ttt(cfg: RunConfig, rt: Runtime, tasks: list[Task], folder: Path, warmup: int = 1,
-                  steps: int = 3) -> tuple[float, float, float]:
+                  steps: int = 3, warm: Checkpoint | None = None) -> tuple[float, float, float]:
     """(startup, per step, per save) seconds of this TTT run on these tasks and devices, measured on a
-    throw-away copy of the run in `folder` (removed afterwards)."""
+    throw-away copy of the run in `folder` (removed afterwards), warm-started from `warm` (cfg.train.init_from
+    opened; None: none)."""
     _reset_folder(folder, rt)
     # Full steps throughout (embeddings_then_all's frozen steps are cheaper: timing them would under-plan).
     train = dataclasses.replace(cfg.train, progress=False, eval_every=0, freeze_fraction=0.0,
                                 steps=max(cfg.train.steps, warmup + steps + 1))
     cal_cfg = dataclasses.replace(cfg, run_dir=str(folder), train=train)
     t0 = time.perf_counter()
-    data, init_rows = ttt_dataset(cal_cfg, tasks)
-    run = build_run(cal_cfg, rt, data, init_rows, eval_fn=None, prefix="calibration")
+    data, init_rows = ttt_dataset(cal_cfg, tasks, warm)
+    run = build_run(cal_cfg, rt, data, init_rows, eval_fn=None, prefix="calibration", warm=warm)
     trainer = run.trainer
     trainer.prepare()
     for _ in range(warmup):
         trainer.train_step()
     rt.synchronize()
     t1 = time.perf_counter()
-    if cal_cfg.model.crop:
+    if cal_cfg.compute.crop:
         step_s = _bucketed_step_s(trainer, rt, steps)
     else:
         for _ in range(steps):
@@ -69,7 +71,7 @@ def calibrate_ttt(cfg: RunConfig, rt: Runtime, tasks: list[Task], folder: Path, 
 
 
 def _bucketed_step_s(trainer, rt: Runtime, steps: int) -> float:
-    """Seconds per step under model.crop: a step's cost follows its size bucket (data.bucket_steps), so time
+    """Seconds per step under compute.crop: a step's cost follows its size bucket (data.bucket_steps), so time
     `steps` steps in each bucket, every slot refilled from it, and take the mean (buckets are drawn equally
     often). One bucket (no bucketing): the steps as they come."""
     sampler = trainer.sampler
@@ -88,15 +90,15 @@ def _bucketed_step_s(trainer, rt: Runtime, steps: int) -> float:
     return float(np.mean(times))
 
 
-def calibrate_predict(loaded: LoadedModel, tasks: list[Task], pcfg: PredictConfig, rt: Runtime, inputs: int = 4,
+def calibrate_predict(loaded: LoadedModel, tasks: list[Task], opts: PredictOptions, rt: Runtime, inputs: int = 4,
                       steps: int = 2) -> tuple[float, float]:
     """(startup, per view) seconds of prediction with this model: one full batch of views of real test
     inputs through the real path (views, model, inversion, vote), once to warm up (and compile), once timed.
     Each view runs `steps` supervision steps; a step costs the same at every step (continuous batching keeps
-    the batch full and the shapes fixed), so the time per view is scaled to all N_sup steps. Under model.crop
+    the batch full and the shapes fixed), so the time per view is scaled to all N_sup steps. Under compute.crop
     a view costs what its rectangle costs, so the time is scaled by the FLOPs of all inputs' views over the
     timed inputs' (`_crop_cost_ratio`)."""
-    canvas = loaded.config.data.canvas
+    canvas, pcfg = opts.canvas, opts.cfg
     fit = split_by_canvas(tasks, canvas)[0]
     if not fit:
         return 0.0, 0.0
@@ -106,29 +108,29 @@ def calibrate_predict(loaded: LoadedModel, tasks: list[Task], pcfg: PredictConfi
     batch = model_batch(pcfg, rt.device, loaded.model.cfg.total_len)
     cfg = dataclasses.replace(pcfg, augs=max(1, -(-batch // len(rows))), adaptive_halting=False,
                               max_steps=min(steps, n_sup))
-    model = compile_model(loaded.model, loaded.model) if rt.compiles(pcfg.compile) else loaded.model
-    all_unseen = np.full(packed.num_tasks, -1, dtype=np.int64)  # no task known: any puzzle row costs the same
+    model = compile_model(loaded.model, loaded.model) if rt.compiles(opts.compile) else loaded.model
+    # no task known: any puzzle row costs the same
+    all_unseen = PredictTasks(packed, np.full(packed.num_tasks, -1, dtype=np.int64), loaded.ids)
     times = []
     for _ in range(2):
         t0 = time.perf_counter()
-        predict_tests(model, packed, rows, all_unseen, loaded.ids, cfg, canvas, rt.device, rt.dtype)
+        predict_tests(model, all_unseen, rows, dataclasses.replace(opts, cfg=cfg))
         rt.synchronize()
         times.append(time.perf_counter() - t0)
     view_s = times[1] / (len(rows) * cfg.augs) * n_sup / cfg.max_steps
-    if loaded.model.cfg.crop:
-        view_s *= _crop_cost_ratio(loaded.model, packed, rows, all_unseen, loaded.ids, pcfg, canvas)
+    if loaded.model.compute.crop:
+        view_s *= _crop_cost_ratio(loaded.model, all_unseen, rows, opts.views(8))
     return max(0.0, times[0] - times[1]), view_s
 
 
-def _crop_cost_ratio(model, packed, timed: np.ndarray, task_to_ckpt, ids, pcfg: PredictConfig, canvas: int,
-                     views: int = 8) -> float:
-    """Mean FLOPs of a view over all test inputs / over the timed ones, from `views` views of each (their
-    rectangles under crop: input, answer bound, offset)."""
+def _crop_cost_ratio(model, tasks: PredictTasks, timed: np.ndarray, spec: ViewSpec) -> float:
+    """Mean FLOPs of a view over all test inputs / over the timed ones, from the views `spec` draws of each
+    (their rectangles under crop: input, answer bound, offset)."""
     def mean_flops(rows):
-        v = make_views(packed, rows, task_to_ckpt, ids, views, canvas, pcfg.translate, pcfg.seed, pcfg.max_offset)
+        v = make_views(tasks, rows, spec)
         return float(np.mean([model.flops_per_step(1, int(r * c)) for r, c in v.extents]))
 
-    return mean_flops(np.arange(len(packed.test_task))) / mean_flops(timed)
+    return mean_flops(np.arange(len(tasks.packed.test_task))) / mean_flops(timed)
 
 
 def slowest(cal: Calibration, rt: Runtime) -> Calibration:

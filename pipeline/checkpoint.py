@@ -1,26 +1,9 @@
-"""The one owner of the checkpoint folder layout: writing, finding the latest complete one, and loading it
-for training (resume, warm start) or for prediction. No other training or prediction module names a file
-inside a checkpoint (the Kaggle packager, which must not import torch, lists the files it copies).
-
-`RUN/ckpt/step-00000500/` holds
-
-  model.safetensors   raw weights (never a DDP/compiled wrapper's), puzzle table included
-  ema.safetensors     EMA weights (what evaluation and prediction use), when EMA is on; without the
-                      puzzle table, which is never averaged and stored once, in model.safetensors
-  optim.pt            optimiser state (our own tensors; read back with weights_only=True)
-  carry_rank{r}.safetensors   the ACT carry of each rank, so that a resumed run continues exactly
-  lora.safetensors    LoRA runs only: the unmerged adapters and the merged weights' EMA, for resume
-  state.json          step, sampler position, RNG state, loop state, metrics
-  config.yaml         the resolved RunConfig;  tasks.json  the task ids in puzzle-id order
-  puzzle_ids.safetensors   the puzzle-id scheme's table (which augmentation each id stands for)
-  meta.json           written last: a folder is complete only when it has one
-
-  deepspeed/          DeepSpeed engine state (engine = deepspeed only; DeepSpeed reads its own files with
-                      pickle: they are files this run wrote, never user input)
-
-Everything is written into `step-N.tmp/` and renamed into place, so a killed run never leaves a torn
-checkpoint that looks complete. Keeps the last k and the best by held-out evaluation. Weights-only
-checkpoints (imports, `write_weights_checkpoint`) hold model, config, tasks, puzzle ids and meta.
+"""Checkpoints as torch sees them: writing a run's checkpoints (Checkpointer, the weight and training-state
+files), and loading a `Checkpoint` (pipeline/layout.py, which names every file) for training (resume, warm
+start) or prediction. Everything is written into `step-N.tmp/` and renamed into place, meta.json last, so a
+killed run never leaves a torn checkpoint that looks complete. Keeps the last k and the best by held-out
+evaluation. Weights-only checkpoints (imports, `write_weights_checkpoint`) hold model, config, tasks, puzzle
+ids and meta. Weights a `Checkpoint` loads are kept in its cache, so that a flow reads each file once.
 """
 from __future__ import annotations
 
@@ -37,49 +20,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from pipeline import layout
 from pipeline.computation import departures, with_official_evaluation
+from pipeline.config import RunConfig, load_config
+from pipeline.layout import Checkpoint, CheckpointError, list_checkpoints, step_name
 from pipeline.model import TRM, new_task_row
+from pipeline.puzzle_ids import PuzzleIdScheme
 from pipeline.tasks import write_json_atomic
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(ValueError):
-    """No usable checkpoint at a path the user gave."""
-
-
-def step_name(step: int) -> str:
-    return f"step-{step:08d}"
-
-
-def is_complete(folder: Path) -> bool:
-    return folder.is_dir() and not folder.name.endswith(".tmp") and (folder / "meta.json").exists()
-
-
-def list_checkpoints(ckpt_root: Path) -> list[Path]:
-    if not ckpt_root.is_dir():
-        return []
-    return sorted((p for p in ckpt_root.glob("step-*") if is_complete(p)), key=lambda p: p.name)
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder itself, or the latest complete checkpoint of a run folder (or of its ckpt/)."""
-    path = Path(path)
-    if is_complete(path):
-        return path
-    for root in (path / "ckpt", path):
-        found = list_checkpoints(root)
-        if found:
-            return found[-1]
-    raise CheckpointError(f"{path}: no complete checkpoint (expected a run folder with ckpt/step-*/meta.json "
-                          "or a checkpoint folder with meta.json)")
-
-
-def run_dir_of(ckpt: Path) -> Path | None:
-    """The run folder a checkpoint folder belongs to (RUN/ckpt/step-N -> RUN), None for a standalone one."""
-    return ckpt.parent.parent if ckpt.parent.name == "ckpt" else None
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -90,45 +42,58 @@ def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, to
     return load_file(str(path), device=str(device))
 
 
-def save_arrays(arrays: dict, path: Path) -> None:
-    from safetensors.numpy import save_file as save_np
+def read_weights(ckpt: Checkpoint, use_ema: bool = True) -> dict[str, torch.Tensor]:
+    """Raw or EMA weights of a checkpoint, on the CPU (callers copy them, never change them in place). Between
+    `hold_weights` and `release_weights` they are read once and kept in the checkpoint's cache (a flow that
+    loads them several times); otherwise each call reads them, so that they are freed with the caller's copy.
+    The EMA file holds no puzzle table (the table is never averaged, so it is stored once): it comes from the
+    raw file."""
+    key = ("weights", use_ema)
+    if key in ckpt.cache:
+        return ckpt.cache[key]
+    weights = load_weights(ckpt.path, use_ema)
+    if ckpt.cache.get("hold_weights"):
+        ckpt.cache[key] = weights
+    return weights
 
-    save_np({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path))
+
+def hold_weights(ckpt: Checkpoint) -> None:
+    """Keep the weights of `ckpt` in memory once read, until `release_weights` (at ARC size the puzzle table
+    is GBs: hold them only across the loads that need them)."""
+    ckpt.cache["hold_weights"] = True
 
 
-def load_arrays(path: Path) -> dict:
-    from safetensors.numpy import load_file as load_np
+def release_weights(ckpt: Checkpoint) -> None:
+    """Forget the weights kept for `ckpt` and stop keeping them."""
+    for key in [k for k in ckpt.cache if isinstance(k, tuple) and k[0] == "weights"]:
+        del ckpt.cache[key]
+    ckpt.cache.pop("hold_weights", None)
 
-    return load_np(str(path))
 
-
-def read_weights(ckpt: Path, use_ema: bool = True, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Raw or EMA weights of a checkpoint. The EMA file holds no puzzle table (the table is never averaged,
-    so it is stored once): it comes from the raw file."""
-    f = ckpt / "ema.safetensors"
+def load_weights(folder: Path, use_ema: bool, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Raw or EMA weights of a checkpoint folder, read now (a run resuming from its own folder)."""
+    f = folder / layout.EMA
     if not (use_ema and f.exists()):
-        return load_tensors(ckpt / "model.safetensors", device)
+        return load_tensors(folder / layout.MODEL, device)
     weights = load_tensors(f, device)
     if "puzzle_emb" not in weights:
-        from safetensors import safe_open
-
-        with safe_open(str(ckpt / "model.safetensors"), framework="pt") as raw:
+        with safe_open(str(folder / layout.MODEL), framework="pt") as raw:
             weights["puzzle_emb"] = raw.get_tensor("puzzle_emb").to(device)
     return weights
 
 
 @torch.no_grad()
-def warm_start(model: torch.nn.Module, path: str | Path, init_rows: np.ndarray | None = None) -> None:
+def warm_start(model: torch.nn.Module, ckpt: Checkpoint, init_rows: np.ndarray | None = None) -> None:
     """Copy trunk weights (EMA) from a checkpoint into `model`. The puzzle table: `init_rows[i]` is the stored
     row that new row i starts from (-1 = the mean of the whole stored table, TRM's rule for new tasks:
     model.new_task_row). Without `init_rows`, a table of the same size is copied and one of another size
     starts at the mean everywhere."""
-    weights = read_weights(resolve_checkpoint(path))
+    weights = dict(read_weights(ckpt))
     table = weights.pop("puzzle_emb")
     mean = new_task_row(table)
     if init_rows is not None:
         if len(init_rows) != model.puzzle_emb.shape[0] or int(np.max(init_rows, initial=-1)) >= table.shape[0]:
-            raise CheckpointError(f"{path}: puzzle-row mapping does not fit the stored table")
+            raise CheckpointError(f"{ckpt.path}: puzzle-row mapping does not fit the stored table")
         src = torch.from_numpy(np.asarray(init_rows, dtype=np.int64))
         model.puzzle_emb.copy_(torch.where((src < 0)[:, None], mean, table[src.clamp_min(0)]))
     elif table.shape == model.puzzle_emb.shape:
@@ -138,34 +103,33 @@ def warm_start(model: torch.nn.Module, path: str | Path, init_rows: np.ndarray |
     del table
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if [m for m in missing if m != "puzzle_emb"] or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit the configured model (missing {missing}, unexpected {unexpected})")
+        raise CheckpointError(f"{ckpt.path}: weights do not fit the configured model (missing {missing}, "
+                              f"unexpected {unexpected})")
 
 
 # -- the files of a checkpoint folder ---------------------------------------------------------------------
-def write_model_files(folder: Path, *, model_state: dict, config_yaml: str, task_ids: list[str], ids,
+def write_model_files(folder: Path, *, model_state: dict, config_yaml: str, task_ids: list[str], ids: PuzzleIdScheme,
                       ema_state: dict | None = None) -> None:
     """What prediction needs: weights (raw, EMA), the resolved config, task order and the puzzle-id table."""
-    save_tensors(model_state, folder / "model.safetensors")
+    save_tensors(model_state, folder / layout.MODEL)
     if ema_state is not None:
-        save_tensors({k: v for k, v in ema_state.items() if k != "puzzle_emb"}, folder / "ema.safetensors")
-    (folder / "config.yaml").write_text(config_yaml)
-    (folder / "tasks.json").write_text(json.dumps({"task_ids": list(task_ids), "puzzle_ids": ids.name}))
-    save_arrays(ids.state_dict(), folder / "puzzle_ids.safetensors")
+        save_tensors({k: v for k, v in ema_state.items() if k != "puzzle_emb"}, folder / layout.EMA)
+    layout.write_description(folder, config_yaml, task_ids, ids)
 
 
 def write_train_state(folder: Path, state: dict, optim_state: dict | None = None) -> None:
     """Loop state for an exact resume: step, sampler, best metric, world size, torch RNG (+ optimiser)."""
     state = {**state, "torch_rng": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
-    (folder / "state.json").write_text(json.dumps(state))
+    (folder / layout.STATE).write_text(json.dumps(state))
     if optim_state is not None:
-        torch.save(optim_state, folder / "optim.pt")
+        torch.save(optim_state, folder / layout.OPTIM)
 
 
 def read_train_state(folder: Path, device) -> tuple[dict, dict | None]:
     """(loop state, optimiser state or None); restores torch's RNG as saved."""
-    state = json.loads((folder / "state.json").read_text())
+    state = json.loads((folder / layout.STATE).read_text())
     torch.set_rng_state(torch.from_numpy(np.frombuffer(base64.b64decode(state["torch_rng"]), dtype=np.uint8).copy()))
-    f = folder / "optim.pt"
+    f = folder / layout.OPTIM
     return state, (torch.load(f, map_location=device, weights_only=True) if f.exists() else None)
 
 
@@ -173,99 +137,82 @@ def lora_file(folder: Path) -> Path:
     """LoRA runs: the unmerged adapters and their base weights, and the EMA of the merged weights as `ema.*`
     (pipeline/lora.py MergedEMA), for resume; model/ema.safetensors hold the merged weights that prediction
     loads."""
-    return folder / "lora.safetensors"
+    return folder / layout.LORA
 
 
 def carry_file(folder: Path, rank: int) -> Path:
-    return folder / f"carry_rank{rank}.safetensors"
+    return folder / layout.carry_name(rank)
 
 
 def deepspeed_dir(folder: Path) -> tuple[str, str]:
     """(save dir, tag) for a DeepSpeed engine's own files inside the checkpoint."""
-    return str(folder), "deepspeed"
+    return str(folder), layout.DEEPSPEED
 
 
 def read_ema(folder: Path, device) -> dict[str, torch.Tensor] | None:
-    f = folder / "ema.safetensors"
+    f = folder / layout.EMA
     return load_tensors(f, device) if f.exists() else None
 
 
 def write_weights_checkpoint(out: str | Path, *, model_state: dict, config_yaml: str, task_ids: list[str], ids,
-                             meta: dict) -> Path:
+                             meta: dict) -> Checkpoint:
     """A complete weights-only checkpoint folder at `out` (official imports, exported runs), written to
-    `out.tmp` and renamed, meta.json last."""
+    `out.tmp` and renamed, meta.json last; returned opened."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write_model_files(tmp, model_state=model_state, config_yaml=config_yaml, task_ids=task_ids, ids=ids)
-    (tmp / "meta.json").write_text(json.dumps({"step": 0, "time": time.time(), "git": git_sha(), **meta}, indent=1))
+    (tmp / layout.META).write_text(json.dumps({"step": 0, "time": time.time(), "git": git_sha(), **meta}, indent=1))
     old = out.with_name(out.name + ".old")
     if out.exists():  # moved aside, not deleted, until the new folder is in place
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
-    return out
+    return Checkpoint.open(out)
 
 
 # -- loading for prediction -------------------------------------------------------------------------------
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
-    config: object  # RunConfig
-    task_ids: list[str]
-    ids: object  # PuzzleIdScheme
-    path: Path
+    config: RunConfig
+    """The checkpoint's config with the official evaluation and the caller's overrides: how this model predicts."""
+    checkpoint: Checkpoint
     departures: list[str] = dataclasses.field(default_factory=list)
     """How `config` computes otherwise than the checkpoint was trained and officially evaluated
     (pipeline/computation.py); empty when faithful."""
 
+    @property
+    def task_ids(self) -> list[str]:
+        return self.checkpoint.task_ids
 
-def load_for_prediction(path: str | Path, device: torch.device | str = "cpu", use_ema: bool = True,
+    @property
+    def ids(self) -> PuzzleIdScheme:
+        return self.checkpoint.id_scheme()
+
+    @property
+    def path(self) -> Path:
+        return self.checkpoint.path
+
+
+def load_for_prediction(ckpt: Checkpoint, device: torch.device | str = "cpu", use_ema: bool = True,
                         overrides: list[str] | None = None) -> LoadedModel:
-    """A checkpoint (or a run folder's latest) as an eval-mode model with its config, task order and id table.
-    The config computes as the checkpoint was trained (its model.crop etc.) with the official evaluation
-    (pipeline/computation.py), then `overrides` (`key=value`, e.g. `model.crop=true`,
-    `predict.adaptive_halting=true`): the departures they make are listed in `departures`."""
-    from pipeline.config import load_config, read_yaml  # config imports train, which imports this module
-    from pipeline.puzzle_ids import PerTaskIds, id_scheme_from_state
-
-    ckpt = resolve_checkpoint(path)
-    try:
-        saved = read_yaml(ckpt / "config.yaml")
-        trained = load_config(None, [], base=saved)
-        cfg = load_config(None, overrides or [], base=with_official_evaluation(saved))
-        tasks = json.loads((ckpt / "tasks.json").read_text())
-        task_ids = tasks["task_ids"]
-    except (FileNotFoundError, KeyError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{ckpt}: incomplete checkpoint ({e})") from e
-    ids_file = ckpt / "puzzle_ids.safetensors"
-    if ids_file.exists():
-        ids = id_scheme_from_state(tasks.get("puzzle_ids", "per_augmentation"), load_arrays(ids_file))
-    else:  # imported official weights without their id table
-        if task_ids and cfg.data.puzzle_ids != "per_task":
-            log.warning("%s has no puzzle-id table: its tasks' augmentation ids cannot be recovered", ckpt)
-        ids = PerTaskIds(len(task_ids), cfg.data.dihedral, cfg.data.colour_perm)
+    """A checkpoint as an eval-mode model with the config it predicts with: as the checkpoint was trained (its
+    compute.crop etc.) with the official evaluation (pipeline/computation.py), then `overrides` (`key=value`,
+    e.g. `compute.crop=true`, `predict.adaptive_halting=true`): the departures they make are listed in
+    `departures`."""
+    cfg = load_config(None, overrides or [], base=with_official_evaluation(ckpt.config_dict()))
+    if ckpt.ids is None and ckpt.task_ids and cfg.data.puzzle_ids != "per_task":
+        log.warning("%s has no puzzle-id table: its tasks' augmentation ids cannot be recovered", ckpt.path)
     weights = read_weights(ckpt, use_ema)
-    model = TRM(cfg.model, weights["puzzle_emb"].shape[0])
+    model = TRM(cfg.model, weights["puzzle_emb"].shape[0], cfg.compute)
     model.load_state_dict(weights)
     del weights
     model.to(device).eval()
-    log.info("loaded %s (%s weights, %d tasks)", ckpt, "EMA" if use_ema else "raw", len(task_ids))
-    return LoadedModel(model, cfg, task_ids, ids, ckpt, departures(cfg, trained))
-
-
-def read_task_table(path: str | Path):
-    """(task ids, puzzle-id scheme, config) of a checkpoint, without loading weights (TTT builds its ids from it)."""
-    from pipeline.config import load_config
-    from pipeline.puzzle_ids import id_scheme_from_state
-
-    ckpt = resolve_checkpoint(path)
-    tasks = json.loads((ckpt / "tasks.json").read_text())
-    ids_file = ckpt / "puzzle_ids.safetensors"
-    ids = id_scheme_from_state(tasks.get("puzzle_ids", "per_augmentation"), load_arrays(ids_file)) if ids_file.exists() else None
-    return tasks["task_ids"], ids, load_config(ckpt / "config.yaml")
+    log.info("loaded %s (%s weights, %d tasks)", ckpt.path, "EMA" if use_ema else "raw", len(ckpt.task_ids))
+    return LoadedModel(model, cfg, ckpt, departures(cfg, ckpt.config))
 
 
 def git_sha() -> str:
@@ -282,8 +229,9 @@ class Checkpointer:
     def __init__(self, run_dir: str | Path, keep_last: int, rank: int = 0, barrier=lambda: None):
         if keep_last < 1:
             raise ValueError("keep_last must be >= 1")
-        self.root = Path(run_dir) / "ckpt"
+        self.root = layout.ckpt_root(run_dir)
         self.keep_last, self.rank, self.barrier = keep_last, rank, barrier
+        self.last_meta: dict = {}  # of the last commit (rank 0)
 
     def latest(self) -> Path | None:
         found = list_checkpoints(self.root)
@@ -305,7 +253,8 @@ class Checkpointer:
             self.barrier()
             return None
         meta = {"step": step, "time": time.time(), "git": git_sha(), "torch": torch.__version__, **meta}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        self.last_meta = meta
+        (tmp / layout.META).write_text(json.dumps(meta, indent=1))
         final = self.root / step_name(step)
         if final.exists():
             shutil.rmtree(final)
@@ -313,13 +262,13 @@ class Checkpointer:
         if metric is not None:
             best = self.best()
             if best is None or metric > best["metric"] or not (self.root / step_name(best["step"])).exists():
-                write_json_atomic(self.root / "best.json", {"step": step, "metric": metric})
+                write_json_atomic(self.root / layout.BEST, {"step": step, "metric": metric})
         self._prune()
         self.barrier()
         return final
 
     def best(self) -> dict | None:
-        p = self.root / "best.json"
+        p = self.root / layout.BEST
         return json.loads(p.read_text()) if p.exists() else None
 
     def _prune(self) -> None:

@@ -1,5 +1,5 @@
 """The checkpoint decides the computation. A stage that starts from a checkpoint (stages.ttt, stages.predict,
-stages.submit, the Kaggle notebook) computes as that checkpoint was trained (its saved model.crop, training
+stages.submit, the Kaggle notebook) computes as that checkpoint was trained (its saved compute.crop, training
 translation range, cycles and N_sup) and evaluates as the official code does (every view runs all N_sup
 steps, test inputs are never translated), unless the user asks for a departure (`--set`, a flag, or an extra
 preset such as configs/ttt_fast.yaml). `departures` is the one list of what a resolved config computes
@@ -29,13 +29,14 @@ def _translation(translate: bool, max_offset: int) -> str:
 def computation(cfg) -> dict[str, str]:
     """What a resolved RunConfig computes, setting by setting (the settings a departure can change)."""
     m, d, p = cfg.model, cfg.data, cfg.predict
-    return {"model.crop": str(m.crop).lower(), "model.h_cycles": str(m.h_cycles), "model.l_cycles": str(m.l_cycles),
+    return {"compute.crop": str(cfg.compute.crop).lower(), "model.h_cycles": str(m.h_cycles),
+            "model.l_cycles": str(m.l_cycles),
             "model.halt_max_steps": str(m.halt_max_steps),
             "data.translate/max_offset": _translation(d.translate, d.max_offset),
             "data.bucket_steps": str(d.bucket_steps),
             "predict.adaptive_halting": str(p.adaptive_halting and m.halting).lower(),
             "predict.max_steps": "N_sup" if p.max_steps in (0, m.halt_max_steps) else str(p.max_steps),
-            "predict.translate/max_offset": _translation(p.translate, p.max_offset)}
+            "predict.translate/max_offset": _translation(p.translate, d.max_offset)}
 
 
 def checkpoint_computation(checkpoint_cfg) -> dict[str, str]:

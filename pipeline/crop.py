@@ -1,4 +1,4 @@
-"""Task-sized sequences (model.crop): which canvas rectangle each example computes on.
+"""Task-sized sequences (compute.crop): which canvas rectangle each example computes on.
 
 An example's own rectangle is [0:rows, 0:cols] of the canvas, the smallest that holds its grids, their EOS
 border and their translation: measured from the tokens in training (`used_extents`), and from the view's

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pipeline.checkpoint import LoadedModel, load_for_prediction
 from pipeline.dataset import split_by_canvas
-from pipeline.checkpoint import LoadedModel
-from pipeline.infer import PredictConfig, TestPrediction, predict_tests
+from pipeline.infer import PredictOptions, PredictTasks, TestPrediction, predict_tests
+from pipeline.layout import Checkpoint, CheckpointError
 from pipeline.runtime import Runtime, break_group, compile_model
 from pipeline.packed import pack_tasks
 from pipeline.sources import LoadResult, entries_to_tasks
@@ -65,34 +66,32 @@ class HiddenRun:
         return self.predicted() == 0 and any(r != TIME_BUDGET for r in self.fallbacks.values())
 
 
-def _predict_chunk(loaded: LoadedModel, packed, chunk, task_to_ckpt, pcfg, rt, progress,
+def _predict_chunk(model, tasks: PredictTasks, chunk: np.ndarray, opts: PredictOptions, progress,
                    fallbacks: dict) -> list[TestPrediction]:
     """Predict a chunk of test inputs; if it fails (a model error), retry task by task so that only the
     failing tasks fall back (recorded in `fallbacks`)."""
-    canvas = loaded.config.data.canvas
     try:
-        return predict_tests(loaded.model, packed, chunk, task_to_ckpt, loaded.ids, pcfg, canvas, rt.device, rt.dtype,
-                             progress)
+        return predict_tests(model, tasks, chunk, opts, progress)
     except MODEL_ERRORS as e:
         log.warning("prediction failed for a chunk of %d test inputs (%s); retrying task by task", len(chunk), e)
-    out = []
+    out, packed = [], tasks.packed
     for task in np.unique(packed.test_task[chunk]):
         rows = chunk[packed.test_task[chunk] == task]
         try:
-            out += predict_tests(loaded.model, packed, rows, task_to_ckpt, loaded.ids, pcfg, canvas, rt.device,
-                                 rt.dtype, progress)
+            out += predict_tests(model, tasks, rows, opts, progress)
         except MODEL_ERRORS as e:
             log.error("prediction failed for task %s: %s; fallback used", packed.task_ids[task], e)
             fallbacks.update({(packed.task_ids[task], int(packed.test_index[r])): MODEL_ERROR for r in rows})
     return out
 
 
-def predict_challenges(loaded: LoadedModel, res: LoadResult, pcfg: PredictConfig, rt: Runtime,
+def predict_challenges(loaded: LoadedModel, res: LoadResult, opts: PredictOptions, rt: Runtime,
                        deadline: float | None = None, show_progress: bool = True) -> HiddenRun:
     """Ranked attempts for every test input of the valid tasks in `res` that this model can take, gathered
-    from all ranks, with the reason for each one it could not predict. `deadline` is a time.perf_counter()
-    value after which no new chunk starts."""
-    canvas = loaded.config.data.canvas
+    from all ranks, with the reason for each one it could not predict. `opts`: usually
+    PredictOptions.of(loaded.config, rt). `deadline` is a time.perf_counter() value after which no new chunk
+    starts."""
+    canvas, pcfg = opts.canvas, opts.cfg
     tasks, too_large = split_by_canvas(res.tasks, canvas)
     fallbacks = {}
     for t, p in too_large:
@@ -106,10 +105,12 @@ def predict_challenges(loaded: LoadedModel, res: LoadResult, pcfg: PredictConfig
     if (unknown := int((task_to_ckpt < 0).sum())):
         log.warning("%d of %d tasks were not in pretraining: they use the mean puzzle embedding (run ttt to fit them)",
                     unknown, len(task_to_ckpt))
+    tests = PredictTasks(packed, task_to_ckpt, loaded.ids)
     rows = np.arange(len(packed.test_task))[rt.rank::rt.world_size]
-    if rt.compiles(pcfg.compile):
+    model = loaded.model
+    if rt.compiles(opts.compile):
         log.info("prediction runs a torch.compile'd model (compiles on the first batch)")
-        loaded = dataclasses.replace(loaded, model=compile_model(loaded.model, loaded.model))
+        model = compile_model(loaded.model, loaded.model)
     bar = None
     if rt.is_main and show_progress:
         from tqdm import tqdm
@@ -132,7 +133,7 @@ def predict_challenges(loaded: LoadedModel, res: LoadResult, pcfg: PredictConfig
                 log.warning("time budget used up: %d test inputs get fallbacks", len(rows) - s)
                 fallbacks.update({key(r): TIME_BUDGET for r in rows[s:]})
                 break
-            results += _predict_chunk(loaded, packed, rows[s:s + step], task_to_ckpt, pcfg, rt, progress, fallbacks)
+            results += _predict_chunk(model, tests, rows[s:s + step], opts, progress, fallbacks)
     except Exception as e:  # under torchrun the other ranks wait for this one at the gather: it must get there
         if not rt.distributed:
             raise
@@ -165,41 +166,51 @@ def _fall_back_unless_predicted(results: list[TestPrediction], fallbacks: dict, 
             fallbacks.setdefault(k, RANK_FAILED)
 
 
-def predict_per_task_runs(runs: dict[str, Path], base: str | None, res: LoadResult, overrides: list[str],
-                          rt: Runtime, deadline: float | None = None, use_ema: bool = True) -> HiddenRun:
-    """Per-task TTT (`stages.ttt --per-task`): each task is predicted by the model of its own run folder, as
-    that run was trained, with the official evaluation and `overrides` (`key=value`; load_for_prediction). A
+@dataclasses.dataclass(frozen=True)
+class LoadSettings:
+    """How each model of a prediction is loaded: `overrides` (`key=value`) on its checkpoint's config (with the
+    official evaluation; load_for_prediction) and EMA or raw weights."""
+    overrides: list[str] = dataclasses.field(default_factory=list)
+    use_ema: bool = True
+
+
+def _load(ckpt: str | Path | None, rt: Runtime, how: LoadSettings) -> LoadedModel | None:
+    """The model of a (run or checkpoint) folder, None when there is none or it cannot be used (logged)."""
+    if ckpt is None:
+        return None
+    try:
+        return load_for_prediction(Checkpoint.open(ckpt), rt.device, how.use_ema, how.overrides)
+    except CheckpointError as e:
+        log.error("%s", e)
+        return None
+
+
+def predict_per_task_runs(runs: dict[str, Path], base: str | Path | None, res: LoadResult, rt: Runtime,
+                          how: LoadSettings = LoadSettings(), deadline: float | None = None) -> HiddenRun:
+    """Per-task TTT (`stages.ttt --per-task`; pipeline.ttt.ttt_index): each task is predicted by the model of
+    its own run folder in `runs`, as that run was trained, with the official evaluation and `how.overrides`. A
     task without a usable run (its TTT failed) is predicted by the pretrained checkpoint `base` instead, and
     falls back only if there is none."""
-    from pipeline.checkpoint import CheckpointError, load_for_prediction
-
     merged, leftover = HiddenRun([], {}), []
     for t in res.tasks:
-        try:
-            loaded = load_for_prediction(runs[t.id], rt.device, use_ema, overrides) if t.id in runs else None
-        except CheckpointError as e:
-            log.error("task %s: %s", t.id, e)
-            loaded = None
+        loaded = _load(runs.get(t.id), rt, how)
         if loaded is None:
             leftover.append(t)
             continue
         # One model per task: torch.compile would recompile for each, and not pay back.
-        pcfg = dataclasses.replace(loaded.config.predict, compile=False)
-        part = predict_challenges(loaded, LoadResult(tasks=[t]), pcfg, rt, deadline, show_progress=False)
+        opts = dataclasses.replace(PredictOptions.of(loaded.config, rt), compile=False)
+        part = predict_challenges(loaded, LoadResult(tasks=[t]), opts, rt, deadline, show_progress=False)
         merged.results += part.results
         merged.fallbacks.update(part.fallbacks)
     if leftover:
-        log.warning("%d tasks have no per-task TTT run: the pretrained checkpoint %s predicts them", len(leftover), base)
-        try:
-            loaded = load_for_prediction(base, rt.device, use_ema, overrides) if base else None
-        except CheckpointError as e:
-            log.error("%s", e)
-            loaded = None
+        log.warning("%d tasks have no per-task TTT run: the pretrained checkpoint %s predicts them", len(leftover),
+                    base)
+        loaded = _load(base, rt, how)
         if loaded is None:
             merged.fallbacks.update({(t.id, j): NO_TTT_RUN for t in leftover for j in range(len(t.test_inputs))})
         else:
-            part = predict_challenges(loaded, LoadResult(tasks=leftover), loaded.config.predict, rt, deadline,
-                                      show_progress=False)
+            part = predict_challenges(loaded, LoadResult(tasks=leftover), PredictOptions.of(loaded.config, rt), rt,
+                                      deadline, show_progress=False)
             merged.results += part.results
             merged.fallbacks.update(part.fallbacks)
     return merged

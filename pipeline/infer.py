@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
@@ -14,53 +13,15 @@ import torch
 from kernels.inverse import decode_view, hash_views
 from kernels.vote import vote_topk
 from pipeline.act import predict_stream, unwrap
+from pipeline.config import PredictConfig, RunConfig
 from pipeline.crop import by_size, view_extents
-from pipeline.model import new_task_row
-from pipeline.runtime import autocast_for
 from pipeline.encode import encode, last_offset, random_perms, view_sizes
+from pipeline.model import new_task_row
 from pipeline.packed import PackedTasks
 from pipeline.puzzle_ids import PuzzleIdScheme
+from pipeline.runtime import Runtime, autocast_for
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(kw_only=True)
-class PredictConfig:
-    augs: int = 1000
-    """Augmented views per test input (dihedral x colour permutation x translation); view 0 is the identity."""
-    batch_size: int = 768
-    """Views per model batch."""
-    adaptive_halting: bool = False
-    """A departure (off = official: every view runs all N_sup steps, as evaluators/arc.py): stop each view
-    when its halting logit turns positive, which changes its answer and the confidence that breaks vote ties.
-    Faster; its cost is A/B row "adaptive halting" in BENCHMARKS.md ("Departures from the official
-    computation"). Evaluation settings are asked for where prediction runs (stages.predict --adaptive-halting,
-    --set, stages.submit --set), never inherited from a checkpoint (pipeline/computation.py)."""
-    max_steps: int = 0
-    """Supervision steps at most (0 = the model's halt_max_steps, official)."""
-    translate: bool = False
-    """A departure (off = official: the official evaluation never translates test inputs): place views
-    1..N-1 at random offsets in the canvas (view 0 stays at the top-left), each offset leaving room for the
-    answer: its size is bounded from the demonstrations (`answer_bound`), and an axis whose bound cannot be
-    told, or fills the canvas, is not translated. A predicted grid that runs into the canvas edge of a
-    translated axis is clipped and casts no vote. The model is trained on translated pairs, so views at
-    several offsets add diversity to the vote; what that does to the score: A/B row "predict-time
-    translation" in BENCHMARKS.md."""
-    max_offset: int = 0
-    """With translate: views move at most this many cells down and right (0 = anywhere with room for the
-    answer). Set it to the training's data.max_offset, so that views stay where the model saw grids and,
-    under model.crop, a view's rectangle stays small."""
-    top_k: int = 2
-    """Attempts per test input."""
-    chunk_views: int = 65536
-    """Views generated and held in memory at once (bounds RAM for 1000 views x many inputs)."""
-    compile: bool | Literal["auto"] = "auto"
-    """torch.compile the model for prediction; auto = on for CUDA. Continuous batching keeps shapes static."""
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.augs < 1 or self.batch_size < 1 or self.top_k < 1:
-            raise ValueError("predict.augs, predict.batch_size and predict.top_k must be >= 1")
 
 
 @dataclass
@@ -74,6 +35,50 @@ class TestPrediction:
     views: int = 0
     mean_steps: float = 0.0
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class PredictTasks:
+    """Packed tasks to predict and what the model knows of them: `task_to_ckpt[k]` is the checkpoint's task index of
+    packed task k, or -1 for a task the model never saw (it then gets the mean puzzle embedding and random
+    augmentations); `ids` is the checkpoint's puzzle-id scheme."""
+    packed: PackedTasks
+    task_to_ckpt: np.ndarray
+    ids: PuzzleIdScheme
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """How the views of a test input are drawn: how many, on which canvas, from which seed (the run's `seed`),
+    translated or not (predict.translate) and at most how far (data.max_offset, the training's range)."""
+    n_views: int
+    canvas: int
+    seed: int = 0
+    translate: bool = False
+    max_offset: int = 0
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """What prediction needs besides the model and the tasks: the predict section, the views' canvas, seed
+    and translation bound, whether to compile, and where it runs. `PredictOptions.of` takes them from a run's
+    config, so that no setting is kept in step by hand."""
+    cfg: PredictConfig
+    canvas: int
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+    seed: int = 0
+    max_offset: int = 0
+    compile: bool | str = False
+
+    @classmethod
+    def of(cls, run: RunConfig, rt: Runtime, predict: PredictConfig | None = None) -> PredictOptions:
+        """The options of run config `run` on runtime `rt`, with `predict` instead of run.predict if given."""
+        return cls(predict or run.predict, run.data.canvas, rt.device, rt.dtype, run.seed, run.data.max_offset,
+                   run.compute.compile)
+
+    def views(self, n_views: int | None = None) -> ViewSpec:
+        return ViewSpec(n_views or self.cfg.augs, self.canvas, self.seed, self.cfg.translate, self.max_offset)
 
 
 @dataclass
@@ -132,13 +137,13 @@ def _view_offsets(bound: tuple[int, int], dihedral: np.ndarray, u: np.ndarray, c
     return out
 
 
-def make_views(packed: PackedTasks, test_rows: np.ndarray, task_to_ckpt: np.ndarray, ids: PuzzleIdScheme,
-               n_views: int, canvas: int, translate: bool, seed: int, max_offset: int = 0) -> Views:
-    """Views of packed test inputs `test_rows`. `task_to_ckpt[k]` is the checkpoint's task index of packed task
-    k, or -1 for a task the model never saw (it then gets the mean puzzle embedding and random augmentations).
-    Translated views leave room for the answer and move at most max_offset (PredictConfig)."""
+def make_views(tasks: PredictTasks, test_rows: np.ndarray, spec: ViewSpec) -> Views:
+    """Views of packed test inputs `test_rows` (a task the model never saw gets random augmentations).
+    Translated views leave room for the answer and move at most spec.max_offset."""
+    packed, task_to_ckpt, ids = tasks.packed, tasks.task_to_ckpt, tasks.ids
+    canvas, translate, seed, max_offset = spec.canvas, spec.translate, spec.seed, spec.max_offset
     d_all, p_all, id_all, in_all, off_all, counts, bounds = [], [], [], [], [], [], []
-    requested = n_views
+    requested = spec.n_views
     for t in test_rows:
         # Every view depends on (seed, test input) only, so sharding and chunking never change results.
         k = packed.test_task[t]
@@ -204,20 +209,20 @@ def model_batch(cfg: PredictConfig, device: torch.device, total_len: int) -> int
     return cfg.batch_size
 
 
-def run_views(model, views: Views, cfg: PredictConfig, device: torch.device, dtype: torch.dtype, lookup=None):
-    """Predictions, halting confidence and steps of every view, in the views' order. Under model.crop the
+def run_views(model, views: Views, opts: PredictOptions, lookup=None):
+    """Predictions, halting confidence and steps of every view, in the views' order. Under compute.crop the
     views run largest rectangle first, so that the slots of a batch hold views of similar size (each view
     computes on its own rectangle: the order changes the speed, not the answers)."""
-    raw = unwrap(model)
+    raw, cfg, device = unwrap(model), opts.cfg, opts.device
     lookup = lookup or puzzle_table_lookup(raw.puzzle_emb)
     order = np.arange(len(views.inputs))
     extents = None
-    if raw.cfg.crop and views.extents is not None:
+    if raw.compute.crop and views.extents is not None:
         order = by_size(views.extents)[::-1]
         extents = views.extents[order]
     inputs = torch.from_numpy(views.inputs[order]).to(device)
     vecs = lookup(torch.from_numpy(views.puzzle_ids[order]).to(device))
-    with autocast_for(device, dtype):
+    with autocast_for(device, opts.dtype):
         preds, conf, steps = predict_stream(model, inputs, vecs, model_batch(cfg, device, raw.cfg.total_len),
                                             cfg.max_steps or None, cfg.adaptive_halting, extents=extents)
     back = np.argsort(order)
@@ -243,19 +248,20 @@ def vote(views: Views, preds: np.ndarray, conf: np.ndarray, canvas: int, k: int)
     return out
 
 
-def predict_tests(model, packed: PackedTasks, test_rows: np.ndarray, task_to_ckpt: np.ndarray, ids: PuzzleIdScheme,
-                  cfg: PredictConfig, canvas: int, device: torch.device, dtype: torch.dtype,
+def predict_tests(model, tasks: PredictTasks, test_rows: np.ndarray, opts: PredictOptions,
                   progress=None) -> list[TestPrediction]:
-    """Predict top-k grids for packed test inputs, chunked so that at most cfg.chunk_views views are in memory."""
+    """Predict top-k grids for packed test inputs, chunked so that at most predict.chunk_views views are in
+    memory. `progress(n_inputs, n_views)` is called after each chunk."""
+    cfg, packed = opts.cfg, tasks.packed
     per_chunk = max(1, cfg.chunk_views // cfg.augs)
     lookup = puzzle_table_lookup(unwrap(model).puzzle_emb)
     results = []
     for s in range(0, len(test_rows), per_chunk):
         rows = test_rows[s:s + per_chunk]
         t0 = time.perf_counter()
-        views = make_views(packed, rows, task_to_ckpt, ids, cfg.augs, canvas, cfg.translate, cfg.seed, cfg.max_offset)
-        preds, conf, steps = run_views(model, views, cfg, device, dtype, lookup)
-        voted = vote(views, preds, conf, canvas, cfg.top_k)
+        views = make_views(tasks, rows, opts.views())
+        preds, conf, steps = run_views(model, views, opts, lookup)
+        voted = vote(views, preds, conf, opts.canvas, cfg.top_k)
         dt = (time.perf_counter() - t0) / len(rows)
         for j, t in enumerate(rows):
             ranked, n_valid = voted[j]
@@ -270,10 +276,9 @@ def predict_tests(model, packed: PackedTasks, test_rows: np.ndarray, task_to_ckp
     return results
 
 
-def evaluate_heldout(model, packed: PackedTasks, ids: PuzzleIdScheme, cfg: PredictConfig, canvas: int,
-                     device: torch.device, dtype: torch.dtype, max_inputs: int = 0, rows: np.ndarray | None = None,
-                     show_progress: bool = False) -> dict:
-    """pass@1 / pass@k (k = cfg.top_k) and token accuracy (the share of each truth's cells the first attempt
+def evaluate_heldout(model, packed: PackedTasks, ids: PuzzleIdScheme, opts: PredictOptions, max_inputs: int = 0,
+                     rows: np.ndarray | None = None, show_progress: bool = False) -> dict:
+    """pass@1 / pass@k (k = predict.top_k) and token accuracy (the share of each truth's cells the first attempt
     gets right, 0 for a wrong shape) on held-out test inputs (known outputs never trained on), with the tasks'
     own puzzle ids: `rows` of the test table, else the first `max_inputs` (0 = all). Empty dict when there are
     none. Views stream through the model in batches of predict.batch_size (CPU: at most CPU_BATCH_TOKENS
@@ -285,6 +290,7 @@ def evaluate_heldout(model, packed: PackedTasks, ids: PuzzleIdScheme, cfg: Predi
             rows = rows[:max_inputs]
     if len(rows) == 0:
         return {}
+    cfg = opts.cfg
     log.info("held-out evaluation: %d test inputs x %d views (data.eval_inputs=-1 turns it off)", len(rows), cfg.augs)
     bar = None
     if show_progress:
@@ -293,7 +299,7 @@ def evaluate_heldout(model, packed: PackedTasks, ids: PuzzleIdScheme, cfg: Predi
         bar = tqdm(total=len(rows), desc="eval", unit="input", dynamic_ncols=True, mininterval=1.0)
     was_training = model.training
     model.eval()
-    preds = predict_tests(model, packed, rows, np.arange(packed.num_tasks), ids, cfg, canvas, device, dtype,
+    preds = predict_tests(model, PredictTasks(packed, np.arange(packed.num_tasks), ids), rows, opts,
                           (lambda n_inputs, n_views: bar.update(n_inputs)) if bar is not None else None)
     model.train(was_training)
     if bar is not None:

@@ -9,83 +9,17 @@ positions dropped), the halting logit from y at position 0. The numerics follow 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import VOCAB_SIZE
-
-
-@dataclass(kw_only=True)
-class ModelConfig:
-    hidden: int = 512
-    """Width of every token state."""
-    heads: int = 8
-    """Attention heads (head dim = hidden / heads)."""
-    expansion: float = 4.0
-    """SwiGLU width factor: inner = round(expansion * hidden * 2/3) rounded up to a multiple of 256."""
-    layers: int = 2
-    """Blocks in the one shared network."""
-    h_cycles: int = 3
-    """T: full recursion cycles per supervision step; all but the last run without gradients."""
-    l_cycles: int = 4
-    """n: latent updates per cycle (4 in the official ARC command, 6 for Sudoku)."""
-    halt_max_steps: int = 16
-    """N_sup: maximum deep-supervision steps."""
-    halt_exploration_prob: float = 0.1
-    """Training: probability that a sample gets a random minimum number of steps in 2..N_sup."""
-    halting: bool = True
-    """Ablation knob: False trains no halting head and always runs N_sup steps."""
-    seq_len: int = 900
-    """Grid tokens per example (canvas**2)."""
-    vocab_size: int = VOCAB_SIZE
-    puzzle_emb_len: int = 16
-    """Prefix positions reserved for the puzzle embedding (the learned vector fills the first ones)."""
-    puzzle_emb_ndim: int = 512
-    """Size of a puzzle embedding (0 disables puzzle embeddings)."""
-    pos_encodings: Literal["rope", "learned", "none"] = "rope"
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-5
-    mlp_t: bool = False
-    """Replace self-attention with an MLP across the sequence axis (the paper's MLP-mixer variant)."""
-    loss: Literal["stablemax", "softmax"] = "stablemax"
-    crop: bool = False
-    """Task-sized sequences, a departure (off = official): each example computes on its own canvas rectangle
-    [0:rows, 0:cols] (grids, EOS border, translation; pipeline/crop.py), the puzzle prefix unchanged and every
-    cell at the position (RoPE angle or learned row) it has on the full canvas. A batch runs on the rectangle
-    covering its examples, each example attending only to its own rectangle (+ the prefix), so its result
-    does not depend on its batch mates. Not the official computation, which also attends over the padding:
-    A/B rows "crop in TTT and predict" and "crop in predict" in BENCHMARKS.md ("Departures from the official
-    computation"). A run follows the checkpoint's setting unless told otherwise (pipeline/computation.py)."""
-    crop_groups: int = 1
-    """Under crop, a training step sorts its slots by size into this many groups, each run on the rectangle
-    covering it (a joint batch of many tasks otherwise spans the canvas): smaller matmuls, the same result
-    (every example computes on its own rectangle whatever its group), no change to what is drawn."""
-
-    def __post_init__(self) -> None:
-        if self.hidden % self.heads:
-            raise ValueError(f"model.hidden={self.hidden} is not divisible by model.heads={self.heads}")
-        if self.puzzle_emb_ndim > self.puzzle_emb_len * self.hidden:
-            raise ValueError("model.puzzle_emb_ndim must fit into puzzle_emb_len * hidden")
-        if min(self.layers, self.h_cycles, self.l_cycles, self.halt_max_steps) < 1:
-            raise ValueError("model.layers, h_cycles, l_cycles and halt_max_steps must be >= 1")
-        if self.crop_groups < 1:
-            raise ValueError("model.crop_groups must be >= 1")
-        if self.crop and self.mlp_t:
-            raise ValueError("model.crop needs attention: the mlp_t mixer's weights are sized to the full sequence")
-        if self.crop and math.isqrt(self.seq_len) ** 2 != self.seq_len:
-            raise ValueError(f"model.crop needs a square canvas; seq_len={self.seq_len} is not a square")
-
-    @property
-    def total_len(self) -> int:
-        return self.seq_len + self.puzzle_emb_len
+from pipeline.config import ComputeConfig, ModelConfig
 
 
 class Crop(NamedTuple):
-    """What TRM.forward runs under model.crop (pipeline/crop.py builds it): `keep`, the sequence positions of
+    """What TRM.forward runs under compute.crop (pipeline/crop.py builds it): `keep`, the sequence positions of
     the canvas rectangle covering the batch (`TRM.keep_index`), and `own` [B, len(keep)], True at the
     positions of each example's own rectangle and the prefix (None: every example fills the rectangle)."""
     keep: torch.Tensor
@@ -150,7 +84,7 @@ class Attention(nn.Module):
         self.out = _linear(hidden, hidden)
 
     def forward(self, x, rope, mask=None):
-        """`mask` [B, 1, 1, S] bool: the keys each example may attend to (model.crop), None = all."""
+        """`mask` [B, 1, 1, S] bool: the keys each example may attend to (compute.crop), None = all."""
         B, S, _ = x.shape
         q, k, v = self.qkv(x).view(B, S, 3, self.heads, self.head_dim).unbind(2)
         if rope is not None:
@@ -182,11 +116,13 @@ class Block(nn.Module):
 
 class TRM(nn.Module):
     """The recursive trunk plus embeddings and heads. The puzzle table is a buffer: it is trained by its own
-    sparse sign-SGD optimiser (pipeline/optim.py), never by AdamW or EMA, as in TRM."""
+    sparse sign-SGD optimiser (pipeline/optim.py), never by AdamW or EMA, as in TRM. `compute` says how it
+    computes (compute.crop, crop_groups, compile), which never changes the weights."""
 
-    def __init__(self, cfg: ModelConfig, num_puzzle_ids: int):
+    def __init__(self, cfg: ModelConfig, num_puzzle_ids: int, compute: ComputeConfig | None = None):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.compute = cfg, compute or ComputeConfig()
+        self.compute.check(cfg)
         h = cfg.hidden
         self.embed_scale = math.sqrt(h)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, h)
@@ -265,13 +201,13 @@ class TRM(nn.Module):
         (y, z) [B, total_len, hidden]. Embedding happens here so that DDP/DeepSpeed see every parameter used
         in forward().
 
-        `crop` (model.crop): a `Crop` (positions of the canvas rectangle covering the batch, as
+        `crop` (compute.crop): a `Crop` (positions of the canvas rectangle covering the batch, as
         `keep_index(rows, cols)`: a tensor, so a compiled step takes every size without recompiling, and
         each example's own rectangle within it). Each example attends only to its own rectangle and the
         prefix; (y, z) change only there, and its logits elsewhere are 0 (argmax PAD; callers crop so that
         every label outside is ignored): exactly what the example computes alone, whatever its batch mates.
         `crop=[(slots, Crop), ...]` runs each group of slots (index tensors covering the batch once) on its
-        own rectangle (model.crop_groups). Under crop the step compiled is `_step` (runtime.compile_model),
+        own rectangle (compute.crop_groups). Under crop the step compiled is `_step` (runtime.compile_model),
         once per group, with index tensors of dynamic length.
 
         Returns (y, z) detached for the next step, logits [B, seq_len, vocab], and the fp32 halting

@@ -29,7 +29,7 @@ import numpy as np
 
 from kernels.canonical import pair_hashes
 from kernels.reference import augment_grid_ref, dihedral_ref
-from pipeline.checkpoint import CheckpointError, read_task_table, resolve_checkpoint, run_dir_of
+from pipeline.layout import Checkpoint, CheckpointError, resolve_checkpoint, run_dir_of
 from pipeline.packed import PackedTasks
 from pipeline.sources import load_sources
 from pipeline.tasks import DataError
@@ -264,7 +264,7 @@ def training_data(checkpoint: str | Path) -> tuple[TrainedPairs | None, list[str
             where.append(f"{ckpt}'s pairs recorded at pretraining ({TRAINED_PAIRS})")
             unchecked += [f"warm start {u}: no record of its training data" for u in record.unknown]
             break
-        cfg = read_task_table(ckpt)[2]
+        cfg = Checkpoint.open(ckpt).config
         try:
             pairs = TrainedPairs.of(load_sources(cfg.data.sources, cfg.data.arc_root).pack(), cfg.data.sources)
         except DataError as e:

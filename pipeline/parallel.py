@@ -33,7 +33,7 @@ def wrap_model(model: torch.nn.Module, trained: Trainables, c, rt: Runtime) -> P
         # 2 GB of traffic at ARC size.
         module = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
                      broadcast_buffers=False, find_unused_parameters=not model.cfg.halting)
-    if rt.compiles(c.compile):
+    if rt.compiles(model.compute.compile):
         module = compile_model(module, model)
     return Parallel(module, None, trained.opt)
 

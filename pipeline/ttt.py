@@ -24,14 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import layout
 from pipeline.build import build_run
-from pipeline.checkpoint import read_task_table, resolve_checkpoint
 from pipeline.computation import departures, describe, with_official_evaluation
 from pipeline.config import RunConfig, load_config, to_dict
 from pipeline.dataset import Dataset, fit_canvas
-from pipeline.runtime import Runtime
+from pipeline.layout import Checkpoint
 from pipeline.packed import pack_tasks
 from pipeline.puzzle_ids import PerAugmentationIds, PerTaskIds, PuzzleIdScheme
+from pipeline.runtime import Runtime
 from pipeline.sources import LoadResult
 from pipeline.tasks import DataError, Task, safe_name, write_json_atomic
 from pipeline.train import Stop
@@ -41,13 +42,12 @@ MIN_DEMOS_FOR_HOLDOUT = 3
 """A task needs this many demonstrations to lend one to the held-out measurement (two still train)."""
 
 
-def ttt_config(checkpoint: str | Path, preset: str | Path | list | None, overrides: list[str], run_dir: str | Path,
+def ttt_config(ckpt: Checkpoint, preset: str | Path | list | None, overrides: list[str], run_dir: str | Path,
                sources: list[str] | None = None) -> RunConfig:
     """The checkpoint's config as TTT runs it (ttt_config_over); run_dir and the warm start are set here so
-    that a TTT run always starts from `checkpoint` (and resumes from its own folder)."""
-    ckpt = resolve_checkpoint(checkpoint)
-    _, _, base = read_task_table(ckpt)
-    return ttt_config_over(base, preset, [*overrides, f"run_dir={run_dir}", f"train.init_from={ckpt}"], sources)
+    that a TTT run always starts from `ckpt` (and resumes from its own folder)."""
+    return ttt_config_over(ckpt.config, preset, [*overrides, f"run_dir={run_dir}", f"train.init_from={ckpt.path}"],
+                           sources)
 
 
 def ttt_config_over(base: RunConfig, preset: str | Path | list | None, overrides: list[str],
@@ -104,13 +104,15 @@ def ttt_ids(cfg: RunConfig, packed, ckpt_task_ids: list[str], ckpt_ids: PuzzleId
     return ids, np.asarray(init, dtype=np.int64)
 
 
-def ttt_dataset(cfg: RunConfig, tasks: list[Task], holdout: bool = False) -> tuple[Dataset, np.ndarray]:
-    """The hidden tasks' demonstrations packed for the sampler, their id scheme and the rows' warm start."""
+def ttt_dataset(cfg: RunConfig, tasks: list[Task], warm: Checkpoint | None, holdout: bool = False
+                ) -> tuple[Dataset, np.ndarray]:
+    """The hidden tasks' demonstrations packed for the sampler, their id scheme and the rows' warm start from
+    checkpoint `warm` (None: every row starts fresh)."""
     res = fit_canvas(LoadResult(tasks=demo_tasks(tasks, holdout)), cfg.data.canvas)
     if not res.tasks:
         raise DataError("no hidden task fits the model's canvas: nothing to train on")
     packed = pack_tasks(res.tasks)
-    ckpt_task_ids, ckpt_ids = read_task_table(cfg.train.init_from)[:2] if cfg.train.init_from else ([], None)
+    ckpt_task_ids, ckpt_ids = (warm.task_ids, warm.ids) if warm is not None else ([], None)
     ids, init_rows = ttt_ids(cfg, packed, ckpt_task_ids, ckpt_ids)
     known = sum(tid in set(ckpt_task_ids) for tid in packed.task_ids)
     log.info("TTT on %d tasks (%d known to the checkpoint keep their rows), %d demonstrations, %d puzzle ids, "
@@ -125,33 +127,37 @@ class TTTResult:
     step: int
     stopped: str | None
     metrics: dict
+    checkpoint: Checkpoint | None = None
+    """The run's last checkpoint (rank 0; None on the other ranks)."""
 
 
-def ttt_departures(cfg: RunConfig) -> list[str]:
+def ttt_departures(cfg: RunConfig, warm: Checkpoint) -> list[str]:
     """How a TTT config computes otherwise than its warm-start checkpoint was trained (pipeline/computation.py)."""
-    return departures(cfg, read_task_table(cfg.train.init_from)[2]) if cfg.train.init_from else []
+    return departures(cfg, warm.config)
 
 
-def run_ttt(cfg: RunConfig, rt: Runtime, tasks: list[Task], holdout: bool = False, stop: Stop | None = None) -> TTTResult:
-    """One joint TTT run over `tasks` (all hidden tasks in one run, as a Kaggle budget fits); resumes from
-    its own folder if killed. Ends at cfg.train.steps or `stop`, with a complete checkpoint either way."""
-    found = ttt_departures(cfg)
+def run_ttt(cfg: RunConfig, rt: Runtime, tasks: list[Task], warm: Checkpoint, holdout: bool = False,
+            stop: Stop | None = None) -> TTTResult:
+    """One joint TTT run over `tasks` (all hidden tasks in one run, as a Kaggle budget fits), warm-started from
+    `warm` (cfg.train.init_from); resumes from its own folder if killed. Ends at cfg.train.steps or `stop`,
+    with a complete checkpoint either way."""
+    found = ttt_departures(cfg, warm)
     log.info("TTT %s", describe(found))
-    data, init_rows = ttt_dataset(cfg, tasks, holdout)
-    run = build_run(cfg, rt, data, init_rows, prefix="ttt")
+    data, init_rows = ttt_dataset(cfg, tasks, warm, holdout)
+    run = build_run(cfg, rt, data, init_rows, prefix="ttt", warm=warm)
     result = run.trainer.fit(stop)
     if rt.is_main:
-        write_json_atomic(Path(cfg.run_dir) / "ttt.json", {
+        write_json_atomic(Path(cfg.run_dir) / layout.TTT_JSON, {
             "checkpoint": cfg.train.init_from, "tasks": data.packed.task_ids, "holdout": holdout,
             "departures": found, "skipped": [str(p) for p in data.problems], "result": result})
-    return TTTResult(Path(cfg.run_dir), result["step"], result.get("stopped"), result)
+    return TTTResult(Path(cfg.run_dir), result["step"], result.get("stopped"), result, run.trainer.saved)
 
 
 def per_task_dir(run_dir: str | Path, task_id: str) -> Path:
-    return Path(run_dir) / "tasks" / safe_name(task_id)
+    return Path(run_dir) / layout.TASKS_DIR / safe_name(task_id)
 
 
-def run_ttt_per_task(cfg: RunConfig, rt: Runtime, tasks: list[Task], holdout: bool = False,
+def run_ttt_per_task(cfg: RunConfig, rt: Runtime, tasks: list[Task], warm: Checkpoint, holdout: bool = False,
                      stop: Stop | None = None) -> list[TTTResult]:
     """One short run per task (its own trunk and rows) in RUN/tasks/<task>/; under torchrun the tasks are
     spread over the ranks, each rank training its share alone on its own device. A task that fails is
@@ -162,13 +168,13 @@ def run_ttt_per_task(cfg: RunConfig, rt: Runtime, tasks: list[Task], holdout: bo
     for k, t in enumerate(mine):
         # Per task, torch.compile would recompile for every task: its cost would not pay back.
         sub = dataclasses.replace(cfg, run_dir=str(per_task_dir(cfg.run_dir, t.id)),
-                                  train=dataclasses.replace(cfg.train, compile=False))
+                                  compute=dataclasses.replace(cfg.compute, compile=False))
         task_stop = stop
         if stop is not None and stop.deadline is not None:  # the time left, shared by the tasks left
             share = (stop.deadline - time.time()) / (len(mine) - k)
             task_stop = dataclasses.replace(stop, deadline=time.time() + share)
         try:
-            results.append(run_ttt(sub, solo, [t], holdout, task_stop))
+            results.append(run_ttt(sub, solo, [t], warm, holdout, task_stop))
         except (DataError, RuntimeError, ValueError) as e:  # predict gives this task the pretrained model
             log.error("TTT failed for task %s: %s; it will use the pretrained model", t.id, e)
     return results
@@ -177,11 +183,10 @@ def run_ttt_per_task(cfg: RunConfig, rt: Runtime, tasks: list[Task], holdout: bo
 def ttt_index(run_dir: str | Path) -> dict:
     """What a TTT run folder holds, for predict: {"joint": True}, or {"per_task": {task_id: folder},
     "base": the pretrained checkpoint they started from}. A folder with a joint run is read as joint."""
-    run_dir = Path(run_dir)
-    tasks_dir = run_dir / "tasks"
-    if tasks_dir.is_dir() and not (run_dir / "ckpt").is_dir():
+    tasks_dir = layout.per_task_runs(run_dir)
+    if tasks_dir is not None:
         out, base = {}, None
-        for f in sorted(tasks_dir.glob("*/ttt.json")):
+        for f in sorted(tasks_dir.glob(f"*/{layout.TTT_JSON}")):
             meta = json.loads(f.read_text())
             base = base or meta.get("checkpoint")
             for tid in meta["tasks"]:

@@ -10,8 +10,8 @@
 # (configs/arc1_small_cpu.yaml pretrained PRE_MIN minutes, ttt_real_cpu.sh's suite). TTT rows fine-tune on
 # tasks held out of pretraining (their demonstrations only); predict rows score the checkpoint's own held-out
 # test inputs (synthetic) or the ARC-AGI-1 evaluation tasks that fit (real). Re-running reuses finished parts.
-# Each suite has null rows: B is A with another seed and no departure (`predict.seed=1`: other views;
-# `seed=1`: another TTT data order), the one-seed noise every departure's row is read against.
+# Each suite has null rows: B is A with another seed (`seed=1`: other views, another TTT data order) and no
+# departure, the one-seed noise every departure's row is read against.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -52,7 +52,7 @@ DEMO_TTT=(--checkpoint "$OUT/demo_pretrain" --challenges "$OUT/demo_held_challen
 ab demo_adaptive "${DEMO[@]}" --b "predict.adaptive_halting=true" --label "adaptive halting"
 ab demo_ttt_muon "${DEMO_TTT[@]}" --b "train.optimizer=muon" --label "Muon in TTT"
 ab demo_ttt_lora "${DEMO_TTT[@]}" --b "train.trainable=lora" --label "LoRA"
-ab demo_null "${DEMO[@]}" --b "predict.seed=1" --label "null: predict.seed=1"
+ab demo_null "${DEMO[@]}" --b "seed=1" --label "null: seed=1"
 ab demo_ttt_null "${DEMO_TTT[@]}" --b "seed=1" --label "null: seed=1"
 fi
 
@@ -62,21 +62,21 @@ SRC8="synthetic:tasks=8,seed=0,size=6,demos=400,tests=8,families=flip_lr+flip_ud
 HELD8="synthetic:tasks=4,seed=7,size=6,demos=64,tests=8,families=colour_map+recolour"
 $PY -m stages.data export "$SRC8" --out "$OUT/syn8" > /dev/null
 $PY -m stages.data export "$HELD8" --out "$OUT/syn8_held" > /dev/null
-pretrain syn8_pretrain configs/demo_cpu.yaml 0 "data.sources=[\"$SRC8#demos\"]" data.canvas=8 model.seq_len=64
+pretrain syn8_pretrain configs/demo_cpu.yaml 0 "data.sources=[\"$SRC8#demos\"]" data.canvas=8
 SYN=(--checkpoint "$OUT/syn8_pretrain" --challenges "$OUT/syn8_challenges.json" --solutions "$OUT/syn8_solutions.json")
 SYN_TTT=(--checkpoint "$OUT/syn8_pretrain" --challenges "$OUT/syn8_held_challenges.json"
          --solutions "$OUT/syn8_held_solutions.json" --ttt-config configs/demo_ttt.yaml --set train.steps=80)
-ab syn8_crop_predict "${SYN[@]}" --b "model.crop=true" --label "crop in predict"
+ab syn8_crop_predict "${SYN[@]}" --b "compute.crop=true" --label "crop in predict"
 ab syn8_adaptive "${SYN[@]}" --b "predict.adaptive_halting=true" --label "adaptive halting"
 ab syn8_translate "${SYN[@]}" --b "predict.translate=true" --label "predict-time translation"
-ab syn8_translate_bounded "${SYN[@]}" --b "predict.translate=true predict.max_offset=1" --label "views translated up to 1 cell"
-ab syn8_ttt_crop "${SYN_TTT[@]}" --b "model.crop=true model.crop_groups=8" --label "crop in TTT and predict"
+ab syn8_translate_bounded "${SYN[@]}" --b "predict.translate=true data.max_offset=1" --label "views translated up to 1 cell"
+ab syn8_ttt_crop "${SYN_TTT[@]}" --b "compute.crop=true compute.crop_groups=8" --label "crop in TTT and predict"
 ab syn8_ttt_offset "${SYN_TTT[@]}" --b "data.max_offset=1" --label "bounded translation in TTT"
 ab syn8_ttt_muon "${SYN_TTT[@]}" --b "train.optimizer=muon" --label "Muon in TTT"
 ab syn8_ttt_lora "${SYN_TTT[@]}" --b "train.trainable=lora" --label "LoRA"
-ab syn8_ttt_fast "${SYN_TTT[@]}" --b "model.crop=true model.crop_groups=8 data.max_offset=1 predict.adaptive_halting=true" \
+ab syn8_ttt_fast "${SYN_TTT[@]}" --b "compute.crop=true compute.crop_groups=8 data.max_offset=1 predict.adaptive_halting=true" \
   --label "configs/ttt_fast.yaml"
-ab syn8_null "${SYN[@]}" --b "predict.seed=1" --label "null: predict.seed=1"
+ab syn8_null "${SYN[@]}" --b "seed=1" --label "null: seed=1"
 ab syn8_ttt_null "${SYN_TTT[@]}" --b "seed=1" --label "null: seed=1"
 fi
 
@@ -99,16 +99,16 @@ pretrain arc_pretrain configs/arc1_small_cpu.yaml "$PRE_MIN"
 ARC=(--checkpoint "$OUT/arc_pretrain" --challenges "$OUT/eval12_challenges.json" --solutions "$OUT/eval12_solutions.json")
 ARC_TTT=("${ARC[@]}" --ttt-config configs/demo_ttt.yaml --set train.steps=400 train.global_batch=32 train.eval_every=0
          train.ckpt_every=500 predict.augs=32)
-ab arc_crop_predict "${ARC[@]}" --b "model.crop=true" --label "crop in predict"
+ab arc_crop_predict "${ARC[@]}" --b "compute.crop=true" --label "crop in predict"
 ab arc_adaptive "${ARC[@]}" --b "predict.adaptive_halting=true" --label "adaptive halting"
 ab arc_translate "${ARC[@]}" --b "predict.translate=true" --label "predict-time translation"
-ab arc_ttt_crop "${ARC_TTT[@]}" --b "model.crop=true model.crop_groups=8" --label "crop in TTT and predict"
+ab arc_ttt_crop "${ARC_TTT[@]}" --b "compute.crop=true compute.crop_groups=8" --label "crop in TTT and predict"
 ab arc_ttt_offset "${ARC_TTT[@]}" --b "data.max_offset=1" --label "bounded translation in TTT"
 ab arc_ttt_muon "${ARC_TTT[@]}" --b "train.optimizer=muon" --label "Muon in TTT"
 ab arc_ttt_lora "${ARC_TTT[@]}" --b "train.trainable=lora" --label "LoRA"
 # Not run yet (BENCHMARKS.md): the null rows of this suite (~5 and ~20 min). ttt_fast is measured on synthetic 8x8
 # only: its ARC row (~20 min) never finished on the shared cores.
-ab arc_null "${ARC[@]}" --b "predict.seed=1" --label "null: predict.seed=1"
+ab arc_null "${ARC[@]}" --b "seed=1" --label "null: seed=1"
 ab arc_ttt_null "${ARC_TTT[@]}" --b "seed=1" --label "null: seed=1"
 fi
 echo "rows: $OUT/rows/*.json"

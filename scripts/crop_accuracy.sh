@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What model.crop (task-sized sequences) costs in accuracy, on CPU: synthetic tasks whose grids (sides 1..6)
+# What compute.crop (task-sized sequences) costs in accuracy, on CPU: synthetic tasks whose grids (sides 1..6)
 # use part of an 8x8 canvas. One pretrained checkpoint (official: full canvas, translation anywhere) is scored
 # on its tasks' held-out test inputs with and without --crop; then TTT on new tasks, without crop and under
 # crop (translation bounded to 1 cell, so that the rectangles stay small), each scored with its own setting;
@@ -16,11 +16,11 @@ SIDE=${SIDE:-8}
 PRETRAIN_CROP=${PRETRAIN_CROP:-1}
 SRC="synthetic:tasks=8,seed=0,size=6,demos=400,tests=8,families=flip_lr+flip_ud+colour_map+recolour"
 HELD="synthetic:tasks=4,seed=7,size=6,demos=64,tests=8,families=colour_map+recolour"
-CANVAS=(data.canvas=$SIDE model.seq_len=$((SIDE * SIDE)))
+CANVAS=(data.canvas=$SIDE)
 # The TTT presets compute as the checkpoint was trained (here the full canvas); CROP is the departure,
 # FULL spells out the official settings. bench.ab / scripts/ab_cpu.sh measure each departure alone.
-CROP=(model.crop=true model.crop_groups=1 data.max_offset=1 predict.max_offset=1)
-FULL=(model.crop=false data.max_offset=0 predict.max_offset=0)
+CROP=(compute.crop=true compute.crop_groups=1 data.max_offset=1)
+FULL=(compute.crop=false data.max_offset=0)
 mkdir -p "$OUT"
 $PY -m stages.data export "$SRC" --out "$OUT/pre"
 $PY -m stages.data export "$HELD" --out "$OUT/held"
@@ -39,7 +39,7 @@ $PY -m stages.ttt --checkpoint $OUT/pretrain --challenges $OUT/held_challenges.j
 $PY -m stages.ttt --checkpoint $OUT/pretrain --challenges $OUT/held_challenges.json --out $OUT/ttt_crop \
   --config configs/demo_ttt.yaml --set train.steps=200 train.progress=false "${CROP[@]}"
 $PY -m stages.ttt --checkpoint $OUT/pretrain --challenges $OUT/held_challenges.json --out $OUT/ttt_crop_groups \
-  --config configs/demo_ttt.yaml --set train.steps=200 train.progress=false "${CROP[@]}" model.crop_groups=4
+  --config configs/demo_ttt.yaml --set train.steps=200 train.progress=false "${CROP[@]}" compute.crop_groups=4
 $PY -m stages.ttt --checkpoint $OUT/pretrain --challenges $OUT/held_challenges.json --out $OUT/ttt_crop_bucketed \
   --config configs/demo_ttt.yaml --set train.steps=200 train.progress=false "${CROP[@]}" data.bucket_steps=20 \
   data.size_buckets=2

@@ -9,7 +9,7 @@ import sys
 
 def user_errors() -> tuple[type[Exception], ...]:
     """The exceptions that mean bad input, not a bug (imported here, when needed: they pull in torch)."""
-    from pipeline.checkpoint import CheckpointError
+    from pipeline.layout import CheckpointError
     from pipeline.config import ConfigError
     from pipeline.official import OfficialImportError
     from pipeline.tasks import DataError

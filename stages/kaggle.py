@@ -14,10 +14,14 @@ import argparse
 import json
 import shlex
 import sys
+from pathlib import Path
 
-from pipeline.checkpoint import git_sha, resolve_checkpoint
+from pipeline.checkpoint import git_sha
+from pipeline.config import ConfigError, load_config
+from pipeline.layout import Checkpoint
+from stages import submit
 from stages._cli import run
-from submission.kaggle import (COMPETITION, DEFAULT_BUDGET_S, PLACEHOLDER_OWNER, BuildSettings, KaggleError,
+from submission.kaggle import (COMPETITION, DEFAULT_BUDGET_S, PLACEHOLDER_OWNER, ROOT, BuildSettings, KaggleError,
                                KaggleNames, build_all, configured_username, credentials_source, describe_plan, push,
                                upload_plan)
 
@@ -42,7 +46,8 @@ def parse_args(argv=None):
                    help="kernel-metadata machine_shape (kaggle documents NvidiaTeslaT4, NvidiaTeslaP100, Tpu1VmV38; "
                         "no L4 value: choose GPU L4 x4 in the notebook editor)")
     b.add_argument("--submit-args", default="", help="more stages.submit options for the notebook's run, one string "
-                   "(e.g. '--ttt-config configs/ttt_nvarc.yaml'; see python -m stages.submit --help)")
+                   "(e.g. '--ttt-config configs/ttt_nvarc.yaml'; see python -m stages.submit --help), checked "
+                   "now: not " + ", ".join(f"--{d.replace('_', '-')}" for d in NOTEBOOK_SETS) + " (the notebook's)")
     s = sub.add_parser("push", help="create or version the datasets, then push the notebook")
     s.add_argument("dir", help="a folder written by `build`")
     s.add_argument("--dry-run", action="store_true", help="print what would be uploaded and where, upload nothing")
@@ -50,12 +55,45 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+NOTEBOOK_SETS = ("out", "budget_s", "checkpoint", "kaggle_root", "device")
+"""stages.submit options the notebook passes itself (submission/kaggle_notebook.py): never in --submit-args."""
+
+
+def checked_submit_args(text: str) -> list[str]:
+    """--submit-args as the notebook will pass them, checked now (a typo would cost a Kaggle run with no
+    submission.json): stages.submit's own parser accepts them, none is one the notebook sets, and the
+    --ttt-config presets (paths inside the code dataset) load with the --set overrides."""
+    def refuse(message):
+        raise KaggleError(f"--submit-args: {message}")
+
+    try:
+        argv = shlex.split(text)
+    except ValueError as e:
+        refuse(f"{text!r}: {e}")
+    p = submit.parser()
+    p.error = refuse
+    unset = object()  # not a string: argparse would convert it with the option's type
+    p.set_defaults(**dict.fromkeys(NOTEBOOK_SETS, unset))
+    parsed = p.parse_args(["--checkpoint", "", *argv])  # the notebook's own (required) --checkpoint first
+    parsed.checkpoint = parsed.checkpoint or unset
+    if given := [f"--{d.replace('_', '-')}" for d in NOTEBOOK_SETS if getattr(parsed, d) is not unset]:
+        refuse(f"{', '.join(given)}: the notebook sets {'it' if len(given) == 1 else 'them'} itself")
+    for preset in parsed.ttt_config:
+        if Path(preset).is_absolute() or not (ROOT / preset).is_file():
+            refuse(f"--ttt-config {preset}: no such file in the code dataset (a path relative to the repository)")
+    try:
+        load_config([ROOT / c for c in parsed.ttt_config], parsed.set)
+    except ConfigError as e:
+        refuse(f"--ttt-config {' '.join(parsed.ttt_config)} with --set {' '.join(parsed.set)}: {e}")
+    return argv
+
+
 def build(args) -> int:
     owner = args.owner or configured_username() or PLACEHOLDER_OWNER
     names = KaggleNames(owner, args.code_slug, args.weights_slug, args.wheels_slug, args.kernel_slug, args.competition)
     settings = BuildSettings(names, args.budget_s, not args.no_wheels, args.python_version, args.machine_shape,
-                             shlex.split(args.submit_args))
-    written = build_all(args.out, resolve_checkpoint(args.checkpoint), settings, git_sha())
+                             checked_submit_args(args.submit_args))
+    written = build_all(args.out, Checkpoint.open(args.checkpoint), settings, git_sha())
     if owner == PLACEHOLDER_OWNER:
         print(f"warning: owner is the placeholder {PLACEHOLDER_OWNER}; rebuild with --owner before pushing",
               file=sys.stderr)

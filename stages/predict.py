@@ -6,7 +6,7 @@
     torchrun --nproc-per-node 4 -m stages.predict ...                         # tasks sharded over GPUs
     python -m stages.predict --checkpoint runs/ttt ...      # a TTT run: its trained embeddings (joint or --per-task)
 
-The model computes as the checkpoint was trained (its model.crop) and evaluates as the official code does:
+The model computes as the checkpoint was trained (its compute.crop) and evaluates as the official code does:
 every view runs all N_sup steps, test inputs untranslated (pipeline/computation.py). Anything else is a
 departure the user asks for (--adaptive-halting, --translate, --crop, --set); the log says which in one line.
 
@@ -28,8 +28,10 @@ import time
 
 from pipeline.checkpoint import load_for_prediction
 from pipeline.computation import describe
-from pipeline.hidden import (load_challenges, predict_challenges, predict_per_task_runs, summary_line,
+from pipeline.hidden import (LoadSettings, load_challenges, predict_challenges, predict_per_task_runs, summary_line,
                              write_submission)
+from pipeline.infer import PredictOptions
+from pipeline.layout import Checkpoint
 from pipeline.metrics import setup_logging
 from pipeline.runtime import init_runtime, shutdown_runtime
 from pipeline.ttt import ttt_index
@@ -53,10 +55,10 @@ def parse_args(argv=None):
                    help="departure: views 1..N-1 at random offsets (predict.translate; default: untranslated, as "
                         "the official evaluation)")
     p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None,
-                   help="task-sized sequences (model.crop) on or off, whatever the checkpoint trained with "
+                   help="task-sized sequences (compute.crop) on or off, whatever the checkpoint trained with "
                         "(default: its own); see BENCHMARKS.md for what it costs in accuracy")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="overrides on the checkpoint's config, e.g. predict.max_offset=1 model.crop=true")
+                   help="overrides on the checkpoint's config, e.g. predict.translate=true compute.crop=true")
     p.add_argument("--time-budget", type=float, default=0, help="seconds; tasks not reached in time get fallbacks")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--no-progress", action="store_true")
@@ -67,7 +69,7 @@ def overrides_of(args) -> list[str]:
     """The flags as `key=value` overrides of the checkpoint's config (--set last, so it wins)."""
     flags = [("predict.augs", args.augs), ("predict.batch_size", args.batch_size),
              ("predict.adaptive_halting", True if args.adaptive_halting else None),
-             ("predict.translate", args.translate), ("model.crop", args.crop)]
+             ("predict.translate", args.translate), ("compute.crop", args.crop)]
     return [f"{k}={str(v).lower()}" for k, v in flags if v is not None] + list(args.set)
 
 
@@ -84,12 +86,12 @@ def main(argv=None) -> int:
         if "per_task" in index:  # a `stages.ttt --per-task` folder: each task has its own model
             log.info("per-task TTT runs for %d tasks, each computing as its run was trained%s",
                      len(index["per_task"]), f"; overrides: {' '.join(overrides)}" if overrides else "")
-            hidden = predict_per_task_runs(index["per_task"], index["base"], valid, overrides, rt, deadline,
-                                           use_ema=not args.raw_weights)
+            hidden = predict_per_task_runs(index["per_task"], index["base"], valid, rt,
+                                           LoadSettings(overrides, use_ema=not args.raw_weights), deadline)
         else:
-            loaded = load_for_prediction(args.checkpoint, rt.device, not args.raw_weights, overrides)
+            loaded = load_for_prediction(Checkpoint.open(args.checkpoint), rt.device, not args.raw_weights, overrides)
             log.info("%s", describe(loaded.departures))
-            hidden = predict_challenges(loaded, valid, loaded.config.predict, rt, deadline,
+            hidden = predict_challenges(loaded, valid, PredictOptions.of(loaded.config, rt), rt, deadline,
                                         show_progress=not args.no_progress)
         if rt.is_main:
             sub, notes = write_submission(args.out, challenges, hidden)

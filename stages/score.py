@@ -23,7 +23,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.checkpoint import read_task_table
+from pipeline.layout import Checkpoint
 from pipeline.overlap import scored_set_overlap
 from pipeline.sources import load_kaggle
 from pipeline.tasks import DataError, read_json
@@ -71,7 +71,7 @@ def overlap_check(ckpt: str, solutions_path: str, challenges_path: Path, solutio
     advisory: whatever goes wrong in it (a bad checkpoint path, unreadable or huge sources, a damaged record)
     becomes one warning line, never a lost score."""
     try:
-        task_ids = read_task_table(ckpt)[0]
+        task_ids = Checkpoint.open(ckpt).task_ids
         scored = load_kaggle(challenges_path, Path(solutions_path), train_on_test=False).pack() \
             if challenges_path.exists() else None
         lines, summary = scored_set_overlap(ckpt, scored, list(solutions), task_ids)

@@ -16,7 +16,8 @@ PYTHONHASHSEED=0, so a pinned plan (--ttt-steps, --views) gives the same submiss
 
 Exit status: 0 when a valid submission was written, even if a stage fell back (the summary says which);
 2 for bad input (no test file, unreadable JSON, bad checkpoint or config: one line; whatever was written
-before, the fallback at least, stays valid).
+before, the fallback at least, stays valid). Under torchrun each rank ends with os._exit once its output is
+flushed, so no thread left at interpreter exit can change its status.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from stages._cli import fail, positive_int, run
@@ -44,7 +46,8 @@ def reexec_with_fixed_hash_seed() -> None:
     os.execv(sys.executable, [sys.executable, "-m", "stages.submit", *sys.argv[1:]])
 
 
-def parse_args(argv=None):
+def parser() -> argparse.ArgumentParser:
+    """stages.submit's options (stages.kaggle checks a notebook's --submit-args with it at build time)."""
     scratch = Path(os.environ.get("TRM_SCRATCH_DIR") or Path(tempfile.gettempdir()) / "trm")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="pretrained run folder or checkpoint folder")
@@ -74,7 +77,11 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true", help="torch deterministic kernels (slower on GPU)")
     p.add_argument("--progress", action="store_true", help="progress bars (off: Kaggle logs stay short)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return parser().parse_args(argv)
 
 
 def fallback_first(argv=None):
@@ -134,7 +141,18 @@ def cli() -> None:
     except DataError as e:  # before torch is imported
         fail(e)
 
-    run(lambda argv: main(argv, early))
+    if "LOCAL_RANK" not in os.environ:
+        run(lambda argv: main(argv, early))  # exits
+    try:  # under torchrun: once the flow returns, nothing may change the exit status (a gloo/NCCL thread at exit)
+        run(lambda argv: main(argv, early))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

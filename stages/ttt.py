@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pipeline.config import dump_config
 from pipeline.hidden import load_challenges
+from pipeline.layout import Checkpoint
 from pipeline.metrics import setup_logging
 from pipeline.runtime import init_runtime, shutdown_runtime
 from pipeline.tasks import DataError
@@ -52,7 +53,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    cfg = ttt_config(args.checkpoint, args.config, args.set, args.out, sources=[str(args.challenges)])
+    pretrained = Checkpoint.open(args.checkpoint)
+    cfg = ttt_config(pretrained, args.config, args.set, args.out, sources=[str(args.challenges)])
     rt = init_runtime(cfg.train.device, cfg.train.dtype, cfg.seed)
     try:
         setup_logging(Path(args.out), rt.is_main)
@@ -61,10 +63,11 @@ def main(argv=None) -> int:
         if not res.tasks:
             raise DataError(f"{args.challenges}: no valid task to train on")
         if args.per_task:
-            results = run_ttt_per_task(cfg, rt, res.tasks, args.holdout_demos, wall_clock_stop(args.max_minutes))
+            results = run_ttt_per_task(cfg, rt, res.tasks, pretrained, args.holdout_demos,
+                                       wall_clock_stop(args.max_minutes))
             log.info("done: %d per-task runs on this rank", len(results))
         else:
-            result = run_ttt(cfg, rt, res.tasks, args.holdout_demos, wall_clock_stop(args.max_minutes))
+            result = run_ttt(cfg, rt, res.tasks, pretrained, args.holdout_demos, wall_clock_stop(args.max_minutes))
             log.info("done: %s", result.metrics)
     finally:
         shutdown_runtime()

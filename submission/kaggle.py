@@ -8,8 +8,8 @@ with its kernel-metadata.json, and the upload that `stages.kaggle push` performs
                            the Kaggle image has a CUDA build), plus requirements-kaggle.txt
 
 Each dataset folder holds its dataset-metadata.json and the licence. Credentials are only ever detected here
-(where the kaggle package looks for them), never printed or written. No torch import: stages.kaggle resolves
-the checkpoint folder.
+(where the kaggle package looks for them), never printed or written. No torch import: the checkpoint comes
+opened (pipeline/layout.py, which also names its files).
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from pathlib import Path
 
 import nbformat
 
+from pipeline import layout
+from pipeline.layout import Checkpoint
 from pipeline.tasks import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,11 +38,7 @@ DEFAULT_BUDGET_S = 36000  # 10 h of the 12 h limit: the rest is for start-up, in
 CODE_ITEMS = ("pipeline", "kernels", "stages", "submission", "configs", "requirements.txt", "pyproject.toml",
               "LICENSE", "README.md")
 CODE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.nbi", "*.nbc", ".*")
-# What prediction and TTT read from a checkpoint folder (pipeline.checkpoint): the weights (raw, which holds the
-# puzzle table, and EMA), the puzzle-id table, the resolved config and the task order. Optimiser state, ACT
-# carries (carry_rank*.safetensors) and loop state serve only a resumed training run.
-WEIGHT_FILES = ("model.safetensors", "ema.safetensors", "puzzle_ids.safetensors", "config.yaml", "tasks.json",
-                "meta.json")
+WEIGHT_FILES = layout.PREDICTION_FILES  # what prediction and TTT read from a checkpoint folder
 # The packages that the notebook's processes (stages.submit, stages.validate) import, pinned in requirements.txt.
 NOTEBOOK_PACKAGES = ("numpy", "numba", "llvmlite", "pyyaml", "tqdm", "safetensors")
 WHEELS_REQUIREMENTS = "requirements-kaggle.txt"
@@ -152,18 +150,17 @@ def build_code(folder: Path, names: KaggleNames) -> None:
                       "Source of the TRM ARC pipeline, run by the submission notebook from PYTHONPATH.")
 
 
-def build_weights(folder: Path, checkpoint: Path, names: KaggleNames) -> None:
-    """Copy WEIGHT_FILES from the resolved checkpoint folder (EMA weights and the id table when it has them)."""
-    needed = ("model.safetensors", "config.yaml", "tasks.json", "meta.json")
-    missing = [f for f in needed if not (checkpoint / f).is_file()]
+def build_weights(folder: Path, checkpoint: Checkpoint, names: KaggleNames) -> None:
+    """Copy WEIGHT_FILES from the checkpoint folder (EMA weights and the id table when it has them)."""
+    missing = [f for f in layout.REQUIRED_FILES if not checkpoint.file(f).is_file()]
     if missing:
-        raise KaggleError(f"{checkpoint}: not a usable checkpoint folder (missing {', '.join(missing)})")
+        raise KaggleError(f"{checkpoint.path}: not a usable checkpoint folder (missing {', '.join(missing)})")
     _reset(folder)
-    copied = [f for f in WEIGHT_FILES if (checkpoint / f).is_file()]
+    copied = [f for f in WEIGHT_FILES if checkpoint.file(f).is_file()]
     for f in copied:
-        shutil.copy2(checkpoint / f, folder / f)
+        shutil.copy2(checkpoint.file(f), folder / f)
     _dataset_metadata(folder, names.ref(names.weights), names.weights,
-                      f"TRM checkpoint {checkpoint.name}: {', '.join(copied)}.")
+                      f"TRM checkpoint {checkpoint.path.name}: {', '.join(copied)}.")
 
 
 def pinned(packages=NOTEBOOK_PACKAGES, requirements: Path = ROOT / "requirements.txt") -> list[str]:
@@ -217,7 +214,7 @@ def build_notebook(folder: Path, settings: BuildSettings, git: str) -> Path:
     _reset(folder)
     build = {"code": names.ref(names.code), "weights": names.ref(names.weights),
              "wheels": names.ref(names.wheels) if settings.wheels else None, "budget_s": settings.budget_s,
-             "submit_args": settings.submit_args,
+             "submit_args": settings.submit_args, "checkpoint_marks": [layout.META, layout.CONFIG],
              "competition": names.competition, "git": git, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     nb = nbformat.v4.new_notebook(cells=notebook_cells(build))
     # "kaggle" holds the editor's own settings keys as seen in notebooks pulled from Kaggle (the accelerator is
@@ -240,18 +237,18 @@ def build_notebook(folder: Path, settings: BuildSettings, git: str) -> Path:
     return path
 
 
-def build_all(out: Path, checkpoint: Path, settings: BuildSettings, git: str = "unknown") -> dict:
+def build_all(out: Path, checkpoint: Checkpoint, settings: BuildSettings, git: str = "unknown") -> dict:
     """Write DIR/notebook and DIR/datasets/{code,weights,wheels}; returns what was written (for the CLI)."""
     settings.names.check()
     out = Path(out)
     build_code(out / "datasets" / "code", settings.names)
-    build_weights(out / "datasets" / "weights", Path(checkpoint), settings.names)
+    build_weights(out / "datasets" / "weights", checkpoint, settings.names)
     if settings.wheels:
         build_wheels(out / "datasets" / "wheels", settings)
     else:
         shutil.rmtree(out / "datasets" / "wheels", ignore_errors=True)
     notebook = build_notebook(out / "notebook", settings, git)
-    write_json_atomic(out / "build.json", {**asdict(settings), "checkpoint": str(checkpoint), "git": git})
+    write_json_atomic(out / "build.json", {**asdict(settings), "checkpoint": str(checkpoint.path), "git": git})
     return {"notebook": str(notebook), "datasets": [str(p) for p in sorted((out / "datasets").iterdir())]}
 
 

@@ -80,7 +80,7 @@ def code_root(folder: Path) -> Path:
 
 CODE = code_root(attached(BUILD["code"],
                           lambda p: (p / "stages" / "submit.py").exists() or (p / "stages.zip").exists()))
-WEIGHTS = attached(BUILD["weights"], lambda p: (p / "meta.json").exists() and (p / "config.yaml").exists())
+WEIGHTS = attached(BUILD["weights"], lambda p: all((p / f).exists() for f in BUILD["checkpoint_marks"]))
 WHEELS = attached(BUILD["wheels"], lambda p: (p / "requirements-kaggle.txt").exists()) if BUILD["wheels"] else None
 print(f"code {CODE}\nweights {WEIGHTS}\nwheels {WHEELS or '(none: the image packages are used)'}")
 

@@ -20,12 +20,12 @@ def test_the_harness_answers_help():
 def test_b_adds_its_departure_to_every_stage_and_nothing_else(capsys):
     args = Namespace(checkpoint="CK", challenges="F", ttt_config=["configs/demo_ttt.yaml"])
     a = flow_commands(args, ["train.steps=5"], [], [], Path("A"))
-    b = flow_commands(args, ["train.steps=5", "model.crop=true"], ["--per-task"], ["--crop"], Path("B"))
+    b = flow_commands(args, ["train.steps=5", "compute.crop=true"], ["--per-task"], ["--crop"], Path("B"))
     assert [c[0] for c in a] == ["stages.ttt", "stages.predict"]
     assert a[1][2] == "A/ttt" and b[1][2] == "B/ttt"  # each side predicts with its own TTT run
     for ca, cb in zip(a, b):
         extra = [x for x in cb if x not in ca and not x.startswith("B")]
-        assert "model.crop=true" in extra and set(extra) <= {"model.crop=true", "--per-task", "--crop"}
+        assert "compute.crop=true" in extra and set(extra) <= {"compute.crop=true", "--per-task", "--crop"}
     assert "--per-task" in b[0] and "--crop" in b[1] and "--crop" not in b[0]
     only_predict = flow_commands(Namespace(checkpoint="CK", challenges="F", ttt_config=None), [], [], [], Path("A"))
     assert [c[0] for c in only_predict] == ["stages.predict"] and "--set" not in only_predict[0]

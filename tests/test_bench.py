@@ -36,12 +36,12 @@ def test_bench_crop_smoke(capsys, one_thread):
 
 def test_bench_tta_smoke(tmp_path, capsys, one_thread):
     rows = tmp_path / "rows.json"
-    bench.tta.main(["--seeds", "0", "--optimizers", "adam_atan2", "--max-steps", "4", "--eval-every", "2",
-                    "--pretrain-steps", "4", "--set", "data.eval_views=1", "--work", str(tmp_path / "work"),
+    bench.tta.main(["--seeds", "0", "--optimizers", "adam_atan2", "--max-steps", "2", "--eval-every", "1",
+                    "--pretrain-steps", "2", "--set", "data.eval_views=1", "--work", str(tmp_path / "work"),
                     "--rows", str(rows)])
     out = last_json(capsys)
     assert set(out["summary"]) == {"scratch", "ttt"}
     for setting in out["summary"].values():
         assert set(setting["adam_atan2"]) >= {"steps", "median_steps", "speedup_vs_official"}
     curves = {r["setting"]: [c["step"] for c in r["curve"]] for r in json.loads(rows.read_text())}
-    assert curves == {"scratch": [2, 4], "ttt": [2, 4]}
+    assert curves == {"scratch": [1, 2], "ttt": [1, 2]}

@@ -10,20 +10,21 @@ from conftest import ROOT
 from pipeline.checkpoint import load_for_prediction, write_weights_checkpoint
 from pipeline.computation import departures, describe
 from pipeline.config import dump_config, load_config
+from pipeline.layout import Checkpoint
 from pipeline.model import TRM
 from pipeline.puzzle_ids import PerTaskIds
 from pipeline.ttt import ttt_config, ttt_departures
 
 TINY = ["model.hidden=32", "model.heads=2", "model.puzzle_emb_ndim=32"]
 RECIPES = ["ttt_full.yaml", "ttt_mcgovern.yaml", "ttt_nvarc.yaml"]
-SPEED_UPS = {("model", "crop"), ("model", "crop_groups"), ("data", "max_offset"), ("data", "bucket_steps"),
+SPEED_UPS = {("compute", "crop"), ("compute", "crop_groups"), ("data", "max_offset"), ("data", "bucket_steps"),
              ("predict", "adaptive_halting"), ("predict", "translate"), ("predict", "max_offset"),
              ("predict", "max_steps")}
 
 
-def checkpoint(folder: Path, *sets: str) -> Path:
+def checkpoint(folder: Path, *sets: str) -> Checkpoint:
     cfg = load_config(ROOT / "configs" / "demo_cpu.yaml", [*TINY, *sets])
-    model = TRM(cfg.model, 3)
+    model = TRM(cfg.model, 3, cfg.compute)
     return write_weights_checkpoint(folder, model_state=model.state_dict(), config_yaml=dump_config(cfg),
                                     task_ids=["a", "b"], ids=PerTaskIds(2), meta={"test": True})
 
@@ -31,42 +32,45 @@ def checkpoint(folder: Path, *sets: str) -> Path:
 def test_an_old_checkpoints_saved_evaluation_settings_are_not_inherited(tmp_path):
     """A checkpoint saved by an older version holds adaptive halting and translated views as its predict
     settings: predict, ttt and submit (ttt_config) still evaluate officially, and say so."""
-    ck = checkpoint(tmp_path / "old", "predict.adaptive_halting=true", "predict.translate=true", "predict.max_offset=2")
+    ck = checkpoint(tmp_path / "old", "predict.adaptive_halting=true", "predict.translate=true")
+    saved = ck.file("config.yaml")  # older versions also saved predict.max_offset (now data.max_offset's)
+    saved.write_text(saved.read_text().replace("predict:\n", "predict:\n  max_offset: 2\n"))
+    ck = Checkpoint.open(ck.path)
     loaded = load_for_prediction(ck)
     p = loaded.config.predict
-    assert (p.adaptive_halting, p.translate, p.max_steps, loaded.config.model.crop) == (False, False, 0, False)
+    assert (p.adaptive_halting, p.translate, p.max_steps, loaded.config.compute.crop) == (False, False, 0, False)
     assert loaded.departures == [] and "no departure" in describe(loaded.departures)
-    asked = load_for_prediction(ck, overrides=["predict.adaptive_halting=true", "model.crop=true"])
-    assert asked.departures == ["model.crop: false -> true", "predict.adaptive_halting: false -> true"]
+    asked = load_for_prediction(ck, overrides=["predict.adaptive_halting=true", "compute.crop=true"])
+    assert asked.departures == ["compute.crop: false -> true", "predict.adaptive_halting: false -> true"]
     for preset in ["demo_ttt.yaml", *RECIPES[:2]]:
         cfg = ttt_config(ck, ROOT / "configs" / preset, [], tmp_path / "ttt")
-        assert (cfg.predict.adaptive_halting, cfg.predict.translate, cfg.model.crop) == (False, False, False), preset
-        assert ttt_departures(cfg) == [], preset
+        assert (cfg.predict.adaptive_halting, cfg.predict.translate, cfg.compute.crop) == (False, False, False), preset
+        assert ttt_departures(cfg, ck) == [], preset
 
 
 def test_ttt_follows_the_checkpoints_crop_and_translation_range(tmp_path):
     """A checkpoint pretrained under crop with translation bounded to 1 cell: TTT and predict keep both (no
     departure); a full-canvas checkpoint keeps the full canvas and translation anywhere."""
-    cropped = checkpoint(tmp_path / "cropped", "model.crop=true", "data.max_offset=1")
+    cropped = checkpoint(tmp_path / "cropped", "compute.crop=true", "data.max_offset=1")
     cfg = ttt_config(cropped, ROOT / "configs" / "ttt_full.yaml", [], tmp_path / "ttt")
-    assert cfg.model.crop and cfg.data.max_offset == 1 and ttt_departures(cfg) == []
-    assert load_for_prediction(cropped).config.model.crop and load_for_prediction(cropped).departures == []
+    assert cfg.compute.crop and cfg.data.max_offset == 1 and ttt_departures(cfg, cropped) == []
+    assert load_for_prediction(cropped).config.compute.crop and load_for_prediction(cropped).departures == []
     full = checkpoint(tmp_path / "full")
     cfg = ttt_config(full, ROOT / "configs" / "ttt_full.yaml", [], tmp_path / "ttt2")
-    assert not cfg.model.crop and cfg.data.translate and cfg.data.max_offset == 0
+    assert not cfg.compute.crop and cfg.data.translate and cfg.data.max_offset == 0
 
 
 def test_departures_name_each_setting_that_changes_the_computation(tmp_path):
     ck = checkpoint(tmp_path / "ck")
     nvarc = ttt_config(ck, ROOT / "configs" / "ttt_nvarc.yaml", [], tmp_path / "a")
-    assert ttt_departures(nvarc) == ["model.h_cycles: 2 -> 4", "model.halt_max_steps: 4 -> 10"]  # NVARC's recipe
+    assert ttt_departures(nvarc, ck) == ["model.h_cycles: 2 -> 4", "model.halt_max_steps: 4 -> 10"]  # NVARC's recipe
     fast = ttt_config(ck, [ROOT / "configs" / "ttt_full.yaml", ROOT / "configs" / "ttt_fast.yaml"], [], tmp_path / "b")
-    assert ttt_departures(fast) == ["model.crop: false -> true", "data.translate/max_offset: anywhere -> up to 1 cell",
+    assert ttt_departures(fast, ck) == ["compute.crop: false -> true", "data.translate/max_offset: anywhere -> up to 1 cell",
                                     "predict.adaptive_halting: false -> true"]
-    sets = ["predict.translate=true", "predict.max_steps=2", "data.bucket_steps=10", "model.crop_groups=4"]
+    sets = ["predict.translate=true", "predict.max_steps=2", "data.bucket_steps=10", "compute.crop_groups=4"]
     other = ttt_config(ck, ROOT / "configs" / "ttt_full.yaml", sets, tmp_path / "c")
     # crop_groups changes the speed only (each example computes on its own rectangle): not a departure
-    assert ttt_departures(other) == ["data.bucket_steps: 0 -> 10", "predict.max_steps: N_sup -> 2",
+    assert ttt_departures(other, ck) == ["data.bucket_steps: 0 -> 10", "predict.max_steps: N_sup -> 2",
                                      "predict.translate/max_offset: none -> anywhere"]
     assert departures(other, other) == ["predict.max_steps: N_sup -> 2", "predict.translate/max_offset: none -> anywhere"]
 
@@ -108,6 +112,6 @@ def test_the_arc_configs_evaluate_with_all_16_steps():
         cfg = load_config(None, [], base=with_official_evaluation(saved))
         assert cfg.model.halt_max_steps == 16 and cfg.predict.max_steps == 0 and not cfg.predict.adaptive_halting
         assert computation(cfg) == {  # the official ARC recipe (trm-reference.md), evaluated officially
-            "model.crop": "false", "model.h_cycles": "3", "model.l_cycles": "4", "model.halt_max_steps": "16",
+            "compute.crop": "false", "model.h_cycles": "3", "model.l_cycles": "4", "model.halt_max_steps": "16",
             "data.translate/max_offset": "anywhere", "data.bucket_steps": "0", "predict.adaptive_halting": "false",
             "predict.max_steps": "N_sup", "predict.translate/max_offset": "none"}

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.config import ConfigError, RunConfig, dump_config, from_dict, load_config
 
@@ -52,3 +53,32 @@ def test_bad_yaml_file_is_a_config_error(tmp_path):
     p.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(p)
+
+
+def test_a_checkpoint_config_of_the_old_shape_still_loads(tmp_path):
+    """config.yaml written before the compute: section (crop under model:, compile under train: and predict:,
+    predict.seed / predict.max_offset, model.seq_len) loads into today's shape; a preset may not use the old keys."""
+    from pipeline.layout import Checkpoint
+
+    old = yaml.safe_load(dump_config(load_config("configs/demo_cpu.yaml")))
+    old.pop("compute")
+    old["model"].update(crop=True, crop_groups=4, seq_len=25)
+    old["train"]["compile"] = False
+    old["predict"].update(compile=False, seed=3, max_offset=2)
+    folder = tmp_path / "ckpt" / "step-00000001"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(old))
+    (folder / "tasks.json").write_text('{"task_ids": ["a"], "puzzle_ids": "per_task"}')
+    (folder / "meta.json").write_text('{"step": 1}')
+    cfg = Checkpoint.open(tmp_path).config
+    assert (cfg.compute.crop, cfg.compute.crop_groups, cfg.compute.compile) == (True, 4, False)
+    assert cfg.model.seq_len == 25 and cfg.data.max_offset == 0 and cfg.seed == 0
+    with pytest.raises(ConfigError, match="unknown config key 'model.crop'"):
+        load_config("configs/demo_cpu.yaml", ["model.crop=true"])
+
+
+def test_seq_len_is_derived_from_the_canvas():
+    assert load_config("configs/demo_cpu.yaml", ["data.canvas=8"]).model.seq_len == 64
+    assert load_config("configs/demo_cpu.yaml", ["data.canvas=8", "model.seq_len=64"]).model.seq_len == 64
+    with pytest.raises(ConfigError, match="derived from data.canvas"):
+        load_config("configs/demo_cpu.yaml", ["model.seq_len=36"])

@@ -1,4 +1,4 @@
-"""Task-sized sequences (model.crop): a cropped step is the full-canvas step with the padding outside the
+"""Task-sized sequences (compute.crop): a cropped step is the full-canvas step with the padding outside the
 rectangle masked out of attention (positions kept), the rectangle covers what a batch uses, bucketing and
 bounded translation in the sampler, and prediction under crop decodes and votes as without it.
 pytest tests/test_crop.py"""
@@ -9,13 +9,14 @@ import torch.nn.functional as F
 
 import pipeline.model as model_mod
 from pipeline.act import IGNORE, empty_carry, supervision_step, token_ce
+from pipeline.config import ComputeConfig, DataConfig, ModelConfig, PredictConfig
 from pipeline.crop import by_size, own_rectangles, rect_crop, size_groups, step_crop, used_extents, view_extents
-from pipeline.infer import PredictConfig, make_views, predict_tests
-from pipeline.model import TRM, Crop, ModelConfig
 from pipeline.encode import encode, last_offset
+from pipeline.infer import PredictOptions, PredictTasks, ViewSpec, make_views, predict_tests
+from pipeline.model import TRM, Crop
 from pipeline.packed import pack_tasks, task_sides
 from pipeline.puzzle_ids import PerTaskIds
-from pipeline.sampler import DataConfig, Sampler
+from pipeline.sampler import Sampler
 from pipeline.synthetic import synthetic_tasks
 from pipeline.tasks import Task
 from pipeline.train import to_torch
@@ -23,11 +24,11 @@ from pipeline.train import to_torch
 CANVAS = 8
 
 
-def _model(pos="rope", **kw):
+def _model(pos="rope", crop=False, crop_groups=1, **kw):
     torch.manual_seed(0)
     cfg = ModelConfig(hidden=32, heads=2, layers=2, h_cycles=2, l_cycles=2, halt_max_steps=3, seq_len=CANVAS ** 2,
                       puzzle_emb_len=2, puzzle_emb_ndim=48, pos_encodings=pos, **kw)
-    m = TRM(cfg, 3)
+    m = TRM(cfg, 3, ComputeConfig(crop=crop, crop_groups=crop_groups))
     with torch.no_grad():
         m.puzzle_emb.normal_()
         m.q_head.weight.normal_(0, 0.1)
@@ -77,9 +78,9 @@ def test_a_cropped_step_is_the_full_step_with_the_padding_masked_out(pos, monkey
 
 def test_crop_is_rejected_where_it_cannot_work():
     with pytest.raises(ValueError, match="mlp_t"):
-        ModelConfig(seq_len=25, mlp_t=True, crop=True)
+        ComputeConfig(crop=True).check(ModelConfig(seq_len=25, mlp_t=True))
     with pytest.raises(ValueError, match="square"):
-        ModelConfig(seq_len=24, crop=True)
+        ComputeConfig(crop=True).check(ModelConfig(seq_len=24))
 
 
 def _encoded(grids_in, grids_out, offsets, canvas=CANVAS):
@@ -170,7 +171,7 @@ class _Oracle(TRM):
 
     def __init__(self, answers: dict, canvas: int, crop: bool):
         super().__init__(ModelConfig(hidden=8, heads=1, layers=1, seq_len=canvas * canvas, puzzle_emb_len=0,
-                                     puzzle_emb_ndim=0, halt_max_steps=1, crop=crop), 1)
+                                     puzzle_emb_ndim=0, halt_max_steps=1), 1, ComputeConfig(crop=crop))
         self.answers, self.crops = answers, []
 
     def forward(self, inputs, puzzle_vecs, y, z, crop=None):
@@ -194,8 +195,9 @@ def test_prediction_under_crop_decodes_a_3x_answer_like_the_full_canvas():
     x = rng.integers(1, 10, (3, 2)).astype(np.uint8)
     task = Task("up3", [(g, _up3(g)) for g in demos], [x], [_up3(x)], train_on_test=False)
     packed = pack_tasks([task])
-    cfg = PredictConfig(augs=24, batch_size=5, translate=True, compile=False, top_k=2)
-    views = make_views(packed, np.arange(1), np.zeros(1, np.int64), PerTaskIds(1), cfg.augs, canvas, True, 0)
+    cfg = PredictConfig(augs=24, batch_size=5, translate=True, top_k=2)
+    tests = PredictTasks(packed, np.zeros(1, np.int64), PerTaskIds(1))
+    views = make_views(tests, np.arange(1), ViewSpec(cfg.augs, canvas, 0, True))
     # each view's true answer canvas, encoded as the training labels would be
     n = len(views.inputs)
     swap = np.isin(views.dihedral, [1, 3, 6, 7])
@@ -207,8 +209,7 @@ def test_prediction_under_crop_decodes_a_3x_answer_like_the_full_canvas():
     results = {}
     for crop in (False, True):
         oracle = _Oracle(answers, canvas, crop).eval()
-        [p] = predict_tests(oracle, packed, np.arange(1), np.zeros(1, np.int64), PerTaskIds(1), cfg, canvas,
-                            torch.device("cpu"), torch.float32)
+        [p] = predict_tests(oracle, tests, np.arange(1), PredictOptions(cfg, canvas, torch.device("cpu")))
         results[crop] = (p, oracle.crops)
     (full, full_crops), (cropped, crops) = results[False], results[True]
     assert all(c is None for c in full_crops) and any(c is not None for c in crops)
@@ -232,7 +233,7 @@ class _RandomHalts(TRM):
 
     def __init__(self):
         super().__init__(ModelConfig(hidden=8, heads=1, layers=1, seq_len=CANVAS * CANVAS, puzzle_emb_len=0,
-                                     puzzle_emb_ndim=0, halt_max_steps=6, crop=True), 1)
+                                     puzzle_emb_ndim=0, halt_max_steps=6), 1, ComputeConfig(crop=True))
         self.log, self.rng = [], np.random.default_rng(0)
 
     def forward(self, inputs, vecs, y, z, crop=None):
@@ -267,7 +268,7 @@ def test_streaming_prediction_crops_every_step_to_cover_its_live_views():
 
 
 def test_a_run_resumes_with_crop_switched_on(tmp_path):
-    """model.crop changes the compute, not the weights or the (full-size) carry: a run folder trained without
+    """compute.crop changes the compute, not the weights or the (full-size) carry: a run folder trained without
     it continues under the presets' crop settings (they must not strand a run); another model or optimiser
     is refused with a clear error."""
     from pipeline.build import build_run
@@ -282,7 +283,7 @@ def test_a_run_resumes_with_crop_switched_on(tmp_path):
         return build_run(cfg, init_runtime("cpu", "float32", 0), eval_fn=None).trainer.fit()
 
     fit(2)
-    assert fit(4, "model.crop=true", "model.crop_groups=8", "data.max_offset=1")["step"] == 4  # as the presets
+    assert fit(4, "compute.crop=true", "compute.crop_groups=8", "data.max_offset=1")["step"] == 4  # as the presets
     with pytest.raises(CheckpointError, match="another model"):
         fit(6, "model.l_cycles=3")
     with pytest.raises(CheckpointError, match="train.optimizer"):  # its state would not load: say so
@@ -299,7 +300,7 @@ def test_the_submit_calibration_times_every_size_bucket_under_crop(tmp_path, mon
 
     tasks = [Task(f"s{s}", [(np.ones((s, s), np.uint8), np.ones((s, s), np.uint8))] * 3, [np.ones((s, s), np.uint8)])
              for s in (1, 2, 5, 6)]
-    cfg = load_config(ROOT / "configs" / "demo_cpu.yaml", ["data.canvas=8", "model.seq_len=64", "model.crop=true",
+    cfg = load_config(ROOT / "configs" / "demo_cpu.yaml", ["data.canvas=8", "model.seq_len=64", "compute.crop=true",
                       "data.max_offset=1", "data.bucket_steps=50", "data.size_buckets=2", "train.global_batch=8",
                       "train.progress=false"])
     crops, pins = [], []
@@ -396,10 +397,9 @@ def test_the_prediction_calibration_scales_the_timed_inputs_to_all_inputs_under_
              for k in range(2)]
     packed = pack_tasks(small + large)
     m = _model(crop=True)
-    cfg = PredictConfig(translate=False)
-    args = (np.full(4, -1), PerTaskIds(4), cfg, CANVAS)
-    up = _crop_cost_ratio(m, packed, np.arange(2), *args)  # timed the small ones: the rest cost more
-    down = _crop_cost_ratio(m, packed, np.arange(2, 4), *args)
+    tests, spec = PredictTasks(packed, np.full(4, -1), PerTaskIds(4)), ViewSpec(8, CANVAS)
+    up = _crop_cost_ratio(m, tests, np.arange(2), spec)  # timed the small ones: the rest cost more
+    down = _crop_cost_ratio(m, tests, np.arange(2, 4), spec)
     assert up > 1.5 and down < 0.8
     assert up == pytest.approx((m.flops_per_step(1, 9) + m.flops_per_step(1, 64)) / 2 / m.flops_per_step(1, 9))
 
@@ -439,7 +439,7 @@ def test_an_example_computes_the_same_alone_beside_a_larger_one_and_in_another_o
 
 def test_a_training_slot_computes_the_same_beside_larger_slots_and_in_any_size_group():
     """The ACT step under crop: a slot's logits, loss and halting logit do not depend on the other slots of the
-    batch or on model.crop_groups."""
+    batch or on compute.crop_groups."""
     b1 = _encoded([np.ones((2, 2), np.uint8)], [np.ones((2, 3), np.uint8)], [(0, 0)])
     b3 = _encoded([np.ones((2, 2), np.uint8), np.ones((6, 5), np.uint8), np.ones((1, 1), np.uint8)],
                   [np.ones((2, 3), np.uint8), np.ones((7, 6), np.uint8), np.ones((4, 4), np.uint8)],
@@ -487,7 +487,8 @@ def test_prediction_under_crop_is_the_same_for_any_batch_size_and_shard(adaptive
     packed = pack_tasks(_varied_tasks())
     rows = np.arange(len(packed.test_task))
     to_ckpt = np.full(packed.num_tasks, -1)
-    views = make_views(packed, rows, to_ckpt, PerTaskIds(packed.num_tasks), 4, CANVAS, True, 0)
+    tests = PredictTasks(packed, to_ckpt, PerTaskIds(packed.num_tasks))
+    views = make_views(tests, rows, ViewSpec(4, CANVAS, 0, True))
     assert len({tuple(e) for e in views.extents}) > 4  # views of many sizes
     inputs = torch.from_numpy(views.inputs)
     vecs = m.puzzle_emb[torch.ones(len(inputs), dtype=torch.long)]
@@ -497,11 +498,10 @@ def test_prediction_under_crop_is_the_same_for_any_batch_size_and_shard(adaptive
     back = torch.argsort(order)
     assert torch.equal(got[0][back], ref[0]) and torch.equal(got[2][back], ref[2])
     torch.testing.assert_close(got[1][back], ref[1], rtol=1e-4, atol=1e-5)
-    cfg = [PredictConfig(augs=4, batch_size=bs, translate=True, adaptive_halting=adaptive, compile=False)
-           for bs in (64, 5)]
+    cfg = [PredictConfig(augs=4, batch_size=bs, translate=True, adaptive_halting=adaptive) for bs in (64, 5)]
     attempts = []
     for pcfg, shards in ((cfg[0], [rows]), (cfg[1], [rows[len(rows) // 2:], rows[:len(rows) // 2]])):
-        preds = [p for shard in shards for p in predict_tests(m, packed, shard, to_ckpt, PerTaskIds(packed.num_tasks),
-                                                              pcfg, CANVAS, torch.device("cpu"), torch.float32)]
+        preds = [p for shard in shards
+                 for p in predict_tests(m, tests, shard, PredictOptions(pcfg, CANVAS, torch.device("cpu")))]
         attempts.append({(p.task_id, p.test_index): [a.tolist() for a in p.attempts] for p in preds})
     assert attempts[0] == attempts[1] and len(attempts[0]) == len(rows)

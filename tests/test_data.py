@@ -287,7 +287,7 @@ def test_id_table_of_4522001f_matches_the_official_version_count():
 
 
 def test_id_tables_survive_a_checkpoint_round_trip(packed, tmp_path):
-    from pipeline.checkpoint import load_arrays, save_arrays
+    from pipeline.layout import load_arrays, save_arrays
     from pipeline.puzzle_ids import id_scheme_from_state
 
     for ids in (PerAugmentationIds.build(packed, 20, 3), PerTaskIds(packed.num_tasks, True, False)):

@@ -23,9 +23,9 @@ from bench.gpu_check import STEPS, Ctx, Step, run_step
 from bench.syncs import check, sync_warnings
 from bench.train import rectangles, work
 from conftest import ARC, ROOT, needs_shared_arc
-from pipeline.config import load_config
+from pipeline.config import ComputeConfig, ModelConfig, load_config
 from pipeline.crop import rect_crop
-from pipeline.model import TRM, Crop, ModelConfig
+from pipeline.model import TRM, Crop
 from pipeline.packed import pack_tasks
 from pipeline.puzzle_ids import PerTaskIds
 from pipeline.synthetic import synthetic_tasks
@@ -214,7 +214,7 @@ def test_every_command_of_the_check_parses(part, quick, tmp_path):
         m = step.cmd.index("-m")
         check_args(step.cmd[m + 1], step.cmd[m + 2:], f"{part}/{step.name}")
         if not quick and any(a.startswith("train.") for a in step.cmd):
-            assert {"train.dtype=bfloat16", "train.compile=true"} <= set(step.cmd), step.cmd
+            assert {"train.dtype=bfloat16", "compute.compile=true"} <= set(step.cmd), step.cmd
         if not quick and ("bench.train" in step.cmd or "stages.pretrain" in step.cmd):
             assert "train.device=cuda" in step.cmd, step.cmd
     if part == "e2e" and not quick:  # TTT planned against actual seconds on every run: its steps are pinned
@@ -233,7 +233,7 @@ def test_the_full_run_fits_its_8_minutes():
 
 def test_crop_flops_count_the_rectangles_each_forward_ran():
     model = TRM(ModelConfig(hidden=32, heads=2, puzzle_emb_len=2, puzzle_emb_ndim=32, h_cycles=1, l_cycles=1,
-                            halt_max_steps=2, seq_len=36, crop=True, crop_groups=2), 4)
+                            halt_max_steps=2, seq_len=36), 4, ComputeConfig(crop=True, crop_groups=2))
     ran = []
     model.register_forward_pre_hook(lambda m, a: ran.extend(rectangles(m, a)))
     B = 5
@@ -296,8 +296,8 @@ def test_heldout_token_accuracy_is_the_share_of_truth_cells_the_first_attempt_ge
     attempts = [[half, truths[0]], [truths[1]], [np.zeros((1, 1), np.uint8), truths[2]]]  # wrong shape: 0 cells
     fake = [infer.TestPrediction("t", 0, a) for a in attempts]
     monkeypatch.setattr(infer, "predict_tests", lambda *args, **kw: fake)
-    out = infer.evaluate_heldout(torch.nn.Linear(1, 1), packed, PerTaskIds(3), infer.PredictConfig(augs=1), 5, "cpu",
-                                 None)
+    out = infer.evaluate_heldout(torch.nn.Linear(1, 1), packed, PerTaskIds(3),
+                                 infer.PredictOptions(infer.PredictConfig(augs=1), 5, "cpu", None))
     share = 1 - (half.size // 2) / half.size
     assert out["token_accuracy"] == pytest.approx((share + 1 + 0) / 3) and out["pass@2"] == pytest.approx(1.0)
     assert out["pass@1"] == pytest.approx(1 / 3)

@@ -16,6 +16,7 @@ import nbformat
 import pytest
 
 from conftest import ARC, ROOT, needs_shared_arc
+from pipeline.layout import Checkpoint
 from pipeline.synthetic import synthetic_tasks
 from submission.kaggle import (PLACEHOLDER_OWNER, WEIGHT_FILES, BuildSettings, KaggleError, KaggleNames, build_all,
                                configured_username, credentials_source, push, upload_plan)
@@ -27,12 +28,16 @@ KERNEL_KEYS = {"id", "id_no", "title", "code_file", "language", "kernel_type", "
                "keywords", "docker_image", "docker_image_pinning_type", "machine_shape"}
 
 
-def fake_checkpoint(folder: Path) -> Path:
-    """A checkpoint folder's files (contents irrelevant to packaging), resume-only files included."""
+def fake_checkpoint(folder: Path) -> Checkpoint:
+    """A checkpoint folder's files (contents irrelevant to packaging but for what opening it reads: config,
+    task order, meta), resume-only files included."""
     folder.mkdir(parents=True)
     for f in (*WEIGHT_FILES, "optim.pt", "carry_rank0.safetensors", "carry_rank1.safetensors", "state.json"):
         (folder / f).write_bytes(f.encode())
-    return folder
+    (folder / "config.yaml").write_text("{}\n")
+    (folder / "tasks.json").write_text('{"task_ids": []}')
+    (folder / "meta.json").write_text('{"step": 0}')
+    return Checkpoint.open(folder)
 
 
 def clean_env(home: Path, **extra) -> dict:
@@ -92,9 +97,39 @@ def test_build_refuses_bad_slugs_and_incomplete_checkpoints(tmp_path):
     ckpt = fake_checkpoint(tmp_path / "ck")
     with pytest.raises(KaggleError, match="slug"):
         build_all(tmp_path / "out", ckpt, BuildSettings(KaggleNames(owner="a", code="Bad Slug!"), wheels=False))
-    (ckpt / "model.safetensors").unlink()
+    (ckpt.path / "model.safetensors").unlink()
     with pytest.raises(KaggleError, match="model.safetensors"):
         build_all(tmp_path / "out", ckpt, BuildSettings(KaggleNames(owner="a"), wheels=False))
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("--ttt-confg configs/demo_ttt.yaml", "unrecognized arguments: --ttt-confg"),  # a typo
+    ("--views 0", "--views: 0 is not a positive integer"),
+    ("'oops", "No closing quotation"),
+    ("--budget-s 5", "--budget-s: the notebook sets it itself"),
+    ("--budg 5 --out x", "--out, --budget-s: the notebook sets them itself"),  # abbreviated too
+    ("--checkpoint x", "--checkpoint: the notebook sets it itself"),
+    ("--kaggle-root x --device cpu", "--kaggle-root, --device: the notebook sets them itself"),
+    ("--ttt-config configs/ttt_nope.yaml", "--ttt-config configs/ttt_nope.yaml: no such file in the code dataset"),
+    ("--ttt-config /etc/hostname", "--ttt-config /etc/hostname: no such file in the code dataset"),
+    ("--ttt-config configs/demo_ttt.yaml --set train.stepz=3", "unknown config key 'train.stepz'"),
+    ("--set train.steps=many", "train.steps"),  # over the default preset, configs/ttt_full.yaml
+])
+def test_build_checks_the_submit_args_before_writing_anything(tmp_path, text, problem):
+    """--submit-args that would fail on Kaggle (no submission.json, a day lost) stop the build with one line,
+    exit 2, before anything is written."""
+    from stages.kaggle import checked_submit_args
+
+    with pytest.raises(KaggleError, match=re.escape(problem)):
+        checked_submit_args(text)
+    assert checked_submit_args("--ttt-config configs/demo_ttt.yaml --set train.steps=3 --ttt-steps 2 --views 4") == [
+        "--ttt-config", "configs/demo_ttt.yaml", "--set", "train.steps=3", "--ttt-steps", "2", "--views", "4"]
+    if text == "'oops":  # through the command line too (shlex's error was a traceback)
+        r = cli("build", "--checkpoint", str(fake_checkpoint(tmp_path / "ck")), "--out", str(tmp_path / "out"),
+                "--no-wheels", "--submit-args", text, env=clean_env(tmp_path))
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: --submit-args: "), r.stderr
+        assert problem in lines[0] and not (tmp_path / "out").exists()
 
 
 def test_push_dry_run_lists_every_upload_and_never_echoes_credentials(tmp_path):
@@ -117,8 +152,8 @@ def test_push_dry_run_lists_every_upload_and_never_echoes_credentials(tmp_path):
 
 
 def test_push_without_credentials_is_a_dry_run(tmp_path):
-    fake_checkpoint(tmp_path / "ck")
-    build_all(tmp_path / "out", tmp_path / "ck", BuildSettings(KaggleNames(owner="carol"), wheels=False))
+    ckpt = fake_checkpoint(tmp_path / "ck")
+    build_all(tmp_path / "out", ckpt, BuildSettings(KaggleNames(owner="carol"), wheels=False))
     r = cli("push", str(tmp_path / "out"), env=clean_env(tmp_path / "home"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.startswith("dry run (no Kaggle credentials") and "carol/trm-arc-code" in r.stdout
@@ -141,8 +176,8 @@ def test_credentials_are_found_where_the_kaggle_package_looks_and_not_returned(t
 
 
 def test_push_refuses_the_placeholder_owner_before_touching_the_network(tmp_path):
-    fake_checkpoint(tmp_path / "ck")
-    build_all(tmp_path / "out", tmp_path / "ck", BuildSettings(KaggleNames(), wheels=False))
+    ckpt = fake_checkpoint(tmp_path / "ck")
+    build_all(tmp_path / "out", ckpt, BuildSettings(KaggleNames(), wheels=False))
     plan = upload_plan(tmp_path / "out")
     assert plan[-1]["ref"] == f"{PLACEHOLDER_OWNER}/trm-arc-submission"
     with pytest.raises(KaggleError, match="placeholder"):
@@ -176,8 +211,8 @@ def test_push_versions_existing_datasets_creates_new_ones_then_pushes_the_notebo
                                          url="https://www.kaggle.com/code/fay/trm-arc-submission")
 
     monkeypatch.setitem(sys.modules, "kaggle.api.kaggle_api_extended", types.SimpleNamespace(KaggleApi=Api))
-    fake_checkpoint(tmp_path / "ck")
-    build_all(tmp_path / "out", tmp_path / "ck", BuildSettings(KaggleNames(owner="fay"), wheels=False))
+    ckpt = fake_checkpoint(tmp_path / "ck")
+    build_all(tmp_path / "out", ckpt, BuildSettings(KaggleNames(owner="fay"), wheels=False))
     push(upload_plan(tmp_path / "out"), "v2")
     assert calls == [("authenticate",), ("create", "code", False, "zip"), ("version", "weights", "v2", "zip"),
                      ("kernel", "fay/trm-arc-submission")]
@@ -241,9 +276,9 @@ time.sleep(3600)
 @needs_shared_arc
 def test_notebook_stops_an_overrunning_submit_and_keeps_its_valid_submission(tmp_path, monkeypatch):
     """The watchdog, with the code dataset as Kaggle sometimes mounts folders (NAME.zip, not extracted)."""
-    fake_checkpoint(tmp_path / "ck")
+    ckpt = fake_checkpoint(tmp_path / "ck")
     built = tmp_path / "built"
-    build_all(built, tmp_path / "ck", BuildSettings(KaggleNames(owner="ann"), budget_s=40, wheels=False))
+    build_all(built, ckpt, BuildSettings(KaggleNames(owner="ann"), budget_s=40, wheels=False))
     input_root, working = kaggle_tree(tmp_path / "kaggle", built)
     code = input_root / "trm-arc-code"
     (code / "stages" / "submit.py").write_text(STAND_IN_SUBMIT)
@@ -274,15 +309,14 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 @needs_shared_arc
-@pytest.mark.skipif(not (ROOT / "stages" / "submit.py").exists(), reason="stages.submit (the make submit issue) is "
-                    "not in this tree yet; the notebook runs it")
 def test_notebook_runs_offline_against_a_fake_kaggle_tree(checkpoint, tmp_path, monkeypatch):
     budget = 150
     built = tmp_path / "built"
-    # the demo TTT preset (the default ttt_full.yaml's batch of 384 fits no TTT step into this budget on a CPU)
+    # the demo TTT preset (the default ttt_full.yaml's batch of 384 fits no TTT step into this budget on a CPU), and a
+    # pinned plan (2 TTT steps, 4 views): the notebook's plumbing, not the planner (tests/test_submit_flow.py's)
     r = subprocess.run([sys.executable, "-m", "stages.kaggle", "build", "--checkpoint", str(checkpoint), "--out",
                         str(built), "--budget-s", str(budget), "--no-wheels", "--owner", "tester", "--submit-args",
-                        "--ttt-config configs/demo_ttt.yaml --ttt-min-steps 10"],
+                        "--ttt-config configs/demo_ttt.yaml --ttt-steps 2 --views 4"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     # the demo model's canvas (5x5) fits no ARC-AGI-2 task: one demo-sized task makes TTT and prediction run too

@@ -10,14 +10,15 @@ import torch
 from conftest import ROOT
 from pipeline.config import load_config
 from pipeline.dataset import build_dataset
-from pipeline.infer import evaluate_heldout
+from pipeline.infer import PredictOptions, evaluate_heldout
+from pipeline.layout import Checkpoint
 from pipeline.metrics import read_metrics
 from pipeline.model import TRM
 
 
 def _heldout(model, cfg, data):
-    return evaluate_heldout(model, data.packed, data.ids, cfg.predict, cfg.data.canvas, torch.device("cpu"),
-                            torch.float32)
+    return evaluate_heldout(model, data.packed, data.ids, PredictOptions(cfg.predict, cfg.data.canvas,
+                                                                         torch.device("cpu"), seed=cfg.seed))
 
 
 @pytest.mark.slow
@@ -37,7 +38,7 @@ def test_demo_config_learns_heldout_tasks(demo_pretrained):
 
     from pipeline.checkpoint import load_for_prediction
 
-    trained = load_for_prediction(tmp_path)  # the exported (EMA) weights score the same through the predict path
+    trained = load_for_prediction(Checkpoint.open(tmp_path))  # the exported (EMA) weights score the same through the predict path
     again = _heldout(trained.model, trained.config, data)
     assert again["pass@1"] == pytest.approx(final["eval/pass@1"])
     assert np.isfinite(again["mean_steps"]) and again["mean_steps"] <= cfg.model.halt_max_steps

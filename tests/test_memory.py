@@ -9,8 +9,9 @@ import torch
 
 from bench.memory import RssSampler
 from conftest import ROOT
-from pipeline.infer import PredictConfig, evaluate_heldout
-from pipeline.model import TRM, ModelConfig
+from pipeline.config import ModelConfig, PredictConfig
+from pipeline.infer import PredictOptions, evaluate_heldout
+from pipeline.model import TRM
 from pipeline.packed import pack_tasks
 from pipeline.puzzle_ids import PerTaskIds
 from pipeline.synthetic import synthetic_tasks
@@ -37,7 +38,7 @@ def eval_peak_mb(model, packed, ids, cfg, n_inputs: int, rss: RssSampler, repeat
         release_free_memory()
         name = f"{n_inputs}/{cfg.batch_size}/{r}"
         with rss.phase(name):
-            out = evaluate_heldout(model, packed, ids, cfg, 5, torch.device("cpu"), torch.float32, n_inputs)
+            out = evaluate_heldout(model, packed, ids, PredictOptions(cfg, 5, torch.device("cpu")), n_inputs)
         assert out["inputs"] == n_inputs
         rises.append(rss.phases[name]["rss_peak_mb"] - rss.phases[name]["rss_start_mb"])
     return min(rises)
@@ -52,8 +53,8 @@ def test_heldout_evaluation_memory_does_not_grow_with_the_number_of_inputs():
     # Wide for its length, so that a batch's activations (~0.4 MB per view) dwarf everything per input.
     model = TRM(ModelConfig(hidden=512, heads=8, seq_len=25, puzzle_emb_len=1, puzzle_emb_ndim=512, h_cycles=1,
                             l_cycles=1, halt_max_steps=1), ids.num_ids)
-    streamed = PredictConfig(augs=8, batch_size=16, compile=False, translate=False)
-    at_once = PredictConfig(augs=8, batch_size=512, compile=False, translate=False)  # every view in one batch
+    streamed = PredictConfig(augs=8, batch_size=16, translate=False)
+    at_once = PredictConfig(augs=8, batch_size=512, translate=False)  # every view in one batch
     assert (packed.test_out >= 0).all() and not packed.test_trainable.any() and len(packed.test_out) == 64
     with RssSampler(interval=0.001) as rss:
         for cfg in (streamed, at_once):
@@ -86,7 +87,7 @@ def test_cpu_prediction_batch_is_bounded_in_tokens(monkeypatch):
     ids = PerTaskIds(packed.num_tasks)
     model = TRM(ModelConfig(hidden=16, heads=1, seq_len=900, puzzle_emb_ndim=16, h_cycles=1, l_cycles=1,
                             halt_max_steps=1), ids.num_ids).eval()
-    evaluate_heldout(model, packed, ids, PredictConfig(batch_size=768, augs=2), 30, torch.device("cpu"), torch.float32)
+    evaluate_heldout(model, packed, ids, PredictOptions(PredictConfig(batch_size=768, augs=2), 30, torch.device("cpu")))
     assert seen == [infer.CPU_BATCH_TOKENS // 916] == [17]
     want = 768
     assert infer.model_batch(PredictConfig(batch_size=768), torch.device("cpu"), 4 + 16) == want

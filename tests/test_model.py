@@ -204,6 +204,7 @@ def test_warm_start_copies_the_trunk_and_reinitialises_new_tasks_to_the_mean(tmp
     from pipeline.checkpoint import Checkpointer, save_tensors
     from pipeline.config import dump_config
     from pipeline.checkpoint import warm_start
+    from pipeline.layout import Checkpoint
 
     torch.manual_seed(0)
     cfg = RunConfig(model=ModelConfig(**SMALL), data=load_config("configs/demo_cpu.yaml").data)
@@ -217,7 +218,7 @@ def test_warm_start_copies_the_trunk_and_reinitialises_new_tasks_to_the_mean(tmp
     (tmp / "tasks.json").write_text('{"task_ids": []}')
     ck.commit(tmp, 10, {})
     new = TRM(cfg.model, 9)  # other tasks: another table size
-    warm_start(new, tmp_path)
+    warm_start(new, Checkpoint.open(tmp_path))
     for k, v in old.state_dict().items():
         if k != "puzzle_emb":
             assert torch.equal(new.state_dict()[k], v), k

@@ -106,8 +106,9 @@ def test_official_import_stage_writes_a_loadable_checkpoint(tmp_path):
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     from pipeline.checkpoint import load_for_prediction
+    from pipeline.layout import Checkpoint
 
-    loaded = load_for_prediction(tmp_path)  # a run folder resolves to its latest checkpoint
+    loaded = load_for_prediction(Checkpoint.open(tmp_path))  # a run folder resolves to its latest checkpoint
     model, _ = _model()
     for k, v in model.state_dict().items():
         torch.testing.assert_close(loaded.model.state_dict()[k], v)

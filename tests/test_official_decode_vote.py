@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from kernels.inverse import decode_view, hash_views
 from kernels.reference import decode_ref, encode_grid_ref
-from pipeline.infer import PredictConfig, Views, run_views, vote
-from pipeline.model import TRM, ModelConfig
+from pipeline.config import ModelConfig, PredictConfig
+from pipeline.infer import PredictOptions, Views, run_views, vote
+from pipeline.model import TRM
 from submission.format import build_submission
 from conftest import SHARED, needs_shared
 
@@ -105,8 +106,8 @@ def _our_entry(case: dict) -> dict:
     zeros = np.zeros(n, dtype=np.int64)
     v = Views(inputs, zeros, np.array([x["dihedral"] for x in views], np.int64),
               np.stack([_perm(x["perm"]) for x in views]), zeros, zeros, np.array([0, n], np.int64))
-    preds, conf, _ = run_views(_Scripted(case["q_halt_logits"]), v, PredictConfig(batch_size=16), torch.device("cpu"),
-                               torch.float32, lambda ids: None)
+    preds, conf, _ = run_views(_Scripted(case["q_halt_logits"]), v,
+                               PredictOptions(PredictConfig(batch_size=16), CANVAS, torch.device("cpu")), lambda ids: None)
     np.testing.assert_array_equal(preds[:, :-1], canvases)
     [(ranked, _)] = vote(v, preds, conf, CANVAS, 2)
     sub, _ = build_submission({"t": {"test": [{"input": case["input"]}]}}, {("t", 0): [g for g, _, _ in ranked]})

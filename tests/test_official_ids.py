@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import FIXTURE, ROOT, SHARED, needs_shared
-from pipeline.infer import make_views
+from pipeline.infer import PredictTasks, ViewSpec, make_views
+from pipeline.layout import Checkpoint
 from pipeline.official import official_id_table, read_official
 from pipeline.official_build import read_identifiers
 from pipeline.encode import encode
@@ -52,7 +53,7 @@ def test_official_build_test_rows_equal_our_views_with_the_imported_ids():
     ours = []
     for row in range(len(packed.test_task)):
         n = int(table.ids.counts[task_to_ckpt[packed.test_task[row]]])  # one view per version, as official
-        v = make_views(packed, np.array([row]), task_to_ckpt, table.ids, n_views=n, canvas=30, translate=False, seed=0)
+        v = make_views(PredictTasks(packed, task_to_ckpt, table.ids), np.array([row]), ViewSpec(n, canvas=30))
         assert len(set(v.puzzle_ids.tolist())) == n
         labels = encode(packed, np.full(n, packed.test_in[row]), np.full(n, packed.test_out[row]), v.dihedral,
                         v.perms, np.zeros(n), np.zeros(n), 30)["labels"]
@@ -109,7 +110,7 @@ def test_official_import_with_its_dataset_keeps_every_puzzle_row(tmp_path):
     assert r.returncode == 0, r.stderr
     from pipeline.checkpoint import load_for_prediction
 
-    loaded = load_for_prediction(tmp_path)
+    loaded = load_for_prediction(Checkpoint.open(tmp_path))
     table = official_id_table(read_identifiers(BUILD))
     assert loaded.task_ids == ORDER
     for key, want in table.ids.state_dict().items():
@@ -121,15 +122,28 @@ def test_official_import_with_its_dataset_keeps_every_puzzle_row(tmp_path):
     from pipeline.ttt import ttt_config, ttt_departures
 
     c = loaded.config
-    assert (c.model.crop, c.predict.adaptive_halting, c.predict.max_steps, c.data.max_offset) == (False, False, 0, 0)
+    assert (c.compute.crop, c.predict.adaptive_halting, c.predict.max_steps, c.data.max_offset) == (False, False, 0, 0)
     assert c.model.halt_max_steps == 4 and loaded.departures == []  # the fixture's N_sup, every step run
-    ttt = ttt_config(tmp_path, ROOT / "configs" / "ttt_full.yaml", [], tmp_path / "ttt")
-    assert (ttt.model.crop, ttt.predict.adaptive_halting, ttt.predict.translate) == (False, False, False)
-    assert ttt_departures(ttt) == []
+    ttt = ttt_config(loaded.checkpoint, ROOT / "configs" / "ttt_full.yaml", [], tmp_path / "ttt")
+    assert (ttt.compute.crop, ttt.predict.adaptive_halting, ttt.predict.translate) == (False, False, False)
+    assert ttt_departures(ttt, loaded.checkpoint) == []
 
     r = _import(tmp_path, FIXTURE / "weights.safetensors", "--dataset", str(BUILD))  # another build's table
     assert r.returncode == 2 and "46 puzzle ids, but the checkpoint's puzzle table has" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("prefix", ["", "model.", "_orig_mod.", "_orig_mod.model."])
+def test_an_official_pt_reads_the_same_under_each_prefix_a_save_may_carry(tmp_path, prefix):
+    """The keys of an official `.pt` with none, `model.` (the loss head), `_orig_mod.` (torch.compile) or both:
+    the importer reads the same state as from the fixture's own names (the whole import, from the prefix
+    official training writes: the next test)."""
+    official = read_official(FIXTURE / "weights.safetensors")
+    torch.save({f"{prefix}{k}": v for k, v in official.items()}, tmp_path / "step_1000.pt")
+    read = read_official(tmp_path / "step_1000.pt")
+    assert read.keys() == official.keys()
+    for k, v in official.items():
+        torch.testing.assert_close(read[k], v, rtol=0, atol=0, msg=k)
 
 
 def test_an_official_pt_with_its_prefixes_and_ids_in_another_order_keeps_every_row(tmp_path):
@@ -150,7 +164,7 @@ def test_an_official_pt_with_its_prefixes_and_ids_in_another_order_keeps_every_r
     assert r.returncode == 0, r.stderr
     from pipeline.checkpoint import load_for_prediction
 
-    loaded, table = load_for_prediction(tmp_path), official_id_table(shuffled)
+    loaded, table = load_for_prediction(Checkpoint.open(tmp_path)), official_id_table(shuffled)
     assert (table.rows != np.arange(46)).any()  # the row order is not the identity here
     for key, want in table.ids.state_dict().items():
         np.testing.assert_array_equal(loaded.ids.state_dict()[key], want)

@@ -135,7 +135,7 @@ def _checkpoint(folder, sources, init_from=""):
     sets = [f"data.sources={json.dumps(sources)}"] + ([f"train.init_from={init_from}"] if init_from else [])
     cfg = load_config(ROOT / "configs/demo_cpu.yaml", sets)
     return write_weights_checkpoint(folder, model_state=TRM(cfg.model, 3).state_dict(), config_yaml=dump_config(cfg),
-                                    task_ids=["a", "b"], ids=PerTaskIds(2), meta={})
+                                    task_ids=["a", "b"], ids=PerTaskIds(2), meta={}).path
 
 
 def _score(root, ck, capsys, challenges=True):

@@ -4,7 +4,7 @@ import numpy as np
 
 from kernels.inverse import decode_view
 from kernels.reference import augment_grid_ref, encode_grid_ref
-from pipeline.infer import Views, answer_bound, make_views, vote
+from pipeline.infer import PredictTasks, ViewSpec, Views, answer_bound, make_views, vote
 from pipeline.packed import pack_tasks
 from pipeline.puzzle_ids import PerTaskIds
 from pipeline.tasks import Task
@@ -26,7 +26,8 @@ def _upscale_task():
 
 def _views(task, n_views=64, translate=True):
     packed = pack_tasks([task])
-    return packed, make_views(packed, np.arange(1), np.zeros(1, np.int64), PerTaskIds(1), n_views, CANVAS, translate, 0)
+    return packed, make_views(PredictTasks(packed, np.zeros(1, np.int64), PerTaskIds(1)), np.arange(1),
+                              ViewSpec(n_views, CANVAS, 0, translate))
 
 
 def test_answer_bound_from_the_demonstrations():
@@ -97,7 +98,8 @@ def test_untranslated_views_of_a_fixed_table_vote_once_each():
     ids = PerAugmentationIds(np.array([0, 4, 5, 0, 1]), np.tile(np.arange(10, dtype=np.uint8), (5, 1)),
                              np.array([0, 3, 5]))
     rows = np.arange(3)
-    views = make_views(packed, rows, np.arange(2), ids, 8, CANVAS, False, 0)
+    tests = PredictTasks(packed, np.arange(2), ids)
+    views = make_views(tests, rows, ViewSpec(8, CANVAS, 0, False))
     assert list(views.seg_starts) == [0, 3, 5, 7]
     assert list(views.puzzle_ids) == [1, 2, 3, 4, 5, 4, 5] and list(views.dihedral[:3]) == [0, 4, 5]
-    assert list(make_views(packed, rows, np.arange(2), ids, 8, CANVAS, True, 0).seg_starts) == [0, 8, 16, 24]
+    assert list(make_views(tests, rows, ViewSpec(8, CANVAS, 0, True)).seg_starts) == [0, 8, 16, 24]

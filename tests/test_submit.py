@@ -157,10 +157,11 @@ def test_a_model_error_costs_only_its_tasks(checkpoint, challenges, tmp_path, mo
     raw = json.loads(ch.read_text())
     doomed = sorted(k for k in raw if k.startswith("syn"))[0]
 
-    def flaky(model, packed, rows, *args, **kwargs):
+    def flaky(model, tasks, rows, *args, **kwargs):
+        packed = tasks.packed
         if any(packed.task_ids[packed.test_task[t]] == doomed for t in rows):
             raise RuntimeError("simulated CUDA error")
-        return real(model, packed, rows, *args, **kwargs)
+        return real(model, tasks, rows, *args, **kwargs)
 
     monkeypatch.setattr(pipeline.hidden, "predict_tests", flaky)
     out = tmp_path / "s.json"

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import ROOT
+from pipeline.layout import Checkpoint
 from pipeline.synthetic import synthetic_tasks
 
 SEEN = "tasks=8,seed=0,size=4,demos=400,tests=8,fixed=1,families=flip_lr+flip_ud+colour_map+recolour"
@@ -51,12 +52,12 @@ def test_new_tasks_start_at_the_mean_and_known_tasks_keep_their_rows(tiny_checkp
     from pipeline.runtime import init_runtime
     from pipeline.ttt import ttt_config, ttt_dataset
 
-    pre = load_for_prediction(tiny_checkpoint, use_ema=False)
+    pre = load_for_prediction(Checkpoint.open(tiny_checkpoint), use_ema=False)
     table = pre.model.puzzle_emb
     known = synthetic_tasks(SEEN)[:2]  # in the checkpoint
     new = synthetic_tasks(UNSEEN)[:2]
-    cfg = ttt_config(tiny_checkpoint, None, ["train.steps=1", *TINY], tmp_path / "ttt")
-    data, init_rows = ttt_dataset(cfg, known + new)
+    cfg = ttt_config(pre.checkpoint, None, ["train.steps=1", *TINY], tmp_path / "ttt")
+    data, init_rows = ttt_dataset(cfg, known + new, pre.checkpoint)
     assert data.packed.task_ids == [t.id for t in known + new]
     run = build_run(cfg, init_runtime("cpu", "float32", 0), data, init_rows, eval_fn=None)
     run.trainer.prepare()
@@ -74,7 +75,7 @@ def test_new_tasks_start_at_the_mean_and_known_tasks_keep_their_rows(tiny_checkp
                                    mean.expand(int(ids.counts[k]), -1))
     for name, v in pre.model.state_dict().items():  # the trunk is the checkpoint's (EMA) weights
         if name != "puzzle_emb":
-            ema = load_for_prediction(tiny_checkpoint).model.state_dict()[name]
+            ema = load_for_prediction(Checkpoint.open(tiny_checkpoint)).model.state_dict()[name]
             torch.testing.assert_close(run.model.state_dict()[name], ema, rtol=0, atol=0)
 
 
@@ -86,12 +87,13 @@ def test_ttt_trains_on_demonstrations_only(tiny_checkpoint, tmp_path):
     ch, _ = write_challenges(tmp_path, UNSEEN, with_test_outputs=True)
     _, res = load_challenges(ch)
     assert res.tasks[0].test_outputs is not None  # the file does carry them
-    cfg = ttt_config(tiny_checkpoint, None, [*TINY], tmp_path / "ttt")
-    data, _ = ttt_dataset(cfg, res.tasks)
+    warm = Checkpoint.open(tiny_checkpoint)
+    cfg = ttt_config(warm, None, [*TINY], tmp_path / "ttt")
+    data, _ = ttt_dataset(cfg, res.tasks, warm)
     p = data.packed
     assert (p.test_out < 0).all() and not p.test_trainable.any()
     assert int(p.task_ex_count.sum()) == sum(len(t.train) for t in res.tasks)
-    held, _ = ttt_dataset(cfg, res.tasks, holdout=True)
+    held, _ = ttt_dataset(cfg, res.tasks, warm, holdout=True)
     assert int(held.packed.task_ex_count.sum()) == sum(len(t.train) - 1 for t in res.tasks)
     last_in = res.tasks[0].train[-1][0]
     assert (held.packed.grid(held.packed.test_in[0]) == last_in).all()
@@ -111,7 +113,8 @@ def test_each_mode_runs_resumes_and_predicts(tiny_checkpoint, tmp_path, mode):
                   "train.freeze_fraction=0.5", "train.ckpt_every=3", "train.lora_rank=2", *TINY)
     assert "resumed from" in r.stderr and "step 6" in r.stderr
     assert json.loads((out / "ttt.json").read_text())["result"]["step"] == 8
-    pre, post = load_for_prediction(tiny_checkpoint), load_for_prediction(out, use_ema=False)  # TTT starts from EMA
+    pre = load_for_prediction(Checkpoint.open(tiny_checkpoint))  # TTT starts from EMA
+    post = load_for_prediction(Checkpoint.open(out), use_ema=False)
     assert post.task_ids == sorted(post.task_ids) and len(post.task_ids) == 4
     moved = {k for k, v in post.model.state_dict().items() if k != "puzzle_emb" and not torch.equal(v, pre.model.state_dict()[k])}
     if mode == "embeddings":
@@ -167,10 +170,11 @@ def test_the_recipe_freezes_the_trunk_for_its_first_steps_and_lora_only_trains_a
     lora: the saved base weights stay the pretrained ones and only the adapters train."""
     from safetensors.torch import load_file
 
-    from pipeline.checkpoint import list_checkpoints, load_for_prediction
+    from pipeline.checkpoint import load_for_prediction
+    from pipeline.layout import list_checkpoints
 
     ch, _ = write_challenges(tmp_path, UNSEEN)
-    warm = load_for_prediction(tiny_checkpoint).model.state_dict()  # TTT starts from the EMA weights
+    warm = load_for_prediction(Checkpoint.open(tiny_checkpoint)).model.state_dict()  # TTT starts from the EMA weights
     out = tmp_path / "recipe"
     stage("stages.ttt", "--checkpoint", str(tiny_checkpoint), "--challenges", str(ch), "--out", str(out), "--config",
           "configs/demo_ttt.yaml", "--set", "train.steps=4", "train.trainable=embeddings_then_all",
@@ -253,7 +257,7 @@ def test_fit_stops_at_a_step_boundary_with_a_complete_checkpoint(tiny_checkpoint
     import time
 
     from pipeline.build import build_run
-    from pipeline.checkpoint import resolve_checkpoint
+    from pipeline.layout import resolve_checkpoint
     from pipeline.config import load_config
     from pipeline.runtime import init_runtime
     from pipeline.train import Stop

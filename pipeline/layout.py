@@ -1,0 +1,191 @@
+"""The one place that knows the file names inside a run folder and a checkpoint folder, and `Checkpoint`: a
+checkpoint opened once, without torch (its folder, config, task table, puzzle-id scheme, step and meta).
+Weights load on demand through pipeline/checkpoint.py, which takes a `Checkpoint`.
+
+`RUN/ckpt/step-00000500/` holds
+
+  model.safetensors   raw weights (never a DDP/compiled wrapper's), puzzle table included
+  ema.safetensors     EMA weights (what evaluation and prediction use), when EMA is on; without the
+                      puzzle table, which is never averaged and stored once, in model.safetensors
+  optim.pt            optimiser state (our own tensors; read back with weights_only=True)
+  carry_rank{r}.safetensors   the ACT carry of each rank, so that a resumed run continues exactly
+  lora.safetensors    LoRA runs only: the unmerged adapters and the merged weights' EMA, for resume
+  state.json          step, sampler position, RNG state, loop state, metrics
+  config.yaml         the resolved RunConfig;  tasks.json  the task ids in puzzle-id order
+  puzzle_ids.safetensors   the puzzle-id scheme's table (which augmentation each id stands for)
+  meta.json           written last: a folder is complete only when it has one
+  deepspeed/          DeepSpeed engine state (engine = deepspeed only)
+
+`RUN/ckpt/best.json` names the best step; a TTT run folder also holds `ttt.json` (what it was run on) and,
+for per-task TTT, one run folder per task under `RUN/tasks/`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file as load_arrays_file
+from safetensors.numpy import save_file as save_arrays_file
+
+from pipeline.config import RunConfig, load_config, read_yaml, to_dict
+from pipeline.puzzle_ids import PerTaskIds, PuzzleIdScheme, id_scheme_from_state
+
+CKPT_DIR, BEST = "ckpt", "best.json"
+MODEL, EMA, LORA, OPTIM, STATE = "model.safetensors", "ema.safetensors", "lora.safetensors", "optim.pt", "state.json"
+CONFIG, TASKS, PUZZLE_IDS, META = "config.yaml", "tasks.json", "puzzle_ids.safetensors", "meta.json"
+DEEPSPEED = "deepspeed"
+TTT_JSON, TASKS_DIR = "ttt.json", "tasks"
+PREDICTION_FILES = (MODEL, EMA, PUZZLE_IDS, CONFIG, TASKS, META)
+"""What prediction and TTT read from a checkpoint (the Kaggle weights dataset); optimiser state, ACT carries
+and loop state serve only a resumed training run."""
+REQUIRED_FILES = (MODEL, CONFIG, TASKS, META)
+"""Without these a checkpoint folder cannot predict (EMA weights and the id table are optional)."""
+
+
+class CheckpointError(ValueError):
+    """No usable checkpoint at a path the user gave."""
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def carry_name(rank: int) -> str:
+    return f"carry_rank{rank}.safetensors"
+
+
+def ckpt_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CKPT_DIR
+
+
+def is_complete(folder: Path) -> bool:
+    return folder.is_dir() and not folder.name.endswith(".tmp") and (folder / META).exists()
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """The complete checkpoint folders under `root` (a run's ckpt/), oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.glob("step-*") if is_complete(p)), key=lambda p: p.name)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder itself, or the latest complete checkpoint of a run folder (or of its ckpt/)."""
+    path = Path(path)
+    if is_complete(path):
+        return path
+    for root in (ckpt_root(path), path):
+        found = list_checkpoints(root)
+        if found:
+            return found[-1]
+    raise CheckpointError(f"{path}: no complete checkpoint (expected a run folder with ckpt/step-*/meta.json "
+                          "or a checkpoint folder with meta.json)")
+
+
+def run_dir_of(ckpt: Path) -> Path | None:
+    """The run folder a checkpoint folder belongs to (RUN/ckpt/step-N -> RUN), None for a standalone one."""
+    return ckpt.parent.parent if ckpt.parent.name == CKPT_DIR else None
+
+
+def per_task_runs(run_dir: str | Path) -> Path | None:
+    """The folder of per-task TTT runs (RUN/tasks/) when `run_dir` holds those and no joint run, else None."""
+    tasks = Path(run_dir) / TASKS_DIR
+    return tasks if tasks.is_dir() and not ckpt_root(run_dir).is_dir() else None
+
+
+# -- the readers (each file a Checkpoint holds is read here, once per opening) -----------------------------
+def read_config(folder: Path) -> dict:
+    return read_yaml(folder / CONFIG)
+
+
+def read_tasks(folder: Path) -> dict:
+    return json.loads((folder / TASKS).read_text())
+
+
+def read_meta(folder: Path) -> dict:
+    return json.loads((folder / META).read_text())
+
+
+def read_puzzle_ids(folder: Path) -> dict[str, np.ndarray] | None:
+    f = folder / PUZZLE_IDS
+    return load_arrays(f) if f.exists() else None
+
+
+def save_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
+    save_arrays_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path))
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    return load_arrays_file(str(path))
+
+
+def write_description(folder: Path, config_yaml: str, task_ids: list[str], ids: PuzzleIdScheme) -> None:
+    """What a checkpoint says about its weights: the resolved config, the task order and the id table."""
+    (folder / CONFIG).write_text(config_yaml)
+    (folder / TASKS).write_text(json.dumps({"task_ids": list(task_ids), "puzzle_ids": ids.name}))
+    save_arrays(ids.state_dict(), folder / PUZZLE_IDS)
+
+
+@dataclass(eq=False)
+class Checkpoint:
+    """A complete checkpoint folder, opened once: its config (as trained, in today's shape), task order, meta
+    (step, time, git) and, read when first asked for, its puzzle-id scheme (None for imported weights without
+    a table). Torch-free; pipeline/checkpoint.py loads its weights and model on demand. What is read later is
+    kept in `cache`, so each file is read once."""
+    path: Path
+    config: RunConfig
+    task_ids: list[str]
+    meta: dict
+    id_scheme_name: str = "per_augmentation"
+    cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(cls, path: str | Path) -> Checkpoint:
+        """The checkpoint at `path`: a checkpoint folder, or the latest complete one of a run folder."""
+        folder = resolve_checkpoint(path)
+        try:
+            saved = read_config(folder)
+            config = load_config(None, [], base=saved)
+            tasks = read_tasks(folder)
+            meta = read_meta(folder)
+            task_ids = tasks["task_ids"]
+        except (FileNotFoundError, KeyError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{folder}: incomplete checkpoint ({e})") from e
+        return cls(folder, config, task_ids, meta, tasks.get("puzzle_ids", "per_augmentation"))
+
+    @property
+    def ids(self) -> PuzzleIdScheme | None:
+        """The stored puzzle-id scheme, None when the folder has no table (imported official weights)."""
+        if "ids" not in self.cache:
+            state = read_puzzle_ids(self.path)
+            self.cache["ids"] = id_scheme_from_state(self.id_scheme_name, state) if state is not None else None
+        return self.cache["ids"]
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def step(self) -> int:
+        return int(self.meta.get("step", 0))
+
+    @property
+    def run_dir(self) -> Path | None:
+        return run_dir_of(self.path)
+
+    def config_dict(self) -> dict:
+        """The config as trained, as a dict: what TTT and prediction configs start from."""
+        return to_dict(self.config)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def id_scheme(self) -> PuzzleIdScheme:
+        """The id scheme prediction uses: the stored table, else one id per task (imported official weights)."""
+        if self.ids is not None:
+            return self.ids
+        return PerTaskIds(len(self.task_ids), self.config.data.dihedral, self.config.data.colour_perm)
