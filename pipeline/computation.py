@@ -20,6 +20,14 @@ def with_official_evaluation(cfg: dict) -> dict:
     return {**cfg, "predict": {**cfg.get("predict", {}), **OFFICIAL_EVALUATION}}
 
 
+def evaluation_base(saved: dict) -> dict:
+    """What a stage that loads a checkpoint predicts with, before its own overrides: a pretrained checkpoint's
+    config with the official evaluation; a TTT run's (train.init_from set) as it was saved, since its
+    predict settings were chosen when it was trained (the official evaluation, then its presets and --set,
+    listed among its departures) and predicting from the run keeps them."""
+    return saved if saved.get("train", {}).get("init_from") else with_official_evaluation(saved)
+
+
 def _translation(translate: bool, max_offset: int) -> str:
     if not translate:
         return "none"

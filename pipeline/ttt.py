@@ -132,8 +132,9 @@ class TTTResult:
 
 
 def ttt_departures(cfg: RunConfig, warm: Checkpoint) -> list[str]:
-    """How a TTT config computes otherwise than its warm-start checkpoint was trained (pipeline/computation.py)."""
-    return departures(cfg, warm.config)
+    """How a TTT config computes otherwise than its warm-start checkpoint was trained (pipeline/computation.py;
+    a TTT run's warm start: the pretrained checkpoint it descends from)."""
+    return departures(cfg, warm.trained_config())
 
 
 def run_ttt(cfg: RunConfig, rt: Runtime, tasks: list[Task], warm: Checkpoint, holdout: bool = False,

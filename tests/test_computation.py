@@ -60,6 +60,26 @@ def test_ttt_follows_the_checkpoints_crop_and_translation_range(tmp_path):
     assert not cfg.compute.crop and cfg.data.translate and cfg.data.max_offset == 0
 
 
+def test_predicting_from_a_ttt_run_keeps_and_lists_its_departures(tmp_path):
+    """A TTT run with crop, bounded translation and adaptive halting (ttt_fast.yaml) from a full-canvas
+    checkpoint: loading the run to predict (stages.predict, make score TTT=1) computes as the run was trained
+    and with its adaptive halting, and lists all three against the pretrained checkpoint, not 'no departure'
+    against the run's own config."""
+    full = checkpoint(tmp_path / "full")
+    cfg = ttt_config(full, [ROOT / "configs" / "ttt_full.yaml", ROOT / "configs" / "ttt_fast.yaml"], [],
+                     tmp_path / "ttt")
+    model = TRM(cfg.model, 3, cfg.compute)
+    run = write_weights_checkpoint(tmp_path / "ttt" / "ckpt" / "step-00000001", model_state=model.state_dict(),
+                                   config_yaml=dump_config(cfg), task_ids=["a", "b"], ids=PerTaskIds(2), meta={})
+    loaded = load_for_prediction(Checkpoint.open(tmp_path / "ttt"))
+    assert loaded.config.compute.crop and loaded.config.predict.adaptive_halting and run.trained_config() == full.config
+    expected = ["compute.crop: false -> true", "data.translate/max_offset: anywhere -> up to 1 cell",
+                "predict.adaptive_halting: false -> true"]
+    assert loaded.departures == expected and describe(loaded.departures).startswith("computation: 3 departure(s)")
+    asked = load_for_prediction(run, overrides=["predict.adaptive_halting=false"])  # the user can still turn one off
+    assert asked.departures == expected[:2] and not asked.config.predict.adaptive_halting
+
+
 def test_departures_name_each_setting_that_changes_the_computation(tmp_path):
     ck = checkpoint(tmp_path / "ck")
     nvarc = ttt_config(ck, ROOT / "configs" / "ttt_nvarc.yaml", [], tmp_path / "a")
