@@ -214,7 +214,7 @@ def _open(job: SubmitJob, rt: Runtime) -> Flow:
     run_dir = ttt_folder(job, pretrained)
     overrides = [*job.overrides, f"train.progress={str(job.progress).lower()}", f"seed={job.seed}"]
     cfg = ttt_config(pretrained, job.ttt_preset, overrides, run_dir, sources=[str(job.challenges)])
-    departures = ttt_departures(cfg, pretrained)
+    departures = ttt_departures(cfg, pretrained, job.ttt_preset)
     if rt.is_main:
         log.info("%s", describe(departures))
     policy = job.policy
@@ -307,7 +307,7 @@ def _ttt(flow: Flow, plan: Plan, dl: Deadlines) -> TTTOutcome:
     try:
         stop = Stop(deadline=dl.ttt, when=heartbeat(plan.ttt_steps, max(30.0, job.budget_s / 100)))
         result = run_ttt(dataclasses.replace(cfg, train=train), flow.rt, flow.valid.tasks, flow.pretrained,
-                         stop=stop)
+                         stop=stop, found=flow.departures)
         out.info = {"steps": result.step, "stopped": result.stopped}
         out.model = result.checkpoint or out.model
     except CheckpointError as e:  # the folder holds another run (pipeline.train): never predict with it

@@ -45,7 +45,7 @@ def test_an_old_checkpoints_saved_evaluation_settings_are_not_inherited(tmp_path
     for preset in ["demo_ttt.yaml", *RECIPES[:2]]:
         cfg = ttt_config(ck, ROOT / "configs" / preset, [], tmp_path / "ttt")
         assert (cfg.predict.adaptive_halting, cfg.predict.translate, cfg.compute.crop) == (False, False, False), preset
-        assert ttt_departures(cfg, ck) == [], preset
+        assert ttt_departures(cfg, ck, ROOT / "configs" / preset) == [], preset
 
 
 def test_ttt_follows_the_checkpoints_crop_and_translation_range(tmp_path):
@@ -53,7 +53,7 @@ def test_ttt_follows_the_checkpoints_crop_and_translation_range(tmp_path):
     departure); a full-canvas checkpoint keeps the full canvas and translation anywhere."""
     cropped = checkpoint(tmp_path / "cropped", "compute.crop=true", "data.max_offset=1")
     cfg = ttt_config(cropped, ROOT / "configs" / "ttt_full.yaml", [], tmp_path / "ttt")
-    assert cfg.compute.crop and cfg.data.max_offset == 1 and ttt_departures(cfg, cropped) == []
+    assert cfg.compute.crop and cfg.data.max_offset == 1 and ttt_departures(cfg, cropped, ROOT / "configs" / "ttt_full.yaml") == []
     assert load_for_prediction(cropped).config.compute.crop and load_for_prediction(cropped).departures == []
     full = checkpoint(tmp_path / "full")
     cfg = ttt_config(full, ROOT / "configs" / "ttt_full.yaml", [], tmp_path / "ttt2")
@@ -83,16 +83,30 @@ def test_predicting_from_a_ttt_run_keeps_and_lists_its_departures(tmp_path):
 def test_departures_name_each_setting_that_changes_the_computation(tmp_path):
     ck = checkpoint(tmp_path / "ck")
     nvarc = ttt_config(ck, ROOT / "configs" / "ttt_nvarc.yaml", [], tmp_path / "a")
-    assert ttt_departures(nvarc, ck) == ["model.h_cycles: 2 -> 4", "model.halt_max_steps: 4 -> 10"]  # NVARC's recipe
+    assert ttt_departures(nvarc, ck, ROOT / "configs" / "ttt_nvarc.yaml") == ["model.h_cycles: 2 -> 4", "model.halt_max_steps: 4 -> 10"]  # NVARC's recipe
     fast = ttt_config(ck, [ROOT / "configs" / "ttt_full.yaml", ROOT / "configs" / "ttt_fast.yaml"], [], tmp_path / "b")
-    assert ttt_departures(fast, ck) == ["compute.crop: false -> true", "data.translate/max_offset: anywhere -> up to 1 cell",
+    assert ttt_departures(fast, ck, [ROOT / "configs" / "ttt_full.yaml", ROOT / "configs" / "ttt_fast.yaml"]) == ["compute.crop: false -> true", "data.translate/max_offset: anywhere -> up to 1 cell",
                                     "predict.adaptive_halting: false -> true"]
     sets = ["predict.translate=true", "predict.max_steps=2", "data.bucket_steps=10", "compute.crop_groups=4"]
     other = ttt_config(ck, ROOT / "configs" / "ttt_full.yaml", sets, tmp_path / "c")
     # crop_groups changes the speed only (each example computes on its own rectangle): not a departure
-    assert ttt_departures(other, ck) == ["data.bucket_steps: 0 -> 10", "predict.max_steps: N_sup -> 2",
+    assert ttt_departures(other, ck, ROOT / "configs" / "ttt_full.yaml") == ["data.bucket_steps: 0 -> 10", "predict.max_steps: N_sup -> 2",
                                      "predict.translate/max_offset: none -> anywhere"]
     assert departures(other, other) == ["predict.max_steps: N_sup -> 2", "predict.translate/max_offset: none -> anywhere"]
+
+
+def test_another_optimiser_or_lora_than_the_recipe_is_a_departure_and_the_recipes_own_is_not(tmp_path):
+    """Muon and LoRA (README's departures table) are listed when --set asks for them, against what the
+    presets give without --set: NVARC's adam_atan2_pytorch and McGovern's trainable schedule are their
+    recipes', not departures."""
+    ck = checkpoint(tmp_path / "ck")
+    full = ROOT / "configs" / "ttt_full.yaml"
+    muon = ttt_config(ck, full, ["train.optimizer=muon", "train.trainable=lora"], tmp_path / "a")
+    assert ttt_departures(muon, ck, full) == ["train.optimizer: adam_atan2 -> muon", "train.trainable: all -> lora"]
+    for name in ("ttt_nvarc.yaml", "ttt_mcgovern.yaml"):
+        recipe = ROOT / "configs" / name
+        assert not any(d.startswith("train.") for d in ttt_departures(ttt_config(ck, recipe, [], tmp_path / name),
+                                                                       ck, recipe)), name
 
 
 @pytest.mark.parametrize("name", RECIPES + ["demo_ttt.yaml"])
