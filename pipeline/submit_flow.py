@@ -29,7 +29,7 @@ from pipeline.budget import (Calibration, Deadlines, Plan, Policy, chunk_inputs,
 from pipeline.calibration import calibrate_predict, calibrate_ttt, free_memory, slowest
 from pipeline.checkpoint import hold_weights, load_for_prediction, release_weights
 from pipeline.computation import describe
-from pipeline.config import RunConfig
+from pipeline.config import RunConfig, TrainConfig
 from pipeline.dataset import split_by_canvas
 from pipeline.hidden import (MODEL_ERRORS, HiddenRun, load_challenges, predict_challenges, summary_line,
                              write_submission)
@@ -289,6 +289,16 @@ def _plan(flow: Flow) -> tuple[Plan, Deadlines]:
     return plan, deadlines(plan, job.started)
 
 
+def planned_training(train: TrainConfig, steps: int) -> tuple[TrainConfig, list[str]]:
+    """The recipe's training cut to the planned steps. A planned run shorter than the recipe keeps its
+    warm-up to a quarter of it, so that it reaches the peak lr: a departure from the recipe (returned)."""
+    warmup = min(train.lr_warmup, steps // 4)
+    cut = dataclasses.replace(train, steps=steps, lr_warmup=warmup, ckpt_every=min(train.ckpt_every, steps))
+    if warmup == train.lr_warmup:
+        return cut, []
+    return cut, [f"train.lr_warmup: {train.lr_warmup} -> {warmup} (a quarter of the {steps} planned steps)"]
+
+
 def _ttt(flow: Flow, plan: Plan, dl: Deadlines) -> TTTOutcome:
     """The planned TTT run, stopped at a step boundary at its deadline; its latest checkpoint is the best so far.
     A TTT that cannot run or fails leaves the pretrained model (or its latest checkpoint) to predict."""
@@ -297,10 +307,10 @@ def _ttt(flow: Flow, plan: Plan, dl: Deadlines) -> TTTOutcome:
     if plan.ttt_steps <= 0:
         return out
     t0 = time.time()
-    # A planned run shorter than the recipe keeps its warm-up to a quarter of it, so it reaches the peak lr.
-    train = dataclasses.replace(cfg.train, steps=plan.ttt_steps,
-                                lr_warmup=min(cfg.train.lr_warmup, plan.ttt_steps // 4),
-                                ckpt_every=min(cfg.train.ckpt_every, plan.ttt_steps))
+    train, shortened = planned_training(cfg.train, plan.ttt_steps)
+    if shortened:
+        log.warning("the planned TTT run is shorter than the recipe's warm-up: %s", "; ".join(shortened))
+        flow.departures = flow.departures + shortened  # ttt.json and plan.json list it
     # a collective every step: no rank legitimately waits longer than a start-up (compile) or a step and a save
     cal = flow.cal
     set_collective_timeout(max(60.0, 2 * max(cal.ttt_startup_s, cal.ttt_step_s + cal.ttt_save_s)))
