@@ -47,6 +47,12 @@ def computation(cfg) -> dict[str, str]:
             "predict.translate/max_offset": _translation(p.translate, d.max_offset)}
 
 
+def model_overrides(cfg) -> list[str]:
+    """`key=value` overrides that make a checkpoint's model compute as `cfg` does (compute.crop, cycles,
+    N_sup): how the submit planner times the pretrained model with the TTT run's computation."""
+    return [f"{k}={v}" for k, v in computation(cfg).items() if k.startswith(("compute.", "model."))]
+
+
 def checkpoint_computation(checkpoint_cfg) -> dict[str, str]:
     """What a run from this checkpoint computes by default: as it was trained, evaluated officially."""
     return {**computation(checkpoint_cfg), "predict.adaptive_halting": "false", "predict.max_steps": "N_sup",

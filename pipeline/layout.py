@@ -187,14 +187,18 @@ class Checkpoint:
     def file(self, name: str) -> Path:
         return self.path / name
 
-    def trained_config(self) -> RunConfig:
+    def trained_config(self, opened: Checkpoint | None = None) -> RunConfig:
         """The config of the pretrained checkpoint this one descends from, followed back through its TTT
         runs' warm starts (train.init_from): how the weights were trained, what a run's departures are listed
-        against. This checkpoint's own when it is no TTT run; the last readable one when a warm start is gone."""
+        against. This checkpoint's own when it is no TTT run; the last readable one when a warm start is gone.
+        `opened`: a warm start the caller holds open (not read again)."""
         if "trained" not in self.cache:
             cfg, seen = self.config, {str(self.path)}
             while cfg.train.init_from and cfg.train.init_from not in seen:
                 seen.add(cfg.train.init_from)
+                if opened is not None and Path(cfg.train.init_from).resolve() == opened.path.resolve():
+                    cfg = opened.config
+                    continue
                 try:
                     cfg = Checkpoint.open(cfg.train.init_from).config
                 except CheckpointError as e:

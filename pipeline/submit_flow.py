@@ -28,7 +28,7 @@ from pipeline.budget import (Calibration, Deadlines, Plan, Policy, chunk_inputs,
                              make_plan, margin_for, views_that_fit)
 from pipeline.calibration import calibrate_predict, calibrate_ttt, free_memory, slowest
 from pipeline.checkpoint import hold_weights, load_for_prediction, release_weights
-from pipeline.computation import describe
+from pipeline.computation import describe, model_overrides
 from pipeline.config import RunConfig, TrainConfig
 from pipeline.dataset import split_by_canvas
 from pipeline.hidden import (MODEL_ERRORS, HiddenRun, load_challenges, predict_challenges, summary_line,
@@ -182,7 +182,7 @@ class Flow:
 
     def crop(self) -> list[str]:
         """The compute.crop override every prediction loads with: as the TTT run computes, also for the
-        pretrained model (calibration, and prediction when TTT did not run)."""
+        pretrained model (prediction when TTT did not run)."""
         return [f"compute.crop={str(self.cfg.compute.crop).lower()}"]
 
 
@@ -249,7 +249,9 @@ def _calibrate(flow: Flow) -> None:
             flow.break_group("calibration", e)
             cal.inputs_per_rank = flow.n_inputs
     if flow.fits:
-        loaded = load_for_prediction(flow.pretrained, flow.rt.device, overrides=flow.crop())
+        # timed with the TTT run's computation (crop, cycles, N_sup: ttt_nvarc's 4 x 10, not the checkpoint's),
+        # which is what predicts after TTT
+        loaded = load_for_prediction(flow.pretrained, flow.rt.device, overrides=model_overrides(flow.cfg))
         try:
             cal.predict_startup_s, cal.view_s = calibrate_predict(loaded, flow.fits, PredictOptions.of(cfg, flow.rt),
                                                                   flow.rt)
@@ -367,7 +369,7 @@ def _predict(flow: Flow, plan: Plan, dl: Deadlines, model: Checkpoint) -> tuple[
     hidden = None
     try:
         # the crop calibrated, also when the pretrained model predicts because TTT failed
-        loaded = load_for_prediction(model, flow.rt.device, overrides=flow.crop())
+        loaded = load_for_prediction(model, flow.rt.device, overrides=flow.crop(), warm=flow.pretrained)
         release_weights(flow.pretrained)  # without TTT, held since the calibration
     except Exception as e:
         log.exception("loading %s for prediction failed (%s): the fallback submission stays", model.path, e)

@@ -1,6 +1,7 @@
 """The checkpoint decides the computation (issue 18): ttt, predict and submit compute as the checkpoint was
 trained with the official evaluation unless asked otherwise, list every departure, and the published-recipe
 presets hold recipes only.  pytest tests/test_computation.py"""
+import json
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,36 @@ def test_another_optimiser_or_lora_than_the_recipe_is_a_departure_and_the_recipe
         recipe = ROOT / "configs" / name
         assert not any(d.startswith("train.") for d in ttt_departures(ttt_config(ck, recipe, [], tmp_path / name),
                                                                        ck, recipe)), name
+
+
+def test_the_planners_time_the_ttt_runs_cycles_and_n_sup(tmp_path, capsys):
+    """stages.submit times the pretrained model with the TTT run's computation (model_overrides), and
+    bench.budget projects it: a preset raising N_sup raises the seconds per view."""
+    import bench.budget
+    from pipeline.calibration import calibrate_predict
+    from pipeline.computation import model_overrides
+    from pipeline.infer import PredictOptions
+    from pipeline.runtime import init_runtime
+    from pipeline.synthetic import synthetic_tasks
+
+    ck = checkpoint(tmp_path / "ck")  # N_sup 4
+    longer = tmp_path / "longer.yaml"
+    longer.write_text("model:\n  halt_max_steps: 32\n")
+    demo = ROOT / "configs" / "demo_ttt.yaml"
+    rt = init_runtime("cpu", "float32", 0)
+    tasks = synthetic_tasks("tasks=2,seed=7,size=4,demos=2,tests=2,fixed=1,families=colour_map")
+    view_s = []
+    for presets in ([demo], [demo, longer]):
+        cfg = ttt_config(ck, presets, ["predict.batch_size=8"], tmp_path / "ttt")
+        loaded = load_for_prediction(ck, overrides=model_overrides(cfg))
+        assert loaded.model.cfg.halt_max_steps == cfg.model.halt_max_steps
+        view_s.append(calibrate_predict(loaded, tasks, PredictOptions.of(cfg, rt), rt)[1])
+    assert view_s[1] > 3 * view_s[0]  # 32 steps vs 4, each timed at 2 and scaled: ~8x
+    per_view = []
+    for presets in (["configs/ttt_full.yaml"], ["configs/ttt_full.yaml", str(longer)]):
+        bench.budget.main(["--ttt-config", *presets, "--no-measure", "--no-crop"])
+        per_view.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["flow"]["view_s_per_gpu"])
+    assert per_view[1] == pytest.approx(2 * per_view[0])  # N_sup 32 vs the ARC config's 16
 
 
 @pytest.mark.parametrize("name", RECIPES + ["demo_ttt.yaml"])
