@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 
 from bench.common import emit
+from pipeline.tasks import write_json_atomic
+from stages._cli import fail
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +46,7 @@ def _stage(args: list[str], log: Path) -> float:
         r = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
                            env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     if r.returncode != 0:
-        raise SystemExit(f"{shlex.join(args)} failed (exit {r.returncode}): see {log}")
+        fail(RuntimeError(f"{shlex.join(args)} failed (exit {r.returncode}): see {log}"))
     return time.perf_counter() - t0
 
 
@@ -78,7 +80,7 @@ def run_side(args, name: str, sets: list[str], ttt_flags: list[str], predict_fla
         seconds[cmd[0].split(".")[1]] = round(_stage(cmd, side / "log.txt"), 1)
     result = {"side": str(side), "commands": [shlex.join(["python", "-m", *c]) for c in cmds], "seconds": seconds,
               "submission": str(side / "submission.json")}
-    done.write_text(json.dumps(result, indent=1))
+    write_json_atomic(done, result)
     return result
 
 
@@ -87,7 +89,7 @@ def score(solutions: str, submission: str, compare: str | None = None) -> dict:
     cmd = [sys.executable, "-m", "stages.score", "--solutions", solutions, "--submission", submission]
     r = subprocess.run(cmd + (["--compare", compare] if compare else []), cwd=ROOT, capture_output=True, text=True)
     if r.returncode != 0:
-        raise SystemExit(f"stages.score failed: {r.stderr[-2000:]}")
+        fail(RuntimeError(f"stages.score failed (exit {r.returncode}): {(r.stderr.strip().splitlines() or [''])[-1]}"))
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -133,7 +135,10 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     b_sets = shlex.split(args.b)
     if not (b_sets or args.b_ttt_flags or args.b_predict_flags):
-        raise SystemExit("give the departure: --b 'key=value ...' and/or --b-ttt-flags / --b-predict-flags")
+        fail(ValueError("give the departure: --b 'key=value ...' and/or --b-ttt-flags / --b-predict-flags"))
+    for path in (args.checkpoint, args.challenges, args.solutions, *(args.ttt_config or [])):
+        if not Path(path).exists():
+            fail(FileNotFoundError(f"{path} does not exist"))
     a = run_side(args, "a", list(args.set), [], [])
     b = run_side(args, "b", [*args.set, *b_sets], shlex.split(args.b_ttt_flags), shlex.split(args.b_predict_flags))
     solutions = json.loads(Path(args.solutions).read_text())

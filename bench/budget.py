@@ -16,8 +16,9 @@
    steps, batch 768: see BENCHMARKS.md), i.e. the same efficiency on an L4 (the MFU is computed on the 7M model
    the anchors ran, so `--config configs/arc2_14m.yaml` projects the 14M model at that efficiency, not at the
    7M model's samples/s); DDP over 4 L4s (PCIe, no NVLink)
-   at 90% of linear scaling; every view runs all N_sup = 16 steps (the planner's worst case; adaptive
-   halting stops earlier); setup (notebook, imports, loading, calibration, compiles) 10 minutes.
+   at 90% of linear scaling; every view runs all the TTT run's N_sup steps (16 at the ARC configs; the
+   planner's worst case; adaptive halting stops earlier), at its cycles; setup (notebook, imports, loading,
+   calibration, compiles) 10 minutes.
    A `python -m bench.ttt` result measured on a GPU (`--ttt-bench FILE`) replaces the training anchor with
    the MFU it achieved.
 3. Plans a `--budget-h` (default 6 h, half the 12 h limit) run with the projected costs and the default
@@ -45,6 +46,7 @@ from bench.common import emit
 from pipeline.budget import Calibration, Policy, make_plan, predict_seconds, ttt_seconds
 from pipeline.calibration import calibrate_predict, calibrate_ttt
 from pipeline.checkpoint import load_for_prediction, write_weights_checkpoint
+from pipeline.computation import model_overrides
 from pipeline.config import dump_config, load_config
 from pipeline.dataset import split_by_canvas
 from pipeline.infer import PredictOptions
@@ -105,11 +107,12 @@ def measure(args, tmp: Path) -> dict:
     tasks = hidden_tasks(args.tasks)
     startup, step_s, save_s = calibrate_ttt(cfg, rt, tasks, tmp / "calibration", warmup=1, steps=args.measure_steps,
                                             warm=ckpt)
-    loaded = load_for_prediction(ckpt, rt.device)
+    loaded = load_for_prediction(ckpt, rt.device, overrides=model_overrides(cfg))  # as stages.submit times it
     p_startup, view_s = calibrate_predict(loaded, tasks, PredictOptions.of(cfg, rt), rt,
                                           inputs=min(4, args.measure_views))
+    model = TRM(cfg.model, 2, cfg.compute)  # the FLOPs of the computation timed
     fwd = forward_flops(model)
-    n_sup = base.model.halt_max_steps
+    n_sup = cfg.model.halt_max_steps
     return {"device": str(rt.device), "ttt_batch": args.measure_batch, "ttt_step_s": step_s,
             "ttt_startup_s": startup, "ttt_save_s": save_s, "predict_views": args.measure_views,
             "view_s_all_steps": view_s, "predict_startup_s": p_startup,
@@ -161,7 +164,8 @@ def project(args, model: TRM, global_batch: int, max_steps: int, predict_batch: 
     ttt_rate = args.gpus * peak * mfu_train * args.ddp_efficiency
     step_s = ratio["train"] * model.flops_per_step(global_batch) / ttt_rate
     inputs_per_gpu = math.ceil(args.inputs / args.gpus)
-    view_s = ratio["infer"] * fwd * args.mean_steps / (peak * mfu_infer)  # per view on one GPU
+    mean_steps = args.mean_steps or model.cfg.halt_max_steps  # default: every view runs the model's N_sup
+    view_s = ratio["infer"] * fwd * mean_steps / (peak * mfu_infer)  # per view on one GPU
     steps = args.ttt_steps or max_steps
     cal = Calibration(ttt_startup_s=args.ttt_startup_s, ttt_step_s=step_s, ttt_save_s=args.ttt_save_s,
                       predict_startup_s=args.predict_startup_s, view_s=view_s, inputs_per_rank=inputs_per_gpu,
@@ -175,7 +179,7 @@ def project(args, model: TRM, global_batch: int, max_steps: int, predict_batch: 
     return {
         "assumptions": {"gpus": args.gpus, "gpu": args.gpu, "peak_bf16_tflops": peak / 1e12,
                         "mfu_train": mfu_train, "mfu_infer": mfu_infer, "ddp_efficiency": args.ddp_efficiency,
-                        "mean_steps_per_view": args.mean_steps, "setup_s": args.setup_s,
+                        "mean_steps_per_view": mean_steps, "setup_s": args.setup_s,
                         "ttt_startup_s": args.ttt_startup_s, "ttt_save_s": args.ttt_save_s,
                         "predict_startup_s": args.predict_startup_s},
         "flops": {"train_step_per_sample_gflop": model.flops_per_step(1) / 1e9,
@@ -208,7 +212,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mfu-infer", type=float, default=0.0, help="0: the official H100 anchor's")
     p.add_argument("--ttt-bench", help="a `python -m bench.ttt` JSON result from a GPU: its MFU replaces the anchor's")
     p.add_argument("--ddp-efficiency", type=float, default=0.9)
-    p.add_argument("--mean-steps", type=float, default=16, help="supervision steps per view (16 = worst case)")
+    p.add_argument("--mean-steps", type=float, default=None,
+                   help="supervision steps per view (default: the TTT run's N_sup, the official evaluation's)")
     p.add_argument("--inputs", type=int, default=340, help="hidden test inputs (240 tasks)")
     p.add_argument("--views", type=int, default=1000)
     p.add_argument("--ttt-steps", type=int, default=0, help="0: the preset's train.steps")
@@ -231,7 +236,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     base = load_config(args.config)
     ttt = ttt_config_over(base, args.ttt_config, [])  # the TTT run's: the checkpoint's computation, then the presets
-    model = TRM(base.model, 2)
+    model = TRM(ttt.model, 2)  # the TTT run's cycles: what TTT and prediction compute
     crops = ttt.compute.crop
     max_offset = ttt.data.max_offset if crops else (1 if args.crop_max_offset is None else args.crop_max_offset)
     ratio = crop_flop_ratios(model, args.crop_ttt, max_offset) if crops or not args.no_crop else None

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.crop import own_rectangles, step_crop, used_extents
+from pipeline.crop import rectangle_mask, step_crop, used_extents
 from pipeline.model import TRM, Crop
 
 IGNORE = -100
@@ -154,17 +154,25 @@ def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None
     crop_of = None
     if extents is not None and raw.compute.crop:
         host_view = np.arange(B)  # the host's copy of `view`, kept in step at the step's one sync
-
+        dev_extents = torch.from_numpy(np.ascontiguousarray(extents, dtype=np.int64)).to(dev)
         made = {}  # rectangle -> its positions, made once per stream
+        slots_crop = []  # the Crop of the slots' current views, rebuilt only when a slot changes view
 
         def crop_of():
-            rect = extents[host_view[host_view >= 0]].max(0)
-            # a free slot (the tail) computes whatever: it takes the covering rectangle and masks nothing
-            ext = np.where((host_view >= 0)[:, None], extents[np.maximum(host_view, 0)], rect)
-            rect = int(rect[0]), int(rect[1])
+            if slots_crop:
+                return slots_crop[0]
+            live_ext = extents[host_view[host_view >= 0]]
+            rect = int(live_ext[:, 0].max()), int(live_ext[:, 1].max())
             if rect not in made:
                 made[rect] = raw.keep_index(*rect)
-            return Crop(made[rect], own_rectangles(ext, rect, raw.cfg.puzzle_emb_len, dev))
+            mask = None
+            if (live_ext < np.array(rect)).any():
+                # a free slot (the tail) computes whatever: it takes the covering rectangle and masks nothing
+                own = torch.where(view[:, None] >= 0, dev_extents[view.clamp(min=0)],
+                                  torch.tensor(rect, device=dev))
+                mask = rectangle_mask(own, rect, raw.cfg.puzzle_emb_len)
+            slots_crop.append(Crop(made[rect], mask))
+            return slots_crop[0]
     while True:
         live = view >= 0
         y, z, logits, q_halt, _ = model(slot_inputs, slot_vecs, y, z, crop_of() if crop_of else None)
@@ -179,6 +187,7 @@ def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None
             take = min(len(idx), N - pending)
             view[idx] = -1
             if crop_of:
+                slots_crop.clear()
                 host_idx = idx.cpu().numpy()
                 host_view[host_idx] = -1
                 host_view[host_idx[:take]] = np.arange(pending, pending + take)

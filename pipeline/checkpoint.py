@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from pipeline import layout
-from pipeline.computation import departures, with_official_evaluation
+from pipeline.computation import departures, evaluation_base
 from pipeline.config import RunConfig, load_config
 from pipeline.layout import Checkpoint, CheckpointError, list_checkpoints, step_name
 from pipeline.model import TRM, new_task_row
@@ -198,12 +198,14 @@ class LoadedModel:
 
 
 def load_for_prediction(ckpt: Checkpoint, device: torch.device | str = "cpu", use_ema: bool = True,
-                        overrides: list[str] | None = None) -> LoadedModel:
+                        overrides: list[str] | None = None, warm: Checkpoint | None = None) -> LoadedModel:
     """A checkpoint as an eval-mode model with the config it predicts with: as the checkpoint was trained (its
-    compute.crop etc.) with the official evaluation (pipeline/computation.py), then `overrides` (`key=value`,
-    e.g. `compute.crop=true`, `predict.adaptive_halting=true`): the departures they make are listed in
-    `departures`."""
-    cfg = load_config(None, overrides or [], base=with_official_evaluation(ckpt.config_dict()))
+    compute.crop etc.) with the official evaluation, a TTT run's with its own predict settings
+    (pipeline/computation.py, evaluation_base), then `overrides` (`key=value`, e.g. `compute.crop=true`,
+    `predict.adaptive_halting=true`). `departures` lists where that computes otherwise than the pretrained
+    checkpoint it descends from (a TTT run's crop, its adaptive halting... and the overrides'); `warm`: that
+    checkpoint, when the caller holds it open."""
+    cfg = load_config(None, overrides or [], base=evaluation_base(ckpt.config_dict()))
     if ckpt.ids is None and ckpt.task_ids and cfg.data.puzzle_ids != "per_task":
         log.warning("%s has no puzzle-id table: its tasks' augmentation ids cannot be recovered", ckpt.path)
     weights = read_weights(ckpt, use_ema)
@@ -212,7 +214,7 @@ def load_for_prediction(ckpt: Checkpoint, device: torch.device | str = "cpu", us
     del weights
     model.to(device).eval()
     log.info("loaded %s (%s weights, %d tasks)", ckpt.path, "EMA" if use_ema else "raw", len(ckpt.task_ids))
-    return LoadedModel(model, cfg, ckpt, departures(cfg, ckpt.config))
+    return LoadedModel(model, cfg, ckpt, departures(cfg, ckpt.trained_config(warm)))
 
 
 def git_sha() -> str:

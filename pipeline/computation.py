@@ -20,6 +20,14 @@ def with_official_evaluation(cfg: dict) -> dict:
     return {**cfg, "predict": {**cfg.get("predict", {}), **OFFICIAL_EVALUATION}}
 
 
+def evaluation_base(saved: dict) -> dict:
+    """What a stage that loads a checkpoint predicts with, before its own overrides: a pretrained checkpoint's
+    config with the official evaluation; a TTT run's (train.init_from set) as it was saved, since its
+    predict settings were chosen when it was trained (the official evaluation, then its presets and --set,
+    listed among its departures) and predicting from the run keeps them."""
+    return saved if saved.get("train", {}).get("init_from") else with_official_evaluation(saved)
+
+
 def _translation(translate: bool, max_offset: int) -> str:
     if not translate:
         return "none"
@@ -37,6 +45,12 @@ def computation(cfg) -> dict[str, str]:
             "predict.adaptive_halting": str(p.adaptive_halting and m.halting).lower(),
             "predict.max_steps": "N_sup" if p.max_steps in (0, m.halt_max_steps) else str(p.max_steps),
             "predict.translate/max_offset": _translation(p.translate, d.max_offset)}
+
+
+def model_overrides(cfg) -> list[str]:
+    """`key=value` overrides that make a checkpoint's model compute as `cfg` does (compute.crop, cycles,
+    N_sup): how the submit planner times the pretrained model with the TTT run's computation."""
+    return [f"{k}={v}" for k, v in computation(cfg).items() if k.startswith(("compute.", "model."))]
 
 
 def checkpoint_computation(checkpoint_cfg) -> dict[str, str]:

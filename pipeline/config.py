@@ -135,7 +135,7 @@ class ComputeConfig:
     cell at the position (RoPE angle or learned row) it has on the full canvas. A batch runs on the rectangle
     covering its examples, each example attending only to its own rectangle (+ the prefix), so its result
     does not depend on its batch mates. Not the official computation, which also attends over the padding:
-    A/B rows "crop in TTT" and "crop in predict" in BENCHMARKS.md ("Departures from the official
+    A/B rows "crop in TTT and predict" and "crop in predict" in BENCHMARKS.md ("Departures from the official
     computation"). A run follows the checkpoint's setting unless told otherwise (pipeline/computation.py)."""
     crop_groups: int = 1
     """Under crop, a training step sorts its slots by size into this many groups, each run on the rectangle

@@ -55,9 +55,14 @@ def own_rectangles(extents: np.ndarray, rect: tuple[int, int], prefix: int, devi
     rows, cols = rect
     if (extents[:, 0] >= rows).all() and (extents[:, 1] >= cols).all():
         return None
-    ext = torch.from_numpy(np.ascontiguousarray(extents, dtype=np.int64)).to(device)
-    r = torch.arange(rows, device=device)[None, :, None] < ext[:, 0, None, None]
-    c = torch.arange(cols, device=device)[None, None, :] < ext[:, 1, None, None]
+    return rectangle_mask(torch.from_numpy(np.ascontiguousarray(extents, dtype=np.int64)).to(device), rect, prefix)
+
+
+def rectangle_mask(extents: torch.Tensor, rect: tuple[int, int], prefix: int) -> torch.Tensor:
+    """own_rectangles' mask from extents [B, 2] already on the device (built there, no host copy)."""
+    rows, cols = rect
+    r = torch.arange(rows, device=extents.device)[None, :, None] < extents[:, 0, None, None]
+    c = torch.arange(cols, device=extents.device)[None, None, :] < extents[:, 1, None, None]
     cells = (r & c).flatten(1)
     return torch.cat((cells.new_ones(len(extents), prefix), cells), 1)
 

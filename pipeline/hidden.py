@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.checkpoint import LoadedModel, load_for_prediction
+from pipeline.computation import describe
 from pipeline.dataset import split_by_canvas
 from pipeline.infer import PredictOptions, PredictTasks, TestPrediction, predict_tests
 from pipeline.layout import Checkpoint, CheckpointError
@@ -188,8 +189,8 @@ def _load(ckpt: str | Path | None, rt: Runtime, how: LoadSettings) -> LoadedMode
 def predict_per_task_runs(runs: dict[str, Path], base: str | Path | None, res: LoadResult, rt: Runtime,
                           how: LoadSettings = LoadSettings(), deadline: float | None = None) -> HiddenRun:
     """Per-task TTT (`stages.ttt --per-task`; pipeline.ttt.ttt_index): each task is predicted by the model of
-    its own run folder in `runs`, as that run was trained, with the official evaluation and `how.overrides`. A
-    task without a usable run (its TTT failed) is predicted by the pretrained checkpoint `base` instead, and
+    its own run folder in `runs`, as that run was trained and evaluates (load_for_prediction), with
+    `how.overrides`; each run's departures are logged in one line. A task without a usable run (its TTT failed) is predicted by the pretrained checkpoint `base` instead, and
     falls back only if there is none."""
     merged, leftover = HiddenRun([], {}), []
     for t in res.tasks:
@@ -197,6 +198,8 @@ def predict_per_task_runs(runs: dict[str, Path], base: str | Path | None, res: L
         if loaded is None:
             leftover.append(t)
             continue
+        if rt.is_main:
+            log.info("task %s (%s): %s", t.id, loaded.checkpoint.path, describe(loaded.departures))
         # One model per task: torch.compile would recompile for each, and not pay back.
         opts = dataclasses.replace(PredictOptions.of(loaded.config, rt), compile=False)
         part = predict_challenges(loaded, LoadResult(tasks=[t]), opts, rt, deadline, show_progress=False)
@@ -209,6 +212,8 @@ def predict_per_task_runs(runs: dict[str, Path], base: str | Path | None, res: L
         if loaded is None:
             merged.fallbacks.update({(t.id, j): NO_TTT_RUN for t in leftover for j in range(len(t.test_inputs))})
         else:
+            if rt.is_main:
+                log.info("pretrained %s: %s", loaded.checkpoint.path, describe(loaded.departures))
             part = predict_challenges(loaded, LoadResult(tasks=leftover), PredictOptions.of(loaded.config, rt), rt,
                                       deadline, show_progress=False)
             merged.results += part.results

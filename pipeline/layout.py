@@ -22,6 +22,7 @@ for per-task TTT, one run folder per task under `RUN/tasks/`.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from safetensors.numpy import save_file as save_arrays_file
 
 from pipeline.config import RunConfig, load_config, read_yaml, to_dict
 from pipeline.puzzle_ids import PerTaskIds, PuzzleIdScheme, id_scheme_from_state
+
+log = logging.getLogger(__name__)
 
 CKPT_DIR, BEST = "ckpt", "best.json"
 MODEL, EMA, LORA, OPTIM, STATE = "model.safetensors", "ema.safetensors", "lora.safetensors", "optim.pt", "state.json"
@@ -183,6 +186,27 @@ class Checkpoint:
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+    def trained_config(self, opened: Checkpoint | None = None) -> RunConfig:
+        """The config of the pretrained checkpoint this one descends from, followed back through its TTT
+        runs' warm starts (train.init_from): how the weights were trained, what a run's departures are listed
+        against. This checkpoint's own when it is no TTT run; the last readable one when a warm start is gone.
+        `opened`: a warm start the caller holds open (not read again)."""
+        if "trained" not in self.cache:
+            cfg, seen = self.config, {str(self.path)}
+            while cfg.train.init_from and cfg.train.init_from not in seen:
+                seen.add(cfg.train.init_from)
+                if opened is not None and Path(cfg.train.init_from).resolve() == opened.path.resolve():
+                    cfg = opened.config
+                    continue
+                try:
+                    cfg = Checkpoint.open(cfg.train.init_from).config
+                except CheckpointError as e:
+                    log.warning("%s: its warm start is not readable (%s): departures are listed against the "
+                                "last config that is", self.path, e)
+                    break
+            self.cache["trained"] = cfg
+        return self.cache["trained"]
 
     def id_scheme(self) -> PuzzleIdScheme:
         """The id scheme prediction uses: the stored table, else one id per task (imported official weights)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.model import new_task_row
 from pipeline.official_build import BLANK, parse_name
 from pipeline.puzzle_ids import PerAugmentationIds
 from pipeline.tasks import DataError
@@ -83,7 +84,7 @@ def config_overrides(official: dict[str, torch.Tensor]) -> dict:
 
 def load_official_into(model: torch.nn.Module, official: dict[str, torch.Tensor]) -> None:
     """Copy an official state dict into `model`; every tensor must match by name and shape.
-    The puzzle table may differ in rows (new tasks): then it is re-initialised to the mean official row."""
+    The puzzle table may differ in rows (new tasks): then every row starts at new_task_row(official table)."""
     ours = convert_state_dict(official)
     own = model.state_dict()
     missing = sorted(set(own) - set(ours))
@@ -93,7 +94,7 @@ def load_official_into(model: torch.nn.Module, official: dict[str, torch.Tensor]
         if k not in own:
             raise OfficialImportError(f"official tensor for '{k}' has no place in the configured model")
         if k == "puzzle_emb" and v.shape[0] != own[k].shape[0] and v.shape[1:] == own[k].shape[1:]:
-            ours[k] = v.mean(0, keepdim=True).expand_as(own[k]).clone()
+            ours[k] = new_task_row(v).expand_as(own[k]).clone()
         elif v.shape != own[k].shape:
             raise OfficialImportError(f"'{k}': official shape {tuple(v.shape)} != configured {tuple(own[k].shape)}")
     model.load_state_dict(ours, strict=True)

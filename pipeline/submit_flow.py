@@ -28,8 +28,8 @@ from pipeline.budget import (Calibration, Deadlines, Plan, Policy, chunk_inputs,
                              make_plan, margin_for, views_that_fit)
 from pipeline.calibration import calibrate_predict, calibrate_ttt, free_memory, slowest
 from pipeline.checkpoint import hold_weights, load_for_prediction, release_weights
-from pipeline.computation import describe
-from pipeline.config import RunConfig
+from pipeline.computation import describe, model_overrides
+from pipeline.config import RunConfig, TrainConfig
 from pipeline.dataset import split_by_canvas
 from pipeline.hidden import (MODEL_ERRORS, HiddenRun, load_challenges, predict_challenges, summary_line,
                              write_submission)
@@ -182,7 +182,7 @@ class Flow:
 
     def crop(self) -> list[str]:
         """The compute.crop override every prediction loads with: as the TTT run computes, also for the
-        pretrained model (calibration, and prediction when TTT did not run)."""
+        pretrained model (prediction when TTT did not run)."""
         return [f"compute.crop={str(self.cfg.compute.crop).lower()}"]
 
 
@@ -214,7 +214,7 @@ def _open(job: SubmitJob, rt: Runtime) -> Flow:
     run_dir = ttt_folder(job, pretrained)
     overrides = [*job.overrides, f"train.progress={str(job.progress).lower()}", f"seed={job.seed}"]
     cfg = ttt_config(pretrained, job.ttt_preset, overrides, run_dir, sources=[str(job.challenges)])
-    departures = ttt_departures(cfg, pretrained)
+    departures = ttt_departures(cfg, pretrained, job.ttt_preset)
     if rt.is_main:
         log.info("%s", describe(departures))
     policy = job.policy
@@ -249,7 +249,9 @@ def _calibrate(flow: Flow) -> None:
             flow.break_group("calibration", e)
             cal.inputs_per_rank = flow.n_inputs
     if flow.fits:
-        loaded = load_for_prediction(flow.pretrained, flow.rt.device, overrides=flow.crop())
+        # timed with the TTT run's computation (crop, cycles, N_sup: ttt_nvarc's 4 x 10, not the checkpoint's),
+        # which is what predicts after TTT
+        loaded = load_for_prediction(flow.pretrained, flow.rt.device, overrides=model_overrides(flow.cfg))
         try:
             cal.predict_startup_s, cal.view_s = calibrate_predict(loaded, flow.fits, PredictOptions.of(cfg, flow.rt),
                                                                   flow.rt)
@@ -289,6 +291,16 @@ def _plan(flow: Flow) -> tuple[Plan, Deadlines]:
     return plan, deadlines(plan, job.started)
 
 
+def planned_training(train: TrainConfig, steps: int) -> tuple[TrainConfig, list[str]]:
+    """The recipe's training cut to the planned steps. A planned run shorter than the recipe keeps its
+    warm-up to a quarter of it, so that it reaches the peak lr: a departure from the recipe (returned)."""
+    warmup = min(train.lr_warmup, steps // 4)
+    cut = dataclasses.replace(train, steps=steps, lr_warmup=warmup, ckpt_every=min(train.ckpt_every, steps))
+    if warmup == train.lr_warmup:
+        return cut, []
+    return cut, [f"train.lr_warmup: {train.lr_warmup} -> {warmup} (a quarter of the {steps} planned steps)"]
+
+
 def _ttt(flow: Flow, plan: Plan, dl: Deadlines) -> TTTOutcome:
     """The planned TTT run, stopped at a step boundary at its deadline; its latest checkpoint is the best so far.
     A TTT that cannot run or fails leaves the pretrained model (or its latest checkpoint) to predict."""
@@ -297,17 +309,17 @@ def _ttt(flow: Flow, plan: Plan, dl: Deadlines) -> TTTOutcome:
     if plan.ttt_steps <= 0:
         return out
     t0 = time.time()
-    # A planned run shorter than the recipe keeps its warm-up to a quarter of it, so it reaches the peak lr.
-    train = dataclasses.replace(cfg.train, steps=plan.ttt_steps,
-                                lr_warmup=min(cfg.train.lr_warmup, plan.ttt_steps // 4),
-                                ckpt_every=min(cfg.train.ckpt_every, plan.ttt_steps))
+    train, shortened = planned_training(cfg.train, plan.ttt_steps)
+    if shortened:
+        log.warning("the planned TTT run is shorter than the recipe's warm-up: %s", "; ".join(shortened))
+        flow.departures = flow.departures + shortened  # ttt.json and plan.json list it
     # a collective every step: no rank legitimately waits longer than a start-up (compile) or a step and a save
     cal = flow.cal
     set_collective_timeout(max(60.0, 2 * max(cal.ttt_startup_s, cal.ttt_step_s + cal.ttt_save_s)))
     try:
         stop = Stop(deadline=dl.ttt, when=heartbeat(plan.ttt_steps, max(30.0, job.budget_s / 100)))
         result = run_ttt(dataclasses.replace(cfg, train=train), flow.rt, flow.valid.tasks, flow.pretrained,
-                         stop=stop)
+                         stop=stop, found=flow.departures)
         out.info = {"steps": result.step, "stopped": result.stopped}
         out.model = result.checkpoint or out.model
     except CheckpointError as e:  # the folder holds another run (pipeline.train): never predict with it
@@ -357,7 +369,7 @@ def _predict(flow: Flow, plan: Plan, dl: Deadlines, model: Checkpoint) -> tuple[
     hidden = None
     try:
         # the crop calibrated, also when the pretrained model predicts because TTT failed
-        loaded = load_for_prediction(model, flow.rt.device, overrides=flow.crop())
+        loaded = load_for_prediction(model, flow.rt.device, overrides=flow.crop(), warm=flow.pretrained)
         release_weights(flow.pretrained)  # without TTT, held since the calibration
     except Exception as e:
         log.exception("loading %s for prediction failed (%s): the fallback submission stays", model.path, e)

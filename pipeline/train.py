@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from pipeline.act import IGNORE, empty_carry, supervision_step
 from pipeline.layout import Checkpoint
@@ -158,8 +159,6 @@ def _metrics_row(sums: dict, samples: int, lr: float, p: str, rt: Runtime) -> di
 
 
 def _progress_bar(total: int, initial: int, desc: str):
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, mininterval=1.0)
 
 

@@ -131,17 +131,28 @@ class TTTResult:
     """The run's last checkpoint (rank 0; None on the other ranks)."""
 
 
-def ttt_departures(cfg: RunConfig, warm: Checkpoint) -> list[str]:
-    """How a TTT config computes otherwise than its warm-start checkpoint was trained (pipeline/computation.py)."""
-    return departures(cfg, warm.config)
+RECIPE_TRAINING = ("optimizer", "trainable")
+"""train.* settings a TTT recipe chooses (a published recipe's own optimiser is no departure): another value
+than the presets give (`--set train.optimizer=muon`, `train.trainable=lora`) is one."""
+
+
+def ttt_departures(cfg: RunConfig, warm: Checkpoint, preset: str | Path | list | None) -> list[str]:
+    """How a TTT config computes otherwise than its warm-start checkpoint was trained (pipeline/computation.py;
+    a TTT run's warm start: the pretrained checkpoint it descends from), and trains otherwise than the
+    presets `preset` alone would (RECIPE_TRAINING)."""
+    recipe = ttt_config_over(warm.config, preset, []).train
+    return departures(cfg, warm.trained_config()) + [
+        f"train.{k}: {getattr(recipe, k)} -> {getattr(cfg.train, k)}" for k in RECIPE_TRAINING
+        if getattr(cfg.train, k) != getattr(recipe, k)]
 
 
 def run_ttt(cfg: RunConfig, rt: Runtime, tasks: list[Task], warm: Checkpoint, holdout: bool = False,
-            stop: Stop | None = None) -> TTTResult:
+            stop: Stop | None = None, found: list[str] | None = None) -> TTTResult:
     """One joint TTT run over `tasks` (all hidden tasks in one run, as a Kaggle budget fits), warm-started from
     `warm` (cfg.train.init_from); resumes from its own folder if killed. Ends at cfg.train.steps or `stop`,
-    with a complete checkpoint either way."""
-    found = ttt_departures(cfg, warm)
+    with a complete checkpoint either way. `found`: its departures (ttt_departures with the run's presets),
+    logged and kept in ttt.json; None: against the checkpoint's computation alone."""
+    found = departures(cfg, warm.trained_config()) if found is None else found
     log.info("TTT %s", describe(found))
     data, init_rows = ttt_dataset(cfg, tasks, warm, holdout)
     run = build_run(cfg, rt, data, init_rows, prefix="ttt", warm=warm)
@@ -158,7 +169,7 @@ def per_task_dir(run_dir: str | Path, task_id: str) -> Path:
 
 
 def run_ttt_per_task(cfg: RunConfig, rt: Runtime, tasks: list[Task], warm: Checkpoint, holdout: bool = False,
-                     stop: Stop | None = None) -> list[TTTResult]:
+                     stop: Stop | None = None, found: list[str] | None = None) -> list[TTTResult]:
     """One short run per task (its own trunk and rows) in RUN/tasks/<task>/; under torchrun the tasks are
     spread over the ranks, each rank training its share alone on its own device. A task that fails is
     logged (predict gives it the pretrained model); the others go on."""
@@ -174,7 +185,7 @@ def run_ttt_per_task(cfg: RunConfig, rt: Runtime, tasks: list[Task], warm: Check
             share = (stop.deadline - time.time()) / (len(mine) - k)
             task_stop = dataclasses.replace(stop, deadline=time.time() + share)
         try:
-            results.append(run_ttt(sub, solo, [t], warm, holdout, task_stop))
+            results.append(run_ttt(sub, solo, [t], warm, holdout, task_stop, found))
         except (DataError, RuntimeError, ValueError) as e:  # predict gives this task the pretrained model
             log.error("TTT failed for task %s: %s; it will use the pretrained model", t.id, e)
     return results

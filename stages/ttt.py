@@ -27,7 +27,7 @@ from pipeline.layout import Checkpoint
 from pipeline.metrics import setup_logging
 from pipeline.runtime import init_runtime, shutdown_runtime
 from pipeline.tasks import DataError
-from pipeline.ttt import run_ttt, run_ttt_per_task, ttt_config
+from pipeline.ttt import run_ttt, run_ttt_per_task, ttt_config, ttt_departures
 from pipeline.train import wall_clock_stop
 from stages._cli import run
 
@@ -59,15 +59,17 @@ def main(argv=None) -> int:
     try:
         setup_logging(Path(args.out), rt.is_main)
         log.info("config:\n%s", dump_config(cfg))
+        found = ttt_departures(cfg, pretrained, args.config)
         _, res = load_challenges(args.challenges)
         if not res.tasks:
             raise DataError(f"{args.challenges}: no valid task to train on")
         if args.per_task:
             results = run_ttt_per_task(cfg, rt, res.tasks, pretrained, args.holdout_demos,
-                                       wall_clock_stop(args.max_minutes))
+                                       wall_clock_stop(args.max_minutes), found)
             log.info("done: %d per-task runs on this rank", len(results))
         else:
-            result = run_ttt(cfg, rt, res.tasks, pretrained, args.holdout_demos, wall_clock_stop(args.max_minutes))
+            result = run_ttt(cfg, rt, res.tasks, pretrained, args.holdout_demos, wall_clock_stop(args.max_minutes),
+                             found)
             log.info("done: %s", result.metrics)
     finally:
         shutdown_runtime()

@@ -17,7 +17,7 @@ def test_the_harness_answers_help():
     assert r.returncode == 0 and "usage" in r.stdout.lower() and "--b" in r.stdout
 
 
-def test_b_adds_its_departure_to_every_stage_and_nothing_else():
+def test_b_adds_its_departure_to_every_stage_and_nothing_else(capsys):
     args = Namespace(checkpoint="CK", challenges="F", ttt_config=["configs/demo_ttt.yaml"])
     a = flow_commands(args, ["train.steps=5"], [], [], Path("A"))
     b = flow_commands(args, ["train.steps=5", "compute.crop=true"], ["--per-task"], ["--crop"], Path("B"))
@@ -29,8 +29,18 @@ def test_b_adds_its_departure_to_every_stage_and_nothing_else():
     assert "--per-task" in b[0] and "--crop" in b[1] and "--crop" not in b[0]
     only_predict = flow_commands(Namespace(checkpoint="CK", challenges="F", ttt_config=None), [], [], [], Path("A"))
     assert [c[0] for c in only_predict] == ["stages.predict"] and "--set" not in only_predict[0]
-    with pytest.raises(SystemExit, match="give the departure"):
+    with pytest.raises(SystemExit) as e:
         main(["--checkpoint", "CK", "--challenges", "F", "--solutions", "S"])
+    assert e.value.code == 2 and "give the departure" in capsys.readouterr().err
+
+
+def test_a_missing_input_is_one_line_and_exit_2_before_any_side_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--checkpoint", str(tmp_path), "--challenges", str(tmp_path / "nope.json"), "--solutions", "S",
+              "--b", "seed=1", "--out", str(tmp_path / "sides")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err == f"error: {tmp_path / 'nope.json'} does not exist"
+    assert not (tmp_path / "sides").exists()
 
 
 def test_first_attempts_count_right_shapes_and_their_cells():

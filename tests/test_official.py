@@ -51,6 +51,16 @@ def test_official_eval_steps_match(fixture):
             torch.testing.assert_close(q_halt, expected[f"eval.step{k}.q_halt_logits"], **TOL)
 
 
+def test_a_puzzle_table_of_another_size_starts_every_row_at_the_mean_of_the_whole_official_table():
+    """As the official loader (pretrain.py L244-262): the mean over every row, the blank row 0 included."""
+    model, official = _model()
+    table = official["inner.puzzle_emb.weights"].float()
+    bigger = TRM(model.cfg, table.shape[0] + 3)
+    load_official_into(bigger, official)
+    expected = table.sum(0) / table.shape[0]
+    torch.testing.assert_close(bigger.puzzle_emb.detach().float(), expected.expand(table.shape[0] + 3, -1))
+
+
 def test_official_train_step_loss_metrics_and_every_gradient(fixture):
     batch, expected = fixture
     model, official = _model()

@@ -126,7 +126,7 @@ def test_official_import_with_its_dataset_keeps_every_puzzle_row(tmp_path):
     assert c.model.halt_max_steps == 4 and loaded.departures == []  # the fixture's N_sup, every step run
     ttt = ttt_config(loaded.checkpoint, ROOT / "configs" / "ttt_full.yaml", [], tmp_path / "ttt")
     assert (ttt.compute.crop, ttt.predict.adaptive_halting, ttt.predict.translate) == (False, False, False)
-    assert ttt_departures(ttt, loaded.checkpoint) == []
+    assert ttt_departures(ttt, loaded.checkpoint, ROOT / "configs" / "ttt_full.yaml") == []
 
     r = _import(tmp_path, FIXTURE / "weights.safetensors", "--dataset", str(BUILD))  # another build's table
     assert r.returncode == 2 and "46 puzzle ids, but the checkpoint's puzzle table has" in r.stderr

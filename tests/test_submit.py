@@ -66,6 +66,8 @@ def test_predict_writes_a_valid_submission_despite_broken_tasks(checkpoint, chal
     assert "computation: as the checkpoint was trained, official evaluation (no departure)" in r.stderr
     details = json.loads(Path(str(out) + ".details.json").read_text())
     assert len(details) == 8 * 8 and all(d["views"] == 4 for d in details.values())
+    # the official evaluation by default: every view runs all N_sup = halt_max_steps steps (demo_cpu.yaml: 4)
+    assert {d["mean_steps"] for d in details.values()} == {4.0}
     v = stage("stages.validate", "--challenges", str(ch), "--submission", str(out))
     assert v.returncode == 0, v.stderr
 

@@ -147,6 +147,8 @@ def test_per_task_runs_each_get_their_own_model_and_predict_uses_them(tiny_check
     r = stage("stages.predict", "--checkpoint", str(out), "--challenges", str(ch), "--out", str(sub), "--no-progress")
     assert "per-task TTT runs for 2 tasks" in r.stderr
     assert set(json.loads(sub.read_text())) == set(raw)
+    said = [line for line in r.stderr.splitlines() if "): computation: " in line]  # one line per run
+    assert len(said) == 2 and all("(no departure)" in line for line in said), said
 
 
 def test_a_ttt_folder_resumes_only_its_own_run(tiny_checkpoint, tmp_path):
