@@ -31,6 +31,10 @@ TTT_OUT ?= $(OUT)/ttt
 TTT_ARGS ?=
 PREDICT_CKPT = $(if $(TTT),$(TTT_OUT),$(CHECKPOINT))
 PYTEST_ARGS ?=
+# Test workers (pytest-xdist): one per core of CI's 2-core box; `-n auto` would count physical cores through
+# psutil, blind to a container's CPU quota. TEST_WORKERS=0 runs the suite in this process, one test at a time.
+TEST_WORKERS ?= 2
+PYTEST_XDIST = -n $(TEST_WORKERS) --dist loadgroup
 KAGGLE_DIR ?= runs/kaggle
 SUBMIT_OUT ?= runs/submit
 BUDGET_S ?= 3600
@@ -55,10 +59,10 @@ demo: install
 	bash scripts/demo.sh
 
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 # Single process: `make pretrain CONFIG=...`; several: `make pretrain NPROC=4` (torchrun DDP, or the
 # DeepSpeed engine when the config says train.engine=deepspeed); several nodes: add NNODES, NODE_RANK,

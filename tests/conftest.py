@@ -2,13 +2,22 @@
 
 Tests that read `../shared` (ARC data, the official fixtures) carry `needs_shared(path)`: in a developer's loop a
 missing path skips them; in CI (`CI=true`, which .ci/run exports) it fails them, so a CI without `../shared` can
-never pass having tested none of the official-equality claims."""
+never pass having tested none of the official-equality claims.
+
+Under pytest-xdist (`make test`: `-n 2 --dist loadgroup`) each worker runs one thread and the stages it starts
+inherit OMP_NUM_THREADS=1; a session fixture is built once for the whole run (`built_once`: the first worker to
+need it builds it, under a lock, where every worker finds it), not once per worker; tests marked `alone` time
+wall-clock and run with no other test beside them."""
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -18,6 +27,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ... in a pytest-xdist worker, else None
+
+if XDIST_WORKER:  # two workers on two cores: one thread each, for this process and the stages it starts
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 
 def needs_shared(path: Path):
@@ -29,6 +43,30 @@ needs_shared_arc = needs_shared(ARC)
 needs_fixture = needs_shared(FIXTURE)
 
 
+@contextmanager
+def _turn(item):
+    """Under xdist: an `alone` test holds an exclusive lock, every other test a shared one, on a file the
+    workers share (the run's base temp); a turnstile lock keeps new tests from starting while an `alone` test
+    waits for the one in flight to end."""
+    if not XDIST_WORKER:
+        yield
+        return
+    shared = Path(item.config.getoption("basetemp")).parent  # a worker's basetemp: <run's basetemp>/popen-gwN
+    alone = item.get_closest_marker("alone") is not None
+    with open(shared / "alone.turnstile", "a") as turnstile, open(shared / "alone.lock", "a") as lock:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        if not alone:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        yield  # closing the files releases the locks
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    with _turn(item):  # setup, call and teardown: a module fixture built for the test is inside the lock too
+        return (yield)
+
+
 def pytest_runtest_setup(item):
     for mark in item.iter_markers("needs_shared"):
         path = mark.kwargs["path"]
@@ -38,12 +76,39 @@ def pytest_runtest_setup(item):
             pytest.skip(f"{path} is absent (CI fails here instead)")
 
 
-@pytest.fixture(scope="session")
-def demo_pretrained(tmp_path_factory) -> Path:
-    """The demo config pretrained in full (a few CPU minutes), shared by the slow learning and TTT tests."""
-    run_dir = tmp_path_factory.mktemp("demo_pretrained")
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder `name`, filled by `build(folder)` once per test run: under xdist in the run's base temp, which
+    every worker shares, by the first worker to ask while the others wait on its lock (xdist_group marks do not
+    group anything under pytest 9.2 with pytest-xdist 3.8: pytest-xdist issue 1386)."""
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if XDIST_WORKER else root
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a failed build's leftovers
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
+def _pretrain_demo(run_dir: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "stages.pretrain", "--config", "configs/demo_cpu.yaml", "--set",
                         f"run_dir={run_dir}", "train.progress=false"], cwd=ROOT, capture_output=True, text=True,
                        timeout=1800, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
-    return run_dir
+
+
+def pretrain_20_steps(run_dir: Path) -> None:
+    """A briefly trained demo model (it need not be good: the tests using it check plumbing, not accuracy)."""
+    r = subprocess.run([sys.executable, "-m", "stages.pretrain", "--config", "configs/demo_cpu.yaml", "--set",
+                        f"run_dir={run_dir}", "train.steps=20", "train.progress=false", "train.eval_every=0"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.fixture(scope="session")
+def demo_pretrained(tmp_path_factory) -> Path:
+    """The demo config pretrained in full (a few CPU minutes), shared by the slow learning and TTT tests."""
+    return built_once(tmp_path_factory, "demo_pretrained", _pretrain_demo)
