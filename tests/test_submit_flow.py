@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, built_once, pretrain_20_steps
 from pipeline.budget import (Calibration, Plan, Policy, chunk_inputs, deadlines, make_plan, margin_for,
                              predict_seconds, ttt_seconds)
 from pipeline.kaggle_input import TEST_FILE, find_test_challenges
@@ -50,12 +50,8 @@ def validate(challenges: Path, submission: Path):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A briefly pretrained demo model (plumbing, not accuracy), as tests/test_submit.py makes it."""
-    run_dir = tmp_path_factory.mktemp("pre")
-    r = run([sys.executable, "-m", "stages.pretrain", "--config", "configs/demo_cpu.yaml", "--set",
-             f"run_dir={run_dir}", "train.steps=20", "train.progress=false", "train.eval_every=0"])
-    assert r.returncode == 0, r.stderr[-2000:]
-    return run_dir
+    """A briefly pretrained demo model (plumbing, not accuracy), tests/test_submit.py's."""
+    return built_once(tmp_path_factory, "pretrain_20_steps", pretrain_20_steps)
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +223,7 @@ DEADLINE_SLACK_S = 5
 deadline (the flow starts none past it), the write and the rest of the run."""
 
 
+@pytest.mark.alone
 def test_pinned_ttt_steps_far_beyond_the_budget_stop_at_the_deadline(checkpoint, challenges, tmp_path, monkeypatch):
     """--ttt-steps 100000 in a 20 s budget: TTT stops at its deadline at a step boundary, its checkpoint there
     predicts every input, and the flow ends within the budget plus DEADLINE_SLACK_S."""
@@ -240,6 +237,7 @@ def test_pinned_ttt_steps_far_beyond_the_budget_stop_at_the_deadline(checkpoint,
     assert validate(challenges, tmp_path / "submission.json").returncode == 0
 
 
+@pytest.mark.alone
 def test_prediction_past_its_deadline_leaves_the_inputs_not_reached_to_the_fallback(checkpoint, challenges, tmp_path,
                                                                                      monkeypatch):
     """128 views per input where the (stubbed, 10x optimistic) calibration says they all fit a 15 s budget:
@@ -337,6 +335,7 @@ def test_shares_ttt_may_use_half_the_margin_and_prediction_keeps_its_plan():
 
 # -- the whole flow (slow: each run takes up to a minute on 2 cores) ----------------------------------------------
 @pytest.mark.slow
+@pytest.mark.alone
 def test_one_minute_budget_ends_in_time_with_a_valid_submission(checkpoint, challenges, tmp_path):
     out, budget = tmp_path / "out" / "submission.json", 60
     t0 = time.time()
