@@ -43,6 +43,13 @@ needs_shared_arc = needs_shared(ARC)
 needs_fixture = needs_shared(FIXTURE)
 
 
+def pytest_collection_modifyitems(items):
+    """Under xdist: the slow tests first (in their order), so the longest ones do not start last and leave one
+    worker idle at the end of the run."""
+    if XDIST_WORKER:  # every worker sorts the same way: xdist needs the same order from each
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @contextmanager
 def _turn(item):
     """Under xdist: an `alone` test holds an exclusive lock, every other test a shared one, on a file the
@@ -76,12 +83,25 @@ def pytest_runtest_setup(item):
             pytest.skip(f"{path} is absent (CI fails here instead)")
 
 
+def run_temp(tmp_path_factory) -> Path:
+    """This run's base temp: shared by the xdist workers (each has its own folder in it)."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if XDIST_WORKER else root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_extensions_of_this_run(tmp_path_factory):
+    """Extensions torch builds at run time (DeepSpeed's CPU shared-memory op, compiled on its first use: minutes)
+    go into this run's base temp, not ~/.cache/torch_extensions, which every run on the machine shares: there
+    another run rebuilds them (other paths, other flags) under its lock while this one loads them."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(run_temp(tmp_path_factory) / "torch_extensions"))
+
+
 def built_once(tmp_path_factory, name: str, build) -> Path:
     """The folder `name`, filled by `build(folder)` once per test run: under xdist in the run's base temp, which
     every worker shares, by the first worker to ask while the others wait on its lock (xdist_group marks do not
     group anything under pytest 9.2 with pytest-xdist 3.8: pytest-xdist issue 1386)."""
-    root = tmp_path_factory.getbasetemp()
-    root = root.parent if XDIST_WORKER else root
+    root = run_temp(tmp_path_factory)
     folder, done = root / name, root / f"{name}.done"
     with open(root / f"{name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

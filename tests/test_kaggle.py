@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import ARC, ROOT, needs_shared_arc
+from conftest import ARC, ROOT, built_once, needs_shared_arc, pretrain_20_steps
 from pipeline.layout import Checkpoint
 from pipeline.synthetic import synthetic_tasks
 from submission.kaggle import (PLACEHOLDER_OWNER, WEIGHT_FILES, BuildSettings, KaggleError, KaggleNames, build_all,
@@ -298,13 +298,8 @@ def test_notebook_stops_an_overrunning_submit_and_keeps_its_valid_submission(tmp
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A briefly trained demo model, as tests/test_submit.py makes it (plumbing, not accuracy)."""
-    run_dir = tmp_path_factory.mktemp("run")
-    r = subprocess.run([sys.executable, "-m", "stages.pretrain", "--config", "configs/demo_cpu.yaml", "--set",
-                        f"run_dir={run_dir}", "train.steps=20", "train.progress=false", "train.eval_every=0"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-2000:]
-    return run_dir
+    """A briefly trained demo model, tests/test_submit.py's (plumbing, not accuracy)."""
+    return built_once(tmp_path_factory, "pretrain_20_steps", pretrain_20_steps)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import ARC, ROOT, needs_shared_arc
+from conftest import ARC, ROOT, built_once, needs_shared_arc, pretrain_20_steps
 from pipeline.synthetic import synthetic_tasks
 from submission.format import FALLBACK_GRID, build_submission, submission_problems
 from test_data import broken_tasks
@@ -24,12 +24,9 @@ def stage(*args, timeout=600, env=None):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A briefly trained demo model (it need not be good: these tests check plumbing, not accuracy)."""
-    run_dir = tmp_path_factory.mktemp("run")
-    r = stage("stages.pretrain", "--config", "configs/demo_cpu.yaml", "--set", f"run_dir={run_dir}", "train.steps=20",
-              "train.progress=false", "train.eval_every=0")
-    assert r.returncode == 0, r.stderr[-2000:]
-    return run_dir
+    """A briefly trained demo model (it need not be good: these tests check plumbing, not accuracy), built once
+    for every module and worker that uses it (tests/test_submit_flow.py, tests/test_kaggle.py)."""
+    return built_once(tmp_path_factory, "pretrain_20_steps", pretrain_20_steps)
 
 
 @pytest.fixture(scope="module")

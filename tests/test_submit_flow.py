@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, built_once, pretrain_20_steps
 from pipeline.budget import (Calibration, Plan, Policy, chunk_inputs, deadlines, make_plan, margin_for,
                              predict_seconds, ttt_seconds)
 from pipeline.kaggle_input import TEST_FILE, find_test_challenges
@@ -50,12 +50,8 @@ def validate(challenges: Path, submission: Path):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A briefly pretrained demo model (plumbing, not accuracy), as tests/test_submit.py makes it."""
-    run_dir = tmp_path_factory.mktemp("pre")
-    r = run([sys.executable, "-m", "stages.pretrain", "--config", "configs/demo_cpu.yaml", "--set",
-             f"run_dir={run_dir}", "train.steps=20", "train.progress=false", "train.eval_every=0"])
-    assert r.returncode == 0, r.stderr[-2000:]
-    return run_dir
+    """A briefly pretrained demo model (plumbing, not accuracy), tests/test_submit.py's."""
+    return built_once(tmp_path_factory, "pretrain_20_steps", pretrain_20_steps)
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +249,7 @@ DEADLINE_SLACK_S = 5
 deadline (the flow starts none past it), the write and the rest of the run."""
 
 
+@pytest.mark.alone
 def test_pinned_ttt_steps_far_beyond_the_budget_stop_at_the_deadline(checkpoint, challenges, tmp_path, monkeypatch):
     """--ttt-steps 100000 in a 10 s budget: TTT stops at its deadline at a step boundary, its checkpoint there
     predicts every input, and the flow ends within the budget plus DEADLINE_SLACK_S. In process, with the
@@ -269,6 +266,7 @@ def test_pinned_ttt_steps_far_beyond_the_budget_stop_at_the_deadline(checkpoint,
     assert validate(challenges, tmp_path / "submission.json").returncode == 0
 
 
+@pytest.mark.alone
 def test_prediction_past_its_deadline_leaves_the_inputs_not_reached_to_the_fallback(checkpoint, challenges, tmp_path,
                                                                                      monkeypatch):
     """One test input per chunk (a stubbed 0.5 s per view), and prediction's clock (pipeline.hidden's
@@ -390,6 +388,7 @@ def test_a_planned_run_shorter_than_the_recipes_warm_up_says_so():
 
 # -- the whole flow (slow: each run takes up to a minute on 2 cores) ----------------------------------------------
 @pytest.mark.slow
+@pytest.mark.alone
 def test_one_minute_budget_ends_in_time_with_a_valid_submission(checkpoint, challenges, tmp_path):
     out, budget = tmp_path / "out" / "submission.json", 60
     t0 = time.time()
@@ -635,7 +634,12 @@ def test_a_submit_reads_each_checkpoint_file_once(checkpoint, challenges, tmp_pa
 
     import pipeline.checkpoint as ckpt_mod
     import pipeline.layout as layout
+    import stages.submit
     from stages.submit import main as submit_main
+
+    # in process, the budget counts from stages.submit's import (or an earlier run's re-exec): start it now
+    monkeypatch.setattr(stages.submit, "STARTED", time.time())
+    monkeypatch.delenv("TRM_SUBMIT_STARTED", raising=False)
 
     reads = Counter()
 
