@@ -12,7 +12,7 @@ translated); this recovers the original tasks so that our own augmentation and i
 - the `train/` examples of a task are its demonstrations (the builder put there the demonstrations of every task
   and the test pairs of the training subsets), the `test/` examples its test pairs, which the official run never
   trains on: here too they are held out (scored by the periodic held-out evaluation).
-Tasks come in the build's id order (as pipeline/official.py's id table). Only the names and rows of the chosen
+Tasks come in the build's id order (as pipeline/nn/official.py's id table). Only the names and rows of the chosen
 puzzles are parsed and read (the arrays are memory-mapped): a 1000-augmentation build of 1280 tasks (1.28M puzzle
 ids, 8.6 GB of arrays) loads in 2.4-3.7 s on one core (BENCHMARKS.md, `bench.official_build`). Torch-free.
 """
@@ -26,7 +26,7 @@ import numpy as np
 
 from kernels import COLOR_OFFSET, NUM_COLORS
 from kernels.reference import invert_augment_ref
-from pipeline.tasks import DataError, Task, TaskProblem, read_json
+from pipeline.data.tasks import DataError, Task, TaskProblem, read_json
 
 SEPARATOR, BLANK = "|||", "<blank>"
 _ARRAYS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices")

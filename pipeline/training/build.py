@@ -15,17 +15,17 @@ import torch.distributed as dist
 
 from pipeline.checkpoint import Checkpointer, warm_start
 from pipeline.config import ConfigError, RunConfig, dump_config
-from pipeline.dataset import Dataset, build_dataset
-from pipeline.infer import PredictOptions, evaluate_heldout
+from pipeline.data.dataset import Dataset, build_dataset
+from pipeline.prediction.infer import PredictOptions, evaluate_heldout
 from pipeline.layout import Checkpoint
-from pipeline.metrics import NullSink, RunSink
-from pipeline.model import TRM
-from pipeline.parallel import wrap_model
+from pipeline.training.metrics import NullSink, RunSink
+from pipeline.nn.model import TRM
+from pipeline.training.parallel import wrap_model
 from pipeline.runtime import Runtime
-from pipeline.sampler import Sampler
-from pipeline.train import Trainer, TrainParts
-from pipeline.train_state import TrainCheckpoints
-from pipeline.trainable import build_trainables
+from pipeline.data.sampler import Sampler
+from pipeline.training.train import Trainer, TrainParts
+from pipeline.training.train_state import TrainCheckpoints
+from pipeline.training.trainable import build_trainables
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Test-time training (TTT): fit a pretrained TRM to hidden tasks from their demonstrations alone.
 
 Owns what differs from pretraining, which is only data and config; the run itself is the one builder
-(pipeline/build.py) and the one training loop (pipeline/train.py):
+(pipeline/training/build.py) and the one training loop (pipeline/training/train.py):
 - the config: the checkpoint's resolved config with the official evaluation (pipeline/computation.py) <
   TTT presets (configs/ttt_*.yaml: recipes, then optional speed-ups such as configs/ttt_fast.yaml) <
   `--set` overrides, with the warm start (`train.init_from`) pointing at the checkpoint; what it computes
@@ -25,17 +25,17 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import layout
-from pipeline.build import build_run
+from pipeline.training.build import build_run
 from pipeline.computation import departures, describe, with_official_evaluation
 from pipeline.config import RunConfig, load_config, to_dict
-from pipeline.dataset import Dataset, fit_canvas
+from pipeline.data.dataset import Dataset, fit_canvas
 from pipeline.layout import Checkpoint
-from pipeline.packed import pack_tasks
-from pipeline.puzzle_ids import PerAugmentationIds, PerTaskIds, PuzzleIdScheme
+from pipeline.data.packed import pack_tasks
+from pipeline.data.puzzle_ids import PerAugmentationIds, PerTaskIds, PuzzleIdScheme
 from pipeline.runtime import Runtime
-from pipeline.sources import LoadResult
-from pipeline.tasks import DataError, Task, safe_name, write_json_atomic
-from pipeline.train import Stop
+from pipeline.data.sources import LoadResult
+from pipeline.data.tasks import DataError, Task, safe_name, write_json_atomic
+from pipeline.training.train import Stop
 
 log = logging.getLogger(__name__)
 MIN_DEMOS_FOR_HOLDOUT = 3

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.tasks import Task
+from pipeline.data.tasks import Task
 
 ARRAYS = ("cells", "starts", "heights", "widths", "ex_in", "ex_out", "task_ex_start", "task_ex_count", "test_task",
           "test_in", "test_out", "test_index", "test_trainable")

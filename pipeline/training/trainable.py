@@ -1,8 +1,8 @@
 """What a run trains and how, from `train.trainable`: the whole trunk, the puzzle table alone, LoRA adapters, or
 the table alone for the first `freeze_fraction` of the steps and then everything (the freeze schedule); the
-trunk optimiser over that set (pipeline/optim.py build_optimizer) and the EMA kept for evaluation and export.
-Built by pipeline/build.py after the warm start (the EMA averages from the warm weights) and before the
-parallel wrapping (pipeline/parallel.py), then handed to the Trainer. The puzzle table, a buffer, is always
+trunk optimiser over that set (pipeline/training/optim.py build_optimizer) and the EMA kept for evaluation and export.
+Built by pipeline/training/build.py after the warm start (the EMA averages from the warm weights) and before the
+parallel wrapping (pipeline/training/parallel.py), then handed to the Trainer. The puzzle table, a buffer, is always
 sparse sign-SGD's and in none of these."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.lora import MergedEMA, add_lora, lora_scales, merged_state
-from pipeline.optim import EMA, OptimizerSet, build_optimizer
+from pipeline.training.lora import MergedEMA, add_lora, lora_scales, merged_state
+from pipeline.training.optim import EMA, OptimizerSet, build_optimizer
 
 log = logging.getLogger(__name__)
 

@@ -6,15 +6,15 @@ placement plus the answer's size bound in prediction (`view_extents`), where the
 runs the rectangle covering its examples (or, in training, each of `crop_groups` size groups on its own),
 each example masked to its own rectangle (`own_rectangles`), so that an example's result is a function of
 the example alone (`step_crop`, `view_crop`). The model keeps every cell's full-canvas position
-(pipeline/model.py, TRM.keep_index)."""
+(pipeline/nn/model.py, TRM.keep_index)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 from kernels import PAD
-from pipeline.encode import view_sizes
-from pipeline.model import Crop
+from pipeline.data.encode import view_sizes
+from pipeline.nn.model import Crop
 
 
 def used_extents(inputs: torch.Tensor, labels: torch.Tensor, canvas: int, ignore: int) -> np.ndarray:

@@ -18,11 +18,11 @@ import numpy as np
 from pipeline.checkpoint import load_for_prediction
 from pipeline.computation import describe
 from pipeline.config import ConfigError
-from pipeline.hidden import HiddenRun, predict_challenges
-from pipeline.infer import PredictOptions, TestPrediction
+from pipeline.prediction.challenges import HiddenRun, predict_challenges
+from pipeline.prediction.infer import PredictOptions, TestPrediction
 from pipeline.layout import Checkpoint, CheckpointError
 from pipeline.runtime import Runtime
-from pipeline.sources import LoadResult
+from pipeline.data.sources import LoadResult
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,13 @@ import torch
 
 from kernels.inverse import decode_view, hash_views
 from kernels.vote import vote_topk
-from pipeline.act import predict_stream, unwrap
+from pipeline.nn.act import predict_stream, unwrap
 from pipeline.config import PredictConfig, RunConfig
-from pipeline.crop import by_size, view_extents
-from pipeline.encode import encode, last_offset, random_perms, view_sizes
-from pipeline.model import new_task_row
-from pipeline.packed import PackedTasks
-from pipeline.puzzle_ids import PuzzleIdScheme
+from pipeline.nn.crop import by_size, view_extents
+from pipeline.data.encode import encode, last_offset, random_perms, view_sizes
+from pipeline.nn.model import new_task_row
+from pipeline.data.packed import PackedTasks
+from pipeline.data.puzzle_ids import PuzzleIdScheme
 from pipeline.runtime import Runtime, autocast_for
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class Views:
     c0: np.ndarray
     seg_starts: np.ndarray
     extents: np.ndarray | None = None
-    """[N, 2] canvas rows and columns each view needs, its answer included (pipeline/crop.py)."""
+    """[N, 2] canvas rows and columns each view needs, its answer included (pipeline/nn/crop.py)."""
 
 
 def _axis_bound(d_in: np.ndarray, d_out: np.ndarray, n: int) -> int:

@@ -6,7 +6,7 @@ import numpy as np
 
 from kernels import DIHEDRAL_SWAPS_AXES
 from kernels.augment import encode_pairs
-from pipeline.packed import PackedTasks
+from pipeline.data.packed import PackedTasks
 
 
 def view_sizes(h, w, dihedral) -> tuple[np.ndarray, np.ndarray]:
@@ -21,7 +21,7 @@ def last_offset(extent, canvas: int, max_offset: int = 0) -> np.ndarray:
     (0 = no limit). Training places a pair anywhere up to the canvas edge (extent: its larger grid), the EOS border
     then falling off the canvas, as the official builder's randint(0, 30 - size + 1) and the encoder do.
     Prediction's extent is the answer plus its border: a predicted grid that reaches the edge of a translated axis
-    cannot be told from a clipped one and casts no vote (pipeline/infer.py)."""
+    cannot be told from a clipped one and casts no vote (pipeline/prediction/infer.py)."""
     room = np.maximum(canvas - np.asarray(extent), 0)
     return np.minimum(room, max_offset) if max_offset else room
 

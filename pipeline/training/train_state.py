@@ -2,22 +2,22 @@
 is pipeline/layout.py's): weights (LoRA adapters merged, and unmerged for resume), EMA, optimiser or
 DeepSpeed engine state, each rank's ACT carry, sampler position, RNG and the loop's step and best metric, so
 that a killed run continues bit-for-bit. A run folder resumes only the run it holds. Built by
-pipeline/build.py over the parts it handed the Trainer; the Trainer hands it its `LoopState`."""
+pipeline/training/build.py over the parts it handed the Trainer; the Trainer hands it its `LoopState`."""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.act import Carry
+from pipeline.nn.act import Carry
 from pipeline.checkpoint import (CheckpointError, Checkpointer, carry_file, deepspeed_dir, load_tensors, load_weights,
                                  lora_file, read_ema, read_train_state, save_tensors, write_model_files,
                                  write_train_state)
 from pipeline.layout import Checkpoint
-from pipeline.parallel import Parallel
+from pipeline.training.parallel import Parallel
 from pipeline.runtime import Runtime
-from pipeline.sampler import Sampler
-from pipeline.trainable import Trainables
+from pipeline.data.sampler import Sampler
+from pipeline.training.trainable import Trainables
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.encode import random_perms
-from pipeline.packed import PackedTasks
-from pipeline.versions import DUMMY_OUTPUT, VersionHasher, distinct_versions
+from pipeline.data.encode import random_perms
+from pipeline.data.packed import PackedTasks
+from pipeline.data.versions import DUMMY_OUTPUT, VersionHasher, distinct_versions
 
 
 class PuzzleIdScheme(Protocol):
@@ -43,10 +43,10 @@ class PerAugmentationIds:
 
     Ids go task by task, the original first (view 0 is always the identity), then the augmentations in the
     order they were drawn, as in the official build's identifiers.json. Augmentations that give a task
-    equal to one already kept are dropped exactly as the official builder drops them (pipeline/versions.py:
+    equal to one already kept are dropped exactly as the official builder drops them (pipeline/data/versions.py:
     same multiset of (input, output) pairs; at most 5K tries). The table is kept in the checkpoint
     (state_dict), so prediction never needs the training data to rebuild it; an official identifiers.json
-    converts into one (pipeline/official.py)."""
+    converts into one (pipeline/nn/official.py)."""
 
     name = "per_augmentation"
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.tasks import DataError
+from pipeline.data.tasks import DataError
 
 TEST_FILE = "arc-agi_test_challenges.json"
 DEFAULT_ROOT = Path("/kaggle/input")

@@ -22,13 +22,13 @@ import torch.distributed as dist
 
 from pipeline.checkpoint import LoadedModel, load_for_prediction
 from pipeline.computation import describe
-from pipeline.dataset import split_by_canvas
-from pipeline.infer import PredictOptions, PredictTasks, TestPrediction, predict_tests
+from pipeline.data.dataset import split_by_canvas
+from pipeline.prediction.infer import PredictOptions, PredictTasks, TestPrediction, predict_tests
 from pipeline.layout import Checkpoint, CheckpointError
 from pipeline.runtime import Runtime, break_group, compile_model
-from pipeline.packed import pack_tasks
-from pipeline.sources import LoadResult, entries_to_tasks
-from pipeline.tasks import read_challenges, write_json_atomic
+from pipeline.data.packed import pack_tasks
+from pipeline.data.sources import LoadResult, entries_to_tasks
+from pipeline.data.tasks import read_challenges, write_json_atomic
 from submission.format import build_submission
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def _load(ckpt: str | Path | None, rt: Runtime, how: LoadSettings) -> LoadedMode
 
 def predict_per_task_runs(runs: dict[str, Path], base: str | Path | None, res: LoadResult, rt: Runtime,
                           how: LoadSettings = LoadSettings(), deadline: float | None = None) -> HiddenRun:
-    """Per-task TTT (`stages.ttt --per-task`; pipeline.ttt.ttt_index): each task is predicted by the model of
+    """Per-task TTT (`stages.ttt --per-task`; pipeline.training.ttt.ttt_index): each task is predicted by the model of
     its own run folder in `runs`, as that run was trained and evaluates (load_for_prediction), with
     `how.overrides`; each run's departures are logged in one line. A task without a usable run (its TTT failed) is predicted by the pretrained checkpoint `base` instead, and
     falls back only if there is none."""

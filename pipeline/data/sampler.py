@@ -2,7 +2,7 @@
 data config (pipeline/config.py DataConfig: sources, canvas, augmentation) says.
 
 Nothing augmented is ever materialised: each batch is a pure function of (seed, step) over the packed tasks
-(pipeline/packed.py), so a resumed run continues exactly and data-parallel ranks take disjoint slices of the
+(pipeline/data/packed.py), so a resumed run continues exactly and data-parallel ranks take disjoint slices of the
 same global batch.
 """
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.config import DataConfig
-from pipeline.encode import bound_offsets, encode
-from pipeline.packed import PackedTasks, task_sides
-from pipeline.puzzle_ids import PuzzleIdScheme
+from pipeline.data.encode import bound_offsets, encode
+from pipeline.data.packed import PackedTasks, task_sides
+from pipeline.data.puzzle_ids import PuzzleIdScheme
 
 
 class Sampler:

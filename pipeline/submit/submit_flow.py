@@ -24,25 +24,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.budget import (Calibration, Deadlines, Plan, Policy, chunk_inputs, collective_timeout_s, deadlines,
+from pipeline.submit.budget import (Calibration, Deadlines, Plan, Policy, chunk_inputs, collective_timeout_s, deadlines,
                              make_plan, margin_for, views_that_fit)
-from pipeline.calibration import calibrate_predict, calibrate_ttt, free_memory, slowest
+from pipeline.submit.calibration import calibrate_predict, calibrate_ttt, free_memory, slowest
 from pipeline.checkpoint import hold_weights, load_for_prediction, release_weights
 from pipeline.computation import describe, model_overrides
 from pipeline.config import RunConfig, TrainConfig
-from pipeline.dataset import split_by_canvas
-from pipeline.hidden import (MODEL_ERRORS, HiddenRun, load_challenges, predict_challenges, summary_line,
+from pipeline.data.dataset import split_by_canvas
+from pipeline.prediction.challenges import (MODEL_ERRORS, HiddenRun, load_challenges, predict_challenges, summary_line,
                              write_submission)
-from pipeline.infer import PredictOptions, model_batch
-from pipeline.kaggle_input import count_inputs
+from pipeline.prediction.infer import PredictOptions, model_batch
+from pipeline.data.kaggle_input import count_inputs
 from pipeline.layout import Checkpoint, CheckpointError
-from pipeline.metrics import setup_logging
+from pipeline.training.metrics import setup_logging
 from pipeline.runtime import (Runtime, break_group, init_runtime, set_collective_timeout, shutdown_runtime,
                               watch_for_failures)
-from pipeline.sources import LoadResult
-from pipeline.tasks import DataError, Task, write_json_atomic
-from pipeline.train import Stop
-from pipeline.ttt import run_ttt, ttt_config, ttt_departures
+from pipeline.data.sources import LoadResult
+from pipeline.data.tasks import DataError, Task, write_json_atomic
+from pipeline.training.train import Stop
+from pipeline.training.ttt import run_ttt, ttt_config, ttt_departures
 
 log = logging.getLogger("submit")
 TTT_ERRORS = (DataError, CheckpointError, *MODEL_ERRORS)

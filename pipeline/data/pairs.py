@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from kernels.pairs_json import parse_files
-from pipeline.packed import PackedTasks, load_packed, save_packed
-from pipeline.tasks import DataError, TaskProblem, pair_list_problems, read_json
+from pipeline.data.packed import PackedTasks, load_packed, save_packed
+from pipeline.data.tasks import DataError, TaskProblem, pair_list_problems, read_json
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.tasks import DataError, Task
+from pipeline.data.tasks import DataError, Task
 
 
 def _gravity(g: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ One small network (2 post-norm blocks) is applied recursively. One supervision s
     repeat T times:  repeat n times: z = net(z, x + y);   then y = net(y, z)
 where only the last of the T cycles is back-propagated. Logits come from y (the puzzle-embedding prefix
 positions dropped), the halting logit from y at position 0. The numerics follow the official code
-(../shared/docs/trm-reference.md section 3) so official checkpoints import exactly (pipeline/official.py).
+(../shared/docs/trm-reference.md section 3) so official checkpoints import exactly (pipeline/nn/official.py).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pipeline.config import ComputeConfig, ModelConfig
 
 
 class Crop(NamedTuple):
-    """What TRM.forward runs under compute.crop (pipeline/crop.py builds it): `keep`, the sequence positions of
+    """What TRM.forward runs under compute.crop (pipeline/nn/crop.py builds it): `keep`, the sequence positions of
     the canvas rectangle covering the batch (`TRM.keep_index`), and `own` [B, len(keep)], True at the
     positions of each example's own rectangle and the prefix (None: every example fills the rectangle)."""
     keep: torch.Tensor
@@ -116,7 +116,7 @@ class Block(nn.Module):
 
 class TRM(nn.Module):
     """The recursive trunk plus embeddings and heads. The puzzle table is a buffer: it is trained by its own
-    sparse sign-SGD optimiser (pipeline/optim.py), never by AdamW or EMA, as in TRM. `compute` says how it
+    sparse sign-SGD optimiser (pipeline/training/optim.py), never by AdamW or EMA, as in TRM. `compute` says how it
     computes (compute.crop, crop_groups, compile), which never changes the weights."""
 
     def __init__(self, cfg: ModelConfig, num_puzzle_ids: int, compute: ComputeConfig | None = None):

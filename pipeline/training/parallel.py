@@ -1,6 +1,6 @@
 """How the model runs data-parallel and compiled: DDP (the puzzle table kept out of its broadcasts) or a DeepSpeed
 ZeRO-1/2 engine (which takes over the optimiser), then torch.compile where the runtime compiles. Built by
-pipeline/build.py after the trainable set (pipeline/trainable.py), handed to the Trainer."""
+pipeline/training/build.py after the trainable set (pipeline/training/trainable.py), handed to the Trainer."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pipeline.runtime import Runtime, compile_model, ensure_process_group
-from pipeline.trainable import Trainables
+from pipeline.training.trainable import Trainables
 
 
 @dataclass(frozen=True)

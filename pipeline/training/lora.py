@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from pipeline.optim import EMA
+from pipeline.training.optim import EMA
 
 TARGETS = ("attn.qkv", "attn.out", "mlp.gate_up", "mlp.down", "mixer.gate_up", "mixer.down")
 

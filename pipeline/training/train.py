@@ -2,9 +2,9 @@
 
 Each optimiser step is one deep-supervision step of TRM over a persistent batch of ACT slots: the trunk
 stepped by its optimiser, the puzzle table by sparse sign-SGD, then the EMA. What the loop steps is built
-outside it (pipeline/build.py) and handed in: the trainable set, optimiser, EMA and freeze schedule
-(pipeline/trainable.py), the DDP / DeepSpeed / compiled wrapping (pipeline/parallel.py) and the checkpoint
-save and resume of the whole training state (pipeline/train_state.py). `fit(stop)` ends at cfg.steps or
+outside it (pipeline/training/build.py) and handed in: the trainable set, optimiser, EMA and freeze schedule
+(pipeline/training/trainable.py), the DDP / DeepSpeed / compiled wrapping (pipeline/training/parallel.py) and the checkpoint
+save and resume of the whole training state (pipeline/training/train_state.py). `fit(stop)` ends at cfg.steps or
 earlier at a step boundary when a `Stop` (step count, wall-clock deadline or a callable) says so, always
 leaving a complete checkpoint.
 """
@@ -22,14 +22,14 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from pipeline.act import IGNORE, empty_carry, supervision_step
+from pipeline.nn.act import IGNORE, empty_carry, supervision_step
 from pipeline.layout import Checkpoint
-from pipeline.metrics import NullSink, plot_curves
-from pipeline.optim import EMA, lr_at, sign_sgd_rows
-from pipeline.parallel import Parallel
+from pipeline.training.metrics import NullSink, plot_curves
+from pipeline.training.optim import EMA, lr_at, sign_sgd_rows
+from pipeline.training.parallel import Parallel
 from pipeline.runtime import Runtime
-from pipeline.train_state import LoopState, TrainCheckpoints
-from pipeline.trainable import Trainables
+from pipeline.training.train_state import LoopState, TrainCheckpoints
+from pipeline.training.trainable import Trainables
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def _progress_bar(total: int, initial: int, desc: str):
 
 @dataclass(frozen=True)
 class TrainParts:
-    """What the Trainer steps besides model and sampler, built by pipeline/build.py when training begins."""
+    """What the Trainer steps besides model and sampler, built by pipeline/training/build.py when training begins."""
     trained: Trainables
     par: Parallel
     checkpoints: TrainCheckpoints
@@ -172,7 +172,7 @@ class TrainParts:
 
 class Trainer:
     """Runs one training run: `fit()` goes to cfg.train.steps (or a `Stop`), resuming the run folder's latest
-    checkpoint, logging, evaluating and saving. Built by pipeline.build.build_run, which hands it the model, the
+    checkpoint, logging, evaluating and saving. Built by pipeline.training.build.build_run, which hands it the model, the
     sampler and `setup`: what builds its TrainParts (warm start, trainable set and optimiser, parallel wrapping,
     checkpoint I/O) when training begins (`prepare`)."""
 
@@ -186,7 +186,7 @@ class Trainer:
         self.saved: Checkpoint | None = None  # the last checkpoint this run saved (rank 0)
 
     def prepare(self) -> None:
-        """Build the parts (pipeline/build.py) and continue from the run folder's latest checkpoint, if any."""
+        """Build the parts (pipeline/training/build.py) and continue from the run folder's latest checkpoint, if any."""
         parts = self.setup()
         self.trained, self.checkpoints = parts.trained, parts.checkpoints
         self.params, self.ema = parts.trained.params, parts.trained.ema

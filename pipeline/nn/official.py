@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.model import new_task_row
-from pipeline.official_build import BLANK, parse_name
-from pipeline.puzzle_ids import PerAugmentationIds
-from pipeline.tasks import DataError
+from pipeline.nn.model import new_task_row
+from pipeline.data.official_build import BLANK, parse_name
+from pipeline.data.puzzle_ids import PerAugmentationIds
+from pipeline.data.tasks import DataError
 
 _RENAMES = [
     (r"^inner\.H_init$", "y_init"),

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.packed import PackedPart, PackedTasks, select_tasks, task_max_sides
-from pipeline.puzzle_ids import PerAugmentationIds, PerTaskIds, PuzzleIdScheme
-from pipeline.sampler import DataConfig
-from pipeline.sources import LoadResult, load_sources
-from pipeline.tasks import DataError, Task, TaskProblem
+from pipeline.data.packed import PackedPart, PackedTasks, select_tasks, task_max_sides
+from pipeline.data.puzzle_ids import PerAugmentationIds, PerTaskIds, PuzzleIdScheme
+from pipeline.data.sampler import DataConfig
+from pipeline.data.sources import LoadResult, load_sources
+from pipeline.data.tasks import DataError, Task, TaskProblem
 
 log = logging.getLogger(__name__)
 

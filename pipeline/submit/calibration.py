@@ -1,8 +1,8 @@
 """Calibration of the hidden-test flow: the seconds of TTT and prediction measured on the real challenges file and
 the devices present (the public placeholder file runs about a third faster than the hidden rerun, so no plan
-trusts a calibration made on another file), for pipeline/budget.py to plan with.
+trusts a calibration made on another file), for pipeline/submit/budget.py to plan with.
 
-- TTT: the real TTT run built and warm-started (pipeline.build), one warm-up step (compiles on GPU), a few timed
+- TTT: the real TTT run built and warm-started (pipeline.training.build), one warm-up step (compiles on GPU), a few timed
   steps and one checkpoint save, then thrown away; under torchrun all ranks take part (DDP), so the step time
   includes the gradient all-reduce.
 - Prediction: the loaded model over one full batch of views of real test inputs through the real predict path
@@ -21,17 +21,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipeline.budget import Calibration
-from pipeline.build import build_run
+from pipeline.submit.budget import Calibration
+from pipeline.training.build import build_run
 from pipeline.checkpoint import LoadedModel
 from pipeline.config import RunConfig
-from pipeline.dataset import split_by_canvas
-from pipeline.infer import PredictOptions, PredictTasks, ViewSpec, make_views, model_batch, predict_tests
+from pipeline.data.dataset import split_by_canvas
+from pipeline.prediction.infer import PredictOptions, PredictTasks, ViewSpec, make_views, model_batch, predict_tests
 from pipeline.layout import Checkpoint
-from pipeline.packed import pack_tasks
+from pipeline.data.packed import pack_tasks
 from pipeline.runtime import Runtime, compile_model
-from pipeline.tasks import Task
-from pipeline.ttt import ttt_dataset
+from pipeline.data.tasks import Task
+from pipeline.training.ttt import ttt_dataset
 
 
 def calibrate_ttt(cfg: RunConfig, rt: Runtime, tasks: list[Task], folder: Path, warmup: int = 1,

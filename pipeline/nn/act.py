@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.crop import rectangle_mask, step_crop, used_extents
-from pipeline.model import TRM, Crop
+from pipeline.nn.crop import rectangle_mask, step_crop, used_extents
+from pipeline.nn.model import TRM, Crop
 
 IGNORE = -100
 
@@ -132,7 +132,7 @@ def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None
     finished is refilled with the next pending view (reset to the initial state), as the ACT carry does in
     training. Shapes stay [B, ...] throughout, which suits torch.compile.
     `extents` [N, 2] (compute.crop): the canvas rows and columns each view needs; a step runs the rectangle
-    that covers its live slots, each view masked to its own (pipeline/crop.py), so that a view's answer does
+    that covers its live slots, each view masked to its own (pipeline/nn/crop.py), so that a view's answer does
     not depend on the views beside it (order the views by extent so that slots hold similar sizes).
 
     Returns argmax predictions [N, seq_len] uint8, halting probability [N] float64 and steps used [N]."""

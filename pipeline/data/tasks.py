@@ -44,7 +44,7 @@ class Task:
     """Whether test pairs may be used for training (False for evaluation sets: demonstrations only)."""
     extra: dict = field(default_factory=dict)
     source_spec: str = ""
-    """The source spec that loaded it (`arc:evaluation2#demos`, `pairs:DIR`; pipeline/sources.py): groups the
+    """The source spec that loaded it (`arc:evaluation2#demos`, `pairs:DIR`; pipeline/data/sources.py): groups the
     per-source held-out metrics. Empty for tasks made in code."""
 
     def to_json(self, with_outputs: bool = False) -> dict:
