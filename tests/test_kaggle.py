@@ -60,6 +60,8 @@ def test_build_writes_the_notebook_and_three_kinds_of_dataset(tmp_path):
     assert {p.name for p in weights.iterdir()} == {*WEIGHT_FILES, "LICENSE", "dataset-metadata.json"}
     code = out / "datasets" / "code"
     assert (code / "stages" / "kaggle.py").is_file() and (code / "pipeline" / "data" / "tasks.py").is_file()
+    sources = {f.relative_to(ROOT) for f in (ROOT / "pipeline").rglob("*.py")}
+    assert sources == {f.relative_to(code) for f in (code / "pipeline").rglob("*.py")}  # every subpackage, every module
     assert (code / "configs" / "demo_cpu.yaml").is_file() and (code / "requirements.txt").is_file()
     assert not (code / "tests").exists() and not (code / "runs").exists() and not (code / ".venv").exists()
     assert not list(code.rglob("__pycache__")) and not list(code.rglob("*.pyc"))
