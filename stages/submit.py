@@ -9,8 +9,8 @@
     torchrun --nproc-per-node 4 -m stages.submit ...                             # one process per GPU
 
 Finds the challenges (--challenges, else `arc-agi_test_challenges.json` under --kaggle-root;
-pipeline/kaggle_input.py), writes the all-fallback submission to --out before importing torch, then runs the
-budgeted flow (pipeline/submit_flow.py; the plan's arithmetic in pipeline/budget.py; README, "Budgeted
+pipeline/data/kaggle_input.py), writes the all-fallback submission to --out before importing torch, then runs the
+budgeted flow (pipeline/submit/submit_flow.py; the plan's arithmetic in pipeline/submit/budget.py; README, "Budgeted
 submission"), ending with a `summary: {...}` line and OUT.plan.json. The stage re-executes itself with
 PYTHONHASHSEED=0, so a pinned plan (--ttt-steps, --views) gives the same submission on a rerun.
 

@@ -1,5 +1,5 @@
 """The compute budget of the hidden-test flow as pure arithmetic: the policy that splits it between TTT steps and
-views per test input, the measured costs it plans with (Calibration, measured by pipeline/calibration.py), the
+views per test input, the measured costs it plans with (Calibration, measured by pipeline/submit/calibration.py), the
 plan, and the deadlines that hold each stage to its share. Nothing here runs a model or imports torch."""
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ class Calibration:
     inputs_per_rank: int = 0
     """Test inputs the slowest rank predicts (they are sharded over ranks)."""
     batch: int = 0
-    """Views per model batch (pipeline.infer.model_batch: predict.batch_size, fewer on CPU; 0 = unknown, no
+    """Views per model batch (pipeline.prediction.infer.model_batch: predict.batch_size, fewer on CPU; 0 = unknown, no
     batch rounding)."""
     max_chunk_views: int = 65536
     """predict.chunk_views: views held in memory at once (bounds a chunk)."""

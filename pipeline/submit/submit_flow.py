@@ -322,7 +322,7 @@ def _ttt(flow: Flow, plan: Plan, dl: Deadlines) -> TTTOutcome:
                          stop=stop, found=flow.departures)
         out.info = {"steps": result.step, "stopped": result.stopped}
         out.model = result.checkpoint or out.model
-    except CheckpointError as e:  # the folder holds another run (pipeline.train): never predict with it
+    except CheckpointError as e:  # the folder holds another run (pipeline.training.train): never predict with it
         log.error("TTT cannot use %s (%s): the pretrained model predicts", run_dir, e)
         out.info["error"], run_dir = str(e), None
     except Exception as e:  # whatever else went wrong, what TTT saved (or the pretrained model) still predicts
