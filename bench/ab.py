@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from bench.common import emit
-from pipeline.tasks import write_json_atomic
+from pipeline.data.tasks import write_json_atomic
 from stages._cli import fail
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ pack, build the id table), rss_mb (peak), data_rss_mb (peak minus the process be
 data path holds), puzzle_ids and the puzzle table it implies at hidden 512 (fp32, `table_gb`).
 Goals: >= 10,000 samples/s per core, < 1 GB RSS for the 1280 tasks, < 2 GB for the data path at 100k tasks
 with per_task ids (the official pre-built dataset: 2.4 GB, 121 s for 100 augs of ~1000 tasks).
-`--tasks N` generates ARC-sized tasks (pipeline/synthetic.py: sides 1..30, 3 demonstrations, 1 test).
+`--tasks N` generates ARC-sized tasks (pipeline/data/synthetic.py: sides 1..30, 3 demonstrations, 1 test).
 """
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ import numba
 import psutil
 
 from bench.common import emit, rss_mb
-from pipeline.dataset import build_id_scheme
-from pipeline.packed import pack_tasks
-from pipeline.sampler import DataConfig, Sampler
-from pipeline.sources import load_sources
+from pipeline.data.dataset import build_id_scheme
+from pipeline.data.packed import pack_tasks
+from pipeline.data.sampler import DataConfig, Sampler
+from pipeline.data.sources import load_sources
 
 TABLE_NDIM = 512  # the ARC model's puzzle_emb_ndim (fp32 rows)
 

@@ -5,7 +5,7 @@
 
 1. Measures with the real model at the ARC config (configs/arc2_4xh100.yaml + the default TTT preset
    configs/ttt_full.yaml: the official computation, full canvas) on the devices present, with the submit
-   flow's own calibration (pipeline/calibration.py):
+   flow's own calibration (pipeline/submit/calibration.py):
    a few TTT steps (a small batch on CPU) on real ARC-AGI-2 evaluation tasks as the hidden set, and one batch
    of views. The measured seconds give this machine's achieved FLOP rate for TTT and for prediction, which
    checks the FLOP model (TRM.flops_per_step) that step 2 relies on.
@@ -22,7 +22,7 @@
    A `python -m bench.ttt` result measured on a GPU (`--ttt-bench FILE`) replaces the training anchor with
    the MFU it achieved.
 3. Plans a `--budget-h` (default 6 h, half the 12 h limit) run with the projected costs and the default
-   policy (pipeline.budget.make_plan): the TTT steps and views per test input that fit, with the computation
+   policy (pipeline.submit.budget.make_plan): the TTT steps and views per test input that fit, with the computation
    the TTT presets resolve to (as stages.submit plans): the full canvas unless they ask for compute.crop
    (e.g. `--ttt-config configs/ttt_full.yaml configs/ttt_fast.yaml`).
 4. For comparison, the same under the departure the presets do not take (`departure`, skipped with
@@ -43,19 +43,19 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from bench.common import emit
-from pipeline.budget import Calibration, Policy, make_plan, predict_seconds, ttt_seconds
-from pipeline.calibration import calibrate_predict, calibrate_ttt
+from pipeline.submit.budget import Calibration, Policy, make_plan, predict_seconds, ttt_seconds
+from pipeline.submit.calibration import calibrate_predict, calibrate_ttt
 from pipeline.checkpoint import load_for_prediction, write_weights_checkpoint
 from pipeline.computation import model_overrides
 from pipeline.config import dump_config, load_config
-from pipeline.dataset import split_by_canvas
-from pipeline.infer import PredictOptions
-from pipeline.model import TRM, ModelConfig
+from pipeline.data.dataset import split_by_canvas
+from pipeline.prediction.infer import PredictOptions
+from pipeline.nn.model import TRM, ModelConfig
 from pipeline.runtime import init_runtime
-from pipeline.puzzle_ids import PerTaskIds
-from pipeline.sources import load_source
-from pipeline.train import PEAK_BF16_FLOPS
-from pipeline.ttt import ttt_config, ttt_config_over
+from pipeline.data.puzzle_ids import PerTaskIds
+from pipeline.data.sources import load_source
+from pipeline.training.train import PEAK_BF16_FLOPS
+from pipeline.training.ttt import ttt_config, ttt_config_over
 
 H100_TRAIN_SAMPLES_S = 887.0  # official TRM, one H100, ARC config, batch 192, bf16 (BENCHMARKS.md anchor)
 H100_PUZZLES_S = 95.0  # official TRM, one H100, 16 steps, batch 768 (BENCHMARKS.md anchor)

@@ -1,7 +1,7 @@
 """How far the submit planner's calibration is from what the run then takes: `stages.submit` run N times on a
 short budget (optionally beside CPU hogs, as on a loaded machine), and for each run the actual seconds of TTT
 and of prediction over what the calibration projects for the steps and views the run actually did
-(pipeline/budget.py: ttt_seconds, predict_seconds). A ratio above 1 is an optimistic calibration: time the
+(pipeline/submit/budget.py: ttt_seconds, predict_seconds). A ratio above 1 is an optimistic calibration: time the
 margin must cover.
 
     python -m bench.calibration --checkpoint RUN --runs 15 --hog 1      # the demo flow beside one CPU hog
@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import emit
-from pipeline.budget import Calibration, Policy, predict_seconds, ttt_seconds
-from pipeline.synthetic import synthetic_tasks
+from pipeline.submit.budget import Calibration, Policy, predict_seconds, ttt_seconds
+from pipeline.data.synthetic import synthetic_tasks
 
 TASKS = "tasks=4,seed=7,size=4,demos=64,tests=8,fixed=1,families=rot180+transpose"
 HOG = "import time\nend = time.time() + float(__import__('sys').argv[1])\nwhile time.time() < end:\n    pass\n"

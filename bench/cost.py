@@ -14,12 +14,12 @@ Samples: pretraining = steps x global batch (the official schedule, 722,098 x 76
 puzzles the same steps, i.e. 80x fewer samples per puzzle, and the samples-per-task-matched run, 80x longer);
 TTT = configs/ttt_full.yaml (15,000 steps x 384); prediction = 340 test inputs x 1000 views x N_sup steps (16 in
 both presets: every view runs all N_sup steps: the budget planner's worst case; adaptive halting stops earlier).
-GPU figures: bf16 dense peak H100 989 TFLOP/s, L4 121 (pipeline/train.py PEAK_BF16_FLOPS); MFU from the official
-TRM anchors on one H100 (887 training samples/s at batch 192: 0.357 on our FLOP count; 95 puzzles/s at 16 steps:
-0.367), taken for the 14M model and for the L4 too; DDP at 90% of linear. Check against a cited figure: the 7M
-model's official schedule on 4xH100 comes out at 48 h, as McGovern reports (arXiv 2511.02886: "700k+ optimizer
-steps over 48 hours on 4xH100"). The field's caution: McGovern's ~15k TTT steps filled a 12 h Kaggle run on 4xL4,
-an effective MFU near 0.13 (`--mfu-ttt 0.13`), so the L4 rows are optimistic by up to ~2.7x.
+GPU figures: bf16 dense peak H100 989 TFLOP/s, L4 121 (pipeline/training/train.py PEAK_BF16_FLOPS); MFU from the
+official TRM anchors on one H100 (887 training samples/s at batch 192: 0.357 on our FLOP count; 95 puzzles/s at 16
+steps: 0.367), taken for the 14M model and for the L4 too; DDP at 90% of linear. Check against a cited figure: the 7M
+model's official schedule on 4xH100 comes out at 48 h, as McGovern reports (arXiv 2511.02886: "700k+ optimizer steps
+over 48 hours on 4xH100"). The field's caution: McGovern's ~15k TTT steps filled a 12 h Kaggle run on 4xL4, an effective
+MFU near 0.13 (`--mfu-ttt 0.13`), so the L4 rows are optimistic by up to ~2.7x.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import json
 from bench.budget import anchor_mfu, flop_model, forward_flops
 from bench.common import emit
 from pipeline.config import load_config
-from pipeline.train import PEAK_BF16_FLOPS
+from pipeline.training.train import PEAK_BF16_FLOPS
 
 MODELS = {"7M": "configs/arc2_4xh100.yaml", "14M": "configs/arc2_14m.yaml"}
 TASKS_1280, PUZZLES_100K = 1280, 103_223

@@ -14,7 +14,7 @@ Tokens (grid cells + EOS border, the 16-position puzzle prefix not counted), mea
   joint_bN      joint TTT of all tasks with data.size_buckets = N (bucket_steps on): a batch's rectangle is its
                 bucket's largest pair (a square under dihedral transforms); N = 1 is no bucketing
   joint_gN      joint TTT, batches of 384 pairs of random tasks split into compute.crop_groups = N size groups,
-                each on its own rectangle (pipeline.crop.size_groups); N = 1 is one rectangle per batch
+                each on its own rectangle (pipeline.nn.crop.size_groups); N = 1 is one rectangle per batch
   view          what crop runs in prediction: each view's input and answer bound (answer_bound) + border,
                 untranslated views; views of a test input are run together, largest first
 Speed: one supervision step of the ARC model (hidden 512, 2 layers) on batches of `--batch` examples whose
@@ -35,12 +35,12 @@ import torch
 
 from bench.common import emit
 from pipeline.config import ComputeConfig, ModelConfig
-from pipeline.crop import own_rectangles, size_groups, view_extents
-from pipeline.encode import view_sizes
-from pipeline.infer import answer_bound
-from pipeline.model import TRM, Crop
-from pipeline.packed import pack_tasks, task_sides
-from pipeline.sources import load_source
+from pipeline.nn.crop import own_rectangles, size_groups, view_extents
+from pipeline.data.encode import view_sizes
+from pipeline.prediction.infer import answer_bound
+from pipeline.nn.model import TRM, Crop
+from pipeline.data.packed import pack_tasks, task_sides
+from pipeline.data.sources import load_source
 
 CANVAS = 30
 

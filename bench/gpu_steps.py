@@ -14,15 +14,15 @@ import time
 import torch
 
 from bench.common import emit
-from pipeline.build import heldout_eval_fn
+from pipeline.training.build import heldout_eval_fn
 from pipeline.checkpoint import load_for_prediction, write_weights_checkpoint
 from pipeline.config import dump_config, load_config
-from pipeline.dataset import build_dataset
+from pipeline.data.dataset import build_dataset
 from pipeline.layout import Checkpoint
-from pipeline.model import TRM
+from pipeline.nn.model import TRM
 from pipeline.runtime import init_runtime
-from pipeline.puzzle_ids import PerTaskIds
-from pipeline.tasks import DataError
+from pipeline.data.puzzle_ids import PerTaskIds
+from pipeline.data.tasks import DataError
 from stages._cli import run
 
 
@@ -38,7 +38,7 @@ def checkpoint(args) -> dict:
 
 
 def heldout(args) -> dict:
-    """The run's held-out evaluation (pipeline.build.heldout_eval_fn, what training logs as eval/) on its last
+    """The run's held-out evaluation (pipeline.training.build.heldout_eval_fn, what training logs as eval/) on its last
     checkpoint's EMA weights: a run stopped by its wall clock skips the one at its end."""
     rt = init_runtime(args.device, "auto", 0)
     loaded = load_for_prediction(Checkpoint.open(args.run), rt.device)

@@ -26,17 +26,17 @@ import torch
 
 from bench.common import emit
 from bench.syncs import infer_syncs
-from pipeline.act import predict_stream
+from pipeline.nn.act import predict_stream
 from pipeline.config import load_config
 from pipeline.checkpoint import load_for_prediction
-from pipeline.crop import by_size, rect_crop
-from pipeline.infer import PredictTasks, ViewSpec, make_views, puzzle_table_lookup
+from pipeline.nn.crop import by_size, rect_crop
+from pipeline.prediction.infer import PredictTasks, ViewSpec, make_views, puzzle_table_lookup
 from pipeline.layout import Checkpoint
-from pipeline.model import TRM
+from pipeline.nn.model import TRM
 from pipeline.runtime import compile_model, init_runtime
-from pipeline.packed import pack_tasks
-from pipeline.puzzle_ids import PerTaskIds
-from pipeline.sources import load_source
+from pipeline.data.packed import pack_tasks
+from pipeline.data.puzzle_ids import PerTaskIds
+from pipeline.data.sources import load_source
 
 
 def parse_args(argv=None):

@@ -97,7 +97,7 @@ def measure(rss: RssSampler, trainer, steps: int) -> dict:
 
 
 def main(argv=None) -> None:
-    from pipeline.build import build_run, heldout_rows
+    from pipeline.training.build import build_run, heldout_rows
     from pipeline.config import load_config
     from pipeline.runtime import init_runtime
 

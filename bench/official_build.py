@@ -1,5 +1,5 @@
 """Loading an official TRM build at the size of the prebuilt 1000-augmentation sets (`official:DIR`,
-pipeline/official_build.py): 1280 tasks x 1001 puzzle ids (each task's original and 1000 augmentations, named
+pipeline/data/official_build.py): 1280 tasks x 1001 puzzle ids (each task's original and 1000 augmentations, named
 TASK|||tD|||PERM), ~5M example rows of 900 tokens in train/ (~9 GB of inputs and labels).
 
     python -m bench.official_build                           # writes /tmp/trm-official-1001 once, then loads it
@@ -26,7 +26,7 @@ import numpy as np
 
 from bench.common import emit, rss_mb
 from kernels.reference import encode_grid_ref
-from pipeline.official_build import BLANK, load_official_build
+from pipeline.data.official_build import BLANK, load_official_build
 from scripts.make_fixtures import random_tasks, size_mix
 
 CANVAS = 30

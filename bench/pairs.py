@@ -1,5 +1,5 @@
 """100k pair-list puzzles on one machine: NVARC's scale (103,223 puzzles x ~30 pairs, ARC-AGI-2's grid sizes),
-loaded, validated and packed by the real data path (`pairs:DIR`, pipeline/pairs.py), with `per_task` ids.
+loaded, validated and packed by the real data path (`pairs:DIR`, pipeline/data/pairs.py), with `per_task` ids.
 
     python -m bench.pairs --dir /tmp/trm-pairs-103k          # writes the set once (~3 GB), then measures
     python -m bench.pairs --dir D --puzzles 2000 --seconds 3   # a quick look
@@ -28,9 +28,9 @@ from pathlib import Path
 import numba
 
 from bench.common import emit, rss_mb
-from pipeline.dataset import build_dataset
-from pipeline.pairs import CACHE
-from pipeline.sampler import DataConfig, Sampler
+from pipeline.data.dataset import build_dataset
+from pipeline.data.pairs import CACHE
+from pipeline.data.sampler import DataConfig, Sampler
 from scripts.make_fixtures import write_pairs
 
 NVARC_PUZZLES = 47_337 + 55_886

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch._dynamo.utils import counters
 
-from pipeline.act import predict_stream, supervision_step
-from pipeline.train import exploration_min_steps, to_torch
+from pipeline.nn.act import predict_stream, supervision_step
+from pipeline.training.train import exploration_min_steps, to_torch
 
 SYNC_WARNING = "synchronizing CUDA operation"  # torch: "called a synchronizing CUDA operation"
 

@@ -23,10 +23,10 @@ import torch
 
 from bench.common import emit, rss_mb
 from bench.syncs import train_syncs
-from pipeline.build import build_run
+from pipeline.training.build import build_run
 from pipeline.config import load_config
 from pipeline.runtime import init_runtime
-from pipeline.train import PEAK_BF16_FLOPS, peak_flops
+from pipeline.training.train import PEAK_BF16_FLOPS, peak_flops
 
 
 def rectangles(model, args) -> list[tuple[int, int]]:

@@ -35,18 +35,18 @@ from pathlib import Path
 import torch
 
 from bench.common import emit
-from pipeline.build import build_run, heldout_eval_fn
+from pipeline.training.build import build_run, heldout_eval_fn
 from pipeline.config import load_config
-from pipeline.dataset import build_dataset, fit_canvas
-from pipeline.infer import PredictOptions, evaluate_heldout
+from pipeline.data.dataset import build_dataset, fit_canvas
+from pipeline.prediction.infer import PredictOptions, evaluate_heldout
 from pipeline.layout import Checkpoint
 from pipeline.runtime import init_runtime
-from pipeline.packed import pack_tasks
-from pipeline.sources import LoadResult
-from pipeline.synthetic import synthetic_tasks
-from pipeline.tasks import write_json_atomic
-from pipeline.train import Stop
-from pipeline.ttt import ttt_config, ttt_dataset
+from pipeline.data.packed import pack_tasks
+from pipeline.data.sources import LoadResult
+from pipeline.data.synthetic import synthetic_tasks
+from pipeline.data.tasks import write_json_atomic
+from pipeline.training.train import Stop
+from pipeline.training.ttt import ttt_config, ttt_dataset
 
 OPTIMIZERS = ("adam_atan2", "adamw", "muon")
 SETTINGS = ("scratch", "ttt")

@@ -15,12 +15,12 @@ import tempfile
 import time
 
 from bench.common import emit, rss_mb
-from pipeline.build import build_run
+from pipeline.training.build import build_run
 from pipeline.config import load_config, to_dict
 from pipeline.runtime import init_runtime, shutdown_runtime
-from pipeline.sources import load_source
-from pipeline.train import peak_flops
-from pipeline.ttt import ttt_dataset
+from pipeline.data.sources import load_source
+from pipeline.training.train import peak_flops
+from pipeline.training.ttt import ttt_dataset
 
 
 def main(argv=None) -> None:

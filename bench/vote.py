@@ -20,11 +20,11 @@ import numpy as np
 
 from bench.common import emit
 from kernels.reference import crop_ref, dihedral_ref
-from pipeline.encode import view_sizes
-from pipeline.infer import PredictTasks, ViewSpec, make_views, vote
-from pipeline.packed import pack_tasks
-from pipeline.puzzle_ids import PerAugmentationIds
-from pipeline.sources import load_source
+from pipeline.data.encode import view_sizes
+from pipeline.prediction.infer import PredictTasks, ViewSpec, make_views, vote
+from pipeline.data.packed import pack_tasks
+from pipeline.data.puzzle_ids import PerAugmentationIds
+from pipeline.data.sources import load_source
 
 
 def python_vote(views, preds, conf, canvas, limit):

@@ -3,10 +3,10 @@ objects (NVARC's synthetic puzzles, re-arc), GRID a list of equal rows of single
 
 json.loads + numpy costs ~2.6 ms for a 30-pair file (100k puzzles: ~5 minutes on one core); this scanner reads
 many files' bytes in one call, validating as it goes, and writes the grids packed (cells, starts, heights,
-widths: the layout of pipeline/packed.py PackedTasks). It takes only that strict shape (any whitespace, the two
+widths: the layout of pipeline/data/packed.py PackedTasks). It takes only that strict shape (any whitespace, the two
 keys in either order); anything else (another key, a number that is not one digit, a ragged or empty grid,
 a grid over 30, broken JSON) rejects the file, which then goes the slow way: json.loads and the validation
-that names the problem (pipeline/tasks.py). `parse_pairs_ref` is the plain reference it is tested against.
+that names the problem (pipeline/data/tasks.py). `parse_pairs_ref` is the plain reference it is tested against.
 """
 import json
 

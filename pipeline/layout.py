@@ -31,7 +31,7 @@ from safetensors.numpy import load_file as load_arrays_file
 from safetensors.numpy import save_file as save_arrays_file
 
 from pipeline.config import RunConfig, load_config, read_yaml, to_dict
-from pipeline.puzzle_ids import PerTaskIds, PuzzleIdScheme, id_scheme_from_state
+from pipeline.data.puzzle_ids import PerTaskIds, PuzzleIdScheme, id_scheme_from_state
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ import numpy as np
 from kernels.canonical import pair_hashes
 from kernels.reference import augment_grid_ref, dihedral_ref
 from pipeline.layout import Checkpoint, CheckpointError, resolve_checkpoint, run_dir_of
-from pipeline.packed import PackedTasks
-from pipeline.sources import load_sources
-from pipeline.tasks import DataError
+from pipeline.data.packed import PackedTasks
+from pipeline.data.sources import load_sources
+from pipeline.data.tasks import DataError
 
 log = logging.getLogger(__name__)
 

@@ -90,7 +90,7 @@ def init_runtime(device: str = "auto", dtype: str = "auto", seed: int = 0, backe
         torch.backends.cudnn.allow_tf32 = True
     if world > 1 and not dist.is_initialized():
         # NCCL under torchrun (which sets 1: a timeout kills the process): abort the communicators and raise in
-        # the waiting collective instead, so the flow's handlers run (pipeline.submit_flow, rank 0 finishes)
+        # the waiting collective instead, so the flow's handlers run (pipeline.submit.submit_flow, rank 0 finishes)
         os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "2"
         dist.init_process_group(backend=backend or ("nccl" if dev.type == "cuda" else "gloo"),
                                 timeout=datetime.timedelta(seconds=timeout_s) if timeout_s else None)

@@ -87,8 +87,8 @@ if [ ! -f "$OUT/eval12_challenges.json" ]; then
   $PY - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
-from pipeline.dataset import canvas_problem
-from pipeline.sources import load_kaggle
+from pipeline.data.dataset import canvas_problem
+from pipeline.data.sources import load_kaggle
 out = Path(sys.argv[1])
 tasks = [t for t in load_kaggle(out / "eval_all_challenges.json").tasks if canvas_problem(t, 12) is None]
 (out / "eval12_solutions.json").write_text(json.dumps({t.id: [o.tolist() for o in t.test_outputs] for t in tasks}))

@@ -13,7 +13,7 @@ installable here), with the per-tensor constants of its FusedAdamMathFunctor:
     param -= step_size * atan2(exp_avg, sqrt(exp_avg_sq) / bc2_sqrt)
 where lerp(v0, v1, t) = fma(t, v1, fma(-t, v0, v0)) and `step` counts the steps this parameter had a
 gradient (adam_atan2.py skips a parameter whose grad is None, step counter included). Written from that
-text, not from pipeline/optim.py.
+text, not from pipeline/training/optim.py.
 """
 import json
 from pathlib import Path

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from kernels.reference import augment_grid_ref, encode_grid_ref
-from pipeline.tasks import Task
+from pipeline.data.tasks import Task
 
 NVARC_TRAINING_SHARE = 47_337 / (47_337 + 55_886)  # nvarc_training's share of NVARC's 103k puzzles
 

@@ -14,8 +14,8 @@ $PY -m stages.data export "arc:evaluation" --out "$OUT/eval_all"
 $PY - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
-from pipeline.dataset import canvas_problem
-from pipeline.sources import load_kaggle
+from pipeline.data.dataset import canvas_problem
+from pipeline.data.sources import load_kaggle
 out = Path(sys.argv[1])
 tasks = [t for t in load_kaggle(out / "eval_all_challenges.json").tasks if canvas_problem(t, 12) is None]
 (out / "eval12_challenges.json").write_text(json.dumps({t.id: t.to_json() for t in tasks}))

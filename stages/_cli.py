@@ -11,8 +11,8 @@ def user_errors() -> tuple[type[Exception], ...]:
     """The exceptions that mean bad input, not a bug (imported here, when needed: they pull in torch)."""
     from pipeline.layout import CheckpointError
     from pipeline.config import ConfigError
-    from pipeline.official import OfficialImportError
-    from pipeline.tasks import DataError
+    from pipeline.nn.official import OfficialImportError
+    from pipeline.data.tasks import DataError
 
     return (ConfigError, DataError, CheckpointError, OfficialImportError)
 

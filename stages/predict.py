@@ -16,7 +16,7 @@ Every task of the challenges file gets an entry: broken tasks, model errors and 
 votes, halting steps and seconds per test input for `stages.score --report`. The last line says how many
 test inputs the model predicted and why the others fell back.
 
-Several checkpoints make an ensemble (pipeline/ensemble.py): the views per test input (--augs, else the first
+Several checkpoints make an ensemble (pipeline/prediction/ensemble.py): the views per test input (--augs, else the first
 checkpoint's predict.augs) are split among them by --weights, each computes as it was trained, and their votes
 are pooled by weighted vote share before the two attempts are chosen; a member that cannot be loaded or fails
 costs only its share.
@@ -34,14 +34,14 @@ import time
 
 from pipeline.checkpoint import load_for_prediction
 from pipeline.computation import describe
-from pipeline.ensemble import members, predict_members
-from pipeline.hidden import (LoadSettings, load_challenges, predict_challenges, predict_per_task_runs, summary_line,
-                             write_submission)
-from pipeline.infer import PredictOptions
+from pipeline.prediction.ensemble import members, predict_members
+from pipeline.prediction.challenges import (LoadSettings, load_challenges, predict_challenges, predict_per_task_runs,
+                                            summary_line, write_submission)
+from pipeline.prediction.infer import PredictOptions
 from pipeline.layout import Checkpoint
-from pipeline.metrics import setup_logging
+from pipeline.training.metrics import setup_logging
 from pipeline.runtime import init_runtime, shutdown_runtime
-from pipeline.ttt import ttt_index
+from pipeline.training.ttt import ttt_index
 from stages._cli import positive_int, run
 
 log = logging.getLogger("predict")

@@ -15,12 +15,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.build import build_run
+from pipeline.training.build import build_run
 from pipeline.config import dump_config, load_config
-from pipeline.metrics import setup_logging
+from pipeline.training.metrics import setup_logging
 from pipeline.overlap import record_trained_pairs
 from pipeline.runtime import init_runtime, shutdown_runtime
-from pipeline.train import wall_clock_stop
+from pipeline.training.train import wall_clock_stop
 from stages._cli import run
 
 log = logging.getLogger("pretrain")

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from pipeline.layout import Checkpoint
 from pipeline.overlap import scored_set_overlap
-from pipeline.sources import load_kaggle
-from pipeline.tasks import DataError, read_json
+from pipeline.data.sources import load_kaggle
+from pipeline.data.tasks import DataError, read_json
 from stages._cli import run
 from submission.report import compare, pl, score_submission, summary, write_report
 
@@ -60,7 +60,7 @@ def curves_of(run_dir: str) -> Path | None:
     if not folder.is_dir():
         raise DataError(f"--run {run_dir}: no such run folder")
     if not (folder / "curves.png").exists() and (folder / "metrics.jsonl").exists():
-        from pipeline.metrics import plot_curves
+        from pipeline.training.metrics import plot_curves
 
         plot_curves(folder)
     return folder / "curves.png" if (folder / "curves.png").exists() else None

@@ -9,8 +9,8 @@
     torchrun --nproc-per-node 4 -m stages.submit ...                             # one process per GPU
 
 Finds the challenges (--challenges, else `arc-agi_test_challenges.json` under --kaggle-root;
-pipeline/kaggle_input.py), writes the all-fallback submission to --out before importing torch, then runs the
-budgeted flow (pipeline/submit_flow.py; the plan's arithmetic in pipeline/budget.py; README, "Budgeted
+pipeline/data/kaggle_input.py), writes the all-fallback submission to --out before importing torch, then runs the
+budgeted flow (pipeline/submit/submit_flow.py; the plan's arithmetic in pipeline/submit/budget.py; README, "Budgeted
 submission"), ending with a `summary: {...}` line and OUT.plan.json. The stage re-executes itself with
 PYTHONHASHSEED=0, so a pinned plan (--ttt-steps, --views) gives the same submission on a rerun.
 
@@ -87,8 +87,8 @@ def parse_args(argv=None):
 def fallback_first(argv=None):
     """Parse, find and read the challenges, and (rank 0) write the all-fallback submission, importing nothing
     heavy: a valid file is on disk even if importing torch fails. Returns (args, challenges path)."""
-    from pipeline.kaggle_input import count_inputs, find_test_challenges
-    from pipeline.tasks import read_challenges, write_json_atomic
+    from pipeline.data.kaggle_input import count_inputs, find_test_challenges
+    from pipeline.data.tasks import read_challenges, write_json_atomic
     from submission.format import build_submission
 
     args = parse_args(argv)
@@ -111,8 +111,8 @@ def started_at() -> float:
 
 def main(argv=None, early=None) -> int:
     args, path = early or fallback_first(argv)
-    from pipeline.budget import Policy
-    from pipeline.submit_flow import SubmitJob, run_submit
+    from pipeline.submit.budget import Policy
+    from pipeline.submit.submit_flow import SubmitJob, run_submit
 
     from pipeline.config import ConfigError
 
@@ -134,7 +134,7 @@ def main(argv=None, early=None) -> int:
 def cli() -> None:
     """`python -m stages.submit`: the re-exec, the fallback before torch, then the flow."""
     reexec_with_fixed_hash_seed()
-    from pipeline.tasks import DataError
+    from pipeline.data.tasks import DataError
 
     try:
         early = fallback_first()

@@ -22,13 +22,13 @@ import logging
 from pathlib import Path
 
 from pipeline.config import dump_config
-from pipeline.hidden import load_challenges
+from pipeline.prediction.challenges import load_challenges
 from pipeline.layout import Checkpoint
-from pipeline.metrics import setup_logging
+from pipeline.training.metrics import setup_logging
 from pipeline.runtime import init_runtime, shutdown_runtime
-from pipeline.tasks import DataError
-from pipeline.ttt import run_ttt, run_ttt_per_task, ttt_config, ttt_departures
-from pipeline.train import wall_clock_stop
+from pipeline.data.tasks import DataError
+from pipeline.training.ttt import run_ttt, run_ttt_per_task, ttt_config, ttt_departures
+from pipeline.training.train import wall_clock_stop
 from stages._cli import run
 
 log = logging.getLogger("ttt")

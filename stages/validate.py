@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.tasks import read_json
+from pipeline.data.tasks import read_json
 from stages._cli import run
 from submission.format import submission_problems
 

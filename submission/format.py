@@ -2,14 +2,14 @@
 
 The one writer every path uses (predict, the budgeted submit, the Kaggle notebook): it covers every task
 id of the challenges file and every test input, with a fallback wherever a prediction is missing, so
-the file is always valid. Callers write it with pipeline.tasks.write_json_atomic."""
+the file is always valid. Callers write it with pipeline.data.tasks.write_json_atomic."""
 from __future__ import annotations
 
 import logging
 
 import numpy as np
 
-from pipeline.tasks import grid_problem
+from pipeline.data.tasks import grid_problem
 
 log = logging.getLogger(__name__)
 FALLBACK_GRID = [[0]]

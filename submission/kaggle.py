@@ -28,7 +28,7 @@ import nbformat
 
 from pipeline import layout
 from pipeline.layout import Checkpoint
-from pipeline.tasks import write_json_atomic
+from pipeline.data.tasks import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = Path(__file__).with_name("kaggle_notebook.py")

@@ -23,7 +23,7 @@ import struct
 import zlib
 from pathlib import Path
 
-from pipeline.tasks import safe_name
+from pipeline.data.tasks import safe_name
 
 try:
     import polars as pl

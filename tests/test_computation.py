@@ -12,9 +12,9 @@ from pipeline.checkpoint import load_for_prediction, write_weights_checkpoint
 from pipeline.computation import departures, describe
 from pipeline.config import dump_config, load_config
 from pipeline.layout import Checkpoint
-from pipeline.model import TRM
-from pipeline.puzzle_ids import PerTaskIds
-from pipeline.ttt import ttt_config, ttt_departures
+from pipeline.nn.model import TRM
+from pipeline.data.puzzle_ids import PerTaskIds
+from pipeline.training.ttt import ttt_config, ttt_departures
 
 TINY = ["model.hidden=32", "model.heads=2", "model.puzzle_emb_ndim=32"]
 RECIPES = ["ttt_full.yaml", "ttt_mcgovern.yaml", "ttt_nvarc.yaml"]
@@ -114,11 +114,11 @@ def test_the_planners_time_the_ttt_runs_cycles_and_n_sup(tmp_path, capsys):
     """stages.submit times the pretrained model with the TTT run's computation (model_overrides), and
     bench.budget projects it: a preset raising N_sup raises the seconds per view."""
     import bench.budget
-    from pipeline.calibration import calibrate_predict
+    from pipeline.submit.calibration import calibrate_predict
     from pipeline.computation import model_overrides
-    from pipeline.infer import PredictOptions
+    from pipeline.prediction.infer import PredictOptions
     from pipeline.runtime import init_runtime
-    from pipeline.synthetic import synthetic_tasks
+    from pipeline.data.synthetic import synthetic_tasks
 
     ck = checkpoint(tmp_path / "ck")  # N_sup 4
     longer = tmp_path / "longer.yaml"

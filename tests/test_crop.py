@@ -7,19 +7,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import pipeline.model as model_mod
-from pipeline.act import IGNORE, empty_carry, supervision_step, token_ce
+import pipeline.nn.model as model_mod
+from pipeline.nn.act import IGNORE, empty_carry, supervision_step, token_ce
 from pipeline.config import ComputeConfig, DataConfig, ModelConfig, PredictConfig
-from pipeline.crop import by_size, own_rectangles, rect_crop, size_groups, step_crop, used_extents, view_extents
-from pipeline.encode import encode, last_offset
-from pipeline.infer import PredictOptions, PredictTasks, ViewSpec, make_views, predict_tests
-from pipeline.model import TRM, Crop
-from pipeline.packed import pack_tasks, task_sides
-from pipeline.puzzle_ids import PerTaskIds
-from pipeline.sampler import Sampler
-from pipeline.synthetic import synthetic_tasks
-from pipeline.tasks import Task
-from pipeline.train import to_torch
+from pipeline.nn.crop import by_size, own_rectangles, rect_crop, size_groups, step_crop, used_extents, view_extents
+from pipeline.data.encode import encode, last_offset
+from pipeline.prediction.infer import PredictOptions, PredictTasks, ViewSpec, make_views, predict_tests
+from pipeline.nn.model import TRM, Crop
+from pipeline.data.packed import pack_tasks, task_sides
+from pipeline.data.puzzle_ids import PerTaskIds
+from pipeline.data.sampler import Sampler
+from pipeline.data.synthetic import synthetic_tasks
+from pipeline.data.tasks import Task
+from pipeline.training.train import to_torch
 
 CANVAS = 8
 
@@ -149,7 +149,7 @@ def test_bounded_translation_and_size_buckets_in_the_sampler():
 
 
 def test_training_translation_reaches_the_canvas_edge_and_a_view_keeps_its_answer_border():
-    """The one bounded-offset rule (pipeline.encode.last_offset): a training pair may sit flush with the canvas
+    """The one bounded-offset rule (pipeline.data.encode.last_offset): a training pair may sit flush with the canvas
     edge, its EOS border falling off (the official builder: randint(0, 30 - size + 1)), with data.max_offset or
     without; a prediction view keeps its answer's border inside (extent = answer + 1)."""
     packed = pack_tasks([Task("g3", [(np.ones((3, 3), np.uint8), np.ones((3, 3), np.uint8))] * 2, [])])
@@ -245,7 +245,7 @@ class _RandomHalts(TRM):
 def test_streaming_prediction_crops_every_step_to_cover_its_live_views():
     """predict_stream keeps a host copy of which view each slot runs (refills happen at different steps);
     every step's rectangle must cover the extent of every view still running in it."""
-    from pipeline.act import predict_stream
+    from pipeline.nn.act import predict_stream
 
     for trial in range(10):
         rng = np.random.default_rng(trial)
@@ -271,7 +271,7 @@ def test_a_run_resumes_with_crop_switched_on(tmp_path):
     """compute.crop changes the compute, not the weights or the (full-size) carry: a run folder trained without
     it continues under the presets' crop settings (they must not strand a run); another model or optimiser
     is refused with a clear error."""
-    from pipeline.build import build_run
+    from pipeline.training.build import build_run
     from pipeline.checkpoint import CheckpointError
     from pipeline.config import load_config
     from pipeline.runtime import init_runtime
@@ -293,7 +293,7 @@ def test_a_run_resumes_with_crop_switched_on(tmp_path):
 def test_the_submit_calibration_times_every_size_bucket_under_crop(tmp_path, monkeypatch):
     """Under crop a TTT step costs what its size bucket costs, so the planner's step time is the mean over
     buckets, each timed with every slot from it."""
-    from pipeline.calibration import calibrate_ttt
+    from pipeline.submit.calibration import calibrate_ttt
     from pipeline.config import load_config
     from pipeline.runtime import init_runtime
     from conftest import ROOT
@@ -389,7 +389,7 @@ def test_a_compiled_step_under_crop_compiles_a_few_graphs_for_every_size_and_gro
 def test_the_prediction_calibration_scales_the_timed_inputs_to_all_inputs_under_crop():
     """The timed inputs (the first few) can be far smaller or larger than the rest: under crop the per-view
     time is scaled by the FLOPs of all inputs' view rectangles over the timed ones'."""
-    from pipeline.calibration import _crop_cost_ratio
+    from pipeline.submit.calibration import _crop_cost_ratio
 
     small = [Task(f"s{k}", [(np.ones((2, 2), np.uint8), np.ones((2, 2), np.uint8))], [np.ones((2, 2), np.uint8)])
              for k in range(2)]
@@ -479,7 +479,7 @@ def test_prediction_under_crop_is_the_same_for_any_batch_size_and_shard(adaptive
     split over two 'shards' in the other order: every view's prediction, halting confidence (to float
     rounding: batch 64 vs 1 moves it ~1e-5) and steps, and so every attempt, are the same (the crop's covering
     rectangle changes with the batch, each view's own rectangle does not)."""
-    from pipeline.act import predict_stream
+    from pipeline.nn.act import predict_stream
 
     m = _model(crop=True)
     with torch.no_grad():

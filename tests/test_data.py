@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from conftest import ARC, ROOT, needs_shared_arc
-from pipeline.packed import pack_tasks
-from pipeline.puzzle_ids import PerAugmentationIds, PerTaskIds
-from pipeline.sampler import DataConfig, Sampler
-from pipeline.sources import load_source, load_sources, mix_parts, source_label
-from pipeline.tasks import DataError, Task, task_problems
+from pipeline.data.packed import pack_tasks
+from pipeline.data.puzzle_ids import PerAugmentationIds, PerTaskIds
+from pipeline.data.sampler import DataConfig, Sampler
+from pipeline.data.sources import load_source, load_sources, mix_parts, source_label
+from pipeline.data.tasks import DataError, Task, task_problems
 
 GOOD = {"train": [{"input": [[1, 2], [3, 4]], "output": [[4, 3], [2, 1]]}], "test": [{"input": [[0, 1], [1, 0]]}]}
 
@@ -288,7 +288,7 @@ def test_id_table_of_4522001f_matches_the_official_version_count():
 
 def test_id_tables_survive_a_checkpoint_round_trip(packed, tmp_path):
     from pipeline.layout import load_arrays, save_arrays
-    from pipeline.puzzle_ids import id_scheme_from_state
+    from pipeline.data.puzzle_ids import id_scheme_from_state
 
     for ids in (PerAugmentationIds.build(packed, 20, 3), PerTaskIds(packed.num_tasks, True, False)):
         save_arrays(ids.state_dict(), tmp_path / "ids.safetensors")

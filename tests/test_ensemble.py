@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.ensemble import members, pool, split_views
-from pipeline.hidden import MODEL_ERROR, TIME_BUDGET, HiddenRun
-from pipeline.infer import TestPrediction as Prediction
+from pipeline.prediction.ensemble import members, pool, split_views
+from pipeline.prediction.challenges import MODEL_ERROR, TIME_BUDGET, HiddenRun
+from pipeline.prediction.infer import TestPrediction as Prediction
 
 
 def g(v):

@@ -15,7 +15,7 @@ import bench.cost
 from bench.budget import flop_model, forward_flops, parse_args, project
 from conftest import ROOT
 from pipeline.config import load_config
-from pipeline.model import TRM
+from pipeline.nn.model import TRM
 
 PRESETS = {"7M": ROOT / "configs/arc2_4xh100.yaml", "14M": ROOT / "configs/arc2_14m.yaml"}
 

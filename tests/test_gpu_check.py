@@ -18,17 +18,17 @@ import pytest
 import torch
 
 import bench.gpu_check as gc
-import pipeline.infer as infer
+import pipeline.prediction.infer as infer
 from bench.gpu_check import STEPS, Ctx, Step, run_step
 from bench.syncs import check, sync_warnings
 from bench.train import rectangles, work
 from conftest import ARC, ROOT, needs_shared_arc
 from pipeline.config import ComputeConfig, ModelConfig, load_config
-from pipeline.crop import rect_crop
-from pipeline.model import TRM, Crop
-from pipeline.packed import pack_tasks
-from pipeline.puzzle_ids import PerTaskIds
-from pipeline.synthetic import synthetic_tasks
+from pipeline.nn.crop import rect_crop
+from pipeline.nn.model import TRM, Crop
+from pipeline.data.packed import pack_tasks
+from pipeline.data.puzzle_ids import PerTaskIds
+from pipeline.data.synthetic import synthetic_tasks
 
 PY = sys.executable
 # Absent on the GPU machine (the list, plus what only the Kaggle and report paths use); matplotlib is in

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import ARC, ROOT, built_once, needs_shared_arc, pretrain_20_steps
 from pipeline.layout import Checkpoint
-from pipeline.synthetic import synthetic_tasks
+from pipeline.data.synthetic import synthetic_tasks
 from submission.kaggle import (PLACEHOLDER_OWNER, WEIGHT_FILES, BuildSettings, KaggleError, KaggleNames, build_all,
                                configured_username, credentials_source, push, upload_plan)
 
@@ -59,7 +59,9 @@ def test_build_writes_the_notebook_and_three_kinds_of_dataset(tmp_path):
     weights = out / "datasets" / "weights"
     assert {p.name for p in weights.iterdir()} == {*WEIGHT_FILES, "LICENSE", "dataset-metadata.json"}
     code = out / "datasets" / "code"
-    assert (code / "stages" / "kaggle.py").is_file() and (code / "pipeline" / "tasks.py").is_file()
+    assert (code / "stages" / "kaggle.py").is_file() and (code / "pipeline" / "data" / "tasks.py").is_file()
+    sources = {f.relative_to(ROOT) for f in (ROOT / "pipeline").rglob("*.py")}
+    assert sources == {f.relative_to(code) for f in (code / "pipeline").rglob("*.py")}  # every subpackage, every module
     assert (code / "configs" / "demo_cpu.yaml").is_file() and (code / "requirements.txt").is_file()
     assert not (code / "tests").exists() and not (code / "runs").exists() and not (code / ".venv").exists()
     assert not list(code.rglob("__pycache__")) and not list(code.rglob("*.pyc"))
@@ -261,7 +263,7 @@ STAND_IN_SUBMIT = '''"""Test double for stages.submit: writes a valid fallback s
 import argparse, json, time
 from pathlib import Path
 from submission.format import build_submission
-from pipeline.tasks import write_json_atomic
+from pipeline.data.tasks import write_json_atomic
 p = argparse.ArgumentParser()
 for a in ("--checkpoint", "--kaggle-root", "--out", "--budget-s", "--device"):
     p.add_argument(a)

@@ -8,9 +8,9 @@ from kernels.dihedral import swaps_axes
 from kernels.inverse import decode_view, hash_views
 from kernels.reference import augment_grid_ref, decode_ref, dihedral_ref, encode_grid_ref, vote_ref
 from kernels.vote import vote_topk
-from pipeline.encode import random_perms
-from pipeline.packed import pack_tasks
-from pipeline.tasks import Task
+from pipeline.data.encode import random_perms
+from pipeline.data.packed import pack_tasks
+from pipeline.data.tasks import Task
 
 SHAPES = [(1, 1), (30, 30), (1, 30), (30, 1), (3, 7), (12, 5)]
 

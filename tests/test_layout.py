@@ -29,6 +29,49 @@ def test_dependencies_point_one_way(package, forbidden):
         assert not bad, f"{f.relative_to(ROOT)} imports {bad}"
 
 
+def _package_of(module: str) -> str | None:
+    """The package-level node of a module: kernels, submission, each pipeline subpackage, each top-level pipeline
+    module (pipeline.config, pipeline.layout, ...); None outside the library."""
+    parts = module.split(".")
+    if parts[0] in ("kernels", "submission"):
+        return parts[0]
+    return ".".join(parts[:2]) if parts[0] == "pipeline" and len(parts) > 1 else None
+
+
+def package_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for package in ("kernels", "submission", "pipeline"):
+        for f in (ROOT / package).rglob("*.py"):
+            node = _package_of(".".join(f.relative_to(ROOT).with_suffix("").parts))
+            if node is None:
+                continue
+            graph.setdefault(node, set())
+            for stmt in ast.walk(ast.parse(f.read_text())):
+                if isinstance(stmt, ast.Import):
+                    names = [a.name for a in stmt.names]
+                elif isinstance(stmt, ast.ImportFrom) and stmt.module and stmt.level == 0:
+                    names = [stmt.module]
+                else:
+                    continue
+                graph[node] |= {d for d in map(_package_of, names) if d not in (None, node)}
+    return graph
+
+
+def test_packages_form_few_layers_without_a_cycle():
+    """pipeline/'s subpackages follow a task's path (data -> nn -> prediction -> training -> submit): at most 8
+    package layers, and no package imports one that imports it back (e.g. data never imports training)."""
+    graph = package_graph()
+    depth: dict[str, int] = {}
+
+    def layer(node: str, path: tuple[str, ...] = ()) -> int:
+        assert node not in path, "package import cycle: " + " -> ".join(path + (node,))
+        if node not in depth:
+            depth[node] = 1 + max((layer(d, path + (node,)) for d in graph.get(node, ())), default=0)
+        return depth[node]
+
+    assert max(layer(n) for n in graph) <= 8, sorted(depth.items(), key=lambda x: -x[1])
+
+
 def test_every_stage_has_help():
     import subprocess
     import sys

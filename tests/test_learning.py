@@ -9,11 +9,11 @@ import torch
 
 from conftest import ROOT
 from pipeline.config import load_config
-from pipeline.dataset import build_dataset
-from pipeline.infer import PredictOptions, evaluate_heldout
+from pipeline.data.dataset import build_dataset
+from pipeline.prediction.infer import PredictOptions, evaluate_heldout
 from pipeline.layout import Checkpoint
-from pipeline.metrics import read_metrics
-from pipeline.model import TRM
+from pipeline.training.metrics import read_metrics
+from pipeline.nn.model import TRM
 
 
 def _heldout(model, cfg, data):

@@ -10,11 +10,11 @@ import torch
 from bench.memory import RssSampler
 from conftest import ROOT
 from pipeline.config import ModelConfig, PredictConfig
-from pipeline.infer import PredictOptions, evaluate_heldout
-from pipeline.model import TRM
-from pipeline.packed import pack_tasks
-from pipeline.puzzle_ids import PerTaskIds
-from pipeline.synthetic import synthetic_tasks
+from pipeline.prediction.infer import PredictOptions, evaluate_heldout
+from pipeline.nn.model import TRM
+from pipeline.data.packed import pack_tasks
+from pipeline.data.puzzle_ids import PerTaskIds
+from pipeline.data.synthetic import synthetic_tasks
 
 MB = 2**20
 
@@ -73,7 +73,7 @@ def test_cpu_prediction_batch_is_bounded_in_tokens(monkeypatch):
     """At ARC length (900 + 16 tokens) CPU prediction (held-out evaluation, stages.predict, submit) runs
     CPU_BATCH_TOKENS // 916 views at once, whatever predict.batch_size says; a short sequence keeps the
     configured batch, and so does a GPU."""
-    import pipeline.infer as infer
+    import pipeline.prediction.infer as infer
 
     seen = []
     real = infer.predict_stream
@@ -97,7 +97,7 @@ def test_cpu_prediction_batch_is_bounded_in_tokens(monkeypatch):
 def test_a_checkpoint_save_holds_the_puzzle_table_once(tmp_path):
     """Saving a checkpoint neither copies the table in memory (at e823bfc the EMA state dict cloned it: +2.3 GB
     at ARC size) nor stores it twice on disk."""
-    from pipeline.build import build_run
+    from pipeline.training.build import build_run
     from pipeline.config import load_config
     from pipeline.runtime import init_runtime
 
@@ -130,7 +130,7 @@ def test_a_training_run_at_the_arc_settings_holds_one_table_and_a_streamed_evalu
     128 inputs x 16 views (all in one batch) adds ~0.7x. (The full ARC config, where a training step's
     activations are ~1x the budget: 2.0x measured, BENCHMARKS.md "Memory".)"""
     from bench.memory import budget, measure
-    from pipeline.build import build_run
+    from pipeline.training.build import build_run
     from pipeline.config import load_config
     from pipeline.runtime import init_runtime
 

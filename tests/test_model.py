@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import ROOT
-from pipeline.act import empty_carry, predict_stream, supervision_step
+from pipeline.nn.act import empty_carry, predict_stream, supervision_step
 from pipeline.config import RunConfig, load_config
-from pipeline.model import TRM, Crop, ModelConfig, swiglu_width
-from pipeline.optim import AdamATan2, EMA, lr_at, sign_sgd_rows
+from pipeline.nn.model import TRM, Crop, ModelConfig, swiglu_width
+from pipeline.training.optim import AdamATan2, EMA, lr_at, sign_sgd_rows
 
 SMALL = dict(hidden=32, heads=2, layers=2, h_cycles=2, l_cycles=2, halt_max_steps=3, seq_len=25, puzzle_emb_len=1,
              puzzle_emb_ndim=32)
@@ -116,7 +116,7 @@ def test_adam_atan2_pytorch_is_nvarcs_optimiser():
     step by the schedule, betas 0.9/0.95, weight decay 0.1). The expected values were computed by that
     package's own adam_atan2.py at the 0.2.4 tag (lucidrains/adam-atan2-pytorch), run once outside this repo,
     float64, three steps with changing lr and a zero gradient. They differ from the official kernel's."""
-    from pipeline.optim import AdamAtan2Pytorch
+    from pipeline.training.optim import AdamAtan2Pytorch
 
     grads = [[0.3, -0.2, 0.0, 1.0], [-0.1, -0.4, 0.5, 1e-8], [2.0, 0.1, -0.3, -1.0]]
     expected = [[0.4895254433248524, -0.9890254433248524, 1.998, -0.009974556675147595],
@@ -140,7 +140,7 @@ def test_adam_atan2_pytorch_is_nvarcs_optimiser():
 def test_the_first_optimiser_step_runs_at_lr_over_warmup(tmp_path):
     """As the official loop (which increments its step before computing the lr): optimiser step k runs at
     lr * k / warmup during warm-up, so the first step moves the weights (at lr 0 it would not)."""
-    from pipeline.build import build_run
+    from pipeline.training.build import build_run
     from pipeline.runtime import init_runtime
 
     cfg = load_config("configs/demo_cpu.yaml", [f"run_dir={tmp_path}", "train.progress=false", "model.hidden=32",
@@ -182,7 +182,7 @@ def test_ema_and_schedule():
 
 
 def test_non_finite_loss_skips_the_step(tmp_path):
-    from pipeline.build import build_run
+    from pipeline.training.build import build_run
     from pipeline.runtime import init_runtime
 
     cfg = load_config("configs/demo_cpu.yaml", [f"run_dir={tmp_path}", "train.progress=false", "model.hidden=32",

@@ -8,7 +8,7 @@ import torch
 
 from bench.budget import flop_model
 from conftest import ROOT
-from pipeline.build import build_run
+from pipeline.training.build import build_run
 from pipeline.config import load_config
 from pipeline.runtime import init_runtime
 

@@ -5,12 +5,12 @@ import dataclasses
 import pytest
 import torch
 
-from pipeline.build import build_run
+from pipeline.training.build import build_run
 from pipeline.config import load_config
-from pipeline.model import TRM
-from pipeline.optim import OptimizerSet, muon_param_split
+from pipeline.nn.model import TRM
+from pipeline.training.optim import OptimizerSet, muon_param_split
 from pipeline.runtime import init_runtime
-from pipeline.train import Stop
+from pipeline.training.train import Stop
 
 TINY = ["model.hidden=32", "model.heads=2", "model.puzzle_emb_ndim=32", "train.global_batch=16",
         "train.progress=false", "train.eval_every=0", "train.log_every=1", "predict.augs=2", "train.ema_decay=0.9",

@@ -9,9 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import FIXTURE, ROOT, needs_fixture
-from pipeline.act import empty_carry, supervision_step
-from pipeline.model import ModelConfig, TRM
-from pipeline.official import OfficialImportError, config_overrides, convert_state_dict, load_official_into, read_official
+from pipeline.nn.act import empty_carry, supervision_step
+from pipeline.nn.model import ModelConfig, TRM
+from pipeline.nn.official import (OfficialImportError, config_overrides, convert_state_dict, load_official_into,
+                                  read_official)
 
 pytestmark = needs_fixture
 TOL = dict(atol=1e-4, rtol=1e-4)

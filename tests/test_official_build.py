@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SHARED, needs_shared
-from pipeline.official import official_id_table
-from pipeline.official_build import read_identifiers
-from pipeline.sources import load_source
+from pipeline.nn.official import official_id_table
+from pipeline.data.official_build import read_identifiers
+from pipeline.data.sources import load_source
 from scripts.make_fixtures import random_tasks, write_official_build
 from stages._cli import run
 from stages.data import main as data_main

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from kernels.inverse import decode_view, hash_views
 from kernels.reference import decode_ref, encode_grid_ref
 from pipeline.config import ModelConfig, PredictConfig
-from pipeline.infer import PredictOptions, Views, run_views, vote
-from pipeline.model import TRM
+from pipeline.prediction.infer import PredictOptions, Views, run_views, vote
+from pipeline.nn.model import TRM
 from submission.format import build_submission
 from conftest import SHARED, needs_shared
 

@@ -12,14 +12,14 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import FIXTURE, ROOT, SHARED, needs_shared
-from pipeline.infer import PredictTasks, ViewSpec, make_views
+from pipeline.prediction.infer import PredictTasks, ViewSpec, make_views
 from pipeline.layout import Checkpoint
-from pipeline.official import official_id_table, read_official
-from pipeline.official_build import read_identifiers
-from pipeline.encode import encode
-from pipeline.packed import pack_tasks
-from pipeline.sources import load_source
-from pipeline.tasks import DataError
+from pipeline.nn.official import official_id_table, read_official
+from pipeline.data.official_build import read_identifiers
+from pipeline.data.encode import encode
+from pipeline.data.packed import pack_tasks
+from pipeline.data.sources import load_source
+from pipeline.data.tasks import DataError
 
 BUILD = SHARED / "fixtures" / "official_build_mini"
 pytestmark = [needs_shared(BUILD), needs_shared(FIXTURE)]
@@ -119,7 +119,7 @@ def test_official_import_with_its_dataset_keeps_every_puzzle_row(tmp_path):
     assert loaded.config.predict.augs == 9 and loaded.config.predict.translate is False
     # an official import computes officially: the full canvas, all N_sup steps, untranslated views, in
     # predict and in TTT (and so in submit, which builds its TTT config the same way)
-    from pipeline.ttt import ttt_config, ttt_departures
+    from pipeline.training.ttt import ttt_config, ttt_departures
 
     c = loaded.config
     assert (c.compute.crop, c.predict.adaptive_halting, c.predict.max_steps, c.data.max_offset) == (False, False, 0, 0)

@@ -18,13 +18,13 @@ from kernels.canonical import canonical_hash_ref, pair_hashes
 from kernels.reference import augment_grid_ref
 from pipeline.checkpoint import write_weights_checkpoint
 from pipeline.config import dump_config, load_config
-from pipeline.model import TRM
+from pipeline.nn.model import TRM
 import pipeline.overlap
 from pipeline.overlap import TRAINED_PAIRS, TrainedPairs, record_trained_pairs, relation
-from pipeline.packed import pack_tasks
-from pipeline.puzzle_ids import PerTaskIds
-from pipeline.sources import load_source
-from pipeline.tasks import Task, write_json_atomic
+from pipeline.data.packed import pack_tasks
+from pipeline.data.puzzle_ids import PerTaskIds
+from pipeline.data.sources import load_source
+from pipeline.data.tasks import Task, write_json_atomic
 from scripts.make_fixtures import random_pairs, random_tasks, write_pairs
 from stages.data import main as data_main
 from stages.pretrain import main as pretrain_main

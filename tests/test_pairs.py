@@ -17,21 +17,21 @@ import torch
 
 from conftest import ROOT
 from kernels.pairs_json import parse_files, parse_pairs_ref
-from pipeline.build import heldout_eval_fn, heldout_rows
+from pipeline.training.build import heldout_eval_fn, heldout_rows
 from pipeline.config import load_config
-from pipeline.dataset import check_id_table, fit_canvas
-from pipeline.packed import PackedPart
-from pipeline.dataset import build_dataset
-import pipeline.dataset as dataset_module
-import pipeline.pairs as pairs_module
-from pipeline.pairs import CACHE, holdout_choice, list_puzzles, load_pairs
-from pipeline.model import TRM
+from pipeline.data.dataset import check_id_table, fit_canvas
+from pipeline.data.packed import PackedPart
+from pipeline.data.dataset import build_dataset
+import pipeline.data.dataset as dataset_module
+import pipeline.data.pairs as pairs_module
+from pipeline.data.pairs import CACHE, holdout_choice, list_puzzles, load_pairs
+from pipeline.nn.model import TRM
 from pipeline.runtime import init_runtime
-from pipeline.packed import pack_tasks
-from pipeline.puzzle_ids import PerAugmentationIds
-from pipeline.sampler import DataConfig, Sampler
-from pipeline.sources import LoadResult, load_source
-from pipeline.tasks import DataError, Task
+from pipeline.data.packed import pack_tasks
+from pipeline.data.puzzle_ids import PerAugmentationIds
+from pipeline.data.sampler import DataConfig, Sampler
+from pipeline.data.sources import LoadResult, load_source
+from pipeline.data.tasks import DataError, Task
 from scripts.make_fixtures import pairs_json, random_pairs, write_pairs
 from stages._cli import run as run_stage
 from stages.data import main as data_main
@@ -327,8 +327,8 @@ def test_bulk_tasks_larger_than_the_canvas_are_dropped_and_reported():
 
 
 def test_packed_parts_concatenate_as_if_packed_together_and_unpack_back():
-    from pipeline.packed import PackedPart, concat_packed, pack_tasks, select_tasks, unpack_tasks
-    from pipeline.synthetic import synthetic_tasks
+    from pipeline.data.packed import PackedPart, concat_packed, pack_tasks, select_tasks, unpack_tasks
+    from pipeline.data.synthetic import synthetic_tasks
 
     a = synthetic_tasks("tasks=5,seed=0,size=6,demos=3,tests=2")
     b = synthetic_tasks("tasks=4,seed=1,size=6,demos=2,tests=1", train_on_test=False)

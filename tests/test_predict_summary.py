@@ -5,8 +5,8 @@ import re
 
 import numpy as np
 
-from pipeline.hidden import MODEL_ERROR, NO_VALID_VIEW, TIME_BUDGET, TOO_LARGE, HiddenRun, summary_line
-from pipeline import infer
+from pipeline.prediction.challenges import MODEL_ERROR, NO_VALID_VIEW, TIME_BUDGET, TOO_LARGE, HiddenRun, summary_line
+from pipeline.prediction import infer
 from submission.format import submission_problems
 from test_submit import challenges, checkpoint, stage  # noqa: F401  (module fixtures: a briefly trained demo model)
 
@@ -17,13 +17,13 @@ def _stderr_lines(capsys) -> list[str]:
 
 def test_a_model_failing_on_every_task_exits_3_with_a_valid_submission(checkpoint, challenges, tmp_path,  # noqa: F811
                                                                        monkeypatch, capsys):
-    import pipeline.hidden
+    import pipeline.prediction.challenges
     import stages.predict as predict
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated CUDA error")
 
-    monkeypatch.setattr(pipeline.hidden, "predict_tests", broken)
+    monkeypatch.setattr(pipeline.prediction.challenges, "predict_tests", broken)
     ch, _ = challenges
     out = tmp_path / "s.json"
     code = predict.main(["--checkpoint", str(checkpoint), "--challenges", str(ch), "--out", str(out), "--augs", "2",

@@ -4,10 +4,10 @@ import numpy as np
 
 from kernels.inverse import decode_view
 from kernels.reference import augment_grid_ref, encode_grid_ref
-from pipeline.infer import PredictTasks, ViewSpec, Views, answer_bound, make_views, vote
-from pipeline.packed import pack_tasks
-from pipeline.puzzle_ids import PerTaskIds
-from pipeline.tasks import Task
+from pipeline.prediction.infer import PredictTasks, ViewSpec, Views, answer_bound, make_views, vote
+from pipeline.data.packed import pack_tasks
+from pipeline.data.puzzle_ids import PerTaskIds
+from pipeline.data.tasks import Task
 
 CANVAS = 12  # small, so that a 3x upscale of the test input cannot go just anywhere
 
@@ -90,7 +90,7 @@ def test_a_grid_clipped_by_the_canvas_edge_does_not_vote():
 def test_untranslated_views_of_a_fixed_table_vote_once_each():
     """With a per-augmentation table of 3 versions and 8 views asked for, untranslated prediction runs each
     version once (as the official evaluation) instead of wrapping around; translated views may repeat one."""
-    from pipeline.puzzle_ids import PerAugmentationIds
+    from pipeline.data.puzzle_ids import PerAugmentationIds
 
     task, _ = _upscale_task()
     two = Task("two", task.train, task.test_inputs + task.test_inputs, train_on_test=False)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from pipeline.tasks import safe_name
+from pipeline.data.tasks import safe_name
 from submission.report import ARC_COLOURS, compare, grid_png, score_submission, summary
 from test_submit import stage
 

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from conftest import ARC, ROOT, built_once, needs_shared_arc, pretrain_20_steps
-from pipeline.synthetic import synthetic_tasks
+from pipeline.data.synthetic import synthetic_tasks
 from submission.format import FALLBACK_GRID, build_submission, submission_problems
 from test_data import broken_tasks
 
@@ -146,10 +146,10 @@ def test_score_is_arc_prize_pass_at_2_and_writes_a_report(tmp_path):
 
 
 def test_a_model_error_costs_only_its_tasks(checkpoint, challenges, tmp_path, monkeypatch, capsys):
-    import pipeline.hidden
+    import pipeline.prediction.challenges
     import stages.predict as predict
 
-    real = pipeline.hidden.predict_tests
+    real = pipeline.prediction.challenges.predict_tests
     ch, _ = challenges
     raw = json.loads(ch.read_text())
     doomed = sorted(k for k in raw if k.startswith("syn"))[0]
@@ -160,7 +160,7 @@ def test_a_model_error_costs_only_its_tasks(checkpoint, challenges, tmp_path, mo
             raise RuntimeError("simulated CUDA error")
         return real(model, tasks, rows, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline.hidden, "predict_tests", flaky)
+    monkeypatch.setattr(pipeline.prediction.challenges, "predict_tests", flaky)
     out = tmp_path / "s.json"
     assert predict.main(["--checkpoint", str(checkpoint), "--challenges", str(ch), "--out", str(out), "--augs", "2",
                          "--no-progress", "--device", "cpu"]) == 0

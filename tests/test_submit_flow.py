@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from conftest import ROOT, built_once, pretrain_20_steps
-from pipeline.budget import (Calibration, Plan, Policy, chunk_inputs, deadlines, make_plan, margin_for,
+from pipeline.submit.budget import (Calibration, Plan, Policy, chunk_inputs, deadlines, make_plan, margin_for,
                              predict_seconds, ttt_seconds)
-from pipeline.kaggle_input import TEST_FILE, find_test_challenges
-from pipeline.synthetic import synthetic_tasks
-from pipeline.tasks import DataError, write_json_atomic
+from pipeline.data.kaggle_input import TEST_FILE, find_test_challenges
+from pipeline.data.synthetic import synthetic_tasks
+from pipeline.data.tasks import DataError, write_json_atomic
 from submission.format import FALLBACK_GRID, build_submission, submission_problems
 from test_data import broken_tasks
 
@@ -168,9 +168,9 @@ def _submit_in_process(checkpoint, challenges, folder, monkeypatch, fail_ttt_at=
     file, with TTT raising at step `fail_ttt_at` or prediction raising; the calibration is stubbed (1 s
     start-ups, 0.5 s per TTT step, `view_s` per view), so the run is all TTT and prediction; returns its
     summary."""
-    import pipeline.submit_flow as flow
-    from pipeline.budget import Policy
-    from pipeline.train import Trainer
+    import pipeline.submit.submit_flow as flow
+    from pipeline.submit.budget import Policy
+    from pipeline.training.train import Trainer
 
     monkeypatch.setattr(flow, "calibrate_ttt", lambda *a, **k: (1.0, 0.5, 0.1))
     monkeypatch.setattr(flow, "calibrate_predict", lambda *a, **k: (1.0, view_s))
@@ -229,7 +229,7 @@ def test_bench_calibration_reads_the_plan_a_run_writes(checkpoint, challenges, t
     1 s + 0.5 s per TTT step and 1 ms per view: the actual seconds here are another matter, only the arithmetic
     is checked."""
     import bench.calibration
-    from pipeline.budget import Calibration, Policy, predict_seconds, ttt_seconds
+    from pipeline.submit.budget import Calibration, Policy, predict_seconds, ttt_seconds
 
     summary = _submit_in_process(checkpoint, challenges, tmp_path, monkeypatch, ttt_steps=4)
     row = bench.calibration.ratios(tmp_path / "submission.json.plan.json")
@@ -269,15 +269,15 @@ def test_pinned_ttt_steps_far_beyond_the_budget_stop_at_the_deadline(checkpoint,
 @pytest.mark.alone
 def test_prediction_past_its_deadline_leaves_the_inputs_not_reached_to_the_fallback(checkpoint, challenges, tmp_path,
                                                                                      monkeypatch):
-    """One test input per chunk (a stubbed 0.5 s per view), and prediction's clock (pipeline.hidden's
+    """One test input per chunk (a stubbed 0.5 s per view), and prediction's clock (pipeline.prediction.challenges's
     time.perf_counter) jumps past any deadline once the third chunk is done: a clock the test controls, not this
     CPU's speed, and a budget (60 s) that no loaded machine's setup reaches. Prediction starts no chunk past its
     deadline: exactly the three inputs reached are predicted and every other keeps its fallback."""
     import types
 
-    import pipeline.hidden
+    import pipeline.prediction.challenges
 
-    reached, predict_chunk = [], pipeline.hidden._predict_chunk
+    reached, predict_chunk = [], pipeline.prediction.challenges._predict_chunk
 
     def counted_chunk(loaded, packed, chunk, *args):
         out = predict_chunk(loaded, packed, chunk, *args)
@@ -285,8 +285,8 @@ def test_prediction_past_its_deadline_leaves_the_inputs_not_reached_to_the_fallb
         return out
 
     clock = types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + (1e9 if len(reached) >= 3 else 0.0))
-    monkeypatch.setattr(pipeline.hidden, "_predict_chunk", counted_chunk)
-    monkeypatch.setattr(pipeline.hidden, "time", clock)
+    monkeypatch.setattr(pipeline.prediction.challenges, "_predict_chunk", counted_chunk)
+    monkeypatch.setattr(pipeline.prediction.challenges, "time", clock)
     summary = _submit_in_process(checkpoint, challenges, tmp_path, monkeypatch, budget_s=60, ttt_steps=0, views=2,
                                  view_s=0.5)
     details = json.loads((tmp_path / "submission.json.details.json").read_text())
@@ -377,7 +377,7 @@ def test_shares_ttt_may_use_half_the_margin_and_prediction_keeps_its_plan():
 
 def test_a_planned_run_shorter_than_the_recipes_warm_up_says_so():
     from pipeline.config import TrainConfig
-    from pipeline.submit_flow import planned_training
+    from pipeline.submit.submit_flow import planned_training
 
     train, found = planned_training(TrainConfig(steps=15000, lr_warmup=2000, ckpt_every=1000), 400)
     assert (train.steps, train.lr_warmup, train.ckpt_every) == (400, 100, 400)
@@ -423,7 +423,7 @@ def wait_for(log: Path, text: str, proc, timeout=120) -> None:
 
 WRITER = """
 import sys
-from pipeline.tasks import write_json_atomic
+from pipeline.data.tasks import write_json_atomic
 path, k = sys.argv[1], 0
 objs = [{"v": "a", "rows": [[1] * 30] * 6000}, {"v": "b", "rows": [[2] * 30] * 6000}]  # ~0.5 MB each
 write_json_atomic(path, objs[0])
@@ -485,7 +485,7 @@ FAULTY_SUBMIT = """
 import os, sys, time
 stage, rank = sys.argv[1], int(sys.argv[2])
 sys.argv = [sys.argv[0], *sys.argv[3:]]
-import pipeline.submit_flow as flow
+import pipeline.submit.submit_flow as flow
 
 
 def failed_now(what):
@@ -504,7 +504,7 @@ flow.calibrate_ttt = lambda *a, **k: (1.0, 0.5, 0.1)
 flow.calibrate_predict = calibrate_predict
 if int(os.environ["RANK"]) == rank:
     if stage == "ttt":
-        from pipeline.train import Trainer
+        from pipeline.training.train import Trainer
         train_step = Trainer.train_step
 
         def failing_step(self):
@@ -514,12 +514,12 @@ if int(os.environ["RANK"]) == rank:
 
         Trainer.train_step = failing_step
     elif stage == "predict":
-        import pipeline.hidden
+        import pipeline.prediction.challenges
 
         def failing_chunk(*args, **kw):
             raise failed_now(f"injected failure: prediction on rank {rank}")
 
-        pipeline.hidden._predict_chunk = failing_chunk
+        pipeline.prediction.challenges._predict_chunk = failing_chunk
 _exit = os._exit
 
 

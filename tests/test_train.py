@@ -15,7 +15,7 @@ import torch
 from conftest import ROOT
 from pipeline.checkpoint import CheckpointError, Checkpointer
 from pipeline.layout import list_checkpoints, resolve_checkpoint
-from pipeline.metrics import read_metrics
+from pipeline.training.metrics import read_metrics
 
 TINY = ["model.hidden=32", "model.heads=2", "model.puzzle_emb_ndim=32", "train.global_batch=16", "train.log_every=1",
         "train.eval_every=0", "train.progress=false", "predict.augs=2", "train.ema_decay=0.9"]
@@ -148,7 +148,7 @@ def test_warm_start_only_when_the_run_has_no_checkpoint_of_its_own(tmp_path):
 def test_the_end_of_run_evaluation_shows_its_progress_and_can_be_switched_off(tmp_path, capsys):
     """The held-out evaluation at the end of a run (ARC config on CPU: minutes per input) shows a bar of inputs
     done with a time estimate when train.progress is on; data.eval_inputs=-1 removes it, end of run included."""
-    from pipeline.build import build_run
+    from pipeline.training.build import build_run
     from pipeline.config import load_config
     from pipeline.runtime import init_runtime
 

@@ -12,7 +12,7 @@ import torch
 
 from conftest import ROOT
 from pipeline.layout import Checkpoint
-from pipeline.synthetic import synthetic_tasks
+from pipeline.data.synthetic import synthetic_tasks
 
 SEEN = "tasks=8,seed=0,size=4,demos=400,tests=8,fixed=1,families=flip_lr+flip_ud+colour_map+recolour"
 UNSEEN = "tasks=4,seed=7,size=4,demos=64,tests=8,fixed=1,families=rot180+transpose"
@@ -47,10 +47,10 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 def test_new_tasks_start_at_the_mean_and_known_tasks_keep_their_rows(tiny_checkpoint, tmp_path):
-    from pipeline.build import build_run
+    from pipeline.training.build import build_run
     from pipeline.checkpoint import load_for_prediction
     from pipeline.runtime import init_runtime
-    from pipeline.ttt import ttt_config, ttt_dataset
+    from pipeline.training.ttt import ttt_config, ttt_dataset
 
     pre = load_for_prediction(Checkpoint.open(tiny_checkpoint), use_ema=False)
     table = pre.model.puzzle_emb
@@ -81,8 +81,8 @@ def test_new_tasks_start_at_the_mean_and_known_tasks_keep_their_rows(tiny_checkp
 
 def test_ttt_trains_on_demonstrations_only(tiny_checkpoint, tmp_path):
     """Test outputs present in the challenges file are never trained on; --holdout-demos holds one demo out."""
-    from pipeline.hidden import load_challenges
-    from pipeline.ttt import ttt_config, ttt_dataset
+    from pipeline.prediction.challenges import load_challenges
+    from pipeline.training.ttt import ttt_config, ttt_dataset
 
     ch, _ = write_challenges(tmp_path, UNSEEN, with_test_outputs=True)
     _, res = load_challenges(ch)
@@ -131,7 +131,7 @@ def test_each_mode_runs_resumes_and_predicts(tiny_checkpoint, tmp_path, mode):
 
 
 def test_per_task_runs_each_get_their_own_model_and_predict_uses_them(tiny_checkpoint, tmp_path):
-    from pipeline.ttt import per_task_dir, ttt_index
+    from pipeline.training.ttt import per_task_dir, ttt_index
 
     ch, _ = write_challenges(tmp_path, "tasks=2,seed=7,size=4,demos=8,tests=2,fixed=1,families=colour_map")
     raw = json.loads(ch.read_text())
@@ -196,8 +196,8 @@ def test_the_recipe_freezes_the_trunk_for_its_first_steps_and_lora_only_trains_a
 
 
 def test_lora_merged_weights_compute_the_adapted_model():
-    from pipeline.lora import add_lora, lora_scales, merged_state
-    from pipeline.model import TRM, ModelConfig
+    from pipeline.training.lora import add_lora, lora_scales, merged_state
+    from pipeline.nn.model import TRM, ModelConfig
 
     torch.manual_seed(0)
     cfg = ModelConfig(hidden=32, heads=2, puzzle_emb_ndim=32, puzzle_emb_len=1, seq_len=9, h_cycles=1, l_cycles=1)
@@ -220,9 +220,9 @@ def test_lora_merged_weights_compute_the_adapted_model():
 def test_a_lora_runs_ema_is_the_average_of_its_merged_weights():
     """A LoRA run's EMA weights are the EMA of W + s B A over the steps (what prediction computes with), not
     W + s EMA(B) EMA(A); evaluation during the run swaps exactly those weights in."""
-    from pipeline.lora import MergedEMA, add_lora, lora_scales, merged_state
-    from pipeline.model import TRM, ModelConfig
-    from pipeline.train import ema_weights
+    from pipeline.training.lora import MergedEMA, add_lora, lora_scales, merged_state
+    from pipeline.nn.model import TRM, ModelConfig
+    from pipeline.training.train import ema_weights
 
     torch.manual_seed(0)
     cfg = ModelConfig(hidden=32, heads=2, puzzle_emb_ndim=32, puzzle_emb_len=1, seq_len=9, h_cycles=1, l_cycles=1)
@@ -258,11 +258,11 @@ def test_a_lora_runs_ema_is_the_average_of_its_merged_weights():
 def test_fit_stops_at_a_step_boundary_with_a_complete_checkpoint(tiny_checkpoint, tmp_path):
     import time
 
-    from pipeline.build import build_run
+    from pipeline.training.build import build_run
     from pipeline.layout import resolve_checkpoint
     from pipeline.config import load_config
     from pipeline.runtime import init_runtime
-    from pipeline.train import Stop
+    from pipeline.training.train import Stop
 
     cfg = load_config("configs/demo_cpu.yaml", [f"run_dir={tmp_path}", "train.steps=50", *TINY])
     rt = init_runtime("cpu", "float32", 0)
@@ -282,7 +282,7 @@ model never saw (its own colour_map/recolour tasks use others), learnt from 64 d
 
 def _ttt_and_score(checkpoint: Path, folder: Path, mode: str, steps: int) -> tuple[float, list[float]]:
     """pass@2 on the held-out tasks' test inputs after TTT in `mode`, and the TTT loss curve."""
-    from pipeline.metrics import read_metrics
+    from pipeline.training.metrics import read_metrics
 
     ch, sol = write_challenges(folder, f"{HELD}")
     out = folder / f"ttt_{mode}"

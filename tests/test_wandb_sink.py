@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from conftest import ROOT
-from pipeline.build import build_run
+from pipeline.training.build import build_run
 from pipeline.checkpoint import write_weights_checkpoint
 from pipeline.config import ConfigError, dump_config, load_config
-from pipeline.metrics import read_metrics
-from pipeline.model import TRM
+from pipeline.training.metrics import read_metrics
+from pipeline.nn.model import TRM
 from pipeline.runtime import init_runtime
-from pipeline.puzzle_ids import PerTaskIds
-from pipeline.ttt import ttt_config
+from pipeline.data.puzzle_ids import PerTaskIds
+from pipeline.training.ttt import ttt_config
 from stages._cli import run
 from stages.pretrain import main as pretrain_main
 

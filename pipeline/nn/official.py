@@ -1,0 +1,134 @@
+"""Import official TRM checkpoints (SamsungSAILMontreal/TinyRecursiveModels layout): the state dict into our
+model, and the official build's `identifiers.json` into our per-augmentation id table.
+
+Official checkpoints are `torch.save`d state dicts (possibly with `_orig_mod.`/`model.` prefixes from
+torch.compile and the loss wrapper); they are read with `weights_only=True`, or from safetensors.
+
+An official puzzle id names a task version: `TASK` (the original) or `TASK|||tD|||PERM`, dihedral D as in the
+official dataset/common.py (the same numbering as kernels/dihedral.py) applied after the colour map PERM
+(`PERM[c]` is the colour c became, 0 fixed: our perms' lookup-table convention). So every official row is a
+(task, dihedral, colour map) of our PerAugmentationIds, and the imported table keeps each row's embedding.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.nn.model import new_task_row
+from pipeline.data.official_build import BLANK, parse_name
+from pipeline.data.puzzle_ids import PerAugmentationIds
+from pipeline.data.tasks import DataError
+
+_RENAMES = [
+    (r"^inner\.H_init$", "y_init"),
+    (r"^inner\.L_init$", "z_init"),
+    (r"^inner\.embed_tokens\.embedding_weight$", "embed_tokens.weight"),
+    (r"^inner\.embed_pos\.embedding_weight$", "embed_pos"),
+    (r"^inner\.lm_head\.weight$", "lm_head.weight"),
+    (r"^inner\.q_head\.(weight|bias)$", r"q_head.\1"),
+    (r"^inner\.puzzle_emb\.weights$", "puzzle_emb"),
+    (r"^inner\.L_level\.layers\.(\d+)\.self_attn\.qkv_proj\.weight$", r"blocks.\1.attn.qkv.weight"),
+    (r"^inner\.L_level\.layers\.(\d+)\.self_attn\.o_proj\.weight$", r"blocks.\1.attn.out.weight"),
+    (r"^inner\.L_level\.layers\.(\d+)\.mlp\.gate_up_proj\.weight$", r"blocks.\1.mlp.gate_up.weight"),
+    (r"^inner\.L_level\.layers\.(\d+)\.mlp\.down_proj\.weight$", r"blocks.\1.mlp.down.weight"),
+    (r"^inner\.L_level\.layers\.(\d+)\.mlp_t\.gate_up_proj\.weight$", r"blocks.\1.mixer.gate_up.weight"),
+    (r"^inner\.L_level\.layers\.(\d+)\.mlp_t\.down_proj\.weight$", r"blocks.\1.mixer.down.weight"),
+]
+_SKIP = re.compile(r"rotary_emb\.|_cached$")
+
+
+class OfficialImportError(ValueError):
+    """An official checkpoint that does not fit the configured model; the message names the tensor."""
+
+
+def read_official(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    return {re.sub(r"^(_orig_mod\.)?(model\.)?(_orig_mod\.)?", "", k): v for k, v in state.items()}
+
+
+def convert_state_dict(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, tensor in official.items():
+        if _SKIP.search(name):
+            continue
+        for pat, rep in _RENAMES:
+            if re.match(pat, name):
+                out[re.sub(pat, rep, name)] = tensor.float()
+                break
+        else:
+            raise OfficialImportError(f"official tensor '{name}' has no counterpart in this model")
+    return out
+
+
+def config_overrides(official: dict[str, torch.Tensor]) -> dict:
+    """Model-config facts readable from the tensors themselves (the rest, heads and cycles, are not)."""
+    layers = {int(m.group(1)) for k in official if (m := re.match(r"inner\.L_level\.layers\.(\d+)\.", k))}
+    vocab, hidden = official["inner.embed_tokens.embedding_weight"].shape
+    out = {"hidden": int(hidden), "vocab_size": int(vocab), "layers": len(layers),
+           "mlp_t": any(".mlp_t." in k for k in official),
+           "pos_encodings": "learned" if "inner.embed_pos.embedding_weight" in official else None}
+    if "inner.puzzle_emb.weights" in official:
+        out["puzzle_emb_ndim"] = int(official["inner.puzzle_emb.weights"].shape[1])
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def load_official_into(model: torch.nn.Module, official: dict[str, torch.Tensor]) -> None:
+    """Copy an official state dict into `model`; every tensor must match by name and shape.
+    The puzzle table may differ in rows (new tasks): then every row starts at new_task_row(official table)."""
+    ours = convert_state_dict(official)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(ours))
+    if missing:
+        raise OfficialImportError(f"official checkpoint lacks tensors for: {', '.join(missing)}")
+    for k, v in ours.items():
+        if k not in own:
+            raise OfficialImportError(f"official tensor for '{k}' has no place in the configured model")
+        if k == "puzzle_emb" and v.shape[0] != own[k].shape[0] and v.shape[1:] == own[k].shape[1:]:
+            ours[k] = new_task_row(v).expand_as(own[k]).clone()
+        elif v.shape != own[k].shape:
+            raise OfficialImportError(f"'{k}': official shape {tuple(v.shape)} != configured {tuple(own[k].shape)}")
+    model.load_state_dict(ours, strict=True)
+
+
+@dataclass
+class OfficialIds:
+    """An official id table in our terms: the tasks in official order, our id table (each task's original
+    first, then its augmentations in official id order) and rows[i] = the official id of our id i."""
+    task_ids: list[str]
+    ids: PerAugmentationIds
+    rows: np.ndarray
+
+
+def official_id_table(names: list[str]) -> OfficialIds:
+    """Our id table for an official identifiers list; every official id lands on exactly one of ours."""
+    versions: dict[str, list[tuple[int, int, np.ndarray | None]]] = {}
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name == BLANK:
+            continue
+        if name in seen:
+            raise DataError(f"official puzzle id {i} '{name}': the name appears twice")
+        seen.add(name)
+        task, d, perm = parse_name(name, i)
+        versions.setdefault(task, []).append((i, d, perm))
+    dihedral, perms, rows, counts = [], [], [0], []
+    for task, vs in versions.items():
+        original = [v for v in vs if v[2] is None]
+        if not original:
+            raise DataError(f"official task {task}: no puzzle id for its original (untransformed) version")
+        for i, d, perm in original + [v for v in vs if v[2] is not None]:
+            dihedral.append(d), perms.append(np.arange(10, dtype=np.uint8) if perm is None else perm), rows.append(i)
+        counts.append(len(vs))
+    ids = PerAugmentationIds(np.array(dihedral, np.int64), np.array(perms, np.uint8).reshape(-1, 10),
+                             np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+    return OfficialIds(list(versions), ids, np.array(rows, np.int64))
