@@ -2,6 +2,10 @@
 (README, "Budgeted submission"), inside a wall-clock budget, with a valid submission on disk at every moment: the
 caller wrote the all-fallback one before importing this module, and each improvement replaces it atomically.
 
+Several checkpoints make an ensemble: each member runs these phases in turn (its own calibration, TTT run and
+views) inside its share of the time left, by weight; after each member the pooled votes of those so far
+(pipeline/ensemble.py) replace the submission. A member that cannot be opened or fails costs only its share.
+
 Under torchrun every rank runs the flow: TTT is one DDP run, prediction is sharded and gathered, only rank 0
 writes. A rank that fails anywhere (a collective phase, or outside one: the top level catches it) takes the process
 group down (pipeline.runtime.break_group): the others' collectives fail (gloo: at once; NCCL: their
@@ -29,8 +33,9 @@ from pipeline.budget import (Calibration, Deadlines, Plan, Policy, chunk_inputs,
 from pipeline.calibration import calibrate_predict, calibrate_ttt, free_memory, slowest
 from pipeline.checkpoint import hold_weights, load_for_prediction, release_weights
 from pipeline.computation import describe, model_overrides
-from pipeline.config import RunConfig, TrainConfig
+from pipeline.config import ConfigError, RunConfig, TrainConfig
 from pipeline.dataset import split_by_canvas
+from pipeline.ensemble import POOL_CANDIDATES, Member, pool, split_views
 from pipeline.hidden import (MODEL_ERRORS, HiddenRun, load_challenges, predict_challenges, summary_line,
                              write_submission)
 from pipeline.infer import PredictOptions, model_batch
@@ -50,13 +55,14 @@ TTT_ERRORS = (DataError, CheckpointError, *MODEL_ERRORS)
 
 @dataclass
 class SubmitJob:
-    """One budgeted run, as stages.submit parsed it."""
+    """One budgeted run, as stages.submit parsed it (or one ensemble member's part of it)."""
     challenges: Path
     out: Path
-    checkpoint: str
+    members: list[Member]
+    """The checkpoints that predict: one, or an ensemble whose votes are pooled."""
     budget_s: float
     started: float
-    """time.time() when the process started: the budget counts from there."""
+    """time.time() when the process started (a member's part: when it started): the budget counts from there."""
     work_dir: Path
     device: str = "auto"
     ttt_preset: str | list[str] | None = "configs/ttt_full.yaml"
@@ -65,6 +71,12 @@ class SubmitJob:
     progress: bool = False
     deterministic: bool = False
     seed: int = 0
+    candidates: int = 0
+    """Grids kept per test input (0: the config's predict.top_k; an ensemble member keeps more for the pool)."""
+
+    @property
+    def checkpoint(self) -> str:
+        return self.members[0].checkpoint
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -194,16 +206,89 @@ class TTTOutcome:
     """steps, stopped and (if it failed) error, for the summary."""
 
 
+@dataclass
+class MemberRun:
+    """What one checkpoint's phases gave."""
+    flow: Flow
+    plan: Plan
+    ttt: TTTOutcome
+    hidden: HiddenRun | None
+    views: int
+
+
 def _phases(job: SubmitJob, rt: Runtime) -> int:
-    """calibrate -> plan -> TTT -> predict -> write (README, "Budgeted submission")."""
+    """calibrate -> plan -> TTT -> predict -> write (README, "Budgeted submission"); an ensemble runs the first
+    four once per member, each in its share of the time left."""
+    if len(job.members) > 1:
+        return _ensemble(job, rt)
+    run = _member(job, rt)
+    if run.flow.rt.is_main:
+        _write(run)
+    return 0
+
+
+def _member(job: SubmitJob, rt: Runtime) -> MemberRun:
     flow = _open(job, rt)
     _calibrate(flow)
     plan, dl = _plan(flow)
     ttt = _ttt(flow, plan, dl)
     hidden, views = _predict(flow, plan, dl, ttt.model)
-    if flow.rt.is_main:
-        _write(flow, plan, ttt, hidden, views)
+    return MemberRun(flow, plan, ttt, hidden, views)
+
+
+OPEN_ERRORS = (CheckpointError, ConfigError, DataError, OSError)
+"""A member that cannot be opened (every rank alike): the ensemble goes on without it."""
+
+
+def _ensemble(job: SubmitJob, rt: Runtime) -> int:
+    """Each member in turn; after each, rank 0 writes the pooled votes of those so far. A member that cannot be
+    opened, or (in one process) fails, is logged and costs only its share; if none runs, the first error is
+    raised (the fallback submission stays)."""
+    runs: list[MemberRun | None] = []
+    errors: dict[int, str] = {}
+    first: Exception | None = None
+    for i, m in enumerate(job.members):
+        part = member_job(job, i, time.time())
+        log.info("ensemble member %d/%d %s: weight %g, %.0fs of the %.0fs left", i + 1, len(job.members),
+                 m.checkpoint, m.weight, part.budget_s, job.started + job.budget_s - time.time())
+        try:
+            run = _member(part, rt)
+        except GroupBroken:
+            raise
+        except Exception as e:
+            if rt.distributed and not isinstance(e, OPEN_ERRORS):  # a rank may be inside a collective
+                raise
+            log.error("ensemble member %s failed (%s): its share of the views is lost", m.checkpoint, e)
+            first, errors[i] = first or e, f"{type(e).__name__}: {e}"
+            runs.append(None)
+            continue
+        rt = run.flow.rt  # rank 0 alone once a member's phase broke the group
+        runs.append(run)
+        if rt.is_main:
+            _write_pooled(job, runs, errors)
+    if first is not None and not any(runs):
+        raise first
     return 0
+
+
+def member_job(job: SubmitJob, i: int, now: float) -> SubmitJob:
+    """Member i's part of an ensemble run: its checkpoint; its share by weight of the time left among it and the
+    members after it (time one leaves goes to the next); its share of the views (floor, most, least, pinned);
+    its own seed (the same checkpoint twice makes two TTT runs); its plan file `<out>.member-<i>.plan.json`;
+    and POOL_CANDIDATES grids per test input for the pool."""
+    weights = [m.weight for m in job.members]
+    p = job.policy
+
+    def share(views: int) -> int:
+        return split_views(views, weights)[i]
+
+    policy = dataclasses.replace(p, views_floor=share(p.views_floor), views_max=share(p.views_max),
+                                 views_min=share(p.views_min),
+                                 pinned_views=share(p.pinned_views) if p.pinned_views else p.pinned_views)
+    left = max(0.0, job.started + job.budget_s - now)
+    return dataclasses.replace(job, members=[job.members[i]], out=Path(f"{job.out}.member-{i}"),
+                               budget_s=left * weights[i] / sum(weights[i:]), started=now, seed=job.seed + i,
+                               policy=policy, candidates=POOL_CANDIDATES)
 
 
 def _open(job: SubmitJob, rt: Runtime) -> Flow:
@@ -361,7 +446,8 @@ def _predict(flow: Flow, plan: Plan, dl: Deadlines, model: Checkpoint) -> tuple[
     views = policy.pinned_views or max(1, views_that_fit(cal, dl.predict_seconds_left(), policy, policy.views_max,
                                                          job.budget_s))
     per_chunk = chunk_inputs(cal, views, policy, job.budget_s)
-    opts = PredictOptions.of(flow.cfg, flow.rt, dataclasses.replace(flow.cfg.predict, augs=views,
+    top_k = max(flow.cfg.predict.top_k, job.candidates)  # an ensemble member keeps more grids for the pool
+    opts = PredictOptions.of(flow.cfg, flow.rt, dataclasses.replace(flow.cfg.predict, augs=views, top_k=top_k,
                                                                     chunk_views=per_chunk * views))
     chunk_s = -(-per_chunk * views // max(cal.batch, 1)) * max(cal.batch, 1) * cal.view_s
     log.info("predict with %s: %d views per test input, %d test inputs per chunk (~%.1fs)", model.path, views,
@@ -387,25 +473,69 @@ def _predict(flow: Flow, plan: Plan, dl: Deadlines, model: Checkpoint) -> tuple[
     return hidden, views
 
 
-def _write(flow: Flow, plan: Plan, ttt: TTTOutcome, hidden: HiddenRun | None, views: int) -> None:
+def _write(run: MemberRun) -> None:
     """Rank 0: the submission (atomically), its details, the plan file with the actual seconds, the summary."""
+    flow = run.flow
     job, seconds = flow.job, flow.seconds
     t0 = time.time()
-    sub, _ = write_submission(job.out, flow.challenges, hidden)
+    sub, _ = write_submission(job.out, flow.challenges, run.hidden)
     seconds["write"] = time.time() - t0
     seconds["total"] = time.time() - job.started
-    tasks, inputs = count_inputs(flow.challenges)
-    predicted = hidden.predicted() if hidden else 0
-    line = summary_line(sub, hidden) if hidden else f"0 of {inputs} test inputs predicted by the model"
-    summary = {"submission": str(job.out), "tasks": tasks, "test_inputs": inputs, "predicted": predicted,
-               "ttt_steps": ttt.info["steps"], "ttt_stopped": ttt.info["stopped"], "views": views,
-               "model": job.checkpoint if ttt.model is flow.pretrained else str(ttt.model.path),
-               "seconds": {k: round(v, 1) for k, v in seconds.items()},
-               "budget_s": job.budget_s, "failed_ranks": {str(r): why for r, why in sorted(flow.failed.items())}}
-    _write_plan(job, plan, flow.cal, seconds, summary, flow.departures)
+    summary = {"submission": str(job.out), **_counts(flow.challenges, run.hidden), **_member_summary(run),
+               "seconds": {k: round(v, 1) for k, v in seconds.items()}, "budget_s": job.budget_s,
+               "failed_ranks": {str(r): why for r, why in sorted(flow.failed.items())}}
+    _write_plan(job, run.plan, flow.cal, seconds, summary, flow.departures)
     log.info("seconds per stage: %s (budget %.0f)", ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()),
              job.budget_s)
-    log.info("%s", line)
+    _finish(sub, run.hidden, summary)
+
+
+def _write_pooled(job: SubmitJob, runs: list[MemberRun | None], errors: dict[int, str]) -> None:
+    """Rank 0, after each member: the pooled votes of the members so far (if any predicted) replace the
+    submission; the plan file lists every member's plan, calibration and outcome."""
+    live = [r for r in runs if r is not None]
+    flow = live[0].flow
+    hidden = None
+    if any(r.hidden is not None for r in live):
+        hidden = pool([r.hidden if r else None for r in runs], [m.weight for m in job.members[:len(runs)]],
+                      flow.cfg.predict.top_k)
+    sub, _ = write_submission(job.out, flow.challenges, hidden) if hidden is not None else (None, None)
+    members = []
+    for i, (m, r) in enumerate(zip(job.members, runs)):
+        entry = {"checkpoint": m.checkpoint, "weight": m.weight}
+        if r is None:
+            members.append({**entry, "error": errors[i]})
+            continue
+        members.append({**entry, "budget_s": round(r.flow.job.budget_s, 1), **_member_summary(r),
+                        "predicted": r.hidden.predicted() if r.hidden else 0,
+                        "seconds": {k: round(v, 1) for k, v in r.flow.seconds.items()},
+                        "departures": r.flow.departures, "plan": dataclasses.asdict(r.plan),
+                        "calibration": dataclasses.asdict(r.flow.cal)})
+    failed = {str(rank): why for r in live for rank, why in sorted(r.flow.failed.items())}
+    summary = {"submission": str(job.out), **_counts(flow.challenges, hidden), "members": len(job.members),
+               "seconds": {"total": round(time.time() - job.started, 1)}, "budget_s": job.budget_s,
+               "failed_ranks": failed}
+    write_json_atomic(str(job.out) + ".plan.json", {"policy": dataclasses.asdict(job.policy), "members": members,
+                                                   "summary": summary})
+    if len(runs) == len(job.members):
+        _finish(sub, hidden, summary)
+
+
+def _counts(challenges: dict, hidden: HiddenRun | None) -> dict:
+    tasks, inputs = count_inputs(challenges)
+    return {"tasks": tasks, "test_inputs": inputs, "predicted": hidden.predicted() if hidden else 0}
+
+
+def _member_summary(run: MemberRun) -> dict:
+    ttt, flow = run.ttt, run.flow
+    return {"ttt_steps": ttt.info["steps"], "ttt_stopped": ttt.info["stopped"], "views": run.views,
+            "model": flow.job.checkpoint if ttt.model is flow.pretrained else str(ttt.model.path)}
+
+
+def _finish(sub: dict | None, hidden: HiddenRun | None, summary: dict) -> None:
+    """The run's last lines: how many inputs the model predicted, and the summary as one JSON line."""
+    log.info("%s", summary_line(sub, hidden) if hidden else
+             f"0 of {summary['test_inputs']} test inputs predicted by the model")
     print("summary: " + json.dumps(summary), flush=True)
 
 

@@ -16,6 +16,7 @@ import torch
 from conftest import ROOT, built_once, pretrain_20_steps
 from pipeline.budget import (Calibration, Plan, Policy, chunk_inputs, deadlines, make_plan, margin_for,
                              predict_seconds, ttt_seconds)
+from pipeline.ensemble import Member
 from pipeline.kaggle_input import TEST_FILE, find_test_challenges
 from pipeline.synthetic import synthetic_tasks
 from pipeline.tasks import DataError, write_json_atomic
@@ -163,11 +164,11 @@ def test_submit_re_executes_itself_with_a_fixed_hash_seed_and_keeps_its_clock(tm
 
 # -- the fallback chain, failures injected in-process (calibration stubbed: seconds, not a minute) -----------------
 def _submit_in_process(checkpoint, challenges, folder, monkeypatch, fail_ttt_at=None, fail_predict=False,
-                       budget_s=600, ttt_steps=6, views=2, view_s=0.001) -> dict:
+                       budget_s=600, ttt_steps=6, views=2, view_s=0.001, members=None) -> dict:
     """stages.submit's flow on a pinned plan (TTT steps with a checkpoint every 2, views) after the all-fallback
     file, with TTT raising at step `fail_ttt_at` or prediction raising; the calibration is stubbed (1 s
     start-ups, 0.5 s per TTT step, `view_s` per view), so the run is all TTT and prediction; returns its
-    summary."""
+    summary. `members`: an ensemble instead of `checkpoint` alone."""
     import pipeline.submit_flow as flow
     from pipeline.budget import Policy
     from pipeline.train import Trainer
@@ -187,7 +188,7 @@ def _submit_in_process(checkpoint, challenges, folder, monkeypatch, fail_ttt_at=
         monkeypatch.setattr(flow, "predict_challenges", lambda *a, **k: (_ for _ in ()).throw(OSError("injected")))
     out = folder / "submission.json"
     write_json_atomic(out, build_submission(json.loads(challenges.read_text()), {})[0])  # as stages.submit does
-    job = flow.SubmitJob(challenges=challenges, out=out, checkpoint=str(checkpoint), budget_s=budget_s,
+    job = flow.SubmitJob(challenges=challenges, out=out, members=members or [Member(str(checkpoint))], budget_s=budget_s,
                          started=time.time(), work_dir=folder / "work", device="cpu",
                          ttt_preset="configs/demo_ttt.yaml", overrides=["train.ckpt_every=2",
                                                                          "predict.adaptive_halting=false"],
@@ -221,6 +222,31 @@ def test_prediction_failing_leaves_the_fallback_submission(checkpoint, challenge
     assert summary["ttt_steps"] == 6 and summary["predicted"] == 0
     assert json.loads((tmp_path / "submission.json").read_text()) == fallback
     assert not (tmp_path / "submission.json.details.json").exists()
+
+
+def test_an_ensemble_pools_its_members_and_one_that_cannot_be_opened_costs_only_its_share(checkpoint, challenges,
+                                                                                           tmp_path, monkeypatch):
+    """Weights 1, 1, 2 with the second member missing, 8 pinned views: the live members (one checkpoint twice,
+    seeds 0 and 2: two TTT runs) predict 2 and 4 views per input, the submission is rewritten with their pooled
+    votes after each (6 views per input at the end), and the missing one's time goes to the member after it."""
+    import pipeline.submit_flow as flow
+
+    writes = []
+    real_write = flow.write_submission
+    monkeypatch.setattr(flow, "write_submission", lambda out, ch, hidden: writes.append(hidden) or real_write(out, ch, hidden))
+    ms = [Member(str(checkpoint)), Member(str(tmp_path / "missing")), Member(str(checkpoint), 2.0)]
+    summary = _submit_in_process(checkpoint, challenges, tmp_path, monkeypatch, ttt_steps=2, views=8, members=ms)
+    a, missing, b = json.loads((tmp_path / "submission.json.plan.json").read_text())["members"]
+    assert "missing" in missing["error"] and summary["members"] == 3, summary
+    assert summary["predicted"] >= max(a["predicted"], b["predicted"]) > 0, (summary, a, b)
+    assert (a["views"], b["views"]) == (2, 4) and a["ttt_steps"] == b["ttt_steps"] == 2, (a, b)
+    assert a["model"] != b["model"] and a["model"].startswith(str(tmp_path / "work"))  # two TTT runs, not one
+    assert b["budget_s"] > 2.5 * a["budget_s"], (a["budget_s"], b["budget_s"])  # 1/4 of the time, then all the rest
+    assert [sorted({r.views for r in h.results}) for h in writes] == [[2], [6]]  # after member 1, then both pooled
+    details = json.loads((tmp_path / "submission.json.details.json").read_text())
+    assert len(details) == 32 and {d["views"] for d in details.values()} == {6}
+    assert (tmp_path / "submission.json.member-2.plan.json").exists()
+    assert validate(challenges, tmp_path / "submission.json").returncode == 0
 
 
 def test_bench_calibration_reads_the_plan_a_run_writes(checkpoint, challenges, tmp_path, monkeypatch):
