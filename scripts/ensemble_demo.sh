@@ -31,6 +31,7 @@ SUBMIT=(-m stages.submit --checkpoint "$D/a" "$D/b" --work-dir "$D/work" --ttt-c
 run s_ab $PY "${SUBMIT[@]}" --ttt-steps 0 --budget-s 600
 run s_ab_ttt $PY "${SUBMIT[@]}" --ttt-steps 100 --budget-s 900
 for s in p_a p_b p_ab s_ab s_ab_ttt; do
-  echo "$s $($PY -m stages.score --solutions "$D/both_solutions.json" --submission "$D/$s.json" --compare "$D/p_a.json" \
-    | head -2 | tr '\n' ' ')"
+  # the score's human lines (stderr), not its JSON (stdout)
+  echo "$s: $($PY -m stages.score --solutions "$D/both_solutions.json" --submission "$D/$s.json" --compare "$D/p_a.json" \
+    2>&1 >/dev/null | tr '\n' ' ')"
 done
