@@ -15,6 +15,7 @@ and rank 0 finishes alone with the latest complete checkpoint (the summary's `fa
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import logging
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from pipeline.budget import (Calibration, Deadlines, Plan, Policy, chunk_inputs, collective_timeout_s, deadlines,
                              make_plan, margin_for, views_that_fit)
@@ -35,7 +37,7 @@ from pipeline.checkpoint import hold_weights, load_for_prediction, release_weigh
 from pipeline.computation import describe, model_overrides
 from pipeline.config import ConfigError, RunConfig, TrainConfig
 from pipeline.dataset import split_by_canvas
-from pipeline.ensemble import POOL_CANDIDATES, Member, pool, split_views
+from pipeline.ensemble import POOL_CANDIDATES, Member, pool, share_of_rest, split_views
 from pipeline.hidden import (MODEL_ERRORS, HiddenRun, load_challenges, predict_challenges, summary_line,
                              write_submission)
 from pipeline.infer import PredictOptions, model_batch
@@ -228,8 +230,16 @@ def _phases(job: SubmitJob, rt: Runtime) -> int:
 
 
 def _member(job: SubmitJob, rt: Runtime) -> MemberRun:
-    flow = _open(job, rt)
-    _calibrate(flow)
+    return _run(_open(job, rt))
+
+
+def _run(flow: Flow, cal: Calibration | None = None) -> MemberRun:
+    """calibrate (unless an earlier ensemble member's `cal` fits) -> plan -> TTT -> predict."""
+    if cal is None:
+        _calibrate(flow)
+    else:
+        flow.cal = cal
+        log.info("calibration: an earlier member's (same checkpoint, same processes)")
     plan, dl = _plan(flow)
     ttt = _ttt(flow, plan, dl)
     hidden, views = _predict(flow, plan, dl, ttt.model)
@@ -237,38 +247,103 @@ def _member(job: SubmitJob, rt: Runtime) -> MemberRun:
 
 
 OPEN_ERRORS = (CheckpointError, ConfigError, DataError, OSError)
-"""A member that cannot be opened (every rank alike): the ensemble goes on without it."""
+"""A member that cannot be opened: the ensemble goes on without it (every rank alike)."""
+
+
+@dataclass
+class MemberResult:
+    """What the pool and the plan file keep of a member once it is done (not its models or its flow)."""
+    hidden: HiddenRun | None
+    top_k: int
+    entry: dict
+    """Its plan, calibration, TTT outcome, views, inputs predicted and seconds, for OUT.plan.json."""
+    failed: dict[int, str]
 
 
 def _ensemble(job: SubmitJob, rt: Runtime) -> int:
-    """Each member in turn; after each, rank 0 writes the pooled votes of those so far. A member that cannot be
-    opened, or (in one process) fails, is logged and costs only its share; if none runs, the first error is
-    raised (the fallback submission stays)."""
-    runs: list[MemberRun | None] = []
+    """Each member in turn (every rank alike: rank 0's clock starts each, and a member is skipped only if it
+    cannot be opened on some rank); after each, rank 0 writes the pooled votes of those so far. A member that
+    fails is logged and costs only its share: under torchrun its failure takes the group down and rank 0 runs
+    the members left alone. If none runs, the first error is raised (the fallback submission stays)."""
+    if rt.is_main:  # an earlier run's member plans (it may have had more members)
+        for old in job.out.parent.glob(f"{glob.escape(job.out.name)}.member-*.plan.json"):
+            old.unlink()
+    done: list[MemberResult | None] = []
     errors: dict[int, str] = {}
     first: Exception | None = None
+    calibrations: dict[tuple, Calibration] = {}
+    challenges = None
     for i, m in enumerate(job.members):
-        part = member_job(job, i, time.time())
+        part = member_job(job, i, _rank0_clock(rt))
         log.info("ensemble member %d/%d %s: weight %g, %.0fs of the %.0fs left", i + 1, len(job.members),
                  m.checkpoint, m.weight, part.budget_s, job.started + job.budget_s - time.time())
+        flow, why = None, None
         try:
-            run = _member(part, rt)
+            flow = _open(part, rt)
+        except OPEN_ERRORS as e:
+            why = e
+        if not _everyone(rt, flow is not None):
+            why = why or RuntimeError("another rank could not open it")
+            log.error("ensemble member %s cannot be opened (%s): its share is lost", m.checkpoint, why)
+            first, errors[i] = first or why.with_traceback(None), f"{type(why).__name__}: {why}"
+            done.append(None)
+            continue
+        key = (str(flow.pretrained.path.resolve()), flow.rt.world_size)
+        try:
+            run = _run(flow, calibrations.get(key))
         except GroupBroken:
             raise
         except Exception as e:
-            if rt.distributed and not isinstance(e, OPEN_ERRORS):  # a rank may be inside a collective
-                raise
-            log.error("ensemble member %s failed (%s): its share of the views is lost", m.checkpoint, e)
-            first, errors[i] = first or e, f"{type(e).__name__}: {e}"
-            runs.append(None)
+            log.exception("ensemble member %s failed (%s): its share of the views is lost", m.checkpoint, e)
+            first, errors[i] = first or e.with_traceback(None), f"{type(e).__name__}: {e}"
+            done.append(None)
+            if flow.rt.distributed:  # the others may be inside a collective: rank 0 goes on alone
+                flow.break_group(f"ensemble member {i + 1}", e)
             continue
-        rt = run.flow.rt  # rank 0 alone once a member's phase broke the group
-        runs.append(run)
-        if rt.is_main:
-            _write_pooled(job, runs, errors)
-    if first is not None and not any(runs):
+        finally:
+            release_weights(flow.pretrained)
+            rt = flow.rt  # rank 0 alone once the group broke
+        calibrations.setdefault(key, run.flow.cal)
+        challenges = challenges or flow.challenges
+        done.append(_result(run))
+        del run, flow
+        free_memory(rt)
+        if rt.device.type == "cuda":
+            log.info("after ensemble member %d: %.2f GB of GPU memory allocated", i + 1,
+                     torch.cuda.memory_allocated() / 1e9)
+        if rt.is_main and i < len(job.members) - 1:  # the last one's is the final write below
+            _write_pooled(job, done, errors, challenges)
+    if not any(done):
         raise first
+    if rt.is_main:
+        _write_pooled(job, done, errors, challenges, final=True)
     return 0
+
+
+def _rank0_clock(rt: Runtime) -> float:
+    """time.time() on rank 0, on every rank (ranks plan a member from the same start, so they plan alike)."""
+    now = [time.time()]
+    if rt.distributed:
+        dist.broadcast_object_list(now, src=0)
+    return now[0]
+
+
+def _everyone(rt: Runtime, ok: bool) -> bool:
+    """Whether `ok` holds on every rank."""
+    if not rt.distributed:
+        return ok
+    flags: list = [None] * rt.world_size
+    dist.all_gather_object(flags, ok)
+    return all(flags)
+
+
+def _result(run: MemberRun) -> MemberResult:
+    flow = run.flow
+    entry = {"budget_s": round(flow.job.budget_s, 1), **_member_summary(run),
+             "predicted": run.hidden.predicted() if run.hidden else 0,
+             "seconds": {k: round(v, 1) for k, v in flow.seconds.items()}, "departures": flow.departures,
+             "plan": dataclasses.asdict(run.plan), "calibration": dataclasses.asdict(flow.cal)}
+    return MemberResult(run.hidden, flow.cfg.predict.top_k, entry, dict(flow.failed))
 
 
 def member_job(job: SubmitJob, i: int, now: float) -> SubmitJob:
@@ -287,7 +362,7 @@ def member_job(job: SubmitJob, i: int, now: float) -> SubmitJob:
                                  pinned_views=share(p.pinned_views) if p.pinned_views else p.pinned_views)
     left = max(0.0, job.started + job.budget_s - now)
     return dataclasses.replace(job, members=[job.members[i]], out=Path(f"{job.out}.member-{i}"),
-                               budget_s=left * weights[i] / sum(weights[i:]), started=now, seed=job.seed + i,
+                               budget_s=left * share_of_rest(weights, i), started=now, seed=job.seed + i,
                                policy=policy, candidates=POOL_CANDIDATES)
 
 
@@ -490,34 +565,24 @@ def _write(run: MemberRun) -> None:
     _finish(sub, run.hidden, summary)
 
 
-def _write_pooled(job: SubmitJob, runs: list[MemberRun | None], errors: dict[int, str]) -> None:
-    """Rank 0, after each member: the pooled votes of the members so far (if any predicted) replace the
-    submission; the plan file lists every member's plan, calibration and outcome."""
-    live = [r for r in runs if r is not None]
-    flow = live[0].flow
+def _write_pooled(job: SubmitJob, done: list[MemberResult | None], errors: dict[int, str], challenges: dict,
+                  final: bool = False) -> None:
+    """Rank 0: the pooled votes of the members done so far (if any predicted) replace the submission; the plan
+    file lists every member's plan, calibration and outcome (or error); `final`: the summary line too."""
+    live = [r for r in done if r is not None]
     hidden = None
     if any(r.hidden is not None for r in live):
-        hidden = pool([r.hidden if r else None for r in runs], [m.weight for m in job.members[:len(runs)]],
-                      flow.cfg.predict.top_k)
-    sub, _ = write_submission(job.out, flow.challenges, hidden) if hidden is not None else (None, None)
-    members = []
-    for i, (m, r) in enumerate(zip(job.members, runs)):
-        entry = {"checkpoint": m.checkpoint, "weight": m.weight}
-        if r is None:
-            members.append({**entry, "error": errors[i]})
-            continue
-        members.append({**entry, "budget_s": round(r.flow.job.budget_s, 1), **_member_summary(r),
-                        "predicted": r.hidden.predicted() if r.hidden else 0,
-                        "seconds": {k: round(v, 1) for k, v in r.flow.seconds.items()},
-                        "departures": r.flow.departures, "plan": dataclasses.asdict(r.plan),
-                        "calibration": dataclasses.asdict(r.flow.cal)})
-    failed = {str(rank): why for r in live for rank, why in sorted(r.flow.failed.items())}
-    summary = {"submission": str(job.out), **_counts(flow.challenges, hidden), "members": len(job.members),
+        hidden = pool([r.hidden if r else None for r in done], [m.weight for m in job.members[:len(done)]],
+                      live[0].top_k)
+    sub = write_submission(job.out, challenges, hidden)[0] if hidden is not None else None
+    members = [{"checkpoint": m.checkpoint, "weight": m.weight, **(r.entry if r else {"error": errors[i]})}
+               for i, (m, r) in enumerate(zip(job.members, done))]
+    summary = {"submission": str(job.out), **_counts(challenges, hidden), "members": len(job.members),
                "seconds": {"total": round(time.time() - job.started, 1)}, "budget_s": job.budget_s,
-               "failed_ranks": failed}
+               "failed_ranks": {str(k): v for r in live for k, v in sorted(r.failed.items())}}
     write_json_atomic(str(job.out) + ".plan.json", {"policy": dataclasses.asdict(job.policy), "members": members,
                                                    "summary": summary})
-    if len(runs) == len(job.members):
+    if final:
         _finish(sub, hidden, summary)
 
 

@@ -125,7 +125,7 @@ class BuildSettings:
     submit_args: list[str] = field(default_factory=list)
     """More `stages.submit` options for the notebook's run (a TTT preset, pinned steps...)."""
     member_weights: list[float] | None = None
-    """An ensemble's `stages.submit --weights`, one per checkpoint (None: 1 each)."""
+    """An ensemble's `stages.submit --weights`, one per checkpoint (None: 1 each; stages.kaggle checks them)."""
 
 
 def _reset(folder: Path) -> Path:
@@ -153,9 +153,13 @@ def build_code(folder: Path, names: KaggleNames) -> None:
                       "Source of the TRM ARC pipeline, run by the submission notebook from PYTHONPATH.")
 
 
-def member_folders(n: int) -> list[str] | None:
-    """Where an ensemble's checkpoints go inside the weights dataset (None: one checkpoint, at its top)."""
-    return [f"member-{i}" for i in range(n)] if n > 1 else None
+def member_folders(checkpoints: list[Checkpoint]) -> list[str] | None:
+    """Where each member's files go inside the weights dataset: None for one checkpoint (at the top); an
+    ensemble's in member-<k>/, one folder per distinct checkpoint (one named twice is packed once)."""
+    if len(checkpoints) == 1:
+        return None
+    seen: dict[Path, int] = {}
+    return [f"member-{seen.setdefault(c.path.resolve(), len(seen))}" for c in checkpoints]
 
 
 def build_weights(folder: Path, checkpoints: list[Checkpoint], names: KaggleNames) -> None:
@@ -166,8 +170,11 @@ def build_weights(folder: Path, checkpoints: list[Checkpoint], names: KaggleName
         if missing:
             raise KaggleError(f"{checkpoint.path}: not a usable checkpoint folder (missing {', '.join(missing)})")
     _reset(folder)
-    described = []
-    for checkpoint, sub in zip(checkpoints, member_folders(len(checkpoints)) or ["."]):
+    described, packed = [], set()
+    for checkpoint, sub in zip(checkpoints, member_folders(checkpoints) or ["."]):
+        if sub in packed:
+            continue
+        packed.add(sub)
         (folder / sub).mkdir(exist_ok=True)
         copied = [f for f in WEIGHT_FILES if checkpoint.file(f).is_file()]
         for f in copied:
@@ -222,13 +229,13 @@ def notebook_cells(build: dict) -> list:
     return cells
 
 
-def build_notebook(folder: Path, settings: BuildSettings, git: str, members: int = 1) -> Path:
+def build_notebook(folder: Path, settings: BuildSettings, git: str, members: list[str] | None = None) -> Path:
     names = settings.names
     _reset(folder)
     build = {"code": names.ref(names.code), "weights": names.ref(names.weights),
              "wheels": names.ref(names.wheels) if settings.wheels else None, "budget_s": settings.budget_s,
              "submit_args": settings.submit_args, "checkpoint_marks": [layout.META, layout.CONFIG],
-             "members": member_folders(members), "member_weights": settings.member_weights,
+             "members": members, "member_weights": settings.member_weights,
              "competition": names.competition, "git": git, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     nb = nbformat.v4.new_notebook(cells=notebook_cells(build))
     # "kaggle" holds the editor's own settings keys as seen in notebooks pulled from Kaggle (the accelerator is
@@ -255,8 +262,6 @@ def build_all(out: Path, checkpoints: list[Checkpoint], settings: BuildSettings,
     """Write DIR/notebook and DIR/datasets/{code,weights,wheels} for one checkpoint or an ensemble; returns what
     was written (for the CLI)."""
     settings.names.check()
-    if settings.member_weights is not None and len(settings.member_weights) != len(checkpoints):
-        raise KaggleError(f"{len(settings.member_weights)} weights for {len(checkpoints)} checkpoints")
     out = Path(out)
     build_code(out / "datasets" / "code", settings.names)
     build_weights(out / "datasets" / "weights", checkpoints, settings.names)
@@ -264,7 +269,7 @@ def build_all(out: Path, checkpoints: list[Checkpoint], settings: BuildSettings,
         build_wheels(out / "datasets" / "wheels", settings)
     else:
         shutil.rmtree(out / "datasets" / "wheels", ignore_errors=True)
-    notebook = build_notebook(out / "notebook", settings, git, len(checkpoints))
+    notebook = build_notebook(out / "notebook", settings, git, member_folders(checkpoints))
     write_json_atomic(out / "build.json", {**asdict(settings), "checkpoints": [str(c.path) for c in checkpoints],
                                            "git": git})
     return {"notebook": str(notebook), "datasets": [str(p) for p in sorted((out / "datasets").iterdir())]}

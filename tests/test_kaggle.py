@@ -331,8 +331,26 @@ def test_an_ensemble_build_packs_each_member_and_the_notebook_passes_them_in_ord
     at, mounted = argv.index("--checkpoint"), input_root / "trm-arc-weights"
     assert argv[at + 1:at + 4] == [str(mounted / "member-0"), str(mounted / "member-1"), "--kaggle-root"], argv
     assert argv[argv.index("--weights") + 1:][:2] == ["2.0", "1.0"], argv
-    with pytest.raises(KaggleError, match="2 weights for 1 checkpoints"):
-        build_all(tmp_path / "one", [a], BuildSettings(KaggleNames(owner="ann"), wheels=False, member_weights=[2.0, 1.0]))
+
+
+def test_ensemble_build_from_the_command_line_packs_a_checkpoint_named_twice_once(tmp_path):
+    """stages.kaggle build --checkpoint A B A --weights 1 1 2: two folders (A's once), the notebook's members in
+    order; a weight count that does not match is one line, exit 2."""
+    a, b = fake_checkpoint(tmp_path / "a"), fake_checkpoint(tmp_path / "b")
+    args = ["build", "--checkpoint", str(a.path), str(b.path), str(a.path), "--out", str(tmp_path / "out"),
+            "--no-wheels", "--owner", "ann"]
+    r = cli(*args, "--weights", "1", "1", "2", env=clean_env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    weights = tmp_path / "out" / "datasets" / "weights"
+    assert sorted(p.name for p in weights.iterdir() if p.is_dir()) == ["member-0", "member-1"]
+    nb = nbformat.read(str(tmp_path / "out" / "notebook" / "trm-arc-submission.ipynb"), as_version=4)
+    namespace = {}
+    exec(next(c.source for c in nb.cells if c.cell_type == "code"), namespace)
+    assert namespace["BUILD"]["members"] == ["member-0", "member-1", "member-0"]
+    assert namespace["BUILD"]["member_weights"] == [1.0, 1.0, 2.0]
+    bad = cli(*args, "--weights", "1", "2", env=clean_env(tmp_path))
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1 and "2 weights for 3 checkpoints" in lines[0], bad.stderr
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import torch
 from conftest import ROOT, built_once, pretrain_20_steps
 from pipeline.budget import (Calibration, Plan, Policy, chunk_inputs, deadlines, make_plan, margin_for,
                              predict_seconds, ttt_seconds)
-from pipeline.ensemble import Member
+from pipeline.ensemble import POOL_CANDIDATES, Member
 from pipeline.kaggle_input import TEST_FILE, find_test_challenges
 from pipeline.synthetic import synthetic_tasks
 from pipeline.tasks import DataError, write_json_atomic
@@ -231,22 +231,35 @@ def test_an_ensemble_pools_its_members_and_one_that_cannot_be_opened_costs_only_
     votes after each (6 views per input at the end), and the missing one's time goes to the member after it."""
     import pipeline.submit_flow as flow
 
-    writes = []
-    real_write = flow.write_submission
+    writes, kept = [], []
+    real_write, real_predict = flow.write_submission, flow.predict_challenges
     monkeypatch.setattr(flow, "write_submission", lambda out, ch, hidden: writes.append(hidden) or real_write(out, ch, hidden))
+    monkeypatch.setattr(flow, "predict_challenges",
+                        lambda loaded, valid, opts, *a, **k: kept.append(opts.cfg.top_k) or real_predict(loaded, valid, opts, *a, **k))
     ms = [Member(str(checkpoint)), Member(str(tmp_path / "missing")), Member(str(checkpoint), 2.0)]
     summary = _submit_in_process(checkpoint, challenges, tmp_path, monkeypatch, ttt_steps=2, views=8, members=ms)
     a, missing, b = json.loads((tmp_path / "submission.json.plan.json").read_text())["members"]
     assert "missing" in missing["error"] and summary["members"] == 3, summary
     assert summary["predicted"] >= max(a["predicted"], b["predicted"]) > 0, (summary, a, b)
     assert (a["views"], b["views"]) == (2, 4) and a["ttt_steps"] == b["ttt_steps"] == 2, (a, b)
+    assert kept == [POOL_CANDIDATES] * 2  # each member keeps more than its top 2: its third can be the pool's second
     assert a["model"] != b["model"] and a["model"].startswith(str(tmp_path / "work"))  # two TTT runs, not one
-    assert b["budget_s"] > 2.5 * a["budget_s"], (a["budget_s"], b["budget_s"])  # 1/4 of the time, then all the rest
+    assert 600 / 4 - 10 < a["budget_s"] <= 600 / 4  # a quarter of the time (weights 1 of 4)...
+    assert b["budget_s"] > 600 - a["budget_s"]  # ...then all the rest, the missing member's share included
     assert [sorted({r.views for r in h.results}) for h in writes] == [[2], [6]]  # after member 1, then both pooled
     details = json.loads((tmp_path / "submission.json.details.json").read_text())
     assert len(details) == 32 and {d["views"] for d in details.values()} == {6}
     assert (tmp_path / "submission.json.member-2.plan.json").exists()
     assert validate(challenges, tmp_path / "submission.json").returncode == 0
+
+
+def test_an_ensemble_whose_last_member_is_missing_still_ends_with_its_summary(checkpoint, challenges, tmp_path,
+                                                                                monkeypatch, capsys):
+    ms = [Member(str(checkpoint)), Member(str(tmp_path / "missing"))]
+    summary = _submit_in_process(checkpoint, challenges, tmp_path, monkeypatch, ttt_steps=0, views=2, members=ms)
+    first, missing = json.loads((tmp_path / "submission.json.plan.json").read_text())["members"]
+    assert first["views"] == 1 and "missing" in missing["error"] and summary["predicted"] == first["predicted"] > 0
+    assert json.loads(capsys.readouterr().out.split("summary: ")[1].splitlines()[0]) == summary
 
 
 def test_bench_calibration_reads_the_plan_a_run_writes(checkpoint, challenges, tmp_path, monkeypatch):
