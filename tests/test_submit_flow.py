@@ -520,7 +520,7 @@ def test_sigkill_at_random_moments_leaves_a_valid_submission(checkpoint, challen
 
 FAULTY_SUBMIT = """
 # stages.submit with the calibration stubbed (as _submit_in_process does) and a failure injected on one rank:
-# python faulty_submit.py ttt|predict|calibrate RANK SUBMIT-ARGS...
+# python faulty_submit.py ttt|predict|calibrate|ensemble RANK SUBMIT-ARGS... (ensemble: the first calibration only)
 import os, sys, time
 stage, rank = sys.argv[1], int(sys.argv[2])
 sys.argv = [sys.argv[0], *sys.argv[3:]]
@@ -533,8 +533,13 @@ def failed_now(what):
     return RuntimeError(f"injected failure: {what} on rank {rank}") if stage == "ttt" else OSError(what)
 
 
+calls = []
+
+
 def calibrate_predict(*args, **kw):
-    if stage == "calibrate" and int(os.environ["RANK"]) == rank:  # OSError: none of the model errors it guards
+    calls.append(1)
+    once = stage == "ensemble" and len(calls) == 1
+    if (stage == "calibrate" or once) and int(os.environ["RANK"]) == rank:  # OSError: no model error it guards
         raise failed_now(f"injected failure: calibrating prediction on rank {rank}")
     return 1.0, 0.001
 
@@ -577,7 +582,8 @@ submit.cli()
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc (Linux)")
 @pytest.mark.parametrize("stage, why", [("ttt", "ttt: RuntimeError"), ("predict", "predict: OSError"),
-                                        ("calibrate", "calibrate_predict: OSError")])
+                                        ("calibrate", "calibrate_predict: OSError"),
+                                        ("ensemble", "ensemble member 1: OSError")])
 def test_a_rank_that_fails_under_torchrun_ends_the_job_in_time_with_a_valid_submission(checkpoint, tmp_path, stage,
                                                                                         why):
     """Two gloo processes (calibration stubbed, two tasks), rank 1 raising in TTT (inside DDP's collectives), in
@@ -585,7 +591,8 @@ def test_a_rank_that_fails_under_torchrun_ends_the_job_in_time_with_a_valid_subm
     the calibrations): no rank waits for it; the job ends well within a minute of the failure, exits 0 with a
     valid submission, and the summary names rank 1 and why. A failure before or in TTT leaves rank 0 to predict
     every input alone (with TTT's latest checkpoint); a prediction failure costs rank 1's share of the inputs
-    only. Each rank ends through os._exit (stages.submit under torchrun) with no gloo thread left running (one
+    only. In an ensemble of two, rank 1 failing in the first member's calibration leaves rank 0 to run both
+    members alone (the ranks never run different members). Each rank ends through os._exit (stages.submit under torchrun) with no gloo thread left running (one
     that was, at interpreter exit, aborted a rank after a valid submission: issue 19)."""
     script = tmp_path / "faulty_submit.py"
     script.write_text(FAULTY_SUBMIT)
@@ -594,9 +601,11 @@ def test_a_rank_that_fails_under_torchrun_ends_the_job_in_time_with_a_valid_subm
     out = tmp_path / "out" / "submission.json"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     steps = 50 if stage == "ttt" else 0  # the other cases need no TTT
-    cmd = [*torchrun, str(script), stage, "1", *submit_cmd(checkpoint, challenges, out, tmp_path / "work",
-                                                          "--ttt-steps", steps, "--views", 2, "--budget-s", 600)[3:],
-           "--set", "train.ckpt_every=2"]
+    args = submit_cmd(checkpoint, challenges, out, tmp_path / "work", "--ttt-steps", steps, "--views", 2,
+                      "--budget-s", 600)[3:]
+    if stage == "ensemble":  # the same checkpoint twice: two members
+        args.insert(2, str(checkpoint))
+    cmd = [*torchrun, str(script), stage, "1", *args, "--set", "train.ckpt_every=2"]
     r = run(cmd, timeout=600, env={"PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "0", "FAILED_AT": str(tmp_path / "t")})
     ended = time.time()
     assert r.returncode == 0, r.stderr[-3000:]
@@ -612,6 +621,10 @@ def test_a_rank_that_fails_under_torchrun_ends_the_job_in_time_with_a_valid_subm
         assert summary["ttt_steps"] == 2 and summary["predicted"] > 0 and "rank failed" not in fell_back, fell_back
     elif stage == "predict":  # rank 0's half of the inputs reached the model, rank 1's fell back
         assert summary["ttt_steps"] == 0 and 0 < summary["predicted"] <= 8 and "8 rank failed" in fell_back
+    elif stage == "ensemble":  # rank 0 went on alone from member 1's calibration and ran member 2 too
+        members = json.loads((out.parent / "submission.json.plan.json").read_text())["members"]
+        assert summary["members"] == 2 and [m.get("error") for m in members] == [None, None], members
+        assert summary["predicted"] > 0 and "rank failed" not in fell_back, fell_back
     else:  # rank 0 went on alone from the calibration: every input reached the model
         assert summary["ttt_steps"] == 0 and summary["predicted"] > 0 and "rank failed" not in fell_back, fell_back
     assert "time budget" not in fell_back
