@@ -97,6 +97,7 @@ bench: install
 # The budgeted hidden-test flow (stages.submit): fallback submission first, calibration on CHALLENGES, a plan
 # of TTT steps and views inside BUDGET_S, TTT, predict, vote, write; NPROC > 1 runs one process per GPU.
 # SET: TTT/predict config overrides; SUBMIT_ARGS: other stages.submit options (--ttt-config, --views, ...).
+# An ensemble: CHECKPOINT="runs/a runs/b" SUBMIT_ARGS="--weights 2 1" (also for `make kaggle`, KAGGLE_ARGS).
 submit: install
 	$(LAUNCH) -m stages.submit --checkpoint $(CHECKPOINT) --challenges $(CHALLENGES) \
 	  --out $(SUBMIT_OUT)/submission.json --work-dir $(SUBMIT_OUT)/work --budget-s $(BUDGET_S) $(SET_ARGS) $(SUBMIT_ARGS)

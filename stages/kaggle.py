@@ -1,6 +1,7 @@
 """Package a checkpoint as a Kaggle submission notebook with its datasets, and upload them.
 
     python -m stages.kaggle build --checkpoint runs/arc2/pretrain --out runs/kaggle [--budget-s 36000] [--no-wheels]
+    python -m stages.kaggle build --checkpoint runs/a runs/b --weights 2 1 --out runs/kaggle    # an ensemble
     python -m stages.kaggle push runs/kaggle [--dry-run]
 
 `build` writes DIR/notebook/ (the .ipynb and kernel-metadata.json) and DIR/datasets/{code,weights,wheels}/
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from pipeline.checkpoint import git_sha
 from pipeline.config import ConfigError, load_config
+from pipeline.prediction.ensemble import members
 from pipeline.layout import Checkpoint
 from stages import submit
 from stages._cli import run
@@ -30,7 +32,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="write the notebook and its datasets")
-    b.add_argument("--checkpoint", required=True, help="run folder (its latest complete checkpoint) or checkpoint folder")
+    b.add_argument("--checkpoint", required=True, nargs="+",
+                   help="run folder (its latest complete checkpoint) or checkpoint folder; several: an ensemble "
+                        "(stages.submit pools their votes)")
+    b.add_argument("--weights", type=float, nargs="+", default=None,
+                   help="ensemble: one weight per checkpoint (stages.submit --weights; default 1 each)")
     b.add_argument("--out", required=True, help="output folder (DIR/notebook, DIR/datasets)")
     b.add_argument("--budget-s", type=int, default=DEFAULT_BUDGET_S,
                    help=f"seconds the whole notebook may take (default {DEFAULT_BUDGET_S}: 10 of Kaggle's 12 h)")
@@ -55,7 +61,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-NOTEBOOK_SETS = ("out", "budget_s", "checkpoint", "kaggle_root", "device")
+NOTEBOOK_SETS = ("out", "budget_s", "checkpoint", "weights", "kaggle_root", "device")
 """stages.submit options the notebook passes itself (submission/kaggle_notebook.py): never in --submit-args."""
 
 
@@ -75,7 +81,7 @@ def checked_submit_args(text: str) -> list[str]:
     unset = object()  # not a string: argparse would convert it with the option's type
     p.set_defaults(**dict.fromkeys(NOTEBOOK_SETS, unset))
     parsed = p.parse_args(["--checkpoint", "", *argv])  # the notebook's own (required) --checkpoint first
-    parsed.checkpoint = parsed.checkpoint or unset
+    parsed.checkpoint = unset if parsed.checkpoint == [""] else parsed.checkpoint
     if given := [f"--{d.replace('_', '-')}" for d in NOTEBOOK_SETS if getattr(parsed, d) is not unset]:
         refuse(f"{', '.join(given)}: the notebook sets {'it' if len(given) == 1 else 'them'} itself")
     for preset in parsed.ttt_config:
@@ -91,9 +97,10 @@ def checked_submit_args(text: str) -> list[str]:
 def build(args) -> int:
     owner = args.owner or configured_username() or PLACEHOLDER_OWNER
     names = KaggleNames(owner, args.code_slug, args.weights_slug, args.wheels_slug, args.kernel_slug, args.competition)
+    ensemble = members(args.checkpoint, args.weights)  # checks the weights: one per checkpoint, each > 0
     settings = BuildSettings(names, args.budget_s, not args.no_wheels, args.python_version, args.machine_shape,
-                             checked_submit_args(args.submit_args))
-    written = build_all(args.out, Checkpoint.open(args.checkpoint), settings, git_sha())
+                             checked_submit_args(args.submit_args), [m.weight for m in ensemble] if args.weights else None)
+    written = build_all(args.out, [Checkpoint.open(c) for c in args.checkpoint], settings, git_sha())
     if owner == PLACEHOLDER_OWNER:
         print(f"warning: owner is the placeholder {PLACEHOLDER_OWNER}; rebuild with --owner before pushing",
               file=sys.stderr)

@@ -6,6 +6,7 @@
     python -m stages.submit ... --ttt-config configs/ttt_nvarc.yaml --set train.global_batch=256
     python -m stages.submit ... --ttt-config configs/ttt_full.yaml configs/ttt_fast.yaml --steps-fraction 0.5
     python -m stages.submit ... --ttt-steps 2000 --views 256                     # a pinned, reproducible plan
+    python -m stages.submit --checkpoint runs/a runs/b --weights 2 1 ...         # an ensemble: votes pooled
     torchrun --nproc-per-node 4 -m stages.submit ...                             # one process per GPU
 
 Finds the challenges (--challenges, else `arc-agi_test_challenges.json` under --kaggle-root;
@@ -13,6 +14,11 @@ pipeline/data/kaggle_input.py), writes the all-fallback submission to --out befo
 budgeted flow (pipeline/submit/submit_flow.py; the plan's arithmetic in pipeline/submit/budget.py; README, "Budgeted
 submission"), ending with a `summary: {...}` line and OUT.plan.json. The stage re-executes itself with
 PYTHONHASHSEED=0, so a pinned plan (--ttt-steps, --views) gives the same submission on a rerun.
+
+Several checkpoints make an ensemble: each member in turn calibrates, plans, test-time trains (seed --seed + its
+index, so one checkpoint named twice makes two TTT runs) and predicts inside its share of the time left and of
+the views, by --weights; after each member the pooled votes (pipeline/prediction/ensemble.py) replace the submission, and
+OUT.plan.json lists every member's plan and outcome. A member that cannot be opened or fails costs only its share.
 
 Exit status: 0 when a valid submission was written, even if a stage fell back (the summary says which);
 2 for bad input (no test file, unreadable JSON, bad checkpoint or config: one line; whatever was written
@@ -50,7 +56,11 @@ def parser() -> argparse.ArgumentParser:
     """stages.submit's options (stages.kaggle checks a notebook's --submit-args with it at build time)."""
     scratch = Path(os.environ.get("TRM_SCRATCH_DIR") or Path(tempfile.gettempdir()) / "trm")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="pretrained run folder or checkpoint folder")
+    p.add_argument("--checkpoint", required=True, nargs="+",
+                   help="pretrained run folder or checkpoint folder; several: an ensemble")
+    p.add_argument("--weights", type=float, nargs="+", default=None,
+                   help="ensemble: one weight per checkpoint, for its votes and its share of time and views "
+                        "(default 1 each)")
     p.add_argument("--challenges", help="challenges file (default: arc-agi_test_challenges.json under --kaggle-root)")
     p.add_argument("--kaggle-root", default="/kaggle/input", help="Kaggle input root searched without --challenges")
     p.add_argument("--out", default="/kaggle/working/submission.json", help="submission to write")
@@ -115,6 +125,7 @@ def main(argv=None, early=None) -> int:
     from pipeline.submit.submit_flow import SubmitJob, run_submit
 
     from pipeline.config import ConfigError
+    from pipeline.prediction.ensemble import members
 
     try:
         policy = Policy(order=args.policy, margin=args.margin, views_floor=min(args.views_floor, args.views_max),
@@ -124,8 +135,8 @@ def main(argv=None, early=None) -> int:
                         pinned_views=args.views)
     except ValueError as e:
         raise ConfigError(f"budget policy: {e}") from e
-    job = SubmitJob(challenges=path, out=Path(args.out), checkpoint=args.checkpoint, budget_s=args.budget_s,
-                    started=started_at(), work_dir=Path(args.work_dir), device=args.device,
+    job = SubmitJob(challenges=path, out=Path(args.out), members=members(args.checkpoint, args.weights),
+                    budget_s=args.budget_s, started=started_at(), work_dir=Path(args.work_dir), device=args.device,
                     ttt_preset=args.ttt_config, overrides=args.set, policy=policy, progress=args.progress,
                     deterministic=args.deterministic, seed=args.seed)
     return run_submit(job)

@@ -3,7 +3,8 @@ with its kernel-metadata.json, and the upload that `stages.kaggle push` performs
 
     DIR/notebook/        NAME.ipynb + kernel-metadata.json (competition source, GPU on, internet off, datasets)
     DIR/datasets/code/   the project's source (pipeline, kernels, stages, submission, configs, pins, LICENSE)
-    DIR/datasets/weights/  the checkpoint files prediction and TTT read (no optimiser state, no ACT carries)
+    DIR/datasets/weights/  the checkpoint files prediction and TTT read (no optimiser state, no ACT carries);
+                           an ensemble's in member-0/, member-1/, ... (the notebook passes them in that order)
     DIR/datasets/wheels/   `pip download` of the pinned packages the notebook's processes import (torch excepted:
                            the Kaggle image has a CUDA build), plus requirements-kaggle.txt
 
@@ -123,6 +124,8 @@ class BuildSettings:
     machine_shape: str | None = None  # kaggle's metadata field; it documents no L4 value (pick L4 in the editor)
     submit_args: list[str] = field(default_factory=list)
     """More `stages.submit` options for the notebook's run (a TTT preset, pinned steps...)."""
+    member_weights: list[float] | None = None
+    """An ensemble's `stages.submit --weights`, one per checkpoint (None: 1 each; stages.kaggle checks them)."""
 
 
 def _reset(folder: Path) -> Path:
@@ -150,17 +153,34 @@ def build_code(folder: Path, names: KaggleNames) -> None:
                       "Source of the TRM ARC pipeline, run by the submission notebook from PYTHONPATH.")
 
 
-def build_weights(folder: Path, checkpoint: Checkpoint, names: KaggleNames) -> None:
-    """Copy WEIGHT_FILES from the checkpoint folder (EMA weights and the id table when it has them)."""
-    missing = [f for f in layout.REQUIRED_FILES if not checkpoint.file(f).is_file()]
-    if missing:
-        raise KaggleError(f"{checkpoint.path}: not a usable checkpoint folder (missing {', '.join(missing)})")
+def member_folders(checkpoints: list[Checkpoint]) -> list[str] | None:
+    """Where each member's files go inside the weights dataset: None for one checkpoint (at the top); an
+    ensemble's in member-<k>/, one folder per distinct checkpoint (one named twice is packed once)."""
+    if len(checkpoints) == 1:
+        return None
+    seen: dict[Path, int] = {}
+    return [f"member-{seen.setdefault(c.path.resolve(), len(seen))}" for c in checkpoints]
+
+
+def build_weights(folder: Path, checkpoints: list[Checkpoint], names: KaggleNames) -> None:
+    """Copy WEIGHT_FILES from each checkpoint folder (EMA weights and the id table when it has them): one
+    checkpoint at the dataset's top, an ensemble's in member_folders()."""
+    for checkpoint in checkpoints:
+        missing = [f for f in layout.REQUIRED_FILES if not checkpoint.file(f).is_file()]
+        if missing:
+            raise KaggleError(f"{checkpoint.path}: not a usable checkpoint folder (missing {', '.join(missing)})")
     _reset(folder)
-    copied = [f for f in WEIGHT_FILES if checkpoint.file(f).is_file()]
-    for f in copied:
-        shutil.copy2(checkpoint.file(f), folder / f)
-    _dataset_metadata(folder, names.ref(names.weights), names.weights,
-                      f"TRM checkpoint {checkpoint.path.name}: {', '.join(copied)}.")
+    described, packed = [], set()
+    for checkpoint, sub in zip(checkpoints, member_folders(checkpoints) or ["."]):
+        if sub in packed:
+            continue
+        packed.add(sub)
+        (folder / sub).mkdir(exist_ok=True)
+        copied = [f for f in WEIGHT_FILES if checkpoint.file(f).is_file()]
+        for f in copied:
+            shutil.copy2(checkpoint.file(f), folder / sub / f)
+        described.append(f"{'' if sub == '.' else sub + ': '}{checkpoint.path.name} ({', '.join(copied)})")
+    _dataset_metadata(folder, names.ref(names.weights), names.weights, f"TRM checkpoint {'; '.join(described)}.")
 
 
 def pinned(packages=NOTEBOOK_PACKAGES, requirements: Path = ROOT / "requirements.txt") -> list[str]:
@@ -209,12 +229,13 @@ def notebook_cells(build: dict) -> list:
     return cells
 
 
-def build_notebook(folder: Path, settings: BuildSettings, git: str) -> Path:
+def build_notebook(folder: Path, settings: BuildSettings, git: str, members: list[str] | None = None) -> Path:
     names = settings.names
     _reset(folder)
     build = {"code": names.ref(names.code), "weights": names.ref(names.weights),
              "wheels": names.ref(names.wheels) if settings.wheels else None, "budget_s": settings.budget_s,
              "submit_args": settings.submit_args, "checkpoint_marks": [layout.META, layout.CONFIG],
+             "members": members, "member_weights": settings.member_weights,
              "competition": names.competition, "git": git, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     nb = nbformat.v4.new_notebook(cells=notebook_cells(build))
     # "kaggle" holds the editor's own settings keys as seen in notebooks pulled from Kaggle (the accelerator is
@@ -237,18 +258,20 @@ def build_notebook(folder: Path, settings: BuildSettings, git: str) -> Path:
     return path
 
 
-def build_all(out: Path, checkpoint: Checkpoint, settings: BuildSettings, git: str = "unknown") -> dict:
-    """Write DIR/notebook and DIR/datasets/{code,weights,wheels}; returns what was written (for the CLI)."""
+def build_all(out: Path, checkpoints: list[Checkpoint], settings: BuildSettings, git: str = "unknown") -> dict:
+    """Write DIR/notebook and DIR/datasets/{code,weights,wheels} for one checkpoint or an ensemble; returns what
+    was written (for the CLI)."""
     settings.names.check()
     out = Path(out)
     build_code(out / "datasets" / "code", settings.names)
-    build_weights(out / "datasets" / "weights", checkpoint, settings.names)
+    build_weights(out / "datasets" / "weights", checkpoints, settings.names)
     if settings.wheels:
         build_wheels(out / "datasets" / "wheels", settings)
     else:
         shutil.rmtree(out / "datasets" / "wheels", ignore_errors=True)
-    notebook = build_notebook(out / "notebook", settings, git)
-    write_json_atomic(out / "build.json", {**asdict(settings), "checkpoint": str(checkpoint.path), "git": git})
+    notebook = build_notebook(out / "notebook", settings, git, member_folders(checkpoints))
+    write_json_atomic(out / "build.json", {**asdict(settings), "checkpoints": [str(c.path) for c in checkpoints],
+                                           "git": git})
     return {"notebook": str(notebook), "datasets": [str(p) for p in sorted((out / "datasets").iterdir())]}
 
 

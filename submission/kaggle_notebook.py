@@ -80,7 +80,10 @@ def code_root(folder: Path) -> Path:
 
 CODE = code_root(attached(BUILD["code"],
                           lambda p: (p / "stages" / "submit.py").exists() or (p / "stages.zip").exists()))
-WEIGHTS = attached(BUILD["weights"], lambda p: all((p / f).exists() for f in BUILD["checkpoint_marks"]))
+MEMBERS = BUILD["members"] or ["."]  # an ensemble's checkpoints are in subfolders of the weights dataset
+WEIGHTS = attached(BUILD["weights"], lambda p: all((p / m / f).exists() for m in MEMBERS
+                                                   for f in BUILD["checkpoint_marks"]))
+CHECKPOINTS = [str(WEIGHTS / m) for m in MEMBERS]
 WHEELS = attached(BUILD["wheels"], lambda p: (p / "requirements-kaggle.txt").exists()) if BUILD["wheels"] else None
 print(f"code {CODE}\nweights {WEIGHTS}\nwheels {WHEELS or '(none: the image packages are used)'}")
 
@@ -112,8 +115,10 @@ print(f"{GPUS} GPU(s), torch {TORCH} (from the image); "
 # watchdog below can stop it at any moment and a valid submission is still on disk.
 reserve = min(120.0, max(30.0, 0.1 * BUDGET_S))  # a little grace for stages.submit, the rest for validation
 budget = max(1, int(BUDGET_S - (time.time() - T0) - reserve))
-submit = ["-m", "stages.submit", "--checkpoint", str(WEIGHTS), "--kaggle-root", str(INPUT), "--out", str(SUBMISSION),
+submit = ["-m", "stages.submit", "--checkpoint", *CHECKPOINTS, "--kaggle-root", str(INPUT), "--out", str(SUBMISSION),
           "--budget-s", str(budget), "--device", "cuda" if GPUS else "cpu", *BUILD["submit_args"]]
+if BUILD["member_weights"]:
+    submit += ["--weights", *map(str, BUILD["member_weights"])]
 if GPUS > 1:
     submit = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={GPUS}", *submit]
 print("running", " ".join(submit))

@@ -53,7 +53,7 @@ def cli(*args, env):
 def test_build_writes_the_notebook_and_three_kinds_of_dataset(tmp_path):
     ckpt = fake_checkpoint(tmp_path / "run" / "ckpt" / "step-00000020")
     names = KaggleNames(owner="alice", weights="my-weights")
-    build_all(tmp_path / "out", ckpt, BuildSettings(names, budget_s=1234, wheels=False), git="abc")
+    build_all(tmp_path / "out", [ckpt], BuildSettings(names, budget_s=1234, wheels=False), git="abc")
     out = tmp_path / "out"
 
     weights = out / "datasets" / "weights"
@@ -98,10 +98,10 @@ def test_build_writes_the_notebook_and_three_kinds_of_dataset(tmp_path):
 def test_build_refuses_bad_slugs_and_incomplete_checkpoints(tmp_path):
     ckpt = fake_checkpoint(tmp_path / "ck")
     with pytest.raises(KaggleError, match="slug"):
-        build_all(tmp_path / "out", ckpt, BuildSettings(KaggleNames(owner="a", code="Bad Slug!"), wheels=False))
+        build_all(tmp_path / "out", [ckpt], BuildSettings(KaggleNames(owner="a", code="Bad Slug!"), wheels=False))
     (ckpt.path / "model.safetensors").unlink()
     with pytest.raises(KaggleError, match="model.safetensors"):
-        build_all(tmp_path / "out", ckpt, BuildSettings(KaggleNames(owner="a"), wheels=False))
+        build_all(tmp_path / "out", [ckpt], BuildSettings(KaggleNames(owner="a"), wheels=False))
 
 
 @pytest.mark.parametrize("text, problem", [
@@ -111,6 +111,7 @@ def test_build_refuses_bad_slugs_and_incomplete_checkpoints(tmp_path):
     ("--budget-s 5", "--budget-s: the notebook sets it itself"),
     ("--budg 5 --out x", "--out, --budget-s: the notebook sets them itself"),  # abbreviated too
     ("--checkpoint x", "--checkpoint: the notebook sets it itself"),
+    ("--weights 2 1", "--weights: the notebook sets it itself"),  # stages.kaggle build --weights
     ("--kaggle-root x --device cpu", "--kaggle-root, --device: the notebook sets them itself"),
     ("--ttt-config configs/ttt_nope.yaml", "--ttt-config configs/ttt_nope.yaml: no such file in the code dataset"),
     ("--ttt-config /etc/hostname", "--ttt-config /etc/hostname: no such file in the code dataset"),
@@ -155,7 +156,7 @@ def test_push_dry_run_lists_every_upload_and_never_echoes_credentials(tmp_path):
 
 def test_push_without_credentials_is_a_dry_run(tmp_path):
     ckpt = fake_checkpoint(tmp_path / "ck")
-    build_all(tmp_path / "out", ckpt, BuildSettings(KaggleNames(owner="carol"), wheels=False))
+    build_all(tmp_path / "out", [ckpt], BuildSettings(KaggleNames(owner="carol"), wheels=False))
     r = cli("push", str(tmp_path / "out"), env=clean_env(tmp_path / "home"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.startswith("dry run (no Kaggle credentials") and "carol/trm-arc-code" in r.stdout
@@ -179,7 +180,7 @@ def test_credentials_are_found_where_the_kaggle_package_looks_and_not_returned(t
 
 def test_push_refuses_the_placeholder_owner_before_touching_the_network(tmp_path):
     ckpt = fake_checkpoint(tmp_path / "ck")
-    build_all(tmp_path / "out", ckpt, BuildSettings(KaggleNames(), wheels=False))
+    build_all(tmp_path / "out", [ckpt], BuildSettings(KaggleNames(), wheels=False))
     plan = upload_plan(tmp_path / "out")
     assert plan[-1]["ref"] == f"{PLACEHOLDER_OWNER}/trm-arc-submission"
     with pytest.raises(KaggleError, match="placeholder"):
@@ -214,7 +215,7 @@ def test_push_versions_existing_datasets_creates_new_ones_then_pushes_the_notebo
 
     monkeypatch.setitem(sys.modules, "kaggle.api.kaggle_api_extended", types.SimpleNamespace(KaggleApi=Api))
     ckpt = fake_checkpoint(tmp_path / "ck")
-    build_all(tmp_path / "out", ckpt, BuildSettings(KaggleNames(owner="fay"), wheels=False))
+    build_all(tmp_path / "out", [ckpt], BuildSettings(KaggleNames(owner="fay"), wheels=False))
     push(upload_plan(tmp_path / "out"), "v2")
     assert calls == [("authenticate",), ("create", "code", False, "zip"), ("version", "weights", "v2", "zip"),
                      ("kernel", "fay/trm-arc-submission")]
@@ -280,7 +281,7 @@ def test_notebook_stops_an_overrunning_submit_and_keeps_its_valid_submission(tmp
     """The watchdog, with the code dataset as Kaggle sometimes mounts folders (NAME.zip, not extracted)."""
     ckpt = fake_checkpoint(tmp_path / "ck")
     built = tmp_path / "built"
-    build_all(built, ckpt, BuildSettings(KaggleNames(owner="ann"), budget_s=40, wheels=False))
+    build_all(built, [ckpt], BuildSettings(KaggleNames(owner="ann"), budget_s=40, wheels=False))
     input_root, working = kaggle_tree(tmp_path / "kaggle", built)
     code = input_root / "trm-arc-code"
     (code / "stages" / "submit.py").write_text(STAND_IN_SUBMIT)
@@ -296,6 +297,62 @@ def test_notebook_stops_an_overrunning_submit_and_keeps_its_valid_submission(tmp
     assert validate(input_root / "competitions" / "arc-prize-2026-arc-agi-2" / "arc-agi_test_challenges.json",
                     working / "submission.json").returncode == 0
     assert not (working / "site-packages").exists() and (tmp_path / "scratch" / "code" / "stages" / "submit.py").exists()
+
+
+RECORDING_SUBMIT = '''"""Test double for stages.submit: writes the fallback submission, records its arguments, exits 0."""
+import json, sys
+from pathlib import Path
+from submission.format import build_submission
+from pipeline.data.tasks import write_json_atomic
+argv = sys.argv[1:]
+out = argv[argv.index("--out") + 1]
+raw = json.loads(next(Path(argv[argv.index("--kaggle-root") + 1]).rglob("arc-agi_test_challenges.json")).read_text())
+write_json_atomic(out, build_submission(raw, {})[0])
+Path(out + ".argv.json").write_text(json.dumps(argv))
+'''
+
+
+@needs_shared_arc
+def test_an_ensemble_build_packs_each_member_and_the_notebook_passes_them_in_order(tmp_path, monkeypatch):
+    """Two checkpoints with weights 2 and 1: each in its own folder of the weights dataset, and the notebook's
+    stages.submit gets both, in order, with their weights."""
+    a, b = fake_checkpoint(tmp_path / "a"), fake_checkpoint(tmp_path / "b")
+    (b.path / "model.safetensors").write_bytes(b"member b")
+    built = tmp_path / "built"
+    build_all(built, [a, b], BuildSettings(KaggleNames(owner="ann"), budget_s=60, wheels=False,
+                                           member_weights=[2.0, 1.0]))
+    weights = built / "datasets" / "weights"
+    assert {p.name for p in (weights / "member-0").iterdir()} == set(WEIGHT_FILES)
+    assert (weights / "member-1" / "model.safetensors").read_bytes() == b"member b"
+    input_root, working = kaggle_tree(tmp_path / "kaggle", built)
+    (input_root / "trm-arc-code" / "stages" / "submit.py").write_text(RECORDING_SUBMIT)
+    summary, _, _ = execute_notebook(built / "notebook" / "trm-arc-submission.ipynb", input_root, working,
+                                     tmp_path / "scratch", monkeypatch)
+    assert summary["valid"] and summary["submit_exit_code"] == 0, summary
+    argv = json.loads((working / "submission.json.argv.json").read_text())
+    at, mounted = argv.index("--checkpoint"), input_root / "trm-arc-weights"
+    assert argv[at + 1:at + 4] == [str(mounted / "member-0"), str(mounted / "member-1"), "--kaggle-root"], argv
+    assert argv[argv.index("--weights") + 1:][:2] == ["2.0", "1.0"], argv
+
+
+def test_ensemble_build_from_the_command_line_packs_a_checkpoint_named_twice_once(tmp_path):
+    """stages.kaggle build --checkpoint A B A --weights 1 1 2: two folders (A's once), the notebook's members in
+    order; a weight count that does not match is one line, exit 2."""
+    a, b = fake_checkpoint(tmp_path / "a"), fake_checkpoint(tmp_path / "b")
+    args = ["build", "--checkpoint", str(a.path), str(b.path), str(a.path), "--out", str(tmp_path / "out"),
+            "--no-wheels", "--owner", "ann"]
+    r = cli(*args, "--weights", "1", "1", "2", env=clean_env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    weights = tmp_path / "out" / "datasets" / "weights"
+    assert sorted(p.name for p in weights.iterdir() if p.is_dir()) == ["member-0", "member-1"]
+    nb = nbformat.read(str(tmp_path / "out" / "notebook" / "trm-arc-submission.ipynb"), as_version=4)
+    namespace = {}
+    exec(next(c.source for c in nb.cells if c.cell_type == "code"), namespace)
+    assert namespace["BUILD"]["members"] == ["member-0", "member-1", "member-0"]
+    assert namespace["BUILD"]["member_weights"] == [1.0, 1.0, 2.0]
+    bad = cli(*args, "--weights", "1", "2", env=clean_env(tmp_path))
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1 and "2 weights for 3 checkpoints" in lines[0], bad.stderr
 
 
 @pytest.fixture(scope="module")

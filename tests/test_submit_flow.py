@@ -19,6 +19,7 @@ from pipeline.submit.budget import (Calibration, Plan, Policy, chunk_inputs, dea
 from pipeline.data.kaggle_input import TEST_FILE, find_test_challenges
 from pipeline.data.synthetic import synthetic_tasks
 from pipeline.data.tasks import DataError, write_json_atomic
+from pipeline.prediction.ensemble import POOL_CANDIDATES, Member
 from submission.format import FALLBACK_GRID, build_submission, submission_problems
 from test_data import broken_tasks
 
@@ -163,11 +164,11 @@ def test_submit_re_executes_itself_with_a_fixed_hash_seed_and_keeps_its_clock(tm
 
 # -- the fallback chain, failures injected in-process (calibration stubbed: seconds, not a minute) -----------------
 def _submit_in_process(checkpoint, challenges, folder, monkeypatch, fail_ttt_at=None, fail_predict=False,
-                       budget_s=600, ttt_steps=6, views=2, view_s=0.001) -> dict:
+                       budget_s=600, ttt_steps=6, views=2, view_s=0.001, members=None) -> dict:
     """stages.submit's flow on a pinned plan (TTT steps with a checkpoint every 2, views) after the all-fallback
     file, with TTT raising at step `fail_ttt_at` or prediction raising; the calibration is stubbed (1 s
     start-ups, 0.5 s per TTT step, `view_s` per view), so the run is all TTT and prediction; returns its
-    summary."""
+    summary. `members`: an ensemble instead of `checkpoint` alone."""
     import pipeline.submit.submit_flow as flow
     from pipeline.submit.budget import Policy
     from pipeline.training.train import Trainer
@@ -187,7 +188,7 @@ def _submit_in_process(checkpoint, challenges, folder, monkeypatch, fail_ttt_at=
         monkeypatch.setattr(flow, "predict_challenges", lambda *a, **k: (_ for _ in ()).throw(OSError("injected")))
     out = folder / "submission.json"
     write_json_atomic(out, build_submission(json.loads(challenges.read_text()), {})[0])  # as stages.submit does
-    job = flow.SubmitJob(challenges=challenges, out=out, checkpoint=str(checkpoint), budget_s=budget_s,
+    job = flow.SubmitJob(challenges=challenges, out=out, members=members or [Member(str(checkpoint))], budget_s=budget_s,
                          started=time.time(), work_dir=folder / "work", device="cpu",
                          ttt_preset="configs/demo_ttt.yaml", overrides=["train.ckpt_every=2",
                                                                          "predict.adaptive_halting=false"],
@@ -221,6 +222,44 @@ def test_prediction_failing_leaves_the_fallback_submission(checkpoint, challenge
     assert summary["ttt_steps"] == 6 and summary["predicted"] == 0
     assert json.loads((tmp_path / "submission.json").read_text()) == fallback
     assert not (tmp_path / "submission.json.details.json").exists()
+
+
+def test_an_ensemble_pools_its_members_and_one_that_cannot_be_opened_costs_only_its_share(checkpoint, challenges,
+                                                                                           tmp_path, monkeypatch):
+    """Weights 1, 1, 2 with the second member missing, 8 pinned views: the live members (one checkpoint twice,
+    seeds 0 and 2: two TTT runs) predict 2 and 4 views per input, the submission is rewritten with their pooled
+    votes after each (6 views per input at the end), and the missing one's time goes to the member after it."""
+    import pipeline.submit.submit_flow as flow
+
+    writes, kept = [], []
+    real_write, real_predict = flow.write_submission, flow.predict_challenges
+    monkeypatch.setattr(flow, "write_submission", lambda out, ch, hidden: writes.append(hidden) or real_write(out, ch, hidden))
+    monkeypatch.setattr(flow, "predict_challenges",
+                        lambda loaded, valid, opts, *a, **k: kept.append(opts.cfg.top_k) or real_predict(loaded, valid, opts, *a, **k))
+    ms = [Member(str(checkpoint)), Member(str(tmp_path / "missing")), Member(str(checkpoint), 2.0)]
+    summary = _submit_in_process(checkpoint, challenges, tmp_path, monkeypatch, ttt_steps=2, views=8, members=ms)
+    a, missing, b = json.loads((tmp_path / "submission.json.plan.json").read_text())["members"]
+    assert "missing" in missing["error"] and summary["members"] == 3, summary
+    assert summary["predicted"] >= max(a["predicted"], b["predicted"]) > 0, (summary, a, b)
+    assert (a["views"], b["views"]) == (2, 4) and a["ttt_steps"] == b["ttt_steps"] == 2, (a, b)
+    assert kept == [POOL_CANDIDATES] * 2  # each member keeps more than its top 2: its third can be the pool's second
+    assert a["model"] != b["model"] and a["model"].startswith(str(tmp_path / "work"))  # two TTT runs, not one
+    assert 600 / 4 - 10 < a["budget_s"] <= 600 / 4  # a quarter of the time (weights 1 of 4)...
+    assert b["budget_s"] > 600 - a["budget_s"]  # ...then all the rest, the missing member's share included
+    assert [sorted({r.views for r in h.results}) for h in writes] == [[2], [6]]  # after member 1, then both pooled
+    details = json.loads((tmp_path / "submission.json.details.json").read_text())
+    assert len(details) == 32 and {d["views"] for d in details.values()} == {6}
+    assert (tmp_path / "submission.json.member-2.plan.json").exists()
+    assert validate(challenges, tmp_path / "submission.json").returncode == 0
+
+
+def test_an_ensemble_whose_last_member_is_missing_still_ends_with_its_summary(checkpoint, challenges, tmp_path,
+                                                                                monkeypatch, capsys):
+    ms = [Member(str(checkpoint)), Member(str(tmp_path / "missing"))]
+    summary = _submit_in_process(checkpoint, challenges, tmp_path, monkeypatch, ttt_steps=0, views=2, members=ms)
+    first, missing = json.loads((tmp_path / "submission.json.plan.json").read_text())["members"]
+    assert first["views"] == 1 and "missing" in missing["error"] and summary["predicted"] == first["predicted"] > 0
+    assert json.loads(capsys.readouterr().out.split("summary: ")[1].splitlines()[0]) == summary
 
 
 def test_bench_calibration_reads_the_plan_a_run_writes(checkpoint, challenges, tmp_path, monkeypatch):
@@ -481,7 +520,7 @@ def test_sigkill_at_random_moments_leaves_a_valid_submission(checkpoint, challen
 
 FAULTY_SUBMIT = """
 # stages.submit with the calibration stubbed (as _submit_in_process does) and a failure injected on one rank:
-# python faulty_submit.py ttt|predict|calibrate RANK SUBMIT-ARGS...
+# python faulty_submit.py ttt|predict|calibrate|ensemble RANK SUBMIT-ARGS... (ensemble: the first calibration only)
 import os, sys, time
 stage, rank = sys.argv[1], int(sys.argv[2])
 sys.argv = [sys.argv[0], *sys.argv[3:]]
@@ -494,8 +533,13 @@ def failed_now(what):
     return RuntimeError(f"injected failure: {what} on rank {rank}") if stage == "ttt" else OSError(what)
 
 
+calls = []
+
+
 def calibrate_predict(*args, **kw):
-    if stage == "calibrate" and int(os.environ["RANK"]) == rank:  # OSError: none of the model errors it guards
+    calls.append(1)
+    once = stage == "ensemble" and len(calls) == 1
+    if (stage == "calibrate" or once) and int(os.environ["RANK"]) == rank:  # OSError: no model error it guards
         raise failed_now(f"injected failure: calibrating prediction on rank {rank}")
     return 1.0, 0.001
 
@@ -538,7 +582,8 @@ submit.cli()
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc (Linux)")
 @pytest.mark.parametrize("stage, why", [("ttt", "ttt: RuntimeError"), ("predict", "predict: OSError"),
-                                        ("calibrate", "calibrate_predict: OSError")])
+                                        ("calibrate", "calibrate_predict: OSError"),
+                                        ("ensemble", "ensemble member 1: OSError")])
 def test_a_rank_that_fails_under_torchrun_ends_the_job_in_time_with_a_valid_submission(checkpoint, tmp_path, stage,
                                                                                         why):
     """Two gloo processes (calibration stubbed, two tasks), rank 1 raising in TTT (inside DDP's collectives), in
@@ -546,7 +591,8 @@ def test_a_rank_that_fails_under_torchrun_ends_the_job_in_time_with_a_valid_subm
     the calibrations): no rank waits for it; the job ends well within a minute of the failure, exits 0 with a
     valid submission, and the summary names rank 1 and why. A failure before or in TTT leaves rank 0 to predict
     every input alone (with TTT's latest checkpoint); a prediction failure costs rank 1's share of the inputs
-    only. Each rank ends through os._exit (stages.submit under torchrun) with no gloo thread left running (one
+    only. In an ensemble of two, rank 1 failing in the first member's calibration leaves rank 0 to run both
+    members alone (the ranks never run different members). Each rank ends through os._exit (stages.submit under torchrun) with no gloo thread left running (one
     that was, at interpreter exit, aborted a rank after a valid submission: issue 19)."""
     script = tmp_path / "faulty_submit.py"
     script.write_text(FAULTY_SUBMIT)
@@ -555,9 +601,11 @@ def test_a_rank_that_fails_under_torchrun_ends_the_job_in_time_with_a_valid_subm
     out = tmp_path / "out" / "submission.json"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     steps = 50 if stage == "ttt" else 0  # the other cases need no TTT
-    cmd = [*torchrun, str(script), stage, "1", *submit_cmd(checkpoint, challenges, out, tmp_path / "work",
-                                                          "--ttt-steps", steps, "--views", 2, "--budget-s", 600)[3:],
-           "--set", "train.ckpt_every=2"]
+    args = submit_cmd(checkpoint, challenges, out, tmp_path / "work", "--ttt-steps", steps, "--views", 2,
+                      "--budget-s", 600)[3:]
+    if stage == "ensemble":  # the same checkpoint twice: two members
+        args.insert(2, str(checkpoint))
+    cmd = [*torchrun, str(script), stage, "1", *args, "--set", "train.ckpt_every=2"]
     r = run(cmd, timeout=600, env={"PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "0", "FAILED_AT": str(tmp_path / "t")})
     ended = time.time()
     assert r.returncode == 0, r.stderr[-3000:]
@@ -573,6 +621,10 @@ def test_a_rank_that_fails_under_torchrun_ends_the_job_in_time_with_a_valid_subm
         assert summary["ttt_steps"] == 2 and summary["predicted"] > 0 and "rank failed" not in fell_back, fell_back
     elif stage == "predict":  # rank 0's half of the inputs reached the model, rank 1's fell back
         assert summary["ttt_steps"] == 0 and 0 < summary["predicted"] <= 8 and "8 rank failed" in fell_back
+    elif stage == "ensemble":  # rank 0 went on alone from member 1's calibration and ran member 2 too
+        members = json.loads((out.parent / "submission.json.plan.json").read_text())["members"]
+        assert summary["members"] == 2 and [m.get("error") for m in members] == [None, None], members
+        assert summary["predicted"] > 0 and "rank failed" not in fell_back, fell_back
     else:  # rank 0 went on alone from the calibration: every input reached the model
         assert summary["ttt_steps"] == 0 and summary["predicted"] > 0 and "rank failed" not in fell_back, fell_back
     assert "time budget" not in fell_back

@@ -48,9 +48,20 @@ def members(checkpoints: list[str], weights: list[float] | None) -> list[Member]
 
 def split_views(total: int, weights: list[float], quantum: int = 1) -> list[int]:
     """`total` views per test input shared among members in proportion to their weights, each a multiple of
-    `quantum` and at least `quantum`; the sum never exceeds max(total, quantum * len(weights))."""
-    share = [total * w / sum(weights) for w in weights]
-    return [max(quantum, int(s // quantum) * quantum) for s in share]
+    `quantum` and at least `quantum`: the quanta by largest remainder (ties to the earlier member), so the sum is
+    total rounded down to a quantum, or quantum * len(weights) where that is more."""
+    units = total // quantum
+    share = [units * w / sum(weights) for w in weights]
+    out = [int(s) for s in share]
+    for i in sorted(range(len(out)), key=lambda i: (out[i] - share[i], i))[:units - sum(out)]:
+        out[i] += 1
+    return [max(1, u) * quantum for u in out]
+
+
+def share_of_rest(weights: list[float], i: int) -> float:
+    """Member i's fraction of the time left when it starts: its weight among it and the members after it, so
+    time an earlier member did not use (or could not: it failed) goes to the later ones by weight."""
+    return weights[i] / sum(weights[i:])
 
 
 def predict_members(ms: list[Member], valid: LoadResult, rt: Runtime, overrides: list[str], views: int | None,
@@ -79,7 +90,7 @@ def predict_members(ms: list[Member], valid: LoadResult, rt: Runtime, overrides:
         left = None
         if deadline is not None:  # this member's share of the time still left
             now = time.perf_counter()
-            left = now + (deadline - now) * m.weight / sum(x.weight for x in ms[i:])
+            left = now + (deadline - now) * share_of_rest([x.weight for x in ms], i)
         log.info("ensemble member %d/%d %s: weight %g, %d views per test input; %s", i + 1, len(ms), m.checkpoint,
                  m.weight, share, describe(loaded.departures))
         try:

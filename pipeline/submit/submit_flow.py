@@ -2,6 +2,10 @@
 (README, "Budgeted submission"), inside a wall-clock budget, with a valid submission on disk at every moment: the
 caller wrote the all-fallback one before importing this module, and each improvement replaces it atomically.
 
+Several checkpoints make an ensemble: each member runs these phases in turn (its own calibration, TTT run and
+views) inside its share of the time left, by weight; after each member the pooled votes of those so far
+(pipeline/prediction/ensemble.py) replace the submission. A member that cannot be opened or fails costs only its share.
+
 Under torchrun every rank runs the flow: TTT is one DDP run, prediction is sharded and gathered, only rank 0
 writes. A rank that fails anywhere (a collective phase, or outside one: the top level catches it) takes the process
 group down (pipeline.runtime.break_group): the others' collectives fail (gloo: at once; NCCL: their
@@ -11,6 +15,7 @@ and rank 0 finishes alone with the latest complete checkpoint (the summary's `fa
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import logging
@@ -23,16 +28,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from pipeline.submit.budget import (Calibration, Deadlines, Plan, Policy, chunk_inputs, collective_timeout_s, deadlines,
                              make_plan, margin_for, views_that_fit)
 from pipeline.submit.calibration import calibrate_predict, calibrate_ttt, free_memory, slowest
 from pipeline.checkpoint import hold_weights, load_for_prediction, release_weights
 from pipeline.computation import describe, model_overrides
-from pipeline.config import RunConfig, TrainConfig
+from pipeline.config import ConfigError, RunConfig, TrainConfig
 from pipeline.data.dataset import split_by_canvas
 from pipeline.prediction.challenges import (MODEL_ERRORS, HiddenRun, load_challenges, predict_challenges, summary_line,
-                             write_submission)
+                                           write_submission)
+from pipeline.prediction.ensemble import POOL_CANDIDATES, Member, pool, share_of_rest, split_views
 from pipeline.prediction.infer import PredictOptions, model_batch
 from pipeline.data.kaggle_input import count_inputs
 from pipeline.layout import Checkpoint, CheckpointError
@@ -50,13 +57,14 @@ TTT_ERRORS = (DataError, CheckpointError, *MODEL_ERRORS)
 
 @dataclass
 class SubmitJob:
-    """One budgeted run, as stages.submit parsed it."""
+    """One budgeted run, as stages.submit parsed it (or one ensemble member's part of it)."""
     challenges: Path
     out: Path
-    checkpoint: str
+    members: list[Member]
+    """The checkpoints that predict: one, or an ensemble whose votes are pooled."""
     budget_s: float
     started: float
-    """time.time() when the process started: the budget counts from there."""
+    """time.time() when the process started (a member's part: when it started): the budget counts from there."""
     work_dir: Path
     device: str = "auto"
     ttt_preset: str | list[str] | None = "configs/ttt_full.yaml"
@@ -65,6 +73,12 @@ class SubmitJob:
     progress: bool = False
     deterministic: bool = False
     seed: int = 0
+    candidates: int = 0
+    """Grids kept per test input (0: the config's predict.top_k; an ensemble member keeps more for the pool)."""
+
+    @property
+    def checkpoint(self) -> str:
+        return self.members[0].checkpoint
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -194,16 +208,162 @@ class TTTOutcome:
     """steps, stopped and (if it failed) error, for the summary."""
 
 
+@dataclass
+class MemberRun:
+    """What one checkpoint's phases gave."""
+    flow: Flow
+    plan: Plan
+    ttt: TTTOutcome
+    hidden: HiddenRun | None
+    views: int
+
+
 def _phases(job: SubmitJob, rt: Runtime) -> int:
-    """calibrate -> plan -> TTT -> predict -> write (README, "Budgeted submission")."""
-    flow = _open(job, rt)
-    _calibrate(flow)
+    """calibrate -> plan -> TTT -> predict -> write (README, "Budgeted submission"); an ensemble runs the first
+    four once per member, each in its share of the time left."""
+    if len(job.members) > 1:
+        return _ensemble(job, rt)
+    run = _member(job, rt)
+    if run.flow.rt.is_main:
+        _write(run)
+    return 0
+
+
+def _member(job: SubmitJob, rt: Runtime) -> MemberRun:
+    return _run(_open(job, rt))
+
+
+def _run(flow: Flow, cal: Calibration | None = None) -> MemberRun:
+    """calibrate (unless an earlier ensemble member's `cal` fits) -> plan -> TTT -> predict."""
+    if cal is None:
+        _calibrate(flow)
+    else:
+        flow.cal = cal
+        log.info("calibration: an earlier member's (same checkpoint, same processes)")
     plan, dl = _plan(flow)
     ttt = _ttt(flow, plan, dl)
     hidden, views = _predict(flow, plan, dl, ttt.model)
-    if flow.rt.is_main:
-        _write(flow, plan, ttt, hidden, views)
+    return MemberRun(flow, plan, ttt, hidden, views)
+
+
+OPEN_ERRORS = (CheckpointError, ConfigError, DataError, OSError)
+"""A member that cannot be opened: the ensemble goes on without it (every rank alike)."""
+
+
+@dataclass
+class MemberResult:
+    """What the pool and the plan file keep of a member once it is done (not its models or its flow)."""
+    hidden: HiddenRun | None
+    top_k: int
+    entry: dict
+    """Its plan, calibration, TTT outcome, views, inputs predicted and seconds, for OUT.plan.json."""
+    failed: dict[int, str]
+
+
+def _ensemble(job: SubmitJob, rt: Runtime) -> int:
+    """Each member in turn (every rank alike: rank 0's clock starts each, and a member is skipped only if it
+    cannot be opened on some rank); after each, rank 0 writes the pooled votes of those so far. A member that
+    fails is logged and costs only its share: under torchrun its failure takes the group down and rank 0 runs
+    the members left alone. If none runs, the first error is raised (the fallback submission stays)."""
+    if rt.is_main:  # an earlier run's member plans (it may have had more members)
+        for old in job.out.parent.glob(f"{glob.escape(job.out.name)}.member-*.plan.json"):
+            old.unlink()
+    done: list[MemberResult | None] = []
+    errors: dict[int, str] = {}
+    first: Exception | None = None
+    calibrations: dict[tuple, Calibration] = {}
+    challenges = None
+    for i, m in enumerate(job.members):
+        part = member_job(job, i, _rank0_clock(rt))
+        log.info("ensemble member %d/%d %s: weight %g, %.0fs of the %.0fs left", i + 1, len(job.members),
+                 m.checkpoint, m.weight, part.budget_s, job.started + job.budget_s - time.time())
+        flow, why = None, None
+        try:
+            flow = _open(part, rt)
+        except OPEN_ERRORS as e:
+            why = e
+        if not _everyone(rt, flow is not None):
+            why = why or RuntimeError("another rank could not open it")
+            log.error("ensemble member %s cannot be opened (%s): its share is lost", m.checkpoint, why)
+            first, errors[i] = first or why.with_traceback(None), f"{type(why).__name__}: {why}"
+            done.append(None)
+            continue
+        key = (str(flow.pretrained.path.resolve()), flow.rt.world_size)
+        try:
+            run = _run(flow, calibrations.get(key))
+        except GroupBroken:
+            raise
+        except Exception as e:
+            log.exception("ensemble member %s failed (%s): its share of the views is lost", m.checkpoint, e)
+            first, errors[i] = first or e.with_traceback(None), f"{type(e).__name__}: {e}"
+            done.append(None)
+            if flow.rt.distributed:  # the others may be inside a collective: rank 0 goes on alone
+                flow.break_group(f"ensemble member {i + 1}", e)
+            continue
+        finally:
+            release_weights(flow.pretrained)
+            rt = flow.rt  # rank 0 alone once the group broke
+        calibrations.setdefault(key, run.flow.cal)
+        challenges = challenges or flow.challenges
+        done.append(_result(run))
+        del run, flow
+        free_memory(rt)
+        if rt.device.type == "cuda":
+            log.info("after ensemble member %d: %.2f GB of GPU memory allocated", i + 1,
+                     torch.cuda.memory_allocated() / 1e9)
+        if rt.is_main and i < len(job.members) - 1:  # the last one's is the final write below
+            _write_pooled(job, done, errors, challenges)
+    if not any(done):
+        raise first
+    if rt.is_main:
+        _write_pooled(job, done, errors, challenges, final=True)
     return 0
+
+
+def _rank0_clock(rt: Runtime) -> float:
+    """time.time() on rank 0, on every rank (ranks plan a member from the same start, so they plan alike)."""
+    now = [time.time()]
+    if rt.distributed:
+        dist.broadcast_object_list(now, src=0)
+    return now[0]
+
+
+def _everyone(rt: Runtime, ok: bool) -> bool:
+    """Whether `ok` holds on every rank."""
+    if not rt.distributed:
+        return ok
+    flags: list = [None] * rt.world_size
+    dist.all_gather_object(flags, ok)
+    return all(flags)
+
+
+def _result(run: MemberRun) -> MemberResult:
+    flow = run.flow
+    entry = {"budget_s": round(flow.job.budget_s, 1), **_member_summary(run),
+             "predicted": run.hidden.predicted() if run.hidden else 0,
+             "seconds": {k: round(v, 1) for k, v in flow.seconds.items()}, "departures": flow.departures,
+             "plan": dataclasses.asdict(run.plan), "calibration": dataclasses.asdict(flow.cal)}
+    return MemberResult(run.hidden, flow.cfg.predict.top_k, entry, dict(flow.failed))
+
+
+def member_job(job: SubmitJob, i: int, now: float) -> SubmitJob:
+    """Member i's part of an ensemble run: its checkpoint; its share by weight of the time left among it and the
+    members after it (time one leaves goes to the next); its share of the views (floor, most, least, pinned);
+    its own seed (the same checkpoint twice makes two TTT runs); its plan file `<out>.member-<i>.plan.json`;
+    and POOL_CANDIDATES grids per test input for the pool."""
+    weights = [m.weight for m in job.members]
+    p = job.policy
+
+    def share(views: int) -> int:
+        return split_views(views, weights)[i]
+
+    policy = dataclasses.replace(p, views_floor=share(p.views_floor), views_max=share(p.views_max),
+                                 views_min=share(p.views_min),
+                                 pinned_views=share(p.pinned_views) if p.pinned_views else p.pinned_views)
+    left = max(0.0, job.started + job.budget_s - now)
+    return dataclasses.replace(job, members=[job.members[i]], out=Path(f"{job.out}.member-{i}"),
+                               budget_s=left * share_of_rest(weights, i), started=now, seed=job.seed + i,
+                               policy=policy, candidates=POOL_CANDIDATES)
 
 
 def _open(job: SubmitJob, rt: Runtime) -> Flow:
@@ -361,7 +521,8 @@ def _predict(flow: Flow, plan: Plan, dl: Deadlines, model: Checkpoint) -> tuple[
     views = policy.pinned_views or max(1, views_that_fit(cal, dl.predict_seconds_left(), policy, policy.views_max,
                                                          job.budget_s))
     per_chunk = chunk_inputs(cal, views, policy, job.budget_s)
-    opts = PredictOptions.of(flow.cfg, flow.rt, dataclasses.replace(flow.cfg.predict, augs=views,
+    top_k = max(flow.cfg.predict.top_k, job.candidates)  # an ensemble member keeps more grids for the pool
+    opts = PredictOptions.of(flow.cfg, flow.rt, dataclasses.replace(flow.cfg.predict, augs=views, top_k=top_k,
                                                                     chunk_views=per_chunk * views))
     chunk_s = -(-per_chunk * views // max(cal.batch, 1)) * max(cal.batch, 1) * cal.view_s
     log.info("predict with %s: %d views per test input, %d test inputs per chunk (~%.1fs)", model.path, views,
@@ -387,25 +548,59 @@ def _predict(flow: Flow, plan: Plan, dl: Deadlines, model: Checkpoint) -> tuple[
     return hidden, views
 
 
-def _write(flow: Flow, plan: Plan, ttt: TTTOutcome, hidden: HiddenRun | None, views: int) -> None:
+def _write(run: MemberRun) -> None:
     """Rank 0: the submission (atomically), its details, the plan file with the actual seconds, the summary."""
+    flow = run.flow
     job, seconds = flow.job, flow.seconds
     t0 = time.time()
-    sub, _ = write_submission(job.out, flow.challenges, hidden)
+    sub, _ = write_submission(job.out, flow.challenges, run.hidden)
     seconds["write"] = time.time() - t0
     seconds["total"] = time.time() - job.started
-    tasks, inputs = count_inputs(flow.challenges)
-    predicted = hidden.predicted() if hidden else 0
-    line = summary_line(sub, hidden) if hidden else f"0 of {inputs} test inputs predicted by the model"
-    summary = {"submission": str(job.out), "tasks": tasks, "test_inputs": inputs, "predicted": predicted,
-               "ttt_steps": ttt.info["steps"], "ttt_stopped": ttt.info["stopped"], "views": views,
-               "model": job.checkpoint if ttt.model is flow.pretrained else str(ttt.model.path),
-               "seconds": {k: round(v, 1) for k, v in seconds.items()},
-               "budget_s": job.budget_s, "failed_ranks": {str(r): why for r, why in sorted(flow.failed.items())}}
-    _write_plan(job, plan, flow.cal, seconds, summary, flow.departures)
+    summary = {"submission": str(job.out), **_counts(flow.challenges, run.hidden), **_member_summary(run),
+               "seconds": {k: round(v, 1) for k, v in seconds.items()}, "budget_s": job.budget_s,
+               "failed_ranks": {str(r): why for r, why in sorted(flow.failed.items())}}
+    _write_plan(job, run.plan, flow.cal, seconds, summary, flow.departures)
     log.info("seconds per stage: %s (budget %.0f)", ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()),
              job.budget_s)
-    log.info("%s", line)
+    _finish(sub, run.hidden, summary)
+
+
+def _write_pooled(job: SubmitJob, done: list[MemberResult | None], errors: dict[int, str], challenges: dict,
+                  final: bool = False) -> None:
+    """Rank 0: the pooled votes of the members done so far (if any predicted) replace the submission; the plan
+    file lists every member's plan, calibration and outcome (or error); `final`: the summary line too."""
+    live = [r for r in done if r is not None]
+    hidden = None
+    if any(r.hidden is not None for r in live):
+        hidden = pool([r.hidden if r else None for r in done], [m.weight for m in job.members[:len(done)]],
+                      live[0].top_k)
+    sub = write_submission(job.out, challenges, hidden)[0] if hidden is not None else None
+    members = [{"checkpoint": m.checkpoint, "weight": m.weight, **(r.entry if r else {"error": errors[i]})}
+               for i, (m, r) in enumerate(zip(job.members, done))]
+    summary = {"submission": str(job.out), **_counts(challenges, hidden), "members": len(job.members),
+               "seconds": {"total": round(time.time() - job.started, 1)}, "budget_s": job.budget_s,
+               "failed_ranks": {str(k): v for r in live for k, v in sorted(r.failed.items())}}
+    write_json_atomic(str(job.out) + ".plan.json", {"policy": dataclasses.asdict(job.policy), "members": members,
+                                                   "summary": summary})
+    if final:
+        _finish(sub, hidden, summary)
+
+
+def _counts(challenges: dict, hidden: HiddenRun | None) -> dict:
+    tasks, inputs = count_inputs(challenges)
+    return {"tasks": tasks, "test_inputs": inputs, "predicted": hidden.predicted() if hidden else 0}
+
+
+def _member_summary(run: MemberRun) -> dict:
+    ttt, flow = run.ttt, run.flow
+    return {"ttt_steps": ttt.info["steps"], "ttt_stopped": ttt.info["stopped"], "views": run.views,
+            "model": flow.job.checkpoint if ttt.model is flow.pretrained else str(ttt.model.path)}
+
+
+def _finish(sub: dict | None, hidden: HiddenRun | None, summary: dict) -> None:
+    """The run's last lines: how many inputs the model predicted, and the summary as one JSON line."""
+    log.info("%s", summary_line(sub, hidden) if hidden else
+             f"0 of {summary['test_inputs']} test inputs predicted by the model")
     print("summary: " + json.dumps(summary), flush=True)
 
 
