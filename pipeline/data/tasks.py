@@ -90,12 +90,7 @@ def task_problems(task_id: str, obj, solutions=None) -> list[str]:
     if not isinstance(train, list) or not train:
         out.append("no demonstration pairs ('train' is missing or empty)")
     else:
-        for k, pair in enumerate(train):
-            if not isinstance(pair, dict) or "input" not in pair or "output" not in pair:
-                out.append(f"train[{k}]: needs both 'input' and 'output'")
-                continue
-            out += [p for p in (grid_problem(pair["input"], f"train[{k}].input"),
-                                grid_problem(pair["output"], f"train[{k}].output")) if p]
+        out += pairs_problems(train, "train")
     if not isinstance(test, list) or not test:
         out.append("no test inputs ('test' is missing or empty)")
     else:
@@ -120,13 +115,18 @@ def pair_list_problems(obj) -> list[str]:
     """Why a pair-list puzzle (a JSON list of {"input", "output"} pairs: NVARC, re-arc) is invalid; empty if valid."""
     if not isinstance(obj, list) or not obj:
         return ["expected a non-empty JSON list of {\"input\", \"output\"} pairs"]
+    return pairs_problems(obj, "pair")
+
+
+def pairs_problems(pairs: list, name: str) -> list[str]:
+    """Why the {"input", "output"} pairs of list `name` (a task's train, a pair-list puzzle) are invalid."""
     out: list[str] = []
-    for k, pair in enumerate(obj):
+    for k, pair in enumerate(pairs):
         if not isinstance(pair, dict) or "input" not in pair or "output" not in pair:
-            out.append(f"pair[{k}]: needs both 'input' and 'output'")
+            out.append(f"{name}[{k}]: needs both 'input' and 'output'")
             continue
-        out += [p for p in (grid_problem(pair["input"], f"pair[{k}].input"),
-                            grid_problem(pair["output"], f"pair[{k}].output")) if p]
+        out += [p for p in (grid_problem(pair["input"], f"{name}[{k}].input"),
+                            grid_problem(pair["output"], f"{name}[{k}].output")) if p]
     return out
 
 

@@ -10,11 +10,9 @@ import torch
 import torch.distributed as dist
 
 
-class AdamATan2(torch.optim.Optimizer):
-    """Adam with atan2 in place of m / (sqrt(v) + eps) (Everett et al. 2024), exactly as the official `adam-atan2`
-    CUDA kernel: p <- p (1 - lr wd); p <- p - (lr / bc1) atan2(m, sqrt(v) / sqrt(bc2)), bc1 = 1 - b1^t,
-    bc2 = 1 - b2^t. The first bias correction stays outside atan2 (atan2 is not scale-invariant, so
-    atan2(m / bc1, sqrt(v / bc2)) would be a different update over the first steps). Eps-free."""
+class _Atan2Adam(torch.optim.Optimizer):
+    """The loop both atan2 variants share: per parameter with a gradient, the step count and the first moment,
+    coupled weight decay (p <- p (1 - lr wd)), then the variant's second moment and update (`_update`)."""
 
     def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.95), weight_decay: float = 0.1):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
@@ -33,16 +31,26 @@ class AdamATan2(torch.optim.Optimizer):
                     st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 st["step"] += 1
-                t = st["step"].item()
-                m, v = st["exp_avg"], st["exp_avg_sq"]
-                m.lerp_(p.grad, 1 - b1)
-                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+                st["exp_avg"].lerp_(p.grad, 1 - b1)
                 p.mul_(1 - lr * wd)
-                p.add_(torch.atan2(m, v.sqrt() / math.sqrt(bc2)), alpha=-lr / bc1)
+                self._update(p, st["exp_avg"], st["exp_avg_sq"], st["step"].item(), lr, b1, b2)
+
+    def _update(self, p, m, v, t: float, lr: float, b1: float, b2: float) -> None:
+        raise NotImplementedError
 
 
-class AdamAtan2Pytorch(torch.optim.Optimizer):
+class AdamATan2(_Atan2Adam):
+    """Adam with atan2 in place of m / (sqrt(v) + eps) (Everett et al. 2024), exactly as the official `adam-atan2`
+    CUDA kernel: p <- p (1 - lr wd); p <- p - (lr / bc1) atan2(m, sqrt(v) / sqrt(bc2)), bc1 = 1 - b1^t,
+    bc2 = 1 - b2^t. The first bias correction stays outside atan2 (atan2 is not scale-invariant, so
+    atan2(m / bc1, sqrt(v / bc2)) would be a different update over the first steps). Eps-free."""
+
+    def _update(self, p, m, v, t, lr, b1, b2):
+        v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+        p.add_(torch.atan2(m, v.sqrt() / math.sqrt(1 - b2 ** t)), alpha=-lr / (1 - b1 ** t))
+
+
+class AdamAtan2Pytorch(_Atan2Adam):
     """`adam_atan2_pytorch.AdamAtan2` 0.2.4 (lucidrains/adam-atan2-pytorch), the trunk optimiser of NVARC's TRM
     (1ytic/NVARC TRM/eval-arc-k-10.py, pinned in TRM/README.md), at the defaults NVARC kept (a = 1.27, b = 1,
     coupled weight decay, no cautious or regenerative terms): p <- p (1 - lr wd); then
@@ -51,31 +59,10 @@ class AdamAtan2Pytorch(torch.optim.Optimizer):
 
     A = 1.27
 
-    def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.95), weight_decay: float = 0.1):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            lr, wd = group["lr"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if wd > 0:
-                    p.mul_(1 - lr * wd)
-                st = self.state[p]
-                if not st:
-                    st["step"] = torch.zeros((), dtype=torch.float32)
-                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                st["step"] += 1
-                t = st["step"].item()
-                m, v = st["exp_avg"], st["exp_avg_sq"]
-                m.lerp_(p.grad, 1 - b1)
-                v.lerp_(p.grad * p.grad, 1 - b2)
-                den = v.mul(1 / (1 - b2 ** t)).sqrt_()
-                p.add_(m.mul(1 / (1 - b1 ** t)).atan2_(den), alpha=-lr * self.A)
+    def _update(self, p, m, v, t, lr, b1, b2):
+        v.lerp_(p.grad * p.grad, 1 - b2)
+        den = v.mul(1 / (1 - b2 ** t)).sqrt_()
+        p.add_(m.mul(1 / (1 - b1 ** t)).atan2_(den), alpha=-lr * self.A)
 
 
 MUON_PREFIX = "blocks."
