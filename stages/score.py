@@ -26,7 +26,7 @@ from pathlib import Path
 from pipeline.layout import Checkpoint
 from pipeline.overlap import scored_set_overlap
 from pipeline.data.sources import load_kaggle
-from pipeline.data.tasks import DataError, read_json
+from pipeline.data.tasks import DataError, read_json, read_task_map
 from stages._cli import run
 from submission.report import compare, pl, score_submission, summary, write_report
 
@@ -45,13 +45,6 @@ def parse_args(argv=None):
     if args.report and pl is None:
         p.error("--report needs polars, which is not installed here (the score itself does not)")
     return args
-
-
-def read_object(path: str, what: str) -> dict:
-    obj = read_json(Path(path))
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a JSON object of task ids ({what})")
-    return obj
 
 
 def curves_of(run_dir: str) -> Path | None:
@@ -85,20 +78,20 @@ def overlap_check(ckpt: str, solutions_path: str, challenges_path: Path, solutio
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    solutions = read_object(args.solutions, "solutions")
-    submission = read_object(args.submission, "submission")
+    solutions = read_task_map(args.solutions, "their test outputs")
+    submission = read_task_map(args.submission, "attempts")
     rows = score_submission(solutions, submission)
     result = {**summary(rows), "per_task": rows}
     comparison = None
     if args.compare:
-        comparison = compare(rows, score_submission(solutions, read_object(args.compare, "submission to compare")))
+        comparison = compare(rows, score_submission(solutions, read_task_map(args.compare, "attempts")))
         comparison["other_name"] = args.compare
         result.update({"other_score": comparison["other_score"], "gained": [t for t, _, _ in comparison["gained"]],
                        "lost": [t for t, _, _ in comparison["lost"]]})
     ch_path = Path(args.challenges or str(args.solutions).replace("_solutions.json", "_challenges.json"))
     print(f"score {result['score']:.4f} ({result['solved_tasks']}/{result['tasks']} tasks solved)", file=sys.stderr)
     if args.report:
-        challenges = read_json(ch_path) if ch_path.exists() else None
+        challenges = read_task_map(ch_path) if ch_path.exists() else None
         det_path = Path(str(args.submission) + ".details.json")
         details = read_json(det_path) if det_path.exists() else {}
         curves = curves_of(args.run) if args.run else None

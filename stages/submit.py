@@ -98,7 +98,7 @@ def fallback_first(argv=None):
     """Parse, find and read the challenges, and (rank 0) write the all-fallback submission, importing nothing
     heavy: a valid file is on disk even if importing torch fails. Returns (args, challenges path)."""
     from pipeline.data.kaggle_input import count_inputs, find_test_challenges
-    from pipeline.data.tasks import read_challenges, write_json_atomic
+    from pipeline.data.tasks import read_task_map, write_json_atomic
     from submission.format import build_submission
 
     args = parse_args(argv)
@@ -106,7 +106,7 @@ def fallback_first(argv=None):
         path, how = Path(args.challenges), "--challenges"
     else:
         path, how = find_test_challenges(args.kaggle_root)
-    challenges = read_challenges(path)
+    challenges = read_task_map(path)
     tasks, inputs = count_inputs(challenges)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"challenges: {path} ({how}): {tasks} tasks, {inputs} test inputs", flush=True)

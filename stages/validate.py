@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.data.tasks import read_json
+from pipeline.data.tasks import read_json, read_task_map
 from stages._cli import run
 from submission.format import submission_problems
 
@@ -22,7 +22,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    problems = submission_problems(read_json(args.challenges), read_json(args.submission))
+    problems = submission_problems(read_task_map(args.challenges), read_json(args.submission))
     for line in problems:
         print(line, file=sys.stderr)
     if problems:

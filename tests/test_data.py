@@ -297,3 +297,20 @@ def test_id_tables_survive_a_checkpoint_round_trip(packed, tmp_path):
         for t in (0, packed.num_tasks - 1):
             for a, b in zip(ids.views(t, 30, np.random.default_rng(1)), again.views(t, 30, np.random.default_rng(1))):
                 np.testing.assert_array_equal(a, b)
+
+
+def test_every_file_keyed_by_task_id_that_is_not_an_object_is_one_line_naming_it(tmp_path):
+    """Challenges, solutions and submissions are read by one reader (pipeline.data.tasks.read_task_map): a JSON
+    list instead of an object is exit 2 with one line naming the file, in every stage that reads one."""
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"t": {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[1]]}]}}))
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    for argv in (["stages.score", "--solutions", bad, "--submission", good],
+                 ["stages.score", "--solutions", good, "--submission", bad],
+                 ["stages.validate", "--challenges", bad, "--submission", good],
+                 ["stages.data", "check", bad]):
+        r = subprocess.run([sys.executable, "-m", *map(str, argv)], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and f"{bad}: expected a JSON object" in lines[0], (argv, r.stderr)

@@ -31,7 +31,7 @@ from pipeline.data.official_build import load_official_build
 from pipeline.data.packed import PackedPart, PackedTasks, concat_packed, pack_tasks, unpack_tasks
 from pipeline.data.pairs import load_pairs
 from pipeline.data.synthetic import synthetic_tasks
-from pipeline.data.tasks import DataError, Task, TaskProblem, parse_task, read_json, task_problems
+from pipeline.data.tasks import DataError, Task, TaskProblem, parse_task, read_json, read_task_map, task_problems
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,6 @@ class LoadResult:
 def entries_to_tasks(entries: dict, solutions: dict | None, source: str, train_on_test: bool) -> LoadResult:
     """Validate and parse {task_id: challenge} (and its solutions); invalid tasks become problems."""
     res = LoadResult()
-    if not isinstance(entries, dict):
-        raise DataError(f"{source}: expected a JSON object mapping task ids to tasks")
     for task_id, obj in entries.items():
         sol = solutions.get(task_id) if solutions is not None else None
         if solutions is not None and sol is None:
@@ -99,8 +97,8 @@ def load_kaggle(challenges: Path, solutions: Path | None = None, train_on_test: 
     if solutions is None:
         sibling = challenges.with_name(challenges.name.replace("_challenges.json", "_solutions.json"))
         solutions = sibling if sibling != challenges and sibling.exists() else None
-    sols = read_json(solutions) if solutions else None
-    return entries_to_tasks(read_json(challenges), sols, challenges.name, train_on_test)
+    sols = read_task_map(solutions, "their test outputs") if solutions else None
+    return entries_to_tasks(read_task_map(challenges), sols, challenges.name, train_on_test)
 
 
 def load_folder(folder: Path, train_on_test: bool = True) -> LoadResult:

@@ -162,12 +162,12 @@ def read_json(path: Path):
         raise DataError(f"{path}: not valid JSON at line {e.lineno} column {e.colno} (char {e.pos}): {e.msg}") from e
 
 
-def read_challenges(path: str | Path) -> dict:
-    """A challenges file as read, {task id: task}: the writer must cover every id in it (its tasks are validated
-    apart, entries_to_tasks)."""
+def read_task_map(path: str | Path, what: str = "tasks") -> dict:
+    """A JSON file keyed by task id (a challenges file: {task id: task}; solutions; a submission) as read; not an
+    object is a DataError naming the file. A challenges file's tasks are validated apart (entries_to_tasks)."""
     raw = read_json(Path(path))
     if not isinstance(raw, dict):
-        raise DataError(f"{path}: expected a JSON object mapping task ids to tasks")
+        raise DataError(f"{path}: expected a JSON object mapping task ids to {what}")
     return raw
 
 

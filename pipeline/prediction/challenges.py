@@ -28,7 +28,7 @@ from pipeline.layout import Checkpoint, CheckpointError
 from pipeline.runtime import Runtime, break_group, compile_model
 from pipeline.data.packed import pack_tasks
 from pipeline.data.sources import LoadResult, entries_to_tasks
-from pipeline.data.tasks import read_challenges, write_json_atomic
+from pipeline.data.tasks import read_task_map, write_json_atomic
 from submission.format import build_submission
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ MODEL_ERRORS = (RuntimeError, ValueError, torch.cuda.OutOfMemoryError)
 
 def load_challenges(path: str | Path) -> tuple[dict, LoadResult]:
     """The raw challenges (the writer must cover every id in them) and the valid tasks (for the model)."""
-    challenges = read_challenges(path)
+    challenges = read_task_map(path)
     valid = entries_to_tasks(challenges, None, Path(path).name, train_on_test=False)
     for q in valid.problems:
         log.warning("invalid task, fallback used: %s", q)
