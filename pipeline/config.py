@@ -320,7 +320,8 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in fields:
-            raise ConfigError(f"unknown config key '{path}' (known: {', '.join(sorted(fields))})")
+            why = _where_it_went(path) or f"known: {', '.join(sorted(fields))}"
+            raise ConfigError(f"unknown config key '{path}' ({why})")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = from_dict(tp, value, path)
@@ -386,8 +387,19 @@ def read_yaml(path: str | Path) -> dict:
 MOVED = {("model", "crop"): ("compute", "crop"), ("model", "crop_groups"): ("compute", "crop_groups"),
          ("train", "compile"): ("compute", "compile")}
 """Keys a checkpoint's config.yaml of an older shape holds elsewhere: old place -> today's."""
-MERGED = (("predict", "compile"), ("predict", "seed"), ("predict", "max_offset"))
-"""Keys of an older shape that became another setting (compute.compile, seed, data.max_offset): dropped."""
+MERGED = {("predict", "compile"): "compute.compile", ("predict", "seed"): "seed",
+          ("predict", "max_offset"): "data.max_offset"}
+"""Keys of an older shape that became another setting (the value): dropped from a saved config."""
+
+
+def _where_it_went(path: str) -> str | None:
+    """For a key of an older shape (an old --set, an old preset): the setting it became."""
+    old = tuple(path.split(".", 1))
+    if old in MOVED:
+        return "it is now " + ".".join(MOVED[old])
+    if old in MERGED:
+        return f"it is one setting now: {MERGED[old]}"
+    return None
 
 
 def upgrade_saved(saved: dict) -> dict:

@@ -73,8 +73,10 @@ def test_a_checkpoint_config_of_the_old_shape_still_loads(tmp_path):
     cfg = Checkpoint.open(tmp_path).config
     assert (cfg.compute.crop, cfg.compute.crop_groups, cfg.compute.compile) == (True, 4, False)
     assert cfg.model.seq_len == 25 and cfg.data.max_offset == 0 and cfg.seed == 0
-    with pytest.raises(ConfigError, match="unknown config key 'model.crop'"):
-        load_config("configs/demo_cpu.yaml", ["model.crop=true"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.crop' \(it is now compute.crop\)"):
+        load_config("configs/demo_cpu.yaml", ["model.crop=true"])  # an old override says where the setting went
+    with pytest.raises(ConfigError, match=r"'predict.max_offset' \(it is one setting now: data.max_offset\)"):
+        load_config("configs/demo_cpu.yaml", ["predict.max_offset=1"])
 
 
 def test_seq_len_is_derived_from_the_canvas():
