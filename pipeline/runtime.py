@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 import threading
 from dataclasses import dataclass
 
@@ -105,8 +106,6 @@ def ensure_process_group(rt: Runtime) -> None:
     """A process group even for one process (DeepSpeed needs one): a single-rank group on a free local port."""
     if dist.is_initialized():
         return
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from pipeline.nn.model import new_task_row
 from pipeline.data.official_build import BLANK, parse_name
@@ -48,8 +49,6 @@ class OfficialImportError(ValueError):
 def read_official(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)

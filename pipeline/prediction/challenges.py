@@ -14,11 +14,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from pipeline.checkpoint import LoadedModel, load_for_prediction
 from pipeline.computation import describe
@@ -114,8 +116,6 @@ def predict_challenges(loaded: LoadedModel, res: LoadResult, opts: PredictOption
         model = compile_model(loaded.model, loaded.model)
     bar = None
     if rt.is_main and show_progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(rows), desc="predict", unit="input", dynamic_ncols=True, mininterval=1.0)
     t0, views_done = time.perf_counter(), [0]
 
@@ -224,8 +224,6 @@ def predict_per_task_runs(runs: dict[str, Path], base: str | Path | None, res: L
 def summary_line(sub: dict, run: HiddenRun) -> str:
     """One line: test inputs in the submission, how many the model predicted, and the fallbacks by reason
     (inputs of tasks that failed validation count as `invalid task`)."""
-    from collections import Counter
-
     predicted = {(r.task_id, r.test_index) for r in run.results if r.attempts}
     reasons = Counter(run.fallbacks.get((task, j), "invalid task") for task, entries in sub.items()
                       for j in range(len(entries)) if (task, j) not in predicted)

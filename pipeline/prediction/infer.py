@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from kernels.inverse import decode_view, hash_views
 from kernels.vote import vote_topk
@@ -294,8 +295,6 @@ def evaluate_heldout(model, packed: PackedTasks, ids: PuzzleIdScheme, opts: Pred
     log.info("held-out evaluation: %d test inputs x %d views (data.eval_inputs=-1 turns it off)", len(rows), cfg.augs)
     bar = None
     if show_progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(rows), desc="eval", unit="input", dynamic_ncols=True, mininterval=1.0)
     was_training = model.training
     model.eval()
