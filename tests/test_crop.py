@@ -10,10 +10,10 @@ import torch.nn.functional as F
 import pipeline.nn.model as model_mod
 from pipeline.nn.act import IGNORE, empty_carry, supervision_step, token_ce
 from pipeline.config import ComputeConfig, DataConfig, ModelConfig, PredictConfig
-from pipeline.nn.crop import by_size, own_rectangles, rect_crop, size_groups, step_crop, used_extents, view_extents
+from pipeline.nn.crop import Crop, by_size, own_rectangles, rect_crop, size_groups, step_crop, used_extents, view_extents
 from pipeline.data.encode import encode, last_offset
 from pipeline.prediction.infer import PredictOptions, PredictTasks, ViewSpec, make_views, predict_tests
-from pipeline.nn.model import TRM, Crop
+from pipeline.nn.model import TRM
 from pipeline.data.packed import pack_tasks, task_sides
 from pipeline.data.puzzle_ids import PerTaskIds
 from pipeline.data.sampler import Sampler
