@@ -198,10 +198,14 @@ class Trainer:
         self.local_batch = self.cfg.global_batch // rt.world_size
         self.step, self.carry, self.best_metric, self.skipped = 0, None, None, 0
         self.saved: Checkpoint | None = None  # the last checkpoint this run saved (rank 0)
+        self.parts: TrainParts | None = None  # built by prepare()
 
     def prepare(self) -> None:
-        """Build the parts (pipeline/training/build.py) and continue from the run folder's latest checkpoint, if any."""
-        parts = self.setup()
+        """Build the parts (pipeline/training/build.py) and continue from the run folder's latest checkpoint, if any.
+        Once: fit() calls it, and so does whoever steps the trainer before (the submit calibration, the benches)."""
+        if self.parts is not None:
+            return
+        self.parts = parts = self.setup()
         self.trained, self.checkpoints = parts.trained, parts.checkpoints
         self.params, self.ema = parts.trained.params, parts.trained.ema
         self.wrapped, self.engine, self.opt = parts.par.module, parts.par.engine, parts.par.opt
@@ -349,7 +353,7 @@ class Trainer:
         c, out, metric = self.cfg, None, None
         eval_due = (c.eval_every and self.step % c.eval_every == 0) or self.step == c.steps
         if self.eval_fn is not None and eval_due and stopped != "deadline":
-            out = self._evaluate()
+            out = self.evaluate()
             metric = out.get("eval/pass@2")
             if metric is not None and (self.best_metric is None or metric > self.best_metric):
                 self.best_metric = metric
@@ -372,7 +376,8 @@ class Trainer:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def _evaluate(self) -> dict:
+    def evaluate(self) -> dict:
+        """The held-out evaluation (eval_fn) with the EMA weights on rank 0, logged; every rank gets its metrics."""
         out: dict = {}
         if self.rt.is_main:
             with ema_weights(self.model, self.ema):
