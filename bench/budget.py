@@ -55,7 +55,7 @@ from pipeline.runtime import init_runtime
 from pipeline.data.puzzle_ids import PerTaskIds
 from pipeline.data.sources import load_source
 from pipeline.training.train import PEAK_BF16_FLOPS
-from pipeline.training.ttt import ttt_config, ttt_config_over
+from pipeline.training.ttt import ttt_config, ttt_config_over, ttt_dataset
 
 H100_TRAIN_SAMPLES_S = 887.0  # official TRM, one H100, ARC config, batch 192, bf16 (BENCHMARKS.md anchor)
 H100_PUZZLES_S = 95.0  # official TRM, one H100, 16 steps, batch 768 (BENCHMARKS.md anchor)
@@ -105,8 +105,8 @@ def measure(args, tmp: Path) -> dict:
             "train.progress=false"]
     cfg = ttt_config(ckpt, args.ttt_config, sets, tmp / "ttt")
     tasks = hidden_tasks(args.tasks)
-    startup, step_s, save_s = calibrate_ttt(cfg, rt, tasks, tmp / "calibration", warmup=1, steps=args.measure_steps,
-                                            warm=ckpt)
+    startup, step_s, save_s = calibrate_ttt(cfg, rt, lambda: ttt_dataset(cfg, tasks, ckpt), tmp / "calibration",
+                                            warmup=1, steps=args.measure_steps, warm=ckpt)
     loaded = load_for_prediction(ckpt, rt.device, overrides=model_overrides(cfg))  # as stages.submit times it
     p_startup, view_s = calibrate_predict(loaded, tasks, PredictOptions.of(cfg, rt), rt,
                                           inputs=min(4, args.measure_views))

@@ -35,10 +35,10 @@ import torch
 
 from bench.common import emit
 from pipeline.config import ComputeConfig, ModelConfig
-from pipeline.nn.crop import own_rectangles, size_groups, view_extents
-from pipeline.data.encode import view_sizes
+from pipeline.nn.crop import Crop, own_rectangles, size_groups, view_extents
+from kernels import view_sizes
 from pipeline.prediction.infer import answer_bound
-from pipeline.nn.model import TRM, Crop
+from pipeline.nn.model import TRM
 from pipeline.data.packed import pack_tasks, task_sides
 from pipeline.data.sources import load_source
 

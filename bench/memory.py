@@ -90,7 +90,7 @@ def measure(rss: RssSampler, trainer, steps: int) -> dict:
             trainer.train_step()
     if trainer.eval_fn is not None:
         with rss.phase("eval"):
-            metrics = trainer._evaluate()
+            metrics = trainer.evaluate()
     with rss.phase("save"):
         trainer.save()
     return metrics

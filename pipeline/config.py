@@ -238,6 +238,8 @@ class TrainConfig:
                              "matrices Muon orthogonalises)")
         if self.optimizer == "muon" and (self.lr <= 0 or self.muon_lr < 0):
             raise ValueError("train.optimizer=muon needs train.lr > 0 (train.muon_lr, >= 0, is kept relative to it)")
+        if self.engine == "deepspeed" and self.trainable != "all":
+            raise ValueError(f"train.trainable={self.trainable} runs on the DDP engine only (train.engine=ddp)")
 
 @dataclass(kw_only=True)
 class PredictConfig:

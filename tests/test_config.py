@@ -1,4 +1,6 @@
 """Config loading: defaults < YAML < overrides; unknown keys and wrong types are errors."""
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,16 @@ def test_overrides_win_and_parse_types():
 def test_bad_keys_and_values_are_rejected_at_load(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("configs/demo_cpu.yaml", [override])
+
+
+def test_a_partial_trainable_set_on_deepspeed_is_one_line_at_load(tmp_path):
+    """train.trainable other than all runs on DDP only: refused when the config loads (exit 2, one line), not by a
+    traceback from the run's builder."""
+    r = subprocess.run([sys.executable, "-m", "stages.pretrain", "--config", "configs/demo_cpu.yaml", "--set",
+                        f"run_dir={tmp_path}", "train.engine=deepspeed", "train.trainable=lora"],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "train.trainable=lora runs on the DDP engine only" in r.stderr
 
 
 def test_seq_len_must_match_canvas():

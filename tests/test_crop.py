@@ -10,10 +10,10 @@ import torch.nn.functional as F
 import pipeline.nn.model as model_mod
 from pipeline.nn.act import IGNORE, empty_carry, supervision_step, token_ce
 from pipeline.config import ComputeConfig, DataConfig, ModelConfig, PredictConfig
-from pipeline.nn.crop import by_size, own_rectangles, rect_crop, size_groups, step_crop, used_extents, view_extents
+from pipeline.nn.crop import Crop, by_size, own_rectangles, rect_crop, size_groups, step_crop, used_extents, view_extents
 from pipeline.data.encode import encode, last_offset
 from pipeline.prediction.infer import PredictOptions, PredictTasks, ViewSpec, make_views, predict_tests
-from pipeline.nn.model import TRM, Crop
+from pipeline.nn.model import TRM
 from pipeline.data.packed import pack_tasks, task_sides
 from pipeline.data.puzzle_ids import PerTaskIds
 from pipeline.data.sampler import Sampler
@@ -294,6 +294,7 @@ def test_the_submit_calibration_times_every_size_bucket_under_crop(tmp_path, mon
     """Under crop a TTT step costs what its size bucket costs, so the planner's step time is the mean over
     buckets, each timed with every slot from it."""
     from pipeline.submit.calibration import calibrate_ttt
+    from pipeline.training.ttt import ttt_dataset
     from pipeline.config import load_config
     from pipeline.runtime import init_runtime
     from conftest import ROOT
@@ -313,7 +314,8 @@ def test_the_submit_calibration_times_every_size_bucket_under_crop(tmp_path, mon
     monkeypatch.setattr(TRM, "forward", spy)
     real_bucket = Sampler.bucket_at
     monkeypatch.setattr(Sampler, "bucket_at", lambda self, step: (pins.append(self.pinned_bucket), real_bucket(self, step))[1])
-    startup, step_s, save_s = calibrate_ttt(cfg, init_runtime("cpu", "float32", 0), tasks, tmp_path / "cal", steps=2)
+    startup, step_s, save_s = calibrate_ttt(cfg, init_runtime("cpu", "float32", 0), lambda: ttt_dataset(cfg, tasks, None),
+                                            tmp_path / "cal", steps=2)
     assert step_s > 0 and startup >= 0 and save_s > 0
     assert {0, 1} <= set(pins)
     areas = [64 if k is None else len(k.keep) - 1 for k in crops]

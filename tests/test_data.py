@@ -8,7 +8,8 @@ import pytest
 
 from conftest import ARC, ROOT, needs_shared_arc
 from pipeline.data.packed import pack_tasks
-from pipeline.data.puzzle_ids import PerAugmentationIds, PerTaskIds
+from pipeline.data.puzzle_ids import PerTaskIds
+from pipeline.data.versions import per_augmentation_ids
 from pipeline.data.sampler import DataConfig, Sampler
 from pipeline.data.sources import load_source, load_sources, mix_parts, source_label
 from pipeline.data.tasks import DataError, Task, task_problems
@@ -177,7 +178,7 @@ def packed():
 
 def test_sampler_is_a_pure_function_of_seed_and_step(packed):
     cfg = DataConfig(sources=["x"], augs_per_task=50)
-    ids = PerAugmentationIds.build(packed, 50, 0)
+    ids = per_augmentation_ids(packed, 50, 0)
     a, b = Sampler(packed, ids, cfg, 32, seed=1), Sampler(packed, ids, cfg, 32, seed=1)
     first = [next(a) for _ in range(5)]
     b.load_state_dict(Sampler(packed, ids, cfg, 32, seed=1).state_dict() | {"step": 3})
@@ -215,7 +216,7 @@ def test_per_augmentation_ids_are_the_original_plus_k_distinct_versions():
     sym = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 1]], np.uint8)  # one colour, symmetric under all 8 dihedrals
     symmetric = Task("symmetric", [(sym, sym)], [sym])
     packed = pack_tasks([plain, symmetric])
-    ids = PerAugmentationIds.build(packed, k=50, seed=0)
+    ids = per_augmentation_ids(packed, k=50, seed=0)
     assert list(ids.counts) == [51, 9]  # the original + 50; the symmetric one-colour task has only 9 versions
     assert ids.num_ids == 61
     pid, d, perms = ids.views(1, 12, rng)
@@ -267,7 +268,7 @@ def test_duplicate_versions_are_judged_as_the_official_builder_does():
     task = Task("rot", [(a, b), (np.rot90(a, 2), np.rot90(b, 2))], [test_in], [np.rot90(b, 1)], train_on_test=False)
     lone = Task("lone", [(a, b)], [test_in])  # a test input without its output pairs with the dummy [[0]]
     packed = pack_tasks([task, lone])
-    ids = PerAugmentationIds.build(packed, k=1000, seed=0)
+    ids = per_augmentation_ids(packed, k=1000, seed=0)
     for t, pairs in enumerate([[(a, b), (np.rot90(a, 2), np.rot90(b, 2)), (test_in, np.rot90(b, 1))],
                                [(a, b), (test_in, np.zeros((1, 1), np.uint8))]]):
         every = _all_official_versions(pairs)
@@ -282,7 +283,7 @@ def test_duplicate_versions_are_judged_as_the_official_builder_does():
 def test_id_table_of_4522001f_matches_the_official_version_count():
     res = load_sources([str(ARC / "arc-agi_training2_challenges.json")], str(ARC))
     (task,) = [t for t in res.tasks if t.id == "4522001f"]
-    ids = PerAugmentationIds.build(pack_tasks([task]), k=1000, seed=0)
+    ids = per_augmentation_ids(pack_tasks([task]), k=1000, seed=0)
     assert list(ids.counts) == [288]  # 576 dihedral x colour maps, half of them only reorder the pairs
 
 
@@ -290,7 +291,7 @@ def test_id_tables_survive_a_checkpoint_round_trip(packed, tmp_path):
     from pipeline.layout import load_arrays, save_arrays
     from pipeline.data.puzzle_ids import id_scheme_from_state
 
-    for ids in (PerAugmentationIds.build(packed, 20, 3), PerTaskIds(packed.num_tasks, True, False)):
+    for ids in (per_augmentation_ids(packed, 20, 3), PerTaskIds(packed.num_tasks, True, False)):
         save_arrays(ids.state_dict(), tmp_path / "ids.safetensors")
         again = id_scheme_from_state(ids.name, load_arrays(tmp_path / "ids.safetensors"))
         assert again.num_ids == ids.num_ids

@@ -25,7 +25,8 @@ from bench.train import rectangles, work
 from conftest import ARC, ROOT, needs_shared_arc
 from pipeline.config import ComputeConfig, ModelConfig, load_config
 from pipeline.nn.crop import rect_crop
-from pipeline.nn.model import TRM, Crop
+from pipeline.nn.crop import Crop
+from pipeline.nn.model import TRM
 from pipeline.data.packed import pack_tasks
 from pipeline.data.puzzle_ids import PerTaskIds
 from pipeline.data.synthetic import synthetic_tasks

@@ -8,7 +8,7 @@ from kernels.dihedral import swaps_axes
 from kernels.inverse import decode_view, hash_views
 from kernels.reference import augment_grid_ref, decode_ref, dihedral_ref, encode_grid_ref, vote_ref
 from kernels.vote import vote_topk
-from pipeline.data.encode import random_perms
+from pipeline.data.puzzle_ids import random_perms
 from pipeline.data.packed import pack_tasks
 from pipeline.data.tasks import Task
 

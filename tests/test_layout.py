@@ -72,6 +72,46 @@ def test_packages_form_few_layers_without_a_cycle():
     assert max(layer(n) for n in graph) <= 8, sorted(depth.items(), key=lambda x: -x[1])
 
 
+MAX_MODULE_LAYERS = 8
+"""The longest import chain among the library's modules (issue 20: "layers <= 8"); it must not grow."""
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Module -> the library modules it imports (kernels, pipeline, submission; a package is its __init__, and
+    `from pipeline import layout` imports pipeline.layout)."""
+    files = {".".join(f.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): f
+             for package in ("kernels", "submission", "pipeline") for f in (ROOT / package).rglob("*.py")}
+    graph = {}
+    for module, f in files.items():
+        names = set()
+        for stmt in ast.walk(ast.parse(f.read_text())):
+            if isinstance(stmt, ast.Import):
+                names |= {a.name for a in stmt.names}
+            elif isinstance(stmt, ast.ImportFrom) and stmt.module and stmt.level == 0:
+                names |= {stmt.module} | {f"{stmt.module}.{a.name}" for a in stmt.names}
+        graph[module] = {n for n in names if n in files and n != module}
+    return graph
+
+
+def longest_chain(graph: dict[str, set[str]]) -> list[str]:
+    chains: dict[str, list[str]] = {}
+
+    def chain(node: str, path: tuple[str, ...] = ()) -> list[str]:
+        assert node not in path, "module import cycle: " + " -> ".join(path + (node,))
+        if node not in chains:
+            chains[node] = [node, *max((chain(d, path + (node,)) for d in sorted(graph[node])), key=len, default=[])]
+        return chains[node]
+
+    return max((chain(n) for n in sorted(graph)), key=len)
+
+
+def test_modules_form_few_layers():
+    """The longest import chain of library modules (today pipeline.submit.submit_flow -> ... -> kernels) has at most
+    MAX_MODULE_LAYERS modules: a new import that deepens it fails here (cut a dependency instead)."""
+    chain = longest_chain(module_graph())
+    assert len(chain) <= MAX_MODULE_LAYERS, " -> ".join(chain)
+
+
 def test_every_stage_has_help():
     import subprocess
     import sys

@@ -9,7 +9,8 @@ import torch
 from conftest import ROOT
 from pipeline.nn.act import empty_carry, predict_stream, supervision_step
 from pipeline.config import RunConfig, load_config
-from pipeline.nn.model import TRM, Crop, ModelConfig, swiglu_width
+from pipeline.nn.crop import Crop
+from pipeline.nn.model import TRM, ModelConfig, swiglu_width
 from pipeline.training.optim import AdamATan2, EMA, lr_at, sign_sgd_rows
 
 SMALL = dict(hidden=32, heads=2, layers=2, h_cycles=2, l_cycles=2, halt_max_steps=3, seq_len=25, puzzle_emb_len=1,

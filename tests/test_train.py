@@ -145,6 +145,21 @@ def test_warm_start_only_when_the_run_has_no_checkpoint_of_its_own(tmp_path):
     assert resolve_checkpoint(dst).name == "step-00000004"
 
 
+def test_prepare_builds_the_parts_once(tmp_path):
+    """The submit calibration and the benches prepare a trainer before they step it, and fit() prepares it too:
+    the warm start, trainable set and parallel wrapping are built once."""
+    from pipeline.config import load_config
+    from pipeline.runtime import init_runtime
+    from pipeline.training.build import build_run
+
+    cfg = load_config(ROOT / "configs" / "demo_cpu.yaml", [f"run_dir={tmp_path}", *TINY, "train.steps=1"])
+    trainer = build_run(cfg, init_runtime("cpu", "float32", 0), eval_fn=None).trainer
+    built, setup = [], trainer.setup
+    trainer.setup = lambda: built.append(setup()) or built[-1]
+    trainer.prepare()
+    assert trainer.fit()["step"] == 1 and len(built) == 1
+
+
 def test_the_end_of_run_evaluation_shows_its_progress_and_can_be_switched_off(tmp_path, capsys):
     """The held-out evaluation at the end of a run (ARC config on CPU: minutes per input) shows a bar of inputs
     done with a time estimate when train.progress is on; data.eval_inputs=-1 removes it, end of run included."""

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.config import DataConfig
 from pipeline.data.packed import PackedPart, PackedTasks, select_tasks, task_max_sides
-from pipeline.data.puzzle_ids import PerAugmentationIds, PerTaskIds, PuzzleIdScheme
-from pipeline.data.sampler import DataConfig
+from pipeline.data.puzzle_ids import PerTaskIds, PuzzleIdScheme
 from pipeline.data.sources import LoadResult, load_sources
+from pipeline.data.versions import per_augmentation_ids
 from pipeline.data.tasks import DataError, Task, TaskProblem
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def build_id_scheme(cfg: DataConfig, packed: PackedTasks, seed: int) -> PuzzleId
     """The puzzle-id scheme data.puzzle_ids names, over these tasks."""
     if cfg.puzzle_ids == "per_task":
         return PerTaskIds(packed.num_tasks, cfg.dihedral, cfg.colour_perm)
-    return PerAugmentationIds.build(packed, cfg.augs_per_task, seed, cfg.dihedral, cfg.colour_perm)
+    return per_augmentation_ids(packed, cfg.augs_per_task, seed, cfg.dihedral, cfg.colour_perm)
 
 
 def check_id_table(cfg: DataConfig, num_tasks: int, emb_ndim: int) -> None:

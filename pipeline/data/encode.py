@@ -1,19 +1,12 @@
-"""Encoding augmented examples onto the token canvas: colour permutations, and a batch of (input, output) pairs
-under dihedral transforms, permutations and translations through the numba encoder (kernels/augment.py)."""
+"""Encoding augmented examples onto the token canvas: a batch of (input, output) pairs under dihedral transforms,
+colour permutations and translations through the numba encoder (kernels/augment.py)."""
 from __future__ import annotations
 
 import numpy as np
 
-from kernels import DIHEDRAL_SWAPS_AXES
+from kernels import view_sizes
 from kernels.augment import encode_pairs
 from pipeline.data.packed import PackedTasks
-
-
-def view_sizes(h, w, dihedral) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cols) of grids of h rows and w columns after their dihedral transforms (rot90, rot270, transpose and
-    anti-transpose swap the two)."""
-    swap = np.asarray(DIHEDRAL_SWAPS_AXES)[dihedral]
-    return np.where(swap, w, h), np.where(swap, h, w)
 
 
 def last_offset(extent, canvas: int, max_offset: int = 0) -> np.ndarray:
@@ -24,14 +17,6 @@ def last_offset(extent, canvas: int, max_offset: int = 0) -> np.ndarray:
     cannot be told from a clipped one and casts no vote (pipeline/prediction/infer.py)."""
     room = np.maximum(canvas - np.asarray(extent), 0)
     return np.minimum(room, max_offset) if max_offset else room
-
-
-def random_perms(rng: np.random.Generator, n: int, enabled: bool = True) -> np.ndarray:
-    """n colour permutations as uint8 [n, 10] lookup tables with 0 fixed."""
-    perms = np.tile(np.arange(10, dtype=np.uint8), (n, 1))
-    if enabled and n:
-        perms[:, 1:] = np.argsort(rng.random((n, 9)), axis=1) + 1
-    return perms
 
 
 def encode(packed: PackedTasks, in_idx, out_idx, dihedral, perms, u_row, u_col, canvas: int) -> dict:

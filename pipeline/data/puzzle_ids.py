@@ -7,9 +7,14 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.data.encode import random_perms
-from pipeline.data.packed import PackedTasks
-from pipeline.data.versions import DUMMY_OUTPUT, VersionHasher, distinct_versions
+
+
+def random_perms(rng: np.random.Generator, n: int, enabled: bool = True) -> np.ndarray:
+    """n colour permutations as uint8 [n, 10] lookup tables with 0 fixed."""
+    perms = np.tile(np.arange(10, dtype=np.uint8), (n, 1))
+    if enabled and n:
+        perms[:, 1:] = np.argsort(rng.random((n, 9)), axis=1) + 1
+    return perms
 
 
 class PuzzleIdScheme(Protocol):
@@ -27,24 +32,13 @@ class PuzzleIdScheme(Protocol):
         """Arrays that rebuild the scheme exactly (saved with every checkpoint)."""
 
 
-def _task_pairs(packed: PackedTasks, t: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Every (input, output) pair of task t as the official builder sees it: demonstrations and test pairs,
-    a test input without a known output paired with the builder's dummy [[0]]."""
-    s, n = packed.task_ex_start[t], packed.task_ex_count[t]
-    pairs = [(packed.grid(i), packed.grid(o)) for i, o in zip(packed.ex_in[s:s + n], packed.ex_out[s:s + n])]
-    for r in np.flatnonzero((packed.test_task == t) & ~packed.test_trainable):  # trainable tests are examples already
-        o = packed.test_out[r]
-        pairs.append((packed.grid(packed.test_in[r]), packed.grid(o) if o >= 0 else DUMMY_OUTPUT))
-    return pairs
-
-
 class PerAugmentationIds:
     """The official scheme: each task's original plus up to K distinct augmentations, each its own id.
 
     Ids go task by task, the original first (view 0 is always the identity), then the augmentations in the
     order they were drawn, as in the official build's identifiers.json. Augmentations that give a task
-    equal to one already kept are dropped exactly as the official builder drops them (pipeline/data/versions.py:
-    same multiset of (input, output) pairs; at most 5K tries). The table is kept in the checkpoint
+    equal to one already kept are dropped exactly as the official builder drops them (built by
+    pipeline/data/versions.py per_augmentation_ids: same multiset of (input, output) pairs; at most 5K tries). The table is kept in the checkpoint
     (state_dict), so prediction never needs the training data to rebuild it; an official identifiers.json
     converts into one (pipeline/nn/official.py)."""
 
@@ -54,27 +48,6 @@ class PerAugmentationIds:
         self.dihedral, self.perms, self.offsets = dihedral.astype(np.int64), perms.astype(np.uint8), offsets.astype(np.int64)
         self.counts = np.diff(self.offsets)
         self.num_ids = 1 + int(self.offsets[-1])
-
-    @classmethod
-    def build(cls, packed: PackedTasks, k: int, seed: int, dihedral: bool = True, colour_perm: bool = True,
-              tries_per_aug: int = 5) -> "PerAugmentationIds":
-        """The original plus up to k distinct augmentations of every task (k = data.augs_per_task)."""
-        rng = np.random.default_rng([seed, 0xA06])
-
-        def draw(n):
-            return rng.integers(0, 8 if dihedral else 1, size=n), random_perms(rng, n, colour_perm)
-
-        tables_d, tables_p = [], []
-        for t in range(packed.num_tasks):
-            if dihedral or colour_perm:
-                d, p = distinct_versions(VersionHasher(_task_pairs(packed, t)), draw, k, tries_per_aug * k)
-            else:  # nothing to draw: the original is the only version
-                d, p = np.zeros(1, np.int64), np.arange(10, dtype=np.uint8)[None, :]
-            tables_d.append(d), tables_p.append(p)
-        offsets = np.concatenate([[0], np.cumsum([len(d) for d in tables_d])])
-        empty_p = np.zeros((0, 10), np.uint8)
-        return cls(np.concatenate(tables_d) if tables_d else np.zeros(0, np.int64),
-                   np.concatenate(tables_p) if tables_p else empty_p, offsets)
 
     def sample(self, tasks, rng):
         idx = self.offsets[tasks] + (rng.random(len(tasks)) * self.counts[tasks]).astype(np.int64)

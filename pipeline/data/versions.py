@@ -1,4 +1,5 @@
-"""Which augmented versions of a task are distinct, judged as the official TRM builder judges them.
+"""Which augmented versions of a task are distinct, judged as the official TRM builder judges them, and the
+`per_augmentation` puzzle-id table built from them (`per_augmentation_ids`).
 
 The official builder (dataset/build_arc_dataset.py) keeps the original task plus up to K augmentations
 (dihedral transform x permutation of colours 1..9), drawing at most 5K random tries and dropping a try
@@ -18,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from kernels.reference import dihedral_ref
+from pipeline.data.packed import PackedTasks
+from pipeline.data.puzzle_ids import PerAugmentationIds, random_perms
 
 _RNG = np.random.default_rng(0x5EED_7A5C)
 _Z = _RNG.integers(0, 2**64, size=(30 * 30, 10), dtype=np.uint64, endpoint=False)
@@ -84,3 +87,35 @@ def distinct_versions(hasher: VersionHasher, draw, k: int, max_tries: int) -> tu
                 new.append(i)
         keep_d.append(cd[new]), keep_p.append(cp[new])
     return np.concatenate(keep_d), np.concatenate(keep_p)
+
+
+def _task_pairs(packed: PackedTasks, t: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every (input, output) pair of task t as the official builder sees it: demonstrations and test pairs,
+    a test input without a known output paired with the builder's dummy [[0]]."""
+    s, n = packed.task_ex_start[t], packed.task_ex_count[t]
+    pairs = [(packed.grid(i), packed.grid(o)) for i, o in zip(packed.ex_in[s:s + n], packed.ex_out[s:s + n])]
+    for r in np.flatnonzero((packed.test_task == t) & ~packed.test_trainable):  # trainable tests are examples already
+        o = packed.test_out[r]
+        pairs.append((packed.grid(packed.test_in[r]), packed.grid(o) if o >= 0 else DUMMY_OUTPUT))
+    return pairs
+
+
+def per_augmentation_ids(packed: PackedTasks, k: int, seed: int, dihedral: bool = True, colour_perm: bool = True,
+                         tries_per_aug: int = 5) -> PerAugmentationIds:
+    """The official table: the original plus up to k distinct augmentations of every task (k = data.augs_per_task)."""
+    rng = np.random.default_rng([seed, 0xA06])
+
+    def draw(n):
+        return rng.integers(0, 8 if dihedral else 1, size=n), random_perms(rng, n, colour_perm)
+
+    tables_d, tables_p = [], []
+    for t in range(packed.num_tasks):
+        if dihedral or colour_perm:
+            d, p = distinct_versions(VersionHasher(_task_pairs(packed, t)), draw, k, tries_per_aug * k)
+        else:  # nothing to draw: the original is the only version
+            d, p = np.zeros(1, np.int64), np.arange(10, dtype=np.uint8)[None, :]
+        tables_d.append(d), tables_p.append(p)
+    offsets = np.concatenate([[0], np.cumsum([len(d) for d in tables_d])])
+    empty_p = np.zeros((0, 10), np.uint8)
+    return PerAugmentationIds(np.concatenate(tables_d) if tables_d else np.zeros(0, np.int64),
+                              np.concatenate(tables_p) if tables_p else empty_p, offsets)

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.nn.crop import rectangle_mask, step_crop, used_extents
-from pipeline.nn.model import TRM, Crop
+from pipeline.nn.crop import Crop, rectangle_mask, step_crop, used_extents
+from pipeline.nn.model import TRM
 
 IGNORE = -100
 

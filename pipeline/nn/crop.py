@@ -9,12 +9,20 @@ the example alone (`step_crop`, `view_crop`). The model keeps every cell's full-
 (pipeline/nn/model.py, TRM.keep_index)."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
-from kernels import PAD
-from pipeline.data.encode import view_sizes
-from pipeline.nn.model import Crop
+from kernels import PAD, view_sizes
+
+
+class Crop(NamedTuple):
+    """What TRM.forward runs under compute.crop (rect_crop, step_crop build it): `keep`, the sequence positions of
+    the canvas rectangle covering the batch (`TRM.keep_index`), and `own` [B, len(keep)], True at the
+    positions of each example's own rectangle and the prefix (None: every example fills the rectangle)."""
+    keep: torch.Tensor
+    own: torch.Tensor | None = None
 
 
 def used_extents(inputs: torch.Tensor, labels: torch.Tensor, canvas: int, ignore: int) -> np.ndarray:

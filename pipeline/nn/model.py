@@ -9,21 +9,13 @@ positions dropped), the halting logit from y at position 0. The numerics follow 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ComputeConfig, ModelConfig
-
-
-class Crop(NamedTuple):
-    """What TRM.forward runs under compute.crop (pipeline/nn/crop.py builds it): `keep`, the sequence positions of
-    the canvas rectangle covering the batch (`TRM.keep_index`), and `own` [B, len(keep)], True at the
-    positions of each example's own rectangle and the prefix (None: every example fills the rectangle)."""
-    keep: torch.Tensor
-    own: torch.Tensor | None = None
+from pipeline.nn.crop import Crop
 
 
 def new_task_row(table: torch.Tensor) -> torch.Tensor:

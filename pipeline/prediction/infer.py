@@ -11,15 +11,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from kernels import view_sizes
 from kernels.inverse import decode_view, hash_views
 from kernels.vote import vote_topk
 from pipeline.nn.act import predict_stream, unwrap
 from pipeline.config import PredictConfig, RunConfig
 from pipeline.nn.crop import by_size, view_extents
-from pipeline.data.encode import encode, last_offset, random_perms, view_sizes
+from pipeline.data.encode import encode, last_offset
 from pipeline.nn.model import new_task_row
 from pipeline.data.packed import PackedTasks
-from pipeline.data.puzzle_ids import PuzzleIdScheme
+from pipeline.data.puzzle_ids import PuzzleIdScheme, random_perms
 from pipeline.runtime import Runtime, autocast_for
 
 log = logging.getLogger(__name__)

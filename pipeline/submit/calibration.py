@@ -16,6 +16,7 @@ import gc
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -25,27 +26,27 @@ from pipeline.submit.budget import Calibration
 from pipeline.training.build import build_run
 from pipeline.checkpoint import LoadedModel
 from pipeline.config import RunConfig
-from pipeline.data.dataset import split_by_canvas
+from pipeline.data.dataset import Dataset, split_by_canvas
 from pipeline.prediction.infer import PredictOptions, PredictTasks, ViewSpec, make_views, model_batch, predict_tests
 from pipeline.layout import Checkpoint
 from pipeline.data.packed import pack_tasks
 from pipeline.runtime import Runtime, compile_model
 from pipeline.data.tasks import Task
-from pipeline.training.ttt import ttt_dataset
 
 
-def calibrate_ttt(cfg: RunConfig, rt: Runtime, tasks: list[Task], folder: Path, warmup: int = 1,
-                  steps: int = 3, warm: Checkpoint | None = None) -> tuple[float, float, float]:
-    """(startup, per step, per save) seconds of this TTT run on these tasks and devices, measured on a
-    throw-away copy of the run in `folder` (removed afterwards), warm-started from `warm` (cfg.train.init_from
-    opened; None: none)."""
+def calibrate_ttt(cfg: RunConfig, rt: Runtime, data: Callable[[], tuple[Dataset, np.ndarray]], folder: Path,
+                  warmup: int = 1, steps: int = 3, warm: Checkpoint | None = None) -> tuple[float, float, float]:
+    """(startup, per step, per save) seconds of this TTT run on these devices, measured on a throw-away copy of
+    the run in `folder` (removed afterwards), warm-started from `warm` (cfg.train.init_from opened; None: none).
+    `data` builds the run's dataset and rows' warm start (pipeline.training.ttt.ttt_dataset over the tasks):
+    the start-up time includes it, as a TTT run's does."""
     _reset_folder(folder, rt)
     # Full steps throughout (embeddings_then_all's frozen steps are cheaper: timing them would under-plan).
     train = dataclasses.replace(cfg.train, progress=False, eval_every=0, freeze_fraction=0.0,
                                 steps=max(cfg.train.steps, warmup + steps + 1))
     cal_cfg = dataclasses.replace(cfg, run_dir=str(folder), train=train)
     t0 = time.perf_counter()
-    data, init_rows = ttt_dataset(cal_cfg, tasks, warm)
+    data, init_rows = data()
     run = build_run(cal_cfg, rt, data, init_rows, eval_fn=None, prefix="calibration", warm=warm)
     trainer = run.trainer
     trainer.prepare()

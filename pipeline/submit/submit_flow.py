@@ -49,7 +49,7 @@ from pipeline.runtime import (Runtime, break_group, init_runtime, set_collective
 from pipeline.data.sources import LoadResult
 from pipeline.data.tasks import DataError, Task, write_json_atomic
 from pipeline.training.train import Stop
-from pipeline.training.ttt import run_ttt, ttt_config, ttt_departures
+from pipeline.training.ttt import run_ttt, ttt_config, ttt_dataset, ttt_departures
 
 log = logging.getLogger("submit")
 TTT_ERRORS = (DataError, CheckpointError, *MODEL_ERRORS)
@@ -396,9 +396,9 @@ def _calibrate(flow: Flow) -> None:
                       batch=model_batch(cfg.predict, flow.rt.device, cfg.model.total_len),
                       max_chunk_views=cfg.predict.chunk_views)
     try:
-        cal.ttt_startup_s, cal.ttt_step_s, cal.ttt_save_s = calibrate_ttt(cfg, flow.rt, flow.valid.tasks,
-                                                                          job.work_dir / "calibration",
-                                                                          warm=flow.pretrained)
+        cal.ttt_startup_s, cal.ttt_step_s, cal.ttt_save_s = calibrate_ttt(
+            cfg, flow.rt, lambda: ttt_dataset(cfg, flow.valid.tasks, flow.pretrained), job.work_dir / "calibration",
+            warm=flow.pretrained)
     except Exception as e:
         if not flow.rt.distributed and not isinstance(e, TTT_ERRORS):
             raise

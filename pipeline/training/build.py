@@ -125,8 +125,6 @@ def build_run(cfg: RunConfig, rt: Runtime, data: Dataset | None = None, init_row
     train.init_from already opened (TTT), else the trainer opens it when it warm-starts."""
     if cfg.train.wandb_project and importlib.util.find_spec("wandb") is None:
         raise ConfigError("train.wandb_project needs the wandb package, which is not installed (pip install wandb)")
-    if cfg.train.engine == "deepspeed" and cfg.train.trainable != "all":
-        raise ValueError(f"train.trainable={cfg.train.trainable} runs on the DDP engine only")
     data = data or build_dataset(cfg.data, cfg.seed, cfg.model.puzzle_emb_ndim)
     log.info("%d tasks (%d skipped as invalid), %d puzzle ids", data.packed.num_tasks, len(data.problems),
              data.ids.num_ids)

@@ -4,7 +4,7 @@ Each optimiser step is one deep-supervision step of TRM over a persistent batch 
 stepped by its optimiser, the puzzle table by sparse sign-SGD, then the EMA. What the loop steps is built
 outside it (pipeline/training/build.py) and handed in: the trainable set, optimiser, EMA and freeze schedule
 (pipeline/training/trainable.py), the DDP / DeepSpeed / compiled wrapping (pipeline/training/parallel.py) and the checkpoint
-save and resume of the whole training state (pipeline/training/train_state.py). `fit(stop)` ends at cfg.steps or
+save and resume of the whole training state (`Checkpoints`: pipeline/training/train_state.py). `fit(stop)` ends at cfg.steps or
 earlier at a step boundary when a `Stop` (step count, wall-clock deadline or a callable) says so, always
 leaving a complete checkpoint.
 """
@@ -15,20 +15,19 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from pipeline.nn.act import IGNORE, empty_carry, supervision_step
+from pipeline.nn.act import IGNORE, Carry, empty_carry, supervision_step
 from pipeline.layout import Checkpoint
 from pipeline.training.metrics import NullSink, plot_curves
 from pipeline.training.optim import EMA, lr_at, sign_sgd_rows
 from pipeline.training.parallel import Parallel
 from pipeline.runtime import Runtime
-from pipeline.training.train_state import LoopState, TrainCheckpoints
 from pipeline.training.trainable import Trainables
 
 log = logging.getLogger(__name__)
@@ -162,12 +161,27 @@ def _progress_bar(total: int, initial: int, desc: str):
     return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, mininterval=1.0)
 
 
+class Checkpoints(Protocol):
+    """The checkpoint save and resume of a run's whole training state (pipeline/training/train_state.py): the
+    Trainer hands it its own state (optimiser steps taken, the ACT carry, the best metric) and takes it back."""
+
+    def latest(self) -> Path | None:
+        """The run folder's latest checkpoint (None: none)."""
+
+    def save(self, step: int, carry: Carry | None, best_metric: float | None,
+             metric: float | None = None) -> Checkpoint | None:
+        """Write a checkpoint of step `step` on every rank; returns it on rank 0 (None on the others)."""
+
+    def resume(self) -> tuple[int, Carry | None, float | None] | None:
+        """Load the latest checkpoint into the run's parts; (step, carry, best metric) to go on from, or None."""
+
+
 @dataclass(frozen=True)
 class TrainParts:
     """What the Trainer steps besides model and sampler, built by pipeline/training/build.py when training begins."""
     trained: Trainables
     par: Parallel
-    checkpoints: TrainCheckpoints
+    checkpoints: Checkpoints
 
 
 class Trainer:
@@ -184,10 +198,14 @@ class Trainer:
         self.local_batch = self.cfg.global_batch // rt.world_size
         self.step, self.carry, self.best_metric, self.skipped = 0, None, None, 0
         self.saved: Checkpoint | None = None  # the last checkpoint this run saved (rank 0)
+        self.parts: TrainParts | None = None  # built by prepare()
 
     def prepare(self) -> None:
-        """Build the parts (pipeline/training/build.py) and continue from the run folder's latest checkpoint, if any."""
-        parts = self.setup()
+        """Build the parts (pipeline/training/build.py) and continue from the run folder's latest checkpoint, if any.
+        Once: fit() calls it, and so does whoever steps the trainer before (the submit calibration, the benches)."""
+        if self.parts is not None:
+            return
+        self.parts = parts = self.setup()
         self.trained, self.checkpoints = parts.trained, parts.checkpoints
         self.params, self.ema = parts.trained.params, parts.trained.ema
         self.wrapped, self.engine, self.opt = parts.par.module, parts.par.engine, parts.par.opt
@@ -195,7 +213,7 @@ class Trainer:
         self.flops, self.peak = self.model.flops_per_step(self.local_batch), peak_flops(self.rt.device)
         loop = self.checkpoints.resume()
         if loop is not None:
-            self.step, self.carry, self.best_metric = loop.step, loop.carry, loop.best_metric
+            self.step, self.carry, self.best_metric = loop
 
     def restart_slots(self) -> None:
         """Drop the ACT carry: the next step fills every slot afresh (the submit calibration, between buckets)."""
@@ -203,7 +221,7 @@ class Trainer:
 
     def save(self, metric: float | None = None) -> Checkpoint | None:
         """Write a checkpoint of this step; returns it on rank 0 (None on the others), and keeps it as `saved`."""
-        self.saved = self.checkpoints.save(LoopState(self.step, self.carry, self.best_metric), metric)
+        self.saved = self.checkpoints.save(self.step, self.carry, self.best_metric, metric)
         return self.saved
 
     # -- one step -------------------------------------------------------------------------------------------
@@ -335,7 +353,7 @@ class Trainer:
         c, out, metric = self.cfg, None, None
         eval_due = (c.eval_every and self.step % c.eval_every == 0) or self.step == c.steps
         if self.eval_fn is not None and eval_due and stopped != "deadline":
-            out = self._evaluate()
+            out = self.evaluate()
             metric = out.get("eval/pass@2")
             if metric is not None and (self.best_metric is None or metric > self.best_metric):
                 self.best_metric = metric
@@ -358,7 +376,8 @@ class Trainer:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def _evaluate(self) -> dict:
+    def evaluate(self) -> dict:
+        """The held-out evaluation (eval_fn) with the EMA weights on rank 0, logged; every rank gets its metrics."""
         out: dict = {}
         if self.rt.is_main:
             with ema_weights(self.model, self.ema):

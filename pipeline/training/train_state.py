@@ -2,12 +2,13 @@
 is pipeline/layout.py's): weights (LoRA adapters merged, and unmerged for resume), EMA, optimiser or
 DeepSpeed engine state, each rank's ACT carry, sampler position, RNG and the loop's step and best metric, so
 that a killed run continues bit-for-bit. A run folder resumes only the run it holds. Built by
-pipeline/training/build.py over the parts it handed the Trainer; the Trainer hands it its `LoopState`."""
+pipeline/training/build.py over the parts it handed the Trainer (pipeline/training/train.py's `Checkpoints`); the
+Trainer hands it its own state and takes back a `LoopState`."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from pipeline.nn.act import Carry
 from pipeline.checkpoint import (CheckpointError, Checkpointer, carry_file, deepspeed_dir, load_tensors, load_weights,
@@ -22,16 +23,17 @@ from pipeline.training.trainable import Trainables
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class LoopState:
-    """The Trainer's own state: optimiser steps taken, the ACT carry (None: every slot refills), best metric."""
+class LoopState(NamedTuple):
+    """The Trainer's own state as a checkpoint holds it: optimiser steps taken, the ACT carry (None: every slot
+    refills), best metric."""
     step: int = 0
     carry: Carry | None = None
     best_metric: float | None = None
 
 
 class TrainCheckpoints:
-    """One run's checkpoints as training state: `save(loop)` on every rank, `resume()` at the start."""
+    """One run's checkpoints as training state (train.py's `Checkpoints`): `save` on every rank, `resume()` at
+    the start."""
 
     def __init__(self, ckpt: Checkpointer, cfg, config_yaml: str, rt: Runtime, *, model, sampler: Sampler,
                  trained: Trainables, par: Parallel, task_ids: list[str], prefix: str):
@@ -42,8 +44,10 @@ class TrainCheckpoints:
     def latest(self) -> Path | None:
         return self.ckpt.latest()
 
-    def save(self, loop: LoopState, metric: float | None = None) -> Checkpoint | None:
+    def save(self, step: int, carry: Carry | None, best_metric: float | None,
+             metric: float | None = None) -> Checkpoint | None:
         """Write a checkpoint of this step; returns it on rank 0 (None on the others)."""
+        loop = LoopState(step, carry, best_metric)
         tmp = self.ckpt.begin(loop.step)
         if self.cfg.train.save_carry and loop.carry is not None:
             save_tensors({k: getattr(loop.carry, k) for k in Carry.__dataclass_fields__},

@@ -32,6 +32,7 @@ from pipeline.data.dataset import Dataset, fit_canvas
 from pipeline.layout import Checkpoint
 from pipeline.data.packed import pack_tasks
 from pipeline.data.puzzle_ids import PerAugmentationIds, PerTaskIds, PuzzleIdScheme
+from pipeline.data.versions import per_augmentation_ids
 from pipeline.runtime import Runtime
 from pipeline.data.sources import LoadResult
 from pipeline.data.tasks import DataError, Task, safe_name, write_json_atomic
@@ -89,7 +90,7 @@ def ttt_ids(cfg: RunConfig, packed, ckpt_task_ids: list[str], ckpt_ids: PuzzleId
         same = isinstance(ckpt_ids, PerTaskIds) or ckpt_ids is None
         rows = [1 + k if k >= 0 and same else -1 for k in known]
         return ids, np.array([-1, *rows], dtype=np.int64)
-    fresh = PerAugmentationIds.build(packed, d.augs_per_task, cfg.seed, d.dihedral, d.colour_perm)
+    fresh = per_augmentation_ids(packed, d.augs_per_task, cfg.seed, d.dihedral, d.colour_perm)
     dih, perms, counts, init = [], [], [], [-1]
     for t, k in enumerate(known):
         if k >= 0 and isinstance(ckpt_ids, PerAugmentationIds):  # a task the checkpoint knows keeps its rows
