@@ -28,7 +28,7 @@ from pipeline.computation import departures, evaluation_base
 from pipeline.config import RunConfig, load_config
 from pipeline.layout import Checkpoint, CheckpointError, list_checkpoints, step_name
 from pipeline.nn.model import TRM, new_task_row
-from pipeline.data.puzzle_ids import PuzzleIdScheme
+from pipeline.data.puzzle_ids import PerTaskIds, PuzzleIdScheme, id_scheme_from_state
 from pipeline.data.tasks import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,24 @@ def write_model_files(folder: Path, *, model_state: dict, config_yaml: str, task
     save_tensors(model_state, folder / layout.MODEL)
     if ema_state is not None:
         save_tensors({k: v for k, v in ema_state.items() if k != "puzzle_emb"}, folder / layout.EMA)
-    layout.write_description(folder, config_yaml, task_ids, ids)
+    layout.write_description(folder, config_yaml, task_ids, ids.name, ids.state_dict())
+
+
+def stored_ids(ckpt: Checkpoint) -> PuzzleIdScheme | None:
+    """The puzzle-id scheme a checkpoint stores, built from its table once; None when it has no table (imported
+    official weights)."""
+    if layout.ID_SCHEME not in ckpt.cache:
+        table = ckpt.id_table()
+        ckpt.cache[layout.ID_SCHEME] = None if table is None else id_scheme_from_state(ckpt.id_scheme_name, table)
+    return ckpt.cache[layout.ID_SCHEME]
+
+
+def prediction_ids(ckpt: Checkpoint) -> PuzzleIdScheme:
+    """The id scheme prediction uses: the stored one, else one id per task (imported official weights)."""
+    ids = stored_ids(ckpt)
+    if ids is not None:
+        return ids
+    return PerTaskIds(len(ckpt.task_ids), ckpt.config.data.dihedral, ckpt.config.data.colour_perm)
 
 
 def write_train_state(folder: Path, state: dict, optim_state: dict | None = None) -> None:
@@ -190,7 +207,7 @@ class LoadedModel:
 
     @property
     def ids(self) -> PuzzleIdScheme:
-        return self.checkpoint.id_scheme()
+        return prediction_ids(self.checkpoint)
 
     @property
     def path(self) -> Path:
@@ -206,7 +223,7 @@ def load_for_prediction(ckpt: Checkpoint, device: torch.device | str = "cpu", us
     checkpoint it descends from (a TTT run's crop, its adaptive halting... and the overrides'); `warm`: that
     checkpoint, when the caller holds it open."""
     cfg = load_config(None, overrides or [], base=evaluation_base(ckpt.config_dict()))
-    if ckpt.ids is None and ckpt.task_ids and cfg.data.puzzle_ids != "per_task":
+    if stored_ids(ckpt) is None and ckpt.task_ids and cfg.data.puzzle_ids != "per_task":
         log.warning("%s has no puzzle-id table: its tasks' augmentation ids cannot be recovered", ckpt.path)
     weights = read_weights(ckpt, use_ema)
     model = TRM(cfg.model, weights["puzzle_emb"].shape[0], cfg.compute)

@@ -1,6 +1,7 @@
 """The one place that knows the file names inside a run folder and a checkpoint folder, and `Checkpoint`: a
 checkpoint opened once, without torch (its folder, config, task table, puzzle-id scheme, step and meta).
-Weights load on demand through pipeline/checkpoint.py, which takes a `Checkpoint`.
+Weights, the model and the puzzle-id scheme load on demand through pipeline/checkpoint.py, which takes a
+`Checkpoint`.
 
 `RUN/ckpt/step-00000500/` holds
 
@@ -31,7 +32,6 @@ from safetensors.numpy import load_file as load_arrays_file
 from safetensors.numpy import save_file as save_arrays_file
 
 from pipeline.config import RunConfig, load_config, read_yaml, to_dict
-from pipeline.data.puzzle_ids import PerTaskIds, PuzzleIdScheme, id_scheme_from_state
 
 log = logging.getLogger(__name__)
 
@@ -124,19 +124,27 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
     return load_arrays_file(str(path))
 
 
-def write_description(folder: Path, config_yaml: str, task_ids: list[str], ids: PuzzleIdScheme) -> None:
-    """What a checkpoint says about its weights: the resolved config, the task order and the id table."""
+def write_description(folder: Path, config_yaml: str, task_ids: list[str], id_scheme_name: str,
+                      id_table: dict[str, np.ndarray]) -> None:
+    """What a checkpoint says about its weights: the resolved config, the task order and the puzzle-id scheme
+    (its name and table: a scheme's state_dict)."""
     (folder / CONFIG).write_text(config_yaml)
-    (folder / TASKS).write_text(json.dumps({"task_ids": list(task_ids), "puzzle_ids": ids.name}))
-    save_arrays(ids.state_dict(), folder / PUZZLE_IDS)
+    (folder / TASKS).write_text(json.dumps({"task_ids": list(task_ids), "puzzle_ids": id_scheme_name}))
+    save_arrays(id_table, folder / PUZZLE_IDS)
+
+
+ID_TABLE, ID_SCHEME = "id_table", "ids"
+"""Keys of a Checkpoint's `cache`: the stored id table as read, and the id scheme built from it (or the one a
+run saved: Checkpoint.saved; pipeline/checkpoint.py stored_ids builds and keeps it)."""
 
 
 @dataclass(eq=False)
 class Checkpoint:
     """A complete checkpoint folder, opened once: its config (as trained, in today's shape), task order, meta
-    (step, time, git) and, read when first asked for, its puzzle-id scheme (None for imported weights without
-    a table). Torch-free; pipeline/checkpoint.py loads its weights and model on demand. What is read later is
-    kept in `cache`, so each file is read once."""
+    (step, time, git), its puzzle-id scheme's name and, read when first asked for, that scheme's table (None
+    for imported weights without one). Torch-free; pipeline/checkpoint.py builds the id scheme from the table
+    (stored_ids, prediction_ids) and loads the weights and model on demand. What is read later is kept in
+    `cache`, so each file is read once."""
     path: Path
     config: RunConfig
     task_ids: list[str]
@@ -158,13 +166,18 @@ class Checkpoint:
             raise CheckpointError(f"{folder}: incomplete checkpoint ({e})") from e
         return cls(folder, config, task_ids, meta, tasks.get("puzzle_ids", "per_augmentation"))
 
-    @property
-    def ids(self) -> PuzzleIdScheme | None:
-        """The stored puzzle-id scheme, None when the folder has no table (imported official weights)."""
-        if "ids" not in self.cache:
-            state = read_puzzle_ids(self.path)
-            self.cache["ids"] = id_scheme_from_state(self.id_scheme_name, state) if state is not None else None
-        return self.cache["ids"]
+    @classmethod
+    def saved(cls, path: Path, config: RunConfig, task_ids: list[str], meta: dict, ids) -> Checkpoint:
+        """A checkpoint a run has just written, from what the run holds (nothing is read back): `ids` is the
+        run's puzzle-id scheme (a data.puzzle_ids.PuzzleIdScheme), kept as the checkpoint's stored one."""
+        return cls(Path(path), config, list(task_ids), meta, ids.name, cache={ID_SCHEME: ids})
+
+    def id_table(self) -> dict[str, np.ndarray] | None:
+        """The stored puzzle-id scheme's table (its state_dict), None when the folder has none (imported
+        official weights)."""
+        if ID_TABLE not in self.cache:
+            self.cache[ID_TABLE] = read_puzzle_ids(self.path)
+        return self.cache[ID_TABLE]
 
     def __str__(self) -> str:
         return str(self.path)
@@ -207,9 +220,3 @@ class Checkpoint:
                     break
             self.cache["trained"] = cfg
         return self.cache["trained"]
-
-    def id_scheme(self) -> PuzzleIdScheme:
-        """The id scheme prediction uses: the stored table, else one id per task (imported official weights)."""
-        if self.ids is not None:
-            return self.ids
-        return PerTaskIds(len(self.task_ids), self.config.data.dihedral, self.config.data.colour_perm)

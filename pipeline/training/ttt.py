@@ -26,6 +26,7 @@ import numpy as np
 
 from pipeline import layout
 from pipeline.training.build import build_run
+from pipeline.checkpoint import stored_ids
 from pipeline.computation import departures, describe, with_official_evaluation
 from pipeline.config import RunConfig, load_config, to_dict
 from pipeline.data.dataset import Dataset, fit_canvas
@@ -112,7 +113,7 @@ def ttt_dataset(cfg: RunConfig, tasks: list[Task], warm: Checkpoint | None, hold
     if not res.tasks:
         raise DataError("no hidden task fits the model's canvas: nothing to train on")
     packed = pack_tasks(res.tasks)
-    ckpt_task_ids, ckpt_ids = (warm.task_ids, warm.ids) if warm is not None else ([], None)
+    ckpt_task_ids, ckpt_ids = (warm.task_ids, stored_ids(warm)) if warm is not None else ([], None)
     ids, init_rows = ttt_ids(cfg, packed, ckpt_task_ids, ckpt_ids)
     known = sum(tid in set(ckpt_task_ids) for tid in packed.task_ids)
     log.info("TTT on %d tasks (%d known to the checkpoint keep their rows), %d demonstrations, %d puzzle ids, "
