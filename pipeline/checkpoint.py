@@ -176,12 +176,12 @@ def write_weights_checkpoint(out: str | Path, *, model_state: dict, config_yaml:
     """A complete weights-only checkpoint folder at `out` (official imports, exported runs), written to
     `out.tmp` and renamed, meta.json last; returned opened."""
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = layout.tmp_folder(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write_model_files(tmp, model_state=model_state, config_yaml=config_yaml, task_ids=task_ids, ids=ids)
     (tmp / layout.META).write_text(json.dumps({"step": 0, "time": time.time(), "git": git_sha(), **meta}, indent=1))
-    old = out.with_name(out.name + ".old")
+    old = layout.old_folder(out)
     if out.exists():  # moved aside, not deleted, until the new folder is in place
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out, old)
@@ -258,7 +258,7 @@ class Checkpointer:
 
     def begin(self, step: int) -> Path:
         """Create (rank 0) and return the temp folder for `step`; all ranks may then write into it."""
-        tmp = self.root / (step_name(step) + ".tmp")
+        tmp = layout.tmp_folder(self.root / step_name(step))
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -299,6 +299,6 @@ class Checkpointer:
         for p in found:
             if p.name not in keep:
                 shutil.rmtree(p, ignore_errors=True)
-        for p in self.root.glob("step-*.tmp"):  # torn saves of a killed run
+        for p in layout.torn_saves(self.root):  # of a killed run
             if p.stat().st_mtime < time.time() - 60:
                 shutil.rmtree(p, ignore_errors=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,8 +52,27 @@ class CheckpointError(ValueError):
     """No usable checkpoint at a path the user gave."""
 
 
+STEP_NAME = re.compile(r"step-\d{8}")
+TMP, OLD = ".tmp", ".old"
+"""A folder being written (`step-00000500.tmp/`, renamed into place when complete) and a folder moved aside
+until its replacement is in place (`.old`): what a killed save leaves behind, never a checkpoint."""
+
+
 def step_name(step: int) -> str:
     return f"step-{step:08d}"
+
+
+def tmp_folder(folder: Path) -> Path:
+    return folder.with_name(folder.name + TMP)
+
+
+def old_folder(folder: Path) -> Path:
+    return folder.with_name(folder.name + OLD)
+
+
+def torn_saves(root: Path) -> list[Path]:
+    """The temp folders of step saves under `root` (a run's ckpt/) that were never renamed into place."""
+    return [p for p in root.glob("step-*" + TMP) if STEP_NAME.fullmatch(p.name[:-len(TMP)])]
 
 
 def carry_name(rank: int) -> str:
@@ -64,14 +84,15 @@ def ckpt_root(run_dir: str | Path) -> Path:
 
 
 def is_complete(folder: Path) -> bool:
-    return folder.is_dir() and not folder.name.endswith(".tmp") and (folder / META).exists()
+    return folder.is_dir() and not folder.name.endswith((TMP, OLD)) and (folder / META).exists()
 
 
 def list_checkpoints(root: Path) -> list[Path]:
-    """The complete checkpoint folders under `root` (a run's ckpt/), oldest first."""
+    """The complete checkpoint folders under `root` (a run's ckpt/), oldest first: `step-` and 8 digits only."""
     if not root.is_dir():
         return []
-    return sorted((p for p in root.glob("step-*") if is_complete(p)), key=lambda p: p.name)
+    return sorted((p for p in root.glob("step-*") if STEP_NAME.fullmatch(p.name) and is_complete(p)),
+                  key=lambda p: p.name)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -80,3 +80,20 @@ def test_every_stage_has_help():
         r = subprocess.run([sys.executable, "-m", f"stages.{stage.stem}", "--help"], cwd=ROOT, capture_output=True,
                            text=True, timeout=120)
         assert r.returncode == 0 and "usage" in r.stdout.lower(), stage.name
+
+
+def test_a_run_with_leftover_old_and_tmp_folders_resolves_to_its_real_step(tmp_path):
+    """What a crash in a save leaves (a `.old` folder moved aside, a `.tmp` one never renamed; both may hold a
+    meta.json) is never a checkpoint: the run resolves to its real step, and the leftovers are no checkpoint."""
+    from pipeline import layout
+
+    root = layout.ckpt_root(tmp_path)
+    real = root / layout.step_name(1)
+    for folder in (real, layout.old_folder(real), layout.tmp_folder(root / layout.step_name(2)), root / "step-2"):
+        folder.mkdir(parents=True)
+        (folder / layout.META).write_text("{}")
+    assert layout.resolve_checkpoint(tmp_path) == real
+    assert layout.list_checkpoints(root) == [real]
+    assert layout.torn_saves(root) == [layout.tmp_folder(root / layout.step_name(2))]
+    with pytest.raises(layout.CheckpointError):
+        layout.resolve_checkpoint(layout.old_folder(real))
