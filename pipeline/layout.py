@@ -17,8 +17,9 @@ Weights, the model and the puzzle-id scheme load on demand through pipeline/chec
   meta.json           written last: a folder is complete only when it has one
   deepspeed/          DeepSpeed engine state (engine = deepspeed only)
 
-`RUN/ckpt/best.json` names the best step; a TTT run folder also holds `ttt.json` (what it was run on) and,
-for per-task TTT, one run folder per task under `RUN/tasks/`.
+`RUN/` itself holds `ckpt/` (`best.json` names the best step), `log.txt`, `metrics.jsonl` (one JSON line per
+logged step), `tb/` (tensorboard, when installed), `curves.png` (drawn at the end); a TTT run folder also
+`ttt.json` (what it was run on) and, for per-task TTT, one run folder per task under `RUN/tasks/<task>/`.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ MODEL, EMA, LORA, OPTIM, STATE = "model.safetensors", "ema.safetensors", "lora.s
 CONFIG, TASKS, PUZZLE_IDS, META = "config.yaml", "tasks.json", "puzzle_ids.safetensors", "meta.json"
 DEEPSPEED = "deepspeed"
 TTT_JSON, TASKS_DIR = "ttt.json", "tasks"
+LOG, METRICS, TB_DIR, CURVES = "log.txt", "metrics.jsonl", "tb", "curves.png"
 PREDICTION_FILES = (MODEL, EMA, PUZZLE_IDS, CONFIG, TASKS, META)
 """What prediction and TTT read from a checkpoint (the Kaggle weights dataset); optimiser state, ACT carries
 and loop state serve only a resumed training run."""
@@ -117,6 +119,16 @@ def per_task_runs(run_dir: str | Path) -> Path | None:
     """The folder of per-task TTT runs (RUN/tasks/) when `run_dir` holds those and no joint run, else None."""
     tasks = Path(run_dir) / TASKS_DIR
     return tasks if tasks.is_dir() and not ckpt_root(run_dir).is_dir() else None
+
+
+def task_run_dir(run_dir: str | Path, folder_name: str) -> Path:
+    """The run folder of one task's TTT (RUN/tasks/<folder_name>/; the name made safe by the caller)."""
+    return Path(run_dir) / TASKS_DIR / folder_name
+
+
+def task_runs(tasks_dir: Path) -> list[Path]:
+    """The per-task TTT run folders under RUN/tasks/ that wrote their ttt.json, in name order."""
+    return [f.parent for f in sorted(tasks_dir.glob(f"*/{TTT_JSON}"))]
 
 
 # -- the readers (each file a Checkpoint holds is read here, once per opening) -----------------------------

@@ -166,7 +166,7 @@ def run_ttt(cfg: RunConfig, rt: Runtime, tasks: list[Task], warm: Checkpoint, ho
 
 
 def per_task_dir(run_dir: str | Path, task_id: str) -> Path:
-    return Path(run_dir) / layout.TASKS_DIR / safe_name(task_id)
+    return layout.task_run_dir(run_dir, safe_name(task_id))
 
 
 def run_ttt_per_task(cfg: RunConfig, rt: Runtime, tasks: list[Task], warm: Checkpoint, holdout: bool = False,
@@ -198,10 +198,10 @@ def ttt_index(run_dir: str | Path) -> dict:
     tasks_dir = layout.per_task_runs(run_dir)
     if tasks_dir is not None:
         out, base = {}, None
-        for f in sorted(tasks_dir.glob(f"*/{layout.TTT_JSON}")):
-            meta = json.loads(f.read_text())
+        for folder in layout.task_runs(tasks_dir):
+            meta = json.loads((folder / layout.TTT_JSON).read_text())
             base = base or meta.get("checkpoint")
             for tid in meta["tasks"]:
-                out[tid] = f.parent
+                out[tid] = folder
         return {"per_task": out, "base": base}
     return {"joint": True}
