@@ -215,9 +215,6 @@ class Checkpoint:
     def __str__(self) -> str:
         return str(self.path)
 
-    def __fspath__(self) -> str:
-        return str(self.path)
-
     @property
     def step(self) -> int:
         return int(self.meta.get("step", 0))
