@@ -28,7 +28,7 @@ from pipeline.computation import departures, evaluation_base
 from pipeline.config import RunConfig, load_config
 from pipeline.layout import Checkpoint, CheckpointError, list_checkpoints, step_name
 from pipeline.nn.model import TRM, new_task_row
-from pipeline.data.puzzle_ids import PuzzleIdScheme
+from pipeline.data.puzzle_ids import PerTaskIds, PuzzleIdScheme, id_scheme_from_state
 from pipeline.data.tasks import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,24 @@ def write_model_files(folder: Path, *, model_state: dict, config_yaml: str, task
     save_tensors(model_state, folder / layout.MODEL)
     if ema_state is not None:
         save_tensors({k: v for k, v in ema_state.items() if k != "puzzle_emb"}, folder / layout.EMA)
-    layout.write_description(folder, config_yaml, task_ids, ids)
+    layout.write_description(folder, config_yaml, task_ids, ids.name, ids.state_dict())
+
+
+def stored_ids(ckpt: Checkpoint) -> PuzzleIdScheme | None:
+    """The puzzle-id scheme a checkpoint stores, built from its table once; None when it has no table (imported
+    official weights)."""
+    if layout.ID_SCHEME not in ckpt.cache:
+        table = ckpt.id_table()
+        ckpt.cache[layout.ID_SCHEME] = None if table is None else id_scheme_from_state(ckpt.id_scheme_name, table)
+    return ckpt.cache[layout.ID_SCHEME]
+
+
+def prediction_ids(ckpt: Checkpoint) -> PuzzleIdScheme:
+    """The id scheme prediction uses: the stored one, else one id per task (imported official weights)."""
+    ids = stored_ids(ckpt)
+    if ids is not None:
+        return ids
+    return PerTaskIds(len(ckpt.task_ids), ckpt.config.data.dihedral, ckpt.config.data.colour_perm)
 
 
 def write_train_state(folder: Path, state: dict, optim_state: dict | None = None) -> None:
@@ -159,12 +176,12 @@ def write_weights_checkpoint(out: str | Path, *, model_state: dict, config_yaml:
     """A complete weights-only checkpoint folder at `out` (official imports, exported runs), written to
     `out.tmp` and renamed, meta.json last; returned opened."""
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = layout.tmp_folder(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write_model_files(tmp, model_state=model_state, config_yaml=config_yaml, task_ids=task_ids, ids=ids)
     (tmp / layout.META).write_text(json.dumps({"step": 0, "time": time.time(), "git": git_sha(), **meta}, indent=1))
-    old = out.with_name(out.name + ".old")
+    old = layout.old_folder(out)
     if out.exists():  # moved aside, not deleted, until the new folder is in place
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out, old)
@@ -190,7 +207,7 @@ class LoadedModel:
 
     @property
     def ids(self) -> PuzzleIdScheme:
-        return self.checkpoint.id_scheme()
+        return prediction_ids(self.checkpoint)
 
     @property
     def path(self) -> Path:
@@ -206,7 +223,7 @@ def load_for_prediction(ckpt: Checkpoint, device: torch.device | str = "cpu", us
     checkpoint it descends from (a TTT run's crop, its adaptive halting... and the overrides'); `warm`: that
     checkpoint, when the caller holds it open."""
     cfg = load_config(None, overrides or [], base=evaluation_base(ckpt.config_dict()))
-    if ckpt.ids is None and ckpt.task_ids and cfg.data.puzzle_ids != "per_task":
+    if stored_ids(ckpt) is None and ckpt.task_ids and cfg.data.puzzle_ids != "per_task":
         log.warning("%s has no puzzle-id table: its tasks' augmentation ids cannot be recovered", ckpt.path)
     weights = read_weights(ckpt, use_ema)
     model = TRM(cfg.model, weights["puzzle_emb"].shape[0], cfg.compute)
@@ -241,7 +258,7 @@ class Checkpointer:
 
     def begin(self, step: int) -> Path:
         """Create (rank 0) and return the temp folder for `step`; all ranks may then write into it."""
-        tmp = self.root / (step_name(step) + ".tmp")
+        tmp = layout.tmp_folder(self.root / step_name(step))
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -282,6 +299,6 @@ class Checkpointer:
         for p in found:
             if p.name not in keep:
                 shutil.rmtree(p, ignore_errors=True)
-        for p in self.root.glob("step-*.tmp"):  # torn saves of a killed run
+        for p in layout.torn_saves(self.root):  # of a killed run
             if p.stat().st_mtime < time.time() - 60:
                 shutil.rmtree(p, ignore_errors=True)

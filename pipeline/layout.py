@@ -1,6 +1,7 @@
 """The one place that knows the file names inside a run folder and a checkpoint folder, and `Checkpoint`: a
 checkpoint opened once, without torch (its folder, config, task table, puzzle-id scheme, step and meta).
-Weights load on demand through pipeline/checkpoint.py, which takes a `Checkpoint`.
+Weights, the model and the puzzle-id scheme load on demand through pipeline/checkpoint.py, which takes a
+`Checkpoint`.
 
 `RUN/ckpt/step-00000500/` holds
 
@@ -16,13 +17,15 @@ Weights load on demand through pipeline/checkpoint.py, which takes a `Checkpoint
   meta.json           written last: a folder is complete only when it has one
   deepspeed/          DeepSpeed engine state (engine = deepspeed only)
 
-`RUN/ckpt/best.json` names the best step; a TTT run folder also holds `ttt.json` (what it was run on) and,
-for per-task TTT, one run folder per task under `RUN/tasks/`.
+`RUN/` itself holds `ckpt/` (`best.json` names the best step), `log.txt`, `metrics.jsonl` (one JSON line per
+logged step), `tb/` (tensorboard, when installed), `curves.png` (drawn at the end); a TTT run folder also
+`ttt.json` (what it was run on) and, for per-task TTT, one run folder per task under `RUN/tasks/<task>/`.
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +34,6 @@ from safetensors.numpy import load_file as load_arrays_file
 from safetensors.numpy import save_file as save_arrays_file
 
 from pipeline.config import RunConfig, load_config, read_yaml, to_dict
-from pipeline.data.puzzle_ids import PerTaskIds, PuzzleIdScheme, id_scheme_from_state
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ MODEL, EMA, LORA, OPTIM, STATE = "model.safetensors", "ema.safetensors", "lora.s
 CONFIG, TASKS, PUZZLE_IDS, META = "config.yaml", "tasks.json", "puzzle_ids.safetensors", "meta.json"
 DEEPSPEED = "deepspeed"
 TTT_JSON, TASKS_DIR = "ttt.json", "tasks"
+LOG, METRICS, TB_DIR, CURVES = "log.txt", "metrics.jsonl", "tb", "curves.png"
 PREDICTION_FILES = (MODEL, EMA, PUZZLE_IDS, CONFIG, TASKS, META)
 """What prediction and TTT read from a checkpoint (the Kaggle weights dataset); optimiser state, ACT carries
 and loop state serve only a resumed training run."""
@@ -51,8 +54,27 @@ class CheckpointError(ValueError):
     """No usable checkpoint at a path the user gave."""
 
 
+STEP_NAME = re.compile(r"step-\d{8}")
+TMP, OLD = ".tmp", ".old"
+"""A folder being written (`step-00000500.tmp/`, renamed into place when complete) and a folder moved aside
+until its replacement is in place (`.old`): what a killed save leaves behind, never a checkpoint."""
+
+
 def step_name(step: int) -> str:
     return f"step-{step:08d}"
+
+
+def tmp_folder(folder: Path) -> Path:
+    return folder.with_name(folder.name + TMP)
+
+
+def old_folder(folder: Path) -> Path:
+    return folder.with_name(folder.name + OLD)
+
+
+def torn_saves(root: Path) -> list[Path]:
+    """The temp folders of step saves under `root` (a run's ckpt/) that were never renamed into place."""
+    return [p for p in root.glob("step-*" + TMP) if STEP_NAME.fullmatch(p.name[:-len(TMP)])]
 
 
 def carry_name(rank: int) -> str:
@@ -64,14 +86,15 @@ def ckpt_root(run_dir: str | Path) -> Path:
 
 
 def is_complete(folder: Path) -> bool:
-    return folder.is_dir() and not folder.name.endswith(".tmp") and (folder / META).exists()
+    return folder.is_dir() and not folder.name.endswith((TMP, OLD)) and (folder / META).exists()
 
 
 def list_checkpoints(root: Path) -> list[Path]:
-    """The complete checkpoint folders under `root` (a run's ckpt/), oldest first."""
+    """The complete checkpoint folders under `root` (a run's ckpt/), oldest first: `step-` and 8 digits only."""
     if not root.is_dir():
         return []
-    return sorted((p for p in root.glob("step-*") if is_complete(p)), key=lambda p: p.name)
+    return sorted((p for p in root.glob("step-*") if STEP_NAME.fullmatch(p.name) and is_complete(p)),
+                  key=lambda p: p.name)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -96,6 +119,16 @@ def per_task_runs(run_dir: str | Path) -> Path | None:
     """The folder of per-task TTT runs (RUN/tasks/) when `run_dir` holds those and no joint run, else None."""
     tasks = Path(run_dir) / TASKS_DIR
     return tasks if tasks.is_dir() and not ckpt_root(run_dir).is_dir() else None
+
+
+def task_run_dir(run_dir: str | Path, folder_name: str) -> Path:
+    """The run folder of one task's TTT (RUN/tasks/<folder_name>/; the name made safe by the caller)."""
+    return Path(run_dir) / TASKS_DIR / folder_name
+
+
+def task_runs(tasks_dir: Path) -> list[Path]:
+    """The per-task TTT run folders under RUN/tasks/ that wrote their ttt.json, in name order."""
+    return [f.parent for f in sorted(tasks_dir.glob(f"*/{TTT_JSON}"))]
 
 
 # -- the readers (each file a Checkpoint holds is read here, once per opening) -----------------------------
@@ -124,19 +157,27 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
     return load_arrays_file(str(path))
 
 
-def write_description(folder: Path, config_yaml: str, task_ids: list[str], ids: PuzzleIdScheme) -> None:
-    """What a checkpoint says about its weights: the resolved config, the task order and the id table."""
+def write_description(folder: Path, config_yaml: str, task_ids: list[str], id_scheme_name: str,
+                      id_table: dict[str, np.ndarray]) -> None:
+    """What a checkpoint says about its weights: the resolved config, the task order and the puzzle-id scheme
+    (its name and table: a scheme's state_dict)."""
     (folder / CONFIG).write_text(config_yaml)
-    (folder / TASKS).write_text(json.dumps({"task_ids": list(task_ids), "puzzle_ids": ids.name}))
-    save_arrays(ids.state_dict(), folder / PUZZLE_IDS)
+    (folder / TASKS).write_text(json.dumps({"task_ids": list(task_ids), "puzzle_ids": id_scheme_name}))
+    save_arrays(id_table, folder / PUZZLE_IDS)
+
+
+ID_TABLE, ID_SCHEME = "id_table", "ids"
+"""Keys of a Checkpoint's `cache`: the stored id table as read, and the id scheme built from it (or the one a
+run saved: Checkpoint.saved; pipeline/checkpoint.py stored_ids builds and keeps it)."""
 
 
 @dataclass(eq=False)
 class Checkpoint:
     """A complete checkpoint folder, opened once: its config (as trained, in today's shape), task order, meta
-    (step, time, git) and, read when first asked for, its puzzle-id scheme (None for imported weights without
-    a table). Torch-free; pipeline/checkpoint.py loads its weights and model on demand. What is read later is
-    kept in `cache`, so each file is read once."""
+    (step, time, git), its puzzle-id scheme's name and, read when first asked for, that scheme's table (None
+    for imported weights without one). Torch-free; pipeline/checkpoint.py builds the id scheme from the table
+    (stored_ids, prediction_ids) and loads the weights and model on demand. What is read later is kept in
+    `cache`, so each file is read once."""
     path: Path
     config: RunConfig
     task_ids: list[str]
@@ -158,18 +199,20 @@ class Checkpoint:
             raise CheckpointError(f"{folder}: incomplete checkpoint ({e})") from e
         return cls(folder, config, task_ids, meta, tasks.get("puzzle_ids", "per_augmentation"))
 
-    @property
-    def ids(self) -> PuzzleIdScheme | None:
-        """The stored puzzle-id scheme, None when the folder has no table (imported official weights)."""
-        if "ids" not in self.cache:
-            state = read_puzzle_ids(self.path)
-            self.cache["ids"] = id_scheme_from_state(self.id_scheme_name, state) if state is not None else None
-        return self.cache["ids"]
+    @classmethod
+    def saved(cls, path: Path, config: RunConfig, task_ids: list[str], meta: dict, ids) -> Checkpoint:
+        """A checkpoint a run has just written, from what the run holds (nothing is read back): `ids` is the
+        run's puzzle-id scheme (a data.puzzle_ids.PuzzleIdScheme), kept as the checkpoint's stored one."""
+        return cls(Path(path), config, list(task_ids), meta, ids.name, cache={ID_SCHEME: ids})
+
+    def id_table(self) -> dict[str, np.ndarray] | None:
+        """The stored puzzle-id scheme's table (its state_dict), None when the folder has none (imported
+        official weights)."""
+        if ID_TABLE not in self.cache:
+            self.cache[ID_TABLE] = read_puzzle_ids(self.path)
+        return self.cache[ID_TABLE]
 
     def __str__(self) -> str:
-        return str(self.path)
-
-    def __fspath__(self) -> str:
         return str(self.path)
 
     @property
@@ -207,9 +250,3 @@ class Checkpoint:
                     break
             self.cache["trained"] = cfg
         return self.cache["trained"]
-
-    def id_scheme(self) -> PuzzleIdScheme:
-        """The id scheme prediction uses: the stored table, else one id per task (imported official weights)."""
-        if self.ids is not None:
-            return self.ids
-        return PerTaskIds(len(self.task_ids), self.config.data.dihedral, self.config.data.colour_perm)

@@ -23,6 +23,7 @@ import json
 import sys
 from pathlib import Path
 
+from pipeline import layout
 from pipeline.layout import Checkpoint
 from pipeline.overlap import scored_set_overlap
 from pipeline.data.sources import load_kaggle
@@ -52,11 +53,12 @@ def curves_of(run_dir: str) -> Path | None:
     folder = Path(run_dir)
     if not folder.is_dir():
         raise DataError(f"--run {run_dir}: no such run folder")
-    if not (folder / "curves.png").exists() and (folder / "metrics.jsonl").exists():
+    curves = folder / layout.CURVES
+    if not curves.exists() and (folder / layout.METRICS).exists():
         from pipeline.training.metrics import plot_curves
 
         plot_curves(folder)
-    return folder / "curves.png" if (folder / "curves.png").exists() else None
+    return curves if curves.exists() else None
 
 
 def overlap_check(ckpt: str, solutions_path: str, challenges_path: Path, solutions: dict) -> dict:

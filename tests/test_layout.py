@@ -120,3 +120,56 @@ def test_every_stage_has_help():
         r = subprocess.run([sys.executable, "-m", f"stages.{stage.stem}", "--help"], cwd=ROOT, capture_output=True,
                            text=True, timeout=120)
         assert r.returncode == 0 and "usage" in r.stdout.lower(), stage.name
+
+
+def test_a_run_with_leftover_old_and_tmp_folders_resolves_to_its_real_step(tmp_path):
+    """What a crash in a save leaves (a `.old` folder moved aside, a `.tmp` one never renamed; both may hold a
+    meta.json) is never a checkpoint: the run resolves to its real step, and the leftovers are no checkpoint."""
+    from pipeline import layout
+
+    root = layout.ckpt_root(tmp_path)
+    real = root / layout.step_name(1)
+    for folder in (real, layout.old_folder(real), layout.tmp_folder(root / layout.step_name(2)), root / "step-2"):
+        folder.mkdir(parents=True)
+        (folder / layout.META).write_text("{}")
+    assert layout.resolve_checkpoint(tmp_path) == real
+    assert layout.list_checkpoints(root) == [real]
+    assert layout.torn_saves(root) == [layout.tmp_folder(root / layout.step_name(2))]
+    with pytest.raises(layout.CheckpointError):
+        layout.resolve_checkpoint(layout.old_folder(real))
+
+
+PACKAGE_LAYERS = [  # lowest first, as README's "How it works" describes them
+    ("kernels",),
+    ("pipeline.config", "pipeline.computation", "pipeline.runtime"),  # what every folder uses
+    ("pipeline.layout",),  # file names and Checkpoint: torch-free, above config only
+    ("pipeline.data",),
+    ("pipeline.nn",),
+    ("pipeline.checkpoint", "pipeline.overlap", "submission"),  # read checkpoints' contents, tasks, grids
+    ("pipeline.prediction",),
+    ("pipeline.training",),
+    ("pipeline.submit",),
+]
+
+
+def test_packages_import_only_the_layers_below_them():
+    """A package imports only packages of lower layers (kernels < config < layout < data < nn < checkpoint <
+    prediction < training < submit); a new package must be given its place here and in README."""
+    layer = {p: k for k, group in enumerate(PACKAGE_LAYERS) for p in group}
+    graph = {p: deps for p, deps in package_graph().items() if p != "pipeline.__init__"}
+    assert set(graph) == set(layer), "place each package in PACKAGE_LAYERS (and README's How it works)"
+    upward = sorted(f"{p} -> {d}" for p, deps in graph.items() for d in deps if layer[d] >= layer[p])
+    assert not upward, upward
+
+
+def test_the_torch_free_modules_import_no_torch():
+    """Config, layout, the budget arithmetic and the Kaggle packager run where torch is not installed (or not
+    yet imported: a CLI's --help, the packager): importing them in a fresh interpreter leaves torch out."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline.config, pipeline.layout, pipeline.submit.budget, submission.kaggle; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3])")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", r.stdout

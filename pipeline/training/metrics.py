@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from pipeline import layout
+
 log = logging.getLogger(__name__)
 
 
@@ -15,7 +17,7 @@ def setup_logging(run_dir: Path | None, is_main: bool, level: int = logging.INFO
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if run_dir is not None and is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(run_dir / "log.txt"))
+        handlers.append(logging.FileHandler(run_dir / layout.LOG))
     logging.basicConfig(level=level if is_main else logging.WARNING, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -34,12 +36,12 @@ class RunSink(NullSink):
 
     def __init__(self, run_dir: Path, wandb_project: str = "", config: dict | None = None):
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / layout.METRICS
         self.file = self.path.open("a")
         try:
             from torch.utils.tensorboard import SummaryWriter  # optional dependency
 
-            self.tb = SummaryWriter(str(run_dir / "tb"))
+            self.tb = SummaryWriter(str(run_dir / layout.TB_DIR))
         except ImportError:
             self.tb = None
         self.wandb = wandb_run(run_dir, wandb_project, config or {}) if wandb_project else None
@@ -80,13 +82,13 @@ def read_metrics(path: Path) -> list[dict]:
 
 def plot_curves(run_dir: Path, prefix: str = "train") -> Path | None:
     """curves.png: loss and exact accuracy over steps (plus held-out pass@2 when evaluated)."""
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    rows = read_metrics(run_dir / layout.METRICS)
     if not rows:
         return None
     try:
         import matplotlib
     except ImportError:  # an image without it (a lent GPU machine): the numbers stay in metrics.jsonl
-        log.warning("matplotlib is not installed: %s not drawn", run_dir / "curves.png")
+        log.warning("matplotlib is not installed: %s not drawn", run_dir / layout.CURVES)
         return None
 
     matplotlib.use("Agg")
@@ -101,7 +103,7 @@ def plot_curves(run_dir: Path, prefix: str = "train") -> Path | None:
     for ax, title in zip(axes, ("loss", "accuracy")):
         ax.set_xlabel("step"), ax.set_title(title), ax.legend(), ax.grid(alpha=0.3)
     fig.tight_layout()
-    out = run_dir / "curves.png"
+    out = run_dir / layout.CURVES
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out

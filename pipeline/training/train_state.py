@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from pipeline.nn.act import Carry
 from pipeline.checkpoint import (CheckpointError, Checkpointer, carry_file, deepspeed_dir, load_tensors, load_weights,
-                                 lora_file, read_ema, read_train_state, save_tensors, write_model_files,
+                                 lora_file, read_ema, read_train_state, save_tensors, stored_ids, write_model_files,
                                  write_train_state)
 from pipeline.layout import Checkpoint
 from pipeline.training.parallel import Parallel
@@ -121,7 +121,7 @@ class TrainCheckpoints:
         (a TTT folder reused for other tasks would otherwise hand them another task's trained rows). The warm
         start's source is not compared: it is read only by a fresh run."""
         theirs = Checkpoint.open(latest)
-        task_ids, ids, cfg = theirs.task_ids, theirs.ids, theirs.config
+        task_ids, ids, cfg = theirs.task_ids, stored_ids(theirs), theirs.config
         mine, run = self.sampler.ids, self.cfg
         differs = [what for what, same in (
             ("other tasks", list(task_ids) == list(self.task_ids)),

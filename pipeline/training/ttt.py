@@ -26,6 +26,7 @@ import numpy as np
 
 from pipeline import layout
 from pipeline.training.build import build_run
+from pipeline.checkpoint import stored_ids
 from pipeline.computation import departures, describe, with_official_evaluation
 from pipeline.config import RunConfig, load_config, to_dict
 from pipeline.data.dataset import Dataset, fit_canvas
@@ -113,7 +114,7 @@ def ttt_dataset(cfg: RunConfig, tasks: list[Task], warm: Checkpoint | None, hold
     if not res.tasks:
         raise DataError("no hidden task fits the model's canvas: nothing to train on")
     packed = pack_tasks(res.tasks)
-    ckpt_task_ids, ckpt_ids = (warm.task_ids, warm.ids) if warm is not None else ([], None)
+    ckpt_task_ids, ckpt_ids = (warm.task_ids, stored_ids(warm)) if warm is not None else ([], None)
     ids, init_rows = ttt_ids(cfg, packed, ckpt_task_ids, ckpt_ids)
     known = sum(tid in set(ckpt_task_ids) for tid in packed.task_ids)
     log.info("TTT on %d tasks (%d known to the checkpoint keep their rows), %d demonstrations, %d puzzle ids, "
@@ -166,7 +167,7 @@ def run_ttt(cfg: RunConfig, rt: Runtime, tasks: list[Task], warm: Checkpoint, ho
 
 
 def per_task_dir(run_dir: str | Path, task_id: str) -> Path:
-    return Path(run_dir) / layout.TASKS_DIR / safe_name(task_id)
+    return layout.task_run_dir(run_dir, safe_name(task_id))
 
 
 def run_ttt_per_task(cfg: RunConfig, rt: Runtime, tasks: list[Task], warm: Checkpoint, holdout: bool = False,
@@ -198,10 +199,10 @@ def ttt_index(run_dir: str | Path) -> dict:
     tasks_dir = layout.per_task_runs(run_dir)
     if tasks_dir is not None:
         out, base = {}, None
-        for f in sorted(tasks_dir.glob(f"*/{layout.TTT_JSON}")):
-            meta = json.loads(f.read_text())
+        for folder in layout.task_runs(tasks_dir):
+            meta = json.loads((folder / layout.TTT_JSON).read_text())
             base = base or meta.get("checkpoint")
             for tid in meta["tasks"]:
-                out[tid] = f.parent
+                out[tid] = folder
         return {"per_task": out, "base": base}
     return {"joint": True}
