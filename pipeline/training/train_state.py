@@ -59,8 +59,7 @@ class TrainCheckpoints:
         final = self.ckpt.commit(tmp, loop.step, {"metric": metric, "prefix": self.prefix}, metric)
         if final is None:
             return None
-        ids = self.sampler.ids
-        return Checkpoint(final, self.cfg, list(self.task_ids), self.ckpt.last_meta, ids.name, cache={"ids": ids})
+        return Checkpoint.saved(final, self.cfg, self.task_ids, self.ckpt.last_meta, self.sampler.ids)
 
     def _write_main(self, tmp: Path, loop: LoopState) -> None:
         """Rank 0's files: weights, EMA, LoRA adapters, config, task table, loop state and optimiser."""
