@@ -49,10 +49,10 @@ def read_weights(ckpt: Checkpoint, use_ema: bool = True) -> dict[str, torch.Tens
     The EMA file holds no puzzle table (the table is never averaged, so it is stored once): it comes from the
     raw file."""
     key = ("weights", use_ema)
-    if key in ckpt.cache:
-        return ckpt.cache[key]
-    weights = load_weights(ckpt.path, use_ema)
-    if ckpt.cache.get("hold_weights"):
+    weights = ckpt.cache[key] if key in ckpt.cache else load_weights(ckpt.path, use_ema)
+    if ckpt.cache.get("hold_weights") == "last":  # the last planned read: the caller's copy is the only one now
+        release_weights(ckpt)
+    elif ckpt.cache.get("hold_weights"):
         ckpt.cache[key] = weights
     return weights
 
@@ -61,6 +61,13 @@ def hold_weights(ckpt: Checkpoint) -> None:
     """Keep the weights of `ckpt` in memory once read, until `release_weights` (at ARC size the puzzle table
     is GBs: hold them only across the loads that need them)."""
     ckpt.cache["hold_weights"] = True
+
+
+def last_read(ckpt: Checkpoint) -> None:
+    """The next read of `ckpt`'s held weights is the last one planned (TTT's warm start): it hands them over and
+    releases them, so that they are not kept beside the run that uses them."""
+    if ckpt.cache.get("hold_weights"):
+        ckpt.cache["hold_weights"] = "last"
 
 
 def release_weights(ckpt: Checkpoint) -> None:

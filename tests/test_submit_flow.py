@@ -681,12 +681,15 @@ def test_a_rerun_gives_the_same_submission_with_any_number_of_processes(checkpoi
 def test_a_submit_reads_each_checkpoint_file_once(checkpoint, challenges, tmp_path, monkeypatch):
     """One stages.submit run (calibration, TTT, prediction) opens the pretrained checkpoint and the TTT'd one:
     each one's config.yaml, tasks.json and weights are read at most once (pipeline/layout.py's readers and
-    pipeline/checkpoint.py's load_weights are the only ones)."""
+    pipeline/checkpoint.py's load_weights are the only ones), and the pretrained weights, held from the
+    calibration to TTT's warm start, are no longer held while TTT steps (GBs of puzzle table at ARC size)."""
     from collections import Counter
 
     import pipeline.checkpoint as ckpt_mod
     import pipeline.layout as layout
+    import pipeline.submit.submit_flow as flow
     import stages.submit
+    from pipeline.training.train import Trainer
     from stages.submit import main as submit_main
 
     # in process, the budget counts from stages.submit's import (or an earlier run's re-exec): start it now
@@ -704,6 +707,17 @@ def test_a_submit_reads_each_checkpoint_file_once(checkpoint, challenges, tmp_pa
     for name in ("read_config", "read_tasks"):
         monkeypatch.setattr(layout, name, counting(name, getattr(layout, name)))
     monkeypatch.setattr(ckpt_mod, "load_weights", counting("weights", ckpt_mod.load_weights))
+    pretrained, held = [], []
+    real_ttt, real_step = flow.run_ttt, Trainer.train_step
+    monkeypatch.setattr(flow, "run_ttt", lambda cfg, rt, tasks, warm, **kw: pretrained.append(warm) or
+                        real_ttt(cfg, rt, tasks, warm, **kw))
+
+    def step(self):  # what the pretrained checkpoint holds while TTT steps
+        if self.prefix == "ttt" and pretrained:
+            held.append(sorted(str(k) for k in pretrained[0].cache if isinstance(k, tuple) or k == "hold_weights"))
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -719,3 +733,4 @@ def test_a_submit_reads_each_checkpoint_file_once(checkpoint, challenges, tmp_pa
     folders = {folder for _, folder in reads}
     assert len(folders) == 2 and {name for name, _ in reads} == {"read_config", "read_tasks", "weights"}, reads
     assert max(reads.values()) == 1, reads
+    assert held == [[], []], held

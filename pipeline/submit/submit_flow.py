@@ -33,7 +33,7 @@ import torch.distributed as dist
 from pipeline.submit.budget import (Calibration, Deadlines, Plan, Policy, chunk_inputs, collective_timeout_s, deadlines,
                              make_plan, margin_for, views_that_fit)
 from pipeline.submit.calibration import calibrate_predict, calibrate_ttt, free_memory, slowest
-from pipeline.checkpoint import hold_weights, load_for_prediction, release_weights
+from pipeline.checkpoint import hold_weights, last_read, load_for_prediction, release_weights
 from pipeline.computation import describe, model_overrides
 from pipeline.config import ConfigError, RunConfig, TrainConfig
 from pipeline.data.dataset import split_by_canvas
@@ -478,6 +478,7 @@ def _ttt(flow: Flow, plan: Plan, dl: Deadlines) -> TTTOutcome:
     set_collective_timeout(max(60.0, 2 * max(cal.ttt_startup_s, cal.ttt_step_s + cal.ttt_save_s)))
     try:
         stop = Stop(deadline=dl.ttt, when=heartbeat(plan.ttt_steps, max(30.0, job.budget_s / 100)))
+        last_read(flow.pretrained)  # its warm start: not held beside the TTT run (GBs of puzzle table at ARC size)
         result = run_ttt(dataclasses.replace(cfg, train=train), flow.rt, flow.valid.tasks, flow.pretrained,
                          stop=stop, found=flow.departures)
         out.info = {"steps": result.step, "stopped": result.stopped}
