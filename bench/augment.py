@@ -50,9 +50,9 @@ def main(argv=None) -> None:
     gc.collect()
     rss0 = psutil.Process().memory_info().rss / 2**20
     t0 = time.perf_counter()
-    res = load_sources([source], args.arc_root)
+    result = load_sources([source], args.arc_root)
     cfg = DataConfig(sources=[source], augs_per_task=args.augs_per_task, puzzle_ids=args.puzzle_ids)
-    packed = pack_tasks(res.tasks)
+    packed = pack_tasks(result.tasks)
     pack_s = time.perf_counter() - t0
     ids = build_id_scheme(cfg, packed, 0)
     load_s = time.perf_counter() - t0  # load, validate, pack and build the id table

@@ -78,8 +78,8 @@ def pretrained_checkpoint(work: Path, steps: int = 0) -> Path:
 def ttt_eval_fn(cfg, rt, data):
     """Held-out test inputs of the TTT tasks: the same tasks (same order, so the same puzzle ids) with their
     test outputs, which TTT never trains on."""
-    res = fit_canvas(LoadResult(tasks=synthetic_tasks(HELD, train_on_test=False)), cfg.data.canvas)
-    packed = pack_tasks(res.tasks)
+    result = fit_canvas(LoadResult(tasks=synthetic_tasks(HELD, train_on_test=False)), cfg.data.canvas)
+    packed = pack_tasks(result.tasks)
     if packed.task_ids != data.packed.task_ids:
         raise RuntimeError("TTT evaluation tasks differ from the trained ones")
     opts = PredictOptions.of(cfg, rt, dataclasses.replace(cfg.predict, augs=cfg.data.eval_views))

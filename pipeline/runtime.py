@@ -51,14 +51,14 @@ class Runtime:
             torch.cuda.synchronize(self.device)
 
 
-def compile_model(module, raw=None):
-    """torch.compile as this project uses it. `raw` is the TRM inside `module` (DDP etc.): under compute.crop
+def compile_model(module, trm=None):
+    """torch.compile as this project uses it. `trm` is the TRM inside `module` (DDP etc.): under compute.crop
     every step has its own sequence length and a step may run in size groups (a list of index tensors), so
     the model's per-group step is compiled for dynamic shapes and `module` stays as it is: one graph for
     every rectangle instead of a recompile per length and per group pattern until the cache limit sends
     it back to eager."""
-    if raw is not None and raw.compute.crop:
-        raw._step = torch.compile(raw._step, dynamic=True)
+    if trm is not None and trm.compute.crop:
+        trm._step = torch.compile(trm._step, dynamic=True)
         return module
     return torch.compile(module)
 

@@ -111,25 +111,25 @@ def main(argv=None) -> int:
     if args.command == "check":
         bad = total = 0
         for path in args.paths:
-            res = load_source(path, args.arc_root)
+            result = load_source(path, args.arc_root)
             reasons: dict[str, list[str]] = {}
-            for q in res.problems:
+            for q in result.problems:
                 reasons.setdefault(f"{q.task_id} ({q.source})" if q.source else q.task_id, []).append(q.reason)
             for task, why in reasons.items():  # one line per invalid task, all its problems on it
                 print(f"{path}: {task}: {'; '.join(why)}")
             bad += len(reasons)
-            total += res.num_tasks + len(reasons)
+            total += result.num_tasks + len(reasons)
         print(f"{total - bad} of {total} tasks valid", file=sys.stderr)
         return 2 if bad else 0
-    res = load_sources(args.paths, args.arc_root)
-    df = stats_table(res.all_tasks())
+    result = load_sources(args.paths, args.arc_root)
+    df = stats_table(result.all_tasks())
     with pl.Config(tbl_rows=20, tbl_cols=12):
         print(df)
         summary = df.group_by("source").agg(pl.len().alias("tasks"), pl.col("demos").sum(), pl.col("tests").sum(),
                                             pl.col("max_h").max(), pl.col("max_w").max(),
                                             pl.col("colours").mean().round(2).alias("mean_colours")).sort("source")
         print(summary)
-    print(f"{res.num_tasks} tasks, {len(res.problems)} problems")
+    print(f"{result.num_tasks} tasks, {len(result.problems)} problems")
     return 0
 
 

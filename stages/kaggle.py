@@ -98,8 +98,9 @@ def build(args) -> int:
     owner = args.owner or configured_username() or PLACEHOLDER_OWNER
     names = KaggleNames(owner, args.code_slug, args.weights_slug, args.wheels_slug, args.kernel_slug, args.competition)
     ensemble = members(args.checkpoint, args.weights)  # checks the weights: one per checkpoint, each > 0
+    weights = [m.weight for m in ensemble] if args.weights else None
     settings = BuildSettings(names, args.budget_s, not args.no_wheels, args.python_version, args.machine_shape,
-                             checked_submit_args(args.submit_args), [m.weight for m in ensemble] if args.weights else None)
+                             checked_submit_args(args.submit_args), weights)
     written = build_all(args.out, [Checkpoint.open(c) for c in args.checkpoint], settings, git_sha())
     if owner == PLACEHOLDER_OWNER:
         print(f"warning: owner is the placeholder {PLACEHOLDER_OWNER}; rebuild with --owner before pushing",

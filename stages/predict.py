@@ -95,28 +95,29 @@ def main(argv=None) -> int:
         ensemble = members(args.checkpoint, args.weights)
         index = ttt_index(args.checkpoint[0]) if len(ensemble) == 1 else {}
         if len(ensemble) > 1:
-            hidden = predict_members(ensemble, valid, rt, overrides, args.augs, not args.raw_weights, deadline,
+            answers = predict_members(ensemble, valid, rt, overrides, args.augs, not args.raw_weights, deadline,
                                      show_progress=not args.no_progress)
         elif "per_task" in index:  # a `stages.ttt --per-task` folder: each task has its own model
             log.info("per-task TTT runs for %d tasks, each computing as its run was trained%s",
                      len(index["per_task"]), f"; overrides: {' '.join(overrides)}" if overrides else "")
-            hidden = predict_per_task_runs(index["per_task"], index["base"], valid, rt,
+            answers = predict_per_task_runs(index["per_task"], index["base"], valid, rt,
                                            LoadSettings(overrides, use_ema=not args.raw_weights), deadline)
         else:
             loaded = load_for_prediction(Checkpoint.open(args.checkpoint[0]), rt.device, not args.raw_weights, overrides)
             log.info("%s", describe(loaded.departures))
-            hidden = predict_challenges(loaded, valid, PredictOptions.of(loaded.config, rt), rt, deadline,
+            answers = predict_challenges(loaded, valid, PredictOptions.of(loaded.config, rt), rt, deadline,
                                         show_progress=not args.no_progress)
         if rt.is_main:
-            sub, notes = write_submission(args.out, challenges, hidden)
+            sub, notes = write_submission(args.out, challenges, answers)
             for n in notes:
                 log.warning("%s", n)
             log.info("wrote %s: %d tasks, %d test inputs, %.1fs", args.out, len(sub),
                      sum(len(v) for v in sub.values()), time.perf_counter() - t_start)
-            if hidden.model_predicted_nothing():
-                log.error("%s; the model predicted none of the valid tasks' inputs (exit 3)", summary_line(sub, hidden))
+            if answers.model_predicted_nothing():
+                log.error("%s; the model predicted none of the valid tasks' inputs (exit 3)",
+                          summary_line(sub, answers))
                 return 3
-            log.info("%s", summary_line(sub, hidden))
+            log.info("%s", summary_line(sub, answers))
     finally:
         shutdown_runtime()
     return 0

@@ -17,8 +17,9 @@ PYTHONHASHSEED=0, so a pinned plan (--ttt-steps, --views) gives the same submiss
 
 Several checkpoints make an ensemble: each member in turn calibrates, plans, test-time trains (seed --seed + its
 index, so one checkpoint named twice makes two TTT runs) and predicts inside its share of the time left and of
-the views, by --weights; after each member the pooled votes (pipeline/prediction/ensemble.py) replace the submission, and
-OUT.plan.json lists every member's plan and outcome. A member that cannot be opened or fails costs only its share.
+the views, by --weights; after each member the pooled votes (pipeline/prediction/ensemble.py) replace the
+submission, and OUT.plan.json lists every member's plan and outcome. A member that cannot be opened or fails
+costs only its share.
 
 Exit status: 0 when a valid submission was written, even if a stage fell back (the summary says which);
 2 for bad input (no test file, unreadable JSON, bad checkpoint or config: one line; whatever was written

@@ -60,15 +60,15 @@ def main(argv=None) -> int:
         setup_logging(Path(args.out), rt.is_main)
         log.info("config:\n%s", dump_config(cfg))
         found = ttt_departures(cfg, pretrained, args.config)
-        _, res = load_challenges(args.challenges)
-        if not res.tasks:
+        _, valid = load_challenges(args.challenges)
+        if not valid.tasks:
             raise DataError(f"{args.challenges}: no valid task to train on")
         if args.per_task:
-            results = run_ttt_per_task(cfg, rt, res.tasks, pretrained, args.holdout_demos,
+            results = run_ttt_per_task(cfg, rt, valid.tasks, pretrained, args.holdout_demos,
                                        wall_clock_stop(args.max_minutes), found)
             log.info("done: %d per-task runs on this rank", len(results))
         else:
-            result = run_ttt(cfg, rt, res.tasks, pretrained, args.holdout_demos, wall_clock_stop(args.max_minutes),
+            result = run_ttt(cfg, rt, valid.tasks, pretrained, args.holdout_demos, wall_clock_stop(args.max_minutes),
                              found)
             log.info("done: %s", result.metrics)
     finally:

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import built_once
 from pipeline.prediction.ensemble import members, pool, split_views
-from pipeline.prediction.challenges import MODEL_ERROR, TIME_BUDGET, HiddenRun
+from pipeline.prediction.challenges import MODEL_ERROR, TIME_BUDGET, ChallengeRun
 from pipeline.prediction.infer import TestPrediction as Prediction
 
 
@@ -29,8 +29,8 @@ def firsts(run):
 
 def test_two_members_that_solve_different_tasks_pool_to_both():
     # Member A is sure of task a's answer 1 and unsure on b; member B the other way round.
-    a = HiddenRun([tp("a", [1, 7], [9, 1]), tp("b", [5, 6, 2], [4, 3, 3])], {})
-    b = HiddenRun([tp("a", [8, 9, 1], [4, 3, 3]), tp("b", [2, 5], [9, 1])], {})
+    a = ChallengeRun([tp("a", [1, 7], [9, 1]), tp("b", [5, 6, 2], [4, 3, 3])], {})
+    b = ChallengeRun([tp("a", [8, 9, 1], [4, 3, 3]), tp("b", [2, 5], [9, 1])], {})
     out = firsts(pool([a, b], [1.0, 1.0], k=2))
     assert out["a"][0] == 1 and out["b"][0] == 2
     # Each member alone misses the other's task at rank 1.
@@ -39,25 +39,25 @@ def test_two_members_that_solve_different_tasks_pool_to_both():
 
 def test_pool_ranks_by_weighted_vote_share_not_raw_count():
     # A: 100 views, grid 1 gets 40 (share 0.4); B: 8 views, grid 2 gets 8 (share 1.0).
-    a = HiddenRun([tp("t", [1, 3], [40, 30], valid=100)], {})
-    b = HiddenRun([tp("t", [2], [8], valid=8)], {})
+    a = ChallengeRun([tp("t", [1, 3], [40, 30], valid=100)], {})
+    b = ChallengeRun([tp("t", [2], [8], valid=8)], {})
     assert firsts(pool([a, b], [1.0, 1.0], 2))["t"] == [2, 1]
     assert firsts(pool([a, b], [5.0, 1.0], 2))["t"] == [1, 3]  # 5*0.4 + 0 > 1.0; then 5*0.3 > 1.0
     assert pool([a, b], [1.0, 1.0], 2).results[0].votes == [8, 40]
 
 
 def test_ties_go_to_confidence_then_to_the_earlier_member():
-    a = HiddenRun([tp("t", [1], [5], valid=10, conf=[0.2])], {})
-    b = HiddenRun([tp("t", [2], [5], valid=10, conf=[0.9])], {})
+    a = ChallengeRun([tp("t", [1], [5], valid=10, conf=[0.2])], {})
+    b = ChallengeRun([tp("t", [2], [5], valid=10, conf=[0.9])], {})
     assert firsts(pool([a, b], [1.0, 1.0], 2))["t"] == [2, 1]
-    c = HiddenRun([tp("t", [3], [5], valid=10, conf=[0.2])], {})
+    c = ChallengeRun([tp("t", [3], [5], valid=10, conf=[0.2])], {})
     assert firsts(pool([a, c], [1.0, 1.0], 2))["t"] == [1, 3]
     assert firsts(pool([c, a], [1.0, 1.0], 2))["t"] == [3, 1]
 
 
 def test_a_failed_member_costs_only_its_share():
-    a = HiddenRun([tp("a", [1], [9])], {("c", 0): TIME_BUDGET})
-    b = HiddenRun([tp("c", [4], [3])], {("a", 0): MODEL_ERROR, ("d", 0): MODEL_ERROR})
+    a = ChallengeRun([tp("a", [1], [9])], {("c", 0): TIME_BUDGET})
+    b = ChallengeRun([tp("c", [4], [3])], {("a", 0): MODEL_ERROR, ("d", 0): MODEL_ERROR})
     out = pool([a, None, b], [1.0, 1.0, 1.0], 2)
     assert firsts(out) == {"a": [1], "c": [4]}
     assert out.fallbacks == {("d", 0): MODEL_ERROR}  # predicted by some member: no fallback recorded

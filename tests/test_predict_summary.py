@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 
-from pipeline.prediction.challenges import MODEL_ERROR, NO_VALID_VIEW, TIME_BUDGET, TOO_LARGE, HiddenRun, summary_line
+from pipeline.prediction.challenges import MODEL_ERROR, NO_VALID_VIEW, TIME_BUDGET, TOO_LARGE, ChallengeRun, summary_line
 from pipeline.prediction import infer
 from submission.format import submission_problems
 from test_submit import challenges, checkpoint, stage  # noqa: F401  (module fixtures: a briefly trained demo model)
@@ -65,12 +65,12 @@ def test_exit_3_reaches_the_shell_when_no_task_fits_the_model(checkpoint, tmp_pa
 def test_only_a_model_that_ran_and_predicted_nothing_counts_as_broken():
     ok = infer.TestPrediction("a", 0, [np.zeros((1, 1), np.uint8)])
     empty = infer.TestPrediction("b", 0, [])
-    assert not HiddenRun([ok], {("c", 0): MODEL_ERROR}).model_predicted_nothing()
-    assert not HiddenRun([], {("a", 0): TIME_BUDGET}).model_predicted_nothing()  # a budget, not a broken model
-    assert not HiddenRun([], {}).model_predicted_nothing()  # no valid task at all
-    assert HiddenRun([], {("a", 0): MODEL_ERROR, ("b", 0): TIME_BUDGET}).model_predicted_nothing()
-    assert HiddenRun([], {("a", 0): TOO_LARGE}).model_predicted_nothing()
-    run = HiddenRun([empty], {("b", 0): NO_VALID_VIEW})
+    assert not ChallengeRun([ok], {("c", 0): MODEL_ERROR}).model_predicted_nothing()
+    assert not ChallengeRun([], {("a", 0): TIME_BUDGET}).model_predicted_nothing()  # a budget, not a broken model
+    assert not ChallengeRun([], {}).model_predicted_nothing()  # no valid task at all
+    assert ChallengeRun([], {("a", 0): MODEL_ERROR, ("b", 0): TIME_BUDGET}).model_predicted_nothing()
+    assert ChallengeRun([], {("a", 0): TOO_LARGE}).model_predicted_nothing()
+    run = ChallengeRun([empty], {("b", 0): NO_VALID_VIEW})
     assert run.model_predicted_nothing()
     sub = {"a": [{}], "b": [{}], "x": [{}, {}], "none": []}
     assert summary_line(sub, run) == "0 of 4 test inputs predicted by the model; fell back: 3 invalid task, 1 no valid view"

@@ -55,14 +55,14 @@ def split_by_canvas(tasks: list[Task], canvas: int) -> tuple[list[Task], list[tu
     return fits, too_large
 
 
-def fit_canvas(res: LoadResult, canvas: int) -> LoadResult:
+def fit_canvas(result: LoadResult, canvas: int) -> LoadResult:
     """Drop (and report) tasks with a grid larger than the canvas."""
-    out = LoadResult(problems=list(res.problems))
-    out.tasks, too_large = split_by_canvas(res.tasks, canvas)
+    out = LoadResult(problems=list(result.problems))
+    out.tasks, too_large = split_by_canvas(result.tasks, canvas)
     for t, p in too_large:
         out.problems.append(TaskProblem(t.id, p, t.source))
         log.warning("skipping task %s: %s", t.id, p)
-    for part in res.parts:
+    for part in result.parts:
         side = task_max_sides(part.packed)
         for t in np.flatnonzero(side > canvas):
             p = f"a grid of side {side[t]}, larger than the {canvas}x{canvas} canvas"

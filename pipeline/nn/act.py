@@ -20,7 +20,7 @@ IGNORE = -100
 
 
 def unwrap(model) -> TRM:
-    """The raw TRM inside DDP / DeepSpeed / torch.compile wrappers."""
+    """The TRM itself inside DDP / DeepSpeed / torch.compile wrappers."""
     while not isinstance(model, TRM):
         model = getattr(model, "module", None) or model._orig_mod
     return model
@@ -76,17 +76,17 @@ def supervision_step(model, carry: Carry, batch: dict[str, torch.Tensor], puzzle
     """Refill halted slots from `batch`, run one step, compute the loss (summed over the batch, as TRM;
     divide by the batch before backward) and metrics over the slots that halted now.
 
-    `model` may be wrapped (DDP, DeepSpeed, compiled); `raw` config/state come from `unwrap(model)`.
+    `model` may be wrapped (DDP, DeepSpeed, compiled); its config and state come from `trm = unwrap(model)`.
     `min_steps`: exploration draws (slot may not halt before); None draws them here from torch's RNG.
 
     `puzzle_vecs_fn(ids)` returns the puzzle vectors for the slots (the sparse optimiser hooks in there).
     Returns (new carry, loss, metrics dict of detached sums, predictions)."""
-    raw = unwrap(model)
-    cfg = raw.cfg
-    carry = refill(raw, carry, batch)
+    trm = unwrap(model)
+    cfg = trm.cfg
+    carry = refill(trm, carry, batch)
     crop = None
-    if raw.compute.crop:
-        crop = step_crop(used_extents(carry.inputs, carry.labels, raw.canvas, IGNORE), raw.compute.crop_groups, raw)
+    if trm.compute.crop:
+        crop = step_crop(used_extents(carry.inputs, carry.labels, trm.canvas, IGNORE), trm.compute.crop_groups, trm)
     y, z, logits, q_halt, _ = model(carry.inputs, puzzle_vecs_fn(carry.puzzle_ids), carry.y, carry.z, crop)
     labels = carry.labels
     with torch.no_grad():
@@ -136,23 +136,23 @@ def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None
     not depend on the views beside it (order the views by extent so that slots hold similar sizes).
 
     Returns argmax predictions [N, seq_len] uint8, halting probability [N] float64 and steps used [N]."""
-    raw = unwrap(model)
-    max_steps = max_steps or raw.cfg.halt_max_steps
-    halts = adaptive and raw.cfg.halting
+    trm = unwrap(model)
+    max_steps = max_steps or trm.cfg.halt_max_steps
+    halts = adaptive and trm.cfg.halting
     N, dev = inputs.shape[0], inputs.device
     preds = torch.zeros(N, inputs.shape[1], dtype=torch.uint8, device=dev)
     conf = torch.zeros(N, dtype=torch.float64, device=dev)  # sigmoid in float64, as the official evaluator
     steps = torch.zeros(N, dtype=torch.int32, device=dev)
     B = min(batch_size, N)
     view = torch.arange(B, device=dev)  # the view each slot works on; -1 = free (only in the tail)
-    y, z = raw.initial_state(B, torch.float32)  # the carried state stays fp32 (as training's carry)
+    y, z = trm.initial_state(B, torch.float32)  # the carried state stays fp32 (as training's carry)
     slot_steps = torch.zeros(B, dtype=torch.int32, device=dev)
     # Slot-resident inputs, changed only on refill (like the training carry), so a step gathers nothing.
     slot_inputs = inputs[:B].clone()
     slot_vecs = puzzle_vecs[:B].clone() if puzzle_vecs is not None else None
     pending = B
     crop_of = None
-    if extents is not None and raw.compute.crop:
+    if extents is not None and trm.compute.crop:
         host_view = np.arange(B)  # the host's copy of `view`, kept in step at the step's one sync
         dev_extents = torch.from_numpy(np.ascontiguousarray(extents, dtype=np.int64)).to(dev)
         made = {}  # rectangle -> its positions, made once per stream
@@ -164,13 +164,13 @@ def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None
             live_ext = extents[host_view[host_view >= 0]]
             rect = int(live_ext[:, 0].max()), int(live_ext[:, 1].max())
             if rect not in made:
-                made[rect] = raw.keep_index(*rect)
+                made[rect] = trm.keep_index(*rect)
             mask = None
             if (live_ext < np.array(rect)).any():
                 # a free slot (the tail) computes whatever: it takes the covering rectangle and masks nothing
                 own = torch.where(view[:, None] >= 0, dev_extents[view.clamp(min=0)],
                                   torch.tensor(rect, device=dev))
-                mask = rectangle_mask(own, rect, raw.cfg.puzzle_emb_len)
+                mask = rectangle_mask(own, rect, trm.cfg.puzzle_emb_len)
             slots_crop.append(Crop(made[rect], mask))
             return slots_crop[0]
     while True:
@@ -198,7 +198,7 @@ def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None
                 slot_inputs[fill] = inputs[new]
                 if slot_vecs is not None:
                     slot_vecs[fill] = puzzle_vecs[new]
-                y[fill], z[fill] = raw.y_init.to(y.dtype), raw.z_init.to(z.dtype)
+                y[fill], z[fill] = trm.y_init.to(y.dtype), trm.z_init.to(z.dtype)
                 slot_steps[fill] = 0
                 pending += take
             if pending >= N and not (view >= 0).any():

@@ -52,7 +52,7 @@ TOO_LARGE, MODEL_ERROR, TIME_BUDGET, NO_VALID_VIEW, NO_TTT_RUN, RANK_FAILED = (
 
 
 @dataclasses.dataclass
-class HiddenRun:
+class ChallengeRun:
     """Ranked attempts of the test inputs the model predicted, and why each other valid input fell back."""
     results: list[TestPrediction]
     fallbacks: dict[tuple[str, int], str]
@@ -88,20 +88,20 @@ def _predict_chunk(model, tasks: PredictTasks, chunk: np.ndarray, opts: PredictO
     return out
 
 
-def predict_challenges(loaded: LoadedModel, res: LoadResult, opts: PredictOptions, rt: Runtime,
-                       deadline: float | None = None, show_progress: bool = True) -> HiddenRun:
-    """Ranked attempts for every test input of the valid tasks in `res` that this model can take, gathered
+def predict_challenges(loaded: LoadedModel, valid: LoadResult, opts: PredictOptions, rt: Runtime,
+                       deadline: float | None = None, show_progress: bool = True) -> ChallengeRun:
+    """Ranked attempts for every test input of the valid tasks in `valid` that this model can take, gathered
     from all ranks, with the reason for each one it could not predict. `opts`: usually
     PredictOptions.of(loaded.config, rt). `deadline` is a time.perf_counter() value after which no new chunk
     starts."""
     canvas, pcfg = opts.canvas, opts.cfg
-    tasks, too_large = split_by_canvas(res.tasks, canvas)
+    tasks, too_large = split_by_canvas(valid.tasks, canvas)
     fallbacks = {}
     for t, p in too_large:
         log.warning("task %s: %s; fallback used", t.id, p)
         fallbacks.update({(t.id, j): TOO_LARGE for j in range(len(t.test_inputs))})
     if not tasks:
-        return HiddenRun([], fallbacks)
+        return ChallengeRun([], fallbacks)
     packed = pack_tasks(tasks)
     index = {tid: k for k, tid in enumerate(loaded.task_ids)}
     task_to_ckpt = np.array([index.get(tid, -1) for tid in packed.task_ids], dtype=np.int64)
@@ -156,7 +156,7 @@ def predict_challenges(loaded: LoadedModel, res: LoadResult, opts: PredictOption
             failed = break_group(rt, f"predict: gather: {type(e).__name__}: {e}")
             _fall_back_unless_predicted(results, fallbacks, map(key, range(len(packed.test_task))))
     fallbacks.update({(r.task_id, r.test_index): NO_VALID_VIEW for r in results if not r.attempts})
-    return HiddenRun(results, fallbacks, failed)
+    return ChallengeRun(results, fallbacks, failed)
 
 
 def _fall_back_unless_predicted(results: list[TestPrediction], fallbacks: dict, keys) -> None:
@@ -186,14 +186,14 @@ def _load(ckpt: str | Path | None, rt: Runtime, how: LoadSettings) -> LoadedMode
         return None
 
 
-def predict_per_task_runs(runs: dict[str, Path], base: str | Path | None, res: LoadResult, rt: Runtime,
-                          how: LoadSettings = LoadSettings(), deadline: float | None = None) -> HiddenRun:
+def predict_per_task_runs(runs: dict[str, Path], base: str | Path | None, valid: LoadResult, rt: Runtime,
+                          how: LoadSettings = LoadSettings(), deadline: float | None = None) -> ChallengeRun:
     """Per-task TTT (`stages.ttt --per-task`; pipeline.training.ttt.ttt_index): each task is predicted by the model of
     its own run folder in `runs`, as that run was trained and evaluates (load_for_prediction), with
-    `how.overrides`; each run's departures are logged in one line. A task without a usable run (its TTT failed) is predicted by the pretrained checkpoint `base` instead, and
-    falls back only if there is none."""
-    merged, leftover = HiddenRun([], {}), []
-    for t in res.tasks:
+    `how.overrides`; each run's departures are logged in one line. A task without a usable run (its TTT failed)
+    is predicted by the pretrained checkpoint `base` instead, and falls back only if there is none."""
+    merged, leftover = ChallengeRun([], {}), []
+    for t in valid.tasks:
         loaded = _load(runs.get(t.id), rt, how)
         if loaded is None:
             leftover.append(t)
@@ -221,7 +221,7 @@ def predict_per_task_runs(runs: dict[str, Path], base: str | Path | None, res: L
     return merged
 
 
-def summary_line(sub: dict, run: HiddenRun) -> str:
+def summary_line(sub: dict, run: ChallengeRun) -> str:
     """One line: test inputs in the submission, how many the model predicted, and the fallbacks by reason
     (inputs of tasks that failed validation count as `invalid task`)."""
     predicted = {(r.task_id, r.test_index) for r in run.results if r.attempts}
@@ -239,13 +239,13 @@ def details_of(results: list[TestPrediction]) -> dict:
                                             "seconds": r.seconds} for r in results}
 
 
-def write_submission(out: str | Path, challenges: dict, hidden: HiddenRun | None) -> tuple[dict, list[str]]:
-    """The submission for every task of `challenges` (the model's attempts where `hidden` has them, the fallback
+def write_submission(out: str | Path, challenges: dict, answers: ChallengeRun | None) -> tuple[dict, list[str]]:
+    """The submission for every task of `challenges` (the model's attempts where `answers` has them, the fallback
     elsewhere) written atomically to `out`, and `out`.details.json beside it when the model ran; returns the
     submission and the writer's notes."""
-    preds = {(r.task_id, r.test_index): r.attempts for r in hidden.results} if hidden is not None else {}
+    preds = {(r.task_id, r.test_index): r.attempts for r in answers.results} if answers is not None else {}
     sub, notes = build_submission(challenges, preds)
     write_json_atomic(out, sub)
-    if hidden is not None:
-        write_json_atomic(str(out) + ".details.json", details_of(hidden.results))
+    if answers is not None:
+        write_json_atomic(str(out) + ".details.json", details_of(answers.results))
     return sub, notes

@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.checkpoint import load_for_prediction
 from pipeline.computation import describe
 from pipeline.config import ConfigError
-from pipeline.prediction.challenges import HiddenRun, predict_challenges
+from pipeline.prediction.challenges import ChallengeRun, predict_challenges
 from pipeline.prediction.infer import PredictOptions, TestPrediction
 from pipeline.layout import Checkpoint, CheckpointError
 from pipeline.runtime import Runtime
@@ -65,12 +65,12 @@ def share_of_rest(weights: list[float], i: int) -> float:
 
 
 def predict_members(ms: list[Member], valid: LoadResult, rt: Runtime, overrides: list[str], views: int | None,
-                    use_ema: bool = True, deadline: float | None = None, show_progress: bool = True) -> HiddenRun:
+                    use_ema: bool = True, deadline: float | None = None, show_progress: bool = True) -> ChallengeRun:
     """Each member predicts the valid tasks with its share of `views` per test input (default: the first
     member's predict.augs) and of the time left before `deadline`; the pooled run ranks their votes. A member
     that cannot be loaded or fails is logged and costs only its share; if every member fails to load, the
     first error is raised."""
-    runs: list[HiddenRun | None] = []
+    runs: list[ChallengeRun | None] = []
     k = 0
     first_error: Exception | None = None
     for i, m in enumerate(ms):
@@ -104,10 +104,10 @@ def predict_members(ms: list[Member], valid: LoadResult, rt: Runtime, overrides:
     return pool(runs, [m.weight for m in ms], k)
 
 
-def pool(runs: list[HiddenRun | None], weights: list[float], k: int) -> HiddenRun:
-    """One HiddenRun whose attempts are the top `k` grids of the weighted pool of the members' votes."""
+def pool(runs: list[ChallengeRun | None], weights: list[float], k: int) -> ChallengeRun:
+    """One ChallengeRun whose attempts are the top `k` grids of the weighted pool of the members' votes."""
     live = [(run, w) for run, w in zip(runs, weights) if run is not None]
-    out = HiddenRun([], {})
+    out = ChallengeRun([], {})
     if not live:
         return out
     cands: dict[tuple[str, int], dict[bytes, list]] = {}

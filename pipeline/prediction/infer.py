@@ -127,15 +127,15 @@ def answer_bound(packed: PackedTasks, t: int) -> tuple[int, int]:
             _axis_bound(packed.widths[gi], packed.widths[go], int(packed.widths[ti])))
 
 
-def _view_offsets(bound: tuple[int, int], dihedral: np.ndarray, u: np.ndarray, canvas: int,
+def _view_offsets(bound: tuple[int, int], dihedral: np.ndarray, draws: np.ndarray, canvas: int,
                   max_offset: int = 0) -> np.ndarray:
-    """Offsets [2, n] from uniform draws u [2, n]: along each axis, anywhere that leaves room for the bounded
+    """Offsets [2, n] from uniform draws [2, n]: along each axis, anywhere that leaves room for the bounded
     answer (transformed by the view's dihedral) plus its EOS border, and at most max_offset (0 = no limit);
     0 where the bound is unknown (0)."""
-    out = np.empty_like(u, dtype=np.int64)
+    out = np.empty_like(draws, dtype=np.int64)
     for axis, size in enumerate(view_sizes(*bound, dihedral)):
         room = np.where(size > 0, last_offset(size + 1, canvas, max_offset), 0)  # the answer and its border inside
-        out[axis] = (u[axis] * (room + 1)).astype(np.int64)
+        out[axis] = (draws[axis] * (room + 1)).astype(np.int64)
     return out
 
 
@@ -163,21 +163,21 @@ def make_views(tasks: PredictTasks, test_rows: np.ndarray, spec: ViewSpec) -> Vi
             perms = random_perms(rng, n_views)
             perms[0] = np.arange(10)
             pid = np.full(n_views, -1, dtype=np.int64)
-        u = rng.random((2, n_views)) if translate else np.zeros((2, n_views))
-        u[:, 0] = 0.0  # view 0: untranslated
+        draws = rng.random((2, n_views)) if translate else np.zeros((2, n_views))
+        draws[:, 0] = 0.0  # view 0: untranslated
         bound = answer_bound(packed, t)
-        off_all.append(_view_offsets(bound, d, u, canvas, max_offset))
+        off_all.append(_view_offsets(bound, d, draws, canvas, max_offset))
         bounds.append(np.tile(np.asarray(bound, np.int64), (n_views, 1)))
         d_all.append(d), p_all.append(perms), id_all.append(pid)
         in_all.append(np.full(n_views, packed.test_in[t], dtype=np.int64))
     n = int(sum(counts))
     d, perms, ins = np.concatenate(d_all), np.concatenate(p_all), np.concatenate(in_all)
     off = np.concatenate(off_all, axis=1)
-    # The encoder draws offset floor(u * (canvas - size + 1)) from the input's own size; hand it the u that
+    # The encoder draws offset floor(draws * (canvas - size + 1)) from the input's own size; hand it the draws that
     # lands on our offset (the middle of its interval, so rounding cannot move it).
     sizes = np.stack(view_sizes(packed.heights[ins], packed.widths[ins], d))
-    u = (off + 0.5) / (canvas - sizes + 1)
-    enc = encode(packed, ins, np.full(n, -1), d, perms, u[0], u[1], canvas)
+    draws = (off + 0.5) / (canvas - sizes + 1)
+    enc = encode(packed, ins, np.full(n, -1), d, perms, draws[0], draws[1], canvas)
     assert (enc["r0"] == off[0]).all() and (enc["c0"] == off[1]).all()
     extents = view_extents(packed.heights[ins], packed.widths[ins], np.concatenate(bounds), d, enc["r0"], enc["c0"],
                            canvas)
@@ -215,17 +215,17 @@ def run_views(model, views: Views, opts: PredictOptions, lookup=None):
     """Predictions, halting confidence and steps of every view, in the views' order. Under compute.crop the
     views run largest rectangle first, so that the slots of a batch hold views of similar size (each view
     computes on its own rectangle: the order changes the speed, not the answers)."""
-    raw, cfg, device = unwrap(model), opts.cfg, opts.device
-    lookup = lookup or puzzle_table_lookup(raw.puzzle_emb)
+    trm, cfg, device = unwrap(model), opts.cfg, opts.device
+    lookup = lookup or puzzle_table_lookup(trm.puzzle_emb)
     order = np.arange(len(views.inputs))
     extents = None
-    if raw.compute.crop and views.extents is not None:
+    if trm.compute.crop and views.extents is not None:
         order = by_size(views.extents)[::-1]
         extents = views.extents[order]
     inputs = torch.from_numpy(views.inputs[order]).to(device)
     vecs = lookup(torch.from_numpy(views.puzzle_ids[order]).to(device))
     with autocast_for(device, opts.dtype):
-        preds, conf, steps = predict_stream(model, inputs, vecs, model_batch(cfg, device, raw.cfg.total_len),
+        preds, conf, steps = predict_stream(model, inputs, vecs, model_batch(cfg, device, trm.cfg.total_len),
                                             cfg.max_steps or None, cfg.adaptive_halting, extents=extents)
     back = np.argsort(order)
     return preds.cpu().numpy()[back], conf.double().cpu().numpy()[back], steps.cpu().numpy()[back]

@@ -37,8 +37,8 @@ from pipeline.checkpoint import hold_weights, last_read, load_for_prediction, re
 from pipeline.computation import describe, model_overrides
 from pipeline.config import ConfigError, RunConfig, TrainConfig
 from pipeline.data.dataset import split_by_canvas
-from pipeline.prediction.challenges import (MODEL_ERRORS, HiddenRun, load_challenges, predict_challenges, summary_line,
-                                           write_submission)
+from pipeline.prediction.challenges import (MODEL_ERRORS, ChallengeRun, load_challenges, predict_challenges,
+                                           summary_line, write_submission)
 from pipeline.prediction.ensemble import POOL_CANDIDATES, Member, pool, share_of_rest, split_views
 from pipeline.prediction.infer import PredictOptions, model_batch
 from pipeline.data.kaggle_input import count_inputs
@@ -214,7 +214,7 @@ class MemberRun:
     flow: Flow
     plan: Plan
     ttt: TTTOutcome
-    hidden: HiddenRun | None
+    answers: ChallengeRun | None
     views: int
 
 
@@ -242,8 +242,8 @@ def _run(flow: Flow, cal: Calibration | None = None) -> MemberRun:
         log.info("calibration: an earlier member's (same checkpoint, same processes)")
     plan, dl = _plan(flow)
     ttt = _ttt(flow, plan, dl)
-    hidden, views = _predict(flow, plan, dl, ttt.model)
-    return MemberRun(flow, plan, ttt, hidden, views)
+    answers, views = _predict(flow, plan, dl, ttt.model)
+    return MemberRun(flow, plan, ttt, answers, views)
 
 
 OPEN_ERRORS = (CheckpointError, ConfigError, DataError, OSError)
@@ -253,7 +253,7 @@ OPEN_ERRORS = (CheckpointError, ConfigError, DataError, OSError)
 @dataclass
 class MemberResult:
     """What the pool and the plan file keep of a member once it is done (not its models or its flow)."""
-    hidden: HiddenRun | None
+    answers: ChallengeRun | None
     top_k: int
     entry: dict
     """Its plan, calibration, TTT outcome, views, inputs predicted and seconds, for OUT.plan.json."""
@@ -340,10 +340,10 @@ def _everyone(rt: Runtime, ok: bool) -> bool:
 def _result(run: MemberRun) -> MemberResult:
     flow = run.flow
     entry = {"budget_s": round(flow.job.budget_s, 1), **_member_summary(run),
-             "predicted": run.hidden.predicted() if run.hidden else 0,
+             "predicted": run.answers.predicted() if run.answers else 0,
              "seconds": {k: round(v, 1) for k, v in flow.seconds.items()}, "departures": flow.departures,
              "plan": dataclasses.asdict(run.plan), "calibration": dataclasses.asdict(flow.cal)}
-    return MemberResult(run.hidden, flow.cfg.predict.top_k, entry, dict(flow.failed))
+    return MemberResult(run.answers, flow.cfg.predict.top_k, entry, dict(flow.failed))
 
 
 def member_job(job: SubmitJob, i: int, now: float) -> SubmitJob:
@@ -507,7 +507,7 @@ def _ttt(flow: Flow, plan: Plan, dl: Deadlines) -> TTTOutcome:
     return out
 
 
-def _predict(flow: Flow, plan: Plan, dl: Deadlines, model: Checkpoint) -> tuple[HiddenRun | None, int]:
+def _predict(flow: Flow, plan: Plan, dl: Deadlines, model: Checkpoint) -> tuple[ChallengeRun | None, int]:
     """Views per test input chosen again from the time actually left, then prediction and vote; (None, 0) when
     nothing was predicted and the fallback submission stays."""
     job, cal = flow.job, flow.cal
@@ -528,7 +528,7 @@ def _predict(flow: Flow, plan: Plan, dl: Deadlines, model: Checkpoint) -> tuple[
     chunk_s = -(-per_chunk * views // max(cal.batch, 1)) * max(cal.batch, 1) * cal.view_s
     log.info("predict with %s: %d views per test input, %d test inputs per chunk (~%.1fs)", model.path, views,
              per_chunk, chunk_s)
-    hidden = None
+    answers = None
     try:
         # the crop calibrated, also when the pretrained model predicts because TTT failed
         loaded = load_for_prediction(model, flow.rt.device, overrides=flow.crop(), warm=flow.pretrained)
@@ -540,13 +540,13 @@ def _predict(flow: Flow, plan: Plan, dl: Deadlines, model: Checkpoint) -> tuple[
         loaded = None
     try:
         if loaded is not None:  # model errors are handled task by task inside, a failing rank at the gather
-            hidden = predict_challenges(loaded, flow.valid, opts, flow.rt, dl.predict_deadline(chunk_s),
+            answers = predict_challenges(loaded, flow.valid, opts, flow.rt, dl.predict_deadline(chunk_s),
                                         show_progress=job.progress)
-            flow.failed.update(hidden.failed_ranks)
+            flow.failed.update(answers.failed_ranks)
     except Exception as e:  # anything else, in one process: what is on disk stays
         log.exception("prediction failed (%s): the fallback submission stays", e)
     flow.seconds["predict"] = time.time() - t0
-    return hidden, views
+    return answers, views
 
 
 def _write(run: MemberRun) -> None:
@@ -554,16 +554,16 @@ def _write(run: MemberRun) -> None:
     flow = run.flow
     job, seconds = flow.job, flow.seconds
     t0 = time.time()
-    sub, _ = write_submission(job.out, flow.challenges, run.hidden)
+    sub, _ = write_submission(job.out, flow.challenges, run.answers)
     seconds["write"] = time.time() - t0
     seconds["total"] = time.time() - job.started
-    summary = {"submission": str(job.out), **_counts(flow.challenges, run.hidden), **_member_summary(run),
+    summary = {"submission": str(job.out), **_counts(flow.challenges, run.answers), **_member_summary(run),
                "seconds": {k: round(v, 1) for k, v in seconds.items()}, "budget_s": job.budget_s,
                "failed_ranks": {str(r): why for r, why in sorted(flow.failed.items())}}
     _write_plan(job, run.plan, flow.cal, seconds, summary, flow.departures)
     log.info("seconds per stage: %s (budget %.0f)", ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()),
              job.budget_s)
-    _finish(sub, run.hidden, summary)
+    _finish(sub, run.answers, summary)
 
 
 def _write_pooled(job: SubmitJob, done: list[MemberResult | None], errors: dict[int, str], challenges: dict,
@@ -571,25 +571,25 @@ def _write_pooled(job: SubmitJob, done: list[MemberResult | None], errors: dict[
     """Rank 0: the pooled votes of the members done so far (if any predicted) replace the submission; the plan
     file lists every member's plan, calibration and outcome (or error); `final`: the summary line too."""
     live = [r for r in done if r is not None]
-    hidden = None
-    if any(r.hidden is not None for r in live):
-        hidden = pool([r.hidden if r else None for r in done], [m.weight for m in job.members[:len(done)]],
+    answers = None
+    if any(r.answers is not None for r in live):
+        answers = pool([r.answers if r else None for r in done], [m.weight for m in job.members[:len(done)]],
                       live[0].top_k)
-    sub = write_submission(job.out, challenges, hidden)[0] if hidden is not None else None
+    sub = write_submission(job.out, challenges, answers)[0] if answers is not None else None
     members = [{"checkpoint": m.checkpoint, "weight": m.weight, **(r.entry if r else {"error": errors[i]})}
                for i, (m, r) in enumerate(zip(job.members, done))]
-    summary = {"submission": str(job.out), **_counts(challenges, hidden), "members": len(job.members),
+    summary = {"submission": str(job.out), **_counts(challenges, answers), "members": len(job.members),
                "seconds": {"total": round(time.time() - job.started, 1)}, "budget_s": job.budget_s,
                "failed_ranks": {str(k): v for r in live for k, v in sorted(r.failed.items())}}
     write_json_atomic(str(job.out) + ".plan.json", {"policy": dataclasses.asdict(job.policy), "members": members,
                                                    "summary": summary})
     if final:
-        _finish(sub, hidden, summary)
+        _finish(sub, answers, summary)
 
 
-def _counts(challenges: dict, hidden: HiddenRun | None) -> dict:
+def _counts(challenges: dict, answers: ChallengeRun | None) -> dict:
     tasks, inputs = count_inputs(challenges)
-    return {"tasks": tasks, "test_inputs": inputs, "predicted": hidden.predicted() if hidden else 0}
+    return {"tasks": tasks, "test_inputs": inputs, "predicted": answers.predicted() if answers else 0}
 
 
 def _member_summary(run: MemberRun) -> dict:
@@ -598,9 +598,9 @@ def _member_summary(run: MemberRun) -> dict:
             "model": flow.job.checkpoint if ttt.model is flow.pretrained else str(ttt.model.path)}
 
 
-def _finish(sub: dict | None, hidden: HiddenRun | None, summary: dict) -> None:
+def _finish(sub: dict | None, answers: ChallengeRun | None, summary: dict) -> None:
     """The run's last lines: how many inputs the model predicted, and the summary as one JSON line."""
-    log.info("%s", summary_line(sub, hidden) if hidden else
+    log.info("%s", summary_line(sub, answers) if answers else
              f"0 of {summary['test_inputs']} test inputs predicted by the model")
     print("summary: " + json.dumps(summary), flush=True)
 

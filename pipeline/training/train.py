@@ -227,14 +227,14 @@ class Trainer:
     # -- one step -------------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, torch.Tensor]:
         """One optimiser step = one deep-supervision step on the ACT slots; returns detached metric sums."""
-        c, rt, raw = self.cfg, self.rt, self.model
+        c, rt, trm = self.cfg, self.rt, self.model
         batch = to_torch(next(self.sampler), rt.device)  # batch self.step: a function of (seed, step)
         if self.carry is None:
-            self.carry = empty_carry(raw, batch, torch.float32)
+            self.carry = empty_carry(trm, batch, torch.float32)
         lr_mult = self._lr_mult(self.step + 1)  # this is optimiser step self.step + 1 (the official numbering)
-        rows = _BatchRows(raw.puzzle_emb)
+        rows = _BatchRows(trm.puzzle_emb)
         min_steps = exploration_min_steps(self.seed, self.step, c.global_batch, rt.rank, rt.world_size,
-                                          raw.cfg.halt_exploration_prob, raw.cfg.halt_max_steps, rt.device)
+                                          trm.cfg.halt_exploration_prob, trm.cfg.halt_max_steps, rt.device)
         with self.autocast:
             carry, loss, metrics, _ = supervision_step(self.wrapped, self.carry, batch, rows, True, min_steps)
         loss = loss / self.local_batch
@@ -245,10 +245,10 @@ class Trainer:
             return self._skip(metrics, not_finite)
         self._optimizer_step(c.lr * lr_mult)
         if rows.vecs.grad is not None:
-            sign_sgd_rows(raw.puzzle_emb, rows.ids, rows.vecs.grad.float() / rt.world_size,
+            sign_sgd_rows(trm.puzzle_emb, rows.ids, rows.vecs.grad.float() / rt.world_size,
                           c.puzzle_emb_lr * lr_mult, c.puzzle_emb_weight_decay, rt.distributed)
         if self.ema is not None:
-            self.ema.update(raw)
+            self.ema.update(trm)
         return metrics
 
     def _backward(self, loss: torch.Tensor, rows: _BatchRows) -> str | None:

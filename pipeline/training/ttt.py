@@ -110,17 +110,17 @@ def ttt_dataset(cfg: RunConfig, tasks: list[Task], warm: Checkpoint | None, hold
                 ) -> tuple[Dataset, np.ndarray]:
     """The hidden tasks' demonstrations packed for the sampler, their id scheme and the rows' warm start from
     checkpoint `warm` (None: every row starts fresh)."""
-    res = fit_canvas(LoadResult(tasks=demo_tasks(tasks, holdout)), cfg.data.canvas)
-    if not res.tasks:
+    result = fit_canvas(LoadResult(tasks=demo_tasks(tasks, holdout)), cfg.data.canvas)
+    if not result.tasks:
         raise DataError("no hidden task fits the model's canvas: nothing to train on")
-    packed = pack_tasks(res.tasks)
+    packed = pack_tasks(result.tasks)
     ckpt_task_ids, ckpt_ids = (warm.task_ids, stored_ids(warm)) if warm is not None else ([], None)
     ids, init_rows = ttt_ids(cfg, packed, ckpt_task_ids, ckpt_ids)
     known = sum(tid in set(ckpt_task_ids) for tid in packed.task_ids)
     log.info("TTT on %d tasks (%d known to the checkpoint keep their rows), %d demonstrations, %d puzzle ids, "
              "%d held-out demonstrations", packed.num_tasks, known, int(packed.task_ex_count.sum()), ids.num_ids,
              int((packed.test_out >= 0).sum()))
-    return Dataset(res.tasks, packed, ids, res.problems), init_rows
+    return Dataset(result.tasks, packed, ids, result.problems), init_rows
 
 
 @dataclass
