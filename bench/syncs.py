@@ -78,12 +78,12 @@ def _sync(device: torch.device) -> None:
 def train_syncs(trainer, rt, calls: int) -> dict:
     """(1) the ACT step (refill, recursion, halting, loss, backward) on a batch already on the device, which must
     not sync on the full canvas; (2) a whole Trainer.train_step (one sync by design: the finite check)."""
-    raw = trainer.model
+    trm = trainer.model
     batch = to_torch(trainer.sampler.batch_at(trainer.step), rt.device)
     B = batch["inputs"].shape[0]
-    min_steps = exploration_min_steps(0, trainer.step, B, 0, 1, raw.cfg.halt_exploration_prob,
-                                      raw.cfg.halt_max_steps, rt.device)
-    vecs = lambda ids: raw.puzzle_emb[ids].detach().clone().requires_grad_(True)  # noqa: E731
+    min_steps = exploration_min_steps(0, trainer.step, B, 0, 1, trm.cfg.halt_exploration_prob,
+                                      trm.cfg.halt_max_steps, rt.device)
+    vecs = lambda ids: trm.puzzle_emb[ids].detach().clone().requires_grad_(True)  # noqa: E731
 
     def act():
         with rt.autocast():
@@ -91,10 +91,10 @@ def train_syncs(trainer, rt, calls: int) -> dict:
         (loss / B).backward()
 
     act_box = twice(rt.device, act, calls)
-    for p in raw.parameters():  # the optimiser steps below start from clean gradients
+    for p in trm.parameters():  # the optimiser steps below start from clean gradients
         p.grad = None
     step_box = twice(rt.device, trainer.train_step, calls)
-    return {"act_step": check(act_box, calls, None if raw.compute.crop else 0),
+    return {"act_step": check(act_box, calls, None if trm.compute.crop else 0),
             "train_step": check(step_box, calls, None)}
 
 

@@ -312,8 +312,8 @@ def test_the_submit_calibration_times_every_size_bucket_under_crop(tmp_path, mon
         return real(self, inputs, vecs, y, z, crop)
 
     monkeypatch.setattr(TRM, "forward", spy)
-    real_bucket = Sampler.bucket_at
-    monkeypatch.setattr(Sampler, "bucket_at", lambda self, step: (pins.append(self.pinned_bucket), real_bucket(self, step))[1])
+    real_batch = Sampler.batch_at
+    monkeypatch.setattr(Sampler, "batch_at", lambda self, step, bucket=None: (pins.append(bucket), real_batch(self, step, bucket))[1])
     startup, step_s, save_s = calibrate_ttt(cfg, init_runtime("cpu", "float32", 0), lambda: ttt_dataset(cfg, tasks, None),
                                             tmp_path / "cal", steps=2)
     assert step_s > 0 and startup >= 0 and save_s > 0

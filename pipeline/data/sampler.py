@@ -29,30 +29,24 @@ class Sampler:
         self.global_batch, self.seed, self.rank, self.world_size = global_batch, seed, rank, world_size
         self.step = 0
         self.buckets = [self.trainable]
-        self.pinned_bucket: int | None = None
-        """Draw every step from this bucket (the submit calibration times each bucket's steps)."""
         if cfg.bucket_steps:
             side = task_sides(packed)[self.trainable]
             order = self.trainable[np.argsort(side, kind="stable")]
             self.buckets = [b for b in np.array_split(order, min(cfg.size_buckets, len(order))) if len(b)]
 
-    def pin_bucket(self, bucket: int | None) -> None:
-        """Draw every step from size bucket `bucket` (None: as the schedule says again)."""
-        self.pinned_bucket = bucket
-
     def bucket_at(self, step: int) -> np.ndarray:
         """The tasks step `step` draws from: all trainable tasks, or its run's size bucket."""
         if len(self.buckets) == 1:
             return self.buckets[0]
-        if self.pinned_bucket is not None:
-            return self.buckets[self.pinned_bucket]
         run = step // self.cfg.bucket_steps
         return self.buckets[np.random.default_rng([self.seed, 0xB0C, run]).integers(len(self.buckets))]
 
-    def batch_at(self, step: int) -> dict:
+    def batch_at(self, step: int, bucket: int | None = None) -> dict:
+        """Batch `step` (this rank's slice): a function of (seed, step), drawn from size bucket `bucket` instead
+        of the step's own when given (the submit calibration times each bucket's steps)."""
         rng = np.random.default_rng([self.seed, step])
         B = self.global_batch
-        pool = self.bucket_at(step)
+        pool = self.bucket_at(step) if bucket is None else self.buckets[bucket]
         tasks = pool[rng.integers(0, len(pool), size=B)]
         ex = self.packed.task_ex_start[tasks] + (rng.random(B) * self.packed.task_ex_count[tasks]).astype(np.int64)
         ids, dihedral, perms = self.ids.sample(tasks, rng)

@@ -78,16 +78,14 @@ def _bucketed_step_s(trainer, rt: Runtime, steps: int) -> float:
     sampler = trainer.sampler
     times = []
     for b in range(len(sampler.buckets)) if len(sampler.buckets) > 1 else [None]:
-        sampler.pin_bucket(b)
         trainer.restart_slots()  # refill every slot from this bucket
-        trainer.train_step()  # its first step also compiles this shape (dynamic) where it must
+        trainer.train_step(sampler.batch_at(trainer.step, b))  # its first step also compiles this shape (dynamic)
         rt.synchronize()
         t = time.perf_counter()
         for _ in range(steps):
-            trainer.train_step()
+            trainer.train_step(sampler.batch_at(trainer.step, b))
         rt.synchronize()
         times.append((time.perf_counter() - t) / steps)
-    sampler.pin_bucket(None)
     return float(np.mean(times))
 
 

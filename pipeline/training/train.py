@@ -225,10 +225,11 @@ class Trainer:
         return self.saved
 
     # -- one step -------------------------------------------------------------------------------------------
-    def train_step(self) -> dict[str, torch.Tensor]:
-        """One optimiser step = one deep-supervision step on the ACT slots; returns detached metric sums."""
+    def train_step(self, batch: dict | None = None) -> dict[str, torch.Tensor]:
+        """One optimiser step = one deep-supervision step on the ACT slots; returns detached metric sums. The
+        batch is the sampler's next (a function of (seed, step)) unless one is given (the submit calibration)."""
         c, rt, trm = self.cfg, self.rt, self.model
-        batch = to_torch(next(self.sampler), rt.device)  # batch self.step: a function of (seed, step)
+        batch = to_torch(next(self.sampler) if batch is None else batch, rt.device)
         if self.carry is None:
             self.carry = empty_carry(trm, batch, torch.float32)
         lr_mult = self._lr_mult(self.step + 1)  # this is optimiser step self.step + 1 (the official numbering)
