@@ -202,6 +202,28 @@ def _submit_in_process(checkpoint, challenges, folder, monkeypatch, fail_ttt_at=
     return json.loads((folder / "submission.json.plan.json").read_text())["summary"]
 
 
+def test_a_resumed_ttt_run_does_not_hold_the_pretrained_weights(checkpoint, challenges, tmp_path, monkeypatch):
+    """A rerun whose TTT resumes from its own checkpoint (no warm start, so no last read of the weights the
+    calibration loaded) releases the pretrained weights before TTT steps, as a fresh run's warm start does."""
+    import pipeline.submit.submit_flow as flow
+    from pipeline.training.train import Trainer
+
+    _submit_in_process(checkpoint, challenges, tmp_path, monkeypatch, ttt_steps=2)
+    pretrained, held = [], []
+    real_ttt, real_step = flow.run_ttt, Trainer.train_step
+    monkeypatch.setattr(flow, "run_ttt", lambda cfg, rt, tasks, warm, **kw: pretrained.append(warm) or
+                        real_ttt(cfg, rt, tasks, warm, **kw))
+
+    def step(self, batch=None):
+        if self.prefix == "ttt" and pretrained:
+            held.append(sorted(str(k) for k in pretrained[0].cache if isinstance(k, tuple) or k == "hold_weights"))
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    summary = _submit_in_process(checkpoint, challenges, tmp_path, monkeypatch, ttt_steps=4)  # resumes at step 2
+    assert summary["ttt_steps"] == 4 and held == [[], []], (summary, held)
+
+
 def test_ttt_failing_midway_predicts_with_its_latest_checkpoint(checkpoint, challenges, tmp_path, monkeypatch):
     summary = _submit_in_process(checkpoint, challenges, tmp_path, monkeypatch, fail_ttt_at=3)
     assert (summary["ttt_steps"], summary["ttt_stopped"]) == (2, "error")
@@ -712,10 +734,10 @@ def test_a_submit_reads_each_checkpoint_file_once(checkpoint, challenges, tmp_pa
     monkeypatch.setattr(flow, "run_ttt", lambda cfg, rt, tasks, warm, **kw: pretrained.append(warm) or
                         real_ttt(cfg, rt, tasks, warm, **kw))
 
-    def step(self):  # what the pretrained checkpoint holds while TTT steps
+    def step(self, batch=None):  # what the pretrained checkpoint holds while TTT steps
         if self.prefix == "ttt" and pretrained:
             held.append(sorted(str(k) for k in pretrained[0].cache if isinstance(k, tuple) or k == "hold_weights"))
-        return real_step(self)
+        return real_step(self, batch)
 
     monkeypatch.setattr(Trainer, "train_step", step)
     threads = torch.get_num_threads()

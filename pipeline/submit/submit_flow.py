@@ -42,7 +42,7 @@ from pipeline.prediction.challenges import (MODEL_ERRORS, ChallengeRun, load_cha
 from pipeline.prediction.ensemble import POOL_CANDIDATES, Member, pool, share_of_rest, split_views
 from pipeline.prediction.infer import PredictOptions, model_batch
 from pipeline.data.kaggle_input import count_inputs
-from pipeline.layout import Checkpoint, CheckpointError
+from pipeline.layout import Checkpoint, CheckpointError, ckpt_root, list_checkpoints
 from pipeline.training.metrics import setup_logging
 from pipeline.runtime import (Runtime, break_group, init_runtime, set_collective_timeout, shutdown_runtime,
                               watch_for_failures)
@@ -478,7 +478,12 @@ def _ttt(flow: Flow, plan: Plan, dl: Deadlines) -> TTTOutcome:
     set_collective_timeout(max(60.0, 2 * max(cal.ttt_startup_s, cal.ttt_step_s + cal.ttt_save_s)))
     try:
         stop = Stop(deadline=dl.ttt, when=heartbeat(plan.ttt_steps, max(30.0, job.budget_s / 100)))
-        last_read(flow.pretrained)  # its warm start: not held beside the TTT run (GBs of puzzle table at ARC size)
+        # not held beside the TTT run (GBs of puzzle table at ARC size): its warm start is the last read, and a
+        # run that resumes from its own checkpoint does not read them at all
+        if list_checkpoints(ckpt_root(run_dir)):
+            release_weights(flow.pretrained)
+        else:
+            last_read(flow.pretrained)
         result = run_ttt(dataclasses.replace(cfg, train=train), flow.rt, flow.valid.tasks, flow.pretrained,
                          stop=stop, found=flow.departures)
         out.info = {"steps": result.step, "stopped": result.stopped}
