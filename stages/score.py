@@ -28,6 +28,7 @@ from pipeline.layout import Checkpoint
 from pipeline.overlap import scored_set_overlap
 from pipeline.data.sources import load_kaggle
 from pipeline.data.tasks import DataError, read_json, read_task_map
+from pipeline.training.metrics import plot_curves
 from stages._cli import run
 from submission.report import compare, pl, score_submission, summary, write_report
 
@@ -55,8 +56,6 @@ def curves_of(run_dir: str) -> Path | None:
         raise DataError(f"--run {run_dir}: no such run folder")
     curves = folder / layout.CURVES
     if not curves.exists() and (folder / layout.METRICS).exists():
-        from pipeline.training.metrics import plot_curves
-
         plot_curves(folder)
     return curves if curves.exists() else None
 

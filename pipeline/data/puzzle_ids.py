@@ -1,12 +1,11 @@
-"""Puzzle-id schemes: which puzzle-embedding row an example of a task under an augmentation uses, the official
-table of distinct augmentations per task (`per_augmentation`) or one row per task (`per_task`), and how a scheme
-is rebuilt from a checkpoint."""
+"""Puzzle-id schemes: which puzzle-embedding row an example of a task under an augmentation uses (the official
+table of distinct augmentations per task, `per_augmentation`, built by data.versions.per_augmentation_ids; or one
+row per task, `per_task`), the colour permutations they draw, and how a scheme is rebuilt from its stored state."""
 from __future__ import annotations
 
 from typing import Protocol
 
 import numpy as np
-
 
 
 def random_perms(rng: np.random.Generator, n: int, enabled: bool = True) -> np.ndarray:

@@ -53,7 +53,7 @@ class Sampler:
         draws = rng.random((2, B)) if self.cfg.translate else np.zeros((2, B))  # the translation's, per axis
         if self.cfg.max_offset:
             draws = bound_offsets(draws, self.packed, self.packed.ex_in[ex], self.packed.ex_out[ex], dihedral,
-                              self.cfg.canvas, self.cfg.max_offset)
+                                  self.cfg.canvas, self.cfg.max_offset)
         lo, hi = self.rank * B // self.world_size, (self.rank + 1) * B // self.world_size
         out = encode(self.packed, self.packed.ex_in[ex[lo:hi]], self.packed.ex_out[ex[lo:hi]], dihedral[lo:hi],
                      perms[lo:hi], draws[0, lo:hi], draws[1, lo:hi], self.cfg.canvas)

@@ -5,7 +5,7 @@ border and their translation: measured from the tokens in training (`used_extent
 placement plus the answer's size bound in prediction (`view_extents`), where the output is unknown. A step
 runs the rectangle covering its examples (or, in training, each of `crop_groups` size groups on its own),
 each example masked to its own rectangle (`own_rectangles`), so that an example's result is a function of
-the example alone (`step_crop`, `view_crop`). The model keeps every cell's full-canvas position
+the example alone (`step_crop`, `rect_crop`). The model keeps every cell's full-canvas position
 (pipeline/nn/model.py, TRM.keep_index)."""
 from __future__ import annotations
 

@@ -221,11 +221,11 @@ def predict_per_task_runs(runs: dict[str, Path], base: str | Path | None, valid:
     return merged
 
 
-def summary_line(sub: dict, run: ChallengeRun) -> str:
+def summary_line(sub: dict, answers: ChallengeRun) -> str:
     """One line: test inputs in the submission, how many the model predicted, and the fallbacks by reason
     (inputs of tasks that failed validation count as `invalid task`)."""
-    predicted = {(r.task_id, r.test_index) for r in run.results if r.attempts}
-    reasons = Counter(run.fallbacks.get((task, j), "invalid task") for task, entries in sub.items()
+    predicted = {(r.task_id, r.test_index) for r in answers.results if r.attempts}
+    reasons = Counter(answers.fallbacks.get((task, j), "invalid task") for task, entries in sub.items()
                       for j in range(len(entries)) if (task, j) not in predicted)
     total = sum(len(v) for v in sub.values())
     why = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common()) or "none"
