@@ -28,7 +28,6 @@ from pipeline.data.pairs import CACHE, holdout_choice, list_puzzles, load_pairs
 from pipeline.nn.model import TRM
 from pipeline.runtime import init_runtime
 from pipeline.data.packed import pack_tasks
-from pipeline.data.puzzle_ids import PerAugmentationIds
 from pipeline.data.sampler import DataConfig, Sampler
 from pipeline.data.sources import LoadResult, load_source
 from pipeline.data.tasks import DataError, Task
@@ -305,7 +304,7 @@ def test_a_per_augmentation_table_too_large_is_refused_before_any_id_is_built(tm
     # through the stage: one line, exit 2, and not one id built (the bound lowered to fit a small folder)
     write_pairs(tmp_path / "p", 30, "rearc", mean_pairs=12, seed=13, shapes=SHAPES)
     monkeypatch.setattr(dataset_module, "MAX_TABLE_BYTES", 1 << 20)
-    monkeypatch.setattr(PerAugmentationIds, "build", lambda *a, **k: pytest.fail("ids built"))
+    monkeypatch.setattr(dataset_module, "per_augmentation_ids", lambda *a, **k: pytest.fail("ids built"))
     with pytest.raises(SystemExit) as end:
         run_stage(pretrain_main, ["--config", str(ROOT / "configs/demo_cpu.yaml"), "--set", f"run_dir={tmp_path / 'run'}",
                                   f"data.sources=['pairs:{tmp_path / 'p'}']", "data.canvas=30", "model.seq_len=900",
