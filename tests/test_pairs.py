@@ -56,9 +56,9 @@ def _file_pairs(folder, name):
 
 def test_nvarc_layout_every_pair_is_a_training_example(nvarc):
     folder, names = nvarc
-    res = load_source(f"pairs:{folder}")
-    packed = res.pack()
-    assert sorted(packed.task_ids) == sorted(names) and not res.problems
+    result = load_source(f"pairs:{folder}")
+    packed = result.pack()
+    assert sorted(packed.task_ids) == sorted(names) and not result.problems
     assert any(n.startswith("nvarc_training/batch_0000/") for n in names)
     assert any(n.startswith("nvarc_full/batch_0000/") for n in names)
     for t in (0, 77, 199):
@@ -318,9 +318,9 @@ def test_bulk_tasks_larger_than_the_canvas_are_dropped_and_reported():
     small, big = np.ones((3, 3), np.uint8), np.ones((12, 4), np.uint8)
     tasks = [Task("fits", [(small, small)], [small], [small]), Task("big_demo", [(small, big)], [small], [small]),
              Task("big_test_input", [(small, small)], [big], [small], train_on_test=False)]
-    res = fit_canvas(LoadResult(parts=[PackedPart("pairs:x", pack_tasks(tasks))]), 10)
-    assert res.parts[0].packed.task_ids == ["fits"]
-    assert [(p.task_id, p.reason) for p in res.problems] == [
+    result = fit_canvas(LoadResult(parts=[PackedPart("pairs:x", pack_tasks(tasks))]), 10)
+    assert result.parts[0].packed.task_ids == ["fits"]
+    assert [(p.task_id, p.reason) for p in result.problems] == [
         ("big_demo", "a grid of side 12, larger than the 10x10 canvas"),
         ("big_test_input", "a grid of side 12, larger than the 10x10 canvas")]
 

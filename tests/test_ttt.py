@@ -85,17 +85,17 @@ def test_ttt_trains_on_demonstrations_only(tiny_checkpoint, tmp_path):
     from pipeline.training.ttt import ttt_config, ttt_dataset
 
     ch, _ = write_challenges(tmp_path, UNSEEN, with_test_outputs=True)
-    _, res = load_challenges(ch)
-    assert res.tasks[0].test_outputs is not None  # the file does carry them
+    _, result = load_challenges(ch)
+    assert result.tasks[0].test_outputs is not None  # the file does carry them
     warm = Checkpoint.open(tiny_checkpoint)
     cfg = ttt_config(warm, None, [*TINY], tmp_path / "ttt")
-    data, _ = ttt_dataset(cfg, res.tasks, warm)
+    data, _ = ttt_dataset(cfg, result.tasks, warm)
     p = data.packed
     assert (p.test_out < 0).all() and not p.test_trainable.any()
-    assert int(p.task_ex_count.sum()) == sum(len(t.train) for t in res.tasks)
-    held, _ = ttt_dataset(cfg, res.tasks, warm, holdout=True)
-    assert int(held.packed.task_ex_count.sum()) == sum(len(t.train) - 1 for t in res.tasks)
-    last_in = res.tasks[0].train[-1][0]
+    assert int(p.task_ex_count.sum()) == sum(len(t.train) for t in result.tasks)
+    held, _ = ttt_dataset(cfg, result.tasks, warm, holdout=True)
+    assert int(held.packed.task_ex_count.sum()) == sum(len(t.train) - 1 for t in result.tasks)
+    last_in = result.tasks[0].train[-1][0]
     assert (held.packed.grid(held.packed.test_in[0]) == last_in).all()
 
 
