@@ -202,13 +202,12 @@ def _submit_in_process(checkpoint, challenges, folder, monkeypatch, fail_ttt_at=
     return json.loads((folder / "submission.json.plan.json").read_text())["summary"]
 
 
-def test_a_resumed_ttt_run_does_not_hold_the_pretrained_weights(checkpoint, challenges, tmp_path, monkeypatch):
-    """A rerun whose TTT resumes from its own checkpoint (no warm start, so no last read of the weights the
-    calibration loaded) releases the pretrained weights before TTT steps, as a fresh run's warm start does."""
+def weights_held_during_ttt(monkeypatch) -> list[list[str]]:
+    """A list that gets, at each TTT step of the submit flow, what the pretrained checkpoint keeps in memory
+    (its cached weights and its hold mark): empty lists when nothing is held beside the TTT run."""
     import pipeline.submit.submit_flow as flow
     from pipeline.training.train import Trainer
 
-    _submit_in_process(checkpoint, challenges, tmp_path, monkeypatch, ttt_steps=2)
     pretrained, held = [], []
     real_ttt, real_step = flow.run_ttt, Trainer.train_step
     monkeypatch.setattr(flow, "run_ttt", lambda cfg, rt, tasks, warm, **kw: pretrained.append(warm) or
@@ -220,6 +219,14 @@ def test_a_resumed_ttt_run_does_not_hold_the_pretrained_weights(checkpoint, chal
         return real_step(self, batch)
 
     monkeypatch.setattr(Trainer, "train_step", step)
+    return held
+
+
+def test_a_resumed_ttt_run_does_not_hold_the_pretrained_weights(checkpoint, challenges, tmp_path, monkeypatch):
+    """A rerun whose TTT resumes from its own checkpoint (no warm start, so no last read of the weights the
+    calibration loaded) releases the pretrained weights before TTT steps, as a fresh run's warm start does."""
+    _submit_in_process(checkpoint, challenges, tmp_path, monkeypatch, ttt_steps=2)
+    held = weights_held_during_ttt(monkeypatch)
     summary = _submit_in_process(checkpoint, challenges, tmp_path, monkeypatch, ttt_steps=4)  # resumes at step 2
     assert summary["ttt_steps"] == 4 and held == [[], []], (summary, held)
 
@@ -709,9 +716,7 @@ def test_a_submit_reads_each_checkpoint_file_once(checkpoint, challenges, tmp_pa
 
     import pipeline.checkpoint as ckpt_mod
     import pipeline.layout as layout
-    import pipeline.submit.submit_flow as flow
     import stages.submit
-    from pipeline.training.train import Trainer
     from stages.submit import main as submit_main
 
     # in process, the budget counts from stages.submit's import (or an earlier run's re-exec): start it now
@@ -729,17 +734,7 @@ def test_a_submit_reads_each_checkpoint_file_once(checkpoint, challenges, tmp_pa
     for name in ("read_config", "read_tasks"):
         monkeypatch.setattr(layout, name, counting(name, getattr(layout, name)))
     monkeypatch.setattr(ckpt_mod, "load_weights", counting("weights", ckpt_mod.load_weights))
-    pretrained, held = [], []
-    real_ttt, real_step = flow.run_ttt, Trainer.train_step
-    monkeypatch.setattr(flow, "run_ttt", lambda cfg, rt, tasks, warm, **kw: pretrained.append(warm) or
-                        real_ttt(cfg, rt, tasks, warm, **kw))
-
-    def step(self, batch=None):  # what the pretrained checkpoint holds while TTT steps
-        if self.prefix == "ttt" and pretrained:
-            held.append(sorted(str(k) for k in pretrained[0].cache if isinstance(k, tuple) or k == "hold_weights"))
-        return real_step(self, batch)
-
-    monkeypatch.setattr(Trainer, "train_step", step)
+    held = weights_held_during_ttt(monkeypatch)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
