@@ -25,7 +25,7 @@ import psutil
 from bench.common import emit, rss_mb
 from pipeline.data.dataset import build_id_scheme
 from pipeline.data.packed import pack_tasks
-from pipeline.data.sampler import DataConfig, Sampler
+from pipeline.data.sampler import DataConfig, make_sampler
 from pipeline.data.sources import load_sources
 
 TABLE_NDIM = 512  # the ARC model's puzzle_emb_ndim (fp32 rows)
@@ -56,7 +56,7 @@ def main(argv=None) -> None:
     pack_s = time.perf_counter() - t0
     ids = build_id_scheme(cfg, packed, 0)
     load_s = time.perf_counter() - t0  # load, validate, pack and build the id table
-    sampler = Sampler(packed, ids, cfg, args.batch, seed=0)
+    sampler = make_sampler(packed, ids, cfg, args.batch, seed=0)
     sampler.batch_at(0)  # numba compile (cached on disk after the first run)
     n, step, t0 = 0, 1, time.perf_counter()
     while time.perf_counter() - t0 < args.seconds:

@@ -30,14 +30,14 @@ import numba
 from bench.common import emit, rss_mb
 from pipeline.data.dataset import build_dataset
 from pipeline.data.pairs import CACHE
-from pipeline.data.sampler import DataConfig, Sampler
+from pipeline.data.sampler import DataConfig, make_sampler
 from scripts.make_fixtures import write_pairs
 
 NVARC_PUZZLES = 47_337 + 55_886
 
 
 def samples_per_s(data, batch: int, seconds: float) -> float:
-    sampler = Sampler(data.packed, data.ids, DataConfig(puzzle_ids="per_task"), batch, seed=0)
+    sampler = make_sampler(data.packed, data.ids, DataConfig(puzzle_ids="per_task"), batch, seed=0)
     sampler.batch_at(0)  # numba compile (cached on disk after the first run)
     n, step, t0 = 0, 1, time.perf_counter()
     while time.perf_counter() - t0 < seconds:

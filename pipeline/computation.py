@@ -41,6 +41,8 @@ def computation(cfg) -> dict[str, str]:
             "model.l_cycles": str(m.l_cycles),
             "model.halt_max_steps": str(m.halt_max_steps),
             "data.translate/max_offset": _translation(d.translate, d.max_offset),
+            "data.sampler": d.sampler,
+            "data.offsets": "fresh per draw" if d.fresh_offsets or d.sampler == "independent" else "fixed per version",
             "data.bucket_steps": str(d.bucket_steps),
             "predict.adaptive_halting": str(p.adaptive_halting and m.halting).lower(),
             "predict.max_steps": "N_sup" if p.max_steps in (0, m.halt_max_steps) else str(p.max_steps),

@@ -37,6 +37,17 @@ class DataConfig:
     """Training-time translation: random placement of each training example inside the canvas (same offset for
     input and output), as the official training. Kept apart from predict.translate because they differ on
     purpose: the official evaluation never translates test inputs (predict.translate is off by default)."""
+    fresh_offsets: bool = False
+    """A departure (off = official): draw a new translation at every draw of an example. Officially each
+    version of a task (one puzzle id) keeps its examples at offsets drawn once, one of them at the top-left
+    (the builder's `no_aug_id`); here those offsets are a hash of (seed, version, example): pipeline/data/sampler.py.
+    A/B row "fresh offsets" in BENCHMARKS.md."""
+    sampler: Literal["official", "independent"] = "official"
+    """How training batches are composed. `official`: as the official PuzzleDataset, tasks shuffled per epoch
+    and visited in turn, each visit one version with all its examples together (the last truncated to fit),
+    the last incomplete batch of an iteration dropped. `independent` (a departure): B independent (task,
+    example, version) draws per batch, a pure function of (seed, step); size bucketing (bucket_steps) needs it.
+    A/B row "independent sampler" in BENCHMARKS.md."""
     max_offset: int = 0
     """Translation moves a grid at most this many cells down and right (0 = anywhere in the canvas, as TRM).
     A small value keeps grids near the top-left, which is what lets compute.crop shorten training sequences.
@@ -78,6 +89,9 @@ class DataConfig:
             raise ValueError("data.eval_inputs must be >= -1 (0 = all, -1 = no held-out evaluation)")
         if self.max_offset < 0 or self.bucket_steps < 0 or self.size_buckets < 1:
             raise ValueError("data.max_offset and data.bucket_steps must be >= 0, data.size_buckets >= 1")
+        if self.bucket_steps and self.sampler != "independent":
+            raise ValueError("data.bucket_steps draws each run of steps from one size bucket: it needs "
+                             "data.sampler=independent")
 
 @dataclass(kw_only=True)
 class ModelConfig:
@@ -161,7 +175,16 @@ class ComputeConfig:
 @dataclass(kw_only=True)
 class TrainConfig:
     steps: int = 722_098
-    """Optimiser steps; each is one supervision step (TRM ARC-AGI-2: 722k over ~3 days on 4xH100)."""
+    """Optimiser steps; each is one supervision step (TRM ARC-AGI-2: 722k over ~3 days on 4xH100). Derived from
+    `epochs` when that is set."""
+    epochs: int = 0
+    """The official run length in epochs (pretrain.py `epochs`; 0 = train.steps decides): the lr schedule runs over
+    int(epochs * tasks * mean examples per version / global_batch) steps (the official total_steps), in
+    iterations of `eval_interval` epochs (the sampler's epochs_per_iter), and the run ends with the last
+    iteration's last full batch (data.sampler=official), as the official loop does."""
+    eval_interval: int = 0
+    """With `epochs`: epochs per iteration, and a held-out evaluation after each (the official eval_interval;
+    0 = one iteration of all epochs). Without: the sampler's iteration length (1 epoch when 0)."""
     global_batch: int = 768
     """ACT slots across all ranks (192 per GPU on 4 GPUs)."""
     optimizer: Literal["adam_atan2", "adam_atan2_pytorch", "adamw", "muon"] = "adam_atan2"
@@ -223,6 +246,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.global_batch < 1:
             raise ValueError("train.steps and train.global_batch must be >= 1")
+        if self.epochs < 0 or self.eval_interval < 0:
+            raise ValueError("train.epochs and train.eval_interval must be >= 0")
         if len(self.betas) != 2:
             raise ValueError("train.betas must be two numbers")
         if self.zero_stage not in (1, 2):
@@ -406,8 +431,9 @@ def _where_it_went(path: str) -> str | None:
 
 def upgrade_saved(saved: dict) -> dict:
     """A resolved config as a dict (a checkpoint's config.yaml) in today's shape: compute-only settings that
-    older versions kept under model: or train: move to compute:, and the prediction copies of settings that
-    are now one (predict.compile, predict.seed, predict.max_offset) go. A config already in today's shape
+    older versions kept under model: or train: move to compute:, the prediction copies of settings that
+    are now one (predict.compile, predict.seed, predict.max_offset) go, and a run saved before data.sampler
+    existed keeps the independent draws and fresh offsets it was trained with. A config already in today's shape
     comes back unchanged."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
     for (section, key), (to_section, to_key) in MOVED.items():
@@ -416,6 +442,8 @@ def upgrade_saved(saved: dict) -> dict:
     for section, key in MERGED:
         if isinstance(out.get(section), dict):
             out[section].pop(key, None)
+    if isinstance(out.get("data"), dict) and "sampler" not in out["data"]:
+        out["data"].update(sampler="independent", fresh_offsets=True)  # how runs were sampled before data.sampler
     return out
 
 

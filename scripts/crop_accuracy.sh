@@ -41,7 +41,7 @@ $PY -m stages.ttt --checkpoint $OUT/pretrain --challenges $OUT/held_challenges.j
 $PY -m stages.ttt --checkpoint $OUT/pretrain --challenges $OUT/held_challenges.json --out $OUT/ttt_crop_groups \
   --config configs/demo_ttt.yaml --set train.steps=200 train.progress=false "${CROP[@]}" compute.crop_groups=4
 $PY -m stages.ttt --checkpoint $OUT/pretrain --challenges $OUT/held_challenges.json --out $OUT/ttt_crop_bucketed \
-  --config configs/demo_ttt.yaml --set train.steps=200 train.progress=false "${CROP[@]}" data.bucket_steps=20 \
+  --config configs/demo_ttt.yaml --set train.steps=200 train.progress=false "${CROP[@]}" data.sampler=independent data.bucket_steps=20 \
   data.size_buckets=2
 
 predict $OUT/pretrain $OUT/pre_challenges.json $OUT/pre_full.json --no-crop

@@ -88,10 +88,13 @@ def test_departures_name_each_setting_that_changes_the_computation(tmp_path):
     fast = ttt_config(ck, [ROOT / "configs" / "ttt_full.yaml", ROOT / "configs" / "ttt_fast.yaml"], [], tmp_path / "b")
     assert ttt_departures(fast, ck, [ROOT / "configs" / "ttt_full.yaml", ROOT / "configs" / "ttt_fast.yaml"]) == ["compute.crop: false -> true", "data.translate/max_offset: anywhere -> up to 1 cell",
                                     "predict.adaptive_halting: false -> true"]
-    sets = ["predict.translate=true", "predict.max_steps=2", "data.bucket_steps=10", "compute.crop_groups=4"]
+    sets = ["predict.translate=true", "predict.max_steps=2", "data.sampler=independent", "data.bucket_steps=10",
+            "compute.crop_groups=4"]
     other = ttt_config(ck, ROOT / "configs" / "ttt_full.yaml", sets, tmp_path / "c")
     # crop_groups changes the speed only (each example computes on its own rectangle): not a departure
-    assert ttt_departures(other, ck, ROOT / "configs" / "ttt_full.yaml") == ["data.bucket_steps: 0 -> 10", "predict.max_steps: N_sup -> 2",
+    assert ttt_departures(other, ck, ROOT / "configs" / "ttt_full.yaml") == [
+        "data.sampler: official -> independent", "data.offsets: fixed per version -> fresh per draw",
+        "data.bucket_steps: 0 -> 10", "predict.max_steps: N_sup -> 2",
                                      "predict.translate/max_offset: none -> anywhere"]
     assert departures(other, other) == ["predict.max_steps: N_sup -> 2", "predict.translate/max_offset: none -> anywhere"]
 
@@ -178,5 +181,6 @@ def test_the_arc_configs_evaluate_with_all_16_steps():
         assert cfg.model.halt_max_steps == 16 and cfg.predict.max_steps == 0 and not cfg.predict.adaptive_halting
         assert computation(cfg) == {  # the official ARC recipe (trm-reference.md), evaluated officially
             "compute.crop": "false", "model.h_cycles": "3", "model.l_cycles": "4", "model.halt_max_steps": "16",
-            "data.translate/max_offset": "anywhere", "data.bucket_steps": "0", "predict.adaptive_halting": "false",
+            "data.translate/max_offset": "anywhere", "data.sampler": "official", "data.offsets": "fixed per version",
+            "data.bucket_steps": "0", "predict.adaptive_halting": "false",
             "predict.max_steps": "N_sup", "predict.translate/max_offset": "none"}

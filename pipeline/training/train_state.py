@@ -17,7 +17,7 @@ from pipeline.checkpoint import (CheckpointError, Checkpointer, carry_file, deep
 from pipeline.layout import Checkpoint
 from pipeline.training.parallel import Parallel
 from pipeline.runtime import Runtime
-from pipeline.data.sampler import Sampler
+from pipeline.data.sampler import IndependentSampler, OfficialSampler
 from pipeline.training.trainable import Trainables
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class TrainCheckpoints:
     """One run's checkpoints as training state (train.py's `Checkpoints`): `save` on every rank, `resume()` at
     the start."""
 
-    def __init__(self, ckpt: Checkpointer, cfg, config_yaml: str, rt: Runtime, *, model, sampler: Sampler,
+    def __init__(self, ckpt: Checkpointer, cfg, config_yaml: str, rt: Runtime, *, model, sampler: OfficialSampler | IndependentSampler,
                  trained: Trainables, par: Parallel, task_ids: list[str], prefix: str):
         self.ckpt, self.cfg, self.config_yaml, self.rt = ckpt, cfg, config_yaml, rt
         self.model, self.sampler, self.trained, self.par = model, sampler, trained, par

@@ -62,6 +62,7 @@ def ttt_config_over(base: RunConfig, preset: str | Path | list | None, overrides
     if base_dict["train"]["engine"] == "deepspeed":  # the TTT table is small: DDP, and every mode runs there
         base_dict["train"]["engine"] = "ddp"
     base_dict["train"]["wandb_project"] = ""  # pretraining's tracker is not TTT's (Kaggle has no wandb): --set it
+    base_dict["train"].update(epochs=0, eval_interval=0)  # pretraining's length in epochs: TTT's is its own steps
     return load_config(preset, overrides, base=base_dict)
 
 
