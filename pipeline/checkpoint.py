@@ -92,8 +92,8 @@ def load_weights(folder: Path, use_ema: bool, device: str | torch.device = "cpu"
 @torch.no_grad()
 def warm_start(model: torch.nn.Module, ckpt: Checkpoint, init_rows: np.ndarray | None = None) -> None:
     """Copy trunk weights (EMA) from a checkpoint into `model`. The puzzle table: `init_rows[i]` is the stored
-    row that new row i starts from (-1 = the mean of the whole stored table, TRM's rule for new tasks:
-    model.new_task_row). Without `init_rows`, a table of the same size is copied and one of another size
+    row that new row i starts from (-1 = the mean of the whole stored table, TRM's rule for a resized table:
+    model.new_task_row; pipeline/training/ttt.py ttt_ids decides). Without `init_rows`, a table of the same size is copied and one of another size
     starts at the mean everywhere."""
     weights = dict(read_weights(ckpt))
     table = weights.pop("puzzle_emb")

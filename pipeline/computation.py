@@ -1,7 +1,8 @@
 """The checkpoint decides the computation. A stage that starts from a checkpoint (stages.ttt, stages.predict,
 stages.submit, the Kaggle notebook) computes as that checkpoint was trained (its saved compute.crop, training
 translation range, cycles and N_sup) and evaluates as the official code does (every view runs all N_sup
-steps, test inputs are never translated), unless the user asks for a departure (`--set`, a flag, or an extra
+steps, test inputs are never translated; TTT starts every puzzle row at the table's mean, as the official
+loader resets a resized table), unless the user asks for a departure (`--set`, a flag, or an extra
 preset such as configs/ttt_fast.yaml). `departures` is the one list of what a resolved config computes
 differently; the stages print it as one line and store it (a TTT run's ttt.json, submit's plan.json).
 Works on config objects and dicts only (no torch, no pipeline imports)."""
@@ -46,7 +47,8 @@ def computation(cfg) -> dict[str, str]:
             "data.bucket_steps": str(d.bucket_steps),
             "predict.adaptive_halting": str(p.adaptive_halting and m.halting).lower(),
             "predict.max_steps": "N_sup" if p.max_steps in (0, m.halt_max_steps) else str(p.max_steps),
-            "predict.translate/max_offset": _translation(p.translate, d.max_offset)}
+            "predict.translate/max_offset": _translation(p.translate, d.max_offset),
+            "train.keep_known_rows": str(cfg.train.keep_known_rows).lower()}
 
 
 def model_overrides(cfg) -> list[str]:
@@ -56,9 +58,10 @@ def model_overrides(cfg) -> list[str]:
 
 
 def checkpoint_computation(checkpoint_cfg) -> dict[str, str]:
-    """What a run from this checkpoint computes by default: as it was trained, evaluated officially."""
+    """What a run from this checkpoint computes by default: as it was trained, evaluated officially, and (TTT)
+    every puzzle row starting at the mean of its table, as the official loader resets a resized table."""
     return {**computation(checkpoint_cfg), "predict.adaptive_halting": "false", "predict.max_steps": "N_sup",
-            "predict.translate/max_offset": "none"}
+            "predict.translate/max_offset": "none", "train.keep_known_rows": "false"}
 
 
 def departures(cfg, checkpoint_cfg) -> list[str]:

@@ -238,6 +238,12 @@ class TrainConfig:
     """Warm start: weights of this checkpoint (run folder or checkpoint folder), used only when the run
     folder has no checkpoint of its own (resume wins). A different puzzle table size re-initialises it
     to the mean row, as TRM does for new tasks."""
+    keep_known_rows: bool = False
+    """TTT: a task the checkpoint already knows keeps its pretrained puzzle rows (and their augmentations)
+    instead of starting at the whole-table mean. Off (default): every row of the TTT table starts at the mean,
+    as the official loader, NVARC and McGovern reset a resized table. On is a departure (pipeline/computation.py):
+    on tasks whose demonstrations were pretrained on (e.g. `mix:arc2-1280` scored on evaluation tasks), it
+    makes the score optimistic compared with those recipes."""
     progress: bool = True
     wandb_project: str = ""
     """Also log the metrics to wandb, offline (RUN/wandb; `wandb sync` uploads them), under this project; empty = off.

@@ -113,6 +113,26 @@ def test_another_optimiser_or_lora_than_the_recipe_is_a_departure_and_the_recipe
                                                                        ck, recipe)), name
 
 
+def test_known_tasks_keeping_their_rows_is_a_departure_that_resolved_configs_show(tmp_path):
+    """TTT starts every row at the table's mean as the references do; train.keep_known_rows=true (README's
+    departures table) is listed by ttt (ttt.json, plan.json) and by predict from that run, is never inherited
+    from the run a TTT run starts from, and the resolved config shows it either way."""
+    ck = checkpoint(tmp_path / "ck")
+    full = ROOT / "configs" / "ttt_full.yaml"
+    default = ttt_config(ck, full, [], tmp_path / "a")
+    assert not default.train.keep_known_rows and "keep_known_rows: false" in dump_config(default)
+    assert ttt_departures(default, ck, full) == []
+    keep = ttt_config(ck, full, ["train.keep_known_rows=true"], tmp_path / "b")
+    assert "keep_known_rows: true" in dump_config(keep)
+    assert ttt_departures(keep, ck, full) == ["train.keep_known_rows: false -> true"]
+    model = TRM(keep.model, 3, keep.compute)
+    run = write_weights_checkpoint(tmp_path / "b" / "ckpt" / "step-00000001", model_state=model.state_dict(),
+                                   config_yaml=dump_config(keep), task_ids=["a", "b"], ids=PerTaskIds(2), meta={})
+    assert load_for_prediction(Checkpoint.open(tmp_path / "b")).departures == ["train.keep_known_rows: false -> true"]
+    again = ttt_config(run, full, [], tmp_path / "c")  # TTT from that run asks again
+    assert not again.train.keep_known_rows and ttt_departures(again, run, full) == []
+
+
 def test_the_planners_time_the_ttt_runs_cycles_and_n_sup(tmp_path, capsys):
     """stages.submit times the pretrained model with the TTT run's computation (model_overrides), and
     bench.budget projects it: a preset raising N_sup raises the seconds per view."""
@@ -183,4 +203,4 @@ def test_the_arc_configs_evaluate_with_all_16_steps():
             "compute.crop": "false", "model.h_cycles": "3", "model.l_cycles": "4", "model.halt_max_steps": "16",
             "data.translate/max_offset": "anywhere", "data.sampler": "official", "data.offsets": "fixed per version",
             "data.bucket_steps": "0", "predict.adaptive_halting": "false",
-            "predict.max_steps": "N_sup", "predict.translate/max_offset": "none"}
+            "predict.max_steps": "N_sup", "predict.translate/max_offset": "none", "train.keep_known_rows": "false"}

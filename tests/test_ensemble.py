@@ -117,8 +117,9 @@ def test_a_member_that_fails_to_load_costs_only_its_share(tiny):
 
 
 def test_an_ensemble_of_one_checkpoint_twice_votes_as_its_views_pooled(tiny):
-    """The same checkpoint twice at 4 views each pools to the first two attempts of its votes; every member
-    missing is bad input (exit 2, one line)."""
+    """The same checkpoint twice at 4 views each pools to the first two attempts of its votes, the second
+    member's votes and views in the pool beside the first's (details.json: each doubled, which one member
+    alone would not give); every member missing is bad input (exit 2, one line)."""
     ch, ck = tiny / "t_challenges.json", tiny / "ck"
     r = _stage("stages.predict", "--checkpoint", str(ck), str(ck), "--weights", "1", "1", "--augs", "8",
                "--challenges", str(ch), "--out", str(tiny / "twice.json"), "--no-progress")
@@ -128,6 +129,11 @@ def test_an_ensemble_of_one_checkpoint_twice_votes_as_its_views_pooled(tiny):
     assert r.returncode == 0, r.stderr[-2000:]
     # same seed, so both members draw the same 4 views: votes double, attempts stay
     assert json.loads((tiny / "twice.json").read_text()) == json.loads((tiny / "one4.json").read_text())
+    twice, one = (json.loads((tiny / f"{name}.json.details.json").read_text()) for name in ("twice", "one4"))
+    assert twice.keys() == one.keys() and any(mine["votes"] for mine in one.values()), one  # some views valid
+    for key, mine in one.items():
+        assert twice[key]["votes"] == [2 * v for v in mine["votes"]], (key, twice[key], mine)
+        assert (twice[key]["views"], twice[key]["valid_views"]) == (2 * mine["views"], 2 * mine["valid_views"])
     r = _stage("stages.predict", "--checkpoint", str(tiny / "missing"), str(tiny / "missing2"), "--challenges",
                str(ch), "--out", str(tiny / "none.json"), "--no-progress")
     assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -121,14 +121,23 @@ def test_a_checkpoint_save_holds_the_puzzle_table_once(tmp_path):
     assert (ckpt / "ema.safetensors").stat().st_size < table_mb * MB / 10
 
 
+PEAK_OVER_BUDGET = 1.7
+"""The bar of the next test, set from its spread (dev-cpu, 2 cores, load average 4.6-6.5 from other jobs):
+healthy, 16 runs: 1.232-1.328x (6 alone: 1.245-1.322; 6 beside a busy 2-thread numpy matmul loop:
+1.232-1.328; 4 beside two busy 1-thread loops: 1.242-1.313). Broken: one more copy of the table at save
+(a clone in save_tensors) 2.078-2.279x over 3 runs; the EMA shadowing the table 3.23-3.28x; every evaluation
+view in one batch 4.8-6.0x. 1.7 is midway between the highest healthy (1.33) and the lowest broken (2.08)
+peak: 0.37x either side, ~4x the healthy runs' range of 0.10x."""
+
+
 def test_a_training_run_at_the_arc_settings_holds_one_table_and_a_streamed_evaluation(tmp_path):
     """bench.memory's phases (build, training steps, held-out evaluation with the EMA swapped in, checkpoint save)
     at the ARC config (AdamATan2, EMA, K=1000 augmentations per task, a 512-wide puzzle table) with the table
     reduced to 64 tasks (64k ids, 125 MB) and a small trunk and canvas, so the table dominates the budget
-    (trunk + optimiser + one table): the run's peak over its start stays under 1.5x that budget. A second copy
-    of the table anywhere (an EMA of it, a clone at save) adds 1x; an evaluation whose memory grows with its
-    128 inputs x 16 views (all in one batch) adds ~0.7x. (The full ARC config, where a training step's
-    activations are ~1x the budget: 2.0x measured, BENCHMARKS.md "Memory".)"""
+    (trunk + optimiser + one table): the run's peak over its start stays under PEAK_OVER_BUDGET that budget.
+    A second copy of the table anywhere (an EMA of it, a clone at save) adds 1x; an evaluation whose memory
+    grows with its 128 inputs x 16 views (all in one batch) adds more. (The full ARC config, where a training
+    step's activations are ~1x the budget: 2.0x measured, BENCHMARKS.md "Memory".)"""
     from bench.memory import budget, measure
     from pipeline.training.build import build_run
     from pipeline.config import load_config
@@ -158,5 +167,7 @@ def test_a_training_run_at_the_arc_settings_holds_one_table_and_a_streamed_evalu
         metrics = measure(rss, run.trainer, 2)
         b = budget(run.model, run.trainer.opt)
     peak_mb = max(p["rss_peak_mb"] for p in rss.phases.values())
+    print(f"run peak over start: {peak_mb - start_mb:.1f} MB = {(peak_mb - start_mb) / b['budget_mb']:.3f}x the "
+          f"budget ({b['budget_mb']:.1f} MB)")
     assert run.data.ids.num_ids > 64_000 and b["table_mb"] > 0.95 * b["budget_mb"] and metrics["eval/inputs"] == 128
-    assert peak_mb - start_mb <= 1.5 * b["budget_mb"], (peak_mb - start_mb, b, rss.phases)
+    assert peak_mb - start_mb <= PEAK_OVER_BUDGET * b["budget_mb"], (peak_mb - start_mb, b, rss.phases)

@@ -22,7 +22,8 @@ from pipeline.data.sources import load_source
 from pipeline.data.tasks import DataError
 
 BUILD = SHARED / "fixtures" / "official_build_mini"
-pytestmark = [needs_shared(BUILD), needs_shared(FIXTURE)]
+needs_build = needs_shared(BUILD)  # each test carries what it reads (one reads neither: it runs without ../shared)
+needs_weights = needs_shared(FIXTURE)
 ORDER = ["007bbfb7", "00d62c1b", "017c7c7b", "00576224", "009d5c81"]
 
 
@@ -34,6 +35,7 @@ def _official_test_rows() -> list[tuple[int, bytes, bytes]]:
             for p in range(len(pids)) for j in range(starts[p], starts[p + 1])]
 
 
+@needs_build
 def test_official_identifiers_become_our_id_table():
     table = official_id_table(read_identifiers(BUILD / "identifiers.json"))
     assert table.task_ids == ORDER  # official order
@@ -46,6 +48,7 @@ def test_official_identifiers_become_our_id_table():
     assert pid[3] == 40 and d[3] == 3 and perms[3].tolist() == [0, 5, 1, 2, 7, 3, 9, 4, 8, 6]
 
 
+@needs_build
 def test_official_build_test_rows_equal_our_views_with_the_imported_ids():
     table = official_id_table(read_identifiers(BUILD))
     packed = pack_tasks(load_source(str(BUILD / "source/arc-agi_minieval_challenges.json#demos")).tasks)
@@ -63,6 +66,7 @@ def test_official_build_test_rows_equal_our_views_with_the_imported_ids():
     assert sorted(ours) == sorted(theirs)
 
 
+@needs_build
 def test_official_ids_in_any_order_land_on_the_row_they_name():
     names = read_identifiers(BUILD)
     rng = np.random.default_rng(0)
@@ -99,6 +103,8 @@ def _import(tmp_path, official_file, *extra):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+@needs_build
+@needs_weights
 def test_official_import_with_its_dataset_keeps_every_puzzle_row(tmp_path):
     official = read_official(FIXTURE / "weights.safetensors")
     ndim = official["inner.puzzle_emb.weights"].shape[1]
@@ -133,6 +139,7 @@ def test_official_import_with_its_dataset_keeps_every_puzzle_row(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@needs_weights
 @pytest.mark.parametrize("prefix", ["", "model.", "_orig_mod.", "_orig_mod.model."])
 def test_an_official_pt_reads_the_same_under_each_prefix_a_save_may_carry(tmp_path, prefix):
     """The keys of an official `.pt` with none, `model.` (the loss head), `_orig_mod.` (torch.compile) or both:
@@ -146,6 +153,8 @@ def test_an_official_pt_reads_the_same_under_each_prefix_a_save_may_carry(tmp_pa
         torch.testing.assert_close(read[k], v, rtol=0, atol=0, msg=k)
 
 
+@needs_build
+@needs_weights
 def test_an_official_pt_with_its_prefixes_and_ids_in_another_order_keeps_every_row(tmp_path):
     """The `.pt` path as official training saves it (every key under `_orig_mod.model.`: torch.compile and the
     loss head) with an identifiers.json whose order is not the builder's: each of our ids gets the embedding

@@ -322,9 +322,8 @@ deadline (the flow starts none past it), the write and the rest of the run."""
 def test_pinned_ttt_steps_far_beyond_the_budget_stop_at_the_deadline(checkpoint, challenges, tmp_path, monkeypatch):
     """--ttt-steps 100000 in a 10 s budget: TTT stops at its deadline at a step boundary, its checkpoint there
     predicts every input, and the flow ends within the budget plus DEADLINE_SLACK_S. In process, with the
-    calibration stubbed, as the fallback-chain tests: through the CLI the same run would spend its budget on
-    torch's import and a real calibration (a minute on this CPU), which the slow tests already run; the flag's
-    path into the flow is stages.submit's one line `ttt_steps=args.ttt_steps`."""
+    calibration stubbed, as the fallback-chain tests; the same through the CLI, with torch's import and a real
+    calibration in the budget: the next test."""
     t0 = time.time()
     summary = _submit_in_process(checkpoint, challenges, tmp_path, monkeypatch, budget_s=10, ttt_steps=100000)
     wall = time.time() - t0
@@ -333,6 +332,31 @@ def test_pinned_ttt_steps_far_beyond_the_budget_stop_at_the_deadline(checkpoint,
     assert len(json.loads((tmp_path / "submission.json.details.json").read_text())) == 32  # every input reached
     assert wall <= 10 + DEADLINE_SLACK_S, (wall, summary["seconds"])
     assert validate(challenges, tmp_path / "submission.json").returncode == 0
+
+
+CLI_BUDGET_S = 30
+"""The budget of the deadline test through the CLI: interpreter start, torch's import and a real calibration
+(~8 s on the 2-core dev CPU) leave TTT about half of it."""
+
+
+@pytest.mark.alone
+def test_pinned_ttt_steps_stop_at_the_deadline_through_the_cli(checkpoint, challenges, tmp_path):
+    """`stages.submit --ttt-steps 100000 --budget-s 30` as a process, the calibration real: TTT stops at its
+    deadline after some steps, the submission is valid with every input predicted, and the process ends within
+    the budget plus DEADLINE_SLACK_S of wall time from its start (22 s on the 2-core dev CPU)."""
+    out = tmp_path / "submission.json"
+    t0 = time.time()
+    r = run(submit_cmd(checkpoint, challenges, out, tmp_path / "work", "--budget-s", CLI_BUDGET_S, "--ttt-steps",
+                       100000, "--views", 2, "--device", "cpu", "--set", "train.ckpt_every=2"),
+            timeout=CLI_BUDGET_S + 60)
+    wall = time.time() - t0
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("summary: "))[9:])
+    assert summary["ttt_stopped"] == "deadline" and 0 < summary["ttt_steps"] < 100000, summary
+    assert Path(summary["model"]).name == f"step-{summary['ttt_steps']:08d}"
+    assert summary["predicted"] == 32 and len(json.loads((tmp_path / "submission.json.details.json").read_text())) == 32
+    assert wall <= CLI_BUDGET_S + DEADLINE_SLACK_S, (wall, summary["seconds"])
+    assert validate(challenges, out).returncode == 0
 
 
 @pytest.mark.alone

@@ -21,7 +21,8 @@ from pipeline.nn.crop import Crop
 def new_task_row(table: torch.Tensor) -> torch.Tensor:
     """The puzzle-embedding row a task the table does not know starts from: the mean of the whole stored
     table, the blank row 0 included, as the official loader re-initialises a table of another size
-    (pretrain.py L244-262). TTT's new rows and prediction's unknown tasks both use it."""
+    (pretrain.py L244-262). TTT's rows (all of them unless train.keep_known_rows) and prediction's unknown
+    tasks use it."""
     return table.mean(0)
 
 

@@ -9,8 +9,9 @@ Owns what differs from pretraining, which is only data and config; the run itsel
 - the data: the hidden tasks' demonstration pairs only (their test outputs are unknown on Kaggle and are
   never read), optionally one demonstration per task left out to measure held-out pass@2 while training;
 - the puzzle ids: new ids for the hidden tasks in the checkpoint's scheme (per augmentation: the original
-  plus K augmentations per task; per task: one row), started at the mean of the pretrained rows as TRM,
-  NVARC and McGovern do; a task the checkpoint already knows keeps its own rows (and their augmentations).
+  plus K augmentations per task; per task: one row), every row started at the mean of the whole pretrained
+  table as TRM, NVARC and McGovern reset a resized table, tasks the checkpoint already knows included; with
+  train.keep_known_rows (a departure) a known task keeps its own rows (and their augmentations).
 The table of the TTT run holds only the hidden tasks' rows, so predict on the run folder uses them.
 """
 from __future__ import annotations
@@ -63,6 +64,7 @@ def ttt_config_over(base: RunConfig, preset: str | Path | list | None, overrides
         base_dict["train"]["engine"] = "ddp"
     base_dict["train"]["wandb_project"] = ""  # pretraining's tracker is not TTT's (Kaggle has no wandb): --set it
     base_dict["train"].update(epochs=0, eval_interval=0)  # pretraining's length in epochs: TTT's is its own steps
+    base_dict["train"]["keep_known_rows"] = False  # a departure is asked for by each run (a TTT run's is not inherited)
     return load_config(preset, overrides, base=base_dict)
 
 
@@ -83,8 +85,9 @@ def demo_tasks(tasks: list[Task], holdout: bool) -> list[Task]:
 
 def ttt_ids(cfg: RunConfig, packed, ckpt_task_ids: list[str], ckpt_ids: PuzzleIdScheme | None
             ) -> tuple[PuzzleIdScheme, np.ndarray]:
-    """The id scheme of the TTT run and, per new row, the checkpoint row it starts from (-1 = the mean)."""
-    index = {tid: k for k, tid in enumerate(ckpt_task_ids)}
+    """The id scheme of the TTT run and, per new row, the checkpoint row it starts from (-1 = the mean): the
+    mean everywhere unless cfg.train.keep_known_rows, which keeps the rows of the tasks the checkpoint knows."""
+    index = {tid: k for k, tid in enumerate(ckpt_task_ids)} if cfg.train.keep_known_rows else {}
     known = [index.get(tid, -1) for tid in packed.task_ids]
     d = cfg.data
     if d.puzzle_ids == "per_task":
@@ -118,8 +121,9 @@ def ttt_dataset(cfg: RunConfig, tasks: list[Task], warm: Checkpoint | None, hold
     ckpt_task_ids, ckpt_ids = (warm.task_ids, stored_ids(warm)) if warm is not None else ([], None)
     ids, init_rows = ttt_ids(cfg, packed, ckpt_task_ids, ckpt_ids)
     known = sum(tid in set(ckpt_task_ids) for tid in packed.task_ids)
-    log.info("TTT on %d tasks (%d known to the checkpoint keep their rows), %d demonstrations, %d puzzle ids, "
-             "%d held-out demonstrations", packed.num_tasks, known, int(packed.task_ex_count.sum()), ids.num_ids,
+    rows = "keep their rows" if cfg.train.keep_known_rows else "start at the mean row too"
+    log.info("TTT on %d tasks (%d known to the checkpoint %s), %d demonstrations, %d puzzle ids, "
+             "%d held-out demonstrations", packed.num_tasks, known, rows, int(packed.task_ex_count.sum()), ids.num_ids,
              int((packed.test_out >= 0).sum()))
     return Dataset(result.tasks, packed, ids, result.problems), init_rows
 
