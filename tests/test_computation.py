@@ -10,7 +10,7 @@ import yaml
 from conftest import ROOT
 from pipeline.checkpoint import load_for_prediction, write_weights_checkpoint
 from pipeline.computation import departures, describe
-from pipeline.config import dump_config, load_config
+from pipeline.config import dump_config, load_config, to_dict, upgrade_saved
 from pipeline.layout import Checkpoint
 from pipeline.nn.model import TRM
 from pipeline.data.puzzle_ids import PerTaskIds
@@ -92,8 +92,7 @@ def test_departures_name_each_setting_that_changes_the_computation(tmp_path):
             "compute.crop_groups=4"]
     other = ttt_config(ck, ROOT / "configs" / "ttt_full.yaml", sets, tmp_path / "c")
     # crop_groups changes the speed only (each example computes on its own rectangle): not a departure
-    assert ttt_departures(other, ck, ROOT / "configs" / "ttt_full.yaml") == [
-        "data.sampler: official -> independent", "data.offsets: fixed per version -> fresh per draw",
+    assert ttt_departures(other, ck, ROOT / "configs" / "ttt_full.yaml") == [  # ck: demo_cpu.yaml (independent)
         "data.bucket_steps: 0 -> 10", "predict.max_steps: N_sup -> 2",
                                      "predict.translate/max_offset: none -> anywhere"]
     assert departures(other, other) == ["predict.max_steps: N_sup -> 2", "predict.translate/max_offset: none -> anywhere"]
@@ -204,3 +203,23 @@ def test_the_arc_configs_evaluate_with_all_16_steps():
             "data.translate/max_offset": "anywhere", "data.sampler": "official", "data.offsets": "fixed per version",
             "data.bucket_steps": "0", "predict.adaptive_halting": "false",
             "predict.max_steps": "N_sup", "predict.translate/max_offset": "none", "train.keep_known_rows": "false"}
+
+
+def test_the_sampler_and_fresh_offsets_are_departures_from_an_officially_sampled_checkpoint(tmp_path):
+    ck = checkpoint(tmp_path / "ck", "data.sampler=official")
+    assert ck.config.data.sampler == "official" and not ck.config.data.fresh_offsets
+    full = ROOT / "configs" / "ttt_full.yaml"
+    assert departures(ttt_config(ck, full, [], tmp_path / "a"), ck.config) == []
+    independent = ttt_config(ck, full, ["data.sampler=independent"], tmp_path / "b")
+    assert departures(independent, ck.config) == ["data.sampler: official -> independent",
+                                                  "data.offsets: fixed per version -> fresh per draw"]
+    fresh = ttt_config(ck, full, ["data.fresh_offsets=true"], tmp_path / "c")
+    assert departures(fresh, ck.config) == ["data.offsets: fixed per version -> fresh per draw"]
+
+
+def test_a_checkpoint_saved_before_the_sampler_setting_keeps_its_independent_draws():
+    saved = to_dict(load_config(ROOT / "configs" / "arc2_4xh100.yaml"))
+    del saved["data"]["sampler"], saved["data"]["fresh_offsets"]
+    old = load_config(None, [], base=saved)
+    assert old.data.sampler == "independent" and old.data.fresh_offsets
+    assert upgrade_saved(to_dict(load_config(ROOT / "configs" / "arc2_4xh100.yaml")))["data"]["sampler"] == "official"

@@ -143,7 +143,8 @@ def test_a_resumed_sampler_continues_exactly_and_ranks_slice_one_global_batch(ki
 
 def test_train_epochs_give_the_official_length_schedule_and_evaluation_points(tmp_path):
     cfg = load_config(ROOT / "configs" / "demo_cpu.yaml",
-                      [f"run_dir={tmp_path}", "train.epochs=6", "train.eval_interval=2", "train.global_batch=64",
+                      [f"run_dir={tmp_path}", "data.sampler=official", "train.epochs=6", "train.eval_interval=2",
+                       "train.global_batch=64",
                        "train.progress=false"])
     run = build_run(cfg, init_runtime("cpu", "float32", 0))
     s, t = run.sampler, run.trainer

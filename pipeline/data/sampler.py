@@ -30,24 +30,31 @@ from pipeline.data.puzzle_ids import PerAugmentationIds, PuzzleIdScheme
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, element-wise on uint64 (wrapping)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
 def _hash64(*parts) -> np.ndarray:
-    """splitmix64 of the parts combined element-wise (uint64): a counter-based random stream."""
-    x = np.zeros(np.broadcast(*parts).shape, np.uint64)
+    """A hash of the parts (integers or integer arrays, combined element-wise) as uint64: a counter-based stream."""
+    x = np.uint64(0x243F6A8885A308D3)
     with np.errstate(over="ignore"):
         for p in parts:
-            x = (x ^ np.asarray(p).astype(np.uint64)) * np.uint64(0x9E3779B97F4A7C15) & _M64
-            x = x + np.uint64(0x9E3779B97F4A7C15)
-            x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-            x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-            x = x ^ (x >> np.uint64(31))
+            x = _mix64(x ^ np.asarray(p).astype(np.uint64))
     return x
 
 
 def version_offsets(seed: int, version: np.ndarray, example: np.ndarray, n_examples: np.ndarray) -> np.ndarray:
     """Translation draws [2, B] in [0, 1) fixed per (seed, version, example), and 0 (the top-left) for the one
     example of each version the official builder leaves untranslated (`no_aug_id`, uniform over its examples)."""
-    draws = np.stack([_hash64(seed, version, example, axis) >> np.uint64(11) for axis in (1, 2)]) * 2.0 ** -53
-    kept = (_hash64(seed, version, 0xA0A) % n_examples.astype(np.uint64)).astype(np.int64) == example
+    key = _hash64(seed, version)
+    with np.errstate(over="ignore"):
+        own = _mix64(key ^ _mix64(np.asarray(example).astype(np.uint64)))
+        draws = np.stack([_mix64(own ^ np.uint64(axis)) >> np.uint64(11) for axis in (1, 2)]) * 2.0 ** -53
+    kept = (key % n_examples.astype(np.uint64)).astype(np.int64) == example
     return np.where(kept, 0.0, draws)
 
 
@@ -197,12 +204,10 @@ class OfficialSampler(_Encoder):
     def _consume(self, groups: np.ndarray, room: int):
         """Draw each visit's version (Philox) and example order (RandomState), in the official order."""
         versions = self.rng.integers(0, self.versions[groups])
-        takes, exs = [], []
-        for g in groups.tolist():
-            n = int(self.sizes[g])
-            takes.append(min(n, room))
-            exs.append(self.subsets.permutation(n)[:takes[-1]])  # = np.random.choice(n, take, replace=False)
-            room -= takes[-1]
+        n = self.sizes[groups]
+        takes = np.minimum(n, np.maximum(room - np.r_[0, np.cumsum(n)[:-1]], 0))
+        permutation = self.subsets.permutation  # = np.random.choice(n, take, replace=False) of every visit
+        exs = [permutation(k)[:t] for k, t in zip(n.tolist(), takes.tolist())]
         if not exs:
             return (np.zeros(0, np.int64),) * 4
         visit = np.repeat(np.arange(len(takes)), takes)
