@@ -4,6 +4,7 @@
 # predict) from the same checkpoint and seeds twice, officially (A) and with one departure (B).
 #   bash scripts/ab_cpu.sh        (outputs under runs/ab/: checkpoints, sides, rows/*.json; ~2-3 h on 2 shared cores)
 #   SUITES="demo syn8" bash scripts/ab_cpu.sh      (the cheap suites only: minutes each)
+#   ONLY="sampler|offsets|known" SUITES="demo syn8" bash scripts/ab_cpu.sh   (only the rows whose name matches)
 # Three suites: the demo checkpoint (configs/demo_cpu.yaml; 4x4 grids fill its 5x5 canvas, so crop and
 # translation change nothing there and are measured on the next two); synthetic tasks of sides 1..6 on an 8x8
 # canvas (the demo config, canvas 8: crop_accuracy.sh's suite); real ARC-AGI-1 on a 12x12 canvas
@@ -23,6 +24,7 @@ mkdir -p "$OUT/rows"
 ab() {  # ab NAME ARGS...: one A/B row, its JSON in rows/NAME.json, its printout in rows/NAME.txt
   local name=$1; shift
   [ -s "$OUT/rows/$name.json" ] && return 0
+  [[ -n "${ONLY:-}" && ! "$name" =~ $ONLY ]] && return 0  # ONLY=REGEX: just the rows whose name matches
   local row
   row=$($PY -m bench.ab --out "$OUT/sides" "$@" 2> "$OUT/rows/$name.txt" | tail -1)  # a failure ends the script here
   echo "$row" > "$OUT/rows/$name.json"
@@ -54,6 +56,16 @@ ab demo_ttt_muon "${DEMO_TTT[@]}" --b "train.optimizer=muon" --label "Muon in TT
 ab demo_ttt_lora "${DEMO_TTT[@]}" --b "train.trainable=lora" --label "LoRA"
 ab demo_null "${DEMO[@]}" --b "seed=1" --label "null: seed=1"
 ab demo_ttt_null "${DEMO_TTT[@]}" --b "seed=1" --label "null: seed=1"
+# The official sampler's rows (issue 27): A samples TTT batches officially, B as before (independent draws, fresh
+# offsets); the checkpoint itself was pretrained with independent draws (demo_cpu.yaml). TTT on the pretrained
+# tasks themselves (their test inputs held out): A resets their rows to the table mean (the references), B keeps them.
+OFF=(--set train.steps=100 data.sampler=official)
+ab demo_ttt_sampler "${DEMO_TTT[@]}" "${OFF[@]}" --b "data.sampler=independent" --label "independent sampler in TTT"
+ab demo_ttt_sampler_null "${DEMO_TTT[@]}" "${OFF[@]}" --b "seed=1" --label "null: seed=1 (official sampler)"
+ab demo_ttt_known "${DEMO[@]}" --ttt-config configs/demo_ttt.yaml --set train.steps=100 --b "train.keep_known_rows=true" \
+  --label "known tasks keep their rows in TTT"
+ab demo_ttt_known_null "${DEMO[@]}" --ttt-config configs/demo_ttt.yaml --set train.steps=100 --b "seed=1" \
+  --label "null: seed=1 (TTT on pretrained tasks)"
 fi
 
 # -- synthetic tasks of sides 1..6 on an 8x8 canvas -------------------------------------------------------------
@@ -78,6 +90,14 @@ ab syn8_ttt_fast "${SYN_TTT[@]}" --b "compute.crop=true compute.crop_groups=8 da
   --label "configs/ttt_fast.yaml"
 ab syn8_null "${SYN[@]}" --b "seed=1" --label "null: seed=1"
 ab syn8_ttt_null "${SYN_TTT[@]}" --b "seed=1" --label "null: seed=1"
+OFF8=(--set train.steps=80 data.sampler=official)
+ab syn8_ttt_sampler "${SYN_TTT[@]}" "${OFF8[@]}" --b "data.sampler=independent" --label "independent sampler in TTT"
+ab syn8_ttt_offsets "${SYN_TTT[@]}" "${OFF8[@]}" --b "data.fresh_offsets=true" --label "fresh offsets in TTT"
+ab syn8_ttt_sampler_null "${SYN_TTT[@]}" "${OFF8[@]}" --b "seed=1" --label "null: seed=1 (official sampler)"
+ab syn8_ttt_known "${SYN[@]}" --ttt-config configs/demo_ttt.yaml --set train.steps=80 --b "train.keep_known_rows=true" \
+  --label "known tasks keep their rows in TTT"
+ab syn8_ttt_known_null "${SYN[@]}" --ttt-config configs/demo_ttt.yaml --set train.steps=80 --b "seed=1" \
+  --label "null: seed=1 (TTT on pretrained tasks)"
 fi
 
 # -- real ARC-AGI-1 on a 12x12 canvas -----------------------------------------------------------------------------
