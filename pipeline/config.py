@@ -178,7 +178,8 @@ class TrainConfig:
     """Optimiser steps; each is one supervision step (TRM ARC-AGI-2: 722k over ~3 days on 4xH100). Derived from
     `epochs` when that is set."""
     epochs: int = 0
-    """The official run length in epochs (pretrain.py `epochs`; 0 = train.steps decides): the lr schedule runs over
+    """The official run length in epochs (pretrain.py `epochs`; 0 = train.steps decides; a `train.steps=N`
+    override without one of epochs sets it to 0): the lr schedule runs over
     int(epochs * tasks * mean examples per version / global_batch) steps (the official total_steps), in
     iterations of `eval_interval` epochs (the sampler's epochs_per_iter), and the run ends with the last
     iteration's last full batch (data.sampler=official), as the official loop does."""
@@ -470,11 +471,16 @@ def load_config(path: str | Path | list | None = None, overrides: list[str] | No
     """Load YAML presets (each holding only its deltas, applied in order: e.g. a TTT recipe, then
     configs/ttt_fast.yaml) and apply `key=value` overrides. The deltas apply to the dataclass defaults, or to
     `base` (a resolved config as a dict, e.g. a checkpoint's, for test-time training; upgraded from an older
-    shape by `upgrade_saved`). model.seq_len is derived from data.canvas."""
+    shape by `upgrade_saved`). model.seq_len is derived from data.canvas. An override of train.steps without
+    one of train.epochs turns a preset's train.epochs off (a short run of an ARC preset: `train.steps=2`)."""
     data = upgrade_saved(base or {})
     for preset in [] if path is None else (path if isinstance(path, (list, tuple)) else [path]):
         data = _merge(data, read_yaml(preset))
-    data = _merge(data, parse_overrides(overrides or []))
+    extra = parse_overrides(overrides or [])
+    data = _merge(data, extra)
+    asked = extra.get("train") if isinstance(extra.get("train"), dict) else {}
+    if "steps" in asked and "epochs" not in asked and isinstance(data.get("train"), dict):
+        data["train"]["epochs"] = 0  # `train.steps=N` asked for here runs N steps, whatever epochs a preset gives
     return from_dict(RunConfig, _derive_seq_len(data))
 
 

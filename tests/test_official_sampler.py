@@ -192,3 +192,12 @@ def test_batches_across_iterations_equal_the_official_walk():
         assert list(zip(tasks.tolist(), versions.tolist(), example.tolist())) == \
             [(int(g), int(v), int(e)) for g, v, e in rows], f"batch {k} (iteration {s.iteration})"
     assert s.iteration == 4
+
+
+def test_the_arc_presets_run_the_official_epochs_unless_steps_are_asked_for():
+    cfg = load_config(ROOT / "configs" / "arc2_4xh100.yaml")
+    assert (cfg.train.epochs, cfg.train.eval_interval, cfg.data.sampler) == (100_000, 10_000, "official")
+    short = load_config(ROOT / "configs" / "arc2_4xh100.yaml", ["train.steps=2"])
+    assert (short.train.epochs, short.train.steps) == (0, 2)
+    both = load_config(ROOT / "configs" / "arc2_4xh100.yaml", ["train.steps=2", "train.epochs=10"])
+    assert both.train.epochs == 10
