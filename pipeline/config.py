@@ -81,6 +81,12 @@ class DataConfig:
 
 @dataclass(kw_only=True)
 class ModelConfig:
+    arch: Literal["trm", "hrm", "trm_singlez", "trm_hier6", "transformers_baseline"] = "trm"
+    """Which official architecture (`arch=NAME` of the official repository): `trm` (TRM, the default), `hrm`
+    (HRM: separate H and L networks, `h_layers` and `layers` blocks, the 1-step gradient, the Q-continue head
+    trained), `trm_singlez` (TRM with one latent), `trm_hier6` (TRM with the latent in six pieces; l_cycles <= 6),
+    `transformers_baseline` (`layers` plain post-norm blocks applied once per step; h_cycles = l_cycles = 1).
+    HRM and the baseline have puzzle_emb_len = ceil(puzzle_emb_ndim / hidden), as their official classes."""
     hidden: int = 512
     """Width of every token state."""
     heads: int = 8
@@ -88,7 +94,9 @@ class ModelConfig:
     expansion: float = 4.0
     """SwiGLU width factor: inner = round(expansion * hidden * 2/3) rounded up to a multiple of 256."""
     layers: int = 2
-    """Blocks in the one shared network."""
+    """Blocks in the one shared network (HRM: in its L network; the transformer baseline: all its blocks)."""
+    h_layers: int = 0
+    """HRM only: blocks in its H network (official H_layers; the other architectures have none: 0)."""
     h_cycles: int = 3
     """T: full recursion cycles per supervision step; all but the last run without gradients."""
     l_cycles: int = 4
@@ -113,13 +121,48 @@ class ModelConfig:
     mlp_t: bool = False
     """Replace self-attention with an MLP across the sequence axis (the paper's MLP-mixer variant)."""
     loss: Literal["stablemax", "softmax"] = "stablemax"
+    act_continue: bool | None = None
+    """Train the Q-continue head (official `no_ACT_continue: false`): training halts where q_halt > q_continue,
+    and a second forward from the new state gives the continue target (loss lm + 0.5 (halt + continue)).
+    None = the architecture's official rule: off for the TRM family (q_halt > 0 halts), on for HRM (always:
+    its class has no switch), and for the transformer baseline halting on q_halt > q_continue without the
+    continue loss (its wrapper as the official loss head calls it; true adds the loss: compute_target_q)."""
+
     def __post_init__(self) -> None:
+        self._check_arch()
         if self.hidden % self.heads:
             raise ValueError(f"model.hidden={self.hidden} is not divisible by model.heads={self.heads}")
         if self.puzzle_emb_ndim > self.puzzle_emb_len * self.hidden:
             raise ValueError("model.puzzle_emb_ndim must fit into puzzle_emb_len * hidden")
         if min(self.layers, self.h_cycles, self.l_cycles, self.halt_max_steps) < 1:
             raise ValueError("model.layers, h_cycles, l_cycles and halt_max_steps must be >= 1")
+
+    def _check_arch(self) -> None:
+        """What each official class computes with: settings it has no place for are errors, never ignored."""
+        a = self.arch
+        if (a == "hrm") != (self.h_layers > 0):
+            raise ValueError("model.h_layers is HRM's H network: >= 1 for model.arch=hrm, 0 for the others")
+        if a == "hrm" and self.act_continue is False:
+            raise ValueError("model.arch=hrm always trains the Q-continue head (official hrm.py): "
+                             "leave model.act_continue unset")
+        if a in ("hrm", "transformers_baseline") and self.puzzle_emb_len != -(-self.puzzle_emb_ndim // self.hidden):
+            raise ValueError(f"model.arch={a} has puzzle_emb_len = ceil(puzzle_emb_ndim / hidden) = "
+                             f"{-(-self.puzzle_emb_ndim // self.hidden)} (its official class), not {self.puzzle_emb_len}")
+        if a == "transformers_baseline" and (self.h_cycles, self.l_cycles, self.mlp_t) != (1, 1, False):
+            raise ValueError("model.arch=transformers_baseline has no cycles and no mlp_t: set model.h_cycles=1 "
+                             "model.l_cycles=1 model.mlp_t=false")
+        if a == "trm_hier6" and self.l_cycles > 6:
+            raise ValueError("model.arch=trm_hier6 updates latent piece i at L step i: model.l_cycles must be <= 6")
+
+    @property
+    def halts_on_continue(self) -> bool:
+        """Training halts where q_halt > q_continue (else where q_halt > 0)."""
+        return self.arch in ("hrm", "transformers_baseline") or bool(self.act_continue)
+
+    @property
+    def continue_loss(self) -> bool:
+        """Training adds the Q-continue loss, its target from a second forward."""
+        return self.arch == "hrm" or bool(self.act_continue)
 
     @property
     def total_len(self) -> int:

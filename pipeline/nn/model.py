@@ -5,6 +5,10 @@ One small network (2 post-norm blocks) is applied recursively. One supervision s
 where only the last of the T cycles is back-propagated. Logits come from y (the puzzle-embedding prefix
 positions dropped), the halting logit from y at position 0. The numerics follow the official code
 (../shared/docs/trm-reference.md section 3) so official checkpoints import exactly (pipeline/nn/official.py).
+
+The official repository's other architectures (HRM, single-z, hier6, the transformer baseline) subclass TRM
+(pipeline/nn/arch.py, `model.arch`): they share its embeddings, heads, crop and step, and replace `recurse`
+and the initial states.
 """
 from __future__ import annotations
 
@@ -127,8 +131,7 @@ class TRM(nn.Module):
         with torch.no_grad():  # start by never halting: logit -5 (as TRM)
             self.q_head.weight.zero_()
             self.q_head.bias.fill_(-5.0)
-        self.register_buffer("y_init", trunc_normal_(torch.empty(h), 1.0))
-        self.register_buffer("z_init", trunc_normal_(torch.empty(h), 1.0))
+        self._init_states(h)
         self.register_buffer("puzzle_emb", torch.zeros(num_puzzle_ids, cfg.puzzle_emb_ndim))
         if cfg.pos_encodings == "rope":
             head_dim = h // cfg.heads
@@ -137,6 +140,12 @@ class TRM(nn.Module):
             emb = torch.cat((freqs, freqs), dim=-1)
             self.register_buffer("rope_cos", emb.cos(), persistent=False)
             self.register_buffer("rope_sin", emb.sin(), persistent=False)
+
+    def _init_states(self, h: int) -> None:
+        """The initial (y, z) vectors (official H_init, L_init); an architecture that carries other states
+        registers its own."""
+        self.register_buffer("y_init", trunc_normal_(torch.empty(h), 1.0))
+        self.register_buffer("z_init", trunc_normal_(torch.empty(h), 1.0))
 
     # -- pieces -------------------------------------------------------------------------------------
     def keep_index(self, rows: int, cols: int) -> torch.Tensor:
@@ -178,7 +187,7 @@ class TRM(nn.Module):
         return self.net(y, z, rope, mask), z
 
     def initial_state(self, batch_size: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (batch_size, self.cfg.total_len, self.cfg.hidden)
+        shape = (batch_size, self.cfg.total_len, -1)  # each state as wide as its init vector
         return self.y_init.to(dtype).expand(shape).clone(), self.z_init.to(dtype).expand(shape).clone()
 
     def reset_state(self, y, z, reset: torch.Tensor):
@@ -215,6 +224,15 @@ class TRM(nn.Module):
             return self._step(inputs, puzzle_vecs, y, z, None)
         return self._step(inputs, puzzle_vecs, y, z, crop.keep, crop.own)
 
+    def recurse(self, x, y, z, rope, mask=None):
+        """The recursion of one supervision step from the embedded input x and carried (y, z): the new (y, z)
+        and the state the heads read (TRM: y)."""
+        with torch.no_grad():
+            for _ in range(self.cfg.h_cycles - 1):
+                y, z = self._cycle(x, y, z, rope, mask)
+        y, z = self._cycle(x, y, z, rope, mask)
+        return y, z, y
+
     def _step(self, inputs, puzzle_vecs, y, z, keep, own=None):
         rope = None
         if self.cfg.pos_encodings == "rope":
@@ -228,12 +246,9 @@ class TRM(nn.Module):
         y_in, z_in = y, z
         mask = None if own is None else own[:, None, None, :]  # the keys of each example's own rectangle
         x = self.embed(inputs, puzzle_vecs, keep).to(y.dtype)
-        with torch.no_grad():
-            for _ in range(self.cfg.h_cycles - 1):
-                y, z = self._cycle(x, y, z, rope, mask)
-        y, z = self._cycle(x, y, z, rope, mask)
-        logits = self.lm_head(y)[:, self.cfg.puzzle_emb_len:]
-        q = self.q_head(y[:, 0]).float()
+        y, z, out = self.recurse(x, y, z, rope, mask)
+        logits = self.lm_head(out)[:, self.cfg.puzzle_emb_len:]
+        q = self.q_head(out[:, 0]).float()
         y, z = y.detach(), z.detach()
         if own is not None:  # outside its own rectangle an example stays as it would alone: untouched, logits 0
             inside = own[..., None]
@@ -258,12 +273,18 @@ class TRM(nn.Module):
         counting matmuls only, for MFU; `seq_len` grid tokens instead of the canvas (a crop rectangle).
         Under crop the MFU printed while training counts the full canvas, an upper bound."""
         c = self.cfg
-        S, h = (c.total_len if seq_len is None else seq_len + c.puzzle_emb_len), c.hidden
-        inner = swiglu_width(h, c.expansion)
-        per_block = 2 * S * (3 * h * h + h * h + 3 * h * inner)  # qkv, out, SwiGLU
-        per_block += 0 if c.mlp_t else 4 * S * S * h  # QK^T and AV
-        if c.mlp_t:
-            per_block += 2 * h * 3 * S * swiglu_width(S, c.expansion)
-        per_cycle = (c.l_cycles + 1) * c.layers * per_block
-        fwd = c.h_cycles * per_cycle + 2 * S * h * c.vocab_size
-        return batch * (fwd + 2 * per_cycle)  # backward ~ 2x forward of the graded cycle
+        per_cycle = (c.l_cycles + 1) * c.layers
+        return step_flops(c, batch, seq_len, c.h_cycles * per_cycle, per_cycle)
+
+
+def step_flops(c: ModelConfig, batch: int, seq_len: int | None, blocks: int, graded: int) -> float:
+    """FLOPs (matmuls) of a training step that runs `blocks` block calls forward, `graded` of them with
+    gradients, and the output head; `seq_len` as TRM.flops_per_step."""
+    S, h = (c.total_len if seq_len is None else seq_len + c.puzzle_emb_len), c.hidden
+    inner = swiglu_width(h, c.expansion)
+    per_block = 2 * S * (3 * h * h + h * h + 3 * h * inner)  # qkv, out, SwiGLU
+    per_block += 0 if c.mlp_t else 4 * S * S * h  # QK^T and AV
+    if c.mlp_t:
+        per_block += 2 * h * 3 * S * swiglu_width(S, c.expansion)
+    fwd = blocks * per_block + 2 * S * h * c.vocab_size
+    return batch * (fwd + 2 * graded * per_block)  # backward ~ 2x forward of the graded blocks
