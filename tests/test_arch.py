@@ -125,3 +125,15 @@ def test_adaptive_prediction_halts_as_the_architecture_halts_in_training(arch):
     inputs = torch.randint(2, 12, (3, CANVAS ** 2), dtype=torch.int32)
     _, _, steps = predict_stream(m, inputs, m.puzzle_emb[[1, 2, 1]], 3, adaptive=True)
     assert steps.tolist() == ([1, 1, 1] if arch == "hrm" else [3, 3, 3])
+
+
+def test_the_baseline_takes_heads_that_do_not_divide_the_width_as_its_official_class_and_trm_refuses_them():
+    """transformers_baseline.yaml has 12 heads on 512: head dim 42, q/k/v 12 x 42 = 504 wide, out 504 -> 512."""
+    m = _model("transformers_baseline", hidden=44, heads=3)  # head dim 14, attention 42 wide
+    attn = m.blocks[0].attn
+    assert attn.qkv.weight.shape == (3 * 42, 44) and attn.out.weight.shape == (44, 42)
+    y, z = m.initial_state(2, torch.float32)
+    _, _, logits, _, _ = m(torch.randint(2, 12, (2, CANVAS ** 2), dtype=torch.int32), m.puzzle_emb[[1, 2]], y, z)
+    assert logits.shape == (2, CANVAS ** 2, 12) and torch.isfinite(logits).all()
+    with pytest.raises(ConfigError, match="not divisible"):
+        load_config(None, ["model.heads=12"])

@@ -76,8 +76,9 @@ class Attention(nn.Module):
     def __init__(self, hidden: int, heads: int):
         super().__init__()
         self.heads, self.head_dim = heads, hidden // heads
-        self.qkv = _linear(hidden, 3 * hidden)
-        self.out = _linear(hidden, hidden)
+        width = heads * self.head_dim  # = hidden, but for the baseline's official 12 heads on 512 (504)
+        self.qkv = _linear(hidden, 3 * width)
+        self.out = _linear(width, hidden)
 
     def forward(self, x, rope, mask=None):
         """`mask` [B, 1, 1, S] bool: the keys each example may attend to (compute.crop), None = all."""
@@ -281,9 +282,10 @@ def step_flops(c: ModelConfig, batch: int, seq_len: int | None, blocks: int, gra
     """FLOPs (matmuls) of a training step that runs `blocks` block calls forward, `graded` of them with
     gradients, and the output head; `seq_len` as TRM.flops_per_step."""
     S, h = (c.total_len if seq_len is None else seq_len + c.puzzle_emb_len), c.hidden
+    a = c.heads * (h // c.heads)  # attention width (= h where heads divide it)
     inner = swiglu_width(h, c.expansion)
-    per_block = 2 * S * (3 * h * h + h * h + 3 * h * inner)  # qkv, out, SwiGLU
-    per_block += 0 if c.mlp_t else 4 * S * S * h  # QK^T and AV
+    per_block = 2 * S * (3 * h * a + a * h + 3 * h * inner)  # qkv, out, SwiGLU
+    per_block += 0 if c.mlp_t else 4 * S * S * a  # QK^T and AV
     if c.mlp_t:
         per_block += 2 * h * 3 * S * swiglu_width(S, c.expansion)
     fwd = blocks * per_block + 2 * S * h * c.vocab_size
