@@ -97,7 +97,13 @@ class ModelConfig:
     layers: int = 2
     """Blocks in the one shared network (HRM: in its L network; the transformer baseline: all its blocks)."""
     h_layers: int = 0
-    """HRM only: blocks in its H network (official H_layers; the other architectures have none: 0)."""
+    """Blocks of a separate network for the y update: HRM's H network (official H_layers, >= 1), or in TRM the
+    paper's "separate f_H, f_L" ablation (Table 1, Sudoku-Extreme: -5.0 pp; configs/ablations/); 0 = the one
+    network updates y too (TRM's official computation). The other architectures have none."""
+    one_step_grad: bool = False
+    """TRM only: the paper's "1-step gradient" ablation (Table 1: -30.9 pp; configs/ablations/): gradients
+    through the last z and the last y update only, HRM's computation (official hrm.py L204-215), instead of
+    the whole last cycle. HRM always computes so."""
     h_cycles: int = 3
     """T: full recursion cycles per supervision step; all but the last run without gradients."""
     l_cycles: int = 4
@@ -141,8 +147,10 @@ class ModelConfig:
     def _check_arch(self) -> None:
         """What each official class computes with: settings it has no place for are errors, never ignored."""
         a = self.arch
-        if (a == "hrm") != (self.h_layers > 0):
-            raise ValueError("model.h_layers is HRM's H network: >= 1 for model.arch=hrm, 0 for the others")
+        if (a == "hrm" and self.h_layers < 1) or (a not in ("hrm", "trm") and self.h_layers):
+            raise ValueError("model.h_layers is a separate y network: >= 1 for model.arch=hrm, 0 but for hrm and trm")
+        if self.one_step_grad and a != "trm":
+            raise ValueError("model.one_step_grad is TRM's ablation (HRM always computes so; the others have none)")
         if a == "hrm" and self.act_continue is False:
             raise ValueError("model.arch=hrm always trains the Q-continue head (official hrm.py): "
                              "leave model.act_continue unset")

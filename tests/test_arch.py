@@ -35,7 +35,8 @@ def test_every_architecture_is_registered():
 
 @pytest.mark.parametrize("sets, why", [
     (["model.arch=hrm", "model.h_layers=0"], "h_layers"),
-    (["model.h_layers=2"], "h_layers"),
+    (["model.arch=trm_singlez", "model.h_layers=2"], "h_layers"),
+    (["model.arch=trm_hier6", "model.one_step_grad=true"], "one_step_grad"),
     (["model.arch=hrm", "model.h_layers=2", "model.act_continue=false"], "always trains"),
     (["model.arch=hrm", "model.h_layers=2"], "puzzle_emb_len"),
     (["model.arch=transformers_baseline", "model.puzzle_emb_len=1"], "no cycles"),

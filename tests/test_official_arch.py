@@ -2,7 +2,9 @@
 its official class on ../shared/fixtures/official_arch_tiny/ARCH: from the official weights, loaded through
 the importer, the evaluation logits, halting and Q-continue logits over 4 steps, every carried state after
 step 1, and one training step's loss, metrics and every gradient (the puzzle-embedding rows too); and the
-official state dict imports through stages.import_official into a checkpoint that loads for prediction."""
+official state dict imports through stages.import_official into a checkpoint that loads for prediction.
+TRM with the paper's ablations "separate f_H, f_L" (model.h_layers), "1-step gradient" (model.one_step_grad)
+and "ACT continue loss" (model.act_continue) all at once is HRM, and reproduces the HRM fixture too."""
 import json
 import subprocess
 import sys
@@ -24,18 +26,29 @@ TOL = dict(atol=1e-4, rtol=1e-4)
 EVAL_TOL = {"trm_hier6": dict(atol=2.5e-4, rtol=1e-4)}
 """hier6's logits at eval step 4: the fixture's own float32 rounding, grown over the steps, is 1.5e-4 there (the
 same weights in float64 differ from the fixture by 1.49e-4, our float32 by 1.56e-4; at step 1 by 7e-6)."""
+TRM_AS_HRM = "trm+ablations=hrm"
+"""arch=trm with h_layers, one_step_grad and act_continue (and HRM's prefix length), on HRM's fixture."""
 arch_params = pytest.mark.parametrize("arch", [pytest.param(a, marks=needs_shared(ARCH_FIXTURES / a)) for a in ARCHS])
+case_params = pytest.mark.parametrize("case", [pytest.param(a, marks=needs_shared(ARCH_FIXTURES / a)) for a in ARCHS]
+                                      + [pytest.param(TRM_AS_HRM, marks=needs_shared(ARCH_FIXTURES / "hrm"))])
+
+
+def _fixture_arch(case: str) -> str:
+    return "hrm" if case == TRM_AS_HRM else case
 
 
 def _config(arch: str) -> dict:
     return json.loads((ARCH_FIXTURES / arch / "fixture.json").read_text())
 
 
-def _model(arch: str):
+def _model(case: str):
+    arch = _fixture_arch(case)
     fx = _config(arch)["config"]
     official = read_official(ARCH_FIXTURES / arch / "weights.safetensors")
     sizes = config_overrides(official)
     assert sizes["arch"] == arch
+    if case == TRM_AS_HRM:
+        sizes.update(arch="trm", one_step_grad=True, act_continue=True)
     if "puzzle_emb_len" not in sizes:  # the TRM family's is a setting, HRM's and the baseline's derived
         sizes["puzzle_emb_len"] = fx["puzzle_emb_len"]
     cfg = ModelConfig(**sizes, heads=fx["num_heads"], h_cycles=fx["H_cycles"], l_cycles=fx.get("L_cycles", 1),
@@ -43,7 +56,10 @@ def _model(arch: str):
                       seq_len=fx["seq_len"], rope_theta=fx["rope_theta"], rms_norm_eps=fx["rms_norm_eps"],
                       expansion=fx["expansion"])
     model = build_model(cfg, official["inner.puzzle_emb.weights"].shape[0])
-    load_official_into(model, official)
+    if case == TRM_AS_HRM:  # HRM's names: TRM's, its H network in h_blocks
+        model.load_state_dict(convert_state_dict(official, "hrm"))
+    else:
+        load_official_into(model, official)
     return model, official
 
 
@@ -65,10 +81,11 @@ def batch():
     return load_file(str(BATCH))
 
 
-@arch_params
-def test_eval_steps_and_carried_states_match_the_official_class(arch, batch):
+@case_params
+def test_eval_steps_and_carried_states_match_the_official_class(case, batch):
+    arch = _fixture_arch(case)
     expected = load_file(str(ARCH_FIXTURES / arch / "expected.safetensors"))
-    model, _ = _model(arch)
+    model, _ = _model(case)
     model.eval()
     with torch.no_grad():
         vecs = model.puzzle_emb[batch["puzzle_identifiers"].long()]
@@ -87,10 +104,11 @@ def test_eval_steps_and_carried_states_match_the_official_class(arch, batch):
             torch.testing.assert_close(q_cont, expected[f"eval.step{k}.q_continue_logits"], **TOL)
 
 
-@arch_params
-def test_one_training_step_loss_metrics_and_every_gradient_match_the_official_class(arch, batch):
+@case_params
+def test_one_training_step_loss_metrics_and_every_gradient_match_the_official_class(case, batch):
+    arch = _fixture_arch(case)
     expected = load_file(str(ARCH_FIXTURES / arch / "expected.safetensors"))
-    model, official = _model(arch)
+    model, official = _model(case)
     model.train()
     b = {"inputs": batch["inputs"], "labels": batch["labels"].long(), "puzzle_ids": batch["puzzle_identifiers"].long()}
     held = {}

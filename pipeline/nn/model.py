@@ -127,6 +127,8 @@ class TRM(nn.Module):
         if cfg.pos_encodings == "learned":
             self.embed_pos = nn.Parameter(trunc_normal_(torch.empty(cfg.total_len, h), 1.0 / self.embed_scale))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        if cfg.h_layers:  # a separate network for y (HRM's H network; TRM's "separate f_H, f_L" ablation)
+            self.h_blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.h_layers))
         self.lm_head = _linear(h, cfg.vocab_size)
         self.q_head = nn.Linear(h, 2, bias=True)
         with torch.no_grad():  # start by never halting: logit -5 (as TRM)
@@ -182,10 +184,19 @@ class TRM(nn.Module):
             h = blk(h, rope, mask)
         return h
 
+    def h_net(self, h: torch.Tensor, injection: torch.Tensor, rope=None, mask=None) -> torch.Tensor:
+        """The y update's network: the shared one, or the separate one of model.h_layers."""
+        if not self.cfg.h_layers:
+            return self.net(h, injection, rope, mask)
+        h = h + injection
+        for blk in self.h_blocks:
+            h = blk(h, rope, mask)
+        return h
+
     def _cycle(self, x, y, z, rope, mask=None):
         for _ in range(self.cfg.l_cycles):
             z = self.net(z, y + x, rope, mask)
-        return self.net(y, z, rope, mask), z
+        return self.h_net(y, z, rope, mask), z
 
     def initial_state(self, batch_size: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (batch_size, self.cfg.total_len, -1)  # each state as wide as its init vector
@@ -228,10 +239,24 @@ class TRM(nn.Module):
     def recurse(self, x, y, z, rope, mask=None):
         """The recursion of one supervision step from the embedded input x and carried (y, z): the new (y, z)
         and the state the heads read (TRM: y)."""
+        if self.cfg.one_step_grad:
+            return self._recurse_one_step(x, y, z, rope, mask)
         with torch.no_grad():
             for _ in range(self.cfg.h_cycles - 1):
                 y, z = self._cycle(x, y, z, rope, mask)
         y, z = self._cycle(x, y, z, rope, mask)
+        return y, z, y
+
+    def _recurse_one_step(self, x, y, z, rope, mask=None):
+        """The 1-step gradient (HRM's, official hrm.py L204-215): every update without gradients but the last z
+        and the last y update."""
+        with torch.no_grad():
+            for _ in range(self.cfg.h_cycles - 1):
+                y, z = self._cycle(x, y, z, rope, mask)
+            for _ in range(self.cfg.l_cycles - 1):
+                z = self.net(z, y + x, rope, mask)
+        z = self.net(z, y + x, rope, mask)
+        y = self.h_net(y, z, rope, mask)
         return y, z, y
 
     def _step(self, inputs, puzzle_vecs, y, z, keep, own=None):
@@ -274,8 +299,9 @@ class TRM(nn.Module):
         counting matmuls only, for MFU; `seq_len` grid tokens instead of the canvas (a crop rectangle).
         Under crop the MFU printed while training counts the full canvas, an upper bound."""
         c = self.cfg
-        per_cycle = (c.l_cycles + 1) * c.layers
-        return step_flops(c, batch, seq_len, c.h_cycles * per_cycle, per_cycle)
+        y_net = c.h_layers or c.layers
+        per_cycle = c.l_cycles * c.layers + y_net
+        return step_flops(c, batch, seq_len, c.h_cycles * per_cycle, c.layers + y_net if c.one_step_grad else per_cycle)
 
 
 def step_flops(c: ModelConfig, batch: int, seq_len: int | None, blocks: int, graded: int) -> float:
