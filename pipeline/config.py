@@ -148,7 +148,8 @@ class ModelConfig:
         """What each official class computes with: settings it has no place for are errors, never ignored."""
         a = self.arch
         if (a == "hrm" and self.h_layers < 1) or (a not in ("hrm", "trm") and self.h_layers):
-            raise ValueError("model.h_layers is a separate y network: >= 1 for model.arch=hrm, 0 but for hrm and trm")
+            raise ValueError("model.h_layers is a separate y network: >= 1 for model.arch=hrm, 0 but for hrm "
+                             "and trm")
         if self.one_step_grad and a != "trm":
             raise ValueError("model.one_step_grad is TRM's ablation (HRM always computes so; the others have none)")
         if a == "hrm" and self.act_continue is False:

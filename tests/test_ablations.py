@@ -108,7 +108,8 @@ def test_pretrain_applies_a_base_then_an_ablation(tmp_path):
     r = subprocess.run([sys.executable, "-m", "stages.pretrain", "--config", "configs/demo_cpu.yaml",
                         "configs/ablations/layers4_n3.yaml", "--set", f"run_dir={tmp_path}", "train.steps=2",
                         "train.progress=false", "train.eval_every=0", "data.eval_inputs=-1"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                       cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     saved = yaml.safe_load(next(Path(tmp_path).rglob("config.yaml")).read_text())
     assert (saved["model"]["layers"], saved["model"]["l_cycles"], saved["data"]["canvas"]) == (4, 3, 5)

@@ -17,9 +17,8 @@ from pipeline.data.synthetic import synthetic_tasks
 SYN = "tasks=4,seed=0,size=4,demos=32,tests=2,fixed=1,families=flip_lr+colour_map"
 DEMO_SETS = {"hrm": ["model.h_layers=2"], "trm_singlez": [], "trm_hier6": [],
              "transformers_baseline": ["model.h_cycles=1", "model.l_cycles=1"]}
-"""The demo config (configs/demo_cpu.yaml: hidden 64, a 1-position prefix, 2 layers, T = n = 2) as each arch takes it."""
-PRESETS = {"hrm": "configs/hrm_arc2.yaml", "trm_singlez": "configs/trm_singlez_arc2.yaml",
-           "trm_hier6": "configs/trm_hier6_arc2.yaml", "transformers_baseline": "configs/transformers_baseline_arc2.yaml"}
+"""The demo config (configs/demo_cpu.yaml: hidden 64, a 1-position prefix, 2 layers, T = n = 2) as each takes it."""
+PRESETS = {arch: f"configs/{arch}_arc2.yaml" for arch in DEMO_SETS}
 
 
 def stage(*args, timeout=600):

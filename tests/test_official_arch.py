@@ -146,7 +146,8 @@ def test_the_official_state_dict_imports_into_a_checkpoint_that_loads(arch, tmp_
             "model.halt_max_steps=4", "data.canvas=30"]
     if "puzzle_emb_len" in fx and arch.startswith("trm"):
         sets.append(f"model.puzzle_emb_len={fx['puzzle_emb_len']}")
-    cmd = [sys.executable, "-m", "stages.import_official", "--official", str(ARCH_FIXTURES / arch / "weights.safetensors"),
+    weights = ARCH_FIXTURES / arch / "weights.safetensors"
+    cmd = [sys.executable, "-m", "stages.import_official", "--official", str(weights),
            "--config", "configs/demo_cpu.yaml", "--out", str(out), "--set", *sets]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

@@ -145,8 +145,8 @@ def continue_target(model, inputs, vecs, y, z, crop, last: torch.Tensor) -> torc
 def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None, batch_size: int,
                    max_steps: int | None = None, adaptive: bool = False, extents: np.ndarray | None = None):
     """Run every view for max_steps (the official evaluation), or with `adaptive` until it halts (q_halt > 0,
-    or q_halt > q_continue for a model that halts so in training; a departure: predict.adaptive_halting), with continuous batching: B slots stay full, and a slot whose view
-    finished is refilled with the next pending view (reset to the initial state), as the ACT carry does in
+    or q_halt > q_continue for a model that halts so in training; a departure: predict.adaptive_halting), with
+    continuous batching: B slots stay full, and a slot whose view finished is refilled with the next pending view (reset to the initial state), as the ACT carry does in
     training. Shapes stay [B, ...] throughout, which suits torch.compile.
     `extents` [N, 2] (compute.crop): the canvas rows and columns each view needs; a step runs the rectangle
     that covers its live slots, each view masked to its own (pipeline/nn/crop.py), so that a view's answer does

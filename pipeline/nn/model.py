@@ -301,7 +301,8 @@ class TRM(nn.Module):
         c = self.cfg
         y_net = c.h_layers or c.layers
         per_cycle = c.l_cycles * c.layers + y_net
-        return step_flops(c, batch, seq_len, c.h_cycles * per_cycle, c.layers + y_net if c.one_step_grad else per_cycle)
+        graded = c.layers + y_net if c.one_step_grad else per_cycle
+        return step_flops(c, batch, seq_len, c.h_cycles * per_cycle, graded)
 
 
 def step_flops(c: ModelConfig, batch: int, seq_len: int | None, blocks: int, graded: int) -> float:
