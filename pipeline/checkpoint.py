@@ -27,7 +27,8 @@ from pipeline import layout
 from pipeline.computation import departures, evaluation_base
 from pipeline.config import RunConfig, load_config
 from pipeline.layout import Checkpoint, CheckpointError, list_checkpoints, step_name
-from pipeline.nn.model import TRM, new_task_row
+from pipeline.nn.arch import build_model
+from pipeline.nn.model import new_task_row
 from pipeline.data.puzzle_ids import PerTaskIds, PuzzleIdScheme, id_scheme_from_state
 from pipeline.data.tasks import write_json_atomic
 
@@ -233,7 +234,7 @@ def load_for_prediction(ckpt: Checkpoint, device: torch.device | str = "cpu", us
     if stored_ids(ckpt) is None and ckpt.task_ids and cfg.data.puzzle_ids != "per_task":
         log.warning("%s has no puzzle-id table: its tasks' augmentation ids cannot be recovered", ckpt.path)
     weights = read_weights(ckpt, use_ema)
-    model = TRM(cfg.model, weights["puzzle_emb"].shape[0], cfg.compute)
+    model = build_model(cfg.model, weights["puzzle_emb"].shape[0], cfg.compute)
     model.load_state_dict(weights)
     del weights
     model.to(device).eval()

@@ -95,14 +95,29 @@ class DataConfig:
 
 @dataclass(kw_only=True)
 class ModelConfig:
+    arch: Literal["trm", "hrm", "trm_singlez", "trm_hier6", "transformers_baseline"] = "trm"
+    """Which official architecture (`arch=NAME` of the official repository): `trm` (TRM, the default), `hrm`
+    (HRM: separate H and L networks, `h_layers` and `layers` blocks, the 1-step gradient, the Q-continue head
+    trained), `trm_singlez` (TRM with one latent), `trm_hier6` (TRM with the latent in six pieces; l_cycles <= 6),
+    `transformers_baseline` (`layers` plain post-norm blocks applied once per step; h_cycles = l_cycles = 1).
+    HRM and the baseline have puzzle_emb_len = ceil(puzzle_emb_ndim / hidden), as their official classes."""
     hidden: int = 512
     """Width of every token state."""
     heads: int = 8
-    """Attention heads (head dim = hidden / heads)."""
+    """Attention heads (head dim = hidden / heads; it must divide hidden, but for the transformer baseline, whose
+    official preset has 12 heads on 512: head dim 42, as its official class, attention 504 wide)."""
     expansion: float = 4.0
     """SwiGLU width factor: inner = round(expansion * hidden * 2/3) rounded up to a multiple of 256."""
     layers: int = 2
-    """Blocks in the one shared network."""
+    """Blocks in the one shared network (HRM: in its L network; the transformer baseline: all its blocks)."""
+    h_layers: int = 0
+    """Blocks of a separate network for the y update: HRM's H network (official H_layers, >= 1), or in TRM the
+    paper's "separate f_H, f_L" ablation (Table 1, Sudoku-Extreme: -5.0 pp; configs/ablations/); 0 = the one
+    network updates y too (TRM's official computation). The other architectures have none."""
+    one_step_grad: bool = False
+    """TRM only: the paper's "1-step gradient" ablation (Table 1: -30.9 pp; configs/ablations/): gradients
+    through the last z and the last y update only, HRM's computation (official hrm.py L204-215), instead of
+    the whole last cycle. HRM always computes so."""
     h_cycles: int = 3
     """T: full recursion cycles per supervision step; all but the last run without gradients."""
     l_cycles: int = 4
@@ -127,13 +142,51 @@ class ModelConfig:
     mlp_t: bool = False
     """Replace self-attention with an MLP across the sequence axis (the paper's MLP-mixer variant)."""
     loss: Literal["stablemax", "softmax"] = "stablemax"
+    act_continue: bool | None = None
+    """Train the Q-continue head (official `no_ACT_continue: false`): training halts where q_halt > q_continue,
+    and a second forward from the new state gives the continue target (loss lm + 0.5 (halt + continue)).
+    None = the architecture's official rule: off for the TRM family (q_halt > 0 halts), on for HRM (always:
+    its class has no switch), and for the transformer baseline halting on q_halt > q_continue without the
+    continue loss (its wrapper as the official loss head calls it; true adds the loss: compute_target_q)."""
+
     def __post_init__(self) -> None:
-        if self.hidden % self.heads:
+        self._check_arch()
+        if self.hidden % self.heads and self.arch != "transformers_baseline":
             raise ValueError(f"model.hidden={self.hidden} is not divisible by model.heads={self.heads}")
         if self.puzzle_emb_ndim > self.puzzle_emb_len * self.hidden:
             raise ValueError("model.puzzle_emb_ndim must fit into puzzle_emb_len * hidden")
         if min(self.layers, self.h_cycles, self.l_cycles, self.halt_max_steps) < 1:
             raise ValueError("model.layers, h_cycles, l_cycles and halt_max_steps must be >= 1")
+
+    def _check_arch(self) -> None:
+        """What each official class computes with: settings it has no place for are errors, never ignored."""
+        a = self.arch
+        if (a == "hrm" and self.h_layers < 1) or (a not in ("hrm", "trm") and self.h_layers):
+            raise ValueError("model.h_layers is a separate y network: >= 1 for model.arch=hrm, 0 but for hrm "
+                             "and trm")
+        if self.one_step_grad and a != "trm":
+            raise ValueError("model.one_step_grad is TRM's ablation (HRM always computes so; the others have none)")
+        if a == "hrm" and self.act_continue is False:
+            raise ValueError("model.arch=hrm always trains the Q-continue head (official hrm.py): "
+                             "leave model.act_continue unset")
+        if a in ("hrm", "transformers_baseline") and self.puzzle_emb_len != -(-self.puzzle_emb_ndim // self.hidden):
+            raise ValueError(f"model.arch={a} has puzzle_emb_len = ceil(puzzle_emb_ndim / hidden) = "
+                             f"{-(-self.puzzle_emb_ndim // self.hidden)} (its official class), not {self.puzzle_emb_len}")
+        if a == "transformers_baseline" and (self.h_cycles, self.l_cycles, self.mlp_t) != (1, 1, False):
+            raise ValueError("model.arch=transformers_baseline has no cycles and no mlp_t: set model.h_cycles=1 "
+                             "model.l_cycles=1 model.mlp_t=false")
+        if a == "trm_hier6" and self.l_cycles > 6:
+            raise ValueError("model.arch=trm_hier6 updates latent piece i at L step i: model.l_cycles must be <= 6")
+
+    @property
+    def halts_on_continue(self) -> bool:
+        """Training halts where q_halt > q_continue (else where q_halt > 0)."""
+        return self.arch in ("hrm", "transformers_baseline") or bool(self.act_continue)
+
+    @property
+    def continue_loss(self) -> bool:
+        """Training adds the Q-continue loss, its target from a second forward."""
+        return self.arch == "hrm" or bool(self.act_continue)
 
     @property
     def total_len(self) -> int:

@@ -1,10 +1,11 @@
-"""Turn an official TRM checkpoint (SamsungSAILMontreal/TinyRecursiveModels state dict) into one of ours.
+"""Turn an official checkpoint (SamsungSAILMontreal/TinyRecursiveModels state dict, any of its architectures:
+TRM, HRM, single-z, hier6, the transformer baseline) into one of ours.
 
     python -m stages.import_official --official step_722098 --dataset data/arc2concept-aug-1000 \\
         --config configs/arc2_4xh100.yaml --out runs/official/ckpt/step-00722098
 
 The file is read with torch.load(weights_only=True) or safetensors, never unpickled. Sizes readable from
-the tensors (hidden, layers, vocab, puzzle embedding size) override the config; heads and cycles come
+the tensors (architecture, hidden, layers, vocab, puzzle embedding size) override the config; heads and cycles come
 from the config. The result loads with every stage's --checkpoint.
 
 --dataset (the official dataset folder the checkpoint was trained on, or its identifiers.json) keeps the
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from pipeline.checkpoint import write_weights_checkpoint
 from pipeline.config import dump_config, load_config
-from pipeline.nn.model import TRM
+from pipeline.nn.arch import build_model
 from pipeline.nn.official import (OfficialImportError, config_overrides, load_official_into, official_id_table,
                                read_official)
 from pipeline.data.official_build import read_identifiers
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
         defaults = ["data.puzzle_ids=per_augmentation", f"data.augs_per_task={most - 1}", f"predict.augs={most}"]
     sizes = [f"model.{k}={json.dumps(v)}" for k, v in config_overrides(official).items()]
     cfg = load_config(args.config, sizes + defaults + args.set)
-    model = TRM(cfg.model, rows)
+    model = build_model(cfg.model, rows)
     load_official_into(model, official)
     state = model.state_dict()
     if table is not None:  # our id i <- official row table.rows[i] (the identity for the official builder's order)

@@ -4,6 +4,7 @@
     python -m stages.pretrain --config configs/arc1_1gpu.yaml                 # one GPU
     torchrun --nproc-per-node 4 -m stages.pretrain --config configs/arc2_4xh100.yaml
     make pretrain CONFIG=configs/arc2_4xh100.yaml NPROC=4                     # the same via make
+    python -m stages.pretrain --config configs/arc2_4xh100.yaml configs/ablations/no_ema.yaml    # an ablation
 
 Overrides: `--set train.steps=100 model.hidden=128`. A restarted run resumes from the latest complete
 checkpoint in its run folder. Rank 0 first records the canonical hashes of every trained pair in
@@ -28,7 +29,8 @@ log = logging.getLogger("pretrain")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="YAML preset under configs/")
+    p.add_argument("--config", required=True, nargs="+",
+                   help="YAML preset(s) under configs/, applied in order (a base, then configs/ablations/X.yaml)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.steps=100")
     p.add_argument("--max-minutes", type=float, default=0,
                    help="stop at the first step boundary after this many minutes (with a checkpoint); 0 = run to train.steps")

@@ -62,10 +62,12 @@ def check_command(cmd: list[str], where: str) -> None:
     if "--config" in args:
         from pipeline.config import load_config
 
-        config = args[args.index("--config") + 1]
-        assert (ROOT / config).is_file(), f"{where}: no config {config}"
+        after = args[args.index("--config") + 1:]
+        configs = after[:next((i for i, a in enumerate(after) if a.startswith("--")), len(after))]  # applied in order
+        for config in configs:
+            assert (ROOT / config).is_file(), f"{where}: no config {config}"
         sets = args[args.index("--set") + 1:] if "--set" in args else []
-        load_config(ROOT / config, [s for s in sets if "=" in s])  # unknown keys / wrong types raise
+        load_config([ROOT / c for c in configs], [s for s in sets if "=" in s])  # unknown keys / wrong types raise
 
 
 def test_the_readme_has_make_examples():

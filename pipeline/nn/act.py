@@ -3,7 +3,8 @@ official evaluation, or adaptive halting on request).
 
 Training follows TRM: a batch of slots carries (y, z) across optimiser steps. Every call first refills the
 slots that halted last time with the newly fetched batch's rows (resetting their state), runs one
-supervision step, and halts slots at N_sup or when the halting logit is positive.
+supervision step, and halts slots at N_sup or when the halting logit is positive (or above the Q-continue
+logit, and with the Q-continue loss, where the model's config asks: HRM, model.act_continue).
 """
 from __future__ import annotations
 
@@ -87,17 +88,21 @@ def supervision_step(model, carry: Carry, batch: dict[str, torch.Tensor], puzzle
     crop = None
     if trm.compute.crop:
         crop = step_crop(used_extents(carry.inputs, carry.labels, trm.canvas, IGNORE), trm.compute.crop_groups, trm)
-    y, z, logits, q_halt, _ = model(carry.inputs, puzzle_vecs_fn(carry.puzzle_ids), carry.y, carry.z, crop)
+    vecs = puzzle_vecs_fn(carry.puzzle_ids)
+    y, z, logits, q_halt, q_cont = model(carry.inputs, vecs, carry.y, carry.z, crop)
     labels = carry.labels
+    target = None
     with torch.no_grad():
         steps = carry.steps + 1
         halted = steps >= cfg.halt_max_steps
         if training and cfg.halting and cfg.halt_max_steps > 1:
-            halted = halted | (q_halt > 0)
+            halted = halted | ((q_halt > q_cont) if cfg.halts_on_continue else (q_halt > 0))
             if min_steps is None:
                 explore = torch.rand_like(q_halt) < cfg.halt_exploration_prob
                 min_steps = explore * torch.randint_like(steps, 2, cfg.halt_max_steps + 1)
             halted = halted & (steps >= min_steps)
+            if cfg.continue_loss:
+                target = continue_target(model, carry.inputs, vecs, y, z, crop, steps >= cfg.halt_max_steps)
         mask = labels != IGNORE
         counts = mask.sum(-1)
         preds = logits.argmax(-1)
@@ -110,6 +115,9 @@ def supervision_step(model, carry: Carry, batch: dict[str, torch.Tensor], puzzle
     if cfg.halting:
         q_loss = F.binary_cross_entropy_with_logits(q_halt, seq_correct.to(q_halt.dtype), reduction="sum")
         loss = lm_loss + 0.5 * q_loss
+    if target is not None:
+        c_loss = F.binary_cross_entropy_with_logits(q_cont, target, reduction="sum")
+        loss = lm_loss + 0.5 * (q_loss + c_loss)
     with torch.no_grad():
         metrics = {
             "count": valid.sum(),
@@ -120,16 +128,25 @@ def supervision_step(model, carry: Carry, batch: dict[str, torch.Tensor], puzzle
             "lm_loss": lm_loss.detach(),
             "q_halt_loss": q_loss.detach(),
         }
+        if target is not None:
+            metrics["q_continue_loss"] = c_loss.detach()
     new = Carry(y, z, steps, halted, carry.inputs, labels, carry.puzzle_ids)
     return new, loss, metrics, preds
+
+
+def continue_target(model, inputs, vecs, y, z, crop, last: torch.Tensor) -> torch.Tensor:
+    """The Q-continue target (HRM's Q-learning without a replay buffer): a second forward from the new state
+    (y, z) on the same inputs; sigmoid of its q_halt at the last step, else of max(q_halt, q_continue)."""
+    _, _, _, next_halt, next_cont = model(inputs, vecs, y, z, crop)
+    return torch.sigmoid(torch.where(last, next_halt, torch.maximum(next_halt, next_cont)))
 
 
 @torch.inference_mode()
 def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None, batch_size: int,
                    max_steps: int | None = None, adaptive: bool = False, extents: np.ndarray | None = None):
     """Run every view for max_steps (the official evaluation), or with `adaptive` until it halts (q_halt > 0,
-    a departure: predict.adaptive_halting), with continuous batching: B slots stay full, and a slot whose view
-    finished is refilled with the next pending view (reset to the initial state), as the ACT carry does in
+    or q_halt > q_continue for a model that halts so in training; a departure: predict.adaptive_halting), with
+    continuous batching: B slots stay full, and a slot whose view finished is refilled with the next pending view (reset to the initial state), as the ACT carry does in
     training. Shapes stay [B, ...] throughout, which suits torch.compile.
     `extents` [N, 2] (compute.crop): the canvas rows and columns each view needs; a step runs the rectangle
     that covers its live slots, each view masked to its own (pipeline/nn/crop.py), so that a view's answer does
@@ -175,9 +192,10 @@ def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None
             return slots_crop[0]
     while True:
         live = view >= 0
-        y, z, logits, q_halt, _ = model(slot_inputs, slot_vecs, y, z, crop_of() if crop_of else None)
+        y, z, logits, q_halt, q_cont = model(slot_inputs, slot_vecs, y, z, crop_of() if crop_of else None)
         slot_steps += 1
-        done = live & ((slot_steps >= max_steps) | ((q_halt > 0) if halts else False))
+        halt = (q_halt > q_cont) if trm.cfg.halts_on_continue else (q_halt > 0)
+        done = live & ((slot_steps >= max_steps) | (halt if halts else False))
         idx = done.nonzero().flatten()  # the one sync of a step
         if len(idx):
             v = view[idx]

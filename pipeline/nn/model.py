@@ -5,6 +5,10 @@ One small network (2 post-norm blocks) is applied recursively. One supervision s
 where only the last of the T cycles is back-propagated. Logits come from y (the puzzle-embedding prefix
 positions dropped), the halting logit from y at position 0. The numerics follow the official code
 (../shared/docs/trm-reference.md section 3) so official checkpoints import exactly (pipeline/nn/official.py).
+
+The official repository's other architectures (HRM, single-z, hier6, the transformer baseline) subclass TRM
+(pipeline/nn/arch.py, `model.arch`): they share its embeddings, heads, crop and step, and replace `recurse`
+and the initial states.
 """
 from __future__ import annotations
 
@@ -73,8 +77,9 @@ class Attention(nn.Module):
     def __init__(self, hidden: int, heads: int):
         super().__init__()
         self.heads, self.head_dim = heads, hidden // heads
-        self.qkv = _linear(hidden, 3 * hidden)
-        self.out = _linear(hidden, hidden)
+        width = heads * self.head_dim  # = hidden, but for the baseline's official 12 heads on 512 (504)
+        self.qkv = _linear(hidden, 3 * width)
+        self.out = _linear(width, hidden)
 
     def forward(self, x, rope, mask=None):
         """`mask` [B, 1, 1, S] bool: the keys each example may attend to (compute.crop), None = all."""
@@ -123,13 +128,14 @@ class TRM(nn.Module):
         if cfg.pos_encodings == "learned":
             self.embed_pos = nn.Parameter(trunc_normal_(torch.empty(cfg.total_len, h), 1.0 / self.embed_scale))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        if cfg.h_layers:  # a separate network for y (HRM's H network; TRM's "separate f_H, f_L" ablation)
+            self.h_blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.h_layers))
         self.lm_head = _linear(h, cfg.vocab_size)
         self.q_head = nn.Linear(h, 2, bias=True)
         with torch.no_grad():  # start by never halting: logit -5 (as TRM)
             self.q_head.weight.zero_()
             self.q_head.bias.fill_(-5.0)
-        self.register_buffer("y_init", trunc_normal_(torch.empty(h), 1.0))
-        self.register_buffer("z_init", trunc_normal_(torch.empty(h), 1.0))
+        self._init_states(h)
         self.register_buffer("puzzle_emb", torch.zeros(num_puzzle_ids, cfg.puzzle_emb_ndim))
         if cfg.pos_encodings == "rope":
             head_dim = h // cfg.heads
@@ -138,6 +144,12 @@ class TRM(nn.Module):
             emb = torch.cat((freqs, freqs), dim=-1)
             self.register_buffer("rope_cos", emb.cos(), persistent=False)
             self.register_buffer("rope_sin", emb.sin(), persistent=False)
+
+    def _init_states(self, h: int) -> None:
+        """The initial (y, z) vectors (official H_init, L_init); an architecture that carries other states
+        registers its own."""
+        self.register_buffer("y_init", trunc_normal_(torch.empty(h), 1.0))
+        self.register_buffer("z_init", trunc_normal_(torch.empty(h), 1.0))
 
     # -- pieces -------------------------------------------------------------------------------------
     def keep_index(self, rows: int, cols: int) -> torch.Tensor:
@@ -173,13 +185,22 @@ class TRM(nn.Module):
             h = blk(h, rope, mask)
         return h
 
+    def h_net(self, h: torch.Tensor, injection: torch.Tensor, rope=None, mask=None) -> torch.Tensor:
+        """The y update's network: the shared one, or the separate one of model.h_layers."""
+        if not self.cfg.h_layers:
+            return self.net(h, injection, rope, mask)
+        h = h + injection
+        for blk in self.h_blocks:
+            h = blk(h, rope, mask)
+        return h
+
     def _cycle(self, x, y, z, rope, mask=None):
         for _ in range(self.cfg.l_cycles):
             z = self.net(z, y + x, rope, mask)
-        return self.net(y, z, rope, mask), z
+        return self.h_net(y, z, rope, mask), z
 
     def initial_state(self, batch_size: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (batch_size, self.cfg.total_len, self.cfg.hidden)
+        shape = (batch_size, self.cfg.total_len, -1)  # each state as wide as its init vector
         return self.y_init.to(dtype).expand(shape).clone(), self.z_init.to(dtype).expand(shape).clone()
 
     def reset_state(self, y, z, reset: torch.Tensor):
@@ -216,6 +237,29 @@ class TRM(nn.Module):
             return self._step(inputs, puzzle_vecs, y, z, None)
         return self._step(inputs, puzzle_vecs, y, z, crop.keep, crop.own)
 
+    def recurse(self, x, y, z, rope, mask=None):
+        """The recursion of one supervision step from the embedded input x and carried (y, z): the new (y, z)
+        and the state the heads read (TRM: y)."""
+        if self.cfg.one_step_grad:
+            return self._recurse_one_step(x, y, z, rope, mask)
+        with torch.no_grad():
+            for _ in range(self.cfg.h_cycles - 1):
+                y, z = self._cycle(x, y, z, rope, mask)
+        y, z = self._cycle(x, y, z, rope, mask)
+        return y, z, y
+
+    def _recurse_one_step(self, x, y, z, rope, mask=None):
+        """The 1-step gradient (HRM's, official hrm.py L204-215): every update without gradients but the last z
+        and the last y update."""
+        with torch.no_grad():
+            for _ in range(self.cfg.h_cycles - 1):
+                y, z = self._cycle(x, y, z, rope, mask)
+            for _ in range(self.cfg.l_cycles - 1):
+                z = self.net(z, y + x, rope, mask)
+        z = self.net(z, y + x, rope, mask)
+        y = self.h_net(y, z, rope, mask)
+        return y, z, y
+
     def _step(self, inputs, puzzle_vecs, y, z, keep, own=None):
         rope = None
         if self.cfg.pos_encodings == "rope":
@@ -229,12 +273,9 @@ class TRM(nn.Module):
         y_in, z_in = y, z
         mask = None if own is None else own[:, None, None, :]  # the keys of each example's own rectangle
         x = self.embed(inputs, puzzle_vecs, keep).to(y.dtype)
-        with torch.no_grad():
-            for _ in range(self.cfg.h_cycles - 1):
-                y, z = self._cycle(x, y, z, rope, mask)
-        y, z = self._cycle(x, y, z, rope, mask)
-        logits = self.lm_head(y)[:, self.cfg.puzzle_emb_len:]
-        q = self.q_head(y[:, 0]).float()
+        y, z, out = self.recurse(x, y, z, rope, mask)
+        logits = self.lm_head(out)[:, self.cfg.puzzle_emb_len:]
+        q = self.q_head(out[:, 0]).float()
         y, z = y.detach(), z.detach()
         if own is not None:  # outside its own rectangle an example stays as it would alone: untouched, logits 0
             inside = own[..., None]
@@ -259,12 +300,21 @@ class TRM(nn.Module):
         counting matmuls only, for MFU; `seq_len` grid tokens instead of the canvas (a crop rectangle).
         Under crop the MFU printed while training counts the full canvas, an upper bound."""
         c = self.cfg
-        S, h = (c.total_len if seq_len is None else seq_len + c.puzzle_emb_len), c.hidden
-        inner = swiglu_width(h, c.expansion)
-        per_block = 2 * S * (3 * h * h + h * h + 3 * h * inner)  # qkv, out, SwiGLU
-        per_block += 0 if c.mlp_t else 4 * S * S * h  # QK^T and AV
-        if c.mlp_t:
-            per_block += 2 * h * 3 * S * swiglu_width(S, c.expansion)
-        per_cycle = (c.l_cycles + 1) * c.layers * per_block
-        fwd = c.h_cycles * per_cycle + 2 * S * h * c.vocab_size
-        return batch * (fwd + 2 * per_cycle)  # backward ~ 2x forward of the graded cycle
+        y_net = c.h_layers or c.layers
+        per_cycle = c.l_cycles * c.layers + y_net
+        graded = c.layers + y_net if c.one_step_grad else per_cycle
+        return step_flops(c, batch, seq_len, c.h_cycles * per_cycle, graded)
+
+
+def step_flops(c: ModelConfig, batch: int, seq_len: int | None, blocks: int, graded: int) -> float:
+    """FLOPs (matmuls) of a training step that runs `blocks` block calls forward, `graded` of them with
+    gradients, and the output head; `seq_len` as TRM.flops_per_step."""
+    S, h = (c.total_len if seq_len is None else seq_len + c.puzzle_emb_len), c.hidden
+    a = c.heads * (h // c.heads)  # attention width (= h where heads divide it)
+    inner = swiglu_width(h, c.expansion)
+    per_block = 2 * S * (3 * h * a + a * h + 3 * h * inner)  # qkv, out, SwiGLU
+    per_block += 0 if c.mlp_t else 4 * S * S * a  # QK^T and AV
+    if c.mlp_t:
+        per_block += 2 * h * 3 * S * swiglu_width(S, c.expansion)
+    fwd = blocks * per_block + 2 * S * h * c.vocab_size
+    return batch * (fwd + 2 * graded * per_block)  # backward ~ 2x forward of the graded blocks

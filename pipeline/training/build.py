@@ -19,6 +19,7 @@ from pipeline.data.dataset import Dataset, build_dataset
 from pipeline.prediction.infer import PredictOptions, evaluate_heldout
 from pipeline.layout import Checkpoint
 from pipeline.training.metrics import NullSink, RunSink
+from pipeline.nn.arch import build_model
 from pipeline.nn.model import TRM
 from pipeline.training.parallel import wrap_model
 from pipeline.runtime import Runtime
@@ -155,7 +156,7 @@ def build_run(cfg: RunConfig, rt: Runtime, data: Dataset | None = None, init_row
     data = data or build_dataset(cfg.data, cfg.seed, cfg.model.puzzle_emb_ndim)
     log.info("%d tasks (%d skipped as invalid), %d puzzle ids", data.packed.num_tasks, len(data.problems),
              data.ids.num_ids)
-    model = TRM(cfg.model, data.ids.num_ids, cfg.compute).to(rt.device)
+    model = build_model(cfg.model, data.ids.num_ids, cfg.compute).to(rt.device)
     log.info("model: %.2fM trunk parameters", model.num_params() / 1e6)
     sampler = make_sampler(data.packed, data.ids, cfg.data, cfg.train.global_batch, cfg.seed, rt.rank, rt.world_size,
                            epochs_per_iter(cfg))

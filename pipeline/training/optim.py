@@ -65,7 +65,7 @@ class AdamAtan2Pytorch(_Atan2Adam):
         p.add_(m.mul(1 / (1 - b1 ** t)).atan2_(den), alpha=-lr * self.A)
 
 
-MUON_PREFIX = "blocks."
+MUON_PREFIX = ("blocks.", "h_blocks.")
 """The recursive trunk: its 2-D weights (attention qkv/out, SwiGLU gate_up/down, the MLP-t mixer, LoRA A/B)
 are hidden-to-hidden matrices, Muon's domain. Token and position embeddings and the output / halting heads
 stay with AdamW, as Keller Jordan's Muon prescribes (embeddings and heads are not matrices acting on a
@@ -76,8 +76,8 @@ embeddings and heads included."""
 def muon_param_split(model: torch.nn.Module) -> tuple[list[tuple[str, torch.nn.Parameter]],
                                                      list[tuple[str, torch.nn.Parameter]]]:
     """The trainable parameters as (muon, adamw) lists of (name, parameter): Muon takes the 2-D weights
-    under `blocks.`, AdamW everything else (embed_tokens, embed_pos, lm_head, q_head, biases). The puzzle
-    table is a buffer (sign-SGD), in neither."""
+    under `blocks.` (HRM: and `h_blocks.`), AdamW everything else (embed_tokens, embed_pos, lm_head, q_head,
+    biases). The puzzle table is a buffer (sign-SGD), in neither."""
     muon, adamw = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:

@@ -152,8 +152,9 @@ def _metrics_row(sums: dict, samples: int, lr: float, p: str, rt: Runtime) -> di
     row = {f"{p}/loss": s["loss_sum"] / samples, f"{p}/lr": lr, f"{p}/count": s.get("count", 0.0)}
     for k in ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps"):
         row[f"{p}/{k}"] = s.get(k, 0.0) / count
-    for k in ("lm_loss", "q_halt_loss"):
-        row[f"{p}/{k}"] = s.get(k, 0.0) / samples
+    for k in ("lm_loss", "q_halt_loss", "q_continue_loss"):
+        if k in s:  # q_continue_loss: only where the model trains that head (HRM, model.act_continue)
+            row[f"{p}/{k}"] = s[k] / samples
     return row
 
 
