@@ -80,9 +80,9 @@ class Attention(nn.Module):
         B, S, _ = x.shape
         q, k, v = self.qkv(x).view(B, S, 3, self.heads, self.head_dim).unbind(2)
         if rope is not None:
-            # Rotated in the tables' float32 and rounded back, as the official forward; a float32 residual stream
-            # under bf16 autocast (compute.carry=float32) rotates in bf16, as the project did before that setting.
-            out, rot = q.dtype, rope[0].dtype if x.dtype == q.dtype else q.dtype
+            # Rotated in float32 and rounded back, as the official forward; a float32 residual stream under bf16
+            # autocast (compute.carry=float32) rotates in bf16, as the project did before that setting.
+            out, rot = q.dtype, torch.float32 if x.dtype == q.dtype else q.dtype
             cos, sin = rope[0].to(rot)[:, None], rope[1].to(rot)[:, None]
             q, k = q.to(rot), k.to(rot)
             q, k = (q * cos + rotate_half(q) * sin).to(out), (k * cos + rotate_half(k) * sin).to(out)
