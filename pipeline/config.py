@@ -150,6 +150,7 @@ class ComputeConfig:
     the official bf16 forward). `float32`, a departure: bf16 autocast around a float32 carry and residual
     stream, what this project computed before the setting existed (a checkpoint saved before it keeps it:
     `upgrade_saved`). Training, evaluation and prediction all follow it (pipeline/nn/act.py `carry_dtype`)."""
+
     compile: bool | Literal["auto"] = "auto"
     """torch.compile the model's step, in training and in prediction; auto = on for CUDA, off on CPU. (Continuous
     batching keeps prediction's shapes static.)"""
