@@ -26,7 +26,7 @@ import torch
 
 from bench.common import emit
 from bench.syncs import infer_syncs
-from pipeline.nn.act import predict_stream
+from pipeline.nn.act import carry_dtype, predict_stream
 from pipeline.config import load_config
 from pipeline.checkpoint import load_for_prediction
 from pipeline.nn.crop import by_size, rect_crop
@@ -97,7 +97,7 @@ def main(argv=None) -> None:
     @torch.inference_mode()
     def bare():
         for s in range(0, len(inputs), batch):
-            y, z = model.initial_state(min(batch, len(inputs) - s), torch.float32)
+            y, z = model.initial_state(min(batch, len(inputs) - s), carry_dtype(model, rt.dtype))
             for _ in range(model.cfg.halt_max_steps):
                 crop = None
                 if extents is not None:  # each batch on its own rectangle, as the streaming loop would
@@ -116,17 +116,18 @@ def main(argv=None) -> None:
     for name, adaptive in [(m, m == "adaptive") for m in modes if m != "bare"]:
         with autocast:
             predict_stream(run_model, inputs[:batch], vecs[:batch], batch, None, adaptive,
-                           extents=None if extents is None else extents[:batch])  # warm-up / compile
+                           extents=None if extents is None else extents[:batch], dtype=rt.dtype)  # warm-up / compile
             sync()
             t0 = time.perf_counter()
-            _, _, st = predict_stream(run_model, inputs, vecs, batch, None, adaptive, extents=extents)
+            _, _, st = predict_stream(run_model, inputs, vecs, batch, None, adaptive, extents=extents, dtype=rt.dtype)
             sync()
         out[f"puzzles_per_s_{name}"] = len(inputs) / (time.perf_counter() - t0)
         out[f"mean_steps_{name}"] = float(st.float().mean())
     if args.count_syncs:
         out["syncs"] = infer_syncs(run_model, model, inputs[:batch], vecs[:batch], rt)
     emit({"bench": "infer", "batch": batch, "views": len(inputs), "canvas": canvas, "dtype": str(rt.dtype),
-          "compiled": args.compile, "crop": model.compute.crop, "checkpoint": args.checkpoint, "config": args.config,
+          "compiled": args.compile, "crop": model.compute.crop, "carry": model.compute.carry,
+          "checkpoint": args.checkpoint, "config": args.config,
           "random_init": args.checkpoint is None, "n_sup": model.cfg.halt_max_steps, **out})
 
 

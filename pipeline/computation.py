@@ -1,8 +1,8 @@
 """The checkpoint decides the computation. A stage that starts from a checkpoint (stages.ttt, stages.predict,
-stages.submit, the Kaggle notebook) computes as that checkpoint was trained (its saved compute.crop, training
-translation range, cycles and N_sup) and evaluates as the official code does (every view runs all N_sup
-steps, test inputs are never translated; TTT starts every puzzle row at the table's mean, as the official
-loader resets a resized table), unless the user asks for a departure (`--set`, a flag, or an extra
+stages.submit, the Kaggle notebook) computes as that checkpoint was trained (its saved compute.crop and
+compute.carry, training translation range, cycles and N_sup) and evaluates as the official code does (every
+view runs all N_sup steps, test inputs are never translated; TTT starts every puzzle row at the table's mean, as
+the official loader resets a resized table), unless the user asks for a departure (`--set`, a flag, or an extra
 preset such as configs/ttt_fast.yaml). `departures` is the one list of what a resolved config computes
 differently; the stages print it as one line and store it (a TTT run's ttt.json, submit's plan.json).
 Works on config objects and dicts only (no torch, no pipeline imports)."""
@@ -38,8 +38,8 @@ def _translation(translate: bool, max_offset: int) -> str:
 def computation(cfg) -> dict[str, str]:
     """What a resolved RunConfig computes, setting by setting (the settings a departure can change)."""
     m, d, p = cfg.model, cfg.data, cfg.predict
-    return {"compute.crop": str(cfg.compute.crop).lower(), "model.h_cycles": str(m.h_cycles),
-            "model.l_cycles": str(m.l_cycles),
+    return {"compute.crop": str(cfg.compute.crop).lower(), "compute.carry": cfg.compute.carry,
+            "model.h_cycles": str(m.h_cycles), "model.l_cycles": str(m.l_cycles),
             "model.halt_max_steps": str(m.halt_max_steps),
             "data.translate/max_offset": _translation(d.translate, d.max_offset),
             "data.sampler": d.sampler,
@@ -52,8 +52,8 @@ def computation(cfg) -> dict[str, str]:
 
 
 def model_overrides(cfg) -> list[str]:
-    """`key=value` overrides that make a checkpoint's model compute as `cfg` does (compute.crop, cycles,
-    N_sup): how the submit planner times the pretrained model with the TTT run's computation."""
+    """`key=value` overrides that make a checkpoint's model compute as `cfg` does (compute.crop, compute.carry,
+    cycles, N_sup): how the submit planner times the pretrained model with the TTT run's computation."""
     return [f"{k}={v}" for k, v in computation(cfg).items() if k.startswith(("compute.", "model."))]
 
 

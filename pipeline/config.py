@@ -209,6 +209,15 @@ class ComputeConfig:
     covering it (a joint batch of many tasks otherwise spans the canvas): smaller matmuls, the same result
     (every example computes on its own rectangle whatever its group), no change to what is drawn."""
 
+    carry: Literal["forward", "float32"] = "forward"
+    """The dtype of the carried (y, z) when the runtime computes in bf16 (runtime.dtype; in float32 both values
+    compute alike). `forward` (official: the official model casts its whole forward, carry included, to
+    forward_dtype): the embeddings, y, z and the residual stream are bf16 under bf16 autocast, RoPE rotates in
+    float32 and RMSNorm computes in float32, each rounded back to bf16 (tests/test_bf16_official.py: equal to
+    the official bf16 forward). `float32`, a departure: bf16 autocast around a float32 carry and residual
+    stream, what this project computed before the setting existed (a checkpoint saved before it keeps it:
+    `upgrade_saved`). Training, evaluation and prediction all follow it (pipeline/nn/act.py `carry_dtype`)."""
+
     compile: bool | Literal["auto"] = "auto"
     """torch.compile the model's step, in training and in prediction; auto = on for CUDA, off on CPU. (Continuous
     batching keeps prediction's shapes static.)"""
@@ -489,12 +498,17 @@ def _where_it_went(path: str) -> str | None:
     return None
 
 
+SAVED_BEFORE = {("compute", "carry"): "float32", ("data", "sampler"): "independent", ("data", "fresh_offsets"): True}
+"""Settings a checkpoint's config.yaml saved before they existed lacks, and the value it was trained with."""
+
+
 def upgrade_saved(saved: dict) -> dict:
     """A resolved config as a dict (a checkpoint's config.yaml) in today's shape: compute-only settings that
     older versions kept under model: or train: move to compute:, the prediction copies of settings that
-    are now one (predict.compile, predict.seed, predict.max_offset) go, and a run saved before data.sampler
-    existed keeps the independent draws and fresh offsets it was trained with. A config already in today's shape
-    comes back unchanged."""
+    are now one (predict.compile, predict.seed, predict.max_offset) go, and a setting it predates gets the
+    value it was computed with (SAVED_BEFORE: compute.carry=float32; data.sampler=independent with fresh offsets).
+    A config already in today's shape comes back unchanged; so does an empty one (no checkpoint: the dataclass
+    defaults apply)."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
     for (section, key), (to_section, to_key) in MOVED.items():
         if isinstance(out.get(section), dict) and key in out[section]:
@@ -502,8 +516,9 @@ def upgrade_saved(saved: dict) -> dict:
     for section, key in MERGED:
         if isinstance(out.get(section), dict):
             out[section].pop(key, None)
-    if isinstance(out.get("data"), dict) and "sampler" not in out["data"]:
-        out["data"].update(sampler="independent", fresh_offsets=True)  # how runs were sampled before data.sampler
+    for (section, key), value in SAVED_BEFORE.items() if out else ():
+        if isinstance(out.setdefault(section, {}), dict):
+            out[section].setdefault(key, value)
     return out
 
 

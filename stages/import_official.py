@@ -16,7 +16,8 @@ uses the embeddings they were trained with, view for view: the imported config d
 predict.augs = the most versions of any task, as the official evaluation (one untranslated view per version;
 --set overrides). Without --dataset no task is mapped: predict gives every task the mean embedding, and ttt
 re-fits them. Like every checkpoint, an import computes as it was trained (the full canvas, the official
-translation, N_sup steps: the dataclass defaults) with the official evaluation (pipeline/computation.py).
+translation, N_sup steps, in bf16 the official forward_dtype cast of compute.carry=forward: the dataclass
+defaults) with the official evaluation (pipeline/computation.py).
 """
 from __future__ import annotations
 

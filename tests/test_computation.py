@@ -199,7 +199,7 @@ def test_the_arc_configs_evaluate_with_all_16_steps():
         cfg = load_config(None, [], base=with_official_evaluation(saved))
         assert cfg.model.halt_max_steps == 16 and cfg.predict.max_steps == 0 and not cfg.predict.adaptive_halting
         assert computation(cfg) == {  # the official ARC recipe (trm-reference.md), evaluated officially
-            "compute.crop": "false", "model.h_cycles": "3", "model.l_cycles": "4", "model.halt_max_steps": "16",
+            "compute.crop": "false", "compute.carry": "forward", "model.h_cycles": "3", "model.l_cycles": "4", "model.halt_max_steps": "16",
             "data.translate/max_offset": "anywhere", "data.sampler": "official", "data.offsets": "fixed per version",
             "data.bucket_steps": "0", "predict.adaptive_halting": "false",
             "predict.max_steps": "N_sup", "predict.translate/max_offset": "none", "train.keep_known_rows": "false"}

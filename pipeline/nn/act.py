@@ -38,6 +38,13 @@ class Carry:
     puzzle_ids: torch.Tensor
 
 
+def carry_dtype(model: TRM, dtype: torch.dtype) -> torch.dtype:
+    """The carried (y, z)'s dtype on a runtime computing in `dtype`, which sets the forward's (model.py `_step`):
+    `dtype` itself under compute.carry=forward (official: forward_dtype covers the carry), float32 under
+    compute.carry=float32 (a departure: bf16 autocast around a float32 carry and residual stream)."""
+    return dtype if model.compute.carry == "forward" else torch.float32
+
+
 def empty_carry(model: TRM, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> Carry:
     """A carry whose every slot is halted, so the first step takes all rows of `batch`."""
     B = batch["inputs"].shape[0]
@@ -143,14 +150,16 @@ def continue_target(model, inputs, vecs, y, z, crop, last: torch.Tensor) -> torc
 
 @torch.inference_mode()
 def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None, batch_size: int,
-                   max_steps: int | None = None, adaptive: bool = False, extents: np.ndarray | None = None):
+                   max_steps: int | None = None, adaptive: bool = False, extents: np.ndarray | None = None,
+                   dtype: torch.dtype = torch.float32):
     """Run every view for max_steps (the official evaluation), or with `adaptive` until it halts (q_halt > 0,
     or q_halt > q_continue for a model that halts so in training; a departure: predict.adaptive_halting), with
-    continuous batching: B slots stay full, and a slot whose view finished is refilled with the next pending view (reset to the initial state), as the ACT carry does in
-    training. Shapes stay [B, ...] throughout, which suits torch.compile.
-    `extents` [N, 2] (compute.crop): the canvas rows and columns each view needs; a step runs the rectangle
-    that covers its live slots, each view masked to its own (pipeline/nn/crop.py), so that a view's answer does
-    not depend on the views beside it (order the views by extent so that slots hold similar sizes).
+    continuous batching: B slots stay full, and a slot whose view finished is refilled with the next pending view
+    (reset to the initial state), as the ACT carry does in training. Shapes stay [B, ...] throughout, which suits
+    torch.compile. `dtype`: the caller's autocast dtype (the carry's follows compute.carry: `carry_dtype`).
+    `extents` [N, 2] (compute.crop): the canvas rows and columns each view needs; a step runs the rectangle that
+    covers its live slots, each view masked to its own (pipeline/nn/crop.py), so that a view's answer does not
+    depend on the views beside it (order the views by extent: similar sizes per step).
 
     Returns argmax predictions [N, seq_len] uint8, halting probability [N] float64 and steps used [N]."""
     trm = unwrap(model)
@@ -162,7 +171,7 @@ def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None
     steps = torch.zeros(N, dtype=torch.int32, device=dev)
     B = min(batch_size, N)
     view = torch.arange(B, device=dev)  # the view each slot works on; -1 = free (only in the tail)
-    y, z = trm.initial_state(B, torch.float32)  # the carried state stays fp32 (as training's carry)
+    y, z = trm.initial_state(B, carry_dtype(trm, dtype))  # as training's carry
     slot_steps = torch.zeros(B, dtype=torch.int32, device=dev)
     # Slot-resident inputs, changed only on refill (like the training carry), so a step gathers nothing.
     slot_inputs = inputs[:B].clone()

@@ -86,9 +86,12 @@ class Attention(nn.Module):
         B, S, _ = x.shape
         q, k, v = self.qkv(x).view(B, S, 3, self.heads, self.head_dim).unbind(2)
         if rope is not None:
-            cos, sin = rope
-            cos, sin = cos.to(q.dtype)[:, None], sin.to(q.dtype)[:, None]
-            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+            # Rotated in float32 and rounded back, as the official forward; a float32 residual stream under bf16
+            # autocast (compute.carry=float32) rotates in bf16, as the project did before that setting.
+            out, rot = q.dtype, torch.float32 if x.dtype == q.dtype else q.dtype
+            cos, sin = rope[0].to(rot)[:, None], rope[1].to(rot)[:, None]
+            q, k = q.to(rot), k.to(rot)
+            q, k = (q * cos + rotate_half(q) * sin).to(out), (k * cos + rotate_half(k) * sin).to(out)
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
         return self.out(o.transpose(1, 2).reshape(B, S, -1))
 
@@ -162,9 +165,12 @@ class TRM(nn.Module):
         cells = (torch.arange(rows)[:, None] * canvas + torch.arange(cols)[None, :]).flatten()
         return torch.cat((torch.arange(P), P + cells)).to(self.y_init.device, non_blocking=True)
 
-    def embed(self, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None, keep: torch.Tensor | None = None):
-        """Token + puzzle-prefix embedding of `inputs` (the grid tokens at positions keep[P:] when cropped)."""
-        x = self.embed_tokens(inputs.long())
+    def embed(self, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None, keep: torch.Tensor | None = None,
+              dtype: torch.dtype = torch.float32):
+        """Token + puzzle-prefix embedding of `inputs` (the grid tokens at positions keep[P:] when cropped), in
+        `dtype` (the carry's): the tables are cast before they are looked up, added and scaled, as the official
+        forward (so the token table's gradient is also summed in `dtype`)."""
+        x = F.embedding(inputs.long(), self.embed_tokens.weight.to(dtype))
         P = self.cfg.puzzle_emb_len
         if P:
             B = inputs.shape[0]
@@ -272,7 +278,7 @@ class TRM(nn.Module):
             y_all, z_all, y, z = y, z, y[:, keep], z[:, keep]
         y_in, z_in = y, z
         mask = None if own is None else own[:, None, None, :]  # the keys of each example's own rectangle
-        x = self.embed(inputs, puzzle_vecs, keep).to(y.dtype)
+        x = self.embed(inputs, puzzle_vecs, keep, y.dtype)  # the carry's dtype is the forward's (compute.carry)
         y, z, out = self.recurse(x, y, z, rope, mask)
         logits = self.lm_head(out)[:, self.cfg.puzzle_emb_len:]
         q = self.q_head(out[:, 0]).float()

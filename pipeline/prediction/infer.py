@@ -226,7 +226,8 @@ def run_views(model, views: Views, opts: PredictOptions, lookup=None):
     vecs = lookup(torch.from_numpy(views.puzzle_ids[order]).to(device))
     with autocast_for(device, opts.dtype):
         preds, conf, steps = predict_stream(model, inputs, vecs, model_batch(cfg, device, trm.cfg.total_len),
-                                            cfg.max_steps or None, cfg.adaptive_halting, extents=extents)
+                                            cfg.max_steps or None, cfg.adaptive_halting, extents=extents,
+                                            dtype=opts.dtype)
     back = np.argsort(order)
     return preds.cpu().numpy()[back], conf.double().cpu().numpy()[back], steps.cpu().numpy()[back]
 

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from pipeline.nn.act import IGNORE, Carry, empty_carry, supervision_step
+from pipeline.nn.act import IGNORE, Carry, carry_dtype, empty_carry, supervision_step
 from pipeline.layout import Checkpoint
 from pipeline.training.metrics import NullSink, plot_curves
 from pipeline.training.optim import EMA, lr_at, sign_sgd_rows
@@ -233,7 +233,7 @@ class Trainer:
         c, rt, trm = self.cfg, self.rt, self.model
         batch = to_torch(next(self.sampler) if batch is None else batch, rt.device)
         if self.carry is None:
-            self.carry = empty_carry(trm, batch, torch.float32)
+            self.carry = empty_carry(trm, batch, carry_dtype(trm, rt.dtype))
         lr_mult = self._lr_mult(self.step + 1)  # this is optimiser step self.step + 1 (the official numbering)
         rows = _BatchRows(trm.puzzle_emb)
         min_steps = exploration_min_steps(self.seed, self.step, c.global_batch, rt.rank, rt.world_size,

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import NamedTuple
 
-from pipeline.nn.act import Carry
+from pipeline.nn.act import Carry, carry_dtype, unwrap
 from pipeline.checkpoint import (CheckpointError, Checkpointer, carry_file, deepspeed_dir, load_tensors, load_weights,
                                  lora_file, read_ema, read_train_state, save_tensors, stored_ids, write_model_files,
                                  write_train_state)
@@ -94,6 +94,8 @@ class TrainCheckpoints:
         cf = carry_file(latest, self.rt.rank)
         if cf.exists() and state["world_size"] == self.rt.world_size:
             carry = Carry(**load_tensors(cf, dev))
+            # in this run's carry dtype: it may resume on another device, or under another compute.carry
+            carry.y, carry.z = (t.to(carry_dtype(unwrap(self.model), self.rt.dtype)) for t in (carry.y, carry.z))
         else:
             log.warning("resuming without the ACT carry (not saved, or world size changed): not bit-exact")
         self.sampler.load_state_dict(state["sampler"])
