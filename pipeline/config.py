@@ -246,8 +246,9 @@ class TrainConfig:
     iterations of `eval_interval` epochs (the sampler's epochs_per_iter), and the run ends with the last
     iteration's last full batch (data.sampler=official), as the official loop does."""
     eval_interval: int = 0
-    """With `epochs`: epochs per iteration, and a held-out evaluation after each (the official eval_interval;
-    0 = one iteration of all epochs). Without: the sampler's iteration length (1 epoch when 0)."""
+    """With `epochs`: epochs per iteration, and a held-out evaluation after each (the official eval_interval, of
+    which epochs must be a multiple; 0 = one iteration of all epochs). Without: the sampler's iteration length
+    (0 = as many epochs as train.steps need: one iteration, as the official loop without eval_interval)."""
     global_batch: int = 768
     """ACT slots across all ranks (192 per GPU on 4 GPUs)."""
     optimizer: Literal["adam_atan2", "adam_atan2_pytorch", "adamw", "muon"] = "adam_atan2"
@@ -317,6 +318,9 @@ class TrainConfig:
             raise ValueError("train.steps and train.global_batch must be >= 1")
         if self.epochs < 0 or self.eval_interval < 0:
             raise ValueError("train.epochs and train.eval_interval must be >= 0")
+        if self.epochs and self.eval_interval and self.epochs % self.eval_interval:
+            raise ValueError(f"train.epochs={self.epochs} must be a multiple of train.eval_interval={self.eval_interval} "
+                             "(as pretrain.py asserts)")
         if len(self.betas) != 2:
             raise ValueError("train.betas must be two numbers")
         if self.zero_stage not in (1, 2):

@@ -130,5 +130,14 @@ ab arc_ttt_lora "${ARC_TTT[@]}" --b "train.trainable=lora" --label "LoRA"
 # only: its ARC row (~20 min) never finished on the shared cores.
 ab arc_null "${ARC[@]}" --b "seed=1" --label "null: seed=1"
 ab arc_ttt_null "${ARC_TTT[@]}" --b "seed=1" --label "null: seed=1"
+# The official sampler's rows (issue 27) on real tasks, where a version holds 2-10 examples (~20 min a side):
+# not run yet (BENCHMARKS.md). The arc checkpoint (arc1_small_cpu.yaml) is sampled officially; its pretraining
+# tasks' own test inputs are not this suite's, so the known-rows row runs TTT on the ARC-AGI-1 training tasks.
+ARC_OFF=(--set train.steps=400 train.global_batch=32 train.eval_every=0 train.ckpt_every=500 predict.augs=32)
+ab arc_ttt_sampler "${ARC_TTT[@]}" --b "data.sampler=independent" --label "independent sampler in TTT"
+ab arc_ttt_offsets "${ARC_TTT[@]}" --b "data.fresh_offsets=true" --label "fresh offsets in TTT"
+ab arc_ttt_known --checkpoint "$OUT/arc_pretrain" --challenges "$OUT/eval12_challenges.json" \
+  --solutions "$OUT/eval12_solutions.json" --ttt-config configs/demo_ttt.yaml "${ARC_OFF[@]}" \
+  --b "train.keep_known_rows=true" --label "known tasks keep their rows in TTT (none known: a null check)"
 fi
 echo "rows: $OUT/rows/*.json"

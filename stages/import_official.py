@@ -28,7 +28,8 @@ from pathlib import Path
 from pipeline.checkpoint import write_weights_checkpoint
 from pipeline.config import dump_config, load_config
 from pipeline.nn.arch import build_model
-from pipeline.nn.official import (OfficialImportError, config_overrides, load_official_into, official_id_table,
+from pipeline.data.official_build import official_id_table
+from pipeline.nn.official import (OfficialImportError, config_overrides, load_official_into,
                                read_official)
 from pipeline.data.official_build import read_identifiers
 from pipeline.data.puzzle_ids import PerTaskIds

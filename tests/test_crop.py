@@ -323,6 +323,24 @@ def test_the_submit_calibration_times_every_size_bucket_under_crop(tmp_path, mon
     assert min(areas) <= 4 * 4 and max(areas) >= 7 * 7  # the small bucket's rectangles and the large one's
 
 
+def test_the_submit_calibration_times_the_official_samplers_batches_under_crop(tmp_path):
+    """Without size buckets (the official sampler: a checkpoint's default) the calibration times the batches as
+    they come; it once called the bucketed path and crashed (a TypeError that no TTT error handler catches)."""
+    from pipeline.submit.calibration import calibrate_ttt
+    from pipeline.training.ttt import ttt_dataset
+    from pipeline.config import load_config
+    from pipeline.runtime import init_runtime
+    from conftest import ROOT
+
+    tasks = [Task(f"s{s}", [(np.ones((s, s), np.uint8), np.ones((s, s), np.uint8))] * 3, [np.ones((s, s), np.uint8)])
+             for s in (1, 2, 5, 6)]
+    cfg = load_config(ROOT / "configs" / "demo_cpu.yaml", ["data.canvas=8", "compute.crop=true", "data.max_offset=1",
+                      "data.sampler=official", "train.global_batch=8", "train.progress=false"])
+    startup, step_s, save_s = calibrate_ttt(cfg, init_runtime("cpu", "float32", 0), lambda: ttt_dataset(cfg, tasks, None),
+                                            tmp_path / "cal", steps=2)
+    assert step_s > 0 and startup >= 0 and save_s > 0
+
+
 def test_size_groups_run_each_group_on_its_own_rectangle():
     ext = np.array([[8, 8], [2, 3], [7, 6], [3, 2], [2, 2]])
     groups = size_groups(ext, 2, "cpu")

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SHARED, needs_shared
-from pipeline.nn.official import official_id_table
-from pipeline.data.official_build import read_identifiers
+from pipeline.data.official_build import official_id_table, read_identifiers
 from pipeline.data.sources import load_source
 from scripts.make_fixtures import random_tasks, write_official_build
 from stages._cli import run

@@ -14,7 +14,8 @@ from safetensors.torch import save_file
 from conftest import FIXTURE, ROOT, SHARED, needs_shared
 from pipeline.prediction.infer import PredictTasks, ViewSpec, make_views
 from pipeline.layout import Checkpoint
-from pipeline.nn.official import official_id_table, read_official
+from pipeline.data.official_build import official_id_table
+from pipeline.nn.official import read_official
 from pipeline.data.official_build import read_identifiers
 from pipeline.data.encode import encode
 from pipeline.data.packed import pack_tasks

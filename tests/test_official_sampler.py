@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SHARED, needs_shared
-from pipeline.config import DataConfig, load_config
-from pipeline.data.official_build import decode_row, load_official_build, read_identifiers
+from pipeline.config import ConfigError, DataConfig, load_config
+from pipeline.data.official_build import official_id_table, decode_row, load_official_build, read_identifiers
+from pipeline.data.dataset import build_dataset
 from pipeline.data.packed import pack_tasks
 from pipeline.data.puzzle_ids import PerTaskIds
 from pipeline.data.sampler import OfficialSampler, batch_ends, iteration_order, make_sampler
 from pipeline.data.tasks import Task
 from pipeline.data.versions import per_augmentation_ids
-from pipeline.nn.official import official_id_table
 from pipeline.runtime import init_runtime
 from pipeline.training.build import build_run
 
@@ -25,14 +25,16 @@ TRAJ = SHARED / "fixtures" / "trm_official_trajectory"
 
 @pytest.fixture(scope="module")
 def official():
-    """The official build's tasks under its own id table, the fixture's sampler and the build's train arrays."""
-    tasks, problems = load_official_build(BUILD)
-    assert not problems
-    packed, table = pack_tasks(tasks), official_id_table(read_identifiers(BUILD))
-    assert table.task_ids == packed.task_ids  # the build's groups in the build's order
+    """An `official:DIR` source as a run loads it (build_dataset: the build's tasks under the build's own id
+    table), the fixture's sampler over it (its seed, batch and epochs_per_iter) and the build's train arrays."""
     fx = json.loads((TRAJ / "fixture.json").read_text())
-    sampler = OfficialSampler(packed, table.ids, DataConfig(sources=["official"], canvas=30), fx["global_batch_size"],
-                              fx["seed"], epochs_per_iter=fx["epochs_per_iter"])
+    cfg = DataConfig(sources=[f"official:{BUILD}"], canvas=30)
+    data = build_dataset(cfg, seed=fx["seed"])
+    table = official_id_table(read_identifiers(BUILD))
+    assert table.task_ids == data.packed.task_ids  # the build's groups in the build's order
+    assert data.ids.state_dict()["offsets"].tolist() == table.ids.offsets.tolist()  # the build's versions
+    sampler = make_sampler(data.packed, data.ids, cfg, fx["global_batch_size"], fx["seed"],
+                           epochs_per_iter=fx["epochs_per_iter"])
     train = {k: np.load(BUILD / "train" / f"all__{k}.npy") for k in ("inputs", "labels", "puzzle_identifiers",
                                                                        "puzzle_indices")}
     return fx, sampler, table, train
@@ -199,5 +201,18 @@ def test_the_arc_presets_run_the_official_epochs_unless_steps_are_asked_for():
     assert (cfg.train.epochs, cfg.train.eval_interval, cfg.data.sampler) == (100_000, 10_000, "official")
     short = load_config(ROOT / "configs" / "arc2_4xh100.yaml", ["train.steps=2"])
     assert (short.train.epochs, short.train.steps) == (0, 2)
-    both = load_config(ROOT / "configs" / "arc2_4xh100.yaml", ["train.steps=2", "train.epochs=10"])
-    assert both.train.epochs == 10
+    both = load_config(ROOT / "configs" / "arc2_4xh100.yaml", ["train.steps=2", "train.epochs=20000"])
+    assert both.train.epochs == 20000
+    with pytest.raises(ConfigError, match="multiple of train.eval_interval"):  # as pretrain.py asserts
+        load_config(ROOT / "configs" / "arc2_4xh100.yaml", ["train.epochs=25000"])
+
+
+def test_an_iteration_is_sized_to_fill_batches_and_a_set_too_small_for_one_is_refused():
+    packed = pack_tasks(_tasks([3]))  # one task of 3 demonstrations (TTT of one task) against a batch of 64
+    s = make_sampler(packed, PerTaskIds(1), DataConfig(sources=["x"], canvas=6), 64, seed=0, run_steps=10)
+    assert s.epochs_per_iter == -(-10 * 64 // 3)  # the whole run in one iteration
+    for _ in range(10):
+        assert len(next(s)["inputs"]) == 64
+    assert make_sampler(packed, PerTaskIds(1), s.cfg, 64, seed=0).epochs_per_iter == 22  # at least one batch
+    with pytest.raises(ValueError, match="fewer than the global batch"):
+        make_sampler(packed, PerTaskIds(1), s.cfg, 64, seed=0, epochs_per_iter=2)

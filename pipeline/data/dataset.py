@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.config import DataConfig
+from pipeline.data.official_build import build_id_table
 from pipeline.data.packed import PackedPart, PackedTasks, select_tasks, task_max_sides
 from pipeline.data.puzzle_ids import PerTaskIds, PuzzleIdScheme
 from pipeline.data.sources import LoadResult, load_sources
@@ -73,9 +74,12 @@ def fit_canvas(result: LoadResult, canvas: int) -> LoadResult:
 
 
 def build_id_scheme(cfg: DataConfig, packed: PackedTasks, seed: int) -> PuzzleIdScheme:
-    """The puzzle-id scheme data.puzzle_ids names, over these tasks."""
+    """The puzzle-id scheme data.puzzle_ids names, over these tasks. A per_augmentation table over an official build
+    alone (`official:DIR`) is the build's own (identifiers.json): the versions the official run trains with."""
     if cfg.puzzle_ids == "per_task":
         return PerTaskIds(packed.num_tasks, cfg.dihedral, cfg.colour_perm)
+    if len(cfg.sources) == 1 and cfg.sources[0].startswith("official:") and cfg.dihedral and cfg.colour_perm:
+        return build_id_table(cfg.sources[0].removeprefix("official:").split("#")[0], packed.task_ids)
     return per_augmentation_ids(packed, cfg.augs_per_task, seed, cfg.dihedral, cfg.colour_perm)
 
 

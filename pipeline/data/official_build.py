@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from kernels import COLOR_OFFSET, NUM_COLORS
 from kernels.reference import invert_augment_ref
+from pipeline.data.puzzle_ids import PerAugmentationIds
 from pipeline.data.tasks import DataError, Task, TaskProblem, read_json
 
 SEPARATOR, BLANK = "|||", "<blank>"
@@ -169,3 +171,49 @@ def load_official_build(folder: str | Path, source: str = "") -> tuple[list[Task
                           test_outputs=None if any(o is None for o in outputs) else outputs, source=source,
                           train_on_test=False))
     return tasks, problems
+
+
+@dataclass
+class OfficialIds:
+    """An official id table in our terms: the tasks in official order, our id table (each task's original
+    first, then its augmentations in official id order) and rows[i] = the official id of our id i."""
+    task_ids: list[str]
+    ids: PerAugmentationIds
+    rows: np.ndarray
+
+
+def official_id_table(names: list[str]) -> OfficialIds:
+    """Our id table for an official identifiers list; every official id lands on exactly one of ours."""
+    versions: dict[str, list[tuple[int, int, np.ndarray | None]]] = {}
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name == BLANK:
+            continue
+        if name in seen:
+            raise DataError(f"official puzzle id {i} '{name}': the name appears twice")
+        seen.add(name)
+        task, d, perm = parse_name(name, i)
+        versions.setdefault(task, []).append((i, d, perm))
+    dihedral, perms, rows, counts = [], [], [0], []
+    for task, vs in versions.items():
+        original = [v for v in vs if v[2] is None]
+        if not original:
+            raise DataError(f"official task {task}: no puzzle id for its original (untransformed) version")
+        for i, d, perm in original + [v for v in vs if v[2] is not None]:
+            dihedral.append(d), perms.append(np.arange(10, dtype=np.uint8) if perm is None else perm), rows.append(i)
+        counts.append(len(vs))
+    ids = PerAugmentationIds(np.array(dihedral, np.int64), np.array(perms, np.uint8).reshape(-1, 10),
+                             np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+    return OfficialIds(list(versions), ids, np.array(rows, np.int64))
+
+
+def build_id_table(folder: str | Path, task_ids: list[str]) -> PerAugmentationIds:
+    """The build's own id table (identifiers.json) over the tasks loaded from it, in their order: each task's
+    original and the augmentations the builder kept, as the official run trains them (an `official:DIR` source
+    alone; tasks the loader dropped are left out)."""
+    table = official_id_table(read_identifiers(folder))
+    where = {t: k for k, t in enumerate(table.task_ids)}
+    rows = [np.arange(table.ids.offsets[where[t]], table.ids.offsets[where[t] + 1]) for t in task_ids]
+    idx = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    counts = np.array([len(r) for r in rows], np.int64)
+    return PerAugmentationIds(table.ids.dihedral[idx], table.ids.perms[idx], np.concatenate([[0], np.cumsum(counts)]))

@@ -126,9 +126,26 @@ class IndependentSampler(_Encoder):
         return {"step": self.step, "seed": self.seed, "global_batch": self.global_batch}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["seed"] != self.seed or state["global_batch"] != self.global_batch:
-            raise ValueError(f"sampler state {state} does not match seed={self.seed} global_batch={self.global_batch}")
+        if state["seed"] != self.seed or state["global_batch"] != self.global_batch \
+                or state.get("sampler", "independent") != "independent":
+            raise ValueError(f"sampler state (seed={state['seed']}, global_batch={state['global_batch']}, sampler="
+                             f"{state.get('sampler', 'independent')}) does not match this independent sampler "
+                             f"(seed={self.seed}, global_batch={self.global_batch})")
         self.step = int(state["step"])
+
+
+MAX_ITERATION_VISITS = 1 << 24
+"""A run counted in steps (train.epochs = 0) takes its iterations this many task visits long at most (the order and
+its running sums: ~400 MB while an iteration starts)."""
+
+
+def iteration_epochs(sizes: np.ndarray, global_batch: int, steps: int) -> int:
+    """Epochs per iteration for a run counted in steps: as many as `steps` batches need, so that the run is one
+    iteration as the official loop without eval_interval, but at most MAX_ITERATION_VISITS visits, and at least
+    one batch's worth (a small task set against a large batch: TTT of one task)."""
+    per_epoch = int(sizes.sum())
+    need = -(-max(steps, 1) * global_batch // per_epoch)
+    return max(1, min(need, MAX_ITERATION_VISITS // len(sizes)), -(-global_batch // per_epoch))
 
 
 def iteration_order(seed: int, iteration: int, groups: int, epochs: int) -> tuple[np.random.Generator, np.ndarray]:
@@ -153,12 +170,19 @@ def batch_ends(sizes: np.ndarray, batch: int) -> np.ndarray:
 class OfficialSampler(_Encoder):
     """The official batch composition (module docstring); sequential, resumable from `state_dict`."""
 
-    def __init__(self, packed, ids, cfg, global_batch, seed, rank=0, world_size=1, epochs_per_iter: int = 1):
+    def __init__(self, packed, ids, cfg, global_batch, seed, rank=0, world_size=1, epochs_per_iter: int = 0,
+                 run_steps: int = 0):
+        """`epochs_per_iter` 0: sized for a run of `run_steps` steps (`iteration_epochs`)."""
         super().__init__(packed, ids, cfg, global_batch, seed, rank, world_size)
         if cfg.bucket_steps:
             raise ValueError("data.bucket_steps draws batches by size bucket: it needs data.sampler=independent")
-        self.epochs_per_iter = epochs_per_iter
         self.sizes = packed.task_ex_count[self.trainable]
+        self.epochs_per_iter = epochs_per_iter or iteration_epochs(self.sizes, global_batch, run_steps)
+        if self.epochs_per_iter * int(self.sizes.sum()) < global_batch:
+            held = self.epochs_per_iter * int(self.sizes.sum())
+            raise ValueError(f"an iteration of {self.epochs_per_iter} epoch(s) holds {held} examples, fewer than the "
+                             f"global batch of {global_batch}: no batch could be filled (raise train.eval_interval, or "
+                             "lower train.global_batch)")
         self.per_aug = isinstance(ids, PerAugmentationIds)
         self.versions = ids.counts[self.trainable] if self.per_aug else np.ones(len(self.trainable), np.int64)
         self._restart()
@@ -283,8 +307,9 @@ def _from_json(x):
 
 
 def make_sampler(packed: PackedTasks, ids: PuzzleIdScheme, cfg: DataConfig, global_batch: int, seed: int,
-                 rank: int = 0, world_size: int = 1, epochs_per_iter: int = 1):
-    """The sampler data.sampler names."""
+                 rank: int = 0, world_size: int = 1, epochs_per_iter: int = 0, run_steps: int = 0):
+    """The sampler data.sampler names (the official one's iterations: `epochs_per_iter`, or 0: sized for
+    `run_steps`)."""
     if cfg.sampler == "independent":
         return IndependentSampler(packed, ids, cfg, global_batch, seed, rank, world_size)
-    return OfficialSampler(packed, ids, cfg, global_batch, seed, rank, world_size, epochs_per_iter)
+    return OfficialSampler(packed, ids, cfg, global_batch, seed, rank, world_size, epochs_per_iter, run_steps)

@@ -152,14 +152,13 @@ def continue_target(model, inputs, vecs, y, z, crop, last: torch.Tensor) -> torc
 def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None, batch_size: int,
                    max_steps: int | None = None, adaptive: bool = False, extents: np.ndarray | None = None,
                    dtype: torch.dtype = torch.float32):
-    """Run every view for max_steps (the official evaluation), or with `adaptive` until it halts (q_halt > 0,
-    or q_halt > q_continue for a model that halts so in training; a departure: predict.adaptive_halting), with
-    continuous batching: B slots stay full, and a slot whose view finished is refilled with the next pending view
-    (reset to the initial state), as the ACT carry does in training. Shapes stay [B, ...] throughout, which suits
-    torch.compile. `dtype`: the caller's autocast dtype (the carry's follows compute.carry: `carry_dtype`).
-    `extents` [N, 2] (compute.crop): the canvas rows and columns each view needs; a step runs the rectangle that
-    covers its live slots, each view masked to its own (pipeline/nn/crop.py), so that a view's answer does not
-    depend on the views beside it (order the views by extent: similar sizes per step).
+    """Run every view for max_steps (the official evaluation), or with `adaptive` until it halts (q_halt > 0, or
+    q_halt > q_continue for a model that halts so in training; a departure: predict.adaptive_halting), with continuous
+    batching: B slots stay full, a slot whose view finished is refilled with the next pending view from the initial
+    state, as the ACT carry does in training; shapes stay [B, ...] (torch.compile). `dtype`: the caller's autocast
+    dtype (the carry's follows compute.carry: `carry_dtype`). `extents` [N, 2] (compute.crop): the rows and columns
+    each view needs; a step runs the rectangle covering its live slots, each view masked to its own
+    (pipeline/nn/crop.py), so a view's answer does not depend on its neighbours (order views by extent).
 
     Returns argmax predictions [N, seq_len] uint8, halting probability [N] float64 and steps used [N]."""
     trm = unwrap(model)
@@ -176,8 +175,7 @@ def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None
     # Slot-resident inputs, changed only on refill (like the training carry), so a step gathers nothing.
     slot_inputs = inputs[:B].clone()
     slot_vecs = puzzle_vecs[:B].clone() if puzzle_vecs is not None else None
-    pending = B
-    crop_of = None
+    pending, crop_of = B, None
     if extents is not None and trm.compute.crop:
         host_view = np.arange(B)  # the host's copy of `view`, kept in step at the step's one sync
         dev_extents = torch.from_numpy(np.ascontiguousarray(extents, dtype=np.int64)).to(dev)
@@ -203,8 +201,8 @@ def predict_stream(model, inputs: torch.Tensor, puzzle_vecs: torch.Tensor | None
         live = view >= 0
         y, z, logits, q_halt, q_cont = model(slot_inputs, slot_vecs, y, z, crop_of() if crop_of else None)
         slot_steps += 1
-        halt = (q_halt > q_cont) if trm.cfg.halts_on_continue else (q_halt > 0)
-        done = live & ((slot_steps >= max_steps) | (halt if halts else False))
+        halt = halts & ((q_halt > q_cont) if trm.cfg.halts_on_continue else (q_halt > 0))
+        done = live & ((slot_steps >= max_steps) | halt)
         idx = done.nonzero().flatten()  # the one sync of a step
         if len(idx):
             v = view[idx]

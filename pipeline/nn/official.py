@@ -1,5 +1,5 @@
 """Import official TRM checkpoints (SamsungSAILMontreal/TinyRecursiveModels layout): the state dict into our
-model, and the official build's `identifiers.json` into our per-augmentation id table. Every official
+model (the build's `identifiers.json` becomes our id table in pipeline/data/official_build.py). Every official
 architecture imports (`official_arch` tells which one a state dict is; model.arch, pipeline/nn/arch.py).
 
 Official checkpoints are `torch.save`d state dicts (possibly with `_orig_mod.`/`model.` prefixes from
@@ -13,17 +13,12 @@ official dataset/common.py (the same numbering as kernels/dihedral.py) applied a
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file
 
 from pipeline.nn.model import new_task_row
-from pipeline.data.official_build import BLANK, parse_name
-from pipeline.data.puzzle_ids import PerAugmentationIds
-from pipeline.data.tasks import DataError
 
 _COMMON = [
     (r"^inner\.H_init$", "y_init"),
@@ -131,37 +126,3 @@ def load_official_into(model: torch.nn.Module, official: dict[str, torch.Tensor]
         elif v.shape != own[k].shape:
             raise OfficialImportError(f"'{k}': official shape {tuple(v.shape)} != configured {tuple(own[k].shape)}")
     model.load_state_dict(ours, strict=True)
-
-
-@dataclass
-class OfficialIds:
-    """An official id table in our terms: the tasks in official order, our id table (each task's original
-    first, then its augmentations in official id order) and rows[i] = the official id of our id i."""
-    task_ids: list[str]
-    ids: PerAugmentationIds
-    rows: np.ndarray
-
-
-def official_id_table(names: list[str]) -> OfficialIds:
-    """Our id table for an official identifiers list; every official id lands on exactly one of ours."""
-    versions: dict[str, list[tuple[int, int, np.ndarray | None]]] = {}
-    seen: set[str] = set()
-    for i, name in enumerate(names):
-        if name == BLANK:
-            continue
-        if name in seen:
-            raise DataError(f"official puzzle id {i} '{name}': the name appears twice")
-        seen.add(name)
-        task, d, perm = parse_name(name, i)
-        versions.setdefault(task, []).append((i, d, perm))
-    dihedral, perms, rows, counts = [], [], [0], []
-    for task, vs in versions.items():
-        original = [v for v in vs if v[2] is None]
-        if not original:
-            raise DataError(f"official task {task}: no puzzle id for its original (untransformed) version")
-        for i, d, perm in original + [v for v in vs if v[2] is not None]:
-            dihedral.append(d), perms.append(np.arange(10, dtype=np.uint8) if perm is None else perm), rows.append(i)
-        counts.append(len(vs))
-    ids = PerAugmentationIds(np.array(dihedral, np.int64), np.array(perms, np.uint8).reshape(-1, 10),
-                             np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
-    return OfficialIds(list(versions), ids, np.array(rows, np.int64))

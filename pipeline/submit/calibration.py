@@ -79,11 +79,12 @@ def _bucketed_step_s(trainer, rt: Runtime, steps: int) -> float:
     times = []
     for b in range(len(sampler.buckets)) if len(sampler.buckets) > 1 else [None]:
         trainer.restart_slots()  # refill every slot from this bucket
-        trainer.train_step(sampler.batch_at(trainer.step, b))  # its first step also compiles this shape (dynamic)
+        pick = (lambda: None) if b is None else (lambda: sampler.batch_at(trainer.step, b))  # None: the next batch
+        trainer.train_step(pick())  # its first step also compiles this shape (dynamic)
         rt.synchronize()
         t = time.perf_counter()
         for _ in range(steps):
-            trainer.train_step(sampler.batch_at(trainer.step, b))
+            trainer.train_step(pick())
         rt.synchronize()
         times.append((time.perf_counter() - t) / steps)
     return float(np.mean(times))

@@ -120,11 +120,11 @@ class TrainSetup:
 
 def epochs_per_iter(cfg: RunConfig) -> int:
     """The sampler's iteration: train.eval_interval epochs, or with train.epochs and no interval all of them (as
-    pretrain.py), else 1."""
+    pretrain.py), else 0: as many as the run's train.steps need (sampler.iteration_epochs)."""
     t = cfg.train
     if t.epochs and cfg.data.sampler != "official":
         raise ConfigError("train.epochs counts epochs of the official sampler: it needs data.sampler=official")
-    return t.eval_interval or t.epochs or 1
+    return t.eval_interval or t.epochs
 
 
 def official_length(cfg: RunConfig, sampler: OfficialSampler) -> tuple[RunConfig, int, set[int]]:
@@ -159,7 +159,7 @@ def build_run(cfg: RunConfig, rt: Runtime, data: Dataset | None = None, init_row
     model = build_model(cfg.model, data.ids.num_ids, cfg.compute).to(rt.device)
     log.info("model: %.2fM trunk parameters", model.num_params() / 1e6)
     sampler = make_sampler(data.packed, data.ids, cfg.data, cfg.train.global_batch, cfg.seed, rt.rank, rt.world_size,
-                           epochs_per_iter(cfg))
+                           epochs_per_iter(cfg), cfg.train.steps)
     schedule_steps, eval_steps = cfg.train.steps, set()
     if cfg.train.epochs:
         cfg, schedule_steps, eval_steps = official_length(cfg, sampler)
