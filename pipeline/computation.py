@@ -39,6 +39,8 @@ def computation(cfg) -> dict[str, str]:
     """What a resolved RunConfig computes, setting by setting (the settings a departure can change)."""
     m, d, p = cfg.model, cfg.data, cfg.predict
     return {"compute.crop": str(cfg.compute.crop).lower(), "compute.carry": cfg.compute.carry,
+            "model.one_step_grad": str(m.one_step_grad).lower(),  # the TRM ablations (configs/ablations/)
+            "model.act_continue": "null" if m.act_continue is None else str(m.act_continue).lower(),
             "model.h_cycles": str(m.h_cycles), "model.l_cycles": str(m.l_cycles),
             "model.halt_max_steps": str(m.halt_max_steps),
             "data.translate/max_offset": _translation(d.translate, d.max_offset),

@@ -29,7 +29,7 @@ from pipeline.checkpoint import write_weights_checkpoint
 from pipeline.config import dump_config, load_config
 from pipeline.nn.arch import build_model
 from pipeline.data.official_build import official_id_table
-from pipeline.nn.official import (OfficialImportError, config_overrides, load_official_into,
+from pipeline.nn.official import (OfficialImportError, config_overrides, load_official_into, official_arch,
                                read_official)
 from pipeline.data.official_build import read_identifiers
 from pipeline.data.puzzle_ids import PerTaskIds
@@ -60,6 +60,13 @@ def main(argv=None) -> int:
         table = official_id_table(names)
         most = int(table.ids.counts.max())
         defaults = ["data.puzzle_ids=per_augmentation", f"data.augs_per_task={most - 1}", f"predict.augs={most}"]
+    arch = official_arch(official)
+    asked = next((s.split("=", 1)[1] for s in args.set if s.startswith("model.arch=")), None) \
+        or load_config(args.config).model.arch
+    if asked != arch:  # the tensors tell the sizes, not the cycles and heads: those must be the architecture's own
+        raise OfficialImportError(f"{args.official} is an official {arch} checkpoint, but the config asks for "
+                                  f"model.arch={asked}: import it with --config configs/{arch}_arc2.yaml (its cycles "
+                                  f"and heads), or --set model.arch={arch} with the cycles it was trained with")
     sizes = [f"model.{k}={json.dumps(v)}" for k, v in config_overrides(official).items()]
     cfg = load_config(args.config, sizes + defaults + args.set)
     model = build_model(cfg.model, rows)

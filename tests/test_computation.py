@@ -199,7 +199,8 @@ def test_the_arc_configs_evaluate_with_all_16_steps():
         cfg = load_config(None, [], base=with_official_evaluation(saved))
         assert cfg.model.halt_max_steps == 16 and cfg.predict.max_steps == 0 and not cfg.predict.adaptive_halting
         assert computation(cfg) == {  # the official ARC recipe (trm-reference.md), evaluated officially
-            "compute.crop": "false", "compute.carry": "forward", "model.h_cycles": "3", "model.l_cycles": "4", "model.halt_max_steps": "16",
+            "compute.crop": "false", "compute.carry": "forward", "model.one_step_grad": "false",
+            "model.act_continue": "null", "model.h_cycles": "3", "model.l_cycles": "4", "model.halt_max_steps": "16",
             "data.translate/max_offset": "anywhere", "data.sampler": "official", "data.offsets": "fixed per version",
             "data.bucket_steps": "0", "predict.adaptive_halting": "false",
             "predict.max_steps": "N_sup", "predict.translate/max_offset": "none", "train.keep_known_rows": "false"}
@@ -223,3 +224,10 @@ def test_a_checkpoint_saved_before_the_sampler_setting_keeps_its_independent_dra
     old = load_config(None, [], base=saved)
     assert old.data.sampler == "independent" and old.data.fresh_offsets
     assert upgrade_saved(to_dict(load_config(ROOT / "configs" / "arc2_4xh100.yaml")))["data"]["sampler"] == "official"
+
+
+def test_the_trm_ablation_switches_are_departures(tmp_path):
+    ck = checkpoint(tmp_path / "ck")
+    full = ROOT / "configs" / "ttt_full.yaml"
+    one = ttt_config(ck, full, ["model.one_step_grad=true", "model.act_continue=true"], tmp_path / "a")
+    assert departures(one, ck.config) == ["model.one_step_grad: false -> true", "model.act_continue: null -> true"]

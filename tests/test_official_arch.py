@@ -14,7 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, SHARED, needs_shared
+from pipeline.checkpoint import load_for_prediction
 from pipeline.config import ModelConfig
+from pipeline.layout import Checkpoint
 from pipeline.nn.act import empty_carry, supervision_step
 from pipeline.nn.arch import build_model
 from pipeline.nn.official import config_overrides, convert_state_dict, load_official_into, read_official
@@ -142,8 +144,8 @@ def test_one_training_step_loss_metrics_and_every_gradient_match_the_official_cl
 def test_the_official_state_dict_imports_into_a_checkpoint_that_loads(arch, tmp_path):
     fx = _config(arch)["config"]
     out = tmp_path / "ckpt" / "step-00000000"
-    sets = ["model.heads=4", f"model.h_cycles={fx['H_cycles']}", f"model.l_cycles={fx.get('L_cycles', 1)}",
-            "model.halt_max_steps=4", "data.canvas=30"]
+    sets = [f"model.arch={arch}", "model.heads=4", f"model.h_cycles={fx['H_cycles']}",
+            f"model.l_cycles={fx.get('L_cycles', 1)}", "model.halt_max_steps=4", "data.canvas=30"]
     if "puzzle_emb_len" in fx and arch.startswith("trm"):
         sets.append(f"model.puzzle_emb_len={fx['puzzle_emb_len']}")
     weights = ARCH_FIXTURES / arch / "weights.safetensors"
@@ -151,9 +153,6 @@ def test_the_official_state_dict_imports_into_a_checkpoint_that_loads(arch, tmp_
            "--config", "configs/demo_cpu.yaml", "--out", str(out), "--set", *sets]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    from pipeline.checkpoint import load_for_prediction
-    from pipeline.layout import Checkpoint
-
     loaded = load_for_prediction(Checkpoint.open(tmp_path))
     assert loaded.config.model.arch == arch
     model, official = _model(arch)
@@ -162,3 +161,14 @@ def test_the_official_state_dict_imports_into_a_checkpoint_that_loads(arch, tmp_
     assert set(ours) == set(model.state_dict()) == set(convert_state_dict(official, arch))
     for k, v in model.state_dict().items():
         torch.testing.assert_close(ours[k], v)
+
+
+@needs_shared(ARCH_FIXTURES / "hrm")
+def test_an_official_checkpoint_of_another_architecture_than_the_config_is_refused(tmp_path):
+    """The tensors tell the architecture and sizes, not the cycles: an HRM checkpoint imported with a TRM preset
+    would predict with TRM's cycles (3, 4 instead of HRM's 2, 2) without a word."""
+    cmd = [sys.executable, "-m", "stages.import_official", "--official", str(ARCH_FIXTURES / "hrm" / "weights.safetensors"),
+           "--config", "configs/arc2_4xh100.yaml", "--out", str(tmp_path / "out")]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "official hrm checkpoint" in r.stderr and "configs/hrm_arc2.yaml" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
