@@ -3,6 +3,9 @@ the held-out evaluation (EMA weights swapped in) and a checkpoint save.
 
     python -m bench.memory --config configs/arc2_4xh100.yaml --set train.global_batch=4 \\
         data.eval_inputs=4 predict.max_steps=1
+    python -m bench.memory --config configs/hrm_arc2.yaml --set ...      # another architecture (issue 29)
+
+The model is built by the registry (pipeline/nn/arch.py, model.arch), so any architecture's ARC preset runs.
 
 A background thread samples the resident set (RSS) every few milliseconds, so each phase reports its own
 peak, not the process's; with CUDA each phase also reports torch's peak allocated GPU memory. The budget
@@ -121,7 +124,8 @@ def main(argv=None) -> None:
     peak = max(ph["rss_peak_mb"] for ph in rss.phases.values())
     gpu = [ph["gpu_peak_mb"] for ph in rss.phases.values() if ph["gpu_peak_mb"] is not None]
     gpu_peak = max(gpu) if gpu else None  # with CUDA the table and activations live here, not in RSS
-    emit({"bench": "memory", "config": args.config, "overrides": args.set, "puzzle_ids": run.data.ids.num_ids,
+    emit({"bench": "memory", "config": args.config, "overrides": args.set, "arch": cfg.model.arch,
+          "params_m": run.model.num_params() / 1e6, "puzzle_ids": run.data.ids.num_ids,
           "global_batch": cfg.train.global_batch, "eval_views": eval_views, "phases": rss.phases,
           "peak_rss_mb": peak, "ru_maxrss_mb": rss_mb(), **b, "peak_over_budget": peak / b["budget_mb"],
           "gpu_peak_mb": gpu_peak, "gpu_peak_over_budget": gpu_peak / b["budget_mb"] if gpu_peak else None,

@@ -5,6 +5,7 @@ sign-SGD, EMA), compile time and warm-up excluded.
     python -m bench.train --config configs/arc2_4xh100.yaml --set train.global_batch=192   # one H100
     python -m bench.train --config configs/arc2_4xh100.yaml --set train.global_batch=192 compute.crop=true \
         compute.crop_groups=8 data.max_offset=1 "data.sources=[arc:evaluation2#demos]"   # crop, ARC-AGI-2 eval sizes
+    python -m bench.train --config configs/hrm_arc2.yaml --set train.global_batch=4   # any model.arch's preset
 
 Prints JSON last: samples_per_s, tokens_per_s (grid cells the model ran per second), mean_tokens (per
 example-step), tflops_per_s and mfu (GPU; model FLOPs of the rectangles actually run under compute.crop, of
@@ -87,8 +88,8 @@ def main(argv=None) -> None:
         ran = ran or [(B, model.cfg.seq_len)] * args.steps  # the full canvas every step
         cells, flops = work(model, ran)
         mem = torch.cuda.max_memory_allocated() / 2**30 if rt.device.type == "cuda" else rss_mb() / 1024
-        out = {"bench": "train", "config": args.config, "overrides": args.set, "batch": B, "dtype": str(rt.dtype),
-               "compiled": rt.compiles(cfg.compute.compile), "crop": model.compute.crop,
+        out = {"bench": "train", "config": args.config, "overrides": args.set, "arch": cfg.model.arch, "batch": B,
+               "dtype": str(rt.dtype), "compiled": rt.compiles(cfg.compute.compile), "crop": model.compute.crop,
                "ms_per_step": dt * 1e3, "samples_per_s": B / dt, "warmup_s": warm_s,
                "tokens_per_s": cells / total, "mean_tokens": cells / (B * args.steps),
                "tflops_per_s": flops / total / 1e12, "mfu": flops / total / peak if peak else None,

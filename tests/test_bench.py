@@ -5,8 +5,13 @@ import json
 import pytest
 import torch
 
+import bench.ablation
 import bench.crop
+import bench.memory
+import bench.train
 import bench.tta
+from pipeline.config import load_config
+from pipeline.nn.arch import build_model
 
 
 @pytest.fixture
@@ -45,3 +50,63 @@ def test_bench_tta_smoke(tmp_path, capsys, one_thread):
         assert set(setting["adam_atan2"]) >= {"steps", "median_steps", "speedup_vs_official"}
     curves = {r["setting"]: [c["step"] for c in r["curve"]] for r in json.loads(rows.read_text())}
     assert curves == {"scratch": [1, 2], "ttt": [1, 2]}
+
+
+ABLATION_SMOKE = ["--base", "configs/demo_cpu.yaml", "--seeds", "0", "--steps", "2",
+                  "--set", "data.eval_inputs=4", "data.eval_views=1", "train.log_every=1"]
+
+
+def test_bench_ablation_smoke(tmp_path, capsys):
+    """Two rows x one seed x 2 steps: the printed table (a line per row, 7 columns, the paper's task named as
+    another), the JSON rows, and the runs reused by a second call."""
+    argv = [*ABLATION_SMOKE, "--rows", "trm", "hrm", "--out", str(tmp_path)]
+    bench.ablation.main(argv)
+    lines = capsys.readouterr().out.strip().splitlines()
+    out = json.loads(lines[-1])
+    table = [line for line in lines if line.startswith("| ")]
+    assert "Sudoku-Extreme" in lines[-6] and "different task" in lines[-6]
+    assert len(table) == 4 and all(line.count("|") == 8 for line in table), table
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["trm", "hrm"]
+    trm, hrm = out["rows"]
+    assert (trm["row"], hrm["row"], hrm["ref"]) == ("trm", "hrm", "trm")
+    assert hrm["changes"]["model.arch"] == "hrm" and trm["changes"] == {}
+    for row in (trm, hrm):
+        assert row["seeds"] == [0] and 0 <= row["pass@2_mean"] <= 1 and row["steps_per_s"] > 0
+        assert row["runs"][0]["eval_step"] == 2 and row["runs"][0]["seconds"] > 0
+    assert trm["params"] == build_model(load_config("configs/demo_cpu.yaml").model, 1).num_params()
+    assert hrm["params"] > 2 * trm["params"]  # L and H of 4 blocks against one network of 2
+    assert "40.3 / 5.0" in hrm["paper"] and trm["paper"].startswith("87.4")
+    bench.ablation.main(argv)  # finished runs are read, not trained again
+    again = last_json(capsys)
+    assert [r["runs"][0]["seconds"] for r in again["rows"]] == [None, None]
+    assert [r["pass@2"] for r in again["rows"]] == [trm["pass@2"], hrm["pass@2"]]
+
+
+def test_bench_ablation_rows_are_the_presets_over_the_base(tmp_path):
+    """Each row changes over its reference row exactly what its preset says (the base keeps the ARC command's
+    layers 2, T=3, n=4, so every preset is a change); self_attention is read against the MLP mixer and, over this
+    attention base, is the base itself (its runs are the base's); --set may not touch a row's settings."""
+    rows = bench.ablation.plan(list(bench.ablation.ALL_ROWS), bench.ablation.BASE, [], tmp_path)
+    changes = {name: p["changes"] for name, p in rows.items()}
+    assert changes["trm"] == {} and changes["no_ema"] == {"train.ema": False}
+    assert changes["t2_n2"] == {"model.h_cycles": 2, "model.l_cycles": 2}
+    assert changes["layers4_n3"] == {"model.layers": 4, "model.l_cycles": 3}
+    assert changes["separate_fh_fl"] == {"model.h_layers": 2}
+    assert changes["self_attention"] == {"model.mlp_t": False, "model.pos_encodings": "rope"}
+    assert changes["hrm"] == {"model.arch": "hrm", "model.layers": 4, "model.h_layers": 4, "model.h_cycles": 2,
+                              "model.l_cycles": 2}
+    assert {n: p["runs_of"] for n, p in rows.items() if p["runs_of"] != n} == {"self_attention": "trm"}
+    with pytest.raises(SystemExit, match="model.h_cycles"):
+        bench.ablation.plan(["t2_n2"], bench.ablation.BASE, ["model.h_cycles=5"], tmp_path)
+
+
+@pytest.mark.parametrize("name", ["train", "memory"])
+def test_bench_train_and_memory_build_any_architecture(name, capsys, one_thread):
+    """bench.train and bench.memory build through the registry (pipeline/nn/arch.py): model.arch=hrm runs HRM."""
+    sets = ["model.arch=hrm", "model.h_layers=2", "train.global_batch=4", "data.eval_inputs=2", "data.eval_views=1",
+            "predict.max_steps=1"]
+    main = bench.train.main if name == "train" else bench.memory.main
+    main(["--config", "configs/demo_cpu.yaml", "--steps", "1", "--set", *sets])
+    out = last_json(capsys)
+    cfg = load_config("configs/demo_cpu.yaml", sets).model
+    assert out["arch"] == "hrm" and out["params_m"] == build_model(cfg, 1).num_params() / 1e6
