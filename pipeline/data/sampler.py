@@ -158,13 +158,13 @@ def batch_ends(sizes: np.ndarray, batch: int) -> np.ndarray:
     """Where each full batch of an iteration ends (exclusive visit index) when visits of `sizes` examples fill
     batches of `batch` in order, the visit that fills a batch truncated and the last incomplete batch dropped."""
     total = np.cumsum(sizes)
-    ends, start, done = [], 0, 0
+    ends, done = [], 0  # examples the visits before the next batch hold
     while True:
         e = int(np.searchsorted(total, done + batch, side="left"))  # the visit that reaches `batch` examples
         if e >= len(total):
             return np.asarray(ends, np.int64)
         ends.append(e + 1)
-        start, done = e + 1, int(total[e])
+        done = int(total[e])  # the filling visit's remainder is dropped
 
 
 class OfficialSampler(_Encoder):
@@ -178,8 +178,8 @@ class OfficialSampler(_Encoder):
             raise ValueError("data.bucket_steps draws batches by size bucket: it needs data.sampler=independent")
         self.sizes = packed.task_ex_count[self.trainable]
         self.epochs_per_iter = epochs_per_iter or iteration_epochs(self.sizes, global_batch, run_steps)
-        if self.epochs_per_iter * int(self.sizes.sum()) < global_batch:
-            held = self.epochs_per_iter * int(self.sizes.sum())
+        held = self.epochs_per_iter * int(self.sizes.sum())
+        if held < global_batch:
             raise ValueError(f"an iteration of {self.epochs_per_iter} epoch(s) holds {held} examples, fewer than the "
                              f"global batch of {global_batch}: no batch could be filled (raise train.eval_interval, or "
                              "lower train.global_batch)")
