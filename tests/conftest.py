@@ -8,6 +8,7 @@ Under pytest-xdist (`make test`: `-n 2 --dist loadgroup`) each worker runs one t
 inherit OMP_NUM_THREADS=1; a session fixture is built once for the whole run (`built_once`: the first worker to
 need it builds it, under a lock, where every worker finds it), not once per worker; tests marked `alone` time
 wall-clock and run with no other test beside them."""
+import contextlib
 import fcntl
 import os
 import shutil
@@ -132,3 +133,24 @@ def pretrain_20_steps(run_dir: Path) -> None:
 def demo_pretrained(tmp_path_factory) -> Path:
     """The demo config pretrained in full (a few CPU minutes), shared by the slow learning and TTT tests."""
     return built_once(tmp_path_factory, "demo_pretrained", _pretrain_demo)
+
+
+def fixture_train_step(model, batch: dict, carry_dtype=torch.float32, context=None, min_steps=None):
+    """One training step of `model` from a fresh carry on an official fixture batch (`inputs`, `labels`,
+    `puzzle_identifiers`), loss backward done, as the official-fidelity tests compare it: (carry, loss, metrics,
+    rows) where rows.grad is the gradient of the batch's puzzle-table rows (the official `local_weights`)."""
+    from pipeline.nn.act import empty_carry, supervision_step
+
+    model.train()
+    b = {"inputs": batch["inputs"], "labels": batch["labels"].long(), "puzzle_ids": batch["puzzle_identifiers"].long()}
+    held = {}
+
+    def vecs(ids):
+        held["rows"] = model.puzzle_emb[ids].detach().clone().requires_grad_(True)
+        return held["rows"]
+
+    with context or contextlib.nullcontext():
+        carry, loss, metrics, _ = supervision_step(model, empty_carry(model, b, carry_dtype), b, vecs,
+                                                   min_steps=min_steps)
+    loss.backward()
+    return carry, loss, metrics, held["rows"]

@@ -28,12 +28,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import FIXTURE, ROOT, needs_fixture
+from conftest import FIXTURE, ROOT, fixture_train_step, needs_fixture
 from pipeline.checkpoint import load_for_prediction
 from pipeline.computation import departures
 from pipeline.config import ComputeConfig, PredictConfig, load_config
 from pipeline.layout import Checkpoint
-from pipeline.nn.act import carry_dtype, empty_carry, supervision_step
+from pipeline.nn.act import carry_dtype
 from pipeline.nn.model import ModelConfig, TRM
 from pipeline.nn.official import config_overrides, convert_state_dict, load_official_into
 from pipeline.prediction.infer import PredictOptions, Views, run_views
@@ -134,18 +134,8 @@ def test_a_training_step_equals_the_official_bf16_step(ref, name):
     """One training step from a fresh carry: loss, metrics, which slots halted, and (fixture) the gradients of
     the heads, the token table (summed in bf16, as the official bf16 table is) and the puzzle rows."""
     model, batch, prefix, _ = case(ref, name)
-    model.train()
-    b = {"inputs": batch["inputs"], "labels": batch["labels"].long(), "puzzle_ids": batch["puzzle_identifiers"].long()}
-    held = {}
-
-    def vecs(ids):
-        held["v"] = model.puzzle_emb[ids].detach().clone().requires_grad_(True)
-        return held["v"]
-
-    with BF16:
-        carry, loss, metrics, _ = supervision_step(model, empty_carry(model, b, carry_dtype(model, torch.bfloat16)),
-                                                   b, vecs, min_steps=torch.zeros(len(b["inputs"]), dtype=torch.int32))
-    loss.backward()
+    carry, loss, metrics, rows = fixture_train_step(model, batch, carry_dtype(model, torch.bfloat16), BF16,
+                                                    torch.zeros(len(batch["inputs"]), dtype=torch.int32))
     got = {"loss": loss, **metrics}
     for k in ("loss", "lm_loss", "q_halt_loss", "exact_accuracy", "count", "steps"):
         torch.testing.assert_close(got[k].double().reshape(1), ref[f"{prefix}train.step1.{k}"].double(), rtol=1e-6,
@@ -154,7 +144,7 @@ def test_a_training_step_equals_the_official_bf16_step(ref, name):
     params = dict(model.named_parameters())
     for key in (k for k in ref if k.startswith("train.step1.grad.") and name == "fixture"):
         official = key[len("train.step1.grad."):]
-        grad = held["v"].grad if official == "puzzle_emb.local_weights" else \
+        grad = rows.grad if official == "puzzle_emb.local_weights" else \
             params[next(iter(convert_state_dict({official: ref[key]})))].grad
         torch.testing.assert_close(grad, ref[key], **TOL, msg=lambda m, key=key: f"{key}: {m}")
     assert carry.y.dtype == torch.bfloat16

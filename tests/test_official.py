@@ -8,8 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FIXTURE, ROOT, needs_fixture
-from pipeline.nn.act import empty_carry, supervision_step
+from conftest import FIXTURE, ROOT, fixture_train_step, needs_fixture
 from pipeline.nn.model import ModelConfig, TRM
 from pipeline.nn.official import (OfficialImportError, config_overrides, convert_state_dict, load_official_into,
                                   read_official)
@@ -65,16 +64,7 @@ def test_a_puzzle_table_of_another_size_starts_every_row_at_the_mean_of_the_whol
 def test_official_train_step_loss_metrics_and_every_gradient(fixture):
     batch, expected = fixture
     model, official = _model()
-    model.train()
-    b = {"inputs": batch["inputs"], "labels": batch["labels"].long(), "puzzle_ids": batch["puzzle_identifiers"].long()}
-    held = {}
-
-    def vecs(ids):
-        held["v"] = model.puzzle_emb[ids].detach().clone().requires_grad_(True)
-        return held["v"]
-
-    carry, loss, metrics, _ = supervision_step(model, empty_carry(model, b, torch.float32), b, vecs)
-    loss.backward()
+    carry, loss, metrics, rows = fixture_train_step(model, batch)
     got = {"loss": loss, **metrics}
     for name in ("loss", "lm_loss", "q_halt_loss", "exact_accuracy", "count", "steps"):
         torch.testing.assert_close(got[name].double().reshape(-1), expected[f"train.step1.{name}"].double().reshape(-1),
@@ -85,7 +75,7 @@ def test_official_train_step_loss_metrics_and_every_gradient(fixture):
     assert len(grads) == len(params) + 1
     for name, want in grads.items():
         if name == "puzzle_emb.local_weights":
-            got = held["v"].grad
+            got = rows.grad
         else:
             (ours,) = convert_state_dict({name: official[name]}).keys()
             got = params[ours].grad

@@ -13,11 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, SHARED, needs_shared
+from conftest import ROOT, SHARED, fixture_train_step, needs_shared
 from pipeline.checkpoint import load_for_prediction
 from pipeline.config import ModelConfig
 from pipeline.layout import Checkpoint
-from pipeline.nn.act import empty_carry, supervision_step
 from pipeline.nn.arch import build_model
 from pipeline.nn.official import config_overrides, convert_state_dict, load_official_into, read_official
 
@@ -111,16 +110,7 @@ def test_one_training_step_loss_metrics_and_every_gradient_match_the_official_cl
     arch = _fixture_arch(case)
     expected = load_file(str(ARCH_FIXTURES / arch / "expected.safetensors"))
     model, official = _model(case)
-    model.train()
-    b = {"inputs": batch["inputs"], "labels": batch["labels"].long(), "puzzle_ids": batch["puzzle_identifiers"].long()}
-    held = {}
-
-    def vecs(ids):
-        held["v"] = model.puzzle_emb[ids].detach().clone().requires_grad_(True)
-        return held["v"]
-
-    carry, loss, metrics, _ = supervision_step(model, empty_carry(model, b, torch.float32), b, vecs)
-    loss.backward()
+    carry, loss, metrics, rows = fixture_train_step(model, batch)
     got = {"loss": loss, **metrics}
     names = set(_config(arch)["metrics_step1"]) | {"loss"}
     assert ("q_continue_loss" in names) == (arch == "hrm") and names <= set(got)
@@ -133,7 +123,7 @@ def test_one_training_step_loss_metrics_and_every_gradient_match_the_official_cl
     assert len(grads) == len(params) + 1
     for name, want in grads.items():
         if name == "puzzle_emb.local_weights":
-            got_grad = held["v"].grad
+            got_grad = rows.grad
         else:
             (ours,) = convert_state_dict({name: official[name]}, arch).keys()
             got_grad = params[ours].grad
