@@ -6,13 +6,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import ROOT, SHARED, needs_shared
 from pipeline.config import ConfigError, DataConfig, load_config
 from pipeline.data.official_build import official_id_table, decode_row, load_official_build, read_identifiers
-from pipeline.data.dataset import build_dataset
+from pipeline.data.dataset import Dataset, build_dataset
 from pipeline.data.packed import pack_tasks
-from pipeline.data.puzzle_ids import PerTaskIds
+from pipeline.data.puzzle_ids import PerAugmentationIds, PerTaskIds
 from pipeline.data.sampler import OfficialSampler, batch_ends, iteration_order, make_sampler
 from pipeline.data.tasks import Task
 from pipeline.data.versions import per_augmentation_ids
@@ -216,3 +217,33 @@ def test_an_iteration_is_sized_to_fill_batches_and_a_set_too_small_for_one_is_re
     assert make_sampler(packed, PerTaskIds(1), s.cfg, 64, seed=0).epochs_per_iter == 22  # at least one batch
     with pytest.raises(ValueError, match="fewer than the global batch"):
         make_sampler(packed, PerTaskIds(1), s.cfg, 64, seed=0, epochs_per_iter=2)
+
+
+def test_a_run_capped_at_total_steps_makes_the_official_ema_updates_of_the_iterations_rest(tmp_path):
+    """total_steps counts examples per version (2.8 here: a 10-example task with one version, a 2-example one with
+    nine), the iterations' batches examples per visit (6): the run reaches total_steps early, and pretrain.py still
+    updates the EMA after each remaining batch (weights unchanged) before its last evaluation."""
+    tasks = [Task("big", [(np.ones((2, 2), np.uint8), np.ones((2, 2), np.uint8))] * 10, []),
+             Task("small", [(np.full((2, 2), 2, np.uint8), np.full((2, 2), 2, np.uint8))] * 2, [])]
+    packed = pack_tasks(tasks)
+    ids = PerAugmentationIds(np.zeros(10, np.int64), np.tile(np.arange(10, dtype=np.uint8), (10, 1)),
+                             np.array([0, 1, 10]))
+    sets = [f"run_dir={tmp_path / 'a'}", "data.sampler=official", "data.canvas=5", "data.eval_inputs=-1",
+            "train.epochs=4", "train.eval_interval=2", "train.global_batch=8", "train.ema_decay=0.9",
+            "train.progress=false", "model.hidden=32", "model.heads=2", "model.puzzle_emb_ndim=32"]
+    runs = []
+    for folder in ("a", "b"):
+        cfg = load_config(ROOT / "configs" / "demo_cpu.yaml", [*sets, f"run_dir={tmp_path / folder}"])
+        runs.append(build_run(cfg, init_runtime("cpu", "float32", 0), data=Dataset(tasks, packed, ids, [])))
+    a, b = runs
+    ends = a.sampler.iteration_end_steps(2)
+    assert a.trainer.schedule_steps == int(4 * 2 * 2.8 / 8) == a.cfg.train.steps == 2 < ends[-1]
+    assert a.trainer.ema_tail == ends[-1] - 2 > 0
+    a.trainer.fit()
+    b.trainer.ema_tail = 0  # the same run without the tail, then the tail's updates by hand
+    b.trainer.fit()
+    for _ in range(ends[-1] - 2):
+        b.trainer.ema.update(b.model)
+    for name, shadow in a.trainer.ema.shadow.items():
+        assert torch.equal(shadow, b.trainer.ema.shadow[name]), name
+    assert not torch.equal(a.trainer.ema.shadow["lm_head.weight"], a.model.lm_head.weight)  # still an average

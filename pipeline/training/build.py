@@ -127,11 +127,14 @@ def epochs_per_iter(cfg: RunConfig) -> int:
     return t.eval_interval or t.epochs
 
 
-def official_length(cfg: RunConfig, sampler: OfficialSampler) -> tuple[RunConfig, int, set[int]]:
+def official_length(cfg: RunConfig, sampler: OfficialSampler) -> tuple[RunConfig, int, set[int], int]:
     """A train.epochs run as the official loop runs it: the lr schedule over the official total_steps, an
     evaluation after each iteration of eval_interval epochs, and the run's end at the last iteration's last full
-    batch (or total_steps, whichever comes first; pretrain.py skips steps past total_steps). Returns the config
-    with train.steps = that end, the schedule's length and the evaluation steps."""
+    batch or at total_steps, whichever comes first. pretrain.py skips the steps past total_steps but still updates
+    the EMA after each of the iteration's remaining batches (weights unchanged), before its last evaluation: those
+    updates are the `ema tail`, made after the last step. (When total_steps falls before the last iteration, the
+    official loop also evaluates at the later iterations' ends; here the run's last evaluation is the one.)
+    Returns the config with train.steps = the end, the schedule's length, the evaluation steps and the EMA tail."""
     t = cfg.train
     total = sampler.total_steps(t.epochs)
     ends = sampler.iteration_end_steps(max(1, t.epochs // (t.eval_interval or t.epochs)))
@@ -139,10 +142,10 @@ def official_length(cfg: RunConfig, sampler: OfficialSampler) -> tuple[RunConfig
     if last < 1:
         raise ConfigError(f"train.epochs={t.epochs}: the official run length is {total} steps of "
                           f"{t.global_batch} (train.global_batch): not one full batch")
-    log.info("train.epochs=%d: %d steps (schedule over the official total_steps %d), evaluations at steps %s",
-             t.epochs, last, total, [e for e in ends if e <= last])
+    log.info("train.epochs=%d: %d steps (schedule over the official total_steps %d), evaluations at steps %s, "
+             "%d EMA updates after the last step", t.epochs, last, total, [e for e in ends if e <= last], ends[-1] - last)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, steps=last, eval_every=0))
-    return cfg, total, {e for e in ends if e <= last}
+    return cfg, total, {e for e in ends if e <= last}, ends[-1] - last
 
 
 def build_run(cfg: RunConfig, rt: Runtime, data: Dataset | None = None, init_rows: np.ndarray | None = None,
@@ -160,13 +163,13 @@ def build_run(cfg: RunConfig, rt: Runtime, data: Dataset | None = None, init_row
     log.info("model: %.2fM trunk parameters", model.num_params() / 1e6)
     sampler = make_sampler(data.packed, data.ids, cfg.data, cfg.train.global_batch, cfg.seed, rt.rank, rt.world_size,
                            epochs_per_iter(cfg), cfg.train.steps)
-    schedule_steps, eval_steps = cfg.train.steps, set()
+    schedule_steps, eval_steps, ema_tail = cfg.train.steps, set(), 0
     if cfg.train.epochs:
-        cfg, schedule_steps, eval_steps = official_length(cfg, sampler)
+        cfg, schedule_steps, eval_steps, ema_tail = official_length(cfg, sampler)
     if eval_fn == "heldout":
         eval_fn = heldout_eval_fn(cfg, rt, data)
     setup = TrainSetup(cfg, rt, model, sampler, data.packed.task_ids, init_rows, prefix, warm)
     sink = RunSink(Path(cfg.run_dir), cfg.train.wandb_project, dataclasses.asdict(cfg)) if rt.is_main else NullSink()
     trainer = Trainer(cfg, rt, model, sampler, setup, eval_fn, sink, prefix)
-    trainer.schedule_steps, trainer.eval_steps = schedule_steps, eval_steps
+    trainer.schedule_steps, trainer.eval_steps, trainer.ema_tail = schedule_steps, eval_steps, ema_tail
     return Run(cfg, rt, data, model, sampler, trainer)

@@ -200,7 +200,7 @@ class Trainer:
         self.step, self.carry, self.best_metric, self.skipped = 0, None, None, 0
         self.saved: Checkpoint | None = None  # the last checkpoint this run saved (rank 0)
         self.parts: TrainParts | None = None  # built by prepare()
-        self.schedule_steps, self.eval_steps = self.cfg.steps, set()  # train.epochs: set by build.py
+        self.schedule_steps, self.eval_steps, self.ema_tail = self.cfg.steps, set(), 0  # train.epochs: build.py
 
     def prepare(self) -> None:
         """Build the parts (pipeline/training/build.py) and continue from the run folder's latest checkpoint, if any.
@@ -251,7 +251,8 @@ class Trainer:
             sign_sgd_rows(trm.puzzle_emb, rows.ids, rows.vecs.grad.float() / rt.world_size,
                           c.puzzle_emb_lr * lr_mult, c.puzzle_emb_weight_decay, rt.distributed)
         if self.ema is not None:
-            self.ema.update(trm)
+            for _ in range(1 + (self.ema_tail if self.step == self.cfg.steps else 0)):  # see build.official_length
+                self.ema.update(trm)
         return metrics
 
     def _backward(self, loss: torch.Tensor, rows: _BatchRows) -> str | None:
