@@ -154,3 +154,19 @@ def fixture_train_step(model, batch: dict, carry_dtype=torch.float32, context=No
                                                    min_steps=min_steps)
     loss.backward()
     return carry, loss, metrics, held["rows"]
+
+
+def assert_step_grads(model, rows, expected: dict, ours, tol: dict) -> None:
+    """Every gradient of a fixture's training step (`train.step1.grad.NAME`, official names) against the model's:
+    one per trainable parameter plus the puzzle rows' (`puzzle_emb.local_weights`, `rows.grad`); `ours(NAME)` is the
+    parameter's name here (its one converted name)."""
+    params = dict(model.named_parameters())
+    grads = {k[len("train.step1.grad."):]: v for k, v in expected.items() if k.startswith("train.step1.grad.")}
+    assert len(grads) == len(params) + 1
+    for name, want in grads.items():
+        if name == "puzzle_emb.local_weights":
+            got = rows.grad
+        else:
+            (key,) = ours(name)
+            got = params[key].grad
+        torch.testing.assert_close(got, want, **tol, msg=lambda m, name=name: f"{name}: {m}")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FIXTURE, ROOT, fixture_train_step, needs_fixture
+from conftest import FIXTURE, ROOT, assert_step_grads, fixture_train_step, needs_fixture
 from pipeline.nn.model import ModelConfig, TRM
 from pipeline.nn.official import (OfficialImportError, config_overrides, convert_state_dict, load_official_into,
                                   read_official)
@@ -70,16 +70,7 @@ def test_official_train_step_loss_metrics_and_every_gradient(fixture):
         torch.testing.assert_close(got[name].double().reshape(-1), expected[f"train.step1.{name}"].double().reshape(-1),
                                    **TOL, msg=lambda m, name=name: f"{name}: {m}")
     assert carry.halted.tolist() == expected["train.step1.halted"].bool().tolist()
-    params = dict(model.named_parameters())
-    grads = {k[len("train.step1.grad."):]: v for k, v in expected.items() if k.startswith("train.step1.grad.")}
-    assert len(grads) == len(params) + 1
-    for name, want in grads.items():
-        if name == "puzzle_emb.local_weights":
-            got = rows.grad
-        else:
-            (ours,) = convert_state_dict({name: official[name]}).keys()
-            got = params[ours].grad
-        torch.testing.assert_close(got, want, **TOL, msg=lambda m, name=name: f"{name}: {m}")
+    assert_step_grads(model, rows, expected, lambda name: convert_state_dict({name: official[name]}).keys(), TOL)
 
 
 def test_official_import_rejects_mismatched_shapes():

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, SHARED, fixture_train_step, needs_shared
+from conftest import ROOT, SHARED, assert_step_grads, fixture_train_step, needs_shared
 from pipeline.checkpoint import load_for_prediction
 from pipeline.config import ModelConfig
 from pipeline.layout import Checkpoint
@@ -118,16 +118,7 @@ def test_one_training_step_loss_metrics_and_every_gradient_match_the_official_cl
         torch.testing.assert_close(got[name].double().reshape(-1), expected[f"train.step1.{name}"].double().reshape(-1),
                                    **TOL, msg=lambda m, name=name: f"{name}: {m}")
     assert carry.halted.tolist() == expected["train.step1.halted"].bool().tolist()
-    params = dict(model.named_parameters())
-    grads = {k[len("train.step1.grad."):]: v for k, v in expected.items() if k.startswith("train.step1.grad.")}
-    assert len(grads) == len(params) + 1
-    for name, want in grads.items():
-        if name == "puzzle_emb.local_weights":
-            got_grad = rows.grad
-        else:
-            (ours,) = convert_state_dict({name: official[name]}, arch).keys()
-            got_grad = params[ours].grad
-        torch.testing.assert_close(got_grad, want, **TOL, msg=lambda m, name=name: f"{name}: {m}")
+    assert_step_grads(model, rows, expected, lambda name: convert_state_dict({name: official[name]}, arch).keys(), TOL)
 
 
 @arch_params
