@@ -53,6 +53,7 @@ from pipeline.computation import model_overrides
 from pipeline.config import dump_config, load_config
 from pipeline.data.dataset import split_by_canvas
 from pipeline.prediction.infer import PredictOptions
+from pipeline.nn.arch import ARCHS, build_model
 from pipeline.nn.model import TRM, ModelConfig
 from pipeline.runtime import init_runtime
 from pipeline.data.puzzle_ids import PerTaskIds
@@ -67,19 +68,17 @@ ANCHOR_CONFIG = "configs/arc2_4xh100.yaml"  # the model those anchors ran: the 7
 
 
 def flop_model(cfg: ModelConfig) -> SimpleNamespace:
-    """A weightless stand-in for TRM(cfg): its FLOP counts (TRM.flops_per_step, forward_flops) without
-    allocating a model (the 14M model's puzzle table alone is GBs)."""
+    """A weightless stand-in for build_model(cfg): its FLOP counts (its class's flops_per_step, forward_flops)
+    without allocating a model (the 14M model's puzzle table alone is GBs)."""
     m = SimpleNamespace(cfg=cfg)
-    m.flops_per_step = lambda batch, seq_len=None: TRM.flops_per_step(m, batch, seq_len)
+    m.flops_per_step = lambda batch, seq_len=None, train=True: ARCHS[cfg.arch].flops_per_step(m, batch, seq_len,
+                                                                                        train)
     return m
 
 
 def forward_flops(model: TRM) -> float:
-    """Model FLOPs of one supervision step of one view in prediction (forward only). flops_per_step counts
-    the forward of all H cycles plus a backward of twice the last cycle; one more H cycle adds one cycle."""
-    more = flop_model(dataclasses.replace(model.cfg, h_cycles=model.cfg.h_cycles + 1))
-    cycle = more.flops_per_step(1) - model.flops_per_step(1)
-    return model.flops_per_step(1) - 2 * cycle
+    """Model FLOPs of one supervision step of one view in prediction (forward only)."""
+    return model.flops_per_step(1, train=False)
 
 
 def hidden_tasks(n: int):
@@ -101,7 +100,7 @@ def measure(args, tmp: Path) -> dict:
     the cost of a step does not depend on the weights)."""
     rt = init_runtime(args.device, "auto", 0)
     base = load_config(args.config, ["compute.compile=false"] if rt.device.type == "cpu" else [])
-    model = TRM(base.model, 2, base.compute)
+    model = build_model(base.model, 2, base.compute)
     ckpt = write_weights_checkpoint(tmp / "pretrained", model_state=model.state_dict(), config_yaml=dump_config(base),
                                     task_ids=["pretrained"], ids=PerTaskIds(1), meta={"bench": "budget"})
     sets = [f"train.global_batch={args.measure_batch}", f"predict.batch_size={args.measure_views}",
@@ -113,7 +112,7 @@ def measure(args, tmp: Path) -> dict:
     loaded = load_for_prediction(ckpt, rt.device, overrides=model_overrides(cfg))  # as stages.submit times it
     p_startup, view_s = calibrate_predict(loaded, tasks, PredictOptions.of(cfg, rt), rt,
                                           inputs=min(4, args.measure_views))
-    model = TRM(cfg.model, 2, cfg.compute)  # the FLOPs of the computation timed
+    model = build_model(cfg.model, 2, cfg.compute)  # the FLOPs of the computation timed
     fwd = forward_flops(model)
     n_sup = cfg.model.halt_max_steps
     return {"device": str(rt.device), "ttt_batch": args.measure_batch, "ttt_step_s": step_s,
@@ -235,7 +234,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     base = load_config(args.config)
     ttt = ttt_config_over(base, args.ttt_config, [])  # the TTT run's: the checkpoint's computation, then the presets
-    model = TRM(ttt.model, 2)  # the TTT run's cycles: what TTT and prediction compute
+    model = build_model(ttt.model, 2)  # the TTT run's cycles: what TTT and prediction compute
     crops = ttt.compute.crop
     max_offset = ttt.data.max_offset if crops else (1 if args.crop_max_offset is None else args.crop_max_offset)
     ratio = crop_flop_ratios(model, args.crop_ttt, max_offset) if crops or not args.no_crop else None

@@ -19,7 +19,7 @@ from pipeline.checkpoint import load_for_prediction, write_weights_checkpoint
 from pipeline.config import dump_config, load_config
 from pipeline.data.dataset import build_dataset
 from pipeline.layout import Checkpoint
-from pipeline.nn.model import TRM
+from pipeline.nn.arch import build_model
 from pipeline.runtime import init_runtime
 from pipeline.data.puzzle_ids import PerTaskIds
 from pipeline.data.tasks import DataError
@@ -31,7 +31,7 @@ def checkpoint(args) -> dict:
     pretrained model the submit check test-time trains and predicts with."""
     cfg = load_config(args.config, args.set)
     torch.manual_seed(0)
-    model = TRM(cfg.model, 2)
+    model = build_model(cfg.model, 2)
     out = write_weights_checkpoint(args.out, model_state=model.state_dict(), config_yaml=dump_config(cfg),
                                    task_ids=["pretrained"], ids=PerTaskIds(1), meta={"bench": "gpu_check"})
     return {"status": "ok", "checkpoint": str(out), "params_m": model.num_params() / 1e6}

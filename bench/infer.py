@@ -32,7 +32,7 @@ from pipeline.checkpoint import load_for_prediction
 from pipeline.nn.crop import by_size, rect_crop
 from pipeline.prediction.infer import PredictTasks, ViewSpec, make_views, puzzle_table_lookup
 from pipeline.layout import Checkpoint
-from pipeline.nn.model import TRM
+from pipeline.nn.arch import build_model
 from pipeline.runtime import compile_model, init_runtime
 from pipeline.data.packed import pack_tasks
 from pipeline.data.puzzle_ids import PerTaskIds
@@ -67,7 +67,7 @@ def main(argv=None) -> None:
         model, cfg = loaded.model, loaded.config
     else:
         cfg = load_config(args.config)
-        model = TRM(cfg.model, 2, cfg.compute).to(rt.device).eval()
+        model = build_model(cfg.model, 2, cfg.compute).to(rt.device).eval()
     if args.crop is not None:
         model.compute.crop = args.crop
     canvas = cfg.data.canvas

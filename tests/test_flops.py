@@ -71,3 +71,51 @@ def test_cost_rows_are_json_and_prediction_runs_each_model_s_n_sup(tmp_path, mon
     assert summary["assumptions"]["predict_view_steps"] == predict
     first = {(r["model"], r["hardware"]): r["wall_h"] for r in rows if r["data"] == "1280 tasks"}
     assert round(first["7M", "4xH100"], 1) == 48.2 and round(first["14M", "4xH100"], 1) == 131.9  # BENCHMARKS' table
+
+
+@pytest.mark.parametrize("arch", ["hrm", "trm_singlez", "trm_hier6", "transformers_baseline"])
+def test_the_budget_counts_and_projects_every_architecture(arch, capsys):
+    """bench.budget's weightless stand-in counts what the architecture's own model counts (HRM's L and H blocks,
+    the baseline's single pass: not TRM's), and the budget projects its ARC preset."""
+    import bench.budget
+    from pipeline.nn.arch import build_model
+
+    preset = ROOT / f"configs/{arch}_arc2.yaml"
+    cfg = dataclasses.replace(load_config(preset).model, hidden=64, heads=2, puzzle_emb_ndim=64)
+    built = build_model(cfg, 2)
+    assert flop_model(cfg).flops_per_step(3) == built.flops_per_step(3)
+    if arch in ("hrm", "transformers_baseline"):  # the TRM variants compute TRM's block calls
+        assert flop_model(cfg).flops_per_step(3) != TRM.flops_per_step(built, 3)
+    bench.budget.main(["--config", str(preset), "--no-measure", "--no-crop"])
+    flow = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["flow"]
+    assert flow["view_s_per_gpu"] > 0
+
+
+@pytest.mark.parametrize("arch, sets", [("hrm", {}), ("transformers_baseline", {}), ("trm_singlez", {}),
+                                        ("trm_hier6", {}), ("trm", {"act_continue": True})])
+def test_a_training_step_counts_what_torch_counts_with_the_continue_targets_second_forward(arch, sets):
+    """A whole training supervision step (supervision_step, as the Trainer runs it: HRM and the ACT-continue
+    ablation add a second forward for the Q-continue target) and a prediction step, counted by torch."""
+    from pipeline.nn.act import empty_carry, supervision_step
+    from pipeline.nn.arch import build_model
+
+    base = load_config(PRESETS["7M"] if arch == "trm" else ROOT / f"configs/{arch}_arc2.yaml").model
+    cfg = dataclasses.replace(base, seq_len=64, hidden=64, heads=2, puzzle_emb_ndim=64, **sets)
+    torch.manual_seed(0)
+    model = build_model(cfg, 2)
+    batch = {"inputs": torch.randint(2, cfg.vocab_size, (1, 64)), "labels": torch.randint(2, cfg.vocab_size, (1, 64)),
+             "puzzle_ids": torch.ones(1, dtype=torch.long)}
+    vecs = lambda ids: torch.randn(len(ids), cfg.puzzle_emb_ndim)  # noqa: E731
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            with FlopCounterMode(display=False) as train:
+                _, loss, _, _ = supervision_step(model.train(), empty_carry(model, batch, torch.float32), batch, vecs)
+                loss.backward()
+            with FlopCounterMode(display=False) as predict, torch.no_grad():
+                model(batch["inputs"], vecs(batch["puzzle_ids"]), *model.initial_state(1, torch.float32))
+    finally:
+        torch.set_num_threads(threads)
+    assert math.isclose(train.get_total_flops(), model.flops_per_step(1), rel_tol=1e-3)
+    assert math.isclose(predict.get_total_flops(), model.flops_per_step(1, train=False), rel_tol=1e-3)

@@ -17,7 +17,7 @@ class HRM(TRM):
     def recurse(self, x, y, z, rope, mask=None):
         return self._recurse_one_step(x, y, z, rope, mask)
 
-    def flops_per_step(self, batch: int, seq_len: int | None = None) -> float:
+    def flops_per_step(self, batch: int, seq_len: int | None = None, train: bool = True) -> float:
         c = self.cfg
         return step_flops(c, batch, seq_len, c.h_cycles * (c.l_cycles * c.layers + c.h_layers),
-                          c.layers + c.h_layers)
+                          c.layers + c.h_layers if train else 0)

@@ -301,20 +301,21 @@ class TRM(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def flops_per_step(self, batch: int, seq_len: int | None = None) -> float:
-        """Model FLOPs of one training supervision step (forward of all cycles, backward of the last),
-        counting matmuls only, for MFU; `seq_len` grid tokens instead of the canvas (a crop rectangle).
-        Under crop the MFU printed while training counts the full canvas, an upper bound."""
+    def flops_per_step(self, batch: int, seq_len: int | None = None, train: bool = True) -> float:
+        """Model FLOPs of one training supervision step (forward of all cycles, backward of the last; with
+        train=False the forward alone, a prediction step), counting matmuls only, for MFU; `seq_len` grid tokens
+        instead of the canvas (a crop rectangle). Under crop the MFU printed while training counts the full
+        canvas, an upper bound."""
         c = self.cfg
         y_net = c.h_layers or c.layers
         per_cycle = c.l_cycles * c.layers + y_net
         graded = c.layers + y_net if c.one_step_grad else per_cycle
-        return step_flops(c, batch, seq_len, c.h_cycles * per_cycle, graded)
+        return step_flops(c, batch, seq_len, c.h_cycles * per_cycle, graded if train else 0)
 
 
 def step_flops(c: ModelConfig, batch: int, seq_len: int | None, blocks: int, graded: int) -> float:
     """FLOPs (matmuls) of a training step that runs `blocks` block calls forward, `graded` of them with
-    gradients, and the output head; `seq_len` as TRM.flops_per_step."""
+    gradients (0: a prediction step), and the output head; `seq_len` as TRM.flops_per_step."""
     S, h = (c.total_len if seq_len is None else seq_len + c.puzzle_emb_len), c.hidden
     a = c.heads * (h // c.heads)  # attention width (= h where heads divide it)
     inner = swiglu_width(h, c.expansion)
@@ -323,4 +324,6 @@ def step_flops(c: ModelConfig, batch: int, seq_len: int | None, blocks: int, gra
     if c.mlp_t:
         per_block += 2 * h * 3 * S * swiglu_width(S, c.expansion)
     fwd = blocks * per_block + 2 * S * h * c.vocab_size
+    if graded and c.continue_loss and c.halt_max_steps > 1:  # training's Q-continue target: a second forward
+        fwd *= 2  # (pipeline/nn/act.py continue_target)
     return batch * (fwd + 2 * graded * per_block)  # backward ~ 2x forward of the graded blocks

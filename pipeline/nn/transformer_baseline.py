@@ -21,5 +21,5 @@ class TransformerBaseline(TRM):
         y = self.net(y, x, rope, mask)
         return y, z, y
 
-    def flops_per_step(self, batch: int, seq_len: int | None = None) -> float:
-        return step_flops(self.cfg, batch, seq_len, self.cfg.layers, self.cfg.layers)
+    def flops_per_step(self, batch: int, seq_len: int | None = None, train: bool = True) -> float:
+        return step_flops(self.cfg, batch, seq_len, self.cfg.layers, self.cfg.layers if train else 0)
