@@ -115,10 +115,9 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
 
 
 def _pretrain_demo(run_dir: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "stages.pretrain", "--config", "configs/demo_cpu.yaml", "--set",
-                        f"run_dir={run_dir}", "train.progress=false"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=1800, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-3000:]
+    from bench.spread import pretrain_demo  # the same run over seeds, threads and kernels: python -m bench.spread
+
+    pretrain_demo(run_dir)
 
 
 def pretrain_20_steps(run_dir: Path) -> None:

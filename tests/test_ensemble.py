@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.spread import solved, specialists_alone, train_specialists
 from conftest import built_once
 from pipeline.prediction.ensemble import members, pool, split_views
 from pipeline.prediction.challenges import MODEL_ERROR, TIME_BUDGET, ChallengeRun
@@ -142,54 +143,22 @@ def test_an_ensemble_of_one_checkpoint_twice_votes_as_its_views_pooled(tiny):
     assert r.returncode == 2 and "one per checkpoint" in r.stderr
 
 
-SPECIALIST = "synthetic:tasks=1,seed={seed},size=4,demos=400,tests=4,fixed=1,families=colour_map#demos"
-
-
-def _two_specialists(folder: Path) -> None:
-    """Two demo-sized models, each pretrained 250 steps on one colour_map task the other never sees (seeds 5
-    and 3), side by side: each then solves its own task's 4 held-out inputs (measured, dev-cpu)."""
-    procs = [subprocess.Popen([sys.executable, "-m", "stages.pretrain", "--config", "configs/demo_cpu.yaml", "--set",
-                               f"run_dir={folder / name}", f'data.sources=["{SPECIALIST.format(seed=seed)}"]',
-                               "train.steps=250", "train.eval_every=0", "train.progress=false"],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for name, seed in (("a", 5), ("b", 3))]
-    for p in procs:
-        assert p.wait(timeout=1200) == 0, p.stderr.read()[-2000:]
-    both = {}
-    for name, seed in (("a", 5), ("b", 3)):
-        r = _stage("stages.data", "export", SPECIALIST.format(seed=seed), "--out", str(folder / f"tasks_{name}"))
-        assert r.returncode == 0, r.stderr[-2000:]
-        for kind in ("challenges", "solutions"):
-            both.setdefault(kind, {}).update(json.loads((folder / f"tasks_{name}_{kind}.json").read_text()))
-    for kind, tasks in both.items():
-        (folder / f"both_{kind}.json").write_text(json.dumps(tasks))
-
-
-def _solved(solutions: Path, submission: Path) -> dict[str, int]:
-    """Test inputs solved (either attempt) per task."""
-    truth, sub = json.loads(solutions.read_text()), json.loads(submission.read_text())
-    return {t: sum(out in entry.values() for entry, out in zip(sub[t], outs)) for t, outs in truth.items()}
-
-
 @pytest.mark.slow
 def test_two_models_that_solve_different_tasks_give_a_submission_that_solves_both(tmp_path_factory):
     """End to end: A alone solves only its task, B alone only its; stages.submit with both (no TTT, 8 views per
-    input) solves both tasks' inputs, and a member missing beside them costs nothing but its share."""
-    d = built_once(tmp_path_factory, "two_specialists", _two_specialists)
+    input) solves both tasks' inputs, and a member missing beside them costs nothing but its share. The two are
+    demo-sized models, each pretrained 250 steps on one colour_map task the other never sees (bench/spread.py
+    measures the spread of what they solve)."""
+    d = built_once(tmp_path_factory, "two_specialists", train_specialists)
     out = tmp_path_factory.mktemp("pooled")
     ch, truth = str(d / "both_challenges.json"), d / "both_solutions.json"
-    alone = {}
-    for name in ("a", "b"):
-        r = _stage("stages.predict", "--checkpoint", str(d / name), "--augs", "8", "--challenges", ch,
-                   "--out", str(out / f"{name}.json"), "--no-progress")
-        assert r.returncode == 0, r.stderr[-2000:]
-        alone[name] = _solved(truth, out / f"{name}.json")
+    alone = specialists_alone(d)
     assert alone == {"a": {"syn5_000_colour_map": 4, "syn3_000_colour_map": 0},
                      "b": {"syn5_000_colour_map": 0, "syn3_000_colour_map": 4}}, alone
     r = _stage("stages.submit", "--checkpoint", str(d / "a"), str(d / "missing"), str(d / "b"), "--challenges", ch,
                "--out", str(out / "pooled.json"), "--work-dir", str(out / "work"), "--ttt-config",
                "configs/demo_ttt.yaml", "--ttt-steps", "0", "--views", "12", "--budget-s", "600", "--device", "cpu")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert _solved(truth, out / "pooled.json") == {"syn5_000_colour_map": 4, "syn3_000_colour_map": 4}
+    assert solved(truth, out / "pooled.json") == {"syn5_000_colour_map": 4, "syn3_000_colour_map": 4}
     plan = json.loads((out / "pooled.json.plan.json").read_text())
     assert [m["views"] if "views" in m else "error" for m in plan["members"]] == [4, "error", 4], plan["members"]
