@@ -70,7 +70,7 @@ CAPS = {"full": {"env": 45, "throughput": 180, "sync": 0, "e2e": 160, "curve": 9
 # in ours (TRM.flops_per_step: 35.7% of an H100's peak), and MFU is compared in our count.
 ANCHORS = {"train_samples_per_s": 887.0, "train_mfu_official_count": 0.44, "infer_puzzles_per_s": 95.0}
 # The demo's tasks and the tasks held out of its pretraining, as scripts/demo.sh makes them.
-DEMO = "synthetic:tasks=8,seed=0,size=4,demos=400,tests=8,fixed=1,families=flip_lr+flip_ud+colour_map+recolour"
+DEMO = "synthetic:tasks=8,seed=0,size=4,demos=2000,tests=8,fixed=1,families=flip_lr+flip_ud+colour_map+recolour"
 HELD = "synthetic:tasks=4,seed=7,size=4,demos=64,tests=8,fixed=1,families=colour_map+recolour"
 # The official computation, spelled out: presets may change their defaults, the check must not.
 OFFICIAL_TRAIN = ["compute.crop=false", "compute.crop_groups=1", "data.translate=true", "data.max_offset=0"]

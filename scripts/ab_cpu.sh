@@ -45,9 +45,11 @@ HELD="synthetic:tasks=4,seed=7,size=4,demos=64,tests=8,fixed=1,families=colour_m
 $PY -m stages.data export "$SRC" --out "$OUT/demo" > /dev/null
 $PY -m stages.data export "$HELD" --out "$OUT/demo_held" > /dev/null
 [ -d "$OUT/demo_pretrain/ckpt" ] && touch "$OUT/demo_pretrain.done"
-# 1000 steps, not demo_cpu.yaml's: the demo rows of BENCHMARKS.md were measured on a 1000-step checkpoint
-# (demo_cpu.yaml later went to 1400 steps for the demo's TTT figures).
-pretrain demo_pretrain configs/demo_cpu.yaml 0 train.steps=1000
+# The demo at 1000 steps on 400 demonstrations per task, both suites at a constant lr 1e-3: the rows of
+# BENCHMARKS.md were measured on such checkpoints (demo_cpu.yaml later went to 1400 steps, then to 2000
+# demonstrations and a decaying lr, for the demo's spread over seeds and machines).
+OLD_DEMO=(train.lr=1e-3 train.lr_min_ratio=1.0)
+pretrain demo_pretrain configs/demo_cpu.yaml 0 train.steps=1000 "${OLD_DEMO[@]}" "data.sources=[\"$SRC#demos\"]"
 DEMO=(--checkpoint "$OUT/demo_pretrain" --challenges "$OUT/demo_challenges.json" --solutions "$OUT/demo_solutions.json")
 DEMO_TTT=(--checkpoint "$OUT/demo_pretrain" --challenges "$OUT/demo_held_challenges.json"
           --solutions "$OUT/demo_held_solutions.json" --ttt-config configs/demo_ttt.yaml --set train.steps=100)
@@ -74,7 +76,7 @@ SRC8="synthetic:tasks=8,seed=0,size=6,demos=400,tests=8,families=flip_lr+flip_ud
 HELD8="synthetic:tasks=4,seed=7,size=6,demos=64,tests=8,families=colour_map+recolour"
 $PY -m stages.data export "$SRC8" --out "$OUT/syn8" > /dev/null
 $PY -m stages.data export "$HELD8" --out "$OUT/syn8_held" > /dev/null
-pretrain syn8_pretrain configs/demo_cpu.yaml 0 "data.sources=[\"$SRC8#demos\"]" data.canvas=8
+pretrain syn8_pretrain configs/demo_cpu.yaml 0 "data.sources=[\"$SRC8#demos\"]" data.canvas=8 "${OLD_DEMO[@]}"
 SYN=(--checkpoint "$OUT/syn8_pretrain" --challenges "$OUT/syn8_challenges.json" --solutions "$OUT/syn8_solutions.json")
 SYN_TTT=(--checkpoint "$OUT/syn8_pretrain" --challenges "$OUT/syn8_held_challenges.json"
          --solutions "$OUT/syn8_held_solutions.json" --ttt-config configs/demo_ttt.yaml --set train.steps=80)

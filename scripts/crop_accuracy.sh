@@ -16,7 +16,7 @@ SIDE=${SIDE:-8}
 PRETRAIN_CROP=${PRETRAIN_CROP:-1}
 SRC="synthetic:tasks=8,seed=0,size=6,demos=400,tests=8,families=flip_lr+flip_ud+colour_map+recolour"
 HELD="synthetic:tasks=4,seed=7,size=6,demos=64,tests=8,families=colour_map+recolour"
-CANVAS=(data.canvas=$SIDE)
+PRETRAIN_SETS=(data.canvas=$SIDE train.lr=1e-3 train.lr_min_ratio=1.0)  # lr: the demo config's when measured
 # The TTT presets compute as the checkpoint was trained (here the full canvas); CROP is the departure,
 # FULL spells out the official settings. bench.ab / scripts/ab_cpu.sh measure each departure alone.
 CROP=(compute.crop=true compute.crop_groups=1 data.max_offset=1)
@@ -28,10 +28,10 @@ score() { $PY -m stages.score --solutions "$1" --submission "$2" | tail -1; }
 predict() { $PY -m stages.predict --no-progress --checkpoint "$1" --challenges "$2" --out "$3" "${@:4}" >/dev/null; }
 
 $PY -m stages.pretrain --config configs/demo_cpu.yaml --set run_dir=$OUT/pretrain "data.sources=[\"$SRC#demos\"]" \
-  "${CANVAS[@]}" train.progress=false
+  "${PRETRAIN_SETS[@]}" train.progress=false
 if [ "$PRETRAIN_CROP" = 1 ]; then
   $PY -m stages.pretrain --config configs/demo_cpu.yaml --set run_dir=$OUT/pretrain_crop "data.sources=[\"$SRC#demos\"]" \
-    "${CANVAS[@]}" "${CROP[@]}" train.progress=false
+    "${PRETRAIN_SETS[@]}" "${CROP[@]}" train.progress=false
   predict $OUT/pretrain_crop $OUT/pre_challenges.json $OUT/pre_crop_trained.json
 fi
 $PY -m stages.ttt --checkpoint $OUT/pretrain --challenges $OUT/held_challenges.json --out $OUT/ttt \

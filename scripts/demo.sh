@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # 2 small processes' threads oversubscribe 2 cores badly
 OUT=runs/demo
-SRC="synthetic:tasks=8,seed=0,size=4,demos=400,tests=8,fixed=1,families=flip_lr+flip_ud+colour_map+recolour"
+SRC="synthetic:tasks=8,seed=0,size=4,demos=2000,tests=8,fixed=1,families=flip_lr+flip_ud+colour_map+recolour"
 # New tasks (new colour maps, new target colours) that pretraining never saw: 64 demonstrations each.
 HELD="synthetic:tasks=4,seed=7,size=4,demos=64,tests=8,fixed=1,families=colour_map+recolour"
 mkdir -p "$OUT"

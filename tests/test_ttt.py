@@ -10,31 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from bench.spread import score, stage, ttt_and_score, write_challenges
 from conftest import ROOT
-from pipeline.layout import Checkpoint
 from pipeline.data.synthetic import synthetic_tasks
+from pipeline.layout import Checkpoint
 
 SEEN = "tasks=8,seed=0,size=4,demos=400,tests=8,fixed=1,families=flip_lr+flip_ud+colour_map+recolour"
 UNSEEN = "tasks=4,seed=7,size=4,demos=64,tests=8,fixed=1,families=rot180+transpose"
 TINY = ["model.hidden=32", "model.heads=2", "model.puzzle_emb_ndim=32", "train.global_batch=16",
         "train.progress=false", "train.eval_every=0", "predict.augs=2"]
-
-
-def stage(*args, timeout=900):
-    r = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
-
-
-def write_challenges(folder: Path, spec: str, with_test_outputs: bool = False) -> tuple[Path, Path]:
-    tasks = synthetic_tasks(spec)
-    ch = {t.id: t.to_json(with_outputs=with_test_outputs) for t in tasks}
-    sol = {t.id: [o.tolist() for o in t.test_outputs] for t in tasks}
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "x_challenges.json").write_text(json.dumps(ch))
-    (folder / "x_solutions.json").write_text(json.dumps(sol))
-    return folder / "x_challenges.json", folder / "x_solutions.json"
 
 
 @pytest.fixture(scope="module")
@@ -289,39 +273,14 @@ def test_fit_stops_at_a_step_boundary_with_a_complete_checkpoint(tiny_checkpoint
     assert out["step"] == 5 and out["stopped"] == "deadline"  # past the deadline: not one more step
 
 
-HELD = "tasks=4,seed=7,size=4,demos=64,tests=8,fixed=1,families=colour_map+recolour"
-"""Tasks held out of pretraining: new colour permutations and new target colours, rules the pretrained
-model never saw (its own colour_map/recolour tasks use others), learnt from 64 demonstrations each."""
-
-
-def _ttt_and_score(checkpoint: Path, folder: Path, mode: str, steps: int) -> tuple[float, list[float]]:
-    """pass@2 on the held-out tasks' test inputs after TTT in `mode`, and the TTT loss curve."""
-    from pipeline.training.metrics import read_metrics
-
-    ch, sol = write_challenges(folder, f"{HELD}")
-    out = folder / f"ttt_{mode}"
-    stage("stages.ttt", "--checkpoint", str(checkpoint), "--challenges", str(ch), "--out", str(out), "--config",
-          "configs/demo_ttt.yaml", "--set", f"train.steps={steps}", f"train.trainable={mode}", "train.progress=false",
-          "train.log_every=25", "train.lora_rank=8")
-    losses = [row["ttt/loss"] for row in read_metrics(out / "metrics.jsonl") if "ttt/loss" in row]
-    return _score(out, ch, sol, folder / f"{mode}.json"), losses
-
-
-def _score(checkpoint: Path, ch: Path, sol: Path, sub: Path) -> float:
-    stage("stages.predict", "--checkpoint", str(checkpoint), "--challenges", str(ch), "--out", str(sub), "--no-progress")
-    r = stage("stages.score", "--solutions", str(sol), "--submission", str(sub))
-    return json.loads(r.stdout.strip().splitlines()[-1])["score"]
-
-
 @pytest.mark.slow
 def test_ttt_makes_a_pretrained_model_solve_tasks_it_never_saw(demo_pretrained, tmp_path):
     """The pretrained demo model gets the held-out tasks wrong (it has no embedding for them: the mean row);
     TTT on their demonstrations alone makes them solvable, in full fine-tuning and in McGovern's recipe."""
-    ch, sol = write_challenges(tmp_path, HELD)
-    before = _score(demo_pretrained, ch, sol, tmp_path / "pretrained.json")
+    before = score(demo_pretrained, tmp_path, "pretrained")
     assert before <= 0.25
-    full, _ = _ttt_and_score(demo_pretrained, tmp_path, "all", 200)
-    recipe, _ = _ttt_and_score(demo_pretrained, tmp_path, "embeddings_then_all", 200)
+    full, _ = ttt_and_score(demo_pretrained, tmp_path, "all", 200)
+    recipe, _ = ttt_and_score(demo_pretrained, tmp_path, "embeddings_then_all", 200)
     assert full >= 0.75 and full >= before + 0.5, (before, full)
     assert recipe >= 0.75 and recipe >= before + 0.5, (before, recipe)
 
@@ -329,5 +288,5 @@ def test_ttt_makes_a_pretrained_model_solve_tasks_it_never_saw(demo_pretrained, 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["embeddings", "lora"])
 def test_embeddings_and_lora_ttt_lower_the_loss(demo_pretrained, tmp_path, mode):
-    _, losses = _ttt_and_score(demo_pretrained, tmp_path, mode, 100)
+    _, losses = ttt_and_score(demo_pretrained, tmp_path, mode, 100)
     assert len(losses) == 4 and losses[-1] < 0.8 * losses[0], losses
