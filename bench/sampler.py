@@ -2,7 +2,6 @@
 old draws) over several seeds: held-out pass@1/pass@2 at every evaluation and the final training loss.
 
     python -m bench.sampler                                   # demo config and synthetic 8x8, 3 seeds, 1000 steps
-    python -m bench.sampler --suites demo --seeds 0 1 2 3 4 --threads 1 2   # the demo's spread (BENCHMARKS.md)
 
 Each run is `stages.pretrain` as a user runs it (a subprocess with OMP_NUM_THREADS=THREADS), in OUT/<suite>_<sampler>
 _s<seed>_t<threads>/, reused when it finished before. Suites: `demo` (configs/demo_cpu.yaml) and `syn8` (the same
@@ -23,9 +22,10 @@ from pathlib import Path
 from bench.common import emit
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITES = {
-    "demo": [],
-    "syn8": ['data.sources=["synthetic:tasks=8,seed=0,size=6,demos=400,tests=8,'
+SUITES = {  # the demo as recorded in BENCHMARKS.md: 400 demonstrations per task, a constant lr
+    "demo": ['data.sources=["synthetic:tasks=8,seed=0,size=4,demos=400,tests=8,fixed=1,'
+             'families=flip_lr+flip_ud+colour_map+recolour#demos"]', "train.lr_min_ratio=1.0"],
+    "syn8": ["train.lr_min_ratio=1.0", 'data.sources=["synthetic:tasks=8,seed=0,size=6,demos=400,tests=8,'
              'families=flip_lr+flip_ud+colour_map+recolour#demos"]', "data.canvas=8"],
 }
 

@@ -18,14 +18,23 @@ Runs live in OUT/s<seed>_t<threads>_<kernels>/ and are reused when finished. Pri
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import torch
+import yaml
+
 from bench.common import emit
+from pipeline.config import dump_config, load_config
+from pipeline.data.dataset import build_dataset
+from pipeline.nn.arch import build_model
+from pipeline.prediction.infer import PredictOptions, evaluate_heldout
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = {"native": {}, "generic": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
@@ -41,7 +50,7 @@ def run_env(threads: int = 1, kernels: str = "native") -> dict:
     return {**os.environ, "OMP_NUM_THREADS": str(threads), **KERNELS[kernels]}
 
 
-def stage(*args, env: dict | None = None, timeout: int = 1800) -> subprocess.CompletedProcess:
+def stage(*args, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     """`python -m STAGE ARGS` from the repo root; raises with its stderr's tail when it fails."""
     r = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                        env=env or run_env())
@@ -53,7 +62,7 @@ def stage(*args, env: dict | None = None, timeout: int = 1800) -> subprocess.Com
 def pretrain_demo(run_dir: Path, seed: int | None = None, env: dict | None = None) -> dict[int, float]:
     """configs/demo_cpu.yaml pretrained in full into run_dir: held-out pass@1 by evaluation step."""
     sets = [f"run_dir={run_dir}", "train.progress=false", *([f"seed={seed}"] if seed is not None else [])]
-    stage("stages.pretrain", "--config", "configs/demo_cpu.yaml", "--set", *sets, env=env)
+    stage("stages.pretrain", "--config", "configs/demo_cpu.yaml", "--set", *sets, env=env, timeout=1800)
     rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["eval/pass@1"] for r in rows if "eval/pass@1" in r}
 
@@ -99,13 +108,21 @@ def train_specialists(folder: Path, seed: int | None = None, env: dict | None = 
     folder/both_{challenges,solutions}.json."""
     sets = ["train.steps=250", "train.eval_every=0", "train.progress=false", *([f"seed={seed}"] if seed is not None
                                                                                  else [])]
-    procs = [subprocess.Popen([sys.executable, "-m", "stages.pretrain", "--config", "configs/demo_cpu.yaml", "--set",
-                               f"run_dir={folder / name}", f'data.sources=["{SPECIALIST.format(seed=s)}"]', *sets],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env=env or run_env()) for name, s in SPECIALISTS]
-    for p in procs:
-        if p.wait(timeout=1800) != 0:
-            raise RuntimeError(f"specialist pretraining failed:\n{p.stderr.read()[-2000:]}")
+    folder.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for name, s in SPECIALISTS:
+        with open(folder / f"{name}.log", "w") as log:
+            procs.append(subprocess.Popen([sys.executable, "-m", "stages.pretrain", "--config", "configs/demo_cpu.yaml",
+                                           "--set", f"run_dir={folder / name}",
+                                           f'data.sources=["{SPECIALIST.format(seed=s)}"]', *sets],
+                                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, env=env or run_env()))
+    try:
+        for p, (name, _) in zip(procs, SPECIALISTS):
+            if p.wait(timeout=1200) != 0:
+                raise RuntimeError(f"specialist {name} failed:\n{(folder / f'{name}.log').read_text()[-2000:]}")
+    finally:
+        for p in procs:
+            p.kill()  # the other one, when one failed (a no-op on a finished process)
     both = {}
     for name, s in SPECIALISTS:
         stage("stages.data", "export", SPECIALIST.format(seed=s), "--out", str(folder / f"tasks_{name}"), env=env)
@@ -131,11 +148,35 @@ def specialists_alone(folder: Path, env: dict | None = None) -> dict[str, dict[s
     return alone
 
 
+def heldout(model, cfg, data) -> dict:
+    """The held-out evaluation of `model` on the demo data (pass@1, pass@2, mean_steps, ...) on the CPU."""
+    return evaluate_heldout(model, data.packed, data.ids, PredictOptions(cfg.predict, cfg.data.canvas,
+                                                                        torch.device("cpu"), seed=cfg.seed))
+
+
+def untrained_control(seed: int = 0) -> float:
+    """pass@2 of the demo's model at initialisation (seed `seed`) on its 64 held-out inputs: what the bar of
+    tests/test_learning.py must sit well above."""
+    cfg = load_config(ROOT / "configs/demo_cpu.yaml", [f"seed={seed}"])
+    data = build_dataset(cfg.data, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    return heldout(build_model(cfg.model, data.ids.num_ids).eval(), cfg, data)["pass@2"]
+
+
+def fingerprint() -> str:
+    """The configs a run computes with, resolved (comments aside): a result of other settings is not reused."""
+    demo = dump_config(load_config(ROOT / "configs/demo_cpu.yaml"))
+    ttt = json.dumps(yaml.safe_load((ROOT / "configs/demo_ttt.yaml").read_text()), sort_keys=True)
+    return hashlib.sha256((demo + ttt).encode()).hexdigest()[:16]
+
+
 def measure(folder: Path, seed: int, threads: int, kernels: str) -> dict:
-    """Every row for one (seed, threads, kernels); reused from folder/result.json when it finished before."""
+    """Every row for one (seed, threads, kernels); reused from folder/result.json when it finished before with
+    the same configs, else measured afresh (a partial or stale folder removed: a kept run would be resumed)."""
     done = folder / "result.json"
-    if done.exists():
+    if done.exists() and json.loads(done.read_text()).get("configs") == fingerprint():
         return json.loads(done.read_text())
+    shutil.rmtree(folder, ignore_errors=True)
     env = run_env(threads, kernels)
     demo = pretrain_demo(folder / "demo", seed, env)
     ttt = {"before": score(folder / "demo", folder / "ttt", "pretrained", env)}
@@ -144,7 +185,8 @@ def measure(folder: Path, seed: int, threads: int, kernels: str) -> dict:
         ttt[mode] = got if steps == 200 else losses[-1] / losses[0]
     train_specialists(folder / "spec", seed, env)
     alone = specialists_alone(folder / "spec", env)
-    result = {"seed": seed, "threads": threads, "kernels": kernels, "demo_pass@1": demo, "ttt": ttt,
+    result = {"seed": seed, "threads": threads, "kernels": kernels, "configs": fingerprint(),
+              "untrained_pass@2": untrained_control(seed), "demo_pass@1": demo, "ttt": ttt,
               "specialists": {name: [by_task[t] for t in sorted(by_task)] for name, by_task in alone.items()}}
     done.write_text(json.dumps(result))
     return result
@@ -157,9 +199,11 @@ def spread(values: list[float]) -> dict:
 def summary(runs: list[dict]) -> dict:
     """min / median / max over every run of each asserted number (the demo's at its last evaluation)."""
     last = [r["demo_pass@1"][max(r["demo_pass@1"], key=int)] for r in runs]
-    rows = {"demo_pass@1_final": spread(last)}
+    rows = {"demo_pass@1_final": spread(last), "demo_untrained_pass@2": spread([r["untrained_pass@2"] for r in runs])}
     for key in runs[0]["ttt"]:
         rows[f"ttt_{key}"] = spread([r["ttt"][key] for r in runs])
+    for key in ("all", "embeddings_then_all"):  # what tests/test_ttt.py asserts beside the score: the gain
+        rows[f"ttt_{key}_gain"] = spread([r["ttt"][key] - r["ttt"]["before"] for r in runs])
     rows["specialists_own_solved"] = spread([min(r["specialists"]["a"][1], r["specialists"]["b"][0]) for r in runs])
     rows["specialists_other_solved"] = spread([max(r["specialists"]["a"][0], r["specialists"]["b"][1])
                                                for r in runs])

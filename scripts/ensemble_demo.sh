@@ -13,7 +13,7 @@ spec() { echo "synthetic:tasks=2,seed=$1,size=4,demos=400,tests=4,fixed=1,famili
 for m in a:5 b:3; do
   name=${m%%:*} seed=${m##*:}
   [ -d "$D/$name/ckpt" ] || $PY -m stages.pretrain --config configs/demo_cpu.yaml --set "data.sources=[\"$(spec "$seed")\"]" \
-    "run_dir=$D/$name" train.steps=300 train.progress=false train.eval_every=0 > "$D/$name.log" 2>&1
+    "run_dir=$D/$name" train.steps=300 train.progress=false train.eval_every=0 train.lr_min_ratio=1.0 > "$D/$name.log" 2>&1
   $PY -m stages.data export "$(spec "$seed")" --out "$D/tasks_$name" > /dev/null
 done
 $PY - "$D" <<'PY'

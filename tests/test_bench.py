@@ -113,9 +113,9 @@ def test_bench_train_and_memory_build_any_architecture(name, capsys, one_thread)
 
 
 def test_bench_spread_tables_the_worst_median_and_best_of_finished_runs(tmp_path, capsys):
-    """bench.spread reads finished runs (result.json) instead of training again, and tables each asserted number:
-    the demo's last evaluation, every TTT score and loss ratio, and what each specialist solves of its own task
-    (a: syn5, b: syn3, listed in task order syn3, syn5) and of the other's."""
+    """bench.spread reads finished runs (result.json of the same configs) instead of training again, and tables
+    each asserted number: the demo's last evaluation, every TTT score, gain and loss ratio, and what each
+    specialist solves of its own task (a: syn5, b: syn3, listed in task order syn3, syn5) and of the other's."""
     import bench.spread
 
     runs = {0: ({"250": 0.5, "1400": 0.9}, 0.0, 0.8, [0, 4], [4, 0]),
@@ -125,11 +125,13 @@ def test_bench_spread_tables_the_worst_median_and_best_of_finished_runs(tmp_path
         folder.mkdir()
         ttt = {"before": before, "all": full, "embeddings_then_all": full, "embeddings": 0.5, "lora": 0.7}
         (folder / "result.json").write_text(json.dumps({"seed": seed, "threads": 1, "kernels": "native",
-                                                        "demo_pass@1": demo, "ttt": ttt,
+                                                        "configs": bench.spread.fingerprint(),
+                                                        "untrained_pass@2": 0.0, "demo_pass@1": demo, "ttt": ttt,
                                                         "specialists": {"a": a, "b": b}}))
     bench.spread.main(["--out", str(tmp_path), "--seeds", "0", "1", "--threads", "1"])
     table = last_json(capsys)["summary"]
     assert table["demo_pass@1_final"] == {"min": 0.9, "median": 0.95, "max": 1.0}
     assert table["ttt_before"]["max"] == 0.25 and table["ttt_all"]["min"] == 0.8
+    assert table["ttt_all_gain"] == {"min": 0.75, "median": 0.775, "max": 0.8}
     assert table["specialists_own_solved"] == {"min": 3, "median": 3.5, "max": 4}
     assert table["specialists_other_solved"] == {"min": 0, "median": 0.5, "max": 1}

@@ -5,20 +5,14 @@ reaches >= 90% exact match on held-out test inputs, where the untrained model sc
 """
 import numpy as np
 import pytest
-import torch
 
+from bench.spread import heldout, untrained_control
 from conftest import ROOT
+from pipeline.checkpoint import load_for_prediction
 from pipeline.config import load_config
 from pipeline.data.dataset import build_dataset
-from pipeline.prediction.infer import PredictOptions, evaluate_heldout
 from pipeline.layout import Checkpoint
 from pipeline.training.metrics import read_metrics
-from pipeline.nn.model import TRM
-
-
-def _heldout(model, cfg, data):
-    return evaluate_heldout(model, data.packed, data.ids, PredictOptions(cfg.predict, cfg.data.canvas,
-                                                                         torch.device("cpu"), seed=cfg.seed))
 
 
 @pytest.mark.slow
@@ -27,18 +21,14 @@ def test_demo_config_learns_heldout_tasks(demo_pretrained):
     cfg = load_config(ROOT / "configs/demo_cpu.yaml", [f"run_dir={tmp_path}"])
     data = build_dataset(cfg.data, cfg.seed)
     assert data.packed.num_tasks == 8 and int((data.packed.test_out >= 0).sum()) == 64
-    torch.manual_seed(cfg.seed)
-    untrained = _heldout(TRM(cfg.model, data.ids.num_ids).eval(), cfg, data)
-    assert untrained["pass@2"] < 0.2  # the control: chance is nowhere near the bar below
+    assert untrained_control(cfg.seed) < 0.2  # the control: chance is nowhere near the bar below
 
     evals = [row for row in read_metrics(tmp_path / "metrics.jsonl") if "eval/pass@1" in row]
     final = evals[-1]
     assert final["eval/inputs"] == 64
     assert final["eval/pass@1"] >= 0.9, evals
 
-    from pipeline.checkpoint import load_for_prediction
-
     trained = load_for_prediction(Checkpoint.open(tmp_path))  # the exported (EMA) weights score the same through the predict path
-    again = _heldout(trained.model, trained.config, data)
+    again = heldout(trained.model, trained.config, data)
     assert again["pass@1"] == pytest.approx(final["eval/pass@1"])
     assert np.isfinite(again["mean_steps"]) and again["mean_steps"] <= cfg.model.halt_max_steps

@@ -15,7 +15,7 @@ from conftest import ROOT
 from pipeline.data.synthetic import synthetic_tasks
 from pipeline.layout import Checkpoint
 
-SEEN = "tasks=8,seed=0,size=4,demos=400,tests=8,fixed=1,families=flip_lr+flip_ud+colour_map+recolour"
+SEEN = "tasks=8,seed=0,size=4,demos=2000,tests=8,fixed=1,families=flip_lr+flip_ud+colour_map+recolour"
 UNSEEN = "tasks=4,seed=7,size=4,demos=64,tests=8,fixed=1,families=rot180+transpose"
 TINY = ["model.hidden=32", "model.heads=2", "model.puzzle_emb_ndim=32", "train.global_batch=16",
         "train.progress=false", "train.eval_every=0", "predict.augs=2"]

@@ -324,6 +324,6 @@ def step_flops(c: ModelConfig, batch: int, seq_len: int | None, blocks: int, gra
     if c.mlp_t:
         per_block += 2 * h * 3 * S * swiglu_width(S, c.expansion)
     fwd = blocks * per_block + 2 * S * h * c.vocab_size
-    if graded and c.continue_loss and c.halt_max_steps > 1:  # training's Q-continue target: a second forward
+    if graded and c.continue_loss and c.halting and c.halt_max_steps > 1:  # training's Q-continue target: a second forward
         fwd *= 2  # (pipeline/nn/act.py continue_target)
     return batch * (fwd + 2 * graded * per_block)  # backward ~ 2x forward of the graded blocks

@@ -128,7 +128,7 @@ def _crop_cost_ratio(model, tasks: PredictTasks, timed: np.ndarray, spec: ViewSp
     (their rectangles under crop: input, answer bound, offset)."""
     def mean_flops(rows):
         v = make_views(tasks, rows, spec)
-        return float(np.mean([model.flops_per_step(1, int(r * c)) for r, c in v.extents]))
+        return float(np.mean([model.flops_per_step(1, int(r * c), train=False) for r, c in v.extents]))
 
     return mean_flops(np.arange(len(tasks.packed.test_task))) / mean_flops(timed)
 
