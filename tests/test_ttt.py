@@ -278,6 +278,8 @@ def test_ttt_makes_a_pretrained_model_solve_tasks_it_never_saw(demo_pretrained, 
     """The pretrained demo model gets the held-out tasks wrong (it has no embedding for them: the mean row);
     TTT on their demonstrations alone makes them solvable, in full fine-tuning and in McGovern's recipe."""
     before = score(demo_pretrained, tmp_path, "pretrained")
+    # bench.spread over seeds and CPU kernels (BENCHMARKS.md, "The same results on every machine"): before 0.0 in
+    # every run, after 0.97-1.0 in both modes; the bars sit 0.2 below the worst and 0.5 above the control
     assert before <= 0.25
     full, _ = ttt_and_score(demo_pretrained, tmp_path, "all", 200)
     recipe, _ = ttt_and_score(demo_pretrained, tmp_path, "embeddings_then_all", 200)
@@ -289,4 +291,4 @@ def test_ttt_makes_a_pretrained_model_solve_tasks_it_never_saw(demo_pretrained, 
 @pytest.mark.parametrize("mode", ["embeddings", "lora"])
 def test_embeddings_and_lora_ttt_lower_the_loss(demo_pretrained, tmp_path, mode):
     _, losses = ttt_and_score(demo_pretrained, tmp_path, mode, 100)
-    assert len(losses) == 4 and losses[-1] < 0.8 * losses[0], losses
+    assert len(losses) == 4 and losses[-1] < 0.8 * losses[0], losses  # measured 0.24-0.54 (bench.spread)
