@@ -155,14 +155,14 @@ def test_two_models_that_solve_different_tasks_give_a_submission_that_solves_bot
     alone = specialists_alone(d)
     # bench.spread, every seed and CPU kernel measured: each solves 4 of its own 4 and 0 of the other's (BENCHMARKS.md,
     # "The same results on every machine"); the bars leave one input of margin each way
-    own, other = "syn5_000_colour_map", "syn3_000_colour_map"
-    assert alone["a"][own] >= 3 and alone["b"][other] >= 3, alone
-    assert alone["a"][other] <= 1 and alone["b"][own] <= 1, alone
+    task_a, task_b = "syn5_000_colour_map", "syn3_000_colour_map"  # the task each specialist was trained on
+    assert alone["a"][task_a] >= 3 and alone["b"][task_b] >= 3, alone
+    assert alone["a"][task_b] <= 1 and alone["b"][task_a] <= 1, alone
     r = _stage("stages.submit", "--checkpoint", str(d / "a"), str(d / "missing"), str(d / "b"), "--challenges", ch,
                "--out", str(out / "pooled.json"), "--work-dir", str(out / "work"), "--ttt-config",
                "configs/demo_ttt.yaml", "--ttt-steps", "0", "--views", "12", "--budget-s", "600", "--device", "cpu")
     assert r.returncode == 0, r.stderr[-3000:]
     pooled = solved(truth, out / "pooled.json")
-    assert pooled[own] >= 3 and pooled[other] >= 3, pooled  # each task solved as by its specialist alone
+    assert pooled[task_a] >= 3 and pooled[task_b] >= 3, pooled  # each task solved as by its specialist alone
     plan = json.loads((out / "pooled.json.plan.json").read_text())
     assert [m["views"] if "views" in m else "error" for m in plan["members"]] == [4, "error", 4], plan["members"]
