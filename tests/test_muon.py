@@ -41,7 +41,7 @@ def test_muon_gets_the_trunk_matrices_and_adamw_the_embeddings_and_heads(tmp_pat
 
 
 def test_muon_learns_and_its_lr_follows_the_schedule_at_its_own_ratio(tmp_path):
-    cfg = tiny(tmp_path, "train.lr=1e-3", "train.muon_lr=3e-3", "train.steps=40")
+    cfg = tiny(tmp_path, "train.lr=1e-3", "train.muon_lr=3e-3", "train.steps=40", "train.lr_min_ratio=1.0")
     run = build_run(cfg, init_runtime("cpu", "float32", 0), eval_fn=None)
     trainer = run.trainer
     trainer.prepare()

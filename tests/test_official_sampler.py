@@ -152,9 +152,9 @@ def test_train_epochs_give_the_official_length_schedule_and_evaluation_points(tm
     run = build_run(cfg, init_runtime("cpu", "float32", 0))
     s, t = run.sampler, run.trainer
     assert s.epochs_per_iter == 2
-    assert t.schedule_steps == int(6 * 8 * 400 / 64) == 300  # 8 tasks of 400 demonstrations, one version each
+    assert t.schedule_steps == int(6 * 8 * 2000 / 64) == 1500  # 8 tasks of 2000 demonstrations, one version each
     ends = s.iteration_end_steps(3)
-    assert sorted(t.eval_steps) == ends and run.cfg.train.steps == ends[-1] < 300
+    assert sorted(t.eval_steps) == ends and run.cfg.train.steps == ends[-1] < 1500
     assert ends == [sum(len(batch_ends(s.sizes[iteration_order(0, i, 8, 2)[1]], 64)) for i in range(1, k + 1))
                     for k in (1, 2, 3)]
 

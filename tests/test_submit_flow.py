@@ -334,14 +334,15 @@ def test_pinned_ttt_steps_far_beyond_the_budget_stop_at_the_deadline(checkpoint,
     assert validate(challenges, tmp_path / "submission.json").returncode == 0
 
 
-CLI_BUDGET_S = 30
+CLI_BUDGET_S = 45
 """The budget of the deadline test through the CLI: interpreter start, torch's import and a real calibration
-(~8 s on the 2-core dev CPU) leave TTT about half of it."""
+(~8 s on the 2-core dev CPU) leave TTT most of it. At 30 s a fresh clone beside benchmarks (load 4 on 2 cores,
+as a CPU half as fast) predicted 0 of 32 inputs in what was left: 45 s holds there."""
 
 
 @pytest.mark.alone
 def test_pinned_ttt_steps_stop_at_the_deadline_through_the_cli(checkpoint, challenges, tmp_path):
-    """`stages.submit --ttt-steps 100000 --budget-s 30` as a process, the calibration real: TTT stops at its
+    """`stages.submit --ttt-steps 100000 --budget-s 45` as a process, the calibration real: TTT stops at its
     deadline after some steps, the submission is valid with every input predicted, and the process ends within
     the budget plus DEADLINE_SLACK_S of wall time from its start (22 s on the 2-core dev CPU)."""
     out = tmp_path / "submission.json"
