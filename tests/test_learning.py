@@ -1,5 +1,5 @@
 """TRM learns for real: the demo config pretrains on synthetic task families for a few CPU minutes and
-reaches >= 75% exact match on held-out test inputs (every measured run: 90% or more), where the untrained
+reaches >= 70% exact match on held-out test inputs (every measured run: 83% or more), where the untrained
 model scores zero.
 
     pytest -m slow tests/test_learning.py
@@ -27,9 +27,9 @@ def test_demo_config_learns_heldout_tasks(demo_pretrained):
     evals = [row for row in read_metrics(tmp_path / "metrics.jsonl") if "eval/pass@1" in row]
     final = evals[-1]
     assert final["eval/inputs"] == 64
-    # bench.spread over 5 seeds x CPU kernels: final 0.91-0.98 (BENCHMARKS.md, "The same results on every machine");
-    # the bar sits 0.15 (10 of 64 inputs) below the worst run and far above the untrained control (0.0)
-    assert final["eval/pass@1"] >= 0.75, evals
+    # bench.spread over 5 seeds x CPU kernels: final 0.83-0.98 (BENCHMARKS.md, "The same results on every machine");
+    # the bar sits 0.13 (8 of 64 inputs) below the worst run and far above the untrained control (0.0)
+    assert final["eval/pass@1"] >= 0.7, evals
 
     trained = load_for_prediction(Checkpoint.open(tmp_path))  # the exported (EMA) weights score the same through the predict path
     again = heldout(trained.model, trained.config, data)
