@@ -33,8 +33,10 @@ import yaml
 from bench.common import emit
 from pipeline.config import dump_config, load_config
 from pipeline.data.dataset import build_dataset
+from pipeline.data.synthetic import synthetic_tasks
 from pipeline.nn.arch import build_model
 from pipeline.prediction.infer import PredictOptions, evaluate_heldout
+from pipeline.training.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = {"native": {}, "generic": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
@@ -63,14 +65,11 @@ def pretrain_demo(run_dir: Path, seed: int | None = None, env: dict | None = Non
     """configs/demo_cpu.yaml pretrained in full into run_dir: held-out pass@1 by evaluation step."""
     sets = [f"run_dir={run_dir}", "train.progress=false", *([f"seed={seed}"] if seed is not None else [])]
     stage("stages.pretrain", "--config", "configs/demo_cpu.yaml", "--set", *sets, env=env, timeout=1800)
-    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["eval/pass@1"] for r in rows if "eval/pass@1" in r}
+    return {r["step"]: r["eval/pass@1"] for r in read_metrics(Path(run_dir) / "metrics.jsonl") if "eval/pass@1" in r}
 
 
 def write_challenges(folder: Path, spec: str, with_test_outputs: bool = False) -> tuple[Path, Path]:
     """The synthetic tasks of `spec` as Kaggle challenges and solutions files in folder."""
-    from pipeline.data.synthetic import synthetic_tasks
-
     tasks = synthetic_tasks(spec)
     ch = {t.id: t.to_json(with_outputs=with_test_outputs) for t in tasks}
     sol = {t.id: [o.tolist() for o in t.test_outputs] for t in tasks}
@@ -99,8 +98,8 @@ def ttt_and_score(checkpoint: Path, folder: Path, mode: str, steps: int, seed: i
             "train.lora_rank=8", *([f"seed={seed}"] if seed is not None else [])]
     stage("stages.ttt", "--checkpoint", str(checkpoint), "--challenges", str(ch), "--out", str(out), "--config",
           "configs/demo_ttt.yaml", "--set", *sets, env=env)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return score(out, folder, mode, env), [r["ttt/loss"] for r in rows if "ttt/loss" in r]
+    losses = [r["ttt/loss"] for r in read_metrics(out / "metrics.jsonl") if "ttt/loss" in r]
+    return score(out, folder, mode, env), losses
 
 
 def train_specialists(folder: Path, seed: int | None = None, env: dict | None = None) -> None:
@@ -174,8 +173,9 @@ def measure(folder: Path, seed: int, threads: int, kernels: str) -> dict:
     """Every row for one (seed, threads, kernels); reused from folder/result.json when it finished before with
     the same configs, else measured afresh (a partial or stale folder removed: a kept run would be resumed)."""
     done = folder / "result.json"
-    if done.exists() and json.loads(done.read_text()).get("configs") == fingerprint():
-        return json.loads(done.read_text())
+    kept = json.loads(done.read_text()) if done.exists() else {}
+    if kept.get("configs") == fingerprint():
+        return kept
     shutil.rmtree(folder, ignore_errors=True)
     env = run_env(threads, kernels)
     demo = pretrain_demo(folder / "demo", seed, env)
