@@ -20,7 +20,6 @@ step), steps/s the median of the run's logged samples/s over the batch. Prints a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -34,6 +33,7 @@ import yaml
 from bench.common import emit
 from pipeline.config import load_config, read_yaml, to_dict
 from pipeline.nn.arch import build_model
+from pipeline.training.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "configs/ablation_cpu.yaml"
@@ -121,10 +121,6 @@ def plan(rows: list[str], base: str, sets: list[str], out: Path) -> dict[str, di
         out_rows[name] = {"presets": paths, "config": cfg, "runs_of": same,
                           "changes": {k: v for k, v in cfg.items() if v != ref_cfg[k]}}
     return out_rows
-
-
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def train(folder: Path, paths: list[str], seed: int, steps: int, sets: list[str]) -> float | None:
