@@ -155,6 +155,20 @@ def fixture_train_step(model, batch: dict, carry_dtype=torch.float32, context=No
     return carry, loss, metrics, held["rows"]
 
 
+def fixture_eval_steps(model, batch: dict, steps: int = 4):
+    """A fixture's evaluation steps from the initial carry, without gradients, as the official fixtures record them:
+    per step (k from 1) the carried states and the model's outputs (y, z, logits, q_halt, q_continue)."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        vecs = model.puzzle_emb[batch["puzzle_identifiers"].long()]
+        y, z = model.initial_state(batch["inputs"].shape[0], torch.float32)
+        for k in range(1, steps + 1):
+            y, z, logits, q_halt, q_cont = model(batch["inputs"], vecs, y, z)
+            out.append((k, y, z, logits, q_halt, q_cont))
+    return out
+
+
 def assert_step_grads(model, rows, expected: dict, ours, tol: dict) -> None:
     """Every gradient of a fixture's training step (`train.step1.grad.NAME`, official names) against the model's:
     one per trainable parameter plus the puzzle rows' (`puzzle_emb.local_weights`, `rows.grad`); `ours(NAME)` is the

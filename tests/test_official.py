@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FIXTURE, ROOT, assert_step_grads, fixture_train_step, needs_fixture
+from conftest import FIXTURE, ROOT, assert_step_grads, fixture_eval_steps, fixture_train_step, needs_fixture
 from pipeline.nn.model import ModelConfig, TRM
 from pipeline.nn.official import (OfficialImportError, config_overrides, convert_state_dict, load_official_into,
                                   read_official)
@@ -38,17 +38,12 @@ def fixture():
 def test_official_eval_steps_match(fixture):
     batch, expected = fixture
     model, _ = _model()
-    model.eval()
-    with torch.no_grad():
-        vecs = model.puzzle_emb[batch["puzzle_identifiers"].long()]
-        y, z = model.initial_state(6, torch.float32)
-        for k in range(1, 5):
-            y, z, logits, q_halt, _ = model(batch["inputs"], vecs, y, z)
-            if k == 1:
-                torch.testing.assert_close(y, expected["eval.step1.z_H"], **TOL)
-                torch.testing.assert_close(z, expected["eval.step1.z_L"], **TOL)
-            torch.testing.assert_close(logits, expected[f"eval.step{k}.logits"], **TOL)
-            torch.testing.assert_close(q_halt, expected[f"eval.step{k}.q_halt_logits"], **TOL)
+    for k, y, z, logits, q_halt, _ in fixture_eval_steps(model, batch):
+        if k == 1:
+            torch.testing.assert_close(y, expected["eval.step1.z_H"], **TOL)
+            torch.testing.assert_close(z, expected["eval.step1.z_L"], **TOL)
+        torch.testing.assert_close(logits, expected[f"eval.step{k}.logits"], **TOL)
+        torch.testing.assert_close(q_halt, expected[f"eval.step{k}.q_halt_logits"], **TOL)
 
 
 def test_a_puzzle_table_of_another_size_starts_every_row_at_the_mean_of_the_whole_official_table():

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, SHARED, assert_step_grads, fixture_train_step, needs_shared
+from conftest import ROOT, SHARED, assert_step_grads, fixture_eval_steps, fixture_train_step, needs_shared
 from pipeline.checkpoint import load_for_prediction
 from pipeline.config import ModelConfig
 from pipeline.layout import Checkpoint
@@ -87,22 +87,17 @@ def test_eval_steps_and_carried_states_match_the_official_class(case, batch):
     arch = _fixture_arch(case)
     expected = load_file(str(ARCH_FIXTURES / arch / "expected.safetensors"))
     model, _ = _model(case)
-    model.eval()
-    with torch.no_grad():
-        vecs = model.puzzle_emb[batch["puzzle_identifiers"].long()]
-        y, z = model.initial_state(6, torch.float32)
-        for k in range(1, 5):
-            y, z, logits, q_halt, q_cont = model(batch["inputs"], vecs, y, z)
-            if k == 1:
-                carry = official_carry(arch, y, z)
-                want = {n[len("eval.step1."):] for n in expected if n.startswith("eval.step1.z")}
-                assert set(carry) == want
-                for name, got in carry.items():
-                    torch.testing.assert_close(got, expected[f"eval.step1.{name}"], **TOL,
-                                               msg=lambda m, name=name: f"{name}: {m}")
-            torch.testing.assert_close(logits, expected[f"eval.step{k}.logits"], **EVAL_TOL.get(arch, TOL))
-            torch.testing.assert_close(q_halt, expected[f"eval.step{k}.q_halt_logits"], **TOL)
-            torch.testing.assert_close(q_cont, expected[f"eval.step{k}.q_continue_logits"], **TOL)
+    for k, y, z, logits, q_halt, q_cont in fixture_eval_steps(model, batch):
+        if k == 1:
+            carry = official_carry(arch, y, z)
+            want = {n[len("eval.step1."):] for n in expected if n.startswith("eval.step1.z")}
+            assert set(carry) == want
+            for name, got in carry.items():
+                torch.testing.assert_close(got, expected[f"eval.step1.{name}"], **TOL,
+                                           msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(logits, expected[f"eval.step{k}.logits"], **EVAL_TOL.get(arch, TOL))
+        torch.testing.assert_close(q_halt, expected[f"eval.step{k}.q_halt_logits"], **TOL)
+        torch.testing.assert_close(q_cont, expected[f"eval.step{k}.q_continue_logits"], **TOL)
 
 
 @case_params
