@@ -1,5 +1,6 @@
 """The TRM paper's ablations (TRM Table 1: configs/ablations/*.yaml) and HRM side by side on a CPU suite, over
-several seeds: held-out pass@2 (mean and spread), steps/s and trunk parameters per row, beside the paper's numbers.
+several seeds: held-out pass@2 (mean and spread), steps/s, the training loss and trunk parameters per row, beside the
+paper's numbers.
 
     python -m bench.ablation                                   # every row, 3 seeds, 1000 steps (hours on dev-cpu)
     python -m bench.ablation --rows trm no_ema --seeds 0 --steps 300   # a quick look
@@ -15,7 +16,9 @@ architectures) is the `model:` section of its ARC preset (configs/hrm_arc2.yaml:
 
 Each run is `stages.pretrain` as a subprocess (OMP_NUM_THREADS=1) in OUT/<row>_s<seed>_n<steps>/, reused when it
 finished before; rows whose resolved configs are equal share runs. pass@2 is the last evaluation's (at the last
-step), steps/s the median of the run's logged samples/s over the batch. Prints a table and one JSON line last.
+step), steps/s the median of the run's logged samples/s over the batch, the training loss the cross-entropy
+(`train/lm_loss`, without the halting terms that differ between rows) of the last logged window: how far each
+row fitted its training demonstrations, next to how far it generalised. Prints a table and one JSON line last.
 """
 from __future__ import annotations
 
@@ -144,18 +147,22 @@ def result(folder: Path, steps: int, batch: int) -> dict:
     rows = [r for r in read_metrics(folder / "metrics.jsonl") if r["step"] <= steps]
     last = [r for r in rows if "eval/pass@2" in r][-1]
     speeds = [r["train/samples_per_s"] for r in rows if "train/samples_per_s" in r]
+    losses = [r["train/lm_loss"] for r in rows if "train/lm_loss" in r]
     return {"pass@2": last["eval/pass@2"], "pass@1": last["eval/pass@1"], "eval_step": last["step"],
-            "steps_per_s": statistics.median(speeds) / batch if speeds else None}
+            "steps_per_s": statistics.median(speeds) / batch if speeds else None,
+            "lm_loss": losses[-1] if losses else None}
 
 
 def summarise(name: str, p: dict, runs: list[dict], params: int) -> dict:
     scores = [r["pass@2"] for r in runs]
     speeds = [r["steps_per_s"] for r in runs if r["steps_per_s"] is not None]
+    losses = [r["lm_loss"] for r in runs if r["lm_loss"] is not None]
     return {"row": name, "ref": ALL_ROWS[name].ref, "runs_of": p["runs_of"], "changes": p["changes"],
             "presets": p["presets"], "seeds": [r["seed"] for r in runs], "pass@2": scores,
             "pass@2_mean": statistics.fmean(scores), "pass@2_min": min(scores), "pass@2_max": max(scores),
             "pass@2_sd": statistics.stdev(scores) if len(scores) > 1 else None,
             "steps_per_s": statistics.median(speeds) if speeds else None, "params": params,
+            "lm_loss_mean": statistics.fmean(losses) if losses else None,
             "paper": ALL_ROWS[name].paper, "runs": runs}
 
 
@@ -164,7 +171,7 @@ def table(rows: list[dict], steps: int, seeds: list[int], base: str) -> list[str
     means = {r["row"]: r["pass@2_mean"] for r in rows}
     lines = [f"bench.ablation over {base}, {steps} steps, seeds {seeds}; {PAPER_TASK}.",
              "| row | changes over its reference | held-out pass@2 mean (min - max) | vs reference (pp) | steps/s "
-             "| trunk params | paper, Sudoku-Extreme % (pp) |", "| --- " * 7 + "|"]
+             "| training lm loss, last log | trunk params | paper, Sudoku-Extreme % (pp) |", "| --- " * 8 + "|"]
     for r in rows:
         changes = " ".join(f"{k}={v}" for k, v in r["changes"].items()) or "-"
         if r["runs_of"] != r["row"]:
@@ -172,8 +179,9 @@ def table(rows: list[dict], steps: int, seeds: list[int], base: str) -> list[str
         ref = means.get(r["ref"])
         diff = "-" if r["row"] == r["ref"] or ref is None else f"{100 * (r['pass@2_mean'] - ref):+.1f} vs {r['ref']}"
         speed = "-" if r["steps_per_s"] is None else f"{r['steps_per_s']:.2f}"
+        loss = "-" if r["lm_loss_mean"] is None else f"{r['lm_loss_mean']:.3f}"
         lines.append(f"| {r['row']} | {changes} | {r['pass@2_mean']:.3f} ({r['pass@2_min']:.3f} - "
-                     f"{r['pass@2_max']:.3f}) | {diff} | {speed} | {r['params']:,} | {r['paper']} |")
+                     f"{r['pass@2_max']:.3f}) | {diff} | {speed} | {loss} | {r['params']:,} | {r['paper']} |")
     return lines
 
 

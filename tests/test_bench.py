@@ -57,7 +57,7 @@ ABLATION_SMOKE = ["--base", "configs/demo_cpu.yaml", "--seeds", "0", "--steps", 
 
 
 def test_bench_ablation_smoke(tmp_path, capsys):
-    """Two rows x one seed x 2 steps: the printed table (a line per row, 7 columns, the paper's task named as
+    """Two rows x one seed x 2 steps: the printed table (a line per row, 8 columns, the paper's task named as
     another), the JSON rows, and the runs reused by a second call."""
     argv = [*ABLATION_SMOKE, "--rows", "trm", "hrm", "--out", str(tmp_path)]
     bench.ablation.main(argv)
@@ -65,13 +65,14 @@ def test_bench_ablation_smoke(tmp_path, capsys):
     out = json.loads(lines[-1])
     table = [line for line in lines if line.startswith("| ")]
     assert "Sudoku-Extreme" in lines[-6] and "different task" in lines[-6]
-    assert len(table) == 4 and all(line.count("|") == 8 for line in table), table
+    assert len(table) == 4 and all(line.count("|") == 9 for line in table), table
     assert [line.split("|")[1].strip() for line in table[2:]] == ["trm", "hrm"]
     trm, hrm = out["rows"]
     assert (trm["row"], hrm["row"], hrm["ref"]) == ("trm", "hrm", "trm")
     assert hrm["changes"]["model.arch"] == "hrm" and trm["changes"] == {}
     for row in (trm, hrm):
         assert row["seeds"] == [0] and 0 <= row["pass@2_mean"] <= 1 and row["steps_per_s"] > 0
+        assert row["lm_loss_mean"] == row["runs"][0]["lm_loss"] > 0
         assert row["runs"][0]["eval_step"] == 2 and row["runs"][0]["seconds"] > 0
     assert trm["params"] == build_model(load_config("configs/demo_cpu.yaml").model, 1).num_params()
     assert hrm["params"] > 2 * trm["params"]  # L and H of 4 blocks against one network of 2
