@@ -2,7 +2,7 @@
 several seeds: held-out pass@2 (mean and spread), steps/s, the training loss and trunk parameters per row, beside the
 paper's numbers.
 
-    python -m bench.ablation                                   # every row, 3 seeds, 1000 steps (hours on dev-cpu)
+    python -m bench.ablation --jobs 2       # every row, 3 seeds, 400 steps: BENCHMARKS' table (~1.6 h on dev-cpu)
     python -m bench.ablation --rows trm no_ema --seeds 0 --steps 300   # a quick look
 
 Base: configs/ablation_cpu.yaml (the demo's small network on synthetic tasks of sides 1..6 on an 8x8 canvas, with
@@ -14,11 +14,12 @@ so it is read against `mlp_t` (the mixer, the official Sudoku command's mlp_t=Tr
 attention base it is the base itself and reuses the base's runs. `hrm` (and the optional rows of the other
 architectures) is the `model:` section of its ARC preset (configs/hrm_arc2.yaml: L and H of 4 blocks, T=2, n=2).
 
-Each run is `stages.pretrain` as a subprocess (OMP_NUM_THREADS=1) in OUT/<row>_s<seed>_n<steps>/, reused when it
-finished before; rows whose resolved configs are equal share runs. pass@2 is the last evaluation's (at the last
-step), steps/s the median of the run's logged samples/s over the batch, the training loss the cross-entropy
-(`train/lm_loss`, without the halting terms that differ between rows) of the last logged window: how far each
-row fitted its training demonstrations, next to how far it generalised. Prints a table and one JSON line last.
+Each run is `stages.pretrain` as a subprocess (OMP_NUM_THREADS=1; --jobs of them at once) in
+OUT/<row>_s<seed>_n<steps>/, reused when it finished before (resumed when it did not); rows whose resolved configs
+are equal share runs. pass@2 is the last evaluation's (at the last step), steps/s the median of the run's logged
+samples/s over the batch, the training loss the cross-entropy (`train/lm_loss`, without the halting terms that
+differ between rows) of the last logged window: how far each row fitted its training demonstrations, next to how
+far it generalised. Prints a table and one JSON line last.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,11 +193,32 @@ def parse_args(argv=None):
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ALL_ROWS),
                    help=f"default: {' '.join(ROWS)} (also: {' '.join(EXTRA_ROWS)})")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=400, help="training steps of every run (the recorded table: 400)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each (dev-cpu: 2, one per core)")
     p.add_argument("--base", default=BASE, help="the small base preset every row is applied after")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides for every row (e.g. a smaller evaluation); not the settings a row changes")
     return p.parse_args(argv)
+
+
+def train_all(planned: dict[str, dict], args, out: Path) -> dict[Path, float | None]:
+    """Every distinct run of the plan, `args.jobs` at a time (one thread each: OMP_NUM_THREADS=1), seed-major so
+    that an interrupted bench has whole seeds; per run folder its wall seconds (None: finished before). The first
+    failure cancels the runs not yet started and is raised once the started ones end."""
+    todo = {}
+    for seed in args.seeds:
+        for p in planned.values():
+            todo.setdefault(out / f"{p['runs_of']}_s{seed}_n{args.steps}", (p["presets"], seed))
+    seconds = {}
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(train, f, paths, seed, args.steps, args.set): f for f, (paths, seed) in todo.items()}
+        for future in as_completed(futures):
+            if future.exception() is not None:
+                pool.shutdown(cancel_futures=True)
+                raise future.exception()
+            seconds[futures[future]] = future.result()
+            print(f"{futures[future].name}: done", flush=True)
+    return seconds
 
 
 def main(argv=None) -> None:
@@ -203,14 +226,14 @@ def main(argv=None) -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     planned = plan(args.rows, args.base, args.set, out)
+    seconds = train_all(planned, args, out)
     summary = []
     for name, p in planned.items():
         cfg = load_config([ROOT / q for q in p["presets"]], [*args.set, "run_dir=x"])
         runs = []
         for seed in args.seeds:
             folder = out / f"{p['runs_of']}_s{seed}_n{args.steps}"
-            seconds = train(folder, p["presets"], seed, args.steps, args.set)
-            runs.append({"seed": seed, "folder": str(folder), "seconds": seconds,
+            runs.append({"seed": seed, "folder": str(folder), "seconds": seconds[folder],
                          **result(folder, args.steps, cfg.train.global_batch)})
             print(f"{name} seed {seed}: pass@2 {runs[-1]['pass@2']:.3f}", flush=True)
         summary.append(summarise(name, p, runs, build_model(cfg.model, 1).num_params()))

@@ -60,7 +60,7 @@ def test_bench_ablation_smoke(tmp_path, capsys):
     """Two rows x one seed x 2 steps: the printed table (a line per row, 8 columns, the paper's task named as
     another), the JSON rows, and the runs reused by a second call."""
     argv = [*ABLATION_SMOKE, "--rows", "trm", "hrm", "--out", str(tmp_path)]
-    bench.ablation.main(argv)
+    bench.ablation.main([*argv, "--jobs", "2"])
     lines = capsys.readouterr().out.strip().splitlines()
     out = json.loads(lines[-1])
     table = [line for line in lines if line.startswith("| ")]
@@ -81,6 +81,14 @@ def test_bench_ablation_smoke(tmp_path, capsys):
     again = last_json(capsys)
     assert [r["runs"][0]["seconds"] for r in again["rows"]] == [None, None]
     assert [r["pass@2"] for r in again["rows"]] == [trm["pass@2"], hrm["pass@2"]]
+
+
+def test_bench_ablation_a_failed_run_ends_the_bench_naming_it(tmp_path):
+    """A run that fails (here: a data source that does not exist) ends the bench with its folder and log named,
+    from the pool of --jobs 2 as from one job."""
+    argv = [*ABLATION_SMOKE, 'data.sources=["folder:/nonexistent"]', "--rows", "trm", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit, match=r"trm_s0_n2 failed \(exit 2\): see .*trm_s0_n2.log"):
+        bench.ablation.main([*argv, "--jobs", "2"])
 
 
 def test_bench_ablation_rows_are_the_presets_over_the_base(tmp_path):
