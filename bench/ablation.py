@@ -1,8 +1,8 @@
 """The TRM paper's ablations (TRM Table 1: configs/ablations/*.yaml) and HRM side by side on a CPU suite, over
-several seeds: held-out pass@2 (mean and spread), steps/s, the training loss and trunk parameters per row, beside the
+several seeds: held-out pass@2 (mean and spread), steps/s, training fit and trunk parameters per row, beside the
 paper's numbers.
 
-    python -m bench.ablation --jobs 2       # every row, 3 seeds, 400 steps: BENCHMARKS' table (~1.6 h on dev-cpu)
+    python -m bench.ablation --jobs 2       # every row, 3 seeds, 400 steps: BENCHMARKS' table (~1.7 h on dev-cpu)
     python -m bench.ablation --rows trm no_ema --seeds 0 --steps 300   # a quick look
 
 Base: configs/ablation_cpu.yaml (the demo's small network on synthetic tasks of sides 1..6 on an 8x8 canvas, with
@@ -15,15 +15,18 @@ attention base it is the base itself and reuses the base's runs. `hrm` (and the 
 architectures) is the `model:` section of its ARC preset (configs/hrm_arc2.yaml: L and H of 4 blocks, T=2, n=2).
 
 Each run is `stages.pretrain` as a subprocess (OMP_NUM_THREADS=1; --jobs of them at once) in
-OUT/<row>_s<seed>_n<steps>/, reused when it finished before (resumed when it did not); rows whose resolved configs
-are equal share runs. pass@2 is the last evaluation's (at the last step), steps/s the median of the run's logged
-samples/s over the batch, the training loss the cross-entropy (`train/lm_loss`, without the halting terms that
-differ between rows) of the last logged window: how far each row fitted its training demonstrations, next to how
-far it generalised. Prints a table and one JSON line last.
+OUT/<row>_s<seed>_n<steps>/, reused when it finished before (resumed when it did not), only with the config, seed and
+steps stamped in it (STAMP; another is refused); rows whose resolved configs are equal share runs. pass@2 is the
+last evaluation's (at the last step; the one before it is printed too), steps/s the median of the run's logged
+samples/s over the batch; the training exact accuracy, cross-entropy (`train/lm_loss`, without the halting terms)
+and ACT steps are the last logged window's, over the supervision steps its batch was at (rows that halt earlier
+are measured at earlier steps): how far each row fitted, next to how far it generalised. Prints a table and one
+JSON line last.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -42,6 +45,7 @@ from pipeline.training.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "configs/ablation_cpu.yaml"
+STAMP = "bench_ablation.json"  # in each run folder: the config, seed and steps it trained with
 ABL = "configs/ablations"
 PAPER_TASK = ("the paper's column is TRM Table 1 on Sudoku-Extreme (HRM: also ARC-AGI-1 / -2), a different task "
               "from this suite: compare signs and order, not sizes")
@@ -128,8 +132,24 @@ def plan(rows: list[str], base: str, sets: list[str], out: Path) -> dict[str, di
     return out_rows
 
 
-def train(folder: Path, paths: list[str], seed: int, steps: int, sets: list[str]) -> float | None:
+def stamp(folder: Path, config: dict, seed: int, steps: int) -> None:
+    """The run's resolved config in folder/STAMP, written before it trains; a folder trained (or started) with
+    another one is refused, not reused or resumed (an edited preset, base or --set, or another bench's folder)."""
+    want = json.loads(json.dumps({"config": config, "seed": seed, "steps": steps}, sort_keys=True))
+    path = folder / STAMP
+    if path.exists() or folder.exists():
+        got = json.loads(path.read_text()) if path.exists() else None
+        if got != want:
+            raise SystemExit(f"{folder}: trained with another config than this bench's (see {STAMP}); remove it "
+                             "or pass another --out")
+        return
+    folder.mkdir(parents=True)
+    path.write_text(json.dumps(want, sort_keys=True, indent=1))
+
+
+def train(folder: Path, paths: list[str], seed: int, steps: int, sets: list[str], config: dict) -> float | None:
     """One pretraining run unless it finished before (an evaluation at its last step); its wall seconds."""
+    stamp(folder, config, seed, steps)
     if any(r.get("step") == steps and "eval/pass@2" in r for r in read_metrics(folder / "metrics.jsonl")):
         return None
     cmd = [sys.executable, "-m", "stages.pretrain", "--config", *paths, "--set", f"run_dir={folder}", f"seed={seed}",
@@ -145,35 +165,48 @@ def train(folder: Path, paths: list[str], seed: int, steps: int, sets: list[str]
 
 
 def result(folder: Path, steps: int, batch: int) -> dict:
-    """The last evaluation (at step `steps`) and the median logged training speed of one run."""
+    """The last evaluation (at step `steps`; a run that stopped before is refused) and the one before it, the
+    median logged training speed and the last logged window's training metrics of one run."""
     rows = [r for r in read_metrics(folder / "metrics.jsonl") if r["step"] <= steps]
-    last = [r for r in rows if "eval/pass@2" in r][-1]
+    evals = [r for r in rows if "eval/pass@2" in r]
+    if not evals or evals[-1]["step"] != steps:
+        raise SystemExit(f"{folder.name}: no evaluation at step {steps} (the run stopped early): remove it")
+    last, before = evals[-1], (evals[-2] if len(evals) > 1 else {})
     speeds = [r["train/samples_per_s"] for r in rows if "train/samples_per_s" in r]
-    losses = [r["train/lm_loss"] for r in rows if "train/lm_loss" in r]
+    logged = [r for r in rows if "train/lm_loss" in r]
     return {"pass@2": last["eval/pass@2"], "pass@1": last["eval/pass@1"], "eval_step": last["step"],
+            "pass@2_before": before.get("eval/pass@2"), "eval_step_before": before.get("step"),
             "steps_per_s": statistics.median(speeds) / batch if speeds else None,
-            "lm_loss": losses[-1] if losses else None}
+            "lm_loss": logged[-1]["train/lm_loss"] if logged else None,
+            "exact_accuracy": logged[-1]["train/exact_accuracy"] if logged else None,
+            "act_steps": logged[-1]["train/steps"] if logged else None}
+
+
+def mean_of(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if r[key] is not None]
+    return statistics.fmean(values) if values else None
 
 
 def summarise(name: str, p: dict, runs: list[dict], params: int) -> dict:
     scores = [r["pass@2"] for r in runs]
     speeds = [r["steps_per_s"] for r in runs if r["steps_per_s"] is not None]
-    losses = [r["lm_loss"] for r in runs if r["lm_loss"] is not None]
     return {"row": name, "ref": ALL_ROWS[name].ref, "runs_of": p["runs_of"], "changes": p["changes"],
             "presets": p["presets"], "seeds": [r["seed"] for r in runs], "pass@2": scores,
             "pass@2_mean": statistics.fmean(scores), "pass@2_min": min(scores), "pass@2_max": max(scores),
             "pass@2_sd": statistics.stdev(scores) if len(scores) > 1 else None,
             "steps_per_s": statistics.median(speeds) if speeds else None, "params": params,
-            "lm_loss_mean": statistics.fmean(losses) if losses else None,
+            **{f"{k}_mean": mean_of(runs, k) for k in ("pass@2_before", "lm_loss", "exact_accuracy", "act_steps")},
             "paper": ALL_ROWS[name].paper, "runs": runs}
 
 
 def table(rows: list[dict], steps: int, seeds: list[int], base: str) -> list[str]:
     """The printed table (Markdown): one line per row, the difference from its reference row in points."""
     means = {r["row"]: r["pass@2_mean"] for r in rows}
+    before = rows[0]["runs"][0]["eval_step_before"] if rows else None
     lines = [f"bench.ablation over {base}, {steps} steps, seeds {seeds}; {PAPER_TASK}.",
-             "| row | changes over its reference | held-out pass@2 mean (min - max) | vs reference (pp) | steps/s "
-             "| training lm loss, last log | trunk params | paper, Sudoku-Extreme % (pp) |", "| --- " * 8 + "|"]
+             "| row | changes over its reference | held-out pass@2 mean (min - max) | vs reference (pp) "
+             f"| pass@2 at step {before} | steps/s | training exact acc / lm loss / ACT steps, last log "
+             "| trunk params | paper, Sudoku-Extreme % (pp) |", "| --- " * 9 + "|"]
     for r in rows:
         changes = " ".join(f"{k}={v}" for k, v in r["changes"].items()) or "-"
         if r["runs_of"] != r["row"]:
@@ -181,10 +214,18 @@ def table(rows: list[dict], steps: int, seeds: list[int], base: str) -> list[str
         ref = means.get(r["ref"])
         diff = "-" if r["row"] == r["ref"] or ref is None else f"{100 * (r['pass@2_mean'] - ref):+.1f} vs {r['ref']}"
         speed = "-" if r["steps_per_s"] is None else f"{r['steps_per_s']:.2f}"
-        loss = "-" if r["lm_loss_mean"] is None else f"{r['lm_loss_mean']:.3f}"
+        fit = " / ".join("-" if r[k] is None else f"{r[k]:.{d}f}"
+                         for k, d in (("exact_accuracy_mean", 3), ("lm_loss_mean", 3), ("act_steps_mean", 1)))
+        early = "-" if r["pass@2_before_mean"] is None else f"{r['pass@2_before_mean']:.3f}"
         lines.append(f"| {r['row']} | {changes} | {r['pass@2_mean']:.3f} ({r['pass@2_min']:.3f} - "
-                     f"{r['pass@2_max']:.3f}) | {diff} | {speed} | {loss} | {r['params']:,} | {r['paper']} |")
+                     f"{r['pass@2_max']:.3f}) | {diff} | {early} | {speed} | {fit} | {r['params']:,} | {r['paper']} |")
     return lines
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number >= 1")
+    return int(text)
 
 
 def parse_args(argv=None):
@@ -194,7 +235,7 @@ def parse_args(argv=None):
                    help=f"default: {' '.join(ROWS)} (also: {' '.join(EXTRA_ROWS)})")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=400, help="training steps of every run (the recorded table: 400)")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each (dev-cpu: 2, one per core)")
+    p.add_argument("--jobs", type=positive, default=1, help="runs at once, one thread each (dev-cpu: 2, one per core)")
     p.add_argument("--base", default=BASE, help="the small base preset every row is applied after")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides for every row (e.g. a smaller evaluation); not the settings a row changes")
@@ -208,16 +249,18 @@ def train_all(planned: dict[str, dict], args, out: Path) -> dict[Path, float | N
     todo = {}
     for seed in args.seeds:
         for p in planned.values():
-            todo.setdefault(out / f"{p['runs_of']}_s{seed}_n{args.steps}", (p["presets"], seed))
+            todo.setdefault(out / f"{p['runs_of']}_s{seed}_n{args.steps}", (p["presets"], seed, p["config"]))
     seconds = {}
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(train, f, paths, seed, args.steps, args.set): f for f, (paths, seed) in todo.items()}
-        for future in as_completed(futures):
-            if future.exception() is not None:
-                pool.shutdown(cancel_futures=True)
-                raise future.exception()
-            seconds[futures[future]] = future.result()
-            print(f"{futures[future].name}: done", flush=True)
+        futures = {pool.submit(train, f, paths, seed, args.steps, args.set, cfg): f
+                   for f, (paths, seed, cfg) in todo.items()}
+        try:
+            for future in as_completed(futures):
+                seconds[futures[future]] = future.result()
+                print(f"{futures[future].name}: done", flush=True)
+        except BaseException:  # a failed run, or Ctrl-C: start nothing more
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return seconds
 
 

@@ -1,6 +1,7 @@
 """The benchmarks nothing else runs, in a smoke mode (tiny sizes, seconds), so that they cannot rot: each must run
 to its JSON line with the fields BENCHMARKS.md reads. Their figures here mean nothing."""
 import json
+import time
 
 import pytest
 import torch
@@ -53,11 +54,11 @@ def test_bench_tta_smoke(tmp_path, capsys, one_thread):
 
 
 ABLATION_SMOKE = ["--base", "configs/demo_cpu.yaml", "--seeds", "0", "--steps", "2",
-                  "--set", "data.eval_inputs=4", "data.eval_views=1", "train.log_every=1"]
+                  "--set", "data.eval_inputs=4", "data.eval_views=1", "train.log_every=1", "train.eval_every=1"]
 
 
 def test_bench_ablation_smoke(tmp_path, capsys):
-    """Two rows x one seed x 2 steps: the printed table (a line per row, 8 columns, the paper's task named as
+    """Two rows x one seed x 2 steps: the printed table (a line per row, 9 columns, the paper's task named as
     another), the JSON rows, and the runs reused by a second call."""
     argv = [*ABLATION_SMOKE, "--rows", "trm", "hrm", "--out", str(tmp_path)]
     bench.ablation.main([*argv, "--jobs", "2"])
@@ -65,14 +66,15 @@ def test_bench_ablation_smoke(tmp_path, capsys):
     out = json.loads(lines[-1])
     table = [line for line in lines if line.startswith("| ")]
     assert "Sudoku-Extreme" in lines[-6] and "different task" in lines[-6]
-    assert len(table) == 4 and all(line.count("|") == 9 for line in table), table
+    assert len(table) == 4 and all(line.count("|") == 10 for line in table), table
     assert [line.split("|")[1].strip() for line in table[2:]] == ["trm", "hrm"]
     trm, hrm = out["rows"]
     assert (trm["row"], hrm["row"], hrm["ref"]) == ("trm", "hrm", "trm")
     assert hrm["changes"]["model.arch"] == "hrm" and trm["changes"] == {}
     for row in (trm, hrm):
         assert row["seeds"] == [0] and 0 <= row["pass@2_mean"] <= 1 and row["steps_per_s"] > 0
-        assert row["lm_loss_mean"] == row["runs"][0]["lm_loss"] > 0
+        assert row["lm_loss_mean"] == row["runs"][0]["lm_loss"] > 0 and row["act_steps_mean"] is not None
+        assert 0 <= row["exact_accuracy_mean"] <= 1 and row["runs"][0]["eval_step_before"] == 1
         assert row["runs"][0]["eval_step"] == 2 and row["runs"][0]["seconds"] > 0
     assert trm["params"] == build_model(load_config("configs/demo_cpu.yaml").model, 1).num_params()
     assert hrm["params"] > 2 * trm["params"]  # L and H of 4 blocks against one network of 2
@@ -87,8 +89,55 @@ def test_bench_ablation_a_failed_run_ends_the_bench_naming_it(tmp_path):
     """A run that fails (here: a data source that does not exist) ends the bench with its folder and log named,
     from the pool of --jobs 2 as from one job."""
     argv = [*ABLATION_SMOKE, 'data.sources=["folder:/nonexistent"]', "--rows", "trm", "--out", str(tmp_path)]
-    with pytest.raises(SystemExit, match=r"trm_s0_n2 failed \(exit 2\): see .*trm_s0_n2.log"):
+    with pytest.raises(SystemExit, match=r"trm_s0_n2 failed \(exit \d+\): see .*trm_s0_n2.log"):
         bench.ablation.main([*argv, "--jobs", "2"])
+
+
+def test_bench_ablation_trains_seed_major_each_shared_run_once_and_nothing_after_a_failure(tmp_path, monkeypatch):
+    """train_all's order and sharing without training: seed-major, trm and self_attention (one config) trained
+    once per seed; with one job, a failure cancels what has not started (at most the run the worker already took,
+    held here for 0.5 s so that the cancel reaches the rest first)."""
+    calls, fail = [], set()
+
+    def fake(folder, paths, seed, steps, sets, config):
+        calls.append(folder.name)
+        if folder.name in fail:
+            raise SystemExit(f"{folder.name} failed")
+        if fail:
+            time.sleep(0.5)
+        return 1.0
+
+    monkeypatch.setattr(bench.ablation, "train", fake)
+    args = bench.ablation.parse_args(["--rows", "trm", "self_attention", "no_ema", "--seeds", "0", "1",
+                                      "--out", str(tmp_path)])
+    planned = bench.ablation.plan(args.rows, args.base, args.set, tmp_path)
+    assert set(bench.ablation.train_all(planned, args, tmp_path)) == {tmp_path / c for c in calls}
+    assert calls == ["trm_s0_n400", "no_ema_s0_n400", "trm_s1_n400", "no_ema_s1_n400"]
+    calls.clear()
+    fail.add("no_ema_s0_n400")
+    args.seeds = [0, 1, 2]
+    with pytest.raises(SystemExit, match="no_ema_s0_n400 failed"):
+        bench.ablation.train_all(planned, args, tmp_path)
+    assert calls[:2] == ["trm_s0_n400", "no_ema_s0_n400"] and len(calls) <= 3, calls
+    with pytest.raises(SystemExit):
+        bench.ablation.parse_args(["--jobs", "0"])
+
+
+def test_bench_ablation_refuses_a_run_of_another_config_or_one_that_stopped_early(tmp_path):
+    """A run folder stamped with another config (an edited preset or --set) is refused, not reused or resumed;
+    an unstamped existing folder too; a run whose last evaluation is not at the asked step is not tabled."""
+    folder = tmp_path / "trm_s0_n2"
+    bench.ablation.stamp(folder, {"model.hidden": 64}, 0, 2)
+    bench.ablation.stamp(folder, {"model.hidden": 64}, 0, 2)  # the same: fine
+    for config, seed in (({"model.hidden": 32}, 0), ({"model.hidden": 64}, 1)):
+        with pytest.raises(SystemExit, match="another config"):
+            bench.ablation.stamp(folder, config, seed, 2)
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(SystemExit, match="another config"):
+        bench.ablation.stamp(tmp_path / "bare", {}, 0, 2)
+    (folder / "metrics.jsonl").write_text('{"step": 1, "eval/pass@2": 0.5, "eval/pass@1": 0.5}\n')
+    with pytest.raises(SystemExit, match="no evaluation at step 2"):
+        bench.ablation.result(folder, 2, 64)
 
 
 def test_bench_ablation_rows_are_the_presets_over_the_base(tmp_path):
