@@ -132,12 +132,17 @@ def plan(rows: list[str], base: str, sets: list[str], out: Path) -> dict[str, di
     return out_rows
 
 
+def run_folder(out: Path, p: dict, seed: int, steps: int) -> Path:
+    """A planned row's run of one seed (rows of equal configs share it: `runs_of`)."""
+    return out / f"{p['runs_of']}_s{seed}_n{steps}"
+
+
 def stamp(folder: Path, config: dict, seed: int, steps: int) -> None:
     """The run's resolved config in folder/STAMP, written before it trains; a folder trained (or started) with
     another one is refused, not reused or resumed (an edited preset, base or --set, or another bench's folder)."""
     want = json.loads(json.dumps({"config": config, "seed": seed, "steps": steps}, sort_keys=True))
     path = folder / STAMP
-    if path.exists() or folder.exists():
+    if folder.exists():
         got = json.loads(path.read_text()) if path.exists() else None
         if got != want:
             raise SystemExit(f"{folder}: trained with another config than this bench's (see {STAMP}); remove it "
@@ -249,7 +254,7 @@ def train_all(planned: dict[str, dict], args, out: Path) -> dict[Path, float | N
     todo = {}
     for seed in args.seeds:
         for p in planned.values():
-            todo.setdefault(out / f"{p['runs_of']}_s{seed}_n{args.steps}", (p["presets"], seed, p["config"]))
+            todo.setdefault(run_folder(out, p, seed, args.steps), (p["presets"], seed, p["config"]))
     seconds = {}
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = {pool.submit(train, f, paths, seed, args.steps, args.set, cfg): f
@@ -275,7 +280,7 @@ def main(argv=None) -> None:
         cfg = load_config([ROOT / q for q in p["presets"]], [*args.set, "run_dir=x"])
         runs = []
         for seed in args.seeds:
-            folder = out / f"{p['runs_of']}_s{seed}_n{args.steps}"
+            folder = run_folder(out, p, seed, args.steps)
             runs.append({"seed": seed, "folder": str(folder), "seconds": seconds[folder],
                          **result(folder, args.steps, cfg.train.global_batch)})
             print(f"{name} seed {seed}: pass@2 {runs[-1]['pass@2']:.3f}", flush=True)
