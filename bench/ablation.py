@@ -42,6 +42,7 @@ from bench.common import emit
 from pipeline.config import load_config, read_yaml, to_dict
 from pipeline.nn.arch import build_model
 from pipeline.training.metrics import read_metrics
+from stages._cli import positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "configs/ablation_cpu.yaml"
@@ -227,12 +228,6 @@ def table(rows: list[dict], steps: int, seeds: list[int], base: str) -> list[str
     return lines
 
 
-def positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: a whole number >= 1")
-    return int(text)
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/bench_ablation")
@@ -240,7 +235,7 @@ def parse_args(argv=None):
                    help=f"default: {' '.join(ROWS)} (also: {' '.join(EXTRA_ROWS)})")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=400, help="training steps of every run (the recorded table: 400)")
-    p.add_argument("--jobs", type=positive, default=1, help="runs at once, one thread each (dev-cpu: 2, one per core)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="runs at once, one thread each (dev-cpu: 2, one per core)")
     p.add_argument("--base", default=BASE, help="the small base preset every row is applied after")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides for every row (e.g. a smaller evaluation); not the settings a row changes")
