@@ -235,7 +235,7 @@ def parse_args(argv=None):
                    help=f"default: {' '.join(ROWS)} (also: {' '.join(EXTRA_ROWS)})")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=400, help="training steps of every run (the recorded table: 400)")
-    p.add_argument("--jobs", type=positive_int, default=1, help="runs at once, one thread each (dev-cpu: 2, one per core)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="runs at once, one thread each (dev-cpu: 2)")
     p.add_argument("--base", default=BASE, help="the small base preset every row is applied after")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides for every row (e.g. a smaller evaluation); not the settings a row changes")
